@@ -1,0 +1,100 @@
+//! The crate's error type: every fallible public function returns [`Result`], and each
+//! variant names the file, layer, shape or key at fault.
+
+use std::path::PathBuf;
+
+/// Errors raised by futureprop. Messages are one line and say what would be right.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Two shapes that must agree do not.
+    #[error("shape mismatch in {op}: {msg}")]
+    Shape { op: String, msg: String },
+    /// Tensors of different element types were combined.
+    #[error("dtype mismatch in {op}: {lhs:?} vs {rhs:?}")]
+    DType {
+        op: &'static str,
+        lhs: crate::tensor::DType,
+        rhs: crate::tensor::DType,
+    },
+    /// A name (rule, optimizer, activation, dataset...) that does not exist.
+    #[error("unknown {kind} '{name}'; known: {known}")]
+    UnknownName {
+        kind: &'static str,
+        name: String,
+        known: String,
+    },
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file was read but its content is malformed.
+    #[error("{path}: {msg}")]
+    Format { path: PathBuf, msg: String },
+    /// A checksum did not match.
+    #[error("{path}: SHA-256 mismatch (expected {expected}, got {actual}); the file was rejected")]
+    Checksum {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
+    /// A download failed.
+    #[error("download of {url} failed: {msg}")]
+    Download { url: String, msg: String },
+    /// A dataset is not where it was looked for.
+    #[error("{msg}")]
+    MissingData { msg: String },
+    /// A parameter or state key is missing from a store or checkpoint.
+    #[error("missing key '{key}' in {store}")]
+    MissingKey { key: String, store: String },
+    /// Training diverged.
+    #[error("loss became {value} at epoch {epoch}, step {step}; stopped (last good checkpoint kept)")]
+    NonFinite { value: f64, epoch: usize, step: u64 },
+    /// A configuration value is invalid.
+    #[error("invalid {what}: {msg}")]
+    Config { what: String, msg: String },
+}
+
+impl Error {
+    /// Shorthand for [`Error::Shape`].
+    pub fn shape(op: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Shape {
+            op: op.into(),
+            msg: msg.into(),
+        }
+    }
+    /// Shorthand for [`Error::Config`].
+    pub fn config(what: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Config {
+            what: what.into(),
+            msg: msg.into(),
+        }
+    }
+    /// Shorthand for [`Error::Io`].
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+    /// Shorthand for [`Error::Format`].
+    pub fn format(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Error::Format {
+            path: path.into(),
+            msg: msg.into(),
+        }
+    }
+    /// Shorthand for [`Error::UnknownName`].
+    pub fn unknown(kind: &'static str, name: &str, known: &[&str]) -> Self {
+        Error::UnknownName {
+            kind,
+            name: name.to_string(),
+            known: known.join(", "),
+        }
+    }
+}
+
+/// `Result` with the crate's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;

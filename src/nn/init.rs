@@ -1,0 +1,97 @@
+//! Weight initialisers.
+
+use rand::Rng;
+use rand_distr::{Distribution, StandardNormal};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// How a weight matrix of shape `[fan_out, fan_in]` is drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Init {
+    /// Pick from the activation: He uniform for the ReLU family, LeCun normal for SELU,
+    /// Xavier uniform otherwise.
+    Auto,
+    /// U(±√(6/(fan_in+fan_out))) (Glorot & Bengio 2010).
+    XavierUniform,
+    /// N(0, 2/(fan_in+fan_out)).
+    XavierNormal,
+    /// U(±√(6/fan_in)) (He et al. 2015).
+    HeUniform,
+    /// N(0, 2/fan_in).
+    HeNormal,
+    /// N(0, 1/fan_in) (LeCun 1998; for SELU, Klambauer et al. 2017).
+    LecunNormal,
+    /// PyTorch's `nn.Linear` default: U(±1/√fan_in) for weights and biases.
+    Torch,
+    /// All zeros.
+    Zeros,
+    /// Every weight equal to the value.
+    Constant(f64),
+}
+
+/// Names accepted by [`Init::parse`].
+pub const INIT_NAMES: &[&str] = &[
+    "auto",
+    "xavier-uniform",
+    "xavier-normal",
+    "he-uniform",
+    "he-normal",
+    "lecun-normal",
+    "torch",
+    "zeros",
+    "constant:VALUE",
+];
+
+impl Init {
+    /// Parses a CLI name such as `he-uniform` or `constant:0.1`.
+    pub fn parse(s: &str) -> Result<Init> {
+        Ok(match s {
+            "auto" => Init::Auto,
+            "xavier-uniform" | "glorot-uniform" => Init::XavierUniform,
+            "xavier-normal" | "glorot-normal" => Init::XavierNormal,
+            "he-uniform" | "kaiming-uniform" => Init::HeUniform,
+            "he-normal" | "kaiming-normal" => Init::HeNormal,
+            "lecun-normal" => Init::LecunNormal,
+            "torch" => Init::Torch,
+            "zeros" => Init::Zeros,
+            _ => match s.strip_prefix("constant:") {
+                Some(v) => Init::Constant(
+                    v.parse()
+                        .map_err(|_| Error::config("init", format!("'{v}' is not a number")))?,
+                ),
+                None => return Err(Error::unknown("initialiser", s, INIT_NAMES)),
+            },
+        })
+    }
+
+    /// Draws `fan_out × fan_in` weights, row-major.
+    pub fn sample<R: Rng>(self, fan_in: usize, fan_out: usize, rng: &mut R) -> Vec<f32> {
+        let n = fan_in * fan_out;
+        let (fi, fo) = (fan_in.max(1) as f64, fan_out.max(1) as f64);
+        let uniform = |a: f64, rng: &mut R| -> Vec<f32> {
+            (0..n)
+                .map(|_| rng.random_range(-a..=a) as f32)
+                .collect()
+        };
+        let normal = |s: f64, rng: &mut R| -> Vec<f32> {
+            (0..n)
+                .map(|_| {
+                    let z: f64 = StandardNormal.sample(rng);
+                    (s * z) as f32
+                })
+                .collect()
+        };
+        match self {
+            Init::Auto | Init::XavierUniform => uniform((6.0 / (fi + fo)).sqrt(), rng),
+            Init::XavierNormal => normal((2.0 / (fi + fo)).sqrt(), rng),
+            Init::HeUniform => uniform((6.0 / fi).sqrt(), rng),
+            Init::HeNormal => normal((2.0 / fi).sqrt(), rng),
+            Init::LecunNormal => normal((1.0 / fi).sqrt(), rng),
+            Init::Torch => uniform(1.0 / fi.sqrt(), rng),
+            Init::Zeros => vec![0.0; n],
+            Init::Constant(c) => vec![c as f32; n],
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! Losses on the model's output (logits).
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::tensor::{DType, Tensor};
+
+/// Names accepted by [`Loss::parse`].
+pub const LOSS_NAMES: &[&str] = &["cross-entropy", "mse", "bce"];
+
+/// What the output is compared with.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// One class index per row.
+    Classes(Vec<usize>),
+    /// A target value per output (regression), same shape as the output.
+    Values(Tensor),
+}
+
+impl Target {
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        match self {
+            Target::Classes(c) => c.len(),
+            Target::Values(t) => t.shape().first().copied().unwrap_or(0),
+        }
+    }
+
+    /// True when there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The target as a dense tensor shaped like `out` (one-hot for classes).
+    pub fn dense(&self, rows: usize, cols: usize, dtype: DType) -> Result<Tensor> {
+        match self {
+            Target::Values(t) => Ok(t.to_dtype(dtype)),
+            Target::Classes(c) => {
+                let mut v = vec![0.0f64; rows * cols];
+                for (i, &l) in c.iter().enumerate() {
+                    if l >= cols {
+                        return Err(Error::shape("one-hot", format!("label {l} but only {cols} outputs")));
+                    }
+                    v[i * cols + l] = 1.0;
+                }
+                Ok(Tensor::from_vec_f64(&[rows, cols], v)?.to_dtype(dtype))
+            }
+        }
+    }
+}
+
+/// A loss on the model's raw output `z`. Each returns the batch mean and ∂L/∂z.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Loss {
+    /// Softmax cross-entropy: L = mean_i [log Σⱼ e^{zᵢⱼ} − z_{i,yᵢ}]; ∂L/∂z = (softmax(z) − onehot)/n.
+    CrossEntropy,
+    /// Mean squared error over all elements: L = mean (z − t)²; ∂L/∂z = 2(z − t)/numel.
+    Mse,
+    /// Binary cross-entropy of sigmoid outputs: L = mean −[t ln σ(z) + (1−t) ln(1−σ(z))];
+    /// ∂L/∂z = (σ(z) − t)/numel.
+    Bce,
+}
+
+impl Loss {
+    /// Parses a CLI name.
+    pub fn parse(s: &str) -> Result<Loss> {
+        match s {
+            "cross-entropy" | "ce" | "xent" => Ok(Loss::CrossEntropy),
+            "mse" => Ok(Loss::Mse),
+            "bce" => Ok(Loss::Bce),
+            _ => Err(Error::unknown("loss", s, LOSS_NAMES)),
+        }
+    }
+
+    /// `(mean loss, ∂L/∂out)`.
+    pub fn eval(&self, out: &Tensor, target: &Target) -> Result<(f64, Tensor)> {
+        let (r, c) = out.dims2()?;
+        if target.len() != r {
+            return Err(Error::shape("loss", format!("{r} outputs vs {} targets", target.len())));
+        }
+        match (self, target) {
+            (Loss::CrossEntropy, Target::Classes(labels)) => out.softmax_cross_entropy(labels),
+            (Loss::CrossEntropy, Target::Values(_)) => Err(Error::config(
+                "loss",
+                "cross-entropy needs class labels; use mse for real-valued targets",
+            )),
+            (Loss::Mse, _) => {
+                let t = target.dense(r, c, out.dtype())?;
+                if t.shape() != out.shape() {
+                    return Err(Error::shape("mse", format!("output {:?} vs target {:?}", out.shape(), t.shape())));
+                }
+                let diff = out.sub(&t)?;
+                let n = out.len().max(1) as f64;
+                Ok((diff.sum_sq() / n, diff.scale(2.0 / n)))
+            }
+            (Loss::Bce, _) => {
+                let t = target.dense(r, c, out.dtype())?;
+                out.sigmoid_bce(&t)
+            }
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! Layers, models, initialisers and losses.
+//!
+//! A [`Layer`] owns no learning rule: it knows its forward map, the *local* gradient of
+//! its parameters given the error at its output ([`Layer::param_grads`]), and the
+//! transposed Jacobian that carries an output error to its input ([`Layer::input_grad`],
+//! the "weight transport" of backprop). Rules combine these pieces.
+
+mod activation;
+mod init;
+mod linear;
+mod loss;
+mod model;
+mod params;
+
+pub use activation::{ACTIVATION_NAMES, Activation, ActivationSpec, PRelu, parse_activation};
+pub use init::{INIT_NAMES, Init};
+pub use linear::Linear;
+pub use loss::{LOSS_NAMES, Loss, Target};
+pub use model::{Block, Model, ModelSpec};
+pub use params::{Grads, Params};
+
+use crate::error::Result;
+use crate::tensor::Tensor;
+
+/// What one layer saw and produced in a forward pass.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// The layer's input.
+    pub input: Tensor,
+    /// The layer's output.
+    pub output: Tensor,
+    /// Anything else the layer keeps for its backward maths (masks, statistics).
+    pub saved: Vec<Tensor>,
+}
+
+impl Record {
+    /// A record holding only the input (the model fills `output` after `forward`).
+    pub fn new(input: Tensor) -> Self {
+        Record {
+            output: input.clone(),
+            input,
+            saved: Vec::new(),
+        }
+    }
+
+    /// Bytes kept by this record (shared storage counted once per tensor here).
+    pub fn size_bytes(&self) -> usize {
+        self.input.size_bytes()
+            + self.output.size_bytes()
+            + self.saved.iter().map(Tensor::size_bytes).sum::<usize>()
+    }
+}
+
+/// The records of one forward pass and the error signal a rule assigned to each layer's
+/// output. Optimizers (K-FAC) and diagnostics read it, whatever the rule.
+#[derive(Debug, Clone, Default)]
+pub struct Trace {
+    /// One record per layer of the model, in order.
+    pub records: Vec<Record>,
+    /// `errors[i]`: the signal the rule used as ∂L/∂(output of layer i), if any.
+    pub errors: Vec<Option<Tensor>>,
+}
+
+impl Trace {
+    /// The model's output (the last layer's output), if the trace is not empty.
+    pub fn output(&self) -> Option<&Tensor> {
+        self.records.last().map(|r| &r.output)
+    }
+
+    /// Bytes of activations kept by the records. Tensors shared between consecutive
+    /// records (output of i = input of i+1) are counted once.
+    pub fn activation_bytes(&self) -> usize {
+        let mut n = 0;
+        for (i, r) in self.records.iter().enumerate() {
+            if i == 0 {
+                n += r.input.size_bytes();
+            }
+            n += r.output.size_bytes() + r.saved.iter().map(Tensor::size_bytes).sum::<usize>();
+        }
+        n
+    }
+}
+
+/// What a layer is, for rules that treat kinds differently.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LayerKind {
+    /// `y = x Wᵀ + b`, `W` of shape `[out, in]`.
+    Linear { inputs: usize, outputs: usize, bias: bool },
+    /// An element-wise map without parameters.
+    Activation(crate::tensor::Unary),
+    /// Element-wise map with learned parameters (PReLU).
+    ParametricActivation,
+}
+
+/// One layer: its forward map and the two halves of its backward map.
+pub trait Layer: Send + Sync + std::fmt::Debug {
+    /// Unique name within the model; its parameters are `"{name}.{param}"`.
+    fn name(&self) -> &str;
+
+    /// What kind of layer this is.
+    fn kind(&self) -> LayerKind;
+
+    /// Per-sample output width for a per-sample input width.
+    fn output_width(&self, input: usize) -> Result<usize>;
+
+    /// Draws this layer's parameters into `p`.
+    fn init_params(&self, init: Init, rng: &mut crate::Rng, p: &mut Params) -> Result<()>;
+
+    /// Forward map. `rec.input` is `x`; the layer may push tensors to `rec.saved`.
+    fn forward(&self, p: &Params, x: &Tensor, rec: &mut Record) -> Result<Tensor>;
+
+    /// Local and the same under every rule: adds ∂L/∂θ for this layer's parameters to
+    /// `g`, given `d_out` = ∂L/∂(output) (or whatever signal the rule assigns).
+    fn param_grads(&self, p: &Params, rec: &Record, d_out: &Tensor, g: &mut Grads) -> Result<()>;
+
+    /// The transposed Jacobian applied to `d_out`: ∂L/∂(input). For Linear this is the
+    /// weight transport `d_out · W`.
+    fn input_grad(&self, p: &Params, rec: &Record, d_out: &Tensor) -> Result<Tensor>;
+}

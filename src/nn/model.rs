@@ -1,0 +1,253 @@
+//! Models: sequences of layers built from a spec string.
+
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use super::activation::{ActivationSpec, parse_activation};
+use super::{Activation, Init, Layer, LayerKind, Linear, PRelu, Params, Record, Trace};
+use crate::error::{Error, Result};
+use crate::tensor::{Tensor, Unary};
+
+/// Everything needed to rebuild a model: the spec string and its options.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    /// `mlp:784-1000-1000-10` (widths, input first) or `linear:784-10`.
+    pub spec: String,
+    /// Hidden activation name (see [`super::ACTIVATION_NAMES`]); default `relu`.
+    pub activation: String,
+    /// Whether Linear layers have biases; default true.
+    pub bias: bool,
+}
+
+impl Default for ModelSpec {
+    fn default() -> Self {
+        ModelSpec {
+            spec: "mlp:784-1000-1000-10".into(),
+            activation: "relu".into(),
+            bias: true,
+        }
+    }
+}
+
+/// A Linear layer and the activation after it (none for the output layer): the unit
+/// that DFA, DRTP and local rules address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Block {
+    /// Index of the Linear layer.
+    pub linear: usize,
+    /// Index of the activation layer after it, if any.
+    pub activation: Option<usize>,
+}
+
+/// A sequence of layers.
+#[derive(Debug)]
+pub struct Model {
+    layers: Vec<Box<dyn Layer>>,
+    inputs: usize,
+    outputs: usize,
+    spec: ModelSpec,
+}
+
+impl Model {
+    /// Builds a model from its spec.
+    ///
+    /// ```
+    /// use futureprop::nn::{Model, ModelSpec};
+    /// let m = Model::build(&ModelSpec { spec: "mlp:4-8-3".into(), ..Default::default() }).unwrap();
+    /// assert_eq!((m.inputs(), m.outputs(), m.layers().len()), (4, 3, 3));
+    /// ```
+    pub fn build(spec: &ModelSpec) -> Result<Model> {
+        let (kind, rest) = spec.spec.split_once(':').ok_or_else(|| {
+            Error::config(
+                "model",
+                format!("'{}' has no kind; expected e.g. mlp:784-1000-10", spec.spec),
+            )
+        })?;
+        if kind != "mlp" && kind != "linear" {
+            return Err(Error::unknown("model kind", kind, &["mlp", "linear"]));
+        }
+        let widths = rest
+            .split('-')
+            .map(|w| match w.parse::<usize>() {
+                Ok(v) if v > 0 => Ok(v),
+                _ => Err(Error::config(
+                    "model",
+                    format!("width '{w}' in '{}' is not a positive integer", spec.spec),
+                )),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if widths.len() < 2 {
+            return Err(Error::config(
+                "model",
+                format!("'{}' needs at least an input and an output width", spec.spec),
+            ));
+        }
+        if kind == "linear" && widths.len() != 2 {
+            return Err(Error::config("model", "linear:IN-OUT takes exactly two widths"));
+        }
+        let act = parse_activation(&spec.activation)?;
+        let mut layers: Vec<Box<dyn Layer>> = Vec::new();
+        let n = widths.len() - 1;
+        for i in 0..n {
+            layers.push(Box::new(Linear::new(
+                format!("fc{}", i + 1),
+                widths[i],
+                widths[i + 1],
+                spec.bias,
+            )));
+            if i + 1 < n {
+                let name = format!("act{}", i + 1);
+                layers.push(match act {
+                    ActivationSpec::Fixed(f) => Box::new(Activation::new(name, f)),
+                    ActivationSpec::PRelu => Box::new(PRelu::new(name, widths[i + 1])),
+                });
+            }
+        }
+        Ok(Model {
+            layers,
+            inputs: widths[0],
+            outputs: widths[n],
+            spec: spec.clone(),
+        })
+    }
+
+    /// A model from explicit layers (for tests and custom architectures).
+    pub fn from_layers(layers: Vec<Box<dyn Layer>>, inputs: usize) -> Result<Model> {
+        let mut w = inputs;
+        for l in &layers {
+            w = l.output_width(w)?;
+        }
+        Ok(Model {
+            layers,
+            inputs,
+            outputs: w,
+            spec: ModelSpec {
+                spec: "custom".into(),
+                ..Default::default()
+            },
+        })
+    }
+
+    /// The spec it was built from.
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    /// The layers in order.
+    pub fn layers(&self) -> &[Box<dyn Layer>] {
+        &self.layers
+    }
+
+    /// Input width.
+    pub fn inputs(&self) -> usize {
+        self.inputs
+    }
+
+    /// Output width.
+    pub fn outputs(&self) -> usize {
+        self.outputs
+    }
+
+    /// The hidden activation of a spec-built model (the first activation layer's map).
+    pub fn hidden_activation(&self) -> Option<Unary> {
+        self.layers.iter().find_map(|l| match l.kind() {
+            LayerKind::Activation(f) => Some(f),
+            _ => None,
+        })
+    }
+
+    /// Linear layers with the activation that follows each.
+    pub fn blocks(&self) -> Vec<Block> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            if let LayerKind::Linear { .. } = l.kind() {
+                let next = self.layers.get(i + 1).map(|n| n.kind());
+                let activation = match next {
+                    Some(LayerKind::Activation(_)) | Some(LayerKind::ParametricActivation) => {
+                        Some(i + 1)
+                    }
+                    _ => None,
+                };
+                out.push(Block {
+                    linear: i,
+                    activation,
+                });
+            }
+        }
+        out
+    }
+
+    /// Draws fresh parameters with `init` from `seed`.
+    pub fn init_params(&self, init: Init, seed: u64) -> Result<Params> {
+        let init = match init {
+            Init::Auto => match self.hidden_activation() {
+                Some(Unary::Relu | Unary::LeakyRelu(_) | Unary::Elu(_) | Unary::Gelu | Unary::Silu) => {
+                    Init::HeUniform
+                }
+                Some(Unary::Selu) => Init::LecunNormal,
+                None if self.layers.iter().any(|l| l.kind() == LayerKind::ParametricActivation) => {
+                    Init::HeUniform
+                }
+                _ => Init::XavierUniform,
+            },
+            i => i,
+        };
+        let mut rng = crate::Rng::seed_from_u64(seed);
+        let mut p = Params::new();
+        for l in &self.layers {
+            l.init_params(init, &mut rng, &mut p)?;
+        }
+        Ok(p)
+    }
+
+    fn check_input(&self, x: &Tensor) -> Result<()> {
+        let (_, c) = x.dims2()?;
+        if c != self.inputs {
+            return Err(Error::shape(
+                "model input",
+                format!(
+                    "model '{}' expects {} features per sample, the data has {c}",
+                    self.spec.spec, self.inputs
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Forward pass keeping only the output.
+    pub fn forward(&self, p: &Params, x: &Tensor) -> Result<Tensor> {
+        self.check_input(x)?;
+        let mut h = x.clone();
+        for l in &self.layers {
+            let mut rec = Record::new(h.clone());
+            h = l.forward(p, &h, &mut rec)?;
+        }
+        Ok(h)
+    }
+
+    /// Forward pass recording every layer's input and output.
+    pub fn forward_trace(&self, p: &Params, x: &Tensor) -> Result<Trace> {
+        self.check_input(x)?;
+        let mut records = Vec::with_capacity(self.layers.len());
+        let mut h = x.clone();
+        for l in &self.layers {
+            let mut rec = Record::new(h.clone());
+            h = l.forward(p, &h, &mut rec)?;
+            rec.output = h.clone();
+            records.push(rec);
+        }
+        Ok(Trace {
+            errors: vec![None; records.len()],
+            records,
+        })
+    }
+
+    /// Number of trainable scalars of the model's layers in `p`.
+    pub fn num_parameters(&self, p: &Params) -> usize {
+        let prefixes: Vec<String> = self.layers.iter().map(|l| format!("{}.", l.name())).collect();
+        p.iter()
+            .filter(|(n, _)| prefixes.iter().any(|pre| n.starts_with(pre.as_str())))
+            .map(|(_, t)| t.len())
+            .sum()
+    }
+}

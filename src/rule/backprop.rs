@@ -1,0 +1,34 @@
+//! Backpropagation.
+
+use super::{Batch, Rule, StepOutput, backward_chain};
+use crate::error::Result;
+use crate::nn::{Grads, Loss, Model, Params};
+
+/// Backpropagation (Rumelhart, Hinton & Williams 1986): δ_L = ∂L/∂z_L and
+/// δₗ = Jₗ₊₁ᵀ δₗ₊₁ through every layer's transposed Jacobian; ∂L/∂θₗ from δₗ locally.
+/// The oracle every other rule is measured against.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Backprop;
+
+impl Rule for Backprop {
+    fn name(&self) -> &'static str {
+        "bp"
+    }
+
+    fn step(&mut self, model: &Model, params: &Params, batch: &Batch, loss: Loss) -> Result<StepOutput> {
+        let mut trace = model.forward_trace(params, &batch.x)?;
+        let out = trace.records.last().map(|r| r.output.clone()).ok_or_else(|| {
+            crate::Error::config("model", "has no layers")
+        })?;
+        let (value, d_out) = loss.eval(&out, &batch.target)?;
+        let mut grads = Grads::new();
+        backward_chain(model, params, &mut trace, d_out, &mut grads, |_, layer, rec, d| {
+            layer.input_grad(params, rec, d)
+        })?;
+        Ok(StepOutput {
+            grads,
+            trace,
+            loss: value,
+        })
+    }
+}

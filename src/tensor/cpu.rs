@@ -1,0 +1,249 @@
+//! Host kernels, generic over the element type. Only `tensor` calls these.
+
+use super::{Storage, Unary};
+
+/// A host element type: `f32` or `f64`.
+pub(crate) trait Elem:
+    Copy
+    + Send
+    + Sync
+    + 'static
+    + PartialOrd
+    + std::ops::Add<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::AddAssign
+    + super::gemm::One
+{
+    fn f64(self) -> f64;
+    fn of(x: f64) -> Self;
+    fn zero() -> Self;
+    fn wrap(v: Vec<Self>) -> Storage;
+}
+
+impl Elem for f32 {
+    #[inline]
+    fn f64(self) -> f64 {
+        self as f64
+    }
+    #[inline]
+    fn of(x: f64) -> Self {
+        x as f32
+    }
+    fn zero() -> Self {
+        0.0
+    }
+    fn wrap(v: Vec<Self>) -> Storage {
+        Storage::F32(v)
+    }
+}
+
+impl Elem for f64 {
+    #[inline]
+    fn f64(self) -> f64 {
+        self
+    }
+    #[inline]
+    fn of(x: f64) -> Self {
+        x
+    }
+    fn zero() -> Self {
+        0.0
+    }
+    fn wrap(v: Vec<Self>) -> Storage {
+        Storage::F64(v)
+    }
+}
+
+pub(crate) fn transpose<T: Elem>(v: &[T], r: usize, c: usize) -> Vec<T> {
+    let mut out = vec![T::zero(); r * c];
+    for i in 0..r {
+        for j in 0..c {
+            out[j * r + i] = v[i * c + j];
+        }
+    }
+    out
+}
+
+pub(crate) fn add_row<T: Elem>(x: &mut [T], b: &[T]) {
+    for row in x.chunks_exact_mut(b.len()) {
+        for (y, &bj) in row.iter_mut().zip(b) {
+            *y += bj;
+        }
+    }
+}
+
+pub(crate) fn sum_rows<T: Elem>(x: &[T], c: usize) -> Vec<T> {
+    let mut out = vec![T::zero(); c];
+    if c == 0 {
+        return out;
+    }
+    for row in x.chunks_exact(c) {
+        for (o, &v) in out.iter_mut().zip(row) {
+            *o += v;
+        }
+    }
+    out
+}
+
+pub(crate) fn sum_sq<T: Elem>(x: &[T]) -> f64 {
+    x.iter().map(|v| v.f64() * v.f64()).sum()
+}
+
+pub(crate) fn dot<T: Elem>(x: &[T], y: &[T]) -> f64 {
+    x.iter().zip(y).map(|(a, b)| a.f64() * b.f64()).sum()
+}
+
+pub(crate) fn argmax_rows<T: Elem>(x: &[T], c: usize) -> Vec<usize> {
+    x.chunks_exact(c)
+        .map(|row| {
+            let mut best = 0;
+            for (j, v) in row.iter().enumerate() {
+                if *v > row[best] {
+                    best = j;
+                }
+            }
+            best
+        })
+        .collect()
+}
+
+pub(crate) fn gather_rows<T: Elem>(x: &[T], c: usize, idx: &[usize]) -> Vec<T> {
+    let mut out = Vec::with_capacity(idx.len() * c);
+    for &i in idx {
+        out.extend_from_slice(&x[i * c..(i + 1) * c]);
+    }
+    out
+}
+
+pub(crate) fn unary<T: Elem>(x: &[T], f: Unary) -> Vec<T> {
+    match f {
+        Unary::Identity => x.to_vec(),
+        Unary::Relu => x
+            .iter()
+            .map(|&v| if v > T::zero() { v } else { T::zero() })
+            .collect(),
+        _ => x.iter().map(|&v| T::of(f.apply(v.f64()))).collect(),
+    }
+}
+
+pub(crate) fn unary_backward<T: Elem>(x: &[T], d: &[T], f: Unary) -> Vec<T> {
+    match f {
+        Unary::Identity => d.to_vec(),
+        Unary::Relu => x
+            .iter()
+            .zip(d)
+            .map(|(&v, &g)| if v > T::zero() { g } else { T::zero() })
+            .collect(),
+        _ => x
+            .iter()
+            .zip(d)
+            .map(|(&v, &g)| T::of(f.derivative(v.f64()) * g.f64()))
+            .collect(),
+    }
+}
+
+pub(crate) fn prelu<T: Elem>(x: &[T], a: &[T], c: usize) -> Vec<T> {
+    let mut out = x.to_vec();
+    for row in out.chunks_exact_mut(c) {
+        for (v, &aj) in row.iter_mut().zip(a) {
+            if !(*v > T::zero()) {
+                *v = *v * aj;
+            }
+        }
+    }
+    out
+}
+
+pub(crate) fn prelu_backward<T: Elem>(x: &[T], a: &[T], d: &[T], c: usize) -> (Vec<T>, Vec<T>) {
+    let mut dx = d.to_vec();
+    let mut da = vec![T::zero(); c];
+    for (r, (xrow, drow)) in x.chunks_exact(c).zip(d.chunks_exact(c)).enumerate() {
+        for j in 0..c {
+            if !(xrow[j] > T::zero()) {
+                dx[r * c + j] = drow[j] * a[j];
+                da[j] += drow[j] * xrow[j];
+            }
+        }
+    }
+    (dx, da)
+}
+
+pub(crate) fn scale<T: Elem>(x: &mut [T], s: f64) {
+    let s = T::of(s);
+    for v in x {
+        *v = *v * s;
+    }
+}
+
+pub(crate) fn axpby<T: Elem>(y: &mut [T], a: f64, b: f64, x: &[T]) {
+    let (a, b) = (T::of(a), T::of(b));
+    for (yv, &xv) in y.iter_mut().zip(x) {
+        *yv = a * *yv + b * xv;
+    }
+}
+
+pub(crate) fn axpby_sq<T: Elem>(y: &mut [T], a: f64, b: f64, x: &[T]) {
+    let (a, b) = (T::of(a), T::of(b));
+    for (yv, &xv) in y.iter_mut().zip(x) {
+        *yv = a * *yv + b * xv * xv;
+    }
+}
+
+pub(crate) fn adam_ratio<T: Elem>(m: &[T], v: &[T], c1: f64, c2: f64, eps: f64) -> Vec<T> {
+    m.iter()
+        .zip(v)
+        .map(|(&mv, &vv)| T::of((mv.f64() / c1) / ((vv.f64() / c2).max(0.0).sqrt() + eps)))
+        .collect()
+}
+
+pub(crate) fn softmax_rows<T: Elem>(x: &[T], c: usize) -> Vec<T> {
+    let mut out = Vec::with_capacity(x.len());
+    for row in x.chunks_exact(c) {
+        let max = row.iter().map(|v| v.f64()).fold(f64::NEG_INFINITY, f64::max);
+        let start = out.len();
+        let mut z = 0.0;
+        for v in row {
+            let e = (v.f64() - max).exp();
+            z += e;
+            out.push(T::of(e));
+        }
+        for o in &mut out[start..] {
+            *o = T::of(o.f64() / z);
+        }
+    }
+    out
+}
+
+/// Mean cross-entropy and its gradient `(softmax − onehot)/n`.
+pub(crate) fn softmax_xent<T: Elem>(x: &[T], c: usize, labels: &[usize]) -> (f64, Vec<T>) {
+    let n = labels.len().max(1) as f64;
+    let mut grad = softmax_rows(x, c);
+    let mut loss = 0.0;
+    for (i, (row, &l)) in x.chunks_exact(c).zip(labels).enumerate() {
+        let max = row.iter().map(|v| v.f64()).fold(f64::NEG_INFINITY, f64::max);
+        let lse = max + row.iter().map(|v| (v.f64() - max).exp()).sum::<f64>().ln();
+        loss += lse - row[l].f64();
+        let g = &mut grad[i * c..(i + 1) * c];
+        g[l] = T::of(g[l].f64() - 1.0);
+        for v in g {
+            *v = T::of(v.f64() / n);
+        }
+    }
+    (loss / n, grad)
+}
+
+/// Mean over elements of −[t ln σ(x) + (1−t) ln(1−σ(x))], gradient (σ(x) − t)/numel.
+pub(crate) fn sigmoid_bce<T: Elem>(x: &[T], t: &[T], n: f64) -> (f64, Vec<T>) {
+    let mut loss = 0.0;
+    let grad = x
+        .iter()
+        .zip(t)
+        .map(|(&xv, &tv)| {
+            let (xv, tv) = (xv.f64(), tv.f64());
+            // ln(1+e^x) − t·x, the stable form of the BCE of σ(x).
+            loss += xv.max(0.0) + (-xv.abs()).exp().ln_1p() - tv * xv;
+            T::of((Unary::Sigmoid.apply(xv) - tv) / n)
+        })
+        .collect();
+    (loss / n, grad)
+}

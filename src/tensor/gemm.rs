@@ -1,0 +1,139 @@
+//! The one matrix-multiply entry point of the CPU backend.
+//!
+//! Provider: the `gemm` crate's single-threaded kernels, with the work split across the
+//! current rayon pool by this module (blocks of the larger output dimension). Chosen by
+//! measurement on the step shapes of `mlp:784-1000-1000-10` at batch 128 (see
+//! `bench/step_vs_pytorch.sh`): `gemm` and `matrixmultiply` reached the same ~95–105
+//! GFLOP/s on one Zen 4 core for the large shapes, `gemm` was 2–3× faster on the thin
+//! 10-column shapes, and splitting the output ourselves beat `gemm`'s own rayon mode.
+
+use gemm::Parallelism;
+
+/// Below this many multiply-adds a product runs on one thread.
+const PARALLEL_MIN_WORK: usize = 1 << 19;
+
+#[derive(Clone, Copy)]
+struct SendPtr<T>(*mut T);
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
+impl<T> SendPtr<T> {
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+/// Row-major `c[m×n] (+)= op(a) · op(b)` where `op(a)` is `a[m×k]`, or `a[k×m]ᵀ` when
+/// `ta`; `op(b)` is `b[k×n]`, or `b[n×k]ᵀ` when `tb`. With `accumulate` the product is
+/// added to `c`, otherwise `c` is overwritten.
+///
+/// The caller guarantees the slice lengths (checked by `Tensor::matmul`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm<T: 'static + Copy + Send + Sync + One>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[T],
+    ta: bool,
+    b: &[T],
+    tb: bool,
+    c: &mut [T],
+    accumulate: bool,
+) {
+    debug_assert_eq!(a.len(), m * k);
+    debug_assert_eq!(b.len(), k * n);
+    debug_assert_eq!(c.len(), m * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    // (row stride, column stride) of each operand as stored.
+    let (a_rs, a_cs) = if ta { (1, m as isize) } else { (k as isize, 1) };
+    let (b_rs, b_cs) = if tb { (1, k as isize) } else { (n as isize, 1) };
+    let threads = rayon::current_num_threads();
+    let work = m * n * k;
+    let split_rows = m >= n;
+    let dim = if split_rows { m } else { n };
+    let parts = if threads > 1 && work >= PARALLEL_MIN_WORK {
+        threads.min(dim / 8).max(1)
+    } else {
+        1
+    };
+    let (ap, bp, cp) = (
+        SendPtr(a.as_ptr() as *mut T),
+        SendPtr(b.as_ptr() as *mut T),
+        SendPtr(c.as_mut_ptr()),
+    );
+    let run = move |lo: usize, hi: usize| {
+        let (ap, bp, cp) = (ap.get(), bp.get(), cp.get());
+        // SAFETY: lo..hi is within the split dimension; the blocks of `c` written by the
+        // parts are disjoint and `a`, `b` are only read.
+        unsafe {
+            let (mm, nn, a0, b0, c0) = if split_rows {
+                (
+                    hi - lo,
+                    n,
+                    ap.offset(lo as isize * a_rs) as *const T,
+                    bp as *const T,
+                    cp.add(lo * n),
+                )
+            } else {
+                (
+                    m,
+                    hi - lo,
+                    ap as *const T,
+                    bp.offset(lo as isize * b_cs) as *const T,
+                    cp.add(lo),
+                )
+            };
+            gemm::gemm(
+                mm,
+                nn,
+                k,
+                c0,
+                1,
+                n as isize,
+                accumulate,
+                a0,
+                a_cs,
+                a_rs,
+                b0,
+                b_cs,
+                b_rs,
+                T::one(),
+                T::one(),
+                false,
+                false,
+                false,
+                Parallelism::None,
+            );
+        }
+    };
+    if parts == 1 {
+        run(0, dim);
+        return;
+    }
+    // Blocks aligned to 16 so each part keeps whole micro-kernel tiles.
+    let block = dim.div_ceil(parts).div_ceil(16) * 16;
+    rayon::scope(|s| {
+        let mut lo = 0;
+        while lo < dim {
+            let hi = (lo + block).min(dim);
+            s.spawn(move |_| run(lo, hi));
+            lo = hi;
+        }
+    });
+}
+
+/// The multiplicative identity, for `gemm`'s scaling factors.
+pub(crate) trait One {
+    fn one() -> Self;
+}
+impl One for f32 {
+    fn one() -> Self {
+        1.0
+    }
+}
+impl One for f64 {
+    fn one() -> Self {
+        1.0
+    }
+}

@@ -1,0 +1,568 @@
+//! The numeric core: an owned, row-major tensor and the kernels the layers call.
+//!
+//! A [`Tensor`] is a shape plus a [`Storage`]. Storage is cheap to clone (reference
+//! counted, copied on write), so a [`crate::nn::Trace`] can keep a layer's input and the
+//! previous layer's output without duplicating memory. Layers never index storage: they
+//! call the methods here, which dispatch on the storage variant. Today every variant
+//! lives in host memory (`f32` for training, `f64` for finite-difference checks); a CUDA
+//! device becomes another variant and another arm in each kernel.
+//!
+//! ```
+//! use futureprop::tensor::Tensor;
+//! let a = Tensor::from_vec(&[2, 2], vec![1.0, 2.0, 3.0, 4.0]).unwrap();
+//! let b = Tensor::from_vec(&[2, 1], vec![1.0, 1.0]).unwrap();
+//! // [[1,2],[3,4]]·[1,1]ᵀ = [3, 7]
+//! assert_eq!(a.matmul(false, &b, false).unwrap().to_vec_f32(), vec![3.0, 7.0]);
+//! ```
+
+mod cpu;
+mod gemm;
+mod unary;
+
+use std::sync::Arc;
+
+pub use unary::Unary;
+
+use crate::error::{Error, Result};
+use cpu::Elem;
+
+/// Element type of a tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum DType {
+    F32,
+    F64,
+}
+
+/// Where a tensor's elements live. Every variant is host memory today.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Storage {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+/// An owned row-major tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    shape: Vec<usize>,
+    data: Arc<Storage>,
+}
+
+macro_rules! map1 {
+    ($s:expr, $v:ident => $e:expr) => {
+        match $s {
+            Storage::F32($v) => Storage::F32($e),
+            Storage::F64($v) => Storage::F64($e),
+        }
+    };
+}
+
+macro_rules! each1 {
+    ($s:expr, $v:ident => $e:expr) => {
+        match $s {
+            Storage::F32($v) => $e,
+            Storage::F64($v) => $e,
+        }
+    };
+}
+
+macro_rules! each2 {
+    ($op:expr, $a:expr, $b:expr, ($x:ident, $y:ident) => $e:expr) => {
+        match ($a, $b) {
+            (Storage::F32($x), Storage::F32($y)) => Ok($e),
+            (Storage::F64($x), Storage::F64($y)) => Ok($e),
+            (l, r) => Err(Error::DType {
+                op: $op,
+                lhs: dtype_of(l),
+                rhs: dtype_of(r),
+            }),
+        }
+    };
+}
+
+macro_rules! each2_mut {
+    ($op:expr, $a:expr, $b:expr, ($x:ident, $y:ident) => $e:expr) => {{
+        let (l, r) = (dtype_of($a), dtype_of($b));
+        match ($a, $b) {
+            (Storage::F32($x), Storage::F32($y)) => Ok($e),
+            (Storage::F64($x), Storage::F64($y)) => Ok($e),
+            _ => Err(Error::DType {
+                op: $op,
+                lhs: l,
+                rhs: r,
+            }),
+        }
+    }};
+}
+
+fn dtype_of(s: &Storage) -> DType {
+    match s {
+        Storage::F32(_) => DType::F32,
+        Storage::F64(_) => DType::F64,
+    }
+}
+
+fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+impl Tensor {
+    fn new(shape: Vec<usize>, data: Storage) -> Self {
+        Tensor {
+            shape,
+            data: Arc::new(data),
+        }
+    }
+
+    /// A tensor of zeros.
+    pub fn zeros(shape: &[usize], dtype: DType) -> Self {
+        Self::full(shape, 0.0, dtype)
+    }
+
+    /// A tensor filled with `value`.
+    pub fn full(shape: &[usize], value: f64, dtype: DType) -> Self {
+        let n = numel(shape);
+        let data = match dtype {
+            DType::F32 => Storage::F32(vec![value as f32; n]),
+            DType::F64 => Storage::F64(vec![value; n]),
+        };
+        Self::new(shape.to_vec(), data)
+    }
+
+    /// An `f32` tensor from row-major data.
+    pub fn from_vec(shape: &[usize], data: Vec<f32>) -> Result<Self> {
+        Self::from_storage(shape, Storage::F32(data))
+    }
+
+    /// An `f64` tensor from row-major data.
+    pub fn from_vec_f64(shape: &[usize], data: Vec<f64>) -> Result<Self> {
+        Self::from_storage(shape, Storage::F64(data))
+    }
+
+    /// A tensor from storage, checking that its length matches the shape.
+    pub fn from_storage(shape: &[usize], data: Storage) -> Result<Self> {
+        let len = each1!(&data, v => v.len());
+        if len != numel(shape) {
+            return Err(Error::shape(
+                "Tensor::from_storage",
+                format!("shape {shape:?} needs {} elements, got {len}", numel(shape)),
+            ));
+        }
+        Ok(Self::new(shape.to_vec(), data))
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        numel(&self.shape)
+    }
+
+    /// True when the tensor has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes held by the elements.
+    pub fn size_bytes(&self) -> usize {
+        self.len()
+            * match self.dtype() {
+                DType::F32 => 4,
+                DType::F64 => 8,
+            }
+    }
+
+    /// Element type.
+    pub fn dtype(&self) -> DType {
+        dtype_of(&self.data)
+    }
+
+    /// The storage (for backends and serialisation).
+    pub fn storage(&self) -> &Storage {
+        &self.data
+    }
+
+    fn storage_mut(&mut self) -> &mut Storage {
+        Arc::make_mut(&mut self.data)
+    }
+
+    /// `(rows, cols)` of a 2-D tensor.
+    pub fn dims2(&self) -> Result<(usize, usize)> {
+        match self.shape.as_slice() {
+            [r, c] => Ok((*r, *c)),
+            s => Err(Error::shape("dims2", format!("expected a 2-D tensor, got shape {s:?}"))),
+        }
+    }
+
+    /// The same elements with another shape of equal size.
+    pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
+        if numel(shape) != self.len() {
+            return Err(Error::shape(
+                "reshape",
+                format!("cannot view {:?} as {shape:?}", self.shape),
+            ));
+        }
+        Ok(Tensor {
+            shape: shape.to_vec(),
+            data: self.data.clone(),
+        })
+    }
+
+    /// Converts to another element type.
+    pub fn to_dtype(&self, dtype: DType) -> Tensor {
+        if dtype == self.dtype() {
+            return self.clone();
+        }
+        let data = match dtype {
+            DType::F32 => Storage::F32(self.to_vec_f32()),
+            DType::F64 => Storage::F64(self.to_vec_f64()),
+        };
+        Self::new(self.shape.clone(), data)
+    }
+
+    /// Elements as `f32`, copied to host.
+    pub fn to_vec_f32(&self) -> Vec<f32> {
+        each1!(&*self.data, v => v.iter().map(|x| x.f64() as f32).collect())
+    }
+
+    /// Elements as `f64`, copied to host.
+    pub fn to_vec_f64(&self) -> Vec<f64> {
+        each1!(&*self.data, v => v.iter().map(|x| x.f64()).collect())
+    }
+
+    /// Element `i` of the flattened tensor as `f64`.
+    pub fn get(&self, i: usize) -> Result<f64> {
+        each1!(&*self.data, v => v.get(i).map(|x| x.f64())).ok_or_else(|| {
+            Error::shape("get", format!("index {i} out of range for {:?}", self.shape))
+        })
+    }
+
+    /// Sets element `i` of the flattened tensor.
+    pub fn set(&mut self, i: usize, value: f64) -> Result<()> {
+        let shape = self.shape.clone();
+        let ok = each1!(self.storage_mut(), v => match v.get_mut(i) {
+            Some(x) => { *x = Elem::of(value); true }
+            None => false,
+        });
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::shape("set", format!("index {i} out of range for {shape:?}")))
+        }
+    }
+
+    fn same_shape(&self, op: &str, other: &Tensor) -> Result<()> {
+        if self.shape != other.shape {
+            return Err(Error::shape(
+                op,
+                format!("{:?} vs {:?}", self.shape, other.shape),
+            ));
+        }
+        Ok(())
+    }
+
+    // ---- linear algebra -------------------------------------------------------------
+
+    /// `op(self) · op(rhs)` for 2-D tensors, `op` transposing when its flag is set.
+    pub fn matmul(&self, ta: bool, rhs: &Tensor, tb: bool) -> Result<Tensor> {
+        let (m, k, n) = matmul_dims(self, ta, rhs, tb)?;
+        let mut out = Tensor::zeros(&[m, n], self.dtype());
+        out.matmul_acc_impl(self, ta, rhs, tb, (m, k, n), false)?;
+        Ok(out)
+    }
+
+    /// `self += op(a) · op(b)`.
+    pub fn matmul_acc(&mut self, a: &Tensor, ta: bool, b: &Tensor, tb: bool) -> Result<()> {
+        let (m, k, n) = matmul_dims(a, ta, b, tb)?;
+        if self.shape != [m, n] {
+            return Err(Error::shape(
+                "matmul_acc",
+                format!("output {:?} but product is [{m}, {n}]", self.shape),
+            ));
+        }
+        self.matmul_acc_impl(a, ta, b, tb, (m, k, n), true)
+    }
+
+    fn matmul_acc_impl(
+        &mut self,
+        a: &Tensor,
+        ta: bool,
+        b: &Tensor,
+        tb: bool,
+        (m, k, n): (usize, usize, usize),
+        acc: bool,
+    ) -> Result<()> {
+        let (ad, bd) = (a.data.clone(), b.data.clone());
+        let lhs = dtype_of(&ad);
+        match (self.storage_mut(), &*ad, &*bd) {
+            (Storage::F32(c), Storage::F32(x), Storage::F32(y)) => {
+                gemm::gemm(m, n, k, x, ta, y, tb, c, acc)
+            }
+            (Storage::F64(c), Storage::F64(x), Storage::F64(y)) => {
+                gemm::gemm(m, n, k, x, ta, y, tb, c, acc)
+            }
+            (_, _, r) => {
+                return Err(Error::DType {
+                    op: "matmul",
+                    lhs,
+                    rhs: dtype_of(r),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Transpose of a 2-D tensor.
+    pub fn transpose(&self) -> Result<Tensor> {
+        let (r, c) = self.dims2()?;
+        let data = map1!(&*self.data, v => cpu::transpose(v, r, c));
+        Ok(Self::new(vec![c, r], data))
+    }
+
+    // ---- broadcasting and reductions ------------------------------------------------
+
+    /// Adds a row vector `b[cols]` to every row of a 2-D tensor.
+    pub fn add_row(&mut self, b: &Tensor) -> Result<()> {
+        let (_, c) = self.dims2()?;
+        if b.len() != c {
+            return Err(Error::shape("add_row", format!("row of {c} vs bias of {}", b.len())));
+        }
+        let bd = b.data.clone();
+        each2_mut!("add_row", self.storage_mut(), &*bd, (x, y) => cpu::add_row(x, y))
+    }
+
+    /// Column sums of a 2-D tensor: `out[j] = Σᵢ self[i, j]`.
+    pub fn sum_rows(&self) -> Result<Tensor> {
+        let (_, c) = self.dims2()?;
+        let data = map1!(&*self.data, v => cpu::sum_rows(v, c));
+        Ok(Self::new(vec![c], data))
+    }
+
+    /// Σ of all elements.
+    pub fn sum(&self) -> f64 {
+        each1!(&*self.data, v => v.iter().map(|x| x.f64()).sum())
+    }
+
+    /// Σ x² of all elements.
+    pub fn sum_sq(&self) -> f64 {
+        each1!(&*self.data, v => cpu::sum_sq(v))
+    }
+
+    /// ‖x‖₂.
+    pub fn norm(&self) -> f64 {
+        self.sum_sq().sqrt()
+    }
+
+    /// Σ xᵢyᵢ.
+    pub fn dot(&self, other: &Tensor) -> Result<f64> {
+        self.same_shape("dot", other)?;
+        each2!("dot", &*self.data, &*other.data, (x, y) => cpu::dot(x, y))
+    }
+
+    /// True when every element is finite.
+    pub fn all_finite(&self) -> bool {
+        each1!(&*self.data, v => v.iter().all(|x| x.f64().is_finite()))
+    }
+
+    /// Index of the largest element of each row of a 2-D tensor.
+    pub fn argmax_rows(&self) -> Result<Vec<usize>> {
+        let (_, c) = self.dims2()?;
+        if c == 0 {
+            return Err(Error::shape("argmax_rows", "rows have no columns"));
+        }
+        Ok(each1!(&*self.data, v => cpu::argmax_rows(v, c)))
+    }
+
+    /// Rows `idx` of a 2-D tensor, in that order.
+    pub fn gather_rows(&self, idx: &[usize]) -> Result<Tensor> {
+        let (r, c) = self.dims2()?;
+        if let Some(&bad) = idx.iter().find(|&&i| i >= r) {
+            return Err(Error::shape("gather_rows", format!("row {bad} of {r}")));
+        }
+        let data = map1!(&*self.data, v => cpu::gather_rows(v, c, idx));
+        Ok(Self::new(vec![idx.len(), c], data))
+    }
+
+    // ---- element-wise ---------------------------------------------------------------
+
+    /// `f(self)` element-wise.
+    pub fn unary(&self, f: Unary) -> Tensor {
+        let data = map1!(&*self.data, v => cpu::unary(v, f));
+        Self::new(self.shape.clone(), data)
+    }
+
+    /// `d_out ⊙ f'(self)`: the input error of an element-wise map whose input was `self`.
+    pub fn unary_backward(&self, f: Unary, d_out: &Tensor) -> Result<Tensor> {
+        self.same_shape("unary_backward", d_out)?;
+        let data = each2!("unary_backward", &*self.data, &*d_out.data, (x, d) => {
+            Elem::wrap(cpu::unary_backward(x, d, f))
+        })?;
+        Ok(Self::new(self.shape.clone(), data))
+    }
+
+    /// PReLU with one slope per column: `y = x` for x > 0, `a_j·x` otherwise.
+    pub fn prelu(&self, slope: &Tensor) -> Result<Tensor> {
+        let (_, c) = self.dims2()?;
+        if slope.len() != c {
+            return Err(Error::shape("prelu", format!("{c} columns vs {} slopes", slope.len())));
+        }
+        let data = match (&*self.data, &*slope.data) {
+            (Storage::F32(x), Storage::F32(a)) => Storage::F32(cpu::prelu(x, a, c)),
+            (Storage::F64(x), Storage::F64(a)) => Storage::F64(cpu::prelu(x, a, c)),
+            (l, r) => return Err(Error::DType { op: "prelu", lhs: dtype_of(l), rhs: dtype_of(r) }),
+        };
+        Ok(Self::new(self.shape.clone(), data))
+    }
+
+    /// PReLU backward: returns `(dx, dslope)` given the input `self` and `d_out`.
+    pub fn prelu_backward(&self, slope: &Tensor, d_out: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (_, c) = self.dims2()?;
+        self.same_shape("prelu_backward", d_out)?;
+        if slope.len() != c {
+            return Err(Error::shape("prelu_backward", format!("{c} columns vs {} slopes", slope.len())));
+        }
+        let (dx, da) = match (&*self.data, &*slope.data, &*d_out.data) {
+            (Storage::F32(x), Storage::F32(a), Storage::F32(d)) => {
+                let (dx, da) = cpu::prelu_backward(x, a, d, c);
+                (Storage::F32(dx), Storage::F32(da))
+            }
+            (Storage::F64(x), Storage::F64(a), Storage::F64(d)) => {
+                let (dx, da) = cpu::prelu_backward(x, a, d, c);
+                (Storage::F64(dx), Storage::F64(da))
+            }
+            (l, _, r) => return Err(Error::DType { op: "prelu_backward", lhs: dtype_of(l), rhs: dtype_of(r) }),
+        };
+        Ok((Self::new(self.shape.clone(), dx), Self::new(vec![c], da)))
+    }
+
+    /// `self ⊙ other`.
+    pub fn mul(&self, other: &Tensor) -> Result<Tensor> {
+        self.same_shape("mul", other)?;
+        let data = each2!("mul", &*self.data, &*other.data, (x, y) => Elem::wrap(x.iter().zip(y).map(|(a, b)| *a * *b).collect::<Vec<_>>()))?;
+        Ok(Self::new(self.shape.clone(), data))
+    }
+
+    /// `self + other`.
+    pub fn add(&self, other: &Tensor) -> Result<Tensor> {
+        let mut out = self.clone();
+        out.axpy(1.0, other)?;
+        Ok(out)
+    }
+
+    /// `self − other`.
+    pub fn sub(&self, other: &Tensor) -> Result<Tensor> {
+        let mut out = self.clone();
+        out.axpy(-1.0, other)?;
+        Ok(out)
+    }
+
+    /// `s · self`.
+    pub fn scale(&self, s: f64) -> Tensor {
+        let mut out = self.clone();
+        out.scale_in_place(s);
+        out
+    }
+
+    /// `self ← s · self`.
+    pub fn scale_in_place(&mut self, s: f64) {
+        each1!(self.storage_mut(), v => cpu::scale(v, s))
+    }
+
+    /// `self ← self + a · x`.
+    pub fn axpy(&mut self, a: f64, x: &Tensor) -> Result<()> {
+        self.axpby(1.0, a, x)
+    }
+
+    /// `self ← a · self + b · x`.
+    pub fn axpby(&mut self, a: f64, b: f64, x: &Tensor) -> Result<()> {
+        self.same_shape("axpby", x)?;
+        let xd = x.data.clone();
+        each2_mut!("axpby", self.storage_mut(), &*xd, (s, y) => cpu::axpby(s, a, b, y))
+    }
+
+    /// `self ← a · self + b · x²` (element-wise square; second-moment averages).
+    pub fn axpby_sq(&mut self, a: f64, b: f64, x: &Tensor) -> Result<()> {
+        self.same_shape("axpby_sq", x)?;
+        let xd = x.data.clone();
+        each2_mut!("axpby_sq", self.storage_mut(), &*xd, (s, y) => cpu::axpby_sq(s, a, b, y))
+    }
+
+    /// `(m / c1) / (sqrt(max(v / c2, 0)) + eps)`: Adam's bias-corrected direction.
+    pub fn adam_ratio(m: &Tensor, v: &Tensor, c1: f64, c2: f64, eps: f64) -> Result<Tensor> {
+        m.same_shape("adam_ratio", v)?;
+        let data = each2!("adam_ratio", &*m.data, &*v.data, (x, y) => Elem::wrap(cpu::adam_ratio(x, y, c1, c2, eps)))?;
+        Ok(Self::new(m.shape.clone(), data))
+    }
+
+    /// Element-wise clamp to `[-c, c]`.
+    pub fn clamp_abs(&self, c: f64) -> Tensor {
+        let data = map1!(&*self.data, v => v.iter().map(|x| Elem::of(x.f64().clamp(-c, c))).collect());
+        Self::new(self.shape.clone(), data)
+    }
+
+    // ---- losses ---------------------------------------------------------------------
+
+    /// Softmax over each row of a 2-D tensor.
+    pub fn softmax_rows(&self) -> Result<Tensor> {
+        let (_, c) = self.dims2()?;
+        let data = map1!(&*self.data, v => cpu::softmax_rows(v, c));
+        Ok(Self::new(self.shape.clone(), data))
+    }
+
+    /// Mean softmax cross-entropy of logits `self[n×c]` against class labels, and its
+    /// gradient `(softmax − onehot)/n`. Returns `(mean loss, gradient)`.
+    pub fn softmax_cross_entropy(&self, labels: &[usize]) -> Result<(f64, Tensor)> {
+        let (r, c) = self.dims2()?;
+        if labels.len() != r {
+            return Err(Error::shape("softmax_cross_entropy", format!("{r} rows vs {} labels", labels.len())));
+        }
+        if let Some(&bad) = labels.iter().find(|&&l| l >= c) {
+            return Err(Error::shape("softmax_cross_entropy", format!("label {bad} but only {c} classes")));
+        }
+        let (loss, grad) = match &*self.data {
+            Storage::F32(v) => {
+                let (l, g) = cpu::softmax_xent(v, c, labels);
+                (l, Storage::F32(g))
+            }
+            Storage::F64(v) => {
+                let (l, g) = cpu::softmax_xent(v, c, labels);
+                (l, Storage::F64(g))
+            }
+        };
+        Ok((loss, Self::new(self.shape.clone(), grad)))
+    }
+
+    /// Mean binary cross-entropy of `σ(self)` against targets in [0, 1], with gradient
+    /// `(σ(x) − t)/numel` with respect to the logits.
+    pub fn sigmoid_bce(&self, target: &Tensor) -> Result<(f64, Tensor)> {
+        self.same_shape("sigmoid_bce", target)?;
+        let n = self.len().max(1) as f64;
+        let (loss, grad) = each2!("sigmoid_bce", &*self.data, &*target.data, (x, t) => {
+            let (l, g) = cpu::sigmoid_bce(x, t, n);
+            (l, Elem::wrap(g))
+        })?;
+        Ok((loss, Self::new(self.shape.clone(), grad)))
+    }
+}
+
+fn matmul_dims(a: &Tensor, ta: bool, b: &Tensor, tb: bool) -> Result<(usize, usize, usize)> {
+    let (ar, ac) = a.dims2()?;
+    let (br, bc) = b.dims2()?;
+    let (m, k) = if ta { (ac, ar) } else { (ar, ac) };
+    let (k2, n) = if tb { (bc, br) } else { (br, bc) };
+    if k != k2 {
+        return Err(Error::shape(
+            "matmul",
+            format!(
+                "inner dimensions differ: {}{:?} · {}{:?}",
+                if ta { "ᵀ" } else { "" },
+                a.shape,
+                if tb { "ᵀ" } else { "" },
+                b.shape
+            ),
+        ));
+    }
+    Ok((m, k, n))
+}
