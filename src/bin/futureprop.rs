@@ -1,0 +1,312 @@
+//! The futureprop command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+
+use futureprop::data::{self, download};
+use futureprop::train::{self, TrainConfig};
+use futureprop::{Error, Result};
+
+#[derive(Parser)]
+#[command(name = "futureprop", version, about = "Train neural networks with any credit-assignment rule, and measure them side by side")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model (flags override --config; see `futureprop train --help`).
+    Train(Box<TrainArgs>),
+    /// List the credit-assignment rules.
+    Rules,
+    /// List the optimizers.
+    Optimizers,
+    /// Fetch or verify datasets.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Download a dataset, verify its SHA-256 and cache it.
+    Fetch {
+        /// mnist or fashion-mnist.
+        name: String,
+        /// Data directory (default: FUTUREPROP_DATA, else the per-user cache).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Base URL to download from instead of the built-in mirrors.
+        #[arg(long)]
+        mirror: Option<String>,
+    },
+    /// Check the SHA-256 of every dataset file in a directory.
+    Verify {
+        /// Dataset names (default: all known).
+        names: Vec<String>,
+        /// Data directory (default: FUTUREPROP_DATA, else the per-user cache).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+/// Flags of `train`. Each one, when given, overrides the config file.
+#[derive(Args, Serialize, Default)]
+struct TrainArgs {
+    /// TOML file with any of the settings below (keys as the flags, with - or _).
+    #[arg(long)]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// Continue from a checkpoint (its config is the base; flags and --config apply on top).
+    #[arg(long)]
+    #[serde(skip)]
+    resume: Option<PathBuf>,
+    /// Dataset: mnist, fashion-mnist [default: mnist].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dataset: Option<String>,
+    /// Data directory [default: FUTUREPROP_DATA, else ~/.cache/futureprop].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_dir: Option<PathBuf>,
+    /// Do not download a missing dataset.
+    #[arg(long)]
+    #[serde(skip)]
+    no_download: bool,
+    /// Base URL to download datasets from.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mirror: Option<String>,
+    /// Feature scaling: standard, unit, none [default: standard].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    normalize: Option<String>,
+    /// Hold out the last N training samples for validation [default: 0].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    validation: Option<usize>,
+    /// Train on the first N training samples only.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    train_limit: Option<usize>,
+    /// Test on the first N test samples only.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    test_limit: Option<usize>,
+    /// Model spec, e.g. mlp:784-1000-1000-10 [default: mlp:784-1000-1000-10].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<String>,
+    /// Hidden activation: relu, tanh, sigmoid, leaky-relu[:a], prelu, elu[:a], selu, silu, gelu, hard-sigmoid, softplus, identity [default: relu].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    activation: Option<String>,
+    /// Initialiser: auto, xavier-uniform, xavier-normal, he-uniform, he-normal, lecun-normal, torch, zeros, constant:V [default: auto].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    init: Option<String>,
+    /// Linear layers without bias.
+    #[arg(long)]
+    #[serde(skip)]
+    no_bias: bool,
+    /// Loss: cross-entropy, mse, bce [default: cross-entropy].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    loss: Option<String>,
+    /// Credit-assignment rule (see `futureprop rules`) [default: bp].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rule: Option<String>,
+    /// Optimizer (see `futureprop optimizers`) [default: sgd].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    optimizer: Option<String>,
+    /// Learning rate [default: 0.01].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lr: Option<f64>,
+    /// Momentum for momentum/nesterov [default: 0.9].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    momentum: Option<f64>,
+    /// Adam β₁ [default: 0.9].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    beta1: Option<f64>,
+    /// Adam β₂ [default: 0.999].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    beta2: Option<f64>,
+    /// Adam ε [default: 1e-8].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eps: Option<f64>,
+    /// Weight decay (coupled L2; decoupled for adamw) [default: 0].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    weight_decay: Option<f64>,
+    /// Clip the update's global norm to this value.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    clip_norm: Option<f64>,
+    /// Schedule: constant, step:EVERY:GAMMA, cosine[:FLOOR], robbins-monro:TAU, warmup:N,<schedule> [default: constant].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    schedule: Option<String>,
+    /// Minibatch size [default: 128].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    batch_size: Option<usize>,
+    /// Epochs [default: 10].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    epochs: Option<usize>,
+    /// Stop after N optimizer steps.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_steps: Option<u64>,
+    /// Seed [default: 0].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<u64>,
+    /// Worker threads [default: all cores].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    threads: Option<usize>,
+    /// Output folder [default: runs/<dataset>-<rule>-<optimizer>-s<seed>].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    out: Option<PathBuf>,
+    /// Checkpoint every N epochs (0: only at the end) [default: 1].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    checkpoint_every: Option<usize>,
+    /// No progress bar or per-epoch lines.
+    #[arg(long)]
+    #[serde(skip)]
+    quiet: bool,
+}
+
+fn train_cmd(args: &TrainArgs) -> Result<()> {
+    let (base, resume) = match &args.resume {
+        Some(p) => {
+            let ck = train::checkpoint::load(p)?;
+            let base: TrainConfig = serde_json::from_value(ck.config)
+                .map_err(|e| Error::format(p, format!("config in checkpoint: {e}")))?;
+            (base, Some(p.clone()))
+        }
+        None => (TrainConfig::default(), None),
+    };
+    let mut layers = Vec::new();
+    if let Some(c) = &args.config {
+        layers.push(TrainConfig::read_toml(c)?);
+    }
+    let mut flags = serde_json::to_value(args).map_err(|e| Error::config("flags", e.to_string()))?;
+    if args.no_download {
+        flags["download"] = false.into();
+    }
+    if args.no_bias {
+        flags["bias"] = false.into();
+    }
+    if args.quiet {
+        flags["quiet"] = true.into();
+    }
+    layers.push(flags);
+    let cfg = base.merged(&layers)?;
+    let summary = train::train(&cfg, resume.as_deref())?;
+    let out = cfg.out_dir();
+    let f = |k: &str| summary[k].as_f64().unwrap_or(f64::NAN);
+    println!(
+        "test accuracy {:.4} (best {:.4}) after {} epochs, {:.1}s; results in {}",
+        f("test_accuracy"),
+        f("best_test_accuracy"),
+        summary["epochs"],
+        f("total_seconds"),
+        out.display()
+    );
+    Ok(())
+}
+
+fn data_cmd(cmd: &DataCommand) -> Result<()> {
+    match cmd {
+        DataCommand::Fetch {
+            name,
+            data_dir,
+            mirror,
+        } => {
+            let remote = download::remote(name)?;
+            let root = data::resolve_data_dir(data_dir.as_deref());
+            let got = download::fetch(&root, remote, mirror.as_deref())?;
+            if got.is_empty() {
+                println!("{name}: already present and verified in {}", root.join(name).display());
+            } else {
+                for p in got {
+                    println!("fetched and verified {}", p.display());
+                }
+            }
+            Ok(())
+        }
+        DataCommand::Verify { names, data_dir } => {
+            let root = data::resolve_data_dir(data_dir.as_deref());
+            let names: Vec<&str> = if names.is_empty() {
+                download::REMOTES.iter().map(|r| r.name).collect()
+            } else {
+                names.iter().map(String::as_str).collect()
+            };
+            let mut bad = 0;
+            for n in names {
+                for (p, st) in download::verify(&root, download::remote(n)?)? {
+                    match st {
+                        download::FileStatus::Ok => println!("ok        {}", p.display()),
+                        download::FileStatus::Missing => {
+                            bad += 1;
+                            println!("missing   {}", p.display())
+                        }
+                        download::FileStatus::Mismatch { actual } => {
+                            bad += 1;
+                            println!("MISMATCH  {} (sha256 {actual})", p.display())
+                        }
+                    }
+                }
+            }
+            if bad > 0 {
+                return Err(Error::MissingData {
+                    msg: format!("{bad} file(s) missing or corrupt in {}; run `futureprop data fetch NAME`", root.display()),
+                });
+            }
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match &cli.command {
+        Command::Train(a) => train_cmd(a),
+        Command::Rules => {
+            for (n, d) in futureprop::rule::RULES {
+                println!("{n:<10} {d}");
+            }
+            Ok(())
+        }
+        Command::Optimizers => {
+            for (n, d) in futureprop::optim::OPTIMIZERS {
+                println!("{n:<10} {d}");
+            }
+            Ok(())
+        }
+        Command::Data { command } => data_cmd(command),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! Datasets, loaders and downloads.
+//!
+//! Where datasets are looked for, in order: an explicit directory (`--data-dir`), the
+//! `FUTUREPROP_DATA` environment variable, then the per-user cache
+//! (`$XDG_CACHE_HOME/futureprop` or `~/.cache/futureprop`). Each dataset is a folder of
+//! that directory named like the dataset (`mnist/`, `fashion-mnist/`).
+
+pub mod download;
+pub mod idx;
+mod loader;
+pub mod synthetic;
+
+use std::path::{Path, PathBuf};
+
+pub use loader::{Batches, shuffled_indices};
+
+use crate::error::{Error, Result};
+use crate::nn::Target;
+use crate::tensor::Tensor;
+
+/// A labelled classification set: one row of features per sample.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    /// Features, `[n, features]`, f32.
+    pub x: Tensor,
+    /// Class of each row.
+    pub labels: Vec<usize>,
+    /// Number of classes.
+    pub classes: usize,
+}
+
+impl Dataset {
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Features per sample.
+    pub fn features(&self) -> usize {
+        self.x.shape().get(1).copied().unwrap_or(0)
+    }
+
+    /// The rows `idx`.
+    pub fn subset(&self, idx: &[usize]) -> Result<Dataset> {
+        Ok(Dataset {
+            x: self.x.gather_rows(idx)?,
+            labels: idx.iter().map(|&i| self.labels[i]).collect(),
+            classes: self.classes,
+        })
+    }
+
+    /// Targets for the rows `idx`.
+    pub fn targets(&self, idx: &[usize]) -> Target {
+        Target::Classes(idx.iter().map(|&i| self.labels[i]).collect())
+    }
+}
+
+/// Train, optional validation, and test sets.
+#[derive(Debug, Clone)]
+pub struct Splits {
+    /// Training samples.
+    pub train: Dataset,
+    /// Held out from the training file, when asked for.
+    pub validation: Option<Dataset>,
+    /// The test set.
+    pub test: Dataset,
+}
+
+/// How features are scaled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Normalize {
+    /// Pixels to [0, 1], then (x − μ)/σ with μ, σ of the training pixels.
+    Standard,
+    /// Pixels to [0, 1].
+    Unit,
+    /// Raw 0–255 values.
+    None,
+}
+
+impl Normalize {
+    /// Parses `standard`, `unit` or `none`.
+    pub fn parse(s: &str) -> Result<Normalize> {
+        match s {
+            "standard" => Ok(Normalize::Standard),
+            "unit" => Ok(Normalize::Unit),
+            "none" => Ok(Normalize::None),
+            _ => Err(Error::unknown("normalisation", s, &["standard", "unit", "none"])),
+        }
+    }
+}
+
+/// Datasets loadable by name.
+pub const DATASETS: &[&str] = &["mnist", "fashion-mnist"];
+
+/// The per-user cache directory for datasets.
+pub fn cache_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("futureprop");
+    }
+    match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        Some(h) => PathBuf::from(h).join(".cache").join("futureprop"),
+        None => PathBuf::from(".futureprop-cache"),
+    }
+}
+
+/// Resolves the data directory: explicit, else `FUTUREPROP_DATA`, else the cache.
+pub fn resolve_data_dir(explicit: Option<&Path>) -> PathBuf {
+    if let Some(p) = explicit {
+        return p.to_path_buf();
+    }
+    if let Some(p) = std::env::var_os("FUTUREPROP_DATA").filter(|v| !v.is_empty()) {
+        return PathBuf::from(p);
+    }
+    cache_dir()
+}
+
+/// True when every file of dataset `name` is present under `root`.
+pub fn is_present(root: &Path, name: &str) -> Result<bool> {
+    let remote = download::remote(name)?;
+    let dir = root.join(name);
+    Ok(remote
+        .files
+        .iter()
+        .all(|f| download::locate(&dir, f.name).is_some()))
+}
+
+fn load_pair(dir: &Path, images: &str, labels: &str, name: &str) -> Result<(Vec<u8>, usize, Vec<usize>)> {
+    let find = |f: &str| {
+        download::locate(dir, f).ok_or_else(|| Error::MissingData {
+            msg: format!(
+                "{name}: {} not found; run `futureprop data fetch {name}` (or pass --data-dir / set FUTUREPROP_DATA to a folder that has {name}/)",
+                dir.join(f).display()
+            ),
+        })
+    };
+    let ip = find(images)?;
+    let lp = find(labels)?;
+    let img = idx::read_idx(&ip)?;
+    let lab = idx::read_idx(&lp)?;
+    if img.dims.len() < 2 {
+        return Err(Error::format(&ip, format!("expected an image array, got dimensions {:?}", img.dims)));
+    }
+    if lab.dims.len() != 1 {
+        return Err(Error::format(&lp, format!("expected a 1-D label array, got dimensions {:?}", lab.dims)));
+    }
+    if img.dims[0] != lab.dims[0] {
+        return Err(Error::format(
+            &lp,
+            format!("{} labels for {} images in {}", lab.dims[0], img.dims[0], ip.display()),
+        ));
+    }
+    let features = img.dims[1..].iter().product();
+    let labels: Vec<usize> = lab.data.iter().map(|&l| l as usize).collect();
+    if let Some(bad) = labels.iter().find(|&&l| l >= 10) {
+        return Err(Error::format(&lp, format!("label {bad} outside 0..10")));
+    }
+    Ok((img.data, features, labels))
+}
+
+/// Loads MNIST or Fashion-MNIST from `root/<name>/`, scales the features, and holds out
+/// the last `validation` training samples.
+pub fn load(root: &Path, name: &str, normalize: Normalize, validation: usize) -> Result<Splits> {
+    download::remote(name)?;
+    let dir = root.join(name);
+    let (tr_x, feat, tr_y) = load_pair(&dir, "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", name)?;
+    let (te_x, feat_t, te_y) = load_pair(&dir, "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", name)?;
+    if feat != feat_t {
+        return Err(Error::format(&dir, format!("train images have {feat} pixels, test images {feat_t}")));
+    }
+    if validation >= tr_y.len() {
+        return Err(Error::config(
+            "validation",
+            format!("{validation} samples requested but the training set has {}", tr_y.len()),
+        ));
+    }
+    let (mean, std) = match normalize {
+        Normalize::Standard => {
+            let n = tr_x.len() as f64;
+            let m = tr_x.iter().map(|&v| v as f64 / 255.0).sum::<f64>() / n;
+            let var = tr_x.iter().map(|&v| (v as f64 / 255.0 - m).powi(2)).sum::<f64>() / n;
+            (m, var.sqrt().max(1e-12))
+        }
+        _ => (0.0, 1.0),
+    };
+    let scale = |raw: &[u8]| -> Vec<f32> {
+        match normalize {
+            Normalize::None => raw.iter().map(|&v| v as f32).collect(),
+            _ => raw
+                .iter()
+                .map(|&v| ((v as f64 / 255.0 - mean) / std) as f32)
+                .collect(),
+        }
+    };
+    let n_tr = tr_y.len();
+    let train_all = Dataset {
+        x: Tensor::from_vec(&[n_tr, feat], scale(&tr_x))?,
+        labels: tr_y,
+        classes: 10,
+    };
+    let test = Dataset {
+        x: Tensor::from_vec(&[te_y.len(), feat], scale(&te_x))?,
+        labels: te_y,
+        classes: 10,
+    };
+    let (train, validation) = if validation > 0 {
+        let cut = n_tr - validation;
+        let tr_idx: Vec<usize> = (0..cut).collect();
+        let va_idx: Vec<usize> = (cut..n_tr).collect();
+        (train_all.subset(&tr_idx)?, Some(train_all.subset(&va_idx)?))
+    } else {
+        (train_all, None)
+    };
+    Ok(Splits {
+        train,
+        validation,
+        test,
+    })
+}

@@ -1,0 +1,156 @@
+//! Checkpoints in safetensors format, written atomically (temp file, fsync, rename).
+//!
+//! Tensors: `param/<name>` for every parameter (model and rule state) and
+//! `optim/<key>` for optimizer state. Metadata (string → string): `format`, `config`
+//! (the resolved run config as JSON), `epoch` (epochs completed), `step` (optimizer
+//! steps), `history` (the per-epoch metric records so far, JSON).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+
+use crate::error::{Error, Result};
+use crate::nn::Params;
+use crate::optim::OptimizerState;
+use crate::tensor::{Storage, Tensor};
+
+const FORMAT: &str = "futureprop-checkpoint-1";
+
+/// Everything a run needs to continue.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    /// Parameters (model and rule).
+    pub params: Params,
+    /// Optimizer state.
+    pub optimizer: OptimizerState,
+    /// The run's resolved config as JSON.
+    pub config: serde_json::Value,
+    /// Epochs completed.
+    pub epoch: usize,
+    /// Per-epoch metric records so far.
+    pub history: Vec<serde_json::Value>,
+}
+
+fn bytes_of(t: &Tensor) -> (Dtype, Vec<u8>) {
+    match t.storage() {
+        Storage::F32(v) => (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        Storage::F64(v) => (Dtype::F64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+    }
+}
+
+/// Writes `ck` to `path` atomically: the file is either the old one or the new one.
+pub fn save(path: &Path, ck: &Checkpoint) -> Result<()> {
+    let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (n, t) in ck.params.iter() {
+        let (d, b) = bytes_of(t);
+        owned.push((format!("param/{n}"), d, t.shape().to_vec(), b));
+    }
+    for (n, t) in ck.optimizer.tensors.iter() {
+        let (d, b) = bytes_of(t);
+        owned.push((format!("optim/{n}"), d, t.shape().to_vec(), b));
+    }
+    let views = owned
+        .iter()
+        .map(|(n, d, s, b)| {
+            TensorView::new(*d, s.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| Error::format(path, format!("tensor {n}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), FORMAT.to_string());
+    meta.insert("config".to_string(), ck.config.to_string());
+    meta.insert("epoch".to_string(), ck.epoch.to_string());
+    meta.insert("step".to_string(), ck.optimizer.step.to_string());
+    meta.insert(
+        "history".to_string(),
+        serde_json::Value::Array(ck.history.clone()).to_string(),
+    );
+    let bytes = safetensors::serialize(views, Some(meta))
+        .map_err(|e| Error::format(path, format!("serialising checkpoint: {e}")))?;
+    write_atomic(path, &bytes)
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|s| s.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
+    let res = (|| {
+        let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
+        f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}
+
+/// Reads a checkpoint written by [`save`].
+pub fn load(path: &Path) -> Result<Checkpoint> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bad = |msg: String| Error::format(path, msg);
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+    let (_, md) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("bad header: {e}")))?;
+    let meta = md.metadata().clone().unwrap_or_default();
+    let get = |k: &str| {
+        meta.get(k)
+            .cloned()
+            .ok_or_else(|| bad(format!("metadata has no '{k}' (not a futureprop checkpoint?)")))
+    };
+    if get("format")? != FORMAT {
+        return Err(bad(format!("unsupported checkpoint format '{}'", get("format")?)));
+    }
+    let config: serde_json::Value =
+        serde_json::from_str(&get("config")?).map_err(|e| bad(format!("config: {e}")))?;
+    let epoch: usize = get("epoch")?.parse().map_err(|_| bad("epoch is not a number".into()))?;
+    let step: u64 = get("step")?.parse().map_err(|_| bad("step is not a number".into()))?;
+    let history: Vec<serde_json::Value> = match meta.get("history") {
+        Some(h) => serde_json::from_str(h).map_err(|e| bad(format!("history: {e}")))?,
+        None => Vec::new(),
+    };
+    let mut names: Vec<(String, TensorView)> = st.tensors();
+    names.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut params = Params::new();
+    let mut opt = Params::new();
+    // Parameters keep the order they were saved in (safetensors sorts keys; the store's
+    // order only matters for display).
+    for (n, v) in names {
+        let data = v.data();
+        let t = match v.dtype() {
+            Dtype::F32 => Tensor::from_vec(
+                v.shape(),
+                data.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            )?,
+            Dtype::F64 => Tensor::from_vec_f64(
+                v.shape(),
+                data.chunks_exact(8)
+                    .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+                    .collect(),
+            )?,
+            d => return Err(bad(format!("tensor {n} has unsupported dtype {d:?}"))),
+        };
+        if let Some(p) = n.strip_prefix("param/") {
+            params.insert(p, t);
+        } else if let Some(o) = n.strip_prefix("optim/") {
+            opt.insert(o, t);
+        }
+    }
+    Ok(Checkpoint {
+        params,
+        optimizer: OptimizerState { step, tensors: opt },
+        config,
+        epoch,
+        history,
+    })
+}

@@ -1,0 +1,192 @@
+//! The run configuration: one serialisable struct, every field with a default.
+//! Layers of overrides (a TOML file, then command-line flags) are merged onto it.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::optim::OptimizerConfig;
+
+/// Everything that defines a training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Dataset name (`mnist`, `fashion-mnist`); default `mnist`.
+    pub dataset: String,
+    /// Data directory; default: `FUTUREPROP_DATA`, else the per-user cache.
+    pub data_dir: Option<PathBuf>,
+    /// Download the dataset when it is missing; default true.
+    pub download: bool,
+    /// Base URL replacing the built-in download mirrors; default none.
+    pub mirror: Option<String>,
+    /// Feature scaling: `standard`, `unit`, `none`; default `standard`.
+    pub normalize: String,
+    /// Training samples held out for validation (the last ones); default 0.
+    pub validation: usize,
+    /// Use only the first N training samples; default all.
+    pub train_limit: Option<usize>,
+    /// Use only the first N test samples; default all.
+    pub test_limit: Option<usize>,
+    /// Model spec; default `mlp:784-1000-1000-10`.
+    pub model: String,
+    /// Hidden activation; default `relu`.
+    pub activation: String,
+    /// Weight initialiser; default `auto` (by activation).
+    pub init: String,
+    /// Linear layers have biases; default true.
+    pub bias: bool,
+    /// Loss: `cross-entropy`, `mse`, `bce`; default `cross-entropy`.
+    pub loss: String,
+    /// Credit-assignment rule; default `bp`.
+    pub rule: String,
+    /// Optimizer name; default `sgd`.
+    pub optimizer: String,
+    /// Base learning rate; default 0.01.
+    pub lr: f64,
+    /// Momentum μ; default 0.9.
+    pub momentum: f64,
+    /// Adam β₁; default 0.9.
+    pub beta1: f64,
+    /// Adam β₂; default 0.999.
+    pub beta2: f64,
+    /// Adam ε; default 1e-8.
+    pub eps: f64,
+    /// Weight decay; default 0 (coupled L2 except `adamw`).
+    pub weight_decay: f64,
+    /// Decouple weight decay from the moments; default false.
+    pub decoupled_weight_decay: bool,
+    /// Exempt biases from weight decay; default false.
+    pub no_decay_on_bias: bool,
+    /// Clip the update's global norm; default none.
+    pub clip_norm: Option<f64>,
+    /// Learning-rate schedule; default `constant`.
+    pub schedule: String,
+    /// Minibatch size; default 128.
+    pub batch_size: usize,
+    /// Batch size for evaluation; default 1000.
+    pub eval_batch_size: usize,
+    /// Epochs; default 10.
+    pub epochs: usize,
+    /// Stop after this many optimizer steps in total; default none.
+    pub max_steps: Option<u64>,
+    /// Seed of initialisation, shuffling and rule state; default 0.
+    pub seed: u64,
+    /// Worker threads; default: all cores.
+    pub threads: Option<usize>,
+    /// Output folder; default `runs/<dataset>-<rule>-<optimizer>-s<seed>`.
+    pub out: Option<PathBuf>,
+    /// Write a checkpoint every N epochs (0: only at the end); default 1.
+    pub checkpoint_every: usize,
+    /// No progress bar; default false.
+    pub quiet: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        let o = OptimizerConfig::default();
+        TrainConfig {
+            dataset: "mnist".into(),
+            data_dir: None,
+            download: true,
+            mirror: None,
+            normalize: "standard".into(),
+            validation: 0,
+            train_limit: None,
+            test_limit: None,
+            model: "mlp:784-1000-1000-10".into(),
+            activation: "relu".into(),
+            init: "auto".into(),
+            bias: true,
+            loss: "cross-entropy".into(),
+            rule: "bp".into(),
+            optimizer: o.name,
+            lr: o.lr,
+            momentum: o.momentum,
+            beta1: o.beta1,
+            beta2: o.beta2,
+            eps: o.eps,
+            weight_decay: o.weight_decay,
+            decoupled_weight_decay: o.decoupled_weight_decay,
+            no_decay_on_bias: o.no_decay_on_bias,
+            clip_norm: o.clip_norm,
+            schedule: o.schedule,
+            batch_size: 128,
+            eval_batch_size: 1000,
+            epochs: 10,
+            max_steps: None,
+            seed: 0,
+            threads: None,
+            out: None,
+            checkpoint_every: 1,
+            quiet: false,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// The optimizer part.
+    pub fn optimizer_config(&self) -> OptimizerConfig {
+        OptimizerConfig {
+            name: self.optimizer.clone(),
+            lr: self.lr,
+            momentum: self.momentum,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+            decoupled_weight_decay: self.decoupled_weight_decay,
+            no_decay_on_bias: self.no_decay_on_bias,
+            clip_norm: self.clip_norm,
+            schedule: self.schedule.clone(),
+        }
+    }
+
+    /// The output folder.
+    pub fn out_dir(&self) -> PathBuf {
+        self.out.clone().unwrap_or_else(|| {
+            PathBuf::from("runs").join(format!(
+                "{}-{}-{}-s{}",
+                self.dataset, self.rule, self.optimizer, self.seed
+            ))
+        })
+    }
+
+    /// Merges override layers (JSON objects; `null` values are ignored) onto `self`,
+    /// rejecting unknown keys and ill-typed values by name.
+    pub fn merged(&self, layers: &[serde_json::Value]) -> Result<TrainConfig> {
+        let mut base = serde_json::to_value(self)
+            .map_err(|e| Error::config("config", e.to_string()))?;
+        let obj = base
+            .as_object_mut()
+            .ok_or_else(|| Error::config("config", "not an object"))?;
+        for layer in layers {
+            let Some(l) = layer.as_object() else {
+                return Err(Error::config("config", "override is not a table"));
+            };
+            for (k, v) in l {
+                let key = k.replace('-', "_");
+                if !obj.contains_key(&key) {
+                    let mut known: Vec<&str> = obj.keys().map(String::as_str).collect();
+                    known.sort();
+                    return Err(Error::config(
+                        "config",
+                        format!("unknown key '{k}'; known keys: {}", known.join(", ")),
+                    ));
+                }
+                if !v.is_null() {
+                    obj.insert(key, v.clone());
+                }
+            }
+        }
+        serde_json::from_value(base).map_err(|e| Error::config("config", e.to_string()))
+    }
+
+    /// Reads a TOML file as an override layer.
+    pub fn read_toml(path: &std::path::Path) -> Result<serde_json::Value> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let table: toml::Table = toml::from_str(&text)
+            .map_err(|e| Error::format(path, format!("invalid TOML: {}", e.message())))?;
+        serde_json::to_value(table).map_err(|e| Error::format(path, e.to_string()))
+    }
+}

@@ -1,0 +1,379 @@
+//! The training loop: epochs of rule steps and optimizer steps, evaluation, metrics,
+//! checkpoints and resume.
+//!
+//! Outputs in the run folder: `metrics.jsonl` (one JSON record per epoch; every
+//! time-valued field is named `*_seconds` or `*_per_second`), `summary.json` (final
+//! figures and the resolved config) and `checkpoint.safetensors`.
+
+pub mod checkpoint;
+mod config;
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::{Value, json};
+
+pub use checkpoint::Checkpoint;
+pub use config::TrainConfig;
+
+use crate::data::{self, Batches, Dataset, Normalize, Splits};
+use crate::error::{Error, Result};
+use crate::nn::{Grads, Init, Loss, Model, ModelSpec, Params};
+use crate::optim::{Objective, StepContext, build_optimizer};
+use crate::rule::{Batch, Rule, build_rule};
+
+/// Loss and accuracy of a model on a dataset.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Evaluation {
+    /// Mean loss.
+    pub loss: f64,
+    /// Fraction classified correctly.
+    pub accuracy: f64,
+}
+
+/// Evaluates `rule.predict` on `data` in batches of `batch_size`.
+pub fn evaluate(
+    rule: &dyn Rule,
+    model: &Model,
+    params: &Params,
+    data: &Dataset,
+    loss: Loss,
+    batch_size: usize,
+) -> Result<Evaluation> {
+    let (mut total, mut correct, mut n) = (0.0, 0usize, 0usize);
+    for b in Batches::new(data, batch_size, false, 0, 0) {
+        let b = b?;
+        let out = rule.predict(model, params, &b.x)?;
+        let (l, _) = loss.eval(&out, &b.target)?;
+        let rows = b.target.len();
+        total += l * rows as f64;
+        correct += count_correct(&out, &b)?;
+        n += rows;
+    }
+    let n = n.max(1) as f64;
+    Ok(Evaluation {
+        loss: total / n,
+        accuracy: correct as f64 / n,
+    })
+}
+
+fn count_correct(out: &crate::tensor::Tensor, b: &Batch) -> Result<usize> {
+    match &b.target {
+        crate::nn::Target::Classes(labels) => Ok(out
+            .argmax_rows()?
+            .iter()
+            .zip(labels)
+            .filter(|(p, l)| p == l)
+            .count()),
+        crate::nn::Target::Values(_) => Ok(0),
+    }
+}
+
+/// The rule's update on one batch, as an [`Objective`] optimizers can re-evaluate.
+struct RuleObjective<'a> {
+    rule: &'a mut dyn Rule,
+    model: &'a Model,
+    batch: &'a Batch,
+    loss: Loss,
+}
+
+impl Objective for RuleObjective<'_> {
+    fn evaluate(&mut self, params: &Params) -> Result<(f64, Grads)> {
+        let out = self.rule.step(self.model, params, self.batch, self.loss)?;
+        Ok((out.loss, out.grads))
+    }
+}
+
+/// Loads the configured dataset, downloading it first when missing and allowed.
+pub fn load_data(cfg: &TrainConfig) -> Result<Splits> {
+    let root = data::resolve_data_dir(cfg.data_dir.as_deref());
+    let remote = data::download::remote(&cfg.dataset)?;
+    if !data::is_present(&root, &cfg.dataset)? {
+        if !cfg.download {
+            return Err(Error::MissingData {
+                msg: format!(
+                    "{} is not in {}; run `futureprop data fetch {}` or pass --data-dir",
+                    cfg.dataset,
+                    root.display(),
+                    cfg.dataset
+                ),
+            });
+        }
+        if !cfg.quiet {
+            eprintln!("fetching {} into {}", cfg.dataset, root.join(&cfg.dataset).display());
+        }
+        data::download::fetch(&root, remote, cfg.mirror.as_deref()).map_err(|e| Error::MissingData {
+            msg: format!(
+                "{} is not in {} and downloading it failed ({e}); fetch it with `futureprop data fetch {}` or pass --data-dir to a folder holding {}/",
+                cfg.dataset,
+                root.display(),
+                cfg.dataset,
+                cfg.dataset
+            ),
+        })?;
+    }
+    let mut splits = data::load(&root, &cfg.dataset, Normalize::parse(&cfg.normalize)?, cfg.validation)?;
+    if let Some(n) = cfg.train_limit {
+        let idx: Vec<usize> = (0..n.min(splits.train.len())).collect();
+        splits.train = splits.train.subset(&idx)?;
+    }
+    if let Some(n) = cfg.test_limit {
+        let idx: Vec<usize> = (0..n.min(splits.test.len())).collect();
+        splits.test = splits.test.subset(&idx)?;
+    }
+    Ok(splits)
+}
+
+/// Builds the model of `cfg` and checks it against the data's shape.
+pub fn build_model(cfg: &TrainConfig, features: usize, classes: usize) -> Result<Model> {
+    let model = Model::build(&ModelSpec {
+        spec: cfg.model.clone(),
+        activation: cfg.activation.clone(),
+        bias: cfg.bias,
+    })?;
+    if model.inputs() != features || model.outputs() != classes {
+        return Err(Error::shape(
+            "model vs dataset",
+            format!(
+                "model '{}' maps {} inputs to {} outputs but {} has {features} features and {classes} classes; use e.g. mlp:{features}-1000-{classes}",
+                cfg.model,
+                model.inputs(),
+                model.outputs(),
+                cfg.dataset
+            ),
+        ));
+    }
+    Ok(model)
+}
+
+fn progress(quiet: bool, len: u64) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    if quiet || !std::io::stderr().is_terminal() {
+        pb.set_draw_target(ProgressDrawTarget::hidden());
+    } else if let Ok(style) =
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({eta})")
+    {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb
+}
+
+fn write_json(path: &Path, v: &Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(v).map_err(|e| Error::format(path, e.to_string()))?;
+    checkpoint::write_atomic(path, text.as_bytes())
+}
+
+/// Runs training as configured; `resume` continues from a checkpoint (its config is the
+/// base, `overrides` are applied on top). Returns the summary written to `summary.json`.
+pub fn train(cfg: &TrainConfig, resume: Option<&Path>) -> Result<Value> {
+    let threads = cfg
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    if threads == 0 {
+        return Err(Error::config("threads", "must be at least 1"));
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| Error::config("threads", e.to_string()))?;
+    let ck = resume.map(checkpoint::load).transpose()?;
+    let splits = load_data(cfg)?;
+    pool.install(|| run(cfg, &splits, ck))
+}
+
+/// Trains on already loaded data.
+pub fn run(cfg: &TrainConfig, splits: &Splits, resume: Option<Checkpoint>) -> Result<Value> {
+    if cfg.batch_size == 0 || cfg.eval_batch_size == 0 {
+        return Err(Error::config("batch size", "must be at least 1"));
+    }
+    let loss = Loss::parse(&cfg.loss)?;
+    let model = build_model(cfg, splits.train.features(), splits.train.classes)?;
+    let mut rule = build_rule(&cfg.rule)?;
+    let mut params = model.init_params(Init::parse(&cfg.init)?, cfg.seed)?;
+    rule.init(&model, &mut params, cfg.seed)?;
+    let steps_per_epoch = splits.train.len().div_ceil(cfg.batch_size) as u64;
+    let mut total_steps = steps_per_epoch * cfg.epochs as u64;
+    if let Some(m) = cfg.max_steps {
+        total_steps = total_steps.min(m);
+    }
+    let mut optimizer = build_optimizer(&cfg.optimizer_config(), total_steps)?;
+    let out_dir: PathBuf = cfg.out_dir();
+    std::fs::create_dir_all(&out_dir).map_err(|e| Error::io(&out_dir, e))?;
+    let ck_path = out_dir.join("checkpoint.safetensors");
+    let metrics_path = out_dir.join("metrics.jsonl");
+    let config_json = serde_json::to_value(cfg).map_err(|e| Error::config("config", e.to_string()))?;
+
+    let mut start_epoch = 0;
+    let mut history: Vec<Value> = Vec::new();
+    if let Some(ck) = resume {
+        for (n, t) in ck.params.iter() {
+            let mine = params.get(n).map_err(|_| {
+                Error::format(&ck_path, format!("checkpoint parameter '{n}' does not belong to model '{}' with rule '{}'", cfg.model, cfg.rule))
+            })?;
+            if mine.shape() != t.shape() {
+                return Err(Error::shape(format!("checkpoint parameter {n}"), format!("{:?} vs model {:?}", t.shape(), mine.shape())));
+            }
+        }
+        for (n, _) in params.clone().iter() {
+            params.insert(n, ck.params.get(n)?.clone());
+        }
+        optimizer.load_state(&ck.optimizer)?;
+        start_epoch = ck.epoch;
+        history = ck.history;
+    }
+    // metrics.jsonl always holds exactly the epochs of this run's history.
+    {
+        let mut f = std::fs::File::create(&metrics_path).map_err(|e| Error::io(&metrics_path, e))?;
+        for h in &history {
+            writeln!(f, "{h}").map_err(|e| Error::io(&metrics_path, e))?;
+        }
+    }
+    let save = |params: &Params, opt: &dyn crate::optim::Optimizer, epoch: usize, history: &[Value]| {
+        checkpoint::save(
+            &ck_path,
+            &Checkpoint {
+                params: params.clone(),
+                optimizer: opt.state(),
+                config: config_json.clone(),
+                epoch,
+                history: history.to_vec(),
+            },
+        )
+    };
+
+    let run_start = Instant::now();
+    let mut step = optimizer.state().step;
+    let mut activation_bytes = 0usize;
+    for epoch in start_epoch..cfg.epochs {
+        if cfg.max_steps.is_some_and(|m| step >= m) {
+            break;
+        }
+        let t0 = Instant::now();
+        let batches = Batches::new(&splits.train, cfg.batch_size, true, cfg.seed, epoch as u64);
+        let pb = progress(cfg.quiet, batches.num_batches() as u64);
+        pb.set_prefix(format!("epoch {}/{}", epoch + 1, cfg.epochs));
+        let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
+        for batch in batches {
+            if cfg.max_steps.is_some_and(|m| step >= m) {
+                break;
+            }
+            let batch = batch?;
+            let out = rule.step(&model, &params, &batch, loss)?;
+            if !out.loss.is_finite() {
+                pb.finish_and_clear();
+                return Err(Error::NonFinite {
+                    value: out.loss,
+                    epoch: epoch + 1,
+                    step: step + 1,
+                });
+            }
+            let rows = batch.target.len();
+            loss_sum += out.loss * rows as f64;
+            if let Some(o) = out.trace.output() {
+                correct += count_correct(o, &batch)?;
+            }
+            seen += rows;
+            activation_bytes = activation_bytes.max(out.trace.activation_bytes());
+            let mut objective = RuleObjective {
+                rule: rule.as_mut(),
+                model: &model,
+                batch: &batch,
+                loss,
+            };
+            let mut ctx = StepContext {
+                trace: Some(&out.trace),
+                objective: Some(&mut objective),
+            };
+            optimizer.step(&mut params, &out.grads, &mut ctx)?;
+            step += 1;
+            pb.inc(1);
+            if step % 20 == 0 {
+                pb.set_message(format!("loss {:.4}", loss_sum / seen.max(1) as f64));
+            }
+        }
+        pb.finish_and_clear();
+        let train_seconds = t0.elapsed().as_secs_f64();
+        let te = Instant::now();
+        let test = evaluate(rule.as_ref(), &model, &params, &splits.test, loss, cfg.eval_batch_size)?;
+        let mut rec = json!({
+            "epoch": epoch + 1,
+            "step": step,
+            "lr": optimizer.learning_rate(),
+            "train_loss": loss_sum / seen.max(1) as f64,
+            "train_accuracy": correct as f64 / seen.max(1) as f64,
+            "test_loss": test.loss,
+            "test_accuracy": test.accuracy,
+        });
+        if let Some(v) = &splits.validation {
+            let ev = evaluate(rule.as_ref(), &model, &params, v, loss, cfg.eval_batch_size)?;
+            rec["validation_loss"] = json!(ev.loss);
+            rec["validation_accuracy"] = json!(ev.accuracy);
+        }
+        rec["epoch_seconds"] = json!(train_seconds);
+        rec["eval_seconds"] = json!(te.elapsed().as_secs_f64());
+        rec["samples_per_second"] = json!(seen as f64 / train_seconds.max(1e-9));
+        if !test.loss.is_finite() {
+            return Err(Error::NonFinite {
+                value: test.loss,
+                epoch: epoch + 1,
+                step,
+            });
+        }
+        {
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&metrics_path)
+                .map_err(|e| Error::io(&metrics_path, e))?;
+            writeln!(f, "{rec}").map_err(|e| Error::io(&metrics_path, e))?;
+        }
+        if !cfg.quiet {
+            eprintln!(
+                "epoch {:>3}  train loss {:.4} acc {:.4}  test loss {:.4} acc {:.4}  {:.1}s",
+                epoch + 1,
+                rec["train_loss"].as_f64().unwrap_or(f64::NAN),
+                rec["train_accuracy"].as_f64().unwrap_or(f64::NAN),
+                test.loss,
+                test.accuracy,
+                train_seconds
+            );
+        }
+        history.push(rec);
+        let last = epoch + 1 == cfg.epochs || cfg.max_steps.is_some_and(|m| step >= m);
+        if last || (cfg.checkpoint_every > 0 && (epoch + 1) % cfg.checkpoint_every == 0) {
+            save(&params, optimizer.as_ref(), epoch + 1, &history)?;
+        }
+    }
+    let total_seconds = run_start.elapsed().as_secs_f64();
+    let acc = |r: &Value, k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+    let last = history.last();
+    let (best_epoch, best) = history
+        .iter()
+        .map(|r| (r["epoch"].as_u64().unwrap_or(0), acc(r, "test_accuracy")))
+        .fold((0, f64::NEG_INFINITY), |b, x| if x.1 > b.1 { x } else { b });
+    let epoch_secs: Vec<f64> = history.iter().map(|r| acc(r, "epoch_seconds")).collect();
+    let opt_state = optimizer.state();
+    let summary = json!({
+        "dataset": cfg.dataset,
+        "model": cfg.model,
+        "rule": rule.name(),
+        "optimizer": optimizer.name(),
+        "epochs": history.len(),
+        "steps": step,
+        "test_accuracy": last.map(|r| acc(r, "test_accuracy")),
+        "test_loss": last.map(|r| acc(r, "test_loss")),
+        "train_accuracy": last.map(|r| acc(r, "train_accuracy")),
+        "best_test_accuracy": if history.is_empty() { Value::Null } else { json!(best) },
+        "best_epoch": best_epoch,
+        "parameters": model.num_parameters(&params),
+        "parameter_bytes": params.size_bytes(),
+        "optimizer_state_bytes": opt_state.tensors.size_bytes(),
+        "activation_bytes_per_step": activation_bytes,
+        "total_seconds": total_seconds,
+        "seconds_per_epoch": if epoch_secs.is_empty() { Value::Null } else { json!(epoch_secs.iter().sum::<f64>() / epoch_secs.len() as f64) },
+        "config": config_json,
+    });
+    write_json(&out_dir.join("summary.json"), &summary)?;
+    Ok(summary)
+}
