@@ -50,7 +50,9 @@ pub enum Error {
     #[error("missing key '{key}' in {store}")]
     MissingKey { key: String, store: String },
     /// Training diverged.
-    #[error("loss became {value} at epoch {epoch}, step {step}; stopped (last good checkpoint kept)")]
+    #[error(
+        "loss became {value} at epoch {epoch}, step {step}; stopped (last good checkpoint kept)"
+    )]
     NonFinite { value: f64, epoch: usize, step: u64 },
     /// A configuration value is invalid.
     #[error("invalid {what}: {msg}")]

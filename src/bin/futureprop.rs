@@ -11,7 +11,12 @@ use futureprop::train::{self, TrainConfig};
 use futureprop::{Error, Result};
 
 #[derive(Parser)]
-#[command(name = "futureprop", version, about = "Train neural networks with any credit-assignment rule, and measure them side by side")]
+#[command(
+    name = "futureprop",
+    version,
+    args_override_self = true,
+    about = "Train neural networks with any credit-assignment rule, and measure them side by side"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -106,7 +111,7 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     activation: Option<String>,
-    /// Initialiser: auto, xavier-uniform, xavier-normal, he-uniform, he-normal, lecun-normal, torch, zeros, constant:V [default: auto].
+    /// Initialiser: auto, xavier-uniform, xavier-normal, he-uniform, he-normal, lecun-normal, torch, zeros, constant:V [default: torch].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     init: Option<String>,
@@ -206,7 +211,8 @@ fn train_cmd(args: &TrainArgs) -> Result<()> {
     if let Some(c) = &args.config {
         layers.push(TrainConfig::read_toml(c)?);
     }
-    let mut flags = serde_json::to_value(args).map_err(|e| Error::config("flags", e.to_string()))?;
+    let mut flags =
+        serde_json::to_value(args).map_err(|e| Error::config("flags", e.to_string()))?;
     if args.no_download {
         flags["download"] = false.into();
     }
@@ -243,7 +249,10 @@ fn data_cmd(cmd: &DataCommand) -> Result<()> {
             let root = data::resolve_data_dir(data_dir.as_deref());
             let got = download::fetch(&root, remote, mirror.as_deref())?;
             if got.is_empty() {
-                println!("{name}: already present and verified in {}", root.join(name).display());
+                println!(
+                    "{name}: already present and verified in {}",
+                    root.join(name).display()
+                );
             } else {
                 for p in got {
                     println!("fetched and verified {}", p.display());
@@ -276,7 +285,10 @@ fn data_cmd(cmd: &DataCommand) -> Result<()> {
             }
             if bad > 0 {
                 return Err(Error::MissingData {
-                    msg: format!("{bad} file(s) missing or corrupt in {}; run `futureprop data fetch NAME`", root.display()),
+                    msg: format!(
+                        "{bad} file(s) missing or corrupt in {}; run `futureprop data fetch NAME`",
+                        root.display()
+                    ),
                 });
             }
             Ok(())

@@ -157,7 +157,11 @@ pub fn fetch(root: &Path, remote: &Remote, mirror: Option<&str>) -> Result<Vec<P
     let dir = root.join(remote.name);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let mirrors: Vec<String> = match mirror {
-        Some(m) => vec![if m.ends_with('/') { m.to_string() } else { format!("{m}/") }],
+        Some(m) => vec![if m.ends_with('/') {
+            m.to_string()
+        } else {
+            format!("{m}/")
+        }],
         None => remote.mirrors.iter().map(|s| s.to_string()).collect(),
     };
     let mut fetched = Vec::new();
@@ -193,7 +197,10 @@ fn fetch_one(url: &str, target: &Path, sha256: &str) -> Result<()> {
     let dir = target.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.part-{}",
-        target.file_name().and_then(|s| s.to_str()).unwrap_or("download"),
+        target
+            .file_name()
+            .and_then(|s| s.to_str())
+            .unwrap_or("download"),
         std::process::id()
     ));
     let result = (|| {

@@ -34,7 +34,10 @@ pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
 /// Parses IDX bytes; `path` only names the source in errors.
 pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray> {
     if bytes.len() < 4 {
-        return Err(Error::format(path, "truncated IDX header (fewer than 4 bytes)"));
+        return Err(Error::format(
+            path,
+            "truncated IDX header (fewer than 4 bytes)",
+        ));
     }
     if bytes[0] != 0 || bytes[1] != 0 {
         return Err(Error::format(
@@ -48,7 +51,10 @@ pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray> {
     if bytes[2] != 0x08 {
         return Err(Error::format(
             path,
-            format!("IDX element type 0x{:02x} is not supported (only 0x08, unsigned byte)", bytes[2]),
+            format!(
+                "IDX element type 0x{:02x} is not supported (only 0x08, unsigned byte)",
+                bytes[2]
+            ),
         ));
     }
     let nd = bytes[3] as usize;
@@ -57,7 +63,13 @@ pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray> {
     }
     let header = 4 + 4 * nd;
     if bytes.len() < header {
-        return Err(Error::format(path, format!("truncated IDX header: {nd} dimensions need {header} bytes, file has {}", bytes.len())));
+        return Err(Error::format(
+            path,
+            format!(
+                "truncated IDX header: {nd} dimensions need {header} bytes, file has {}",
+                bytes.len()
+            ),
+        ));
     }
     let dims: Vec<usize> = (0..nd)
         .map(|i| {
@@ -75,7 +87,11 @@ pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray> {
             path,
             format!(
                 "IDX dimensions {dims:?} need {n} data bytes, file has {body} ({})",
-                if body < n { "truncated" } else { "trailing bytes" }
+                if body < n {
+                    "truncated"
+                } else {
+                    "trailing bytes"
+                }
             ),
         ));
     }

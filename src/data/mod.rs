@@ -90,7 +90,11 @@ impl Normalize {
             "standard" => Ok(Normalize::Standard),
             "unit" => Ok(Normalize::Unit),
             "none" => Ok(Normalize::None),
-            _ => Err(Error::unknown("normalisation", s, &["standard", "unit", "none"])),
+            _ => Err(Error::unknown(
+                "normalisation",
+                s,
+                &["standard", "unit", "none"],
+            )),
         }
     }
 }
@@ -130,7 +134,12 @@ pub fn is_present(root: &Path, name: &str) -> Result<bool> {
         .all(|f| download::locate(&dir, f.name).is_some()))
 }
 
-fn load_pair(dir: &Path, images: &str, labels: &str, name: &str) -> Result<(Vec<u8>, usize, Vec<usize>)> {
+fn load_pair(
+    dir: &Path,
+    images: &str,
+    labels: &str,
+    name: &str,
+) -> Result<(Vec<u8>, usize, Vec<usize>)> {
     let find = |f: &str| {
         download::locate(dir, f).ok_or_else(|| Error::MissingData {
             msg: format!(
@@ -144,15 +153,26 @@ fn load_pair(dir: &Path, images: &str, labels: &str, name: &str) -> Result<(Vec<
     let img = idx::read_idx(&ip)?;
     let lab = idx::read_idx(&lp)?;
     if img.dims.len() < 2 {
-        return Err(Error::format(&ip, format!("expected an image array, got dimensions {:?}", img.dims)));
+        return Err(Error::format(
+            &ip,
+            format!("expected an image array, got dimensions {:?}", img.dims),
+        ));
     }
     if lab.dims.len() != 1 {
-        return Err(Error::format(&lp, format!("expected a 1-D label array, got dimensions {:?}", lab.dims)));
+        return Err(Error::format(
+            &lp,
+            format!("expected a 1-D label array, got dimensions {:?}", lab.dims),
+        ));
     }
     if img.dims[0] != lab.dims[0] {
         return Err(Error::format(
             &lp,
-            format!("{} labels for {} images in {}", lab.dims[0], img.dims[0], ip.display()),
+            format!(
+                "{} labels for {} images in {}",
+                lab.dims[0],
+                img.dims[0],
+                ip.display()
+            ),
         ));
     }
     let features = img.dims[1..].iter().product();
@@ -168,22 +188,42 @@ fn load_pair(dir: &Path, images: &str, labels: &str, name: &str) -> Result<(Vec<
 pub fn load(root: &Path, name: &str, normalize: Normalize, validation: usize) -> Result<Splits> {
     download::remote(name)?;
     let dir = root.join(name);
-    let (tr_x, feat, tr_y) = load_pair(&dir, "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", name)?;
-    let (te_x, feat_t, te_y) = load_pair(&dir, "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", name)?;
+    let (tr_x, feat, tr_y) = load_pair(
+        &dir,
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+        name,
+    )?;
+    let (te_x, feat_t, te_y) = load_pair(
+        &dir,
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+        name,
+    )?;
     if feat != feat_t {
-        return Err(Error::format(&dir, format!("train images have {feat} pixels, test images {feat_t}")));
+        return Err(Error::format(
+            &dir,
+            format!("train images have {feat} pixels, test images {feat_t}"),
+        ));
     }
     if validation >= tr_y.len() {
         return Err(Error::config(
             "validation",
-            format!("{validation} samples requested but the training set has {}", tr_y.len()),
+            format!(
+                "{validation} samples requested but the training set has {}",
+                tr_y.len()
+            ),
         ));
     }
     let (mean, std) = match normalize {
         Normalize::Standard => {
             let n = tr_x.len() as f64;
             let m = tr_x.iter().map(|&v| v as f64 / 255.0).sum::<f64>() / n;
-            let var = tr_x.iter().map(|&v| (v as f64 / 255.0 - m).powi(2)).sum::<f64>() / n;
+            let var = tr_x
+                .iter()
+                .map(|&v| (v as f64 / 255.0 - m).powi(2))
+                .sum::<f64>()
+                / n;
             (m, var.sqrt().max(1e-12))
         }
         _ => (0.0, 1.0),

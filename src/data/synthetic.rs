@@ -70,10 +70,18 @@ pub fn teacher_student(
     let mut draw = |len: usize, s: f64| -> Vec<f32> {
         (0..len).map(|_| (s * normal(&mut rng)) as f32).collect()
     };
-    let w1 = Tensor::from_vec(&[hidden, inputs], draw(hidden * inputs, 1.0 / (inputs as f64).sqrt()))?;
-    let w2 = Tensor::from_vec(&[outputs, hidden], draw(outputs * hidden, 1.0 / (hidden as f64).sqrt()))?;
+    let w1 = Tensor::from_vec(
+        &[hidden, inputs],
+        draw(hidden * inputs, 1.0 / (inputs as f64).sqrt()),
+    )?;
+    let w2 = Tensor::from_vec(
+        &[outputs, hidden],
+        draw(outputs * hidden, 1.0 / (hidden as f64).sqrt()),
+    )?;
     let x = Tensor::from_vec(&[n, inputs], draw(n * inputs, 1.0))?;
-    let h = x.matmul(false, &w1, true)?.unary(crate::tensor::Unary::Tanh);
+    let h = x
+        .matmul(false, &w1, true)?
+        .unary(crate::tensor::Unary::Tanh);
     let y = h.matmul(false, &w2, true)?;
     let eps = Tensor::from_vec(&[n, outputs], draw(n * outputs, noise))?;
     Ok((x, y.add(&eps)?))

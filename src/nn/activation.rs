@@ -134,7 +134,10 @@ impl Layer for PRelu {
         Ok(input)
     }
     fn init_params(&self, _: Init, _: &mut crate::Rng, p: &mut Params) -> Result<()> {
-        p.insert(self.key.clone(), Tensor::from_vec(&[self.width], vec![0.25; self.width])?);
+        p.insert(
+            self.key.clone(),
+            Tensor::from_vec(&[self.width], vec![0.25; self.width])?,
+        );
         Ok(())
     }
     fn forward(&self, p: &Params, x: &Tensor, _rec: &mut Record) -> Result<Tensor> {

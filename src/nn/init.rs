@@ -71,9 +71,7 @@ impl Init {
         let n = fan_in * fan_out;
         let (fi, fo) = (fan_in.max(1) as f64, fan_out.max(1) as f64);
         let uniform = |a: f64, rng: &mut R| -> Vec<f32> {
-            (0..n)
-                .map(|_| rng.random_range(-a..=a) as f32)
-                .collect()
+            (0..n).map(|_| rng.random_range(-a..=a) as f32).collect()
         };
         let normal = |s: f64, rng: &mut R| -> Vec<f32> {
             (0..n)

@@ -88,9 +88,9 @@ impl Layer for Linear {
         if self.bias {
             let b = match init {
                 // PyTorch draws biases from the same U(±1/√fan_in).
-                Init::Torch => Init::Torch.sample(self.inputs, self.outputs, rng)
-                    [..self.outputs]
-                    .to_vec(),
+                Init::Torch => {
+                    Init::Torch.sample(self.inputs, self.outputs, rng)[..self.outputs].to_vec()
+                }
                 _ => vec![0.0; self.outputs],
             };
             p.insert(self.bias_key.clone(), Tensor::from_vec(&[self.outputs], b)?);

@@ -39,7 +39,10 @@ impl Target {
                 let mut v = vec![0.0f64; rows * cols];
                 for (i, &l) in c.iter().enumerate() {
                     if l >= cols {
-                        return Err(Error::shape("one-hot", format!("label {l} but only {cols} outputs")));
+                        return Err(Error::shape(
+                            "one-hot",
+                            format!("label {l} but only {cols} outputs"),
+                        ));
                     }
                     v[i * cols + l] = 1.0;
                 }
@@ -77,7 +80,10 @@ impl Loss {
     pub fn eval(&self, out: &Tensor, target: &Target) -> Result<(f64, Tensor)> {
         let (r, c) = out.dims2()?;
         if target.len() != r {
-            return Err(Error::shape("loss", format!("{r} outputs vs {} targets", target.len())));
+            return Err(Error::shape(
+                "loss",
+                format!("{r} outputs vs {} targets", target.len()),
+            ));
         }
         match (self, target) {
             (Loss::CrossEntropy, Target::Classes(labels)) => out.softmax_cross_entropy(labels),
@@ -88,7 +94,10 @@ impl Loss {
             (Loss::Mse, _) => {
                 let t = target.dense(r, c, out.dtype())?;
                 if t.shape() != out.shape() {
-                    return Err(Error::shape("mse", format!("output {:?} vs target {:?}", out.shape(), t.shape())));
+                    return Err(Error::shape(
+                        "mse",
+                        format!("output {:?} vs target {:?}", out.shape(), t.shape()),
+                    ));
                 }
                 let diff = out.sub(&t)?;
                 let n = out.len().max(1) as f64;

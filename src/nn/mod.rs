@@ -85,7 +85,11 @@ impl Trace {
 #[derive(Debug, Clone, PartialEq)]
 pub enum LayerKind {
     /// `y = x Wᵀ + b`, `W` of shape `[out, in]`.
-    Linear { inputs: usize, outputs: usize, bias: bool },
+    Linear {
+        inputs: usize,
+        outputs: usize,
+        bias: bool,
+    },
     /// An element-wise map without parameters.
     Activation(crate::tensor::Unary),
     /// Element-wise map with learned parameters (PReLU).

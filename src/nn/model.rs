@@ -79,11 +79,17 @@ impl Model {
         if widths.len() < 2 {
             return Err(Error::config(
                 "model",
-                format!("'{}' needs at least an input and an output width", spec.spec),
+                format!(
+                    "'{}' needs at least an input and an output width",
+                    spec.spec
+                ),
             ));
         }
         if kind == "linear" && widths.len() != 2 {
-            return Err(Error::config("model", "linear:IN-OUT takes exactly two widths"));
+            return Err(Error::config(
+                "model",
+                "linear:IN-OUT takes exactly two widths",
+            ));
         }
         let act = parse_activation(&spec.activation)?;
         let mut layers: Vec<Box<dyn Layer>> = Vec::new();
@@ -181,11 +187,15 @@ impl Model {
     pub fn init_params(&self, init: Init, seed: u64) -> Result<Params> {
         let init = match init {
             Init::Auto => match self.hidden_activation() {
-                Some(Unary::Relu | Unary::LeakyRelu(_) | Unary::Elu(_) | Unary::Gelu | Unary::Silu) => {
-                    Init::HeUniform
-                }
+                Some(
+                    Unary::Relu | Unary::LeakyRelu(_) | Unary::Elu(_) | Unary::Gelu | Unary::Silu,
+                ) => Init::HeUniform,
                 Some(Unary::Selu) => Init::LecunNormal,
-                None if self.layers.iter().any(|l| l.kind() == LayerKind::ParametricActivation) => {
+                None if self
+                    .layers
+                    .iter()
+                    .any(|l| l.kind() == LayerKind::ParametricActivation) =>
+                {
                     Init::HeUniform
                 }
                 _ => Init::XavierUniform,
@@ -244,7 +254,11 @@ impl Model {
 
     /// Number of trainable scalars of the model's layers in `p`.
     pub fn num_parameters(&self, p: &Params) -> usize {
-        let prefixes: Vec<String> = self.layers.iter().map(|l| format!("{}.", l.name())).collect();
+        let prefixes: Vec<String> = self
+            .layers
+            .iter()
+            .map(|l| format!("{}.", l.name()))
+            .collect();
         p.iter()
             .filter(|(n, _)| prefixes.iter().any(|pre| n.starts_with(pre.as_str())))
             .map(|(_, t)| t.len())

@@ -84,7 +84,10 @@ impl Params {
 
     /// `(name, tensor)` pairs in insertion order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Tensor)> {
-        self.names.iter().map(String::as_str).zip(self.tensors.iter())
+        self.names
+            .iter()
+            .map(String::as_str)
+            .zip(self.tensors.iter())
     }
 
     /// Mutable `(name, tensor)` pairs in insertion order.

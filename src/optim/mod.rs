@@ -123,17 +123,35 @@ impl Default for OptimizerConfig {
 
 /// Optimizer names with one line each.
 pub const OPTIMIZERS: &[(&str, &str)] = &[
-    ("sgd", "stochastic gradient descent: θ ← θ − η g (Robbins & Monro 1951)"),
-    ("momentum", "heavy-ball momentum: b ← μb + g, θ ← θ − η b (Polyak 1964)"),
-    ("nesterov", "Nesterov momentum: θ ← θ − η (g + μb) (Sutskever et al. 2013)"),
-    ("adam", "Adam: bias-corrected first/second moments (Kingma & Ba 2015)"),
-    ("adamw", "AdamW: Adam with decoupled weight decay (Loshchilov & Hutter 2019)"),
+    (
+        "sgd",
+        "stochastic gradient descent: θ ← θ − η g (Robbins & Monro 1951)",
+    ),
+    (
+        "momentum",
+        "heavy-ball momentum: b ← μb + g, θ ← θ − η b (Polyak 1964)",
+    ),
+    (
+        "nesterov",
+        "Nesterov momentum: θ ← θ − η (g + μb) (Sutskever et al. 2013)",
+    ),
+    (
+        "adam",
+        "Adam: bias-corrected first/second moments (Kingma & Ba 2015)",
+    ),
+    (
+        "adamw",
+        "AdamW: Adam with decoupled weight decay (Loshchilov & Hutter 2019)",
+    ),
 ];
 
 /// Builds a named optimizer for a run of `total_steps` steps.
 pub fn build_optimizer(cfg: &OptimizerConfig, total_steps: u64) -> Result<Box<dyn Optimizer>> {
     if !(cfg.lr.is_finite() && cfg.lr > 0.0) {
-        return Err(Error::config("learning rate", format!("{} must be a positive number", cfg.lr)));
+        return Err(Error::config(
+            "learning rate",
+            format!("{} must be a positive number", cfg.lr),
+        ));
     }
     if cfg.weight_decay < 0.0 {
         return Err(Error::config("weight decay", "must be non-negative"));
@@ -151,7 +169,7 @@ pub fn build_optimizer(cfg: &OptimizerConfig, total_steps: u64) -> Result<Box<dy
     };
     let mut chain: Vec<Box<dyn transform::Transform>> = Vec::new();
     if let Some(c) = cfg.clip_norm {
-        if !(c > 0.0) {
+        if c.is_nan() || c <= 0.0 {
             return Err(Error::config("clip norm", "must be positive"));
         }
         chain.push(Box::new(ClipByGlobalNorm { max_norm: c }));

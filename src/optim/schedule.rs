@@ -85,7 +85,10 @@ impl Schedule {
             ["robbins-monro", t] => {
                 let tau: f64 = num(t, "tau")?;
                 if tau <= 0.0 {
-                    return Err(Error::config("schedule", "robbins-monro tau must be positive"));
+                    return Err(Error::config(
+                        "schedule",
+                        "robbins-monro tau must be positive",
+                    ));
                 }
                 Decay::RobbinsMonro { tau }
             }

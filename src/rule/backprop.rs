@@ -15,16 +15,29 @@ impl Rule for Backprop {
         "bp"
     }
 
-    fn step(&mut self, model: &Model, params: &Params, batch: &Batch, loss: Loss) -> Result<StepOutput> {
+    fn step(
+        &mut self,
+        model: &Model,
+        params: &Params,
+        batch: &Batch,
+        loss: Loss,
+    ) -> Result<StepOutput> {
         let mut trace = model.forward_trace(params, &batch.x)?;
-        let out = trace.records.last().map(|r| r.output.clone()).ok_or_else(|| {
-            crate::Error::config("model", "has no layers")
-        })?;
+        let out = trace
+            .records
+            .last()
+            .map(|r| r.output.clone())
+            .ok_or_else(|| crate::Error::config("model", "has no layers"))?;
         let (value, d_out) = loss.eval(&out, &batch.target)?;
         let mut grads = Grads::new();
-        backward_chain(model, params, &mut trace, d_out, &mut grads, |_, layer, rec, d| {
-            layer.input_grad(params, rec, d)
-        })?;
+        backward_chain(
+            model,
+            params,
+            &mut trace,
+            d_out,
+            &mut grads,
+            |_, layer, rec, d| layer.input_grad(params, rec, d),
+        )?;
         Ok(StepOutput {
             grads,
             trace,

@@ -48,8 +48,13 @@ pub trait Rule: Send {
     }
 
     /// One step: the update direction for `batch` at `params`.
-    fn step(&mut self, model: &Model, params: &Params, batch: &Batch, loss: Loss)
-    -> Result<StepOutput>;
+    fn step(
+        &mut self,
+        model: &Model,
+        params: &Params,
+        batch: &Batch,
+        loss: Loss,
+    ) -> Result<StepOutput>;
 
     /// Outputs used for evaluation. Most rules use the plain forward pass.
     fn predict(&self, model: &Model, params: &Params, x: &Tensor) -> Result<Tensor> {

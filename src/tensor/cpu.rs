@@ -146,7 +146,7 @@ pub(crate) fn prelu<T: Elem>(x: &[T], a: &[T], c: usize) -> Vec<T> {
     let mut out = x.to_vec();
     for row in out.chunks_exact_mut(c) {
         for (v, &aj) in row.iter_mut().zip(a) {
-            if !(*v > T::zero()) {
+            if *v <= T::zero() {
                 *v = *v * aj;
             }
         }
@@ -159,7 +159,7 @@ pub(crate) fn prelu_backward<T: Elem>(x: &[T], a: &[T], d: &[T], c: usize) -> (V
     let mut da = vec![T::zero(); c];
     for (r, (xrow, drow)) in x.chunks_exact(c).zip(d.chunks_exact(c)).enumerate() {
         for j in 0..c {
-            if !(xrow[j] > T::zero()) {
+            if xrow[j] <= T::zero() {
                 dx[r * c + j] = drow[j] * a[j];
                 da[j] += drow[j] * xrow[j];
             }
@@ -199,7 +199,10 @@ pub(crate) fn adam_ratio<T: Elem>(m: &[T], v: &[T], c1: f64, c2: f64, eps: f64) 
 pub(crate) fn softmax_rows<T: Elem>(x: &[T], c: usize) -> Vec<T> {
     let mut out = Vec::with_capacity(x.len());
     for row in x.chunks_exact(c) {
-        let max = row.iter().map(|v| v.f64()).fold(f64::NEG_INFINITY, f64::max);
+        let max = row
+            .iter()
+            .map(|v| v.f64())
+            .fold(f64::NEG_INFINITY, f64::max);
         let start = out.len();
         let mut z = 0.0;
         for v in row {
@@ -220,7 +223,10 @@ pub(crate) fn softmax_xent<T: Elem>(x: &[T], c: usize, labels: &[usize]) -> (f64
     let mut grad = softmax_rows(x, c);
     let mut loss = 0.0;
     for (i, (row, &l)) in x.chunks_exact(c).zip(labels).enumerate() {
-        let max = row.iter().map(|v| v.f64()).fold(f64::NEG_INFINITY, f64::max);
+        let max = row
+            .iter()
+            .map(|v| v.f64())
+            .fold(f64::NEG_INFINITY, f64::max);
         let lse = max + row.iter().map(|v| (v.f64() - max).exp()).sum::<f64>().ln();
         loss += lse - row[l].f64();
         let g = &mut grad[i * c..(i + 1) * c];

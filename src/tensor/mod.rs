@@ -192,7 +192,10 @@ impl Tensor {
     pub fn dims2(&self) -> Result<(usize, usize)> {
         match self.shape.as_slice() {
             [r, c] => Ok((*r, *c)),
-            s => Err(Error::shape("dims2", format!("expected a 2-D tensor, got shape {s:?}"))),
+            s => Err(Error::shape(
+                "dims2",
+                format!("expected a 2-D tensor, got shape {s:?}"),
+            )),
         }
     }
 
@@ -235,7 +238,10 @@ impl Tensor {
     /// Element `i` of the flattened tensor as `f64`.
     pub fn get(&self, i: usize) -> Result<f64> {
         each1!(&*self.data, v => v.get(i).map(|x| x.f64())).ok_or_else(|| {
-            Error::shape("get", format!("index {i} out of range for {:?}", self.shape))
+            Error::shape(
+                "get",
+                format!("index {i} out of range for {:?}", self.shape),
+            )
         })
     }
 
@@ -249,7 +255,10 @@ impl Tensor {
         if ok {
             Ok(())
         } else {
-            Err(Error::shape("set", format!("index {i} out of range for {shape:?}")))
+            Err(Error::shape(
+                "set",
+                format!("index {i} out of range for {shape:?}"),
+            ))
         }
     }
 
@@ -327,7 +336,10 @@ impl Tensor {
     pub fn add_row(&mut self, b: &Tensor) -> Result<()> {
         let (_, c) = self.dims2()?;
         if b.len() != c {
-            return Err(Error::shape("add_row", format!("row of {c} vs bias of {}", b.len())));
+            return Err(Error::shape(
+                "add_row",
+                format!("row of {c} vs bias of {}", b.len()),
+            ));
         }
         let bd = b.data.clone();
         each2_mut!("add_row", self.storage_mut(), &*bd, (x, y) => cpu::add_row(x, y))
@@ -406,12 +418,21 @@ impl Tensor {
     pub fn prelu(&self, slope: &Tensor) -> Result<Tensor> {
         let (_, c) = self.dims2()?;
         if slope.len() != c {
-            return Err(Error::shape("prelu", format!("{c} columns vs {} slopes", slope.len())));
+            return Err(Error::shape(
+                "prelu",
+                format!("{c} columns vs {} slopes", slope.len()),
+            ));
         }
         let data = match (&*self.data, &*slope.data) {
             (Storage::F32(x), Storage::F32(a)) => Storage::F32(cpu::prelu(x, a, c)),
             (Storage::F64(x), Storage::F64(a)) => Storage::F64(cpu::prelu(x, a, c)),
-            (l, r) => return Err(Error::DType { op: "prelu", lhs: dtype_of(l), rhs: dtype_of(r) }),
+            (l, r) => {
+                return Err(Error::DType {
+                    op: "prelu",
+                    lhs: dtype_of(l),
+                    rhs: dtype_of(r),
+                });
+            }
         };
         Ok(Self::new(self.shape.clone(), data))
     }
@@ -421,7 +442,10 @@ impl Tensor {
         let (_, c) = self.dims2()?;
         self.same_shape("prelu_backward", d_out)?;
         if slope.len() != c {
-            return Err(Error::shape("prelu_backward", format!("{c} columns vs {} slopes", slope.len())));
+            return Err(Error::shape(
+                "prelu_backward",
+                format!("{c} columns vs {} slopes", slope.len()),
+            ));
         }
         let (dx, da) = match (&*self.data, &*slope.data, &*d_out.data) {
             (Storage::F32(x), Storage::F32(a), Storage::F32(d)) => {
@@ -432,7 +456,13 @@ impl Tensor {
                 let (dx, da) = cpu::prelu_backward(x, a, d, c);
                 (Storage::F64(dx), Storage::F64(da))
             }
-            (l, _, r) => return Err(Error::DType { op: "prelu_backward", lhs: dtype_of(l), rhs: dtype_of(r) }),
+            (l, _, r) => {
+                return Err(Error::DType {
+                    op: "prelu_backward",
+                    lhs: dtype_of(l),
+                    rhs: dtype_of(r),
+                });
+            }
         };
         Ok((Self::new(self.shape.clone(), dx), Self::new(vec![c], da)))
     }
@@ -498,7 +528,8 @@ impl Tensor {
 
     /// Element-wise clamp to `[-c, c]`.
     pub fn clamp_abs(&self, c: f64) -> Tensor {
-        let data = map1!(&*self.data, v => v.iter().map(|x| Elem::of(x.f64().clamp(-c, c))).collect());
+        let data =
+            map1!(&*self.data, v => v.iter().map(|x| Elem::of(x.f64().clamp(-c, c))).collect());
         Self::new(self.shape.clone(), data)
     }
 
@@ -516,10 +547,16 @@ impl Tensor {
     pub fn softmax_cross_entropy(&self, labels: &[usize]) -> Result<(f64, Tensor)> {
         let (r, c) = self.dims2()?;
         if labels.len() != r {
-            return Err(Error::shape("softmax_cross_entropy", format!("{r} rows vs {} labels", labels.len())));
+            return Err(Error::shape(
+                "softmax_cross_entropy",
+                format!("{r} rows vs {} labels", labels.len()),
+            ));
         }
         if let Some(&bad) = labels.iter().find(|&&l| l >= c) {
-            return Err(Error::shape("softmax_cross_entropy", format!("label {bad} but only {c} classes")));
+            return Err(Error::shape(
+                "softmax_cross_entropy",
+                format!("label {bad} but only {c} classes"),
+            ));
         }
         let (loss, grad) = match &*self.data {
             Storage::F32(v) => {

@@ -74,14 +74,7 @@ impl Unary {
                     a * x.exp_m1()
                 }
             }
-            Unary::Selu => {
-                SELU_LAMBDA
-                    * if x > 0.0 {
-                        x
-                    } else {
-                        SELU_ALPHA * x.exp_m1()
-                    }
-            }
+            Unary::Selu => SELU_LAMBDA * if x > 0.0 { x } else { SELU_ALPHA * x.exp_m1() },
             Unary::Silu => x * sigmoid(x),
             Unary::Gelu => 0.5 * x * (1.0 + libm::erf(x * INV_SQRT_2)),
             Unary::HardSigmoid => (x / 6.0 + 0.5).clamp(0.0, 1.0),
@@ -123,14 +116,7 @@ impl Unary {
                     a * x.exp()
                 }
             }
-            Unary::Selu => {
-                SELU_LAMBDA
-                    * if x > 0.0 {
-                        1.0
-                    } else {
-                        SELU_ALPHA * x.exp()
-                    }
-            }
+            Unary::Selu => SELU_LAMBDA * if x > 0.0 { 1.0 } else { SELU_ALPHA * x.exp() },
             Unary::Silu => {
                 let s = sigmoid(x);
                 s * (1.0 + x * (1.0 - s))

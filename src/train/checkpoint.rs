@@ -75,7 +75,10 @@ pub fn save(path: &Path, ck: &Checkpoint) -> Result<()> {
 
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
@@ -98,21 +101,32 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 pub fn load(path: &Path) -> Result<Checkpoint> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let bad = |msg: String| Error::format(path, msg);
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
-    let (_, md) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("bad header: {e}")))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+    let (_, md) =
+        SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("bad header: {e}")))?;
     let meta = md.metadata().clone().unwrap_or_default();
     let get = |k: &str| {
-        meta.get(k)
-            .cloned()
-            .ok_or_else(|| bad(format!("metadata has no '{k}' (not a futureprop checkpoint?)")))
+        meta.get(k).cloned().ok_or_else(|| {
+            bad(format!(
+                "metadata has no '{k}' (not a futureprop checkpoint?)"
+            ))
+        })
     };
     if get("format")? != FORMAT {
-        return Err(bad(format!("unsupported checkpoint format '{}'", get("format")?)));
+        return Err(bad(format!(
+            "unsupported checkpoint format '{}'",
+            get("format")?
+        )));
     }
     let config: serde_json::Value =
         serde_json::from_str(&get("config")?).map_err(|e| bad(format!("config: {e}")))?;
-    let epoch: usize = get("epoch")?.parse().map_err(|_| bad("epoch is not a number".into()))?;
-    let step: u64 = get("step")?.parse().map_err(|_| bad("step is not a number".into()))?;
+    let epoch: usize = get("epoch")?
+        .parse()
+        .map_err(|_| bad("epoch is not a number".into()))?;
+    let step: u64 = get("step")?
+        .parse()
+        .map_err(|_| bad("step is not a number".into()))?;
     let history: Vec<serde_json::Value> = match meta.get("history") {
         Some(h) => serde_json::from_str(h).map_err(|e| bad(format!("history: {e}")))?,
         None => Vec::new(),

@@ -32,7 +32,8 @@ pub struct TrainConfig {
     pub model: String,
     /// Hidden activation; default `relu`.
     pub activation: String,
-    /// Weight initialiser; default `auto` (by activation).
+    /// Weight initialiser; default `torch` (PyTorch's `nn.Linear` default, so runs compare
+    /// with PyTorch loops; `auto` picks He/LeCun/Xavier by activation).
     pub init: String,
     /// Linear layers have biases; default true.
     pub bias: bool,
@@ -96,7 +97,7 @@ impl Default for TrainConfig {
             test_limit: None,
             model: "mlp:784-1000-1000-10".into(),
             activation: "relu".into(),
-            init: "auto".into(),
+            init: "torch".into(),
             bias: true,
             loss: "cross-entropy".into(),
             rule: "bp".into(),
@@ -155,8 +156,8 @@ impl TrainConfig {
     /// Merges override layers (JSON objects; `null` values are ignored) onto `self`,
     /// rejecting unknown keys and ill-typed values by name.
     pub fn merged(&self, layers: &[serde_json::Value]) -> Result<TrainConfig> {
-        let mut base = serde_json::to_value(self)
-            .map_err(|e| Error::config("config", e.to_string()))?;
+        let mut base =
+            serde_json::to_value(self).map_err(|e| Error::config("config", e.to_string()))?;
         let obj = base
             .as_object_mut()
             .ok_or_else(|| Error::config("config", "not an object"))?;

@@ -102,7 +102,11 @@ pub fn load_data(cfg: &TrainConfig) -> Result<Splits> {
             });
         }
         if !cfg.quiet {
-            eprintln!("fetching {} into {}", cfg.dataset, root.join(&cfg.dataset).display());
+            eprintln!(
+                "fetching {} into {}",
+                cfg.dataset,
+                root.join(&cfg.dataset).display()
+            );
         }
         data::download::fetch(&root, remote, cfg.mirror.as_deref()).map_err(|e| Error::MissingData {
             msg: format!(
@@ -114,7 +118,12 @@ pub fn load_data(cfg: &TrainConfig) -> Result<Splits> {
             ),
         })?;
     }
-    let mut splits = data::load(&root, &cfg.dataset, Normalize::parse(&cfg.normalize)?, cfg.validation)?;
+    let mut splits = data::load(
+        &root,
+        &cfg.dataset,
+        Normalize::parse(&cfg.normalize)?,
+        cfg.validation,
+    )?;
     if let Some(n) = cfg.train_limit {
         let idx: Vec<usize> = (0..n.min(splits.train.len())).collect();
         splits.train = splits.train.subset(&idx)?;
@@ -168,9 +177,11 @@ fn write_json(path: &Path, v: &Value) -> Result<()> {
 /// Runs training as configured; `resume` continues from a checkpoint (its config is the
 /// base, `overrides` are applied on top). Returns the summary written to `summary.json`.
 pub fn train(cfg: &TrainConfig, resume: Option<&Path>) -> Result<Value> {
-    let threads = cfg
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let threads = cfg.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
     if threads == 0 {
         return Err(Error::config("threads", "must be at least 1"));
     }
@@ -203,17 +214,27 @@ pub fn run(cfg: &TrainConfig, splits: &Splits, resume: Option<Checkpoint>) -> Re
     std::fs::create_dir_all(&out_dir).map_err(|e| Error::io(&out_dir, e))?;
     let ck_path = out_dir.join("checkpoint.safetensors");
     let metrics_path = out_dir.join("metrics.jsonl");
-    let config_json = serde_json::to_value(cfg).map_err(|e| Error::config("config", e.to_string()))?;
+    let config_json =
+        serde_json::to_value(cfg).map_err(|e| Error::config("config", e.to_string()))?;
 
     let mut start_epoch = 0;
     let mut history: Vec<Value> = Vec::new();
     if let Some(ck) = resume {
         for (n, t) in ck.params.iter() {
             let mine = params.get(n).map_err(|_| {
-                Error::format(&ck_path, format!("checkpoint parameter '{n}' does not belong to model '{}' with rule '{}'", cfg.model, cfg.rule))
+                Error::format(
+                    &ck_path,
+                    format!(
+                        "checkpoint parameter '{n}' does not belong to model '{}' with rule '{}'",
+                        cfg.model, cfg.rule
+                    ),
+                )
             })?;
             if mine.shape() != t.shape() {
-                return Err(Error::shape(format!("checkpoint parameter {n}"), format!("{:?} vs model {:?}", t.shape(), mine.shape())));
+                return Err(Error::shape(
+                    format!("checkpoint parameter {n}"),
+                    format!("{:?} vs model {:?}", t.shape(), mine.shape()),
+                ));
             }
         }
         for (n, _) in params.clone().iter() {
@@ -225,23 +246,25 @@ pub fn run(cfg: &TrainConfig, splits: &Splits, resume: Option<Checkpoint>) -> Re
     }
     // metrics.jsonl always holds exactly the epochs of this run's history.
     {
-        let mut f = std::fs::File::create(&metrics_path).map_err(|e| Error::io(&metrics_path, e))?;
+        let mut f =
+            std::fs::File::create(&metrics_path).map_err(|e| Error::io(&metrics_path, e))?;
         for h in &history {
             writeln!(f, "{h}").map_err(|e| Error::io(&metrics_path, e))?;
         }
     }
-    let save = |params: &Params, opt: &dyn crate::optim::Optimizer, epoch: usize, history: &[Value]| {
-        checkpoint::save(
-            &ck_path,
-            &Checkpoint {
-                params: params.clone(),
-                optimizer: opt.state(),
-                config: config_json.clone(),
-                epoch,
-                history: history.to_vec(),
-            },
-        )
-    };
+    let save =
+        |params: &Params, opt: &dyn crate::optim::Optimizer, epoch: usize, history: &[Value]| {
+            checkpoint::save(
+                &ck_path,
+                &Checkpoint {
+                    params: params.clone(),
+                    optimizer: opt.state(),
+                    config: config_json.clone(),
+                    epoch,
+                    history: history.to_vec(),
+                },
+            )
+        };
 
     let run_start = Instant::now();
     let mut step = optimizer.state().step;
@@ -296,7 +319,14 @@ pub fn run(cfg: &TrainConfig, splits: &Splits, resume: Option<Checkpoint>) -> Re
         pb.finish_and_clear();
         let train_seconds = t0.elapsed().as_secs_f64();
         let te = Instant::now();
-        let test = evaluate(rule.as_ref(), &model, &params, &splits.test, loss, cfg.eval_batch_size)?;
+        let test = evaluate(
+            rule.as_ref(),
+            &model,
+            &params,
+            &splits.test,
+            loss,
+            cfg.eval_batch_size,
+        )?;
         let mut rec = json!({
             "epoch": epoch + 1,
             "step": step,

@@ -1,0 +1,301 @@
+//! The command line end to end: small real runs on MNIST, determinism, resume,
+//! divergence, config files, and one-line errors for bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn data_dir() -> PathBuf {
+    let p = std::env::var_os("FUTUREPROP_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets"));
+    assert!(
+        p.join("mnist").is_dir(),
+        "MNIST not found at {}: set FUTUREPROP_DATA",
+        p.display()
+    );
+    p
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_futureprop"))
+        .args(args)
+        .env_remove("FUTUREPROP_DATA")
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A small MNIST run: 2000 training and 500 test samples.
+fn small_train(out: &Path, extra: &[&str]) -> Output {
+    let d = data_dir();
+    let mut args = vec![
+        "train",
+        "--data-dir",
+        d.to_str().unwrap(),
+        "--model",
+        "mlp:784-32-10",
+        "--train-limit",
+        "2000",
+        "--test-limit",
+        "500",
+        "--batch-size",
+        "50",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "1e-3",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+/// metrics.jsonl records without the fields named *_seconds / *_per_second.
+fn metrics_without_timings(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut()
+                .unwrap()
+                .retain(|k, _| !k.ends_with("_seconds") && !k.ends_with("_per_second"));
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn train_writes_metrics_summary_and_checkpoint_and_is_deterministic() {
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    let oa = small_train(&a, &["--epochs", "2", "--seed", "3"]);
+    assert!(oa.status.success(), "{}", stderr(&oa));
+    let ob = small_train(&b, &["--epochs", "2", "--seed", "3", "--threads", "1"]);
+    assert!(ob.status.success(), "{}", stderr(&ob));
+    let ma = metrics_without_timings(&a);
+    assert_eq!(ma.len(), 2);
+    assert_eq!(
+        ma,
+        metrics_without_timings(&b),
+        "same seed must give the same metrics"
+    );
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("summary.json")).unwrap()).unwrap();
+    for k in [
+        "test_accuracy",
+        "best_test_accuracy",
+        "total_seconds",
+        "seconds_per_epoch",
+        "parameters",
+        "config",
+    ] {
+        assert!(!s[k].is_null(), "summary lacks {k}");
+    }
+    assert_eq!(s["parameters"], 784 * 32 + 32 + 32 * 10 + 10);
+    assert_eq!(s["config"]["model"], "mlp:784-32-10");
+    // 2000 samples, 2 epochs of a small MLP: far above chance.
+    assert!(s["test_accuracy"].as_f64().unwrap() > 0.8, "{s}");
+    assert!(a.join("checkpoint.safetensors").is_file());
+    let c = small_train(&t.path().join("c"), &["--epochs", "2", "--seed", "4"]);
+    assert!(c.status.success());
+    assert_ne!(
+        ma,
+        metrics_without_timings(&t.path().join("c")),
+        "another seed gives another run"
+    );
+}
+
+#[test]
+fn resume_continues_exactly_where_the_run_stopped() {
+    let t = tempfile::tempdir().unwrap();
+    let (full, part) = (t.path().join("full"), t.path().join("part"));
+    assert!(small_train(&full, &["--epochs", "3"]).status.success());
+    assert!(small_train(&part, &["--epochs", "1"]).status.success());
+    let ck = part.join("checkpoint.safetensors");
+    let o = run(&[
+        "train",
+        "--resume",
+        ck.to_str().unwrap(),
+        "--epochs",
+        "3",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        metrics_without_timings(&full),
+        metrics_without_timings(&part)
+    );
+}
+
+#[test]
+fn divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("run");
+    assert!(
+        small_train(&d, &["--epochs", "1", "--optimizer", "sgd", "--lr", "0.01"])
+            .status
+            .success()
+    );
+    let ck = d.join("checkpoint.safetensors");
+    let before = std::fs::read(&ck).unwrap();
+    let o = run(&[
+        "train",
+        "--resume",
+        ck.to_str().unwrap(),
+        "--epochs",
+        "3",
+        "--lr",
+        "1e12",
+        "--quiet",
+    ]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("loss became") && e.contains("last good checkpoint kept"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read(&ck).unwrap(),
+        before,
+        "checkpoint must be the last good one"
+    );
+}
+
+#[test]
+fn config_file_sets_values_and_flags_win() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("run");
+    let cfg = t.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "epochs = 1\nseed = 9\nbatch-size = 100\nactivation = \"tanh\"\n",
+    )
+    .unwrap();
+    let o = small_train(&d, &["--config", cfg.to_str().unwrap(), "--seed", "5"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(s["config"]["epochs"], 1);
+    assert_eq!(s["config"]["activation"], "tanh");
+    // Flags given on the command line win over the file.
+    assert_eq!(s["config"]["seed"], 5);
+    assert_eq!(s["config"]["batch_size"], 50);
+    std::fs::write(&cfg, "epochz = 1\n").unwrap();
+    let o = small_train(&d, &["--config", cfg.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("unknown key 'epochz'"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+fn one_line_error(args: &[&str], want: &[&str]) {
+    let o = run(args);
+    assert!(!o.status.success(), "{args:?} should fail");
+    let e = stderr(&o);
+    assert_eq!(e.trim().lines().count(), 1, "one line expected: {e}");
+    assert!(!e.contains("panicked"), "{e}");
+    for w in want {
+        assert!(e.contains(w), "{args:?}: '{w}' not in: {e}");
+    }
+}
+
+#[test]
+fn bad_input_gives_one_line_errors() {
+    let d = data_dir();
+    let d = d.to_str().unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    let e = empty.path().to_str().unwrap();
+    one_line_error(
+        &["train", "--data-dir", d, "--rule", "magic"],
+        &["unknown rule 'magic'", "bp"],
+    );
+    one_line_error(
+        &["train", "--data-dir", d, "--optimizer", "sgdd"],
+        &["unknown optimizer 'sgdd'", "adam"],
+    );
+    one_line_error(
+        &["train", "--data-dir", d, "--model", "mlp:100-10"],
+        &["784 features", "mlp:784-1000-10"],
+    );
+    one_line_error(
+        &["train", "--data-dir", d, "--model", "mlp:784-x-10"],
+        &["width 'x'"],
+    );
+    one_line_error(
+        &["train", "--data-dir", d, "--activation", "relu6"],
+        &["unknown activation 'relu6'"],
+    );
+    one_line_error(
+        &["train", "--data-dir", d, "--dataset", "cifar-100"],
+        &["unknown dataset 'cifar-100'", "mnist"],
+    );
+    one_line_error(
+        &["train", "--data-dir", e, "--no-download"],
+        &["futureprop data fetch mnist"],
+    );
+    one_line_error(
+        &[
+            "train",
+            "--data-dir",
+            d,
+            "--resume",
+            "/nonexistent/ck.safetensors",
+        ],
+        &["/nonexistent/ck.safetensors"],
+    );
+    one_line_error(
+        &["train", "--data-dir", d, "--config", "/nonexistent.toml"],
+        &["/nonexistent.toml"],
+    );
+    let junk = empty.path().join("junk.safetensors");
+    std::fs::write(&junk, b"not a checkpoint").unwrap();
+    one_line_error(
+        &["train", "--resume", junk.to_str().unwrap()],
+        &["junk.safetensors"],
+    );
+    // clap's own errors for malformed flags: non-zero exit, no panic.
+    let o = run(&["train", "--lr", "fast"]);
+    assert!(!o.status.success() && stderr(&o).contains("--lr"));
+}
+
+#[test]
+fn listings_and_data_verify() {
+    let o = run(&["rules"]);
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("bp"));
+    let o = run(&["optimizers"]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    for n in ["sgd", "momentum", "nesterov", "adam", "adamw"] {
+        assert!(
+            out.lines().any(|l| l.starts_with(n)),
+            "{n} not listed: {out}"
+        );
+    }
+    let d = data_dir();
+    let o = run(&[
+        "data",
+        "verify",
+        "mnist",
+        "fashion-mnist",
+        "--data-dir",
+        d.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    let empty = tempfile::tempdir().unwrap();
+    let o = run(&[
+        "data",
+        "verify",
+        "mnist",
+        "--data-dir",
+        empty.path().to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("missing"));
+}
