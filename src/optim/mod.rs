@@ -222,10 +222,10 @@ impl Optimizer for ChainOptimizer {
 
     fn step(&mut self, params: &mut Params, grads: &Grads, _ctx: &mut StepContext) -> Result<()> {
         self.step += 1;
+        // The chain's last link, −η, is fused into θ ← θ − η·u (one pass, no copy).
         let mut updates = grads.clone();
         self.chain.update(&mut updates, params, self.step)?;
-        transform::Transform::update(&mut self.lr, &mut updates, params, self.step)?;
-        params.axpy(1.0, &updates)
+        params.axpy(-self.lr.rate(self.step), &updates)
     }
 
     fn learning_rate(&self) -> f64 {

@@ -16,7 +16,6 @@ pub(crate) trait Elem:
 {
     fn f64(self) -> f64;
     fn of(x: f64) -> Self;
-    fn zero() -> Self;
     fn wrap(v: Vec<Self>) -> Storage;
 }
 
@@ -28,9 +27,6 @@ impl Elem for f32 {
     #[inline]
     fn of(x: f64) -> Self {
         x as f32
-    }
-    fn zero() -> Self {
-        0.0
     }
     fn wrap(v: Vec<Self>) -> Storage {
         Storage::F32(v)
@@ -45,9 +41,6 @@ impl Elem for f64 {
     #[inline]
     fn of(x: f64) -> Self {
         x
-    }
-    fn zero() -> Self {
-        0.0
     }
     fn wrap(v: Vec<Self>) -> Storage {
         Storage::F64(v)

@@ -39,9 +39,24 @@ pub(crate) fn gemm<T: 'static + Copy + Send + Sync + One>(
     c: &mut [T],
     accumulate: bool,
 ) {
+    debug_assert_eq!(c.len(), m * n);
+    gemm_raw(m, n, k, a, ta, b, tb, SendPtr(c.as_mut_ptr()), accumulate);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm_raw<T: 'static + Copy + Send + Sync + One>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[T],
+    ta: bool,
+    b: &[T],
+    tb: bool,
+    c: SendPtr<T>,
+    accumulate: bool,
+) {
     debug_assert_eq!(a.len(), m * k);
     debug_assert_eq!(b.len(), k * n);
-    debug_assert_eq!(c.len(), m * n);
     if m == 0 || n == 0 {
         return;
     }
@@ -60,7 +75,7 @@ pub(crate) fn gemm<T: 'static + Copy + Send + Sync + One>(
     let (ap, bp, cp) = (
         SendPtr(a.as_ptr() as *mut T),
         SendPtr(b.as_ptr() as *mut T),
-        SendPtr(c.as_mut_ptr()),
+        c,
     );
     let run = move |lo: usize, hi: usize| {
         let (ap, bp, cp) = (ap.get(), bp.get(), cp.get());
@@ -123,17 +138,47 @@ pub(crate) fn gemm<T: 'static + Copy + Send + Sync + One>(
     });
 }
 
+/// A fresh row-major `op(a) · op(b)`; the output is written once, never zero-filled.
+pub(crate) fn gemm_new<T: 'static + Copy + Send + Sync + One>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[T],
+    ta: bool,
+    b: &[T],
+    tb: bool,
+) -> Vec<T> {
+    let mut c: Vec<T> = Vec::with_capacity(m * n);
+    if k == 0 {
+        // No products to sum: the result is zero.
+        c.resize(m * n, T::zero());
+        return c;
+    }
+    let out = SendPtr(c.as_mut_ptr());
+    gemm_raw(m, n, k, a, ta, b, tb, out, false);
+    // SAFETY: with k > 0 and `accumulate` false, gemm_raw wrote all m·n elements.
+    unsafe { c.set_len(m * n) };
+    c
+}
+
 /// The multiplicative identity, for `gemm`'s scaling factors.
 pub(crate) trait One {
     fn one() -> Self;
+    fn zero() -> Self;
 }
 impl One for f32 {
     fn one() -> Self {
         1.0
     }
+    fn zero() -> Self {
+        0.0
+    }
 }
 impl One for f64 {
     fn one() -> Self {
         1.0
+    }
+    fn zero() -> Self {
+        0.0
     }
 }

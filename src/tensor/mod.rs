@@ -277,9 +277,22 @@ impl Tensor {
     /// `op(self) · op(rhs)` for 2-D tensors, `op` transposing when its flag is set.
     pub fn matmul(&self, ta: bool, rhs: &Tensor, tb: bool) -> Result<Tensor> {
         let (m, k, n) = matmul_dims(self, ta, rhs, tb)?;
-        let mut out = Tensor::zeros(&[m, n], self.dtype());
-        out.matmul_acc_impl(self, ta, rhs, tb, (m, k, n), false)?;
-        Ok(out)
+        let data = match (&*self.data, &*rhs.data) {
+            (Storage::F32(x), Storage::F32(y)) => {
+                Storage::F32(gemm::gemm_new(m, n, k, x, ta, y, tb))
+            }
+            (Storage::F64(x), Storage::F64(y)) => {
+                Storage::F64(gemm::gemm_new(m, n, k, x, ta, y, tb))
+            }
+            (l, r) => {
+                return Err(Error::DType {
+                    op: "matmul",
+                    lhs: dtype_of(l),
+                    rhs: dtype_of(r),
+                });
+            }
+        };
+        Ok(Self::new(vec![m, n], data))
     }
 
     /// `self += op(a) · op(b)`.
@@ -291,7 +304,7 @@ impl Tensor {
                 format!("output {:?} but product is [{m}, {n}]", self.shape),
             ));
         }
-        self.matmul_acc_impl(a, ta, b, tb, (m, k, n), true)
+        self.matmul_acc_impl(a, ta, b, tb, (m, k, n))
     }
 
     fn matmul_acc_impl(
@@ -301,16 +314,15 @@ impl Tensor {
         b: &Tensor,
         tb: bool,
         (m, k, n): (usize, usize, usize),
-        acc: bool,
     ) -> Result<()> {
         let (ad, bd) = (a.data.clone(), b.data.clone());
         let lhs = dtype_of(&ad);
         match (self.storage_mut(), &*ad, &*bd) {
             (Storage::F32(c), Storage::F32(x), Storage::F32(y)) => {
-                gemm::gemm(m, n, k, x, ta, y, tb, c, acc)
+                gemm::gemm(m, n, k, x, ta, y, tb, c, true)
             }
             (Storage::F64(c), Storage::F64(x), Storage::F64(y)) => {
-                gemm::gemm(m, n, k, x, ta, y, tb, c, acc)
+                gemm::gemm(m, n, k, x, ta, y, tb, c, true)
             }
             (_, _, r) => {
                 return Err(Error::DType {
