@@ -1,0 +1,142 @@
+//! The numeric core: GEMM in every transpose combination against a naive triple loop,
+//! sizes across micro-kernel and thread-split boundaries, thread-count invariance,
+//! and element-wise kernels against their formulas.
+
+use futureprop::tensor::{DType, Tensor, Unary};
+
+fn det(rows: usize, cols: usize, seed: usize) -> Vec<f64> {
+    (0..rows * cols).map(|i| (((i * 2654435761 + seed * 97) % 1000) as f64) / 500.0 - 1.0).collect()
+}
+
+/// c = op(a)·op(b) by the definition cᵢⱼ = Σₖ op(a)ᵢₖ op(b)ₖⱼ.
+fn naive(a: &[f64], ta: bool, b: &[f64], tb: bool, m: usize, k: usize, n: usize) -> Vec<f64> {
+    let mut c = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let mut s = 0.0;
+            for p in 0..k {
+                let av = if ta { a[p * m + i] } else { a[i * k + p] };
+                let bv = if tb { b[j * k + p] } else { b[p * n + j] };
+                s += av * bv;
+            }
+            c[i * n + j] = s;
+        }
+    }
+    c
+}
+
+fn check_gemm(m: usize, k: usize, n: usize, dtype: DType) {
+    for ta in [false, true] {
+        for tb in [false, true] {
+            let av = det(m, k, 1);
+            let bv = det(k, n, 2);
+            let a = Tensor::from_vec_f64(&if ta { [k, m] } else { [m, k] }, av.clone()).unwrap().to_dtype(dtype);
+            let b = Tensor::from_vec_f64(&if tb { [n, k] } else { [k, n] }, bv.clone()).unwrap().to_dtype(dtype);
+            let c = a.matmul(ta, &b, tb).unwrap();
+            assert_eq!(c.shape(), &[m, n]);
+            let want = naive(&a.to_vec_f64(), ta, &b.to_vec_f64(), tb, m, k, n);
+            let tol = if dtype == DType::F32 { 1e-4 * (k as f64).sqrt() } else { 1e-10 * k as f64 };
+            for (i, (x, y)) in c.to_vec_f64().iter().zip(&want).enumerate() {
+                assert!((x - y).abs() <= tol, "{m}x{k}x{n} ta={ta} tb={tb} {dtype:?} [{i}]: {x} vs {y}");
+            }
+            // Accumulating form: c + op(a)·op(b).
+            let mut acc = Tensor::full(&[m, n], 1.0, dtype);
+            acc.matmul_acc(&a, ta, &b, tb).unwrap();
+            for (x, y) in acc.to_vec_f64().iter().zip(&want) {
+                assert!((x - (y + 1.0)).abs() <= tol);
+            }
+        }
+    }
+}
+
+#[test]
+fn gemm_all_transposes_odd_and_boundary_sizes() {
+    let sizes = [1, 3, 7, 16, 17, 33, 65];
+    for &m in &sizes {
+        for &k in &[1, 17, 64] {
+            for &n in &sizes {
+                check_gemm(m, k, n, DType::F64);
+            }
+        }
+    }
+    check_gemm(257, 31, 129, DType::F32);
+    check_gemm(129, 257, 3, DType::F32);
+}
+
+#[test]
+fn gemm_result_is_identical_at_any_thread_count() {
+    // Large enough to be split across threads; splitting the output never changes the
+    // order of the k-sum, so results are bit-identical.
+    let (m, k, n) = (300, 200, 260);
+    let a = Tensor::from_vec_f64(&[m, k], det(m, k, 5)).unwrap().to_dtype(DType::F32);
+    let b = Tensor::from_vec_f64(&[n, k], det(n, k, 6)).unwrap().to_dtype(DType::F32);
+    let run = |t: usize| {
+        rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap().install(|| a.matmul(false, &b, true).unwrap())
+    };
+    let one = run(1);
+    assert_eq!(one, run(2));
+    assert_eq!(one, run(3));
+    let want = naive(&a.to_vec_f64(), false, &b.to_vec_f64(), true, m, k, n);
+    for (x, y) in one.to_vec_f64().iter().zip(&want) {
+        assert!((x - y).abs() < 1e-3);
+    }
+}
+
+#[test]
+fn shape_errors_name_the_shapes() {
+    let a = Tensor::zeros(&[2, 3], DType::F32);
+    let e = a.matmul(false, &a, false).unwrap_err().to_string();
+    assert!(e.contains("[2, 3]") && e.contains("inner dimensions"), "{e}");
+    let e = a.add(&Tensor::zeros(&[3, 2], DType::F32)).unwrap_err().to_string();
+    assert!(e.contains("[2, 3]") && e.contains("[3, 2]"), "{e}");
+    let e = a.matmul(false, &Tensor::zeros(&[3, 1], DType::F64), false).unwrap_err().to_string();
+    assert!(e.contains("dtype"), "{e}");
+    assert!(Tensor::from_vec(&[2, 2], vec![1.0; 3]).is_err());
+    assert!(Tensor::zeros(&[4], DType::F32).dims2().is_err());
+}
+
+#[test]
+fn elementwise_kernels_follow_their_formulas() {
+    let x = Tensor::from_vec_f64(&[2, 3], vec![-2.0, -0.5, 0.0, 0.5, 1.0, 3.0]).unwrap();
+    // relu(x) = max(0, x)
+    assert_eq!(x.unary(Unary::Relu).to_vec_f64(), vec![0.0, 0.0, 0.0, 0.5, 1.0, 3.0]);
+    // hard sigmoid = clamp(x/6 + 1/2, 0, 1)
+    let hs = x.unary(Unary::HardSigmoid).to_vec_f64();
+    assert!((hs[0] - (1.0 / 6.0)).abs() < 1e-15 && hs[5] == 1.0);
+    // softmax rows sum to one, and are invariant to adding a constant per row
+    let s = x.softmax_rows().unwrap().to_vec_f64();
+    assert!((s[0..3].iter().sum::<f64>() - 1.0).abs() < 1e-15);
+    let shifted = Tensor::from_vec_f64(&[2, 3], x.to_vec_f64().iter().map(|v| v + 100.0).collect()).unwrap();
+    for (a, b) in s.iter().zip(shifted.softmax_rows().unwrap().to_vec_f64()) {
+        assert!((a - b).abs() < 1e-12);
+    }
+    // cross-entropy of uniform logits over c classes is ln c
+    let z = Tensor::zeros(&[4, 5], DType::F64);
+    let (l, g) = z.softmax_cross_entropy(&[0, 1, 2, 3]).unwrap();
+    assert!((l - 5f64.ln()).abs() < 1e-14);
+    // gradient rows: (1/5 − onehot)/4
+    assert!((g.get(0).unwrap() - (0.2 - 1.0) / 4.0).abs() < 1e-15);
+    assert_eq!(x.argmax_rows().unwrap(), vec![2, 2]);
+    assert_eq!(x.sum_rows().unwrap().to_vec_f64(), vec![-1.5, 0.5, 3.0]);
+    let mut y = x.clone();
+    y.axpby(2.0, -1.0, &x).unwrap();
+    assert_eq!(y, x, "2x − x = x");
+    assert!(x.transpose().unwrap().transpose().unwrap() == x);
+    assert_eq!(x.gather_rows(&[1, 0]).unwrap().to_vec_f64()[0], 0.5);
+    assert!(x.gather_rows(&[2]).is_err());
+    // Adam ratio: (m/c1)/(√(v/c2)+ε)
+    let m = Tensor::from_vec_f64(&[1], vec![0.2]).unwrap();
+    let v = Tensor::from_vec_f64(&[1], vec![0.09]).unwrap();
+    let r = Tensor::adam_ratio(&m, &v, 0.5, 0.25, 0.0).unwrap().get(0).unwrap();
+    assert!((r - 0.4 / 0.6).abs() < 1e-15);
+}
+
+#[test]
+fn copies_are_independent() {
+    // Storage is shared on clone and copied on write.
+    let a = Tensor::from_vec(&[2], vec![1.0, 2.0]).unwrap();
+    let mut b = a.clone();
+    b.scale_in_place(3.0);
+    assert_eq!(a.to_vec_f32(), vec![1.0, 2.0]);
+    assert_eq!(b.to_vec_f32(), vec![3.0, 6.0]);
+}
