@@ -31,8 +31,20 @@ fn main() -> futureprop::Result<()> {
             opt.step(&mut params, &out.grads, &mut StepContext::empty())?;
         }
         if (epoch + 1) % 10 == 0 {
-            let e = evaluate(rule.as_ref(), &model, &params, &test, Loss::CrossEntropy, 512)?;
-            println!("epoch {:>3}: test loss {:.4}, accuracy {:.3}", epoch + 1, e.loss, e.accuracy);
+            let e = evaluate(
+                rule.as_ref(),
+                &model,
+                &params,
+                &test,
+                Loss::CrossEntropy,
+                512,
+            )?;
+            println!(
+                "epoch {:>3}: test loss {:.4}, accuracy {:.3}",
+                epoch + 1,
+                e.loss,
+                e.accuracy
+            );
         }
     }
     Ok(())

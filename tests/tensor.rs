@@ -5,7 +5,9 @@
 use futureprop::tensor::{DType, Tensor, Unary};
 
 fn det(rows: usize, cols: usize, seed: usize) -> Vec<f64> {
-    (0..rows * cols).map(|i| (((i * 2654435761 + seed * 97) % 1000) as f64) / 500.0 - 1.0).collect()
+    (0..rows * cols)
+        .map(|i| (((i * 2654435761 + seed * 97) % 1000) as f64) / 500.0 - 1.0)
+        .collect()
 }
 
 /// c = op(a)·op(b) by the definition cᵢⱼ = Σₖ op(a)ᵢₖ op(b)ₖⱼ.
@@ -30,14 +32,25 @@ fn check_gemm(m: usize, k: usize, n: usize, dtype: DType) {
         for tb in [false, true] {
             let av = det(m, k, 1);
             let bv = det(k, n, 2);
-            let a = Tensor::from_vec_f64(&if ta { [k, m] } else { [m, k] }, av.clone()).unwrap().to_dtype(dtype);
-            let b = Tensor::from_vec_f64(&if tb { [n, k] } else { [k, n] }, bv.clone()).unwrap().to_dtype(dtype);
+            let a = Tensor::from_vec_f64(&if ta { [k, m] } else { [m, k] }, av.clone())
+                .unwrap()
+                .to_dtype(dtype);
+            let b = Tensor::from_vec_f64(&if tb { [n, k] } else { [k, n] }, bv.clone())
+                .unwrap()
+                .to_dtype(dtype);
             let c = a.matmul(ta, &b, tb).unwrap();
             assert_eq!(c.shape(), &[m, n]);
             let want = naive(&a.to_vec_f64(), ta, &b.to_vec_f64(), tb, m, k, n);
-            let tol = if dtype == DType::F32 { 1e-4 * (k as f64).sqrt() } else { 1e-10 * k as f64 };
+            let tol = if dtype == DType::F32 {
+                1e-4 * (k as f64).sqrt()
+            } else {
+                1e-10 * k as f64
+            };
             for (i, (x, y)) in c.to_vec_f64().iter().zip(&want).enumerate() {
-                assert!((x - y).abs() <= tol, "{m}x{k}x{n} ta={ta} tb={tb} {dtype:?} [{i}]: {x} vs {y}");
+                assert!(
+                    (x - y).abs() <= tol,
+                    "{m}x{k}x{n} ta={ta} tb={tb} {dtype:?} [{i}]: {x} vs {y}"
+                );
             }
             // Accumulating form: c + op(a)·op(b).
             let mut acc = Tensor::full(&[m, n], 1.0, dtype);
@@ -68,10 +81,18 @@ fn gemm_result_is_identical_at_any_thread_count() {
     // Large enough to be split across threads; splitting the output never changes the
     // order of the k-sum, so results are bit-identical.
     let (m, k, n) = (300, 200, 260);
-    let a = Tensor::from_vec_f64(&[m, k], det(m, k, 5)).unwrap().to_dtype(DType::F32);
-    let b = Tensor::from_vec_f64(&[n, k], det(n, k, 6)).unwrap().to_dtype(DType::F32);
+    let a = Tensor::from_vec_f64(&[m, k], det(m, k, 5))
+        .unwrap()
+        .to_dtype(DType::F32);
+    let b = Tensor::from_vec_f64(&[n, k], det(n, k, 6))
+        .unwrap()
+        .to_dtype(DType::F32);
     let run = |t: usize| {
-        rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap().install(|| a.matmul(false, &b, true).unwrap())
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build()
+            .unwrap()
+            .install(|| a.matmul(false, &b, true).unwrap())
     };
     let one = run(1);
     assert_eq!(one, run(2));
@@ -86,10 +107,19 @@ fn gemm_result_is_identical_at_any_thread_count() {
 fn shape_errors_name_the_shapes() {
     let a = Tensor::zeros(&[2, 3], DType::F32);
     let e = a.matmul(false, &a, false).unwrap_err().to_string();
-    assert!(e.contains("[2, 3]") && e.contains("inner dimensions"), "{e}");
-    let e = a.add(&Tensor::zeros(&[3, 2], DType::F32)).unwrap_err().to_string();
+    assert!(
+        e.contains("[2, 3]") && e.contains("inner dimensions"),
+        "{e}"
+    );
+    let e = a
+        .add(&Tensor::zeros(&[3, 2], DType::F32))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("[2, 3]") && e.contains("[3, 2]"), "{e}");
-    let e = a.matmul(false, &Tensor::zeros(&[3, 1], DType::F64), false).unwrap_err().to_string();
+    let e = a
+        .matmul(false, &Tensor::zeros(&[3, 1], DType::F64), false)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("dtype"), "{e}");
     assert!(Tensor::from_vec(&[2, 2], vec![1.0; 3]).is_err());
     assert!(Tensor::zeros(&[4], DType::F32).dims2().is_err());
@@ -99,14 +129,18 @@ fn shape_errors_name_the_shapes() {
 fn elementwise_kernels_follow_their_formulas() {
     let x = Tensor::from_vec_f64(&[2, 3], vec![-2.0, -0.5, 0.0, 0.5, 1.0, 3.0]).unwrap();
     // relu(x) = max(0, x)
-    assert_eq!(x.unary(Unary::Relu).to_vec_f64(), vec![0.0, 0.0, 0.0, 0.5, 1.0, 3.0]);
+    assert_eq!(
+        x.unary(Unary::Relu).to_vec_f64(),
+        vec![0.0, 0.0, 0.0, 0.5, 1.0, 3.0]
+    );
     // hard sigmoid = clamp(x/6 + 1/2, 0, 1)
     let hs = x.unary(Unary::HardSigmoid).to_vec_f64();
     assert!((hs[0] - (1.0 / 6.0)).abs() < 1e-15 && hs[5] == 1.0);
     // softmax rows sum to one, and are invariant to adding a constant per row
     let s = x.softmax_rows().unwrap().to_vec_f64();
     assert!((s[0..3].iter().sum::<f64>() - 1.0).abs() < 1e-15);
-    let shifted = Tensor::from_vec_f64(&[2, 3], x.to_vec_f64().iter().map(|v| v + 100.0).collect()).unwrap();
+    let shifted =
+        Tensor::from_vec_f64(&[2, 3], x.to_vec_f64().iter().map(|v| v + 100.0).collect()).unwrap();
     for (a, b) in s.iter().zip(shifted.softmax_rows().unwrap().to_vec_f64()) {
         assert!((a - b).abs() < 1e-12);
     }
@@ -127,7 +161,10 @@ fn elementwise_kernels_follow_their_formulas() {
     // Adam ratio: (m/c1)/(√(v/c2)+ε)
     let m = Tensor::from_vec_f64(&[1], vec![0.2]).unwrap();
     let v = Tensor::from_vec_f64(&[1], vec![0.09]).unwrap();
-    let r = Tensor::adam_ratio(&m, &v, 0.5, 0.25, 0.0).unwrap().get(0).unwrap();
+    let r = Tensor::adam_ratio(&m, &v, 0.5, 0.25, 0.0)
+        .unwrap()
+        .get(0)
+        .unwrap();
     assert!((r - 0.4 / 0.6).abs() < 1e-15);
 }
 
