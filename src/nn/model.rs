@@ -37,6 +37,10 @@ pub struct Block {
     pub linear: usize,
     /// Index of the activation layer after it, if any.
     pub activation: Option<usize>,
+    /// Input width of the Linear layer.
+    pub inputs: usize,
+    /// Output width of the Linear layer (the block's width).
+    pub outputs: usize,
 }
 
 /// A sequence of layers.
@@ -166,7 +170,10 @@ impl Model {
     pub fn blocks(&self) -> Vec<Block> {
         let mut out = Vec::new();
         for (i, l) in self.layers.iter().enumerate() {
-            if let LayerKind::Linear { .. } = l.kind() {
+            if let LayerKind::Linear {
+                inputs, outputs, ..
+            } = l.kind()
+            {
                 let next = self.layers.get(i + 1).map(|n| n.kind());
                 let activation = match next {
                     Some(LayerKind::Activation(_)) | Some(LayerKind::ParametricActivation) => {
@@ -177,6 +184,8 @@ impl Model {
                 out.push(Block {
                     linear: i,
                     activation,
+                    inputs,
+                    outputs,
                 });
             }
         }

@@ -8,8 +8,12 @@
 //! cover it.
 
 mod backprop;
+mod direct_feedback;
+mod feedback_alignment;
 
 pub use backprop::Backprop;
+pub use direct_feedback::{DirectFeedback, DirectKind};
+pub use feedback_alignment::{FeedbackAlignment, FeedbackKind};
 
 use crate::error::{Error, Result};
 use crate::nn::{Grads, Layer, Loss, Model, Params, Record, Target, Trace};
@@ -60,18 +64,109 @@ pub trait Rule: Send {
     fn predict(&self, model: &Model, params: &Params, x: &Tensor) -> Result<Tensor> {
         model.forward(params, x)
     }
+
+    /// The matrices this rule uses in place of weight transport, per Linear layer name,
+    /// in W's layout (the paper's Bᵀ). Diagnostics compare them with W.
+    fn feedback_matrices(&self, _model: &Model, _params: &Params) -> Result<Vec<(String, Tensor)>> {
+        Ok(Vec::new())
+    }
+}
+
+/// Options of the rules. Every field has a default; rules ignore what they do not use.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Initialiser of feedback matrices (names as `--init`); default `xavier-uniform`.
+    pub feedback_init: String,
+    /// Multiplier of the drawn feedback matrices; default 1.
+    pub feedback_scale: f64,
+    /// Seed of feedback matrices; default: the run's seed.
+    pub feedback_seed: Option<u64>,
+    /// Kolen–Pollack weight decay λ on W and its feedback; default 1e-3.
+    pub kp_decay: f64,
+}
+
+impl Default for RuleConfig {
+    fn default() -> Self {
+        RuleConfig {
+            feedback_init: "xavier-uniform".into(),
+            feedback_scale: 1.0,
+            feedback_seed: None,
+            kp_decay: 1e-3,
+        }
+    }
+}
+
+impl RuleConfig {
+    /// The parsed feedback initialiser (`auto` means Xavier uniform).
+    pub fn feedback_init(&self) -> Result<crate::nn::Init> {
+        Ok(match crate::nn::Init::parse(&self.feedback_init)? {
+            crate::nn::Init::Auto => crate::nn::Init::XavierUniform,
+            i => i,
+        })
+    }
 }
 
 /// Names accepted by [`build_rule`], with one line each.
-pub const RULES: &[(&str, &str)] = &[(
-    "bp",
-    "backpropagation: exact gradient through transposed Jacobians (Rumelhart et al. 1986)",
-)];
+pub const RULES: &[(&str, &str)] = &[
+    (
+        "bp",
+        "backpropagation: exact gradient through transposed Jacobians (Rumelhart et al. 1986)",
+    ),
+    (
+        "fa",
+        "feedback alignment: fixed random matrices replace Wᵀ (Lillicrap et al. 2016)",
+    ),
+    (
+        "dfa",
+        "direct feedback alignment: output error projected to every hidden block (Nøkland 2016)",
+    ),
+    (
+        "bfa",
+        "broadcast feedback alignment: DFA with one matrix shared per hidden width",
+    ),
+    (
+        "usf",
+        "uniform sign-concordant feedback: sign(W)·mean|W| replaces Wᵀ (Liao et al. 2016)",
+    ),
+    (
+        "brsf",
+        "batch-random-magnitude sign-concordant feedback (Moskovitz et al. 2018)",
+    ),
+    (
+        "frsf",
+        "fixed-random-magnitude sign-concordant feedback (Moskovitz et al. 2018)",
+    ),
+    (
+        "kp",
+        "Kolen–Pollack: feedback learned with W's update plus decay, converges to Wᵀ (Akrout et al. 2019)",
+    ),
+    (
+        "drtp",
+        "direct random target projection: one-hot target projected to hidden blocks (Frenkel et al. 2021)",
+    ),
+];
+
+/// Builds a rule by its CLI name with default options.
+pub fn build_rule(name: &str) -> Result<Box<dyn Rule>> {
+    build_rule_with(name, &RuleConfig::default())
+}
 
 /// Builds a rule by its CLI name.
-pub fn build_rule(name: &str) -> Result<Box<dyn Rule>> {
+pub fn build_rule_with(name: &str, cfg: &RuleConfig) -> Result<Box<dyn Rule>> {
+    cfg.feedback_init()?;
+    let fa = |k| -> Result<Box<dyn Rule>> { Ok(Box::new(FeedbackAlignment::new(k, cfg.clone()))) };
+    let direct = |k| -> Result<Box<dyn Rule>> { Ok(Box::new(DirectFeedback::new(k, cfg.clone()))) };
     match name {
         "bp" | "backprop" => Ok(Box::new(Backprop)),
+        "fa" => fa(FeedbackKind::Random),
+        "usf" => fa(FeedbackKind::SignUniform),
+        "brsf" => fa(FeedbackKind::SignBatchRandom),
+        "frsf" => fa(FeedbackKind::SignFixedRandom),
+        "kp" => fa(FeedbackKind::KolenPollack),
+        "dfa" => direct(DirectKind::Dfa),
+        "bfa" => direct(DirectKind::Bfa),
+        "drtp" => direct(DirectKind::Drtp),
         _ => Err(Error::unknown(
             "rule",
             name,

@@ -30,6 +30,10 @@ pub enum Unary {
     HardSigmoid,
     /// f(x) = ln(1 + e^x)
     Softplus,
+    /// f(x) = sign(x) ∈ {−1, 0, 1}; f′ = 0 (not an activation: feedback maths).
+    Sign,
+    /// f(x) = |x|; f′ = sign(x) (not an activation: feedback maths).
+    Abs,
 }
 
 const SELU_LAMBDA: f64 = 1.050_700_987_355_480_5;
@@ -79,6 +83,16 @@ impl Unary {
             Unary::Gelu => 0.5 * x * (1.0 + libm::erf(x * INV_SQRT_2)),
             Unary::HardSigmoid => (x / 6.0 + 0.5).clamp(0.0, 1.0),
             Unary::Softplus => softplus(x),
+            Unary::Sign => {
+                if x > 0.0 {
+                    1.0
+                } else if x < 0.0 {
+                    -1.0
+                } else {
+                    0.0
+                }
+            }
+            Unary::Abs => x.abs(),
         }
     }
 
@@ -132,6 +146,8 @@ impl Unary {
                 }
             }
             Unary::Softplus => sigmoid(x),
+            Unary::Sign => 0.0,
+            Unary::Abs => Unary::Sign.apply(x),
         }
     }
 
@@ -140,6 +156,7 @@ impl Unary {
         match self {
             Unary::Relu | Unary::LeakyRelu(_) | Unary::Elu(_) | Unary::Selu => &[0.0],
             Unary::HardSigmoid => &[-3.0, 3.0],
+            Unary::Sign | Unary::Abs => &[0.0],
             _ => &[],
         }
     }

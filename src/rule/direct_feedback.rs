@@ -1,0 +1,192 @@
+//! Direct feedback: every hidden block receives a fixed random projection of one global
+//! signal instead of an error carried down through the layers above.
+//!
+//! For hidden block l (Linear then activation f, pre-activation aₗ):
+//!
+//! - `dfa` (Nøkland 2016): δₗ = (e·Bₗ) ⊙ f′(aₗ), e = ∂L/∂z the output error, Bₗ fixed
+//!   random of shape (outputs × widthₗ) (the paper's Bₗ transposed; rows are samples).
+//! - `bfa` ("broadcast"): as `dfa`, with one B shared by all hidden blocks of equal width.
+//! - `drtp` (Frenkel, Lefebvre & Bol 2021): δₗ = (−y*·Bₗ) ⊙ f′(aₗ), y* the one-hot target.
+//!   The paper projects y* as a surrogate of the error; we use −y* so that the signal has
+//!   the sign of a gradient (e = softmax(z) − y* ≈ −y* early in training) and optimizers
+//!   descend along it, which gives the paper's update ΔWₗ ∝ (Bₗᵀy* ⊙ f′)·hₗ₋₁ᵀ.
+//!
+//! The output layer is always trained with its true local gradient ∂L/∂W = eᵀh. No Wᵀδ
+//! product is computed: the backward pass costs one projection per hidden block.
+
+use std::collections::HashMap;
+
+use rand::SeedableRng;
+
+use super::{Batch, Rule, RuleConfig, StepOutput};
+use crate::error::{Error, Result};
+use crate::nn::{Block, Grads, Loss, Model, Params};
+use crate::tensor::Tensor;
+
+/// Which global signal is projected, and whether matrices are shared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirectKind {
+    /// Output error, one matrix per block (`dfa`).
+    Dfa,
+    /// Output error, one matrix per hidden width (`bfa`).
+    Bfa,
+    /// Negative one-hot target, one matrix per block (`drtp`).
+    Drtp,
+}
+
+/// Direct feedback alignment and direct random target projection.
+#[derive(Debug)]
+pub struct DirectFeedback {
+    kind: DirectKind,
+    cfg: RuleConfig,
+    /// Projection matrices (outputs × width), keyed by block index or, for `bfa`, width.
+    matrices: HashMap<usize, Tensor>,
+}
+
+impl DirectFeedback {
+    /// A direct-feedback rule.
+    pub fn new(kind: DirectKind, cfg: RuleConfig) -> Self {
+        DirectFeedback {
+            kind,
+            cfg,
+            matrices: HashMap::new(),
+        }
+    }
+
+    fn blocks(model: &Model) -> Result<(Vec<Block>, Block)> {
+        let blocks = model.blocks();
+        let covered: usize = blocks
+            .iter()
+            .map(|b| 1 + b.activation.is_some() as usize)
+            .sum();
+        let last = *blocks
+            .last()
+            .ok_or_else(|| Error::config("model", "has no Linear layer"))?;
+        if covered != model.layers().len()
+            || last.activation.is_some()
+            || last.linear + 1 != model.layers().len()
+        {
+            return Err(Error::config(
+                "model",
+                "direct feedback needs a stack of Linear→activation blocks ending in a Linear output layer",
+            ));
+        }
+        Ok((blocks[..blocks.len() - 1].to_vec(), last))
+    }
+
+    fn key(&self, index: usize, width: usize) -> usize {
+        match self.kind {
+            DirectKind::Bfa => width,
+            _ => index,
+        }
+    }
+
+    /// The projection matrix of hidden block `index`.
+    pub fn matrix(&self, model: &Model, index: usize) -> Option<&Tensor> {
+        let (hidden, _) = Self::blocks(model).ok()?;
+        let b = hidden.get(index)?;
+        self.matrices.get(&self.key(index, b.outputs))
+    }
+
+    /// Replaces the projection matrix of hidden block `index` (tests, experiments).
+    pub fn set_matrix(&mut self, model: &Model, index: usize, m: Tensor) -> Result<()> {
+        let (hidden, _) = Self::blocks(model)?;
+        let b = hidden
+            .get(index)
+            .ok_or_else(|| Error::config("block", format!("no hidden block {index}")))?;
+        if m.shape() != [model.outputs(), b.outputs] {
+            return Err(Error::shape(
+                "direct feedback matrix",
+                format!(
+                    "expected [{}, {}], got {:?}",
+                    model.outputs(),
+                    b.outputs,
+                    m.shape()
+                ),
+            ));
+        }
+        let k = self.key(index, b.outputs);
+        self.matrices.insert(k, m);
+        Ok(())
+    }
+}
+
+impl Rule for DirectFeedback {
+    fn name(&self) -> &'static str {
+        match self.kind {
+            DirectKind::Dfa => "dfa",
+            DirectKind::Bfa => "bfa",
+            DirectKind::Drtp => "drtp",
+        }
+    }
+
+    fn init(&mut self, model: &Model, _params: &mut Params, seed: u64) -> Result<()> {
+        let (hidden, _) = Self::blocks(model)?;
+        let mut rng =
+            crate::Rng::seed_from_u64(self.cfg.feedback_seed.unwrap_or(seed) ^ 0x0d1e_c7fb);
+        let init = self.cfg.feedback_init()?;
+        self.matrices.clear();
+        for (i, b) in hidden.iter().enumerate() {
+            let width = b.outputs;
+            let k = self.key(i, width);
+            if self.matrices.contains_key(&k) {
+                continue;
+            }
+            // Drawn like a (width → outputs) weight, stored as outputs × width.
+            let v = init.sample(width, model.outputs(), &mut rng);
+            let m = Tensor::from_vec(&[model.outputs(), width], v)?.scale(self.cfg.feedback_scale);
+            self.matrices.insert(k, m);
+        }
+        Ok(())
+    }
+
+    fn step(
+        &mut self,
+        model: &Model,
+        params: &Params,
+        batch: &Batch,
+        loss: Loss,
+    ) -> Result<StepOutput> {
+        let (hidden, last) = Self::blocks(model)?;
+        let mut trace = model.forward_trace(params, &batch.x)?;
+        let out = trace
+            .output()
+            .cloned()
+            .ok_or_else(|| Error::config("model", "has no layers"))?;
+        let (value, e) = loss.eval(&out, &batch.target)?;
+        let mut grads = Grads::new();
+        let layers = model.layers();
+        layers[last.linear].param_grads(params, &trace.records[last.linear], &e, &mut grads)?;
+        let signal = match self.kind {
+            DirectKind::Dfa | DirectKind::Bfa => e.clone(),
+            DirectKind::Drtp => {
+                let (r, c) = out.dims2()?;
+                batch.target.dense(r, c, out.dtype())?.scale(-1.0)
+            }
+        };
+        for (i, b) in hidden.iter().enumerate() {
+            let m = self.matrices.get(&self.key(i, b.outputs)).ok_or_else(|| {
+                Error::config("direct feedback", "no projection matrix; was init called?")
+            })?;
+            let d_act = signal.matmul(false, m, false)?;
+            let d_pre = match b.activation {
+                Some(a) => {
+                    let rec = &trace.records[a];
+                    layers[a].param_grads(params, rec, &d_act, &mut grads)?;
+                    let d = layers[a].input_grad(params, rec, &d_act)?;
+                    trace.errors[a] = Some(d_act);
+                    d
+                }
+                None => d_act,
+            };
+            layers[b.linear].param_grads(params, &trace.records[b.linear], &d_pre, &mut grads)?;
+            trace.errors[b.linear] = Some(d_pre);
+        }
+        trace.errors[last.linear] = Some(e);
+        Ok(StepOutput {
+            grads,
+            trace,
+            loss: value,
+        })
+    }
+}

@@ -1,0 +1,235 @@
+//! Feedback alignment and its sign-concordant and learned-feedback variants: rules that
+//! replace the transposed forward weights of backprop ("weight transport") by another
+//! matrix, layer by layer.
+//!
+//! Backprop carries the error through a Linear layer as δ_in = δ_out·W (W ∈ ℝ^{out×in},
+//! rows are samples). These rules use δ_in = δ_out·F with a feedback matrix F of W's
+//! shape (the paper's Bᵀ); everything else — the activations' local derivatives, the
+//! parameter gradients from the received error, the output layer's true gradient — is
+//! backprop's. The first Linear layer needs no feedback (its input error is unused).
+//!
+//! | rule | F | reference |
+//! |---|---|---|
+//! | `fa` | fixed random | Lillicrap et al. 2016 |
+//! | `usf` | sign(W) · mean\|W\| (uniform magnitude, recomputed each step) | Liao, Leibo & Poggio 2016 |
+//! | `brsf` | sign(W) ⊙ \|R\|, R redrawn every batch | Moskovitz, Litwin-Kumar & Abbott 2018 |
+//! | `frsf` | sign(W) ⊙ \|R\|, R fixed at initialisation | Moskovitz et al. 2018 |
+//! | `kp` | learned: ΔF = ΔW, both with weight decay λ, so F → W | Kolen & Pollack 1994; Akrout et al. 2019 |
+//!
+//! FA with F = W is backprop exactly; uSF equals backprop when every weight of a layer
+//! has the same magnitude (then sign(W)·mean|W| = W).
+
+use std::collections::HashMap;
+
+use rand::SeedableRng;
+
+use super::{Batch, Rule, RuleConfig, StepOutput, backward_chain};
+use crate::error::{Error, Result};
+use crate::nn::{Grads, LayerKind, Loss, Model, Params};
+use crate::tensor::{Tensor, Unary};
+
+/// Which feedback matrix replaces W.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedbackKind {
+    /// Fixed random F (`fa`).
+    Random,
+    /// sign(W) scaled by the layer's mean |W| (`usf`).
+    SignUniform,
+    /// sign(W) ⊙ |R| with R redrawn every batch (`brsf`).
+    SignBatchRandom,
+    /// sign(W) ⊙ |R| with R fixed (`frsf`).
+    SignFixedRandom,
+    /// Learned F with the same update as W plus weight decay (`kp`).
+    KolenPollack,
+}
+
+/// A rule that swaps the weight transport of Linear layers for feedback matrices.
+#[derive(Debug)]
+pub struct FeedbackAlignment {
+    kind: FeedbackKind,
+    cfg: RuleConfig,
+    /// Per Linear layer (by layer name): F for `fa`, R for `frsf`.
+    fixed: HashMap<String, Tensor>,
+    /// Per layer, the magnitudes drawn for the current batch (`brsf`).
+    batch_magnitudes: HashMap<String, Tensor>,
+    rng: crate::Rng,
+}
+
+impl FeedbackAlignment {
+    /// A rule of the given kind.
+    pub fn new(kind: FeedbackKind, cfg: RuleConfig) -> Self {
+        FeedbackAlignment {
+            kind,
+            cfg,
+            fixed: HashMap::new(),
+            batch_magnitudes: HashMap::new(),
+            rng: crate::Rng::seed_from_u64(0),
+        }
+    }
+
+    /// Key of layer `name`'s learned feedback matrix in the parameter store (`kp`).
+    pub fn kp_key(name: &str) -> String {
+        format!("kp.{name}.feedback")
+    }
+
+    /// Sets the feedback matrix of `layer` (W's layout). For `fa` only; used by tests and
+    /// experiments (F = W turns FA into backprop).
+    pub fn set_feedback(&mut self, layer: &str, f: Tensor) -> Result<()> {
+        if self.kind != FeedbackKind::Random {
+            return Err(Error::config(
+                "feedback",
+                "only `fa` has a settable fixed feedback matrix",
+            ));
+        }
+        self.fixed.insert(layer.to_string(), f);
+        Ok(())
+    }
+
+    fn draw(&mut self, rows: usize, cols: usize) -> Result<Tensor> {
+        let v = self.cfg.feedback_init()?.sample(cols, rows, &mut self.rng);
+        Ok(Tensor::from_vec(&[rows, cols], v)?.scale(self.cfg.feedback_scale))
+    }
+
+    /// The feedback F used for layer `name` with weight `w` (W's layout).
+    fn feedback(&self, name: &str, w: &Tensor, params: &Params) -> Result<Tensor> {
+        let missing = || {
+            Error::config(
+                "feedback",
+                format!("no feedback matrix for layer {name}; was init called?"),
+            )
+        };
+        let signed = |mag: &Tensor| -> Result<Tensor> { w.unary(Unary::Sign).mul(mag) };
+        match self.kind {
+            FeedbackKind::Random => self.fixed.get(name).cloned().ok_or_else(missing),
+            FeedbackKind::SignUniform => {
+                let mean_abs = w.unary(Unary::Abs).sum() / w.len().max(1) as f64;
+                Ok(w.unary(Unary::Sign).scale(mean_abs))
+            }
+            FeedbackKind::SignFixedRandom => signed(self.fixed.get(name).ok_or_else(missing)?),
+            FeedbackKind::SignBatchRandom => {
+                signed(self.batch_magnitudes.get(name).ok_or_else(missing)?)
+            }
+            FeedbackKind::KolenPollack => Ok(params.get(&Self::kp_key(name))?.clone()),
+        }
+    }
+
+    /// Linear layers that need feedback: every one but the first layer of the model.
+    fn feedback_layers(model: &Model) -> Vec<(usize, String, usize, usize)> {
+        model
+            .layers()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| match l.kind() {
+                LayerKind::Linear {
+                    inputs, outputs, ..
+                } if i > 0 => Some((i, l.name().to_string(), outputs, inputs)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+impl Rule for FeedbackAlignment {
+    fn name(&self) -> &'static str {
+        match self.kind {
+            FeedbackKind::Random => "fa",
+            FeedbackKind::SignUniform => "usf",
+            FeedbackKind::SignBatchRandom => "brsf",
+            FeedbackKind::SignFixedRandom => "frsf",
+            FeedbackKind::KolenPollack => "kp",
+        }
+    }
+
+    fn init(&mut self, model: &Model, params: &mut Params, seed: u64) -> Result<()> {
+        self.rng = crate::Rng::seed_from_u64(self.cfg.feedback_seed.unwrap_or(seed) ^ 0x0fee_dbac);
+        self.fixed.clear();
+        for (_, name, rows, cols) in Self::feedback_layers(model) {
+            match self.kind {
+                FeedbackKind::Random => {
+                    let f = self.draw(rows, cols)?;
+                    self.fixed.insert(name, f);
+                }
+                FeedbackKind::SignFixedRandom => {
+                    let r = self.draw(rows, cols)?.unary(Unary::Abs);
+                    self.fixed.insert(name, r);
+                }
+                FeedbackKind::KolenPollack => {
+                    let f = self.draw(rows, cols)?;
+                    params.insert(Self::kp_key(&name), f);
+                }
+                FeedbackKind::SignUniform | FeedbackKind::SignBatchRandom => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn step(
+        &mut self,
+        model: &Model,
+        params: &Params,
+        batch: &Batch,
+        loss: Loss,
+    ) -> Result<StepOutput> {
+        let layers = Self::feedback_layers(model);
+        if self.kind == FeedbackKind::SignBatchRandom {
+            for (_, name, rows, cols) in &layers {
+                let r = self.draw(*rows, *cols)?.unary(Unary::Abs);
+                self.batch_magnitudes.insert(name.clone(), r);
+            }
+        }
+        let mut feedback: HashMap<usize, Tensor> = HashMap::new();
+        for (i, name, _, _) in &layers {
+            let w = params.get(&format!("{name}.weight"))?;
+            feedback.insert(*i, self.feedback(name, w, params)?);
+        }
+        let mut trace = model.forward_trace(params, &batch.x)?;
+        let out = trace
+            .output()
+            .cloned()
+            .ok_or_else(|| Error::config("model", "has no layers"))?;
+        let (value, e) = loss.eval(&out, &batch.target)?;
+        let mut grads = Grads::new();
+        backward_chain(
+            model,
+            params,
+            &mut trace,
+            e,
+            &mut grads,
+            |i, layer, rec, d| match feedback.get(&i) {
+                Some(f) => d.matmul(false, f, false),
+                None => layer.input_grad(params, rec, d),
+            },
+        )?;
+        if self.kind == FeedbackKind::KolenPollack {
+            // Akrout et al. 2019: ΔW = −η(∇W + λW), ΔF = −η(∇W + λF), so W − F decays.
+            let lambda = self.cfg.kp_decay;
+            for (_, name, _, _) in &layers {
+                let wk = format!("{name}.weight");
+                let fk = Self::kp_key(name);
+                let mut gf = grads.get(&wk)?.clone();
+                gf.axpy(lambda, params.get(&fk)?)?;
+                grads.get_mut(&wk)?.axpy(lambda, params.get(&wk)?)?;
+                grads.insert(fk, gf);
+            }
+        }
+        Ok(StepOutput {
+            grads,
+            trace,
+            loss: value,
+        })
+    }
+
+    fn feedback_matrices(&self, model: &Model, params: &Params) -> Result<Vec<(String, Tensor)>> {
+        let mut out = Vec::new();
+        for (_, name, _, _) in Self::feedback_layers(model) {
+            let w = params.get(&format!("{name}.weight"))?;
+            if self.kind == FeedbackKind::SignBatchRandom
+                && !self.batch_magnitudes.contains_key(&name)
+            {
+                continue;
+            }
+            out.push((name.clone(), self.feedback(&name, w, params)?));
+        }
+        Ok(out)
+    }
+}
