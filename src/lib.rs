@@ -68,6 +68,7 @@
 //! an [`optim::Objective`] that re-runs the rule at other parameters on the same batch.
 
 pub mod data;
+pub mod diag;
 pub mod error;
 pub mod nn;
 pub mod optim;

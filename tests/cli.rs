@@ -299,3 +299,61 @@ fn listings_and_data_verify() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stdout).contains("missing"));
 }
+
+#[test]
+fn diagnostics_leave_the_trajectory_unchanged_and_diagnose_reads_checkpoints() {
+    let t = tempfile::tempdir().unwrap();
+    let (plain, diag) = (t.path().join("plain"), t.path().join("diag"));
+    // brsf draws random magnitudes every batch: the diagnostics must not disturb that stream.
+    assert!(
+        small_train(&plain, &["--epochs", "2", "--rule", "brsf"])
+            .status
+            .success()
+    );
+    let o = small_train(
+        &diag,
+        &["--epochs", "2", "--rule", "brsf", "--diag-every", "7"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let with: Vec<_> = metrics_without_timings(&diag);
+    let epochs: Vec<_> = with
+        .iter()
+        .filter(|r| r["type"] == "epoch")
+        .cloned()
+        .collect();
+    assert_eq!(epochs, metrics_without_timings(&plain));
+    let diags: Vec<_> = with.iter().filter(|r| r["type"] == "diagnostics").collect();
+    // 40 steps per epoch, every 7th step from step 0: 0, 7, ..., 77 → 12 records.
+    assert_eq!(diags.len(), 12);
+    let l = &diags[3]["layers"];
+    assert_eq!(l.as_array().unwrap().len(), 2);
+    assert!(
+        l[1]["feedback_angle_deg"].as_f64().unwrap() < 90.0,
+        "sign-concordant feedback is aligned with W"
+    );
+    assert!(
+        (l[1]["angle_to_bp_deg"].as_f64().unwrap()).abs() < 1e-3,
+        "output layer uses the true gradient"
+    );
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(diag.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(s["diagnostics"]["records"], 12);
+    let d = data_dir();
+    let o = run(&[
+        "diagnose",
+        "--checkpoint",
+        diag.join("checkpoint.safetensors").to_str().unwrap(),
+        "--data-dir",
+        d.to_str().unwrap(),
+        "--batch-size",
+        "64",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (r["rule"].as_str(), r["batch_size"].as_u64()),
+        (Some("brsf"), Some(64))
+    );
+    let a = r["layers"][0]["angle_to_bp_deg"].as_f64().unwrap();
+    assert!(a > 0.0 && a < 90.0, "hidden layer angle {a}");
+}

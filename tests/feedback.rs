@@ -310,3 +310,33 @@ fn bfa_shares_one_matrix_per_width() {
     dfa.init(&model, &mut p, 1).unwrap();
     assert_ne!(dfa.matrix(&model, 0), dfa.matrix(&model, 1));
 }
+
+#[test]
+fn diagnostics_measure_angles_by_their_definition() {
+    use futureprop::diag;
+    let a = Tensor::from_vec(&[2], vec![1.0, 0.0]).unwrap();
+    let b = Tensor::from_vec(&[2], vec![0.0, 2.0]).unwrap();
+    let c = Tensor::from_vec(&[2], vec![1.0, 1.0]).unwrap();
+    assert!((diag::angle_deg(&a, &b).unwrap() - 90.0).abs() < 1e-12);
+    assert!((diag::angle_deg(&a, &c).unwrap() - 45.0).abs() < 1e-5);
+    assert_eq!(
+        diag::cosine(&a, &Tensor::from_vec(&[2], vec![0.0, 0.0]).unwrap()).unwrap(),
+        0.0
+    );
+    // BP against itself: every angle is zero; FA with F = W reports a zero feedback angle.
+    let model = mlp("mlp:4-6-3", "tanh");
+    let mut p = model.init_params(Init::XavierUniform, 2).unwrap();
+    let mut fa = FeedbackAlignment::new(FeedbackKind::Random, RuleConfig::default());
+    fa.init(&model, &mut p, 2).unwrap();
+    fa.set_feedback("fc2", p.get("fc2.weight").unwrap().clone())
+        .unwrap();
+    let d = diag::diagnose(&mut fa, &model, &p, &batch(5, 4, 3, 1), Loss::CrossEntropy).unwrap();
+    assert_eq!(d.len(), 2);
+    for l in &d {
+        assert!(l.angle_to_bp_deg < 0.1, "{l:?}");
+    }
+    assert!(
+        d[1].feedback_angle_deg.unwrap() < 0.1
+            && (d[1].feedback_norm_ratio.unwrap() - 1.0).abs() < 1e-9
+    );
+}

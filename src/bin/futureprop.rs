@@ -30,6 +30,19 @@ enum Command {
     Rules,
     /// List the optimizers.
     Optimizers,
+    /// Per-layer diagnostics of a saved model on one batch of its dataset: angle between
+    /// the rule's update and the backprop gradient, feedback angles and norms (JSON).
+    Diagnose {
+        /// A checkpoint written by `train`.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Data directory [default: the checkpoint's, else FUTUREPROP_DATA, else the cache].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Samples in the batch [default: the run's batch size].
+        #[arg(long)]
+        batch_size: Option<usize>,
+    },
     /// Fetch or verify datasets.
     Data {
         #[command(subcommand)]
@@ -127,6 +140,26 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     rule: Option<String>,
+    /// Initialiser of feedback matrices (fa, dfa, ...; names as --init) [default: xavier-uniform].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    feedback_init: Option<String>,
+    /// Multiplier of feedback matrices [default: 1].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    feedback_scale: Option<f64>,
+    /// Seed of feedback matrices [default: --seed].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    feedback_seed: Option<u64>,
+    /// Kolen–Pollack weight decay on W and its feedback [default: 1e-3].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kp_decay: Option<f64>,
+    /// Every N steps, compare each layer's update with the backprop gradient (0: never) [default: 0].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    diag_every: Option<u64>,
     /// Optimizer (see `futureprop optimizers`) [default: sgd].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -238,6 +271,27 @@ fn train_cmd(args: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
+fn diagnose_cmd(
+    checkpoint: &std::path::Path,
+    data_dir: Option<&std::path::Path>,
+    batch_size: Option<usize>,
+) -> Result<()> {
+    let ck = train::checkpoint::load(checkpoint)?;
+    let mut cfg: TrainConfig = serde_json::from_value(ck.config.clone())
+        .map_err(|e| Error::format(checkpoint, format!("config in checkpoint: {e}")))?;
+    if let Some(d) = data_dir {
+        cfg.data_dir = Some(d.to_path_buf());
+    }
+    cfg.quiet = true;
+    let report = train::diagnose_checkpoint(&cfg, &ck, batch_size.unwrap_or(cfg.batch_size))?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&report)
+            .map_err(|e| Error::config("report", e.to_string()))?
+    );
+    Ok(())
+}
+
 fn data_cmd(cmd: &DataCommand) -> Result<()> {
     match cmd {
         DataCommand::Fetch {
@@ -313,6 +367,11 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Data { command } => data_cmd(command),
+        Command::Diagnose {
+            checkpoint,
+            data_dir,
+            batch_size,
+        } => diagnose_cmd(checkpoint, data_dir.as_deref(), *batch_size),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::optim::OptimizerConfig;
+use crate::rule::RuleConfig;
 
 /// Everything that defines a training run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,6 +42,16 @@ pub struct TrainConfig {
     pub loss: String,
     /// Credit-assignment rule; default `bp`.
     pub rule: String,
+    /// Initialiser of feedback matrices; default `xavier-uniform`.
+    pub feedback_init: String,
+    /// Multiplier of feedback matrices; default 1.
+    pub feedback_scale: f64,
+    /// Seed of feedback matrices; default: `seed`.
+    pub feedback_seed: Option<u64>,
+    /// Kolen–Pollack weight decay; default 1e-3.
+    pub kp_decay: f64,
+    /// Compute per-layer diagnostics every N steps (0: never); default 0.
+    pub diag_every: u64,
     /// Optimizer name; default `sgd`.
     pub optimizer: String,
     /// Base learning rate; default 0.01.
@@ -86,6 +97,7 @@ pub struct TrainConfig {
 impl Default for TrainConfig {
     fn default() -> Self {
         let o = OptimizerConfig::default();
+        let r = RuleConfig::default();
         TrainConfig {
             dataset: "mnist".into(),
             data_dir: None,
@@ -101,6 +113,11 @@ impl Default for TrainConfig {
             bias: true,
             loss: "cross-entropy".into(),
             rule: "bp".into(),
+            feedback_init: r.feedback_init,
+            feedback_scale: r.feedback_scale,
+            feedback_seed: r.feedback_seed,
+            kp_decay: r.kp_decay,
+            diag_every: 0,
             optimizer: o.name,
             lr: o.lr,
             momentum: o.momentum,
@@ -140,6 +157,16 @@ impl TrainConfig {
             no_decay_on_bias: self.no_decay_on_bias,
             clip_norm: self.clip_norm,
             schedule: self.schedule.clone(),
+        }
+    }
+
+    /// The rule part.
+    pub fn rule_config(&self) -> RuleConfig {
+        RuleConfig {
+            feedback_init: self.feedback_init.clone(),
+            feedback_scale: self.feedback_scale,
+            feedback_seed: self.feedback_seed,
+            kp_decay: self.kp_decay,
         }
     }
 

@@ -22,7 +22,7 @@ use crate::data::{self, Batches, Dataset, Normalize, Splits};
 use crate::error::{Error, Result};
 use crate::nn::{Grads, Init, Loss, Model, ModelSpec, Params};
 use crate::optim::{Objective, StepContext, build_optimizer};
-use crate::rule::{Batch, Rule, build_rule};
+use crate::rule::{Backprop, Batch, Rule, build_rule_with};
 
 /// Loss and accuracy of a model on a dataset.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -169,9 +169,64 @@ fn progress(quiet: bool, len: u64) -> ProgressBar {
     pb
 }
 
+fn append_line(path: &Path, v: &Value) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    writeln!(f, "{v}").map_err(|e| Error::io(path, e))
+}
+
 fn write_json(path: &Path, v: &Value) -> Result<()> {
     let text = serde_json::to_string_pretty(v).map_err(|e| Error::format(path, e.to_string()))?;
     checkpoint::write_atomic(path, text.as_bytes())
+}
+
+/// Diagnostics of a checkpoint's model and rule on the first `batch_size` training
+/// samples (in file order).
+pub fn diagnose_checkpoint(cfg: &TrainConfig, ck: &Checkpoint, batch_size: usize) -> Result<Value> {
+    let splits = load_data(cfg)?;
+    let loss = Loss::parse(&cfg.loss)?;
+    let model = build_model(cfg, splits.train.features(), splits.train.classes)?;
+    let mut rule = build_rule_with(&cfg.rule, &cfg.rule_config())?;
+    let mut params = model.init_params(Init::parse(&cfg.init)?, cfg.seed)?;
+    rule.init(&model, &mut params, cfg.seed)?;
+    restore_params(&mut params, &ck.params, cfg)?;
+    let n = batch_size.clamp(1, splits.train.len());
+    let idx: Vec<usize> = (0..n).collect();
+    let batch = Batch {
+        x: splits.train.x.gather_rows(&idx)?,
+        target: splits.train.targets(&idx),
+    };
+    let layers = crate::diag::diagnose(rule.as_mut(), &model, &params, &batch, loss)?;
+    Ok(
+        json!({"rule": rule.name(), "model": cfg.model, "epoch": ck.epoch, "batch_size": n, "layers": layers}),
+    )
+}
+
+/// Copies a checkpoint's parameters over freshly initialised ones, checking names and shapes.
+fn restore_params(params: &mut Params, saved: &Params, cfg: &TrainConfig) -> Result<()> {
+    for (n, t) in saved.iter() {
+        let mine = params.get(n).map_err(|_| {
+            Error::config(
+                "checkpoint",
+                format!(
+                    "parameter '{n}' does not belong to model '{}' with rule '{}'",
+                    cfg.model, cfg.rule
+                ),
+            )
+        })?;
+        if mine.shape() != t.shape() {
+            return Err(Error::shape(
+                format!("checkpoint parameter {n}"),
+                format!("{:?} vs model {:?}", t.shape(), mine.shape()),
+            ));
+        }
+    }
+    for (n, _) in params.clone().iter() {
+        params.insert(n, saved.get(n)?.clone());
+    }
+    Ok(())
 }
 
 /// Runs training as configured; `resume` continues from a checkpoint (its config is the
@@ -201,7 +256,7 @@ pub fn run(cfg: &TrainConfig, splits: &Splits, resume: Option<Checkpoint>) -> Re
     }
     let loss = Loss::parse(&cfg.loss)?;
     let model = build_model(cfg, splits.train.features(), splits.train.classes)?;
-    let mut rule = build_rule(&cfg.rule)?;
+    let mut rule = build_rule_with(&cfg.rule, &cfg.rule_config())?;
     let mut params = model.init_params(Init::parse(&cfg.init)?, cfg.seed)?;
     rule.init(&model, &mut params, cfg.seed)?;
     let steps_per_epoch = splits.train.len().div_ceil(cfg.batch_size) as u64;
@@ -220,26 +275,7 @@ pub fn run(cfg: &TrainConfig, splits: &Splits, resume: Option<Checkpoint>) -> Re
     let mut start_epoch = 0;
     let mut history: Vec<Value> = Vec::new();
     if let Some(ck) = resume {
-        for (n, t) in ck.params.iter() {
-            let mine = params.get(n).map_err(|_| {
-                Error::format(
-                    &ck_path,
-                    format!(
-                        "checkpoint parameter '{n}' does not belong to model '{}' with rule '{}'",
-                        cfg.model, cfg.rule
-                    ),
-                )
-            })?;
-            if mine.shape() != t.shape() {
-                return Err(Error::shape(
-                    format!("checkpoint parameter {n}"),
-                    format!("{:?} vs model {:?}", t.shape(), mine.shape()),
-                ));
-            }
-        }
-        for (n, _) in params.clone().iter() {
-            params.insert(n, ck.params.get(n)?.clone());
-        }
+        restore_params(&mut params, &ck.params, cfg)?;
         optimizer.load_state(&ck.optimizer)?;
         start_epoch = ck.epoch;
         history = ck.history;
@@ -299,6 +335,15 @@ pub fn run(cfg: &TrainConfig, splits: &Splits, resume: Option<Checkpoint>) -> Re
             }
             seen += rows;
             activation_bytes = activation_bytes.max(out.trace.activation_bytes());
+            // Diagnostics read the batch and parameters, never the rule's random state,
+            // so they leave the trajectory unchanged.
+            let diag = if cfg.diag_every > 0 && step % cfg.diag_every == 0 {
+                let bp = Backprop.step(&model, &params, &batch, loss)?;
+                let fb = rule.feedback_matrices(&model, &params)?;
+                Some((bp.grads, fb, params.clone()))
+            } else {
+                None
+            };
             let mut objective = RuleObjective {
                 rule: rule.as_mut(),
                 model: &model,
@@ -310,6 +355,13 @@ pub fn run(cfg: &TrainConfig, splits: &Splits, resume: Option<Checkpoint>) -> Re
                 objective: Some(&mut objective),
             };
             optimizer.step(&mut params, &out.grads, &mut ctx)?;
+            if let Some((bp, fb, before)) = diag {
+                let layers =
+                    crate::diag::compare(&model, &params, &out.grads, &bp, &fb, Some(&before))?;
+                let rec = json!({"type": "diagnostics", "epoch": epoch + 1, "step": step, "loss": out.loss, "layers": layers});
+                append_line(&metrics_path, &rec)?;
+                history.push(rec);
+            }
             step += 1;
             pb.inc(1);
             if step % 20 == 0 {
@@ -328,6 +380,7 @@ pub fn run(cfg: &TrainConfig, splits: &Splits, resume: Option<Checkpoint>) -> Re
             cfg.eval_batch_size,
         )?;
         let mut rec = json!({
+            "type": "epoch",
             "epoch": epoch + 1,
             "step": step,
             "lr": optimizer.learning_rate(),
@@ -351,13 +404,7 @@ pub fn run(cfg: &TrainConfig, splits: &Splits, resume: Option<Checkpoint>) -> Re
                 step,
             });
         }
-        {
-            let mut f = std::fs::OpenOptions::new()
-                .append(true)
-                .open(&metrics_path)
-                .map_err(|e| Error::io(&metrics_path, e))?;
-            writeln!(f, "{rec}").map_err(|e| Error::io(&metrics_path, e))?;
-        }
+        append_line(&metrics_path, &rec)?;
         if !cfg.quiet {
             eprintln!(
                 "epoch {:>3}  train loss {:.4} acc {:.4}  test loss {:.4} acc {:.4}  {:.1}s",
@@ -377,24 +424,27 @@ pub fn run(cfg: &TrainConfig, splits: &Splits, resume: Option<Checkpoint>) -> Re
     }
     let total_seconds = run_start.elapsed().as_secs_f64();
     let acc = |r: &Value, k: &str| r[k].as_f64().unwrap_or(f64::NAN);
-    let last = history.last();
-    let (best_epoch, best) = history
+    let epochs: Vec<&Value> = history.iter().filter(|r| r["type"] == "epoch").collect();
+    let diagnostics = summarise_diagnostics(&history);
+    let last = epochs.last().copied();
+    let (best_epoch, best) = epochs
         .iter()
         .map(|r| (r["epoch"].as_u64().unwrap_or(0), acc(r, "test_accuracy")))
         .fold((0, f64::NEG_INFINITY), |b, x| if x.1 > b.1 { x } else { b });
-    let epoch_secs: Vec<f64> = history.iter().map(|r| acc(r, "epoch_seconds")).collect();
+    let epoch_secs: Vec<f64> = epochs.iter().map(|r| acc(r, "epoch_seconds")).collect();
     let opt_state = optimizer.state();
     let summary = json!({
         "dataset": cfg.dataset,
         "model": cfg.model,
         "rule": rule.name(),
         "optimizer": optimizer.name(),
-        "epochs": history.len(),
+        "epochs": epochs.len(),
         "steps": step,
         "test_accuracy": last.map(|r| acc(r, "test_accuracy")),
         "test_loss": last.map(|r| acc(r, "test_loss")),
         "train_accuracy": last.map(|r| acc(r, "train_accuracy")),
-        "best_test_accuracy": if history.is_empty() { Value::Null } else { json!(best) },
+        "best_test_accuracy": if epochs.is_empty() { Value::Null } else { json!(best) },
+        "diagnostics": diagnostics,
         "best_epoch": best_epoch,
         "parameters": model.num_parameters(&params),
         "parameter_bytes": params.size_bytes(),
@@ -406,4 +456,32 @@ pub fn run(cfg: &TrainConfig, splits: &Splits, resume: Option<Checkpoint>) -> Re
     });
     write_json(&out_dir.join("summary.json"), &summary)?;
     Ok(summary)
+}
+
+/// Per layer: the last diagnostics record and the mean angle to BP over the run.
+fn summarise_diagnostics(history: &[Value]) -> Value {
+    let recs: Vec<&Value> = history
+        .iter()
+        .filter(|r| r["type"] == "diagnostics")
+        .collect();
+    let Some(last) = recs.last() else {
+        return Value::Null;
+    };
+    let mut mean = serde_json::Map::new();
+    if let Some(layers) = last["layers"].as_array() {
+        for l in layers {
+            let name = l["layer"].as_str().unwrap_or_default();
+            let angles: Vec<f64> = recs
+                .iter()
+                .filter_map(|r| r["layers"].as_array())
+                .flat_map(|ls| ls.iter().filter(|x| x["layer"] == name))
+                .filter_map(|x| x["angle_to_bp_deg"].as_f64())
+                .collect();
+            mean.insert(
+                name.to_string(),
+                json!(angles.iter().sum::<f64>() / angles.len().max(1) as f64),
+            );
+        }
+    }
+    json!({"records": recs.len(), "last": last["layers"], "mean_angle_to_bp_deg": mean})
 }
