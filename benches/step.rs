@@ -1,9 +1,11 @@
-//! Times one training step (forward, backprop, SGD update) of `mlp:784-1000-1000-10`
-//! at batch 128, and the GEMMs of that step.
+//! Times one training step (forward, the rule's backward, SGD update) at batch 128, and
+//! the GEMMs of the backprop step of `mlp:784-1000-1000-10`.
 //!
-//! `cargo bench --bench step -- --threads N [--steps S] [--json]`: prints the median step
-//! time in milliseconds over S steps (default 300) after 30 warm-up steps, and the
-//! throughput of each GEMM shape. `bench/step_vs_pytorch.sh` compares it with PyTorch.
+//! `cargo bench --bench step -- --threads N [--steps S] [--rule R] [--model SPEC] [--json]`:
+//! prints the median step time in milliseconds over S steps (default 300) after 30
+//! warm-up steps, the step's counted GEMM FLOPs, and (for the default model) the
+//! throughput of each GEMM shape. `bench/step_vs_pytorch.sh` compares BP with PyTorch;
+//! `bench/rule_speed.sh` compares rules with BP.
 
 use std::time::Instant;
 
@@ -15,6 +17,34 @@ use futureprop::tensor::Tensor;
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
+}
+
+fn arg_str(args: &[String], name: &str, default: &str) -> String {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .unwrap_or_else(|| default.to_string())
+}
+
+/// GEMM FLOPs (2·m·n·k per product) of one step of an MLP of `widths` at batch `n`:
+/// forward x·Wᵀ per layer, weight gradients δᵀ·x per layer, and the backward signal:
+/// δ·W below every layer but the first (bp, fa and its variants), or one projection
+/// e·Bₗ of the output error per hidden block (dfa, bfa, drtp).
+fn step_flops(widths: &[usize], n: usize, rule: &str) -> f64 {
+    let layers: Vec<(usize, usize)> = widths.windows(2).map(|w| (w[0], w[1])).collect();
+    let out = *widths.last().unwrap_or(&0);
+    let prod = |a: usize, b: usize| 2.0 * (n * a * b) as f64;
+    let fwd: f64 = layers.iter().map(|&(i, o)| prod(i, o)).sum();
+    let backward: f64 = if matches!(rule, "dfa" | "bfa" | "drtp") {
+        layers[..layers.len() - 1]
+            .iter()
+            .map(|&(_, o)| prod(out, o))
+            .sum()
+    } else {
+        layers[1..].iter().map(|&(i, o)| prod(i, o)).sum()
+    };
+    2.0 * fwd + backward
 }
 
 fn arg(args: &[String], name: &str, default: usize) -> usize {
@@ -30,18 +60,26 @@ fn main() -> futureprop::Result<()> {
     let threads = arg(&args, "--threads", 1);
     let steps = arg(&args, "--steps", 300);
     let json = args.iter().any(|a| a == "--json");
+    let rule_name = arg_str(&args, "--rule", "bp");
+    let spec = arg_str(&args, "--model", "mlp:784-1000-1000-10");
+    let widths: Vec<usize> = spec
+        .trim_start_matches("mlp:")
+        .split('-')
+        .map(|w| w.parse().expect("--model mlp:W0-W1-..."))
+        .collect();
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
         .expect("thread pool");
     pool.install(|| -> futureprop::Result<()> {
         let model = Model::build(&ModelSpec {
-            spec: "mlp:784-1000-1000-10".into(),
+            spec: spec.clone(),
             activation: "relu".into(),
             bias: true,
         })?;
         let mut params = model.init_params(Init::Torch, 0)?;
-        let mut rule = build_rule("bp")?;
+        let mut rule = build_rule(&rule_name)?;
+        rule.init(&model, &mut params, 0)?;
         let mut opt = build_optimizer(
             &OptimizerConfig {
                 name: "sgd".into(),
@@ -51,11 +89,13 @@ fn main() -> futureprop::Result<()> {
             1 << 30,
         )?;
         let n = 128;
-        let x: Vec<f32> = (0..n * 784).map(|i| ((i * 7919 % 255) as f32) / 255.0 - 0.13).collect();
+        let (inputs, classes) = (widths[0], *widths.last().unwrap_or(&1));
+        let x: Vec<f32> = (0..n * inputs).map(|i| ((i * 7919 % 255) as f32) / 255.0 - 0.13).collect();
         let batch = Batch {
-            x: Tensor::from_vec(&[n, 784], x)?,
-            target: Target::Classes((0..n).map(|i| i % 10).collect()),
+            x: Tensor::from_vec(&[n, inputs], x)?,
+            target: Target::Classes((0..n).map(|i| i % classes).collect()),
         };
+        let flops = step_flops(&widths, n, &rule_name);
         let mut times = Vec::with_capacity(steps);
         for i in 0..steps + 30 {
             let t = Instant::now();
@@ -78,7 +118,8 @@ fn main() -> futureprop::Result<()> {
             (1000, 784, 128, true, false, "dW1 δᵀ·x"),
         ];
         let mut gemm = Vec::new();
-        for (m, nn, k, ta, tb, label) in shapes {
+        let default_model = spec == "mlp:784-1000-1000-10";
+        for (m, nn, k, ta, tb, label) in shapes.into_iter().filter(|_| default_model) {
             let a = Tensor::full(&if ta { [k, m] } else { [m, k] }, 0.5, futureprop::tensor::DType::F32);
             let b = Tensor::full(&if tb { [nn, k] } else { [k, nn] }, 0.25, futureprop::tensor::DType::F32);
             let mut ts = Vec::new();
@@ -98,9 +139,15 @@ fn main() -> futureprop::Result<()> {
                 .iter()
                 .map(|(l, m, n, k, ms, gf)| serde_json::json!({"op": l, "m": m, "n": n, "k": k, "ms": ms, "gflops": gf}))
                 .collect();
-            println!("{}", serde_json::json!({"threads": threads, "step_ms": step_ms, "gemm": g}));
+            println!(
+                "{}",
+                serde_json::json!({"threads": threads, "rule": rule_name, "model": spec, "step_ms": step_ms, "gemm_flops": flops, "gemm": g})
+            );
         } else {
-            println!("futureprop step (batch 128, {threads} thread(s)): median {step_ms:.3} ms over {steps} steps");
+            println!(
+                "futureprop {rule_name} step of {spec} (batch 128, {threads} thread(s)): median {step_ms:.3} ms over {steps} steps, {:.3} GFLOP of GEMM",
+                flops / 1e9
+            );
             for (l, m, n, k, ms, gf) in gemm {
                 println!("  {l:<12} {m:>4}x{n:<4}x{k:<4} {ms:>7.3} ms {gf:>6.1} GFLOP/s");
             }

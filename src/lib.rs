@@ -67,9 +67,11 @@
 //! Optimizers that need more than a gradient read [`optim::StepContext`]: the trace, and
 //! an [`optim::Objective`] that re-runs the rule at other parameters on the same batch.
 
+pub mod bench;
 pub mod data;
 pub mod diag;
 pub mod error;
+pub mod mem;
 pub mod nn;
 pub mod optim;
 pub mod rule;

@@ -357,3 +357,165 @@ fn diagnostics_leave_the_trajectory_unchanged_and_diagnose_reads_checkpoints() {
     let a = r["layers"][0]["angle_to_bp_deg"].as_f64().unwrap();
     assert!(a > 0.0 && a < 90.0, "hidden layer angle {a}");
 }
+
+const TINY_SUITE: &str = r#"
+name = "tiny"
+description = "two rules, two seeds, small data"
+datasets = ["mnist"]
+models = ["mlp:784-16-16-10"]
+rules = ["bp", "dfa"]
+optimizers = ["adam"]
+seeds = 2
+epochs = 2
+diag_every = 10
+[defaults]
+train_limit = 1000
+test_limit = 300
+batch_size = 50
+lr = 1e-3
+"#;
+
+/// results.csv rows without the columns that depend on timing: durations, and the
+/// allocator's peak (which depends on how threads interleave).
+fn csv_without_timings(dir: &Path) -> Vec<Vec<String>> {
+    let text = std::fs::read_to_string(dir.join("results.csv")).unwrap();
+    let mut lines = text.lines();
+    let head: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let keep: Vec<usize> = (0..head.len())
+        .filter(|&i| {
+            !head[i].ends_with("_seconds")
+                && !head[i].ends_with("_per_second")
+                && !head[i].ends_with("_epoch")
+                && !head[i].starts_with("peak_")
+        })
+        .collect();
+    lines
+        .map(|l| {
+            let c: Vec<&str> = l.split(',').collect();
+            keep.iter().map(|&i| c[i].to_string()).collect()
+        })
+        .collect()
+}
+
+#[test]
+fn bench_suite_writes_its_outputs_and_resume_gives_the_same_rows() {
+    let t = tempfile::tempdir().unwrap();
+    let suite = t.path().join("tiny.toml");
+    std::fs::write(&suite, TINY_SUITE).unwrap();
+    let d = data_dir();
+    let bench = |out: &Path| {
+        run(&[
+            "bench",
+            "--suite",
+            suite.to_str().unwrap(),
+            "--data-dir",
+            d.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
+        ])
+    };
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    let o = bench(&a);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for f in [
+        "results.json",
+        "results.csv",
+        "report.md",
+        "suite.toml",
+        "accuracy_vs_epoch.svg",
+        "accuracy_vs_seconds.svg",
+        "memory.svg",
+        "alignment.svg",
+    ] {
+        assert!(a.join(f).is_file(), "{f} missing");
+    }
+    let rows = csv_without_timings(&a);
+    assert_eq!(rows.len(), 4, "2 arms × 2 seeds");
+    let report = std::fs::read_to_string(a.join("report.md")).unwrap();
+    assert!(
+        report.contains("| technique | accuracy vs BP | training speed | memory | energy |"),
+        "{report}"
+    );
+    assert!(
+        report.contains("estimated"),
+        "energy without a meter must be labelled estimated"
+    );
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("results.json")).unwrap()).unwrap();
+    let dfa = results["arms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["rule"] == "dfa")
+        .unwrap();
+    assert_eq!(dfa["vs_bp"]["pairs"], 2);
+    assert!(dfa["vs_bp"]["accuracy_difference_ci95"].is_array());
+    assert!(
+        dfa["vs_bp"]["flops_ratio"].as_f64().unwrap() < 1.0,
+        "DFA skips the δ·W products"
+    );
+    // Same suite again, interrupted during its last arm: that arm's summary and the
+    // suite outputs are gone; resuming runs only what is missing.
+    assert!(bench(&b).status.success());
+    let arms = b.join("arms");
+    let dfa_dir = std::fs::read_dir(&arms)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains("__dfa__"))
+        .unwrap();
+    let bp_dir = std::fs::read_dir(&arms)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains("__bp__"))
+        .unwrap();
+    std::fs::remove_file(dfa_dir.join("seed1/summary.json")).unwrap();
+    std::fs::remove_file(b.join("results.csv")).unwrap();
+    let bp_mtime = std::fs::metadata(bp_dir.join("seed0/summary.json"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let o = run(&[
+        "bench",
+        "--resume",
+        b.to_str().unwrap(),
+        "--data-dir",
+        d.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::metadata(bp_dir.join("seed0/summary.json"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        bp_mtime,
+        "finished arms are skipped"
+    );
+    assert!(dfa_dir.join("seed1/summary.json").is_file());
+    assert_eq!(csv_without_timings(&b), rows);
+}
+
+#[test]
+fn bench_rejects_unknown_suites_and_bad_suite_files() {
+    one_line_error(
+        &["bench", "--suite", "huge"],
+        &["unknown suite 'huge'", "quick"],
+    );
+    let t = tempfile::tempdir().unwrap();
+    let p = t.path().join("s.toml");
+    std::fs::write(
+        &p,
+        TINY_SUITE.replace("[\"bp\", \"dfa\"]", "[\"bp\", \"magic\"]"),
+    )
+    .unwrap();
+    one_line_error(
+        &["bench", "--suite", p.to_str().unwrap()],
+        &["unknown rule 'magic'"],
+    );
+    std::fs::write(&p, "name = 1").unwrap();
+    one_line_error(
+        &["bench", "--suite", p.to_str().unwrap()],
+        &["s.toml", "invalid suite"],
+    );
+}

@@ -10,6 +10,9 @@ use futureprop::data::{self, download};
 use futureprop::train::{self, TrainConfig};
 use futureprop::{Error, Result};
 
+#[global_allocator]
+static ALLOC: futureprop::mem::CountingAlloc = futureprop::mem::CountingAlloc;
+
 #[derive(Parser)]
 #[command(
     name = "futureprop",
@@ -26,6 +29,34 @@ struct Cli {
 enum Command {
     /// Train a model (flags override --config; see `futureprop train --help`).
     Train(Box<TrainArgs>),
+    /// Run a benchmark suite: every arm on the same minibatch stream, with accuracy,
+    /// speed, memory and energy side by side.
+    Bench {
+        /// Built-in suite (quick, standard, memory) or a suite TOML file.
+        #[arg(long, default_value = "quick")]
+        suite: String,
+        /// Data directory (default: FUTUREPROP_DATA, else the per-user cache).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Base URL to download datasets from.
+        #[arg(long)]
+        mirror: Option<String>,
+        /// Output folder [default: runs/bench-<suite>].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// No progress bars.
+        #[arg(long)]
+        quiet: bool,
+        /// Continue an interrupted run in DIR (finished arms are skipped).
+        #[arg(long, value_name = "DIR")]
+        resume: Option<PathBuf>,
+        /// Seeds per arm (overrides the suite).
+        #[arg(long)]
+        seeds: Option<u64>,
+        /// Worker threads per arm [default: all cores].
+        #[arg(long)]
+        threads: Option<usize>,
+    },
     /// List the credit-assignment rules.
     Rules,
     /// List the optimizers.
@@ -271,6 +302,22 @@ fn train_cmd(args: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
+fn bench_cmd(opts: &futureprop::bench::BenchOptions) -> Result<()> {
+    let results = futureprop::bench::run(opts)?;
+    let out = match (&opts.resume, &opts.out) {
+        (Some(d), _) | (None, Some(d)) => d.clone(),
+        _ => PathBuf::from("runs").join(format!(
+            "bench-{}",
+            results["suite"]["name"].as_str().unwrap_or("suite")
+        )),
+    };
+    let report = std::fs::read_to_string(out.join("report.md"))
+        .map_err(|e| Error::io(out.join("report.md"), e))?;
+    println!("{report}");
+    println!("results in {}", out.display());
+    Ok(())
+}
+
 fn diagnose_cmd(
     checkpoint: &std::path::Path,
     data_dir: Option<&std::path::Path>,
@@ -354,6 +401,25 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match &cli.command {
         Command::Train(a) => train_cmd(a),
+        Command::Bench {
+            suite,
+            data_dir,
+            mirror,
+            out,
+            quiet,
+            resume,
+            seeds,
+            threads,
+        } => bench_cmd(&futureprop::bench::BenchOptions {
+            suite: suite.clone(),
+            data_dir: data_dir.clone(),
+            mirror: mirror.clone(),
+            out: out.clone(),
+            quiet: *quiet,
+            resume: resume.clone(),
+            seeds: *seeds,
+            threads: *threads,
+        }),
         Command::Rules => {
             for (n, d) in futureprop::rule::RULES {
                 println!("{n:<10} {d}");

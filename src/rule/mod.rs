@@ -65,6 +65,12 @@ pub trait Rule: Send {
         model.forward(params, x)
     }
 
+    /// Bytes of fixed state the rule keeps outside the parameter store (feedback
+    /// matrices); trained rule state is in the store and counted there.
+    fn state_bytes(&self) -> usize {
+        0
+    }
+
     /// The matrices this rule uses in place of weight transport, per Linear layer name,
     /// in W's layout (the paper's Bᵀ). Diagnostics compare them with W.
     fn feedback_matrices(&self, _model: &Model, _params: &Params) -> Result<Vec<(String, Tensor)>> {

@@ -15,6 +15,7 @@
 //! assert_eq!(a.matmul(false, &b, false).unwrap().to_vec_f32(), vec![3.0, 7.0]);
 //! ```
 
+pub mod counters;
 mod cpu;
 mod gemm;
 mod unary;
@@ -277,6 +278,7 @@ impl Tensor {
     /// `op(self) · op(rhs)` for 2-D tensors, `op` transposing when its flag is set.
     pub fn matmul(&self, ta: bool, rhs: &Tensor, tb: bool) -> Result<Tensor> {
         let (m, k, n) = matmul_dims(self, ta, rhs, tb)?;
+        count_gemm(m, k, n, self.dtype(), false);
         let data = match (&*self.data, &*rhs.data) {
             (Storage::F32(x), Storage::F32(y)) => {
                 Storage::F32(gemm::gemm_new(m, n, k, x, ta, y, tb))
@@ -304,6 +306,7 @@ impl Tensor {
                 format!("output {:?} but product is [{m}, {n}]", self.shape),
             ));
         }
+        count_gemm(m, k, n, a.dtype(), true);
         self.matmul_acc_impl(a, ta, b, tb, (m, k, n))
     }
 
@@ -353,6 +356,7 @@ impl Tensor {
                 format!("row of {c} vs bias of {}", b.len()),
             ));
         }
+        count_elementwise(self.len(), 2, self.dtype());
         let bd = b.data.clone();
         each2_mut!("add_row", self.storage_mut(), &*bd, (x, y) => cpu::add_row(x, y))
     }
@@ -413,6 +417,7 @@ impl Tensor {
 
     /// `f(self)` element-wise.
     pub fn unary(&self, f: Unary) -> Tensor {
+        count_elementwise(self.len(), 2, self.dtype());
         let data = map1!(&*self.data, v => cpu::unary(v, f));
         Self::new(self.shape.clone(), data)
     }
@@ -420,6 +425,7 @@ impl Tensor {
     /// `d_out ⊙ f'(self)`: the input error of an element-wise map whose input was `self`.
     pub fn unary_backward(&self, f: Unary, d_out: &Tensor) -> Result<Tensor> {
         self.same_shape("unary_backward", d_out)?;
+        count_elementwise(self.len(), 3, self.dtype());
         let data = each2!("unary_backward", &*self.data, &*d_out.data, (x, d) => {
             Elem::wrap(cpu::unary_backward(x, d, f))
         })?;
@@ -482,6 +488,7 @@ impl Tensor {
     /// `self ⊙ other`.
     pub fn mul(&self, other: &Tensor) -> Result<Tensor> {
         self.same_shape("mul", other)?;
+        count_elementwise(self.len(), 3, self.dtype());
         let data = each2!("mul", &*self.data, &*other.data, (x, y) => Elem::wrap(x.iter().zip(y).map(|(a, b)| *a * *b).collect::<Vec<_>>()))?;
         Ok(Self::new(self.shape.clone(), data))
     }
@@ -520,6 +527,7 @@ impl Tensor {
     /// `self ← a · self + b · x`.
     pub fn axpby(&mut self, a: f64, b: f64, x: &Tensor) -> Result<()> {
         self.same_shape("axpby", x)?;
+        count_elementwise(self.len(), 3, self.dtype());
         let xd = x.data.clone();
         each2_mut!("axpby", self.storage_mut(), &*xd, (s, y) => cpu::axpby(s, a, b, y))
     }
@@ -527,6 +535,7 @@ impl Tensor {
     /// `self ← a · self + b · x²` (element-wise square; second-moment averages).
     pub fn axpby_sq(&mut self, a: f64, b: f64, x: &Tensor) -> Result<()> {
         self.same_shape("axpby_sq", x)?;
+        count_elementwise(self.len(), 3, self.dtype());
         let xd = x.data.clone();
         each2_mut!("axpby_sq", self.storage_mut(), &*xd, (s, y) => cpu::axpby_sq(s, a, b, y))
     }
@@ -534,6 +543,7 @@ impl Tensor {
     /// `(m / c1) / (sqrt(max(v / c2, 0)) + eps)`: Adam's bias-corrected direction.
     pub fn adam_ratio(m: &Tensor, v: &Tensor, c1: f64, c2: f64, eps: f64) -> Result<Tensor> {
         m.same_shape("adam_ratio", v)?;
+        count_elementwise(m.len(), 3, m.dtype());
         let data = each2!("adam_ratio", &*m.data, &*v.data, (x, y) => Elem::wrap(cpu::adam_ratio(x, y, c1, c2, eps)))?;
         Ok(Self::new(m.shape.clone(), data))
     }
@@ -594,6 +604,26 @@ impl Tensor {
         })?;
         Ok((loss, Self::new(self.shape.clone(), grad)))
     }
+}
+
+fn elem_bytes(d: DType) -> u64 {
+    match d {
+        DType::F32 => 4,
+        DType::F64 => 8,
+    }
+}
+
+fn count_gemm(m: usize, k: usize, n: usize, d: DType, accumulate: bool) {
+    let c = (m * n) as u64 * if accumulate { 2 } else { 1 };
+    counters::add(
+        2 * (m * n * k) as u64,
+        elem_bytes(d) * ((m * k + k * n) as u64 + c),
+    );
+}
+
+/// Counts an element-wise kernel over `n` elements touching `operands` arrays.
+fn count_elementwise(n: usize, operands: u64, d: DType) {
+    counters::add(n as u64, elem_bytes(d) * operands * n as u64);
 }
 
 fn matmul_dims(a: &Tensor, ta: bool, b: &Tensor, tb: bool) -> Result<(usize, usize, usize)> {

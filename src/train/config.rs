@@ -82,6 +82,9 @@ pub struct TrainConfig {
     pub epochs: usize,
     /// Stop after this many optimizer steps in total; default none.
     pub max_steps: Option<u64>,
+    /// Stop training after this many seconds (checked every step; the epoch in progress
+    /// is then evaluated); default none. Runs cut by time are not reproducible.
+    pub max_seconds: Option<f64>,
     /// Seed of initialisation, shuffling and rule state; default 0.
     pub seed: u64,
     /// Worker threads; default: all cores.
@@ -133,6 +136,7 @@ impl Default for TrainConfig {
             eval_batch_size: 1000,
             epochs: 10,
             max_steps: None,
+            max_seconds: None,
             seed: 0,
             threads: None,
             out: None,

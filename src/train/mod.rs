@@ -12,7 +12,7 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
 
 pub use checkpoint::Checkpoint;
@@ -157,9 +157,13 @@ pub fn build_model(cfg: &TrainConfig, features: usize, classes: usize) -> Result
     Ok(model)
 }
 
-fn progress(quiet: bool, len: u64) -> ProgressBar {
+fn progress_bar(quiet: bool, len: u64, multi: Option<&MultiProgress>) -> ProgressBar {
     let pb = ProgressBar::new(len);
-    if quiet || !std::io::stderr().is_terminal() {
+    let pb = match multi {
+        Some(m) => m.add(pb),
+        None => pb,
+    };
+    if (quiet && multi.is_none()) || !std::io::stderr().is_terminal() {
         pb.set_draw_target(ProgressDrawTarget::hidden());
     } else if let Ok(style) =
         ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({eta})")
@@ -251,6 +255,16 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>) -> Result<Value> {
 
 /// Trains on already loaded data.
 pub fn run(cfg: &TrainConfig, splits: &Splits, resume: Option<Checkpoint>) -> Result<Value> {
+    run_with(cfg, splits, resume, None)
+}
+
+/// [`run`], drawing its progress bar inside `progress` (the benchmark's display).
+pub fn run_with(
+    cfg: &TrainConfig,
+    splits: &Splits,
+    resume: Option<Checkpoint>,
+    progress: Option<&MultiProgress>,
+) -> Result<Value> {
     if cfg.batch_size == 0 || cfg.eval_batch_size == 0 {
         return Err(Error::config("batch size", "must be at least 1"));
     }
@@ -302,20 +316,43 @@ pub fn run(cfg: &TrainConfig, splits: &Splits, resume: Option<Checkpoint>) -> Re
             )
         };
 
+    let progress_multi = progress;
     let run_start = Instant::now();
     let mut step = optimizer.state().step;
     let mut activation_bytes = 0usize;
+    let mut peak_above_baseline = 0usize;
+    let (mut train_work, mut train_steps) = (crate::tensor::counters::Work::default(), 0u64);
+    let mut energy_total = 0.0;
+    let mut energy_source = crate::bench::energy::Source::Estimated;
+    let mut out_of_time = false;
     for epoch in start_epoch..cfg.epochs {
         if cfg.max_steps.is_some_and(|m| step >= m) {
             break;
         }
+        if out_of_time {
+            break;
+        }
         let t0 = Instant::now();
+        let meter = crate::bench::energy::Meter::start();
+        let work0 = crate::tensor::counters::read();
+        let steps0 = step;
+        crate::mem::reset_peak();
+        let live0 = crate::mem::live();
+        let mut diag_seconds = 0.0;
+        let mut diag_work = crate::tensor::counters::Work::default();
         let batches = Batches::new(&splits.train, cfg.batch_size, true, cfg.seed, epoch as u64);
-        let pb = progress(cfg.quiet, batches.num_batches() as u64);
+        let pb = progress_bar(cfg.quiet, batches.num_batches() as u64, progress_multi);
         pb.set_prefix(format!("epoch {}/{}", epoch + 1, cfg.epochs));
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
         for batch in batches {
             if cfg.max_steps.is_some_and(|m| step >= m) {
+                break;
+            }
+            if cfg
+                .max_seconds
+                .is_some_and(|s| run_start.elapsed().as_secs_f64() >= s)
+            {
+                out_of_time = true;
                 break;
             }
             let batch = batch?;
@@ -337,9 +374,13 @@ pub fn run(cfg: &TrainConfig, splits: &Splits, resume: Option<Checkpoint>) -> Re
             activation_bytes = activation_bytes.max(out.trace.activation_bytes());
             // Diagnostics read the batch and parameters, never the rule's random state,
             // so they leave the trajectory unchanged.
+            // Their time and counted work are kept out of the epoch's figures.
             let diag = if cfg.diag_every > 0 && step % cfg.diag_every == 0 {
+                let (t, w) = (Instant::now(), crate::tensor::counters::read());
                 let bp = Backprop.step(&model, &params, &batch, loss)?;
                 let fb = rule.feedback_matrices(&model, &params)?;
+                diag_seconds += t.elapsed().as_secs_f64();
+                diag_work = diag_work + (crate::tensor::counters::read() - w);
                 Some((bp.grads, fb, params.clone()))
             } else {
                 None
@@ -356,8 +397,11 @@ pub fn run(cfg: &TrainConfig, splits: &Splits, resume: Option<Checkpoint>) -> Re
             };
             optimizer.step(&mut params, &out.grads, &mut ctx)?;
             if let Some((bp, fb, before)) = diag {
+                let (t, w) = (Instant::now(), crate::tensor::counters::read());
                 let layers =
                     crate::diag::compare(&model, &params, &out.grads, &bp, &fb, Some(&before))?;
+                diag_seconds += t.elapsed().as_secs_f64();
+                diag_work = diag_work + (crate::tensor::counters::read() - w);
                 let rec = json!({"type": "diagnostics", "epoch": epoch + 1, "step": step, "loss": out.loss, "layers": layers});
                 append_line(&metrics_path, &rec)?;
                 history.push(rec);
@@ -369,7 +413,14 @@ pub fn run(cfg: &TrainConfig, splits: &Splits, resume: Option<Checkpoint>) -> Re
             }
         }
         pb.finish_and_clear();
-        let train_seconds = t0.elapsed().as_secs_f64();
+        let train_seconds = t0.elapsed().as_secs_f64() - diag_seconds;
+        let work = crate::tensor::counters::read() - work0 - diag_work;
+        let (joules, source) = crate::bench::energy::energy(meter.as_ref(), work);
+        energy_total += joules;
+        energy_source = source;
+        train_work = train_work + work;
+        train_steps += step - steps0;
+        peak_above_baseline = peak_above_baseline.max(crate::mem::peak().saturating_sub(live0));
         let te = Instant::now();
         let test = evaluate(
             rule.as_ref(),
@@ -394,7 +445,12 @@ pub fn run(cfg: &TrainConfig, splits: &Splits, resume: Option<Checkpoint>) -> Re
             rec["validation_loss"] = json!(ev.loss);
             rec["validation_accuracy"] = json!(ev.accuracy);
         }
+        rec["flops"] = json!(work.flops);
+        rec["bytes_moved"] = json!(work.bytes);
+        rec["energy_joules"] = json!(joules);
+        rec["energy_source"] = json!(source);
         rec["epoch_seconds"] = json!(train_seconds);
+        rec["diagnostics_seconds"] = json!(diag_seconds);
         rec["eval_seconds"] = json!(te.elapsed().as_secs_f64());
         rec["samples_per_second"] = json!(seen as f64 / train_seconds.max(1e-9));
         if !test.loss.is_finite() {
@@ -417,7 +473,8 @@ pub fn run(cfg: &TrainConfig, splits: &Splits, resume: Option<Checkpoint>) -> Re
             );
         }
         history.push(rec);
-        let last = epoch + 1 == cfg.epochs || cfg.max_steps.is_some_and(|m| step >= m);
+        let last =
+            epoch + 1 == cfg.epochs || cfg.max_steps.is_some_and(|m| step >= m) || out_of_time;
         if last || (cfg.checkpoint_every > 0 && (epoch + 1) % cfg.checkpoint_every == 0) {
             save(&params, optimizer.as_ref(), epoch + 1, &history)?;
         }
@@ -433,6 +490,7 @@ pub fn run(cfg: &TrainConfig, splits: &Splits, resume: Option<Checkpoint>) -> Re
         .fold((0, f64::NEG_INFINITY), |b, x| if x.1 > b.1 { x } else { b });
     let epoch_secs: Vec<f64> = epochs.iter().map(|r| acc(r, "epoch_seconds")).collect();
     let opt_state = optimizer.state();
+    let model_bytes = model.num_parameters(&params) * 4;
     let summary = json!({
         "dataset": cfg.dataset,
         "model": cfg.model,
@@ -447,9 +505,18 @@ pub fn run(cfg: &TrainConfig, splits: &Splits, resume: Option<Checkpoint>) -> Re
         "diagnostics": diagnostics,
         "best_epoch": best_epoch,
         "parameters": model.num_parameters(&params),
-        "parameter_bytes": params.size_bytes(),
-        "optimizer_state_bytes": opt_state.tensors.size_bytes(),
-        "activation_bytes_per_step": activation_bytes,
+        "memory": {
+            "parameter_bytes": model_bytes,
+            "optimizer_state_bytes": opt_state.tensors.size_bytes(),
+            "activation_bytes_per_step": activation_bytes,
+            "rule_state_bytes": params.size_bytes() - model_bytes + rule.state_bytes(),
+            "peak_training_bytes_above_baseline": if crate::mem::installed() { json!(peak_above_baseline) } else { Value::Null },
+            "allocator": if crate::mem::installed() { "counting" } else { "not installed" },
+        },
+        "flops_per_step": train_work.flops as f64 / train_steps.max(1) as f64,
+        "bytes_moved_per_step": train_work.bytes as f64 / train_steps.max(1) as f64,
+        "energy_joules": energy_total,
+        "energy_source": energy_source,
         "total_seconds": total_seconds,
         "seconds_per_epoch": if epoch_secs.is_empty() { Value::Null } else { json!(epoch_secs.iter().sum::<f64>() / epoch_secs.len() as f64) },
         "config": config_json,
