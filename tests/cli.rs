@@ -519,3 +519,55 @@ fn bench_rejects_unknown_suites_and_bad_suite_files() {
         &["s.toml", "invalid suite"],
     );
 }
+
+#[test]
+fn reproduce_lists_and_runs_registry_entries() {
+    let o = run(&["reproduce", "--list"]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    for n in ["lillicrap2016-fa", "bartunov2018-dfa"] {
+        assert!(out.contains(n), "{out}");
+    }
+    one_line_error(
+        &["reproduce", "--only", "nobody2030"],
+        &["unknown result 'nobody2030'", "lillicrap2016-fa"],
+    );
+    let t = tempfile::tempdir().unwrap();
+    let d = data_dir();
+    let o = run(&[
+        "reproduce",
+        "--only",
+        "lillicrap2016-bp",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "1000",
+        "--quiet",
+        "--data-dir",
+        d.to_str().unwrap(),
+        "--out",
+        t.path().to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(t.path().join("results.json")).unwrap())
+            .unwrap();
+    assert_eq!(r[0]["paper_test_error"], 2.4);
+    assert_eq!(
+        r[0]["budget_matches"], false,
+        "a shortened budget never matches"
+    );
+    let ours = r[0]["our_test_error"].as_f64().unwrap();
+    assert!(ours > 0.0 && ours < 50.0, "{ours}");
+    assert!((r[0]["difference"].as_f64().unwrap() - (ours - 2.4)).abs() < 1e-9);
+    let s: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(t.path().join("lillicrap2016-bp/summary.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            s["config"]["loss"].as_str(),
+            s["config"]["activation"].as_str()
+        ),
+        (Some("mse"), Some("sigmoid"))
+    );
+}

@@ -8,6 +8,7 @@
 pub mod energy;
 pub mod plot;
 mod report;
+pub mod reproduce;
 pub mod stats;
 pub mod suite;
 

@@ -57,6 +57,36 @@ enum Command {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// Reproduce published results from the registry: paper number, ours, difference.
+    Reproduce {
+        /// List the registry.
+        #[arg(long)]
+        list: bool,
+        /// Run these entries (repeatable).
+        #[arg(long, value_name = "NAME")]
+        only: Vec<String>,
+        /// Run every entry.
+        #[arg(long)]
+        all: bool,
+        /// Data directory (default: FUTUREPROP_DATA, else the per-user cache).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Output folder [default: runs/reproduce].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Shorter budget for a quick check (marks the budget as not matching).
+        #[arg(long)]
+        epochs: Option<usize>,
+        /// Train on the first N samples only (a quick check; marks the budget as not matching).
+        #[arg(long)]
+        train_limit: Option<usize>,
+        /// Worker threads [default: all cores].
+        #[arg(long)]
+        threads: Option<usize>,
+        /// No progress bars.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// List the credit-assignment rules.
     Rules,
     /// List the optimizers.
@@ -302,6 +332,54 @@ fn train_cmd(args: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
+fn reproduce_cmd(
+    list: bool,
+    only: &[String],
+    all: bool,
+    data_dir: &Option<PathBuf>,
+    out: &Option<PathBuf>,
+    epochs: Option<usize>,
+    train_limit: Option<usize>,
+    threads: Option<usize>,
+    quiet: bool,
+) -> Result<()> {
+    use futureprop::bench::reproduce;
+    let reg = reproduce::registry()?;
+    if list || (only.is_empty() && !all) {
+        println!(
+            "{:<20} {:<14} {:>8}  {:<6} recipe",
+            "name", "dataset", "paper %", "budget"
+        );
+        for e in &reg {
+            println!(
+                "{:<20} {:<14} {:>8.2}  {:<6} {}",
+                e.name,
+                e.dataset,
+                e.reported_test_error,
+                if e.budget_matches { "same" } else { "differs" },
+                e.recipe_note
+            );
+        }
+        if !list {
+            println!("\nrun with --only NAME or --all");
+        }
+        return Ok(());
+    }
+    let entries = reproduce::select(&reg, if all { &[] } else { only })?;
+    let overrides = serde_json::json!({
+        "data_dir": data_dir, "epochs": epochs, "train_limit": train_limit, "threads": threads,
+        "quiet": if quiet { Some(true) } else { None },
+    });
+    let out = out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs/reproduce"));
+    let records = reproduce::run(&entries, &out, &[overrides])?;
+    println!("{}", reproduce::markdown(&records));
+    println!("results in {}", out.display());
+    Ok(())
+}
+
 fn bench_cmd(opts: &futureprop::bench::BenchOptions) -> Result<()> {
     let results = futureprop::bench::run(opts)?;
     let out = match (&opts.resume, &opts.out) {
@@ -420,6 +498,27 @@ fn main() -> ExitCode {
             seeds: *seeds,
             threads: *threads,
         }),
+        Command::Reproduce {
+            list,
+            only,
+            all,
+            data_dir,
+            out,
+            epochs,
+            train_limit,
+            threads,
+            quiet,
+        } => reproduce_cmd(
+            *list,
+            only,
+            *all,
+            data_dir,
+            out,
+            *epochs,
+            *train_limit,
+            *threads,
+            *quiet,
+        ),
         Command::Rules => {
             for (n, d) in futureprop::rule::RULES {
                 println!("{n:<10} {d}");
