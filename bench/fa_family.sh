@@ -5,8 +5,11 @@
 #   bench/fa_family.sh            (EPOCHS=20 ALIGN_EPOCHS=3 DATA=../shared/datasets)
 #
 # Settings (each run: seed 0, batch 128, `futureprop train`):
-# - Bartunov et al. 2018: 784-256×5-10 tanh, Glorot uniform, Adam lr 1e-3, for BP/FA/DFA.
-#   The paper trained up to 500 epochs with tuned rates; our budget is EPOCHS epochs.
+# - Bartunov et al. 2018: 784-256×5-10 tanh, Glorot uniform, Adam, for BP/FA/DFA. As in
+#   the paper the learning rate is tuned per rule: lr ∈ {1e-3, 3e-4, 1e-4}, chosen by
+#   final validation accuracy on the last 10,000 training images (training on the other
+#   50,000); the test error of the chosen run is reported. The paper trained up to 500
+#   epochs; our budget is EPOCHS epochs.
 # - Lillicrap et al. 2016: 784-1000-10 sigmoid, squared error, BP and FA. The paper used
 #   SGD; we use Adam lr 1e-3 (our MSE averages over the 10 outputs, which makes plain SGD
 #   crawl at stable rates) for EPOCHS epochs.
@@ -19,31 +22,46 @@ DATA=${DATA:-../shared/datasets}
 OUT=${OUT:-runs/fa_family}
 cargo build --release -q
 FP=target/release/futureprop
+# A run whose folder already holds a summary is not repeated (delete OUT to start over).
+run() { local out=$1; shift; [ -f "$out/summary.json" ] || $FP train --quiet --data-dir "$DATA" --out "$out" "$@"; }
 for r in bp fa dfa; do
-  $FP train --quiet --data-dir "$DATA" --model mlp:784-256-256-256-256-256-10 --activation tanh \
-    --init xavier-uniform --rule $r --optimizer adam --lr 1e-3 --epochs "$EPOCHS" --out "$OUT/bartunov-$r"
+  for lr in 1e-3 3e-4 1e-4; do
+    run "$OUT/bartunov-$r-lr$lr" --model mlp:784-256-256-256-256-256-10 --activation tanh \
+      --init xavier-uniform --rule $r --optimizer adam --lr $lr --epochs "$EPOCHS" --validation 10000
+  done
 done
 for r in bp fa; do
-  $FP train --quiet --data-dir "$DATA" --model mlp:784-1000-10 --activation sigmoid --loss mse \
-    --init xavier-uniform --rule $r --optimizer adam --lr 1e-3 --epochs "$EPOCHS" --out "$OUT/lillicrap-$r"
+  run "$OUT/lillicrap-$r" --model mlp:784-1000-10 --activation sigmoid --loss mse \
+    --init xavier-uniform --rule $r --optimizer adam --lr 1e-3 --epochs "$EPOCHS"
 done
-$FP train --quiet --data-dir "$DATA" --model mlp:784-800-800-10 --activation tanh --init xavier-uniform \
-  --rule dfa --optimizer adam --lr 1e-3 --epochs "$ALIGN_EPOCHS" --diag-every 25 --out "$OUT/align-dfa"
+run "$OUT/align-dfa" --model mlp:784-800-800-10 --activation tanh --init xavier-uniform \
+  --rule dfa --optimizer adam --lr 1e-3 --epochs "$ALIGN_EPOCHS" --diag-every 25
 python3 - "$OUT" "$EPOCHS" "$ALIGN_EPOCHS" <<'PY'
 import json, sys
 out, epochs, align_epochs = sys.argv[1], sys.argv[2], sys.argv[3]
 def summary(name):
     return json.load(open(f"{out}/{name}/summary.json"))
+def last_validation(name):
+    recs = [json.loads(l) for l in open(f"{out}/{name}/metrics.jsonl")]
+    return [r for r in recs if r.get("type") == "epoch"][-1]["validation_accuracy"]
+chosen = {}
+sweep = ["", "Bartunov learning-rate selection (final validation accuracy %, held-out 10k):", "",
+         "| rule | lr 1e-3 | lr 3e-4 | lr 1e-4 | chosen |", "|---|---|---|---|---|"]
+for r in ["bp", "fa", "dfa"]:
+    v = {lr: last_validation(f"bartunov-{r}-lr{lr}") for lr in ["1e-3", "3e-4", "1e-4"]}
+    chosen[r] = max(v, key=v.get)
+    sweep.append(f"| {r} | " + " | ".join(f"{100*v[lr]:.2f}" for lr in ["1e-3", "3e-4", "1e-4"]) + f" | {chosen[r]} |")
 rows = []
 paper = {"bartunov": {"bp": 1.48, "fa": 1.85, "dfa": 2.75}, "lillicrap": {"bp": 2.4, "fa": 2.1}}
 lines = ["# Feedback-alignment family on MNIST", "",
          f"Produced by `bench/fa_family.sh` (EPOCHS={epochs}). Test error in % after the last epoch (best epoch in brackets), seed 0.", "",
          "| setting | rule | our test error | best | paper | epochs | s/epoch |", "|---|---|---|---|---|---|---|"]
-for setting, rules, desc in [("bartunov", ["bp", "fa", "dfa"], "Bartunov 2018: 784-256×5-10 tanh, Adam"),
+for setting, rules, desc in [("bartunov", ["bp", "fa", "dfa"], "Bartunov 2018: 784-256×5-10 tanh, Adam (tuned lr)"),
                              ("lillicrap", ["bp", "fa"], "Lillicrap 2016: 784-1000-10 sigmoid, MSE")]:
     for r in rules:
-        s = summary(f"{setting}-{r}")
+        s = summary(f"{setting}-{r}" + (f"-lr{chosen[r]}" if setting == "bartunov" else ""))
         lines.append(f"| {desc} | {r} | {100*(1-s['test_accuracy']):.2f} | {100*(1-s['best_test_accuracy']):.2f} | {paper[setting][r]} | {s['epochs']} | {s['seconds_per_epoch']:.1f} |")
+lines += sweep
 lines += ["", "Paper budgets: Bartunov et al. up to 500 epochs with tuned learning rates; Lillicrap et al. long SGD runs.", ""]
 recs = [json.loads(l) for l in open(f"{out}/align-dfa/metrics.jsonl")]
 diag = [r for r in recs if r.get("type") == "diagnostics"]

@@ -1,9 +1,19 @@
-//! One table of tests for every optimizer: convergence on a quadratic, and two-step
-//! numeric fixtures computed with PyTorch 2.15 (float64; `torch.optim.SGD/Adam/AdamW`,
-//! θ₀ = [0.5, −1.5, 2], gradients g₁ = [0.1, −0.2, 0.3], g₂ = [−0.4, 0.5, 0.6], lr 0.1).
+//! One table of tests for every optimizer: convergence on an ill-conditioned quadratic
+//! and on Rosenbrock's function, no NaN on zero gradients, state round trips, and
+//! two-step numeric fixtures. θ₀ = [0.5, −1.5, 2], gradients g₁ = [0.1, −0.2, 0.3],
+//! g₂ = [−0.4, 0.5, 0.6], float64. Fixture sources:
+//! - PyTorch 2.15 `torch.optim` (SGD, Adam, AdamW, RMSprop, Adagrad, NAdam): `p.grad = g;
+//!   opt.step()` twice under `torch.set_default_dtype(torch.float64)`;
+//! - Lion, LARS, LAMB (not in torch.optim): an independent NumPy transcription of the
+//!   papers' update equations, run once:
+//!   Lion  c = β₁m + (1−β₁)g; θ −= η(sign c + λθ); m = β₂m + (1−β₂)g;
+//!   LARS  u = g + λθ; u ·= c‖θ‖/‖u‖; b = μb + u; θ −= ηb;
+//!   LAMB  r = m̂/(√v̂ + ε) + λθ; θ −= η(‖θ‖/‖r‖)r.
 
-use futureprop::nn::Params;
-use futureprop::optim::{OPTIMIZERS, OptimizerConfig, Schedule, StepContext, build_optimizer};
+use futureprop::nn::{Grads, Params};
+use futureprop::optim::{
+    OPTIMIZERS, Objective, OptimizerConfig, Schedule, StepContext, build_optimizer,
+};
 use futureprop::tensor::Tensor;
 
 fn cfg(name: &str, lr: f64) -> OptimizerConfig {
@@ -75,6 +85,58 @@ fn fixtures() -> Vec<(&'static str, OptimizerConfig, [f64; 3], f64)> {
             [0.5127920893179312, -1.508490111647414, 1.9358118660231032],
             1e-6,
         ),
+        (
+            "rmsprop lr 0.01",
+            cfg("rmsprop", 0.01),
+            [0.49704287266865177, -1.4929118010156806, 1.8104677504862046],
+            1e-12,
+        ),
+        (
+            "rmsprop centred, momentum 0.9, lr 0.01",
+            OptimizerConfig {
+                centered: true,
+                rms_momentum: 0.9,
+                ..cfg("rmsprop", 0.01)
+            },
+            [0.40634556459129023, -1.4021013124504371, 1.7186976243423462],
+            1e-12,
+        ),
+        (
+            "adagrad eps 1e-10",
+            OptimizerConfig {
+                eps: 1e-10,
+                ..cfg("adagrad", 0.1)
+            },
+            [0.49701425009100375, -1.4928476691212844, 1.810557280946675],
+            1e-12,
+        ),
+        (
+            "nadam",
+            cfg("nadam", 0.1),
+            [0.4942068304334792, -1.4890441286259273, 1.7980600926872827],
+            1e-12,
+        ),
+        (
+            "lion wd 0.01",
+            wd(cfg("lion", 0.1)),
+            [0.49910050000000006, -1.4971015, 1.7961019999999999],
+            1e-12,
+        ),
+        (
+            "lars wd 0.01 trust 0.5",
+            OptimizerConfig {
+                trust_coefficient: Some(0.5),
+                ..wd(cfg("lars", 0.1))
+            },
+            [0.4907349704178162, -1.436484903135428, 1.72087705837925],
+            1e-12,
+        ),
+        (
+            "lamb wd 0.01",
+            wd(cfg("lamb", 0.1)),
+            [0.46076164178251566, -1.4348726484015, 1.66296891086426],
+            1e-12,
+        ),
     ]
 }
 
@@ -98,31 +160,253 @@ fn two_step_fixtures_match_pytorch() {
     }
 }
 
+/// A differentiable test function of θ ∈ ℝⁿ, usable as the step's objective (SAM).
+struct Fun(fn(&[f64]) -> (f64, Vec<f64>));
+
+impl Objective for Fun {
+    fn evaluate(&mut self, p: &Params) -> futureprop::Result<(f64, Grads)> {
+        let (f, g) = (self.0)(&p.get("w")?.to_vec_f64());
+        Ok((f, params(&g)))
+    }
+}
+
+/// f(θ) = ½ Σ aᵢ(θᵢ − cᵢ)², ∇f = a ⊙ (θ − c); ill-conditioned (a from 0.5 to 4).
+fn quadratic(th: &[f64]) -> (f64, Vec<f64>) {
+    let (a, c) = ([0.5, 1.0, 2.0, 4.0], [1.0, -2.0, 0.5, 3.0]);
+    let f = (0..4).map(|i| 0.5 * a[i] * (th[i] - c[i]).powi(2)).sum();
+    (f, (0..4).map(|i| a[i] * (th[i] - c[i])).collect())
+}
+
+/// f(θ) = ½‖θ‖².
+fn half_square(t: &[f64]) -> (f64, Vec<f64>) {
+    (0.5 * t.iter().map(|x| x * x).sum::<f64>(), t.to_vec())
+}
+
+/// Rosenbrock: f = (1 − x)² + 100(y − x²)², minimum at (1, 1).
+fn rosenbrock(t: &[f64]) -> (f64, Vec<f64>) {
+    let (x, y) = (t[0], t[1]);
+    let f = (1.0 - x).powi(2) + 100.0 * (y - x * x).powi(2);
+    (
+        f,
+        vec![
+            -2.0 * (1.0 - x) - 400.0 * x * (y - x * x),
+            200.0 * (y - x * x),
+        ],
+    )
+}
+
+fn minimise(
+    conf: &OptimizerConfig,
+    f: fn(&[f64]) -> (f64, Vec<f64>),
+    start: &[f64],
+    steps: u64,
+) -> Vec<f64> {
+    let mut opt = build_optimizer(conf, steps).unwrap();
+    let mut p = params(start);
+    let mut obj = Fun(f);
+    for _ in 0..steps {
+        let (_, g) = f(&p.get("w").unwrap().to_vec_f64());
+        let mut ctx = StepContext {
+            trace: None,
+            objective: Some(&mut obj),
+        };
+        opt.step(&mut p, &params(&g), &mut ctx).unwrap();
+    }
+    p.get("w").unwrap().to_vec_f64()
+}
+
+/// Settings per optimizer for the convergence table (cosine decay to 0 for all).
+fn tuned(name: &str, lr: f64) -> OptimizerConfig {
+    let mut c = cfg(name, lr);
+    c.schedule = "cosine".into();
+    match name {
+        "lars" => c.trust_coefficient = Some(0.02),
+        "lamb" => c.trust_coefficient = Some(0.05),
+        _ => {}
+    }
+    c
+}
+
 #[test]
-fn every_optimizer_converges_on_a_quadratic() {
-    // f(θ) = ½ Σ aᵢ(θᵢ − cᵢ)², ∇f = a ⊙ (θ − c); ill-conditioned (a from 0.5 to 4).
-    let a = [0.5, 1.0, 2.0, 4.0];
+fn every_optimizer_converges_on_an_ill_conditioned_quadratic() {
     let c = [1.0, -2.0, 0.5, 3.0];
     for (name, _) in OPTIMIZERS {
-        let lr = if name.starts_with("adam") { 0.05 } else { 0.1 };
-        let mut conf = cfg(name, lr);
-        conf.schedule = "cosine".into();
-        let steps = 2000;
-        let mut opt = build_optimizer(&conf, steps).unwrap();
-        let mut p = params(&[0.0; 4]);
-        for _ in 0..steps {
-            let th = p.get("w").unwrap().to_vec_f64();
-            let g: Vec<f64> = (0..4).map(|i| a[i] * (th[i] - c[i])).collect();
-            opt.step(&mut p, &params(&g), &mut StepContext::empty())
-                .unwrap();
-        }
-        let th = p.get("w").unwrap().to_vec_f64();
+        let lr = match *name {
+            "adam" | "adamw" | "nadam" | "lion" => 0.05,
+            "lars" | "lamb" => 1.0,
+            _ => 0.1,
+        };
+        let th = minimise(&tuned(name, lr), quadratic, &[0.0; 4], 3000);
         let err = th
             .iter()
             .zip(c)
             .map(|(x, y)| (x - y).abs())
             .fold(0.0, f64::max);
         assert!(err < 1e-3, "{name}: θ = {th:?}, optimum {c:?}");
+    }
+}
+
+#[test]
+fn every_optimizer_reaches_the_rosenbrock_minimum() {
+    for (name, _) in OPTIMIZERS {
+        let lr = match *name {
+            "momentum" | "nesterov" => 2e-4,
+            "adam" | "adamw" | "nadam" | "rmsprop" | "lion" => 0.01,
+            "adagrad" | "lars" | "lamb" => 0.5,
+            _ => 1e-3,
+        };
+        let th = minimise(&tuned(name, lr), rosenbrock, &[-1.0, 1.5], 40_000);
+        let err = (th[0] - 1.0).abs().max((th[1] - 1.0).abs());
+        assert!(err < 2e-2, "{name}: θ = {th:?}, minimum (1, 1)");
+    }
+}
+
+#[test]
+fn no_optimizer_produces_nan_on_zero_gradients() {
+    for (name, _) in OPTIMIZERS {
+        let mut opt = build_optimizer(&cfg(name, 0.1), 10).unwrap();
+        let mut p = params(&[0.5, -1.5, 2.0]);
+        let mut obj = Fun(|_| (0.0, vec![0.0; 3]));
+        for _ in 0..3 {
+            let mut ctx = StepContext {
+                trace: None,
+                objective: Some(&mut obj),
+            };
+            opt.step(&mut p, &params(&[0.0; 3]), &mut ctx).unwrap();
+        }
+        assert!(p.get("w").unwrap().all_finite(), "{name}");
+        assert_eq!(
+            p.get("w").unwrap().to_vec_f64(),
+            vec![0.5, -1.5, 2.0],
+            "{name}: a zero gradient moves nothing"
+        );
+    }
+}
+
+#[test]
+fn amsgrad_uses_the_largest_second_moment() {
+    // A large gradient then a small one: v shrinks, AMSGrad keeps the maximum.
+    // PyTorch 2.15: torch.optim.Adam(lr=0.1, amsgrad=True), g₁ = [1, −2, 3], g₂ = [0.01, 0.02, −0.03].
+    let want = [0.33228355101282037, -1.3337718236707254, 1.8337718233479965];
+    let mut opt = build_optimizer(
+        &OptimizerConfig {
+            amsgrad: true,
+            ..cfg("adam", 0.1)
+        },
+        10,
+    )
+    .unwrap();
+    let mut p = params(&[0.5, -1.5, 2.0]);
+    for g in [[1.0, -2.0, 3.0], [0.01, 0.02, -0.03]] {
+        opt.step(&mut p, &params(&g), &mut StepContext::empty())
+            .unwrap();
+    }
+    for (a, b) in p.get("w").unwrap().to_vec_f64().iter().zip(want) {
+        assert!((a - b).abs() < 1e-12, "{a} vs {b}");
+    }
+}
+
+#[test]
+fn sam_with_zero_radius_is_its_inner_optimizer_and_needs_an_objective() {
+    let g = params(&[0.1, -0.2, 0.3]);
+    for name in ["sam", "asam"] {
+        let conf = OptimizerConfig {
+            sam_rho: 0.0,
+            inner: "adam".into(),
+            ..cfg(name, 0.1)
+        };
+        let mut sam = build_optimizer(&conf, 10).unwrap();
+        let mut adam = build_optimizer(&cfg("adam", 0.1), 10).unwrap();
+        let (mut p, mut q) = (params(&[0.5, -1.5, 2.0]), params(&[0.5, -1.5, 2.0]));
+        let mut obj = Fun(half_square);
+        sam.step(
+            &mut p,
+            &g,
+            &mut StepContext {
+                trace: None,
+                objective: Some(&mut obj),
+            },
+        )
+        .unwrap();
+        adam.step(&mut q, &g, &mut StepContext::empty()).unwrap();
+        assert_eq!(p, q, "{name}");
+        let mut sam = build_optimizer(&cfg(name, 0.1), 10).unwrap();
+        let e = sam
+            .step(&mut p, &g, &mut StepContext::empty())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("objective"), "{e}");
+    }
+    // With ρ > 0 SAM steps with the gradient at θ + ρg/‖g‖; for f = ½‖θ‖² that gradient is θ + ρg/‖g‖.
+    let conf = OptimizerConfig {
+        sam_rho: 0.5,
+        inner: "sgd".into(),
+        ..cfg("sam", 1.0)
+    };
+    let mut sam = build_optimizer(&conf, 10).unwrap();
+    let mut p = params(&[3.0, 4.0, 0.0]);
+    let mut obj = Fun(half_square);
+    sam.step(
+        &mut p,
+        &params(&[3.0, 4.0, 0.0]),
+        &mut StepContext {
+            trace: None,
+            objective: Some(&mut obj),
+        },
+    )
+    .unwrap();
+    // g = (3, 4, 0), ‖g‖ = 5, θ + ε = (3.3, 4.4, 0), θ ← θ − 1·(3.3, 4.4, 0).
+    let got = p.get("w").unwrap().to_vec_f64();
+    assert!(
+        (got[0] + 0.3).abs() < 1e-12 && (got[1] + 0.4).abs() < 1e-12,
+        "{got:?}"
+    );
+    assert!(
+        build_optimizer(
+            &OptimizerConfig {
+                inner: "sam".into(),
+                ..cfg("sam", 0.1)
+            },
+            1
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn restart_and_one_cycle_schedules_match_pytorch() {
+    // torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(T_0=10, T_mult=2), lr 1.
+    let s = Schedule::parse("cosine-restarts:10:2", 100).unwrap();
+    for (k, want) in [
+        (0, 1.0),
+        (5, 0.5),
+        (10, 1.0),
+        (20, 0.5),
+        (29, 0.006155829702),
+        (30, 1.0),
+        (35, 0.961939766256),
+    ] {
+        assert!(
+            (s.factor(k) - want).abs() < 1e-9,
+            "sgdr step {k}: {} vs {want}",
+            s.factor(k)
+        );
+    }
+    // torch.optim.lr_scheduler.OneCycleLR(max_lr=1, total_steps=100, pct_start=0.3).
+    let s = Schedule::parse("one-cycle:0.3", 100).unwrap();
+    for (k, want) in [
+        (0, 0.04),
+        (15, 0.5459866761210004),
+        (29, 1.0),
+        (30, 0.9994965352845243),
+        (60, 0.5892800902855287),
+        (99, 4e-6),
+    ] {
+        assert!(
+            (s.factor(k) - want).abs() < 1e-9,
+            "one-cycle step {k}: {} vs {want}",
+            s.factor(k)
+        );
     }
 }
 

@@ -253,6 +253,54 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     clip_norm: Option<f64>,
+    /// Clip every update element to ±this value.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    clip_value: Option<f64>,
+    /// Decouple weight decay from the moments (always on for adamw, lamb, lion).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "is_false")]
+    decoupled_weight_decay: bool,
+    /// Exempt biases from weight decay and trust ratios.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "is_false")]
+    no_decay_on_bias: bool,
+    /// AMSGrad variant of adam/adamw.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "is_false")]
+    amsgrad: bool,
+    /// RMSProp decay α [default: 0.99].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rms_decay: Option<f64>,
+    /// Centred RMSProp.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "is_false")]
+    centered: bool,
+    /// RMSProp momentum [default: 0].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rms_momentum: Option<f64>,
+    /// LARS/LAMB trust coefficient (0 disables) [default: 0.001 lars, 1 lamb].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trust_coefficient: Option<f64>,
+    /// Lion β₂ [default: 0.99].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lion_beta2: Option<f64>,
+    /// SAM/ASAM radius ρ [default: 0.05].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sam_rho: Option<f64>,
+    /// ASAM η [default: 0.01].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    asam_eta: Option<f64>,
+    /// Optimizer wrapped by sam/asam [default: momentum].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inner: Option<String>,
     /// Schedule: constant, step:EVERY:GAMMA, cosine[:FLOOR], robbins-monro:TAU, warmup:N,<schedule> [default: constant].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -289,6 +337,10 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(skip)]
     quiet: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
 }
 
 fn train_cmd(args: &TrainArgs) -> Result<()> {

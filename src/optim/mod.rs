@@ -8,10 +8,19 @@
 //! | `sgd` | [clip] → [L2] → −η |
 //! | `momentum` | [clip] → [L2] → momentum(μ) → −η |
 //! | `nesterov` | [clip] → [L2] → momentum(μ, nesterov) → −η |
-//! | `adam` | [clip] → [L2] → adam(β₁, β₂, ε) → −η |
+//! | `adam` | [clip] → [L2] → adam(β₁, β₂, ε[, amsgrad]) → −η |
 //! | `adamw` | [clip] → adam(β₁, β₂, ε) → decoupled decay → −η |
+//! | `rmsprop` | [clip] → [L2] → rms(α, ε[, centred][, μ]) → −η |
+//! | `adagrad` | [clip] → [L2] → adagrad(ε) → −η |
+//! | `nadam` | [clip] → [L2] → nadam(β₁, β₂, ε) → −η |
+//! | `lars` | [clip] → L2 → trust ratio(c) → momentum(μ) → −η |
+//! | `lamb` | [clip] → adam(β₁, β₂, ε) → decoupled decay → trust ratio(c) → −η |
+//! | `lion` | [clip] → lion(β₁, β₂) → decoupled decay → −η |
+//! | `sam`, `asam` | wrap the `inner` optimizer (see [`Sam`]) |
 //!
-//! SGD is momentum with μ = 0. Optimizers that need more than a gradient get it through
+//! SGD is momentum with μ = 0. LARS with trust coefficient 0 (no trust ratio) is
+//! momentum SGD with L2 decay; LAMB with trust coefficient 0 is AdamW. [clip] is
+//! clipping by global norm and/or by value. Optimizers that need more than a gradient get it through
 //! [`StepContext`]: the [`Trace`] (per-layer inputs and error signals, for K-FAC) and an
 //! [`Objective`] that re-evaluates the rule's update at other parameters (SAM, L-BFGS
 //! line searches, Hessian-free).
@@ -77,9 +86,10 @@ pub trait Optimizer: Send {
 
 /// Hyperparameters of the first-order optimizers. Every field has a default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct OptimizerConfig {
-    /// Name (see [`OPTIMIZERS`]); default `sgd`.
+    /// Name (see [`OPTIMIZERS`]); default `sgd`. Key `optimizer` in configs.
+    #[serde(rename = "optimizer")]
     pub name: String,
     /// Base learning rate η₀; default 0.01.
     pub lr: f64,
@@ -101,6 +111,27 @@ pub struct OptimizerConfig {
     pub clip_norm: Option<f64>,
     /// Learning-rate schedule (see [`SCHEDULE_NAMES`]); default `constant`.
     pub schedule: String,
+    /// Clip every update element to ±this value; default none.
+    pub clip_value: Option<f64>,
+    /// AMSGrad variant of `adam`/`adamw`; default false.
+    pub amsgrad: bool,
+    /// RMSProp decay α; default 0.99.
+    pub rms_decay: f64,
+    /// Centred RMSProp; default false.
+    pub centered: bool,
+    /// RMSProp momentum; default 0.
+    pub rms_momentum: f64,
+    /// Trust coefficient of `lars` (default 0.001) and `lamb` (default 1); 0 disables the
+    /// trust ratio.
+    pub trust_coefficient: Option<f64>,
+    /// Lion's β₂ (β₁ is `beta1`); default 0.99.
+    pub lion_beta2: f64,
+    /// SAM/ASAM neighbourhood radius ρ; default 0.05 (SAM) — use about 0.5 for ASAM.
+    pub sam_rho: f64,
+    /// ASAM's η in T = |θ| + η; default 0.01.
+    pub asam_eta: f64,
+    /// The optimizer SAM/ASAM wraps; default `momentum`.
+    pub inner: String,
 }
 
 impl Default for OptimizerConfig {
@@ -117,6 +148,16 @@ impl Default for OptimizerConfig {
             no_decay_on_bias: false,
             clip_norm: None,
             schedule: "constant".into(),
+            clip_value: None,
+            amsgrad: false,
+            rms_decay: 0.99,
+            centered: false,
+            rms_momentum: 0.0,
+            trust_coefficient: None,
+            lion_beta2: 0.99,
+            sam_rho: 0.05,
+            asam_eta: 0.01,
+            inner: "momentum".into(),
         }
     }
 }
@@ -156,6 +197,28 @@ pub fn build_optimizer(cfg: &OptimizerConfig, total_steps: u64) -> Result<Box<dy
     if cfg.weight_decay < 0.0 {
         return Err(Error::config("weight decay", "must be non-negative"));
     }
+    if cfg.name == "sam" || cfg.name == "asam" {
+        if cfg.inner == "sam" || cfg.inner == "asam" {
+            return Err(Error::config(
+                "inner optimizer",
+                "SAM cannot wrap SAM; use e.g. --inner momentum",
+            ));
+        }
+        let inner = build_optimizer(
+            &OptimizerConfig {
+                name: cfg.inner.clone(),
+                ..cfg.clone()
+            },
+            total_steps,
+        )?;
+        return Ok(Box::new(Sam {
+            name: cfg.name.clone(),
+            inner,
+            rho: cfg.sam_rho,
+            adaptive: cfg.name == "asam",
+            eta: cfg.asam_eta,
+        }));
+    }
     let schedule = Schedule::parse(&cfg.schedule, total_steps)?;
     let decay = || -> Box<dyn transform::Transform> {
         Box::new(AddDecayedWeights {
@@ -174,7 +237,27 @@ pub fn build_optimizer(cfg: &OptimizerConfig, total_steps: u64) -> Result<Box<dy
         }
         chain.push(Box::new(ClipByGlobalNorm { max_norm: c }));
     }
-    let decoupled = cfg.decoupled_weight_decay || cfg.name == "adamw";
+    if let Some(c) = cfg.clip_value {
+        if c.is_nan() || c <= 0.0 {
+            return Err(Error::config("clip value", "must be positive"));
+        }
+        chain.push(Box::new(transform::ClipByValue { max_abs: c }));
+    }
+    let decoupled =
+        cfg.decoupled_weight_decay || matches!(cfg.name.as_str(), "adamw" | "lamb" | "lion");
+    let trust = |default: f64| -> Option<Box<dyn transform::Transform>> {
+        let c = cfg.trust_coefficient.unwrap_or(default);
+        (c != 0.0).then(|| {
+            Box::new(transform::ScaleByTrustRatio {
+                coefficient: c,
+                skip_suffixes: if cfg.no_decay_on_bias {
+                    vec![".bias".into()]
+                } else {
+                    vec![]
+                },
+            }) as Box<dyn transform::Transform>
+        })
+    };
     if !decoupled && cfg.weight_decay > 0.0 {
         chain.push(decay());
     }
@@ -182,7 +265,30 @@ pub fn build_optimizer(cfg: &OptimizerConfig, total_steps: u64) -> Result<Box<dy
         "sgd" => {}
         "momentum" => chain.push(Box::new(transform::Trace::new(cfg.momentum, false))),
         "nesterov" => chain.push(Box::new(transform::Trace::new(cfg.momentum, true))),
-        "adam" | "adamw" => chain.push(Box::new(ScaleByAdam::new(cfg.beta1, cfg.beta2, cfg.eps))),
+        "adam" | "adamw" | "lamb" => {
+            let mut a = ScaleByAdam::new(cfg.beta1, cfg.beta2, cfg.eps);
+            a.amsgrad = cfg.amsgrad;
+            chain.push(Box::new(a));
+        }
+        "rmsprop" => chain.push(Box::new(transform::ScaleByRms::new(
+            cfg.rms_decay,
+            cfg.eps,
+            cfg.centered,
+            cfg.rms_momentum,
+        ))),
+        "adagrad" => chain.push(Box::new(transform::ScaleByAdagrad::new(cfg.eps))),
+        "nadam" => chain.push(Box::new(transform::ScaleByNadam::new(
+            cfg.beta1, cfg.beta2, cfg.eps,
+        ))),
+        "lion" => chain.push(Box::new(transform::ScaleByLion::new(
+            cfg.beta1,
+            cfg.lion_beta2,
+        ))),
+        "lars" => {
+            // L2 decay was added above (coupled); then the trust ratio, then momentum.
+            chain.extend(trust(0.001));
+            chain.push(Box::new(transform::Trace::new(cfg.momentum, false)));
+        }
         other => {
             return Err(Error::unknown(
                 "optimizer",
@@ -193,6 +299,9 @@ pub fn build_optimizer(cfg: &OptimizerConfig, total_steps: u64) -> Result<Box<dy
     }
     if decoupled && cfg.weight_decay > 0.0 {
         chain.push(decay());
+    }
+    if cfg.name == "lamb" {
+        chain.extend(trust(1.0));
     }
     let lr = ScaleByLearningRate {
         lr: cfg.lr,
@@ -258,5 +367,90 @@ impl Optimizer for ChainOptimizer {
             t.load_state(&mine)?;
         }
         Ok(())
+    }
+}
+
+/// Sharpness-aware minimisation (Foret et al. 2021): the inner optimizer steps at θ with
+/// the rule's update evaluated at θ + ε, ε = ρ·g/‖g‖ — or, adaptive (ASAM, Kwon et al.
+/// 2021), ε = ρ·T²g/‖Tg‖ with T = |θ| + η element-wise. The second update comes from the
+/// step's [`Objective`], so SAM works with any rule. ρ = 0 gives the inner optimizer.
+pub struct Sam {
+    name: String,
+    inner: Box<dyn Optimizer>,
+    rho: f64,
+    adaptive: bool,
+    eta: f64,
+}
+
+impl Optimizer for Sam {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn step(&mut self, params: &mut Params, grads: &Grads, ctx: &mut StepContext) -> Result<()> {
+        let objective = ctx.objective.as_mut().ok_or_else(|| {
+            Error::config(
+                "optimizer",
+                format!(
+                    "{} needs an objective to re-evaluate the update (the trainer provides one)",
+                    self.name
+                ),
+            )
+        })?;
+        // T ⊙ g (T = 1 for SAM) and its global norm.
+        let mut tg = Grads::new();
+        for (n, g) in grads.iter() {
+            let t = if self.adaptive {
+                g.mul(
+                    &params
+                        .get(n)?
+                        .unary(crate::tensor::Unary::Abs)
+                        .add_scalar(self.eta),
+                )?
+            } else {
+                g.clone()
+            };
+            tg.insert(n, t);
+        }
+        let norm = tg.global_norm();
+        let mut perturbed = params.clone();
+        if norm > 0.0 && self.rho > 0.0 {
+            for (n, t) in tg.iter() {
+                // ε = ρ·T·(T g)/‖T g‖
+                let e = if self.adaptive {
+                    t.mul(
+                        &params
+                            .get(n)?
+                            .unary(crate::tensor::Unary::Abs)
+                            .add_scalar(self.eta),
+                    )?
+                } else {
+                    t.clone()
+                };
+                perturbed.get_mut(n)?.axpy(self.rho / norm, &e)?;
+            }
+        }
+        let (_, g_sharp) = if norm > 0.0 && self.rho > 0.0 {
+            objective.evaluate(&perturbed)?
+        } else {
+            (0.0, grads.clone())
+        };
+        let mut inner_ctx = StepContext {
+            trace: ctx.trace,
+            objective: None,
+        };
+        self.inner.step(params, &g_sharp, &mut inner_ctx)
+    }
+
+    fn learning_rate(&self) -> f64 {
+        self.inner.learning_rate()
+    }
+
+    fn state(&self) -> OptimizerState {
+        self.inner.state()
+    }
+
+    fn load_state(&mut self, state: &OptimizerState) -> Result<()> {
+        self.inner.load_state(state)
     }
 }

@@ -10,6 +10,8 @@ pub const SCHEDULE_NAMES: &[&str] = &[
     "step:EVERY_STEPS:GAMMA",
     "cosine[:FLOOR]",
     "robbins-monro:TAU",
+    "cosine-restarts:PERIOD[:MULT]",
+    "one-cycle[:PCT]",
     "warmup:STEPS,<schedule>",
 ];
 
@@ -26,6 +28,12 @@ pub enum Decay {
     Cosine { floor: f64 },
     /// η = η₀ / (1 + k/τ) (Robbins & Monro 1951 step sizes: Σηₖ = ∞, Σηₖ² < ∞).
     RobbinsMonro { tau: f64 },
+    /// SGDR (Loshchilov & Hutter 2017): cosine from η₀ to 0 over a period of `period`
+    /// steps, then restart; each period is `mult` times the previous one.
+    CosineRestarts { period: u64, mult: f64 },
+    /// One-cycle (Smith & Topin 2019, as PyTorch's OneCycleLR with cosine annealing):
+    /// from η₀/25 up to η₀ over the first `pct` of the run, then down to η₀/(25·10⁴).
+    OneCycle { pct: f64 },
 }
 
 /// A linear warm-up over `warmup` steps (η₀·(k+1)/warmup), then `decay`.
@@ -82,6 +90,31 @@ impl Schedule {
             ["cosine", f] => Decay::Cosine {
                 floor: num(f, "floor")?,
             },
+            ["cosine-restarts", p] | ["cosine-restarts", p, _] => {
+                let period: u64 = num(p, "period")?;
+                let mult: f64 = match parts.get(2) {
+                    Some(m) => num(m, "period multiplier")?,
+                    None => 1.0,
+                };
+                if period == 0 || mult < 1.0 {
+                    return Err(Error::config(
+                        "schedule",
+                        "cosine-restarts needs period ≥ 1 and multiplier ≥ 1",
+                    ));
+                }
+                Decay::CosineRestarts { period, mult }
+            }
+            ["one-cycle"] => Decay::OneCycle { pct: 0.3 },
+            ["one-cycle", p] => {
+                let pct: f64 = num(p, "warm-up fraction")?;
+                if !(pct > 0.0 && pct < 1.0) {
+                    return Err(Error::config(
+                        "schedule",
+                        "one-cycle fraction must be in (0, 1)",
+                    ));
+                }
+                Decay::OneCycle { pct }
+            }
             ["robbins-monro", t] => {
                 let tau: f64 = num(t, "tau")?;
                 if tau <= 0.0 {
@@ -116,6 +149,30 @@ impl Schedule {
                 floor + (1.0 - floor) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
             }
             Decay::RobbinsMonro { tau } => 1.0 / (1.0 + k as f64 / tau),
+            Decay::CosineRestarts { period, mult } => {
+                let (mut start, mut len) = (0f64, period as f64);
+                while k as f64 >= start + len {
+                    start += len;
+                    len *= mult;
+                }
+                0.5 * (1.0 + (std::f64::consts::PI * (k as f64 - start) / len).cos())
+            }
+            Decay::OneCycle { pct } => {
+                let total = self.total_steps.saturating_sub(self.warmup).max(2) as f64;
+                let up = (pct * total - 1.0).max(1.0);
+                let (lo, hi, end) = (1.0 / 25.0, 1.0, 1.0 / 25.0 / 1e4);
+                let cos = |from: f64, to: f64, t: f64| {
+                    to + (from - to)
+                        * 0.5
+                        * (1.0 + (std::f64::consts::PI * t.clamp(0.0, 1.0)).cos())
+                };
+                let k = k as f64;
+                if k <= up {
+                    cos(lo, hi, k / up)
+                } else {
+                    cos(hi, end, (k - up) / (total - 1.0 - up).max(1.0))
+                }
+            }
         }
     }
 }

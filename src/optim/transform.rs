@@ -150,8 +150,12 @@ pub struct ScaleByAdam {
     pub beta2: f64,
     /// ε.
     pub eps: f64,
+    /// AMSGrad (Reddi, Kale & Kumar 2018): divide by √max(v₁..vₜ) (as PyTorch, the
+    /// maximum of the uncorrected v, then the bias correction).
+    pub amsgrad: bool,
     m: Params,
     v: Params,
+    vmax: Params,
 }
 
 impl ScaleByAdam {
@@ -161,8 +165,10 @@ impl ScaleByAdam {
             beta1,
             beta2,
             eps,
+            amsgrad: false,
             m: Params::new(),
             v: Params::new(),
+            vmax: Params::new(),
         }
     }
 }
@@ -183,13 +189,24 @@ impl Transform for ScaleByAdam {
             m.axpby(self.beta1, 1.0 - self.beta1, u)?;
             let v = self.v.get_mut(n)?;
             v.axpby_sq(self.beta2, 1.0 - self.beta2, u)?;
-            *u = Tensor::adam_ratio(self.m.get(n)?, self.v.get(n)?, c1, c2, self.eps)?;
+            let denom = if self.amsgrad {
+                let v = self.v.get(n)?.clone();
+                let vm = slot(&mut self.vmax, n, &v)?;
+                vm.max_in_place(&v)?;
+                vm.clone()
+            } else {
+                self.v.get(n)?.clone()
+            };
+            *u = Tensor::adam_ratio(self.m.get(n)?, &denom, c1, c2, self.eps)?;
         }
         Ok(())
     }
     fn state(&self) -> Params {
         let mut s = prefixed("m", &self.m);
-        for (n, t) in prefixed("v", &self.v).iter() {
+        for (n, t) in prefixed("v", &self.v)
+            .iter()
+            .chain(prefixed("vmax", &self.vmax).iter())
+        {
             s.insert(n, t.clone());
         }
         s
@@ -197,6 +214,7 @@ impl Transform for ScaleByAdam {
     fn load_state(&mut self, state: &Params) -> Result<()> {
         self.m = unprefixed("m", state);
         self.v = unprefixed("v", state);
+        self.vmax = unprefixed("vmax", state);
         Ok(())
     }
 }
@@ -247,4 +265,271 @@ fn unprefixed(prefix: &str, state: &Params) -> Params {
         }
     }
     out
+}
+
+/// Clamps every update element to `[−c, c]`.
+#[derive(Debug, Clone)]
+pub struct ClipByValue {
+    /// The bound c.
+    pub max_abs: f64,
+}
+
+impl Transform for ClipByValue {
+    fn name(&self) -> &'static str {
+        "clip_value"
+    }
+    fn update(&mut self, updates: &mut Grads, _: &Params, _: u64) -> Result<()> {
+        for (_, u) in updates.iter_mut() {
+            *u = u.clamp_abs(self.max_abs);
+        }
+        Ok(())
+    }
+}
+
+/// Fetches (creating with zeros shaped like `like`) the state slot `name` of `store`.
+fn slot<'a>(store: &'a mut Params, name: &str, like: &Tensor) -> Result<&'a mut Tensor> {
+    if !store.contains(name) {
+        store.insert(name, Tensor::zeros(like.shape(), like.dtype()));
+    }
+    store.get_mut(name)
+}
+
+/// RMSProp (Hinton, Lecture 6e, 2012), as PyTorch: v ← αv + (1−α)g²; centred: ḡ ← αḡ +
+/// (1−α)g and v − ḡ² in place of v; u = g/(√v + ε); with momentum μ: b ← μb + u, u = b.
+#[derive(Debug, Clone, Default)]
+pub struct ScaleByRms {
+    /// α.
+    pub decay: f64,
+    /// ε.
+    pub eps: f64,
+    /// Subtract the squared mean gradient (Graves 2013).
+    pub centered: bool,
+    /// μ (0: none).
+    pub momentum: f64,
+    state: Params,
+}
+
+impl ScaleByRms {
+    /// An RMSProp transform.
+    pub fn new(decay: f64, eps: f64, centered: bool, momentum: f64) -> Self {
+        ScaleByRms {
+            decay,
+            eps,
+            centered,
+            momentum,
+            state: Params::new(),
+        }
+    }
+}
+
+impl Transform for ScaleByRms {
+    fn name(&self) -> &'static str {
+        "rms"
+    }
+    fn update(&mut self, updates: &mut Grads, _: &Params, _: u64) -> Result<()> {
+        for (n, u) in updates.iter_mut() {
+            let a = self.decay;
+            slot(&mut self.state, &format!("v/{n}"), u)?.axpby_sq(a, 1.0 - a, u)?;
+            let mut v = self.state.get(&format!("v/{n}"))?.clone();
+            if self.centered {
+                let g = slot(&mut self.state, &format!("g/{n}"), u)?;
+                g.axpby(a, 1.0 - a, u)?;
+                v.axpby_sq(1.0, -1.0, &g.clone())?;
+            }
+            let mut r = Tensor::adam_ratio(u, &v, 1.0, 1.0, self.eps)?;
+            if self.momentum > 0.0 {
+                let b = slot(&mut self.state, &format!("b/{n}"), u)?;
+                b.axpby(self.momentum, 1.0, &r)?;
+                r = b.clone();
+            }
+            *u = r;
+        }
+        Ok(())
+    }
+    fn state(&self) -> Params {
+        self.state.clone()
+    }
+    fn load_state(&mut self, state: &Params) -> Result<()> {
+        self.state = state.clone();
+        Ok(())
+    }
+}
+
+/// Adagrad (Duchi, Hazan & Singer 2011): s ← s + g², u = g/(√s + ε).
+#[derive(Debug, Clone, Default)]
+pub struct ScaleByAdagrad {
+    /// ε.
+    pub eps: f64,
+    sum: Params,
+}
+
+impl ScaleByAdagrad {
+    /// An Adagrad transform.
+    pub fn new(eps: f64) -> Self {
+        ScaleByAdagrad {
+            eps,
+            sum: Params::new(),
+        }
+    }
+}
+
+impl Transform for ScaleByAdagrad {
+    fn name(&self) -> &'static str {
+        "adagrad"
+    }
+    fn update(&mut self, updates: &mut Grads, _: &Params, _: u64) -> Result<()> {
+        for (n, u) in updates.iter_mut() {
+            let s = slot(&mut self.sum, n, u)?;
+            s.axpby_sq(1.0, 1.0, u)?;
+            *u = Tensor::adam_ratio(u, s, 1.0, 1.0, self.eps)?;
+        }
+        Ok(())
+    }
+    fn state(&self) -> Params {
+        self.sum.clone()
+    }
+    fn load_state(&mut self, state: &Params) -> Result<()> {
+        self.sum = state.clone();
+        Ok(())
+    }
+}
+
+/// NAdam as PyTorch (Dozat 2016, with momentum decay ψ = 0.004):
+/// μₜ = β₁(1 − ½·0.96^{tψ}), m̂ = μₜ₊₁m/(1 − Πᵢ≤ₜ₊₁μᵢ) + (1 − μₜ)g/(1 − Πᵢ≤ₜμᵢ),
+/// u = m̂/(√(v/(1−β₂ᵗ)) + ε).
+#[derive(Debug, Clone)]
+pub struct ScaleByNadam {
+    /// β₁.
+    pub beta1: f64,
+    /// β₂.
+    pub beta2: f64,
+    /// ε.
+    pub eps: f64,
+    /// ψ.
+    pub momentum_decay: f64,
+    state: Params,
+}
+
+impl ScaleByNadam {
+    /// A NAdam transform.
+    pub fn new(beta1: f64, beta2: f64, eps: f64) -> Self {
+        ScaleByNadam {
+            beta1,
+            beta2,
+            eps,
+            momentum_decay: 0.004,
+            state: Params::new(),
+        }
+    }
+    fn mu(&self, t: u64) -> f64 {
+        self.beta1 * (1.0 - 0.5 * 0.96f64.powf(t as f64 * self.momentum_decay))
+    }
+}
+
+impl Transform for ScaleByNadam {
+    fn name(&self) -> &'static str {
+        "nadam"
+    }
+    fn update(&mut self, updates: &mut Grads, _: &Params, step: u64) -> Result<()> {
+        // Πμ over steps so far is a function of the step alone.
+        let prod: f64 = (1..=step).map(|t| self.mu(t)).product();
+        let (mu, mu_next) = (self.mu(step), self.mu(step + 1));
+        let c2 = 1.0 - self.beta2.powi(step as i32);
+        for (n, u) in updates.iter_mut() {
+            slot(&mut self.state, &format!("m/{n}"), u)?.axpby(self.beta1, 1.0 - self.beta1, u)?;
+            slot(&mut self.state, &format!("v/{n}"), u)?.axpby_sq(
+                self.beta2,
+                1.0 - self.beta2,
+                u,
+            )?;
+            let mut mhat = self
+                .state
+                .get(&format!("m/{n}"))?
+                .scale(mu_next / (1.0 - prod * mu_next));
+            mhat.axpy((1.0 - mu) / (1.0 - prod), u)?;
+            *u = Tensor::adam_ratio(&mhat, self.state.get(&format!("v/{n}"))?, 1.0, c2, self.eps)?;
+        }
+        Ok(())
+    }
+    fn state(&self) -> Params {
+        self.state.clone()
+    }
+    fn load_state(&mut self, state: &Params) -> Result<()> {
+        self.state = state.clone();
+        Ok(())
+    }
+}
+
+/// Lion (Chen et al. 2023, "Symbolic discovery of optimization algorithms"):
+/// u = sign(β₁m + (1−β₁)g), then m ← β₂m + (1−β₂)g.
+#[derive(Debug, Clone)]
+pub struct ScaleByLion {
+    /// β₁.
+    pub beta1: f64,
+    /// β₂.
+    pub beta2: f64,
+    m: Params,
+}
+
+impl ScaleByLion {
+    /// A Lion transform.
+    pub fn new(beta1: f64, beta2: f64) -> Self {
+        ScaleByLion {
+            beta1,
+            beta2,
+            m: Params::new(),
+        }
+    }
+}
+
+impl Transform for ScaleByLion {
+    fn name(&self) -> &'static str {
+        "lion"
+    }
+    fn update(&mut self, updates: &mut Grads, _: &Params, _: u64) -> Result<()> {
+        for (n, u) in updates.iter_mut() {
+            let m = slot(&mut self.m, n, u)?;
+            let mut c = m.clone();
+            c.axpby(self.beta1, 1.0 - self.beta1, u)?;
+            m.axpby(self.beta2, 1.0 - self.beta2, u)?;
+            *u = c.unary(crate::tensor::Unary::Sign);
+        }
+        Ok(())
+    }
+    fn state(&self) -> Params {
+        self.m.clone()
+    }
+    fn load_state(&mut self, state: &Params) -> Result<()> {
+        self.m = state.clone();
+        Ok(())
+    }
+}
+
+/// Layer-wise trust ratio (You et al. 2017 LARS, 2020 LAMB): each parameter tensor's
+/// update is scaled by c·‖θ‖/‖u‖ (1 when either norm is 0). Parameters whose name ends
+/// with a suffix in `skip` (biases) keep ratio 1.
+#[derive(Debug, Clone)]
+pub struct ScaleByTrustRatio {
+    /// The trust coefficient c.
+    pub coefficient: f64,
+    /// Suffixes of parameters left unscaled.
+    pub skip_suffixes: Vec<String>,
+}
+
+impl Transform for ScaleByTrustRatio {
+    fn name(&self) -> &'static str {
+        "trust_ratio"
+    }
+    fn update(&mut self, updates: &mut Grads, params: &Params, _: u64) -> Result<()> {
+        for (n, u) in updates.iter_mut() {
+            if self.skip_suffixes.iter().any(|s| n.ends_with(s.as_str())) {
+                continue;
+            }
+            let (pn, un) = (params.get(n)?.norm(), u.norm());
+            if pn > 0.0 && un > 0.0 {
+                u.scale_in_place(self.coefficient * pn / un);
+            }
+        }
+        Ok(())
+    }
 }

@@ -80,7 +80,7 @@ pub trait Rule: Send {
 
 /// Options of the rules. Every field has a default; rules ignore what they do not use.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct RuleConfig {
     /// Initialiser of feedback matrices (names as `--init`); default `xavier-uniform`.
     pub feedback_init: String,

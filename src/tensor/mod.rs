@@ -548,6 +548,27 @@ impl Tensor {
         Ok(Self::new(m.shape.clone(), data))
     }
 
+    /// `self ← max(self, x)` element-wise.
+    pub fn max_in_place(&mut self, x: &Tensor) -> Result<()> {
+        self.same_shape("max_in_place", x)?;
+        count_elementwise(self.len(), 3, self.dtype());
+        let xd = x.data.clone();
+        each2_mut!("max_in_place", self.storage_mut(), &*xd, (s, y) => {
+            for (a, b) in s.iter_mut().zip(y) {
+                if *b > *a {
+                    *a = *b;
+                }
+            }
+        })
+    }
+
+    /// `self + c` element-wise.
+    pub fn add_scalar(&self, c: f64) -> Tensor {
+        count_elementwise(self.len(), 2, self.dtype());
+        let data = map1!(&*self.data, v => v.iter().map(|x| Elem::of(x.f64() + c)).collect());
+        Self::new(self.shape.clone(), data)
+    }
+
     /// Element-wise clamp to `[-c, c]`.
     pub fn clamp_abs(&self, c: f64) -> Tensor {
         let data =

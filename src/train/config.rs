@@ -11,7 +11,8 @@ use crate::rule::RuleConfig;
 
 /// Everything that defines a training run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+// Unknown keys are rejected by `merged` (serde's flatten cannot deny them).
+#[serde(default)]
 pub struct TrainConfig {
     /// Dataset name (`mnist`, `fashion-mnist`); default `mnist`.
     pub dataset: String,
@@ -42,38 +43,16 @@ pub struct TrainConfig {
     pub loss: String,
     /// Credit-assignment rule; default `bp`.
     pub rule: String,
-    /// Initialiser of feedback matrices; default `xavier-uniform`.
-    pub feedback_init: String,
-    /// Multiplier of feedback matrices; default 1.
-    pub feedback_scale: f64,
-    /// Seed of feedback matrices; default: `seed`.
-    pub feedback_seed: Option<u64>,
-    /// Kolen–Pollack weight decay; default 1e-3.
-    pub kp_decay: f64,
+    /// Options of the rule (`feedback_init`, `feedback_scale`, `feedback_seed`,
+    /// `kp_decay`; see [`RuleConfig`]), flattened into the same keys.
+    #[serde(flatten)]
+    pub rule_options: RuleConfig,
     /// Compute per-layer diagnostics every N steps (0: never); default 0.
     pub diag_every: u64,
-    /// Optimizer name; default `sgd`.
-    pub optimizer: String,
-    /// Base learning rate; default 0.01.
-    pub lr: f64,
-    /// Momentum μ; default 0.9.
-    pub momentum: f64,
-    /// Adam β₁; default 0.9.
-    pub beta1: f64,
-    /// Adam β₂; default 0.999.
-    pub beta2: f64,
-    /// Adam ε; default 1e-8.
-    pub eps: f64,
-    /// Weight decay; default 0 (coupled L2 except `adamw`).
-    pub weight_decay: f64,
-    /// Decouple weight decay from the moments; default false.
-    pub decoupled_weight_decay: bool,
-    /// Exempt biases from weight decay; default false.
-    pub no_decay_on_bias: bool,
-    /// Clip the update's global norm; default none.
-    pub clip_norm: Option<f64>,
-    /// Learning-rate schedule; default `constant`.
-    pub schedule: String,
+    /// The optimizer: `optimizer` (its name) and its hyperparameters (`lr`, `momentum`,
+    /// `beta1`, ... ; see [`OptimizerConfig`]), flattened into the same keys.
+    #[serde(flatten)]
+    pub optim: OptimizerConfig,
     /// Minibatch size; default 128.
     pub batch_size: usize,
     /// Batch size for evaluation; default 1000.
@@ -99,8 +78,6 @@ pub struct TrainConfig {
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        let o = OptimizerConfig::default();
-        let r = RuleConfig::default();
         TrainConfig {
             dataset: "mnist".into(),
             data_dir: None,
@@ -116,22 +93,9 @@ impl Default for TrainConfig {
             bias: true,
             loss: "cross-entropy".into(),
             rule: "bp".into(),
-            feedback_init: r.feedback_init,
-            feedback_scale: r.feedback_scale,
-            feedback_seed: r.feedback_seed,
-            kp_decay: r.kp_decay,
+            rule_options: RuleConfig::default(),
             diag_every: 0,
-            optimizer: o.name,
-            lr: o.lr,
-            momentum: o.momentum,
-            beta1: o.beta1,
-            beta2: o.beta2,
-            eps: o.eps,
-            weight_decay: o.weight_decay,
-            decoupled_weight_decay: o.decoupled_weight_decay,
-            no_decay_on_bias: o.no_decay_on_bias,
-            clip_norm: o.clip_norm,
-            schedule: o.schedule,
+            optim: OptimizerConfig::default(),
             batch_size: 128,
             eval_batch_size: 1000,
             epochs: 10,
@@ -147,39 +111,12 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
-    /// The optimizer part.
-    pub fn optimizer_config(&self) -> OptimizerConfig {
-        OptimizerConfig {
-            name: self.optimizer.clone(),
-            lr: self.lr,
-            momentum: self.momentum,
-            beta1: self.beta1,
-            beta2: self.beta2,
-            eps: self.eps,
-            weight_decay: self.weight_decay,
-            decoupled_weight_decay: self.decoupled_weight_decay,
-            no_decay_on_bias: self.no_decay_on_bias,
-            clip_norm: self.clip_norm,
-            schedule: self.schedule.clone(),
-        }
-    }
-
-    /// The rule part.
-    pub fn rule_config(&self) -> RuleConfig {
-        RuleConfig {
-            feedback_init: self.feedback_init.clone(),
-            feedback_scale: self.feedback_scale,
-            feedback_seed: self.feedback_seed,
-            kp_decay: self.kp_decay,
-        }
-    }
-
     /// The output folder.
     pub fn out_dir(&self) -> PathBuf {
         self.out.clone().unwrap_or_else(|| {
             PathBuf::from("runs").join(format!(
                 "{}-{}-{}-s{}",
-                self.dataset, self.rule, self.optimizer, self.seed
+                self.dataset, self.rule, self.optim.name, self.seed
             ))
         })
     }

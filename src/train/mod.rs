@@ -192,7 +192,7 @@ pub fn diagnose_checkpoint(cfg: &TrainConfig, ck: &Checkpoint, batch_size: usize
     let splits = load_data(cfg)?;
     let loss = Loss::parse(&cfg.loss)?;
     let model = build_model(cfg, splits.train.features(), splits.train.classes)?;
-    let mut rule = build_rule_with(&cfg.rule, &cfg.rule_config())?;
+    let mut rule = build_rule_with(&cfg.rule, &cfg.rule_options)?;
     let mut params = model.init_params(Init::parse(&cfg.init)?, cfg.seed)?;
     rule.init(&model, &mut params, cfg.seed)?;
     restore_params(&mut params, &ck.params, cfg)?;
@@ -270,7 +270,7 @@ pub fn run_with(
     }
     let loss = Loss::parse(&cfg.loss)?;
     let model = build_model(cfg, splits.train.features(), splits.train.classes)?;
-    let mut rule = build_rule_with(&cfg.rule, &cfg.rule_config())?;
+    let mut rule = build_rule_with(&cfg.rule, &cfg.rule_options)?;
     let mut params = model.init_params(Init::parse(&cfg.init)?, cfg.seed)?;
     rule.init(&model, &mut params, cfg.seed)?;
     let steps_per_epoch = splits.train.len().div_ceil(cfg.batch_size) as u64;
@@ -278,7 +278,7 @@ pub fn run_with(
     if let Some(m) = cfg.max_steps {
         total_steps = total_steps.min(m);
     }
-    let mut optimizer = build_optimizer(&cfg.optimizer_config(), total_steps)?;
+    let mut optimizer = build_optimizer(&cfg.optim, total_steps)?;
     let out_dir: PathBuf = cfg.out_dir();
     std::fs::create_dir_all(&out_dir).map_err(|e| Error::io(&out_dir, e))?;
     let ck_path = out_dir.join("checkpoint.safetensors");
