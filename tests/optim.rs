@@ -504,3 +504,43 @@ fn no_decay_on_bias_exempts_biases() {
     assert_eq!(p.get("fc.weight").unwrap().to_vec_f64(), vec![1.0]);
     assert_eq!(p.get("fc.bias").unwrap().to_vec_f64(), vec![2.0]);
 }
+
+#[test]
+fn lbfgs_reaches_the_rosenbrock_minimum_to_1e_8() {
+    let conf = OptimizerConfig {
+        lbfgs_history: 10,
+        ..cfg("lbfgs", 1.0)
+    };
+    let mut opt = build_optimizer(&conf, 100).unwrap();
+    let mut p = params(&[-1.2, 1.0]);
+    let mut obj = Fun(rosenbrock);
+    let mut iterations = 0;
+    for i in 0..200 {
+        let (_, g) = rosenbrock(&p.get("w").unwrap().to_vec_f64());
+        if g.iter().all(|v| v.abs() < 1e-12) {
+            break;
+        }
+        opt.step(
+            &mut p,
+            &params(&g),
+            &mut StepContext {
+                trace: None,
+                objective: Some(&mut obj),
+            },
+        )
+        .unwrap();
+        iterations = i + 1;
+    }
+    let th = p.get("w").unwrap().to_vec_f64();
+    let err = (th[0] - 1.0).abs().max((th[1] - 1.0).abs());
+    assert!(err < 1e-8, "θ = {th:?} after {iterations} iterations");
+    // Quasi-Newton speed: far fewer iterations than first-order methods need.
+    assert!(iterations < 100, "{iterations} iterations");
+    // Without an objective there is no line search.
+    let e = build_optimizer(&conf, 1)
+        .unwrap()
+        .step(&mut p, &params(&[1.0, 1.0]), &mut StepContext::empty())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("objective"), "{e}");
+}

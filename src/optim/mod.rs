@@ -25,8 +25,11 @@
 //! [`Objective`] that re-evaluates the rule's update at other parameters (SAM, L-BFGS
 //! line searches, Hessian-free).
 
+mod lbfgs;
 mod schedule;
 pub mod transform;
+
+pub use lbfgs::Lbfgs;
 
 pub use schedule::{Decay, SCHEDULE_NAMES, Schedule};
 
@@ -132,6 +135,8 @@ pub struct OptimizerConfig {
     pub asam_eta: f64,
     /// The optimizer SAM/ASAM wraps; default `momentum`.
     pub inner: String,
+    /// L-BFGS history length m; default 10.
+    pub lbfgs_history: usize,
 }
 
 impl Default for OptimizerConfig {
@@ -158,6 +163,7 @@ impl Default for OptimizerConfig {
             sam_rho: 0.05,
             asam_eta: 0.01,
             inner: "momentum".into(),
+            lbfgs_history: 10,
         }
     }
 }
@@ -196,6 +202,9 @@ pub fn build_optimizer(cfg: &OptimizerConfig, total_steps: u64) -> Result<Box<dy
     }
     if cfg.weight_decay < 0.0 {
         return Err(Error::config("weight decay", "must be non-negative"));
+    }
+    if cfg.name == "lbfgs" {
+        return Ok(Box::new(Lbfgs::new(cfg.lr, cfg.lbfgs_history)));
     }
     if cfg.name == "sam" || cfg.name == "asam" {
         if cfg.inner == "sam" || cfg.inner == "asam" {
