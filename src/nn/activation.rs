@@ -100,6 +100,26 @@ impl Layer for Activation {
     fn input_grad(&self, _p: &Params, rec: &Record, d_out: &Tensor) -> Result<Tensor> {
         rec.input.unary_backward(self.f, d_out)
     }
+
+    /// R{y} = f′(x) ⊙ R{x}.
+    fn r_forward(&self, _p: &Params, _v: &Params, rec: &Record, rx: &Tensor) -> Result<Tensor> {
+        rec.input.unary_backward(self.f, rx)
+    }
+
+    /// R{∂L/∂x} = R{δ} ⊙ f′(x) + δ ⊙ f″(x) ⊙ R{x}.
+    fn r_backward(
+        &self,
+        _p: &Params,
+        _v: &Params,
+        rec: &Record,
+        rx: &Tensor,
+        d_out: &Tensor,
+        rd_out: &Tensor,
+        _rg: &mut Grads,
+    ) -> Result<Tensor> {
+        let a = rec.input.unary_backward(self.f, rd_out)?;
+        a.add(&rec.input.unary_second(self.f, d_out, rx)?)
+    }
 }
 
 /// PReLU (He et al. 2015): `y = x` for x > 0, `aⱼ·x` otherwise, one learned slope per

@@ -118,4 +118,42 @@ impl Layer for Linear {
     fn input_grad(&self, p: &Params, _rec: &Record, d_out: &Tensor) -> Result<Tensor> {
         d_out.matmul(false, p.get(&self.weight_key)?, false)
     }
+
+    /// R{y} = R{x}Wᵀ + x·V_Wᵀ + V_b.
+    fn r_forward(&self, p: &Params, v: &Params, rec: &Record, rx: &Tensor) -> Result<Tensor> {
+        let mut ry = rx.matmul(false, p.get(&self.weight_key)?, true)?;
+        if let Ok(vw) = v.get(&self.weight_key) {
+            ry.matmul_acc(&rec.input, false, vw, true)?;
+        }
+        if self.bias
+            && let Ok(vb) = v.get(&self.bias_key)
+        {
+            ry.add_row(vb)?;
+        }
+        Ok(ry)
+    }
+
+    /// R{∂L/∂W} = R{δ}ᵀx + δᵀR{x}, R{∂L/∂b} = Σ R{δ}, R{∂L/∂x} = R{δ}W + δV_W.
+    fn r_backward(
+        &self,
+        p: &Params,
+        v: &Params,
+        rec: &Record,
+        rx: &Tensor,
+        d_out: &Tensor,
+        rd_out: &Tensor,
+        rg: &mut Grads,
+    ) -> Result<Tensor> {
+        let mut rw = rd_out.matmul(true, &rec.input, false)?;
+        rw.matmul_acc(d_out, true, rx, false)?;
+        rg.accumulate(&self.weight_key, rw)?;
+        if self.bias {
+            rg.accumulate(&self.bias_key, rd_out.sum_rows()?)?;
+        }
+        let mut rdx = rd_out.matmul(false, p.get(&self.weight_key)?, false)?;
+        if let Ok(vw) = v.get(&self.weight_key) {
+            rdx.matmul_acc(d_out, false, vw, false)?;
+        }
+        Ok(rdx)
+    }
 }

@@ -120,4 +120,35 @@ pub trait Layer: Send + Sync + std::fmt::Debug {
     /// The transposed Jacobian applied to `d_out`: ∂L/∂(input). For Linear this is the
     /// weight transport `d_out · W`.
     fn input_grad(&self, p: &Params, rec: &Record, d_out: &Tensor) -> Result<Tensor>;
+
+    /// Pearlmutter's R-operator of the forward map: R{y} = ∂y/∂r at θ + rV, input x + r·R{x}
+    /// (`v` holds V; missing entries are zero). Used for Gauss–Newton and Hessian products.
+    fn r_forward(&self, _p: &Params, _v: &Params, _rec: &Record, _rx: &Tensor) -> Result<Tensor> {
+        Err(no_r_operator(self.name()))
+    }
+
+    /// R-operator of the backward maps: given R{x}, δ = ∂L/∂y and R{δ}, adds R{∂L/∂θ} to
+    /// `rg` and returns R{∂L/∂x}.
+    #[allow(clippy::too_many_arguments)]
+    fn r_backward(
+        &self,
+        _p: &Params,
+        _v: &Params,
+        _rec: &Record,
+        _rx: &Tensor,
+        _d_out: &Tensor,
+        _rd_out: &Tensor,
+        _rg: &mut Grads,
+    ) -> Result<Tensor> {
+        Err(no_r_operator(self.name()))
+    }
+}
+
+fn no_r_operator(layer: &str) -> crate::Error {
+    crate::Error::config(
+        "curvature",
+        format!(
+            "layer {layer} has no R-operator (Gauss–Newton/Hessian products are defined for Linear and fixed activations)"
+        ),
+    )
 }

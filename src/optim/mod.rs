@@ -25,6 +25,7 @@
 //! [`Objective`] that re-evaluates the rule's update at other parameters (SAM, L-BFGS
 //! line searches, Hessian-free).
 
+pub mod curvature;
 mod lbfgs;
 mod schedule;
 pub mod transform;
@@ -44,6 +45,20 @@ use transform::{AddDecayedWeights, Chain, ClipByGlobalNorm, ScaleByAdam, ScaleBy
 pub trait Objective {
     /// `(loss, update direction)` at `params`.
     fn evaluate(&mut self, params: &Params) -> Result<(f64, Grads)>;
+
+    /// Gauss–Newton matrix of the loss at `params` applied to `v` (Hessian-free, natural
+    /// gradient). Objectives without a model behind them do not provide it.
+    fn gauss_newton_vector(&mut self, _params: &Params, _v: &Params) -> Result<Grads> {
+        Err(Error::config(
+            "objective",
+            "provides no Gauss–Newton products",
+        ))
+    }
+
+    /// Hessian of the loss at `params` applied to `v`.
+    fn hessian_vector(&mut self, _params: &Params, _v: &Params) -> Result<Grads> {
+        Err(Error::config("objective", "provides no Hessian products"))
+    }
 }
 
 /// Extra inputs of one optimizer step.

@@ -432,6 +432,21 @@ impl Tensor {
         Ok(Self::new(self.shape.clone(), data))
     }
 
+    /// `d_out ⊙ f''(self) ⊙ r`: the curvature term of an element-wise map's R-backward.
+    pub fn unary_second(&self, f: Unary, d_out: &Tensor, r: &Tensor) -> Result<Tensor> {
+        self.same_shape("unary_second", d_out)?;
+        self.same_shape("unary_second", r)?;
+        count_elementwise(self.len(), 4, self.dtype());
+        let (x, d, r) = (self.to_vec_f64(), d_out.to_vec_f64(), r.to_vec_f64());
+        let v: Vec<f64> = x
+            .iter()
+            .zip(&d)
+            .zip(&r)
+            .map(|((x, d), r)| f.second_derivative(*x) * d * r)
+            .collect();
+        Ok(Tensor::from_vec_f64(&self.shape, v)?.to_dtype(self.dtype()))
+    }
+
     /// PReLU with one slope per column: `y = x` for x > 0, `a_j·x` otherwise.
     pub fn prelu(&self, slope: &Tensor) -> Result<Tensor> {
         let (_, c) = self.dims2()?;

@@ -151,6 +151,54 @@ impl Unary {
         }
     }
 
+    /// f''(x) (zero almost everywhere for the piecewise-linear maps).
+    #[inline]
+    pub fn second_derivative(self, x: f64) -> f64 {
+        match self {
+            Unary::Identity
+            | Unary::Relu
+            | Unary::LeakyRelu(_)
+            | Unary::HardSigmoid
+            | Unary::Sign
+            | Unary::Abs => 0.0,
+            Unary::Sigmoid => {
+                let s = sigmoid(x);
+                s * (1.0 - s) * (1.0 - 2.0 * s)
+            }
+            Unary::Tanh => {
+                let t = x.tanh();
+                -2.0 * t * (1.0 - t * t)
+            }
+            Unary::Elu(a) => {
+                if x > 0.0 {
+                    0.0
+                } else {
+                    a * x.exp()
+                }
+            }
+            Unary::Selu => {
+                if x > 0.0 {
+                    0.0
+                } else {
+                    SELU_LAMBDA * SELU_ALPHA * x.exp()
+                }
+            }
+            Unary::Silu => {
+                let s = sigmoid(x);
+                let ds = s * (1.0 - s);
+                2.0 * ds + x * ds * (1.0 - 2.0 * s)
+            }
+            Unary::Gelu => {
+                let pdf = INV_SQRT_2PI * (-0.5 * x * x).exp();
+                2.0 * pdf - x * x * pdf
+            }
+            Unary::Softplus => {
+                let s = sigmoid(x);
+                s * (1.0 - s)
+            }
+        }
+    }
+
     /// Points where f is not differentiable (finite-difference checks avoid them).
     pub fn kinks(self) -> &'static [f64] {
         match self {

@@ -84,6 +84,27 @@ impl Objective for RuleObjective<'_> {
         let out = self.rule.step(self.model, params, self.batch, self.loss)?;
         Ok((out.loss, out.grads))
     }
+
+    fn gauss_newton_vector(&mut self, params: &Params, v: &Params) -> Result<Grads> {
+        crate::optim::curvature::gauss_newton_vector(
+            self.model,
+            params,
+            &self.batch.x,
+            self.loss,
+            v,
+        )
+    }
+
+    fn hessian_vector(&mut self, params: &Params, v: &Params) -> Result<Grads> {
+        crate::optim::curvature::hessian_vector(
+            self.model,
+            params,
+            &self.batch.x,
+            &self.batch.target,
+            self.loss,
+            v,
+        )
+    }
 }
 
 /// Loads the configured dataset, downloading it first when missing and allowed.

@@ -1,0 +1,140 @@
+//! Gauss–Newton– and Hessian–vector products (R-operator) against finite differences in
+//! f64: J·v ≈ (z(θ+εv) − z(θ−εv))/2ε and H·v ≈ (∇L(θ+εv) − ∇L(θ−εv))/2ε.
+
+use futureprop::nn::{Init, Loss, Model, ModelSpec, Params, Target};
+use futureprop::optim::curvature::{gauss_newton_vector, hessian_vector, jacobian_vector};
+use futureprop::rule::{Backprop, Batch, Rule};
+use futureprop::tensor::{DType, Tensor};
+use rand::{Rng, SeedableRng};
+
+const EPS: f64 = 1e-5;
+
+fn rand_tensor(shape: &[usize], seed: u64, scale: f64) -> Tensor {
+    let mut rng = futureprop::Rng::seed_from_u64(seed);
+    let n = shape.iter().product();
+    Tensor::from_vec_f64(
+        shape,
+        (0..n).map(|_| rng.random_range(-scale..scale)).collect(),
+    )
+    .unwrap()
+}
+
+fn setup(spec: &str, act: &str, seed: u64) -> (Model, Params, Params) {
+    let m = Model::build(&ModelSpec {
+        spec: spec.into(),
+        activation: act.into(),
+        bias: true,
+    })
+    .unwrap();
+    let p = m
+        .init_params(Init::XavierNormal, seed)
+        .unwrap()
+        .to_dtype(DType::F64);
+    let mut v = Params::new();
+    for (i, (n, t)) in p.iter().enumerate() {
+        v.insert(n, rand_tensor(t.shape(), seed * 31 + i as u64, 1.0));
+    }
+    (m, p, v)
+}
+
+fn shifted(p: &Params, v: &Params, e: f64) -> Params {
+    let mut q = p.clone();
+    q.axpy(e, v).unwrap();
+    q
+}
+
+fn target(loss: Loss, rows: usize, cols: usize) -> Target {
+    match loss {
+        Loss::CrossEntropy => Target::Classes((0..rows).map(|i| (i * 7) % cols).collect()),
+        Loss::Mse => Target::Values(rand_tensor(&[rows, cols], 99, 1.0)),
+        Loss::Bce => Target::Values(rand_tensor(&[rows, cols], 98, 0.5).add_scalar(0.5)),
+    }
+}
+
+fn grad(m: &Model, p: &Params, x: &Tensor, t: &Target, loss: Loss) -> Params {
+    Backprop
+        .step(
+            m,
+            p,
+            &Batch {
+                x: x.clone(),
+                target: t.clone(),
+            },
+            loss,
+        )
+        .unwrap()
+        .grads
+}
+
+fn assert_close(a: &Params, b: &Params, tol: f64, label: &str) {
+    for (n, t) in a.iter() {
+        let (x, y) = (t.to_vec_f64(), b.get(n).unwrap().to_vec_f64());
+        let scale = y.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
+        for (i, (p, q)) in x.iter().zip(&y).enumerate() {
+            assert!((p - q).abs() <= tol * scale, "{label}: {n}[{i}] {p} vs {q}");
+        }
+    }
+}
+
+#[test]
+fn jacobian_vector_products_match_finite_differences() {
+    for act in [
+        "tanh", "sigmoid", "relu", "gelu", "softplus", "silu", "identity",
+    ] {
+        let (m, p, v) = setup("mlp:5-7-17-3", act, 1);
+        let x = rand_tensor(&[4, 5], 2, 1.0);
+        let jv = jacobian_vector(&m, &p, &x, &v).unwrap().to_vec_f64();
+        let plus = m.forward(&shifted(&p, &v, EPS), &x).unwrap().to_vec_f64();
+        let minus = m.forward(&shifted(&p, &v, -EPS), &x).unwrap().to_vec_f64();
+        for (i, a) in jv.iter().enumerate() {
+            let fd = (plus[i] - minus[i]) / (2.0 * EPS);
+            assert!(
+                (a - fd).abs() < 1e-6 * (1.0 + fd.abs()),
+                "{act} J·v[{i}]: {a} vs {fd}"
+            );
+        }
+    }
+}
+
+#[test]
+fn hessian_vector_products_match_finite_differences_of_gradients() {
+    for act in [
+        "tanh", "sigmoid", "gelu", "softplus", "silu", "identity", "relu",
+    ] {
+        for loss in [Loss::CrossEntropy, Loss::Mse, Loss::Bce] {
+            let (m, p, v) = setup("mlp:4-9-6-3", act, 3);
+            let x = rand_tensor(&[5, 4], 4, 1.5);
+            let t = target(loss, 5, 3);
+            let hv = hessian_vector(&m, &p, &x, &t, loss, &v).unwrap();
+            let mut fd = grad(&m, &shifted(&p, &v, EPS), &x, &t, loss);
+            fd.axpy(-1.0, &grad(&m, &shifted(&p, &v, -EPS), &x, &t, loss))
+                .unwrap();
+            fd.scale_in_place(1.0 / (2.0 * EPS));
+            assert_close(&hv, &fd, 1e-5, &format!("H·v {act} {loss:?}"));
+        }
+    }
+}
+
+#[test]
+fn gauss_newton_equals_hessian_for_a_linear_model_and_is_psd() {
+    for loss in [Loss::CrossEntropy, Loss::Mse, Loss::Bce] {
+        // z = xWᵀ + b is linear in θ, so the Hessian is exactly Jᵀ∇²L J.
+        let (m, p, v) = setup("linear:6-4", "identity", 5);
+        let x = rand_tensor(&[7, 6], 6, 1.0);
+        let t = target(loss, 7, 4);
+        let gv = gauss_newton_vector(&m, &p, &x, loss, &v).unwrap();
+        let hv = hessian_vector(&m, &p, &x, &t, loss, &v).unwrap();
+        assert_close(&gv, &hv, 1e-10, &format!("G·v vs H·v {loss:?}"));
+        // On a nonlinear model G stays symmetric positive semi-definite.
+        let (m, p, v) = setup("mlp:6-8-4", "tanh", 7);
+        let (_, _, u) = setup("mlp:6-8-4", "tanh", 8);
+        let gv = gauss_newton_vector(&m, &p, &x, loss, &v).unwrap();
+        let gu = gauss_newton_vector(&m, &p, &x, loss, &u).unwrap();
+        assert!(v.dot(&gv).unwrap() >= 0.0 && u.dot(&gu).unwrap() >= 0.0);
+        let (a, b) = (u.dot(&gv).unwrap(), v.dot(&gu).unwrap());
+        assert!(
+            (a - b).abs() < 1e-10 * (1.0 + a.abs()),
+            "uᵀGv = {a}, vᵀGu = {b}"
+        );
+    }
+}
