@@ -160,14 +160,49 @@ fn two_step_fixtures_match_pytorch() {
     }
 }
 
-/// A differentiable test function of θ ∈ ℝⁿ, usable as the step's objective (SAM).
-struct Fun(fn(&[f64]) -> (f64, Vec<f64>));
+type F = fn(&[f64]) -> (f64, Vec<f64>);
+type Gn = fn(&[f64], &[f64]) -> Vec<f64>;
+
+/// A differentiable test function of θ ∈ ℝⁿ and its Gauss–Newton product, usable as the
+/// step's objective (SAM, L-BFGS, Hessian-free). Each function is a sum of squared
+/// residuals f = Σ rₖ(θ)², so G = 2JᵀJ.
+struct Fun(F, Gn);
 
 impl Objective for Fun {
     fn evaluate(&mut self, p: &Params) -> futureprop::Result<(f64, Grads)> {
         let (f, g) = (self.0)(&p.get("w")?.to_vec_f64());
         Ok((f, params(&g)))
     }
+
+    fn gauss_newton_vector(&mut self, p: &Params, v: &Params) -> futureprop::Result<Grads> {
+        Ok(params(&(self.1)(
+            &p.get("w")?.to_vec_f64(),
+            &v.get("w")?.to_vec_f64(),
+        )))
+    }
+}
+
+/// G·v of the quadratic below: diag(a)·v.
+fn quadratic_gn(_: &[f64], v: &[f64]) -> Vec<f64> {
+    let a = [0.5, 1.0, 2.0, 4.0];
+    (0..4).map(|i| a[i] * v[i]).collect()
+}
+
+/// G·v of Rosenbrock's residuals r = (1 − x, 10(y − x²)), J = [[−1, 0], [−20x, 10]].
+fn rosenbrock_gn(t: &[f64], v: &[f64]) -> Vec<f64> {
+    let j = [[-1.0, 0.0], [-20.0 * t[0], 10.0]];
+    let jv = [
+        j[0][0] * v[0] + j[0][1] * v[1],
+        j[1][0] * v[0] + j[1][1] * v[1],
+    ];
+    vec![
+        2.0 * (j[0][0] * jv[0] + j[1][0] * jv[1]),
+        2.0 * (j[0][1] * jv[0] + j[1][1] * jv[1]),
+    ]
+}
+
+fn identity_gn(_: &[f64], v: &[f64]) -> Vec<f64> {
+    v.to_vec()
 }
 
 /// f(θ) = ½ Σ aᵢ(θᵢ − cᵢ)², ∇f = a ⊙ (θ − c); ill-conditioned (a from 0.5 to 4).
@@ -195,15 +230,10 @@ fn rosenbrock(t: &[f64]) -> (f64, Vec<f64>) {
     )
 }
 
-fn minimise(
-    conf: &OptimizerConfig,
-    f: fn(&[f64]) -> (f64, Vec<f64>),
-    start: &[f64],
-    steps: u64,
-) -> Vec<f64> {
+fn minimise(conf: &OptimizerConfig, f: F, gn: Gn, start: &[f64], steps: u64) -> Vec<f64> {
     let mut opt = build_optimizer(conf, steps).unwrap();
     let mut p = params(start);
-    let mut obj = Fun(f);
+    let mut obj = Fun(f, gn);
     for _ in 0..steps {
         let (_, g) = f(&p.get("w").unwrap().to_vec_f64());
         let mut ctx = StepContext {
@@ -233,10 +263,15 @@ fn every_optimizer_converges_on_an_ill_conditioned_quadratic() {
     for (name, _) in OPTIMIZERS {
         let lr = match *name {
             "adam" | "adamw" | "nadam" | "lion" => 0.05,
-            "lars" | "lamb" => 1.0,
+            "lars" | "lamb" | "hf" | "lbfgs" => 1.0,
             _ => 0.1,
         };
-        let th = minimise(&tuned(name, lr), quadratic, &[0.0; 4], 3000);
+        let steps = if matches!(*name, "hf" | "lbfgs") {
+            100
+        } else {
+            3000
+        };
+        let th = minimise(&tuned(name, lr), quadratic, quadratic_gn, &[0.0; 4], steps);
         let err = th
             .iter()
             .zip(c)
@@ -251,11 +286,23 @@ fn every_optimizer_reaches_the_rosenbrock_minimum() {
     for (name, _) in OPTIMIZERS {
         let lr = match *name {
             "momentum" | "nesterov" => 2e-4,
+            "hf" | "lbfgs" => 1.0,
             "adam" | "adamw" | "nadam" | "rmsprop" | "lion" => 0.01,
             "adagrad" | "lars" | "lamb" => 0.5,
             _ => 1e-3,
         };
-        let th = minimise(&tuned(name, lr), rosenbrock, &[-1.0, 1.5], 40_000);
+        let steps = if matches!(*name, "hf" | "lbfgs") {
+            200
+        } else {
+            40_000
+        };
+        let th = minimise(
+            &tuned(name, lr),
+            rosenbrock,
+            rosenbrock_gn,
+            &[-1.0, 1.5],
+            steps,
+        );
         let err = (th[0] - 1.0).abs().max((th[1] - 1.0).abs());
         assert!(err < 2e-2, "{name}: θ = {th:?}, minimum (1, 1)");
     }
@@ -266,7 +313,7 @@ fn no_optimizer_produces_nan_on_zero_gradients() {
     for (name, _) in OPTIMIZERS {
         let mut opt = build_optimizer(&cfg(name, 0.1), 10).unwrap();
         let mut p = params(&[0.5, -1.5, 2.0]);
-        let mut obj = Fun(|_| (0.0, vec![0.0; 3]));
+        let mut obj = Fun(|_| (0.0, vec![0.0; 3]), |_, v| vec![0.0; v.len()]);
         for _ in 0..3 {
             let mut ctx = StepContext {
                 trace: None,
@@ -318,7 +365,7 @@ fn sam_with_zero_radius_is_its_inner_optimizer_and_needs_an_objective() {
         let mut sam = build_optimizer(&conf, 10).unwrap();
         let mut adam = build_optimizer(&cfg("adam", 0.1), 10).unwrap();
         let (mut p, mut q) = (params(&[0.5, -1.5, 2.0]), params(&[0.5, -1.5, 2.0]));
-        let mut obj = Fun(half_square);
+        let mut obj = Fun(half_square, identity_gn);
         sam.step(
             &mut p,
             &g,
@@ -345,7 +392,7 @@ fn sam_with_zero_radius_is_its_inner_optimizer_and_needs_an_objective() {
     };
     let mut sam = build_optimizer(&conf, 10).unwrap();
     let mut p = params(&[3.0, 4.0, 0.0]);
-    let mut obj = Fun(half_square);
+    let mut obj = Fun(half_square, identity_gn);
     sam.step(
         &mut p,
         &params(&[3.0, 4.0, 0.0]),
@@ -513,7 +560,7 @@ fn lbfgs_reaches_the_rosenbrock_minimum_to_1e_8() {
     };
     let mut opt = build_optimizer(&conf, 100).unwrap();
     let mut p = params(&[-1.2, 1.0]);
-    let mut obj = Fun(rosenbrock);
+    let mut obj = Fun(rosenbrock, rosenbrock_gn);
     let mut iterations = 0;
     for i in 0..200 {
         let (_, g) = rosenbrock(&p.get("w").unwrap().to_vec_f64());

@@ -26,10 +26,12 @@
 //! line searches, Hessian-free).
 
 pub mod curvature;
+mod hessian_free;
 mod lbfgs;
 mod schedule;
 pub mod transform;
 
+pub use hessian_free::HessianFree;
 pub use lbfgs::Lbfgs;
 
 pub use schedule::{Decay, SCHEDULE_NAMES, Schedule};
@@ -152,6 +154,10 @@ pub struct OptimizerConfig {
     pub inner: String,
     /// L-BFGS history length m; default 10.
     pub lbfgs_history: usize,
+    /// Initial Tikhonov damping λ of `hf`; default 1.
+    pub damping: f64,
+    /// Maximum CG iterations per `hf` step; default 50.
+    pub max_cg: usize,
 }
 
 impl Default for OptimizerConfig {
@@ -179,6 +185,8 @@ impl Default for OptimizerConfig {
             asam_eta: 0.01,
             inner: "momentum".into(),
             lbfgs_history: 10,
+            damping: 1.0,
+            max_cg: 50,
         }
     }
 }
@@ -217,6 +225,12 @@ pub fn build_optimizer(cfg: &OptimizerConfig, total_steps: u64) -> Result<Box<dy
     }
     if cfg.weight_decay < 0.0 {
         return Err(Error::config("weight decay", "must be non-negative"));
+    }
+    if cfg.name == "hf" {
+        if cfg.damping.is_nan() || cfg.damping <= 0.0 {
+            return Err(Error::config("damping", "must be positive"));
+        }
+        return Ok(Box::new(HessianFree::new(cfg.lr, cfg.damping, cfg.max_cg)));
     }
     if cfg.name == "lbfgs" {
         return Ok(Box::new(Lbfgs::new(cfg.lr, cfg.lbfgs_history)));
