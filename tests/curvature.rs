@@ -214,3 +214,90 @@ fn hessian_free_fits_a_teacher_network_in_a_few_steps() {
     let (f, _) = net.evaluate(&p).unwrap();
     assert!(f < 0.01 * f0, "HF: loss {f0} → {f} after 30 steps");
 }
+
+#[test]
+fn diagonal_fisher_from_the_trace_equals_mean_squared_per_sample_gradients() {
+    use futureprop::optim::NaturalGradient;
+    let (m, p, _) = setup("mlp:3-5-4", "tanh", 11);
+    let x = rand_tensor(&[6, 3], 12, 1.0);
+    let t = target(Loss::CrossEntropy, 6, 4);
+    let out = Backprop
+        .step(
+            &m,
+            &p,
+            &Batch {
+                x: x.clone(),
+                target: t.clone(),
+            },
+            Loss::CrossEntropy,
+        )
+        .unwrap();
+    let f = NaturalGradient::diagonal_fisher(&out.trace, &out.grads).unwrap();
+    // Brute force: gradient of each one-sample loss, squared, averaged.
+    let labels = match &t {
+        Target::Classes(c) => c.clone(),
+        _ => unreachable!(),
+    };
+    let mut mean_sq = out.grads.zeros_like();
+    for i in 0..6 {
+        let xi = x.gather_rows(&[i]).unwrap();
+        let gi = grad(
+            &m,
+            &p,
+            &xi,
+            &Target::Classes(vec![labels[i]]),
+            Loss::CrossEntropy,
+        );
+        for (n, g) in gi.iter() {
+            mean_sq
+                .get_mut(n)
+                .unwrap()
+                .axpy(1.0 / 6.0, &g.mul(g).unwrap())
+                .unwrap();
+        }
+    }
+    assert_close(&f, &mean_sq, 1e-10, "diag F");
+}
+
+#[test]
+fn natural_gradient_trains_a_classifier() {
+    use futureprop::data::{Batches, synthetic};
+    use futureprop::optim::{OptimizerConfig, StepContext, build_optimizer};
+    let data = synthetic::two_moons(512, 0.1, 0).unwrap();
+    let m = Model::build(&ModelSpec {
+        spec: "mlp:2-32-2".into(),
+        activation: "tanh".into(),
+        bias: true,
+    })
+    .unwrap();
+    let mut p = m.init_params(Init::XavierUniform, 0).unwrap();
+    let conf = OptimizerConfig {
+        name: "natgrad".into(),
+        lr: 0.01,
+        ..Default::default()
+    };
+    let mut opt = build_optimizer(&conf, 1000).unwrap();
+    for epoch in 0..60 {
+        for b in Batches::new(&data, 64, true, 0, epoch) {
+            let out = Backprop
+                .step(&m, &p, &b.unwrap(), Loss::CrossEntropy)
+                .unwrap();
+            opt.step(
+                &mut p,
+                &out.grads,
+                &mut StepContext {
+                    trace: Some(&out.trace),
+                    objective: None,
+                },
+            )
+            .unwrap();
+        }
+    }
+    let e = futureprop::train::evaluate(&Backprop, &m, &p, &data, Loss::CrossEntropy, 512).unwrap();
+    assert!(e.accuracy > 0.95, "natgrad accuracy {}", e.accuracy);
+    let e = opt
+        .step(&mut p.clone(), &p.zeros_like(), &mut StepContext::empty())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("trace"), "{e}");
+}

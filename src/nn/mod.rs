@@ -25,6 +25,8 @@ use crate::tensor::Tensor;
 /// What one layer saw and produced in a forward pass.
 #[derive(Debug, Clone)]
 pub struct Record {
+    /// Name of the layer that produced it (its parameters are `"{layer}.{param}"`).
+    pub layer: String,
     /// The layer's input.
     pub input: Tensor,
     /// The layer's output.
@@ -34,9 +36,11 @@ pub struct Record {
 }
 
 impl Record {
-    /// A record holding only the input (the model fills `output` after `forward`).
-    pub fn new(input: Tensor) -> Self {
+    /// A record of layer `layer` holding only the input (the model fills `output` after
+    /// `forward`).
+    pub fn new(layer: &str, input: Tensor) -> Self {
         Record {
+            layer: layer.to_string(),
             output: input.clone(),
             input,
             saved: Vec::new(),

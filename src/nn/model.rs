@@ -238,7 +238,7 @@ impl Model {
         self.check_input(x)?;
         let mut h = x.clone();
         for l in &self.layers {
-            let mut rec = Record::new(h.clone());
+            let mut rec = Record::new(l.name(), h.clone());
             h = l.forward(p, &h, &mut rec)?;
         }
         Ok(h)
@@ -250,7 +250,7 @@ impl Model {
         let mut records = Vec::with_capacity(self.layers.len());
         let mut h = x.clone();
         for l in &self.layers {
-            let mut rec = Record::new(h.clone());
+            let mut rec = Record::new(l.name(), h.clone());
             h = l.forward(p, &h, &mut rec)?;
             rec.output = h.clone();
             records.push(rec);

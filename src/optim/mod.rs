@@ -28,11 +28,13 @@
 pub mod curvature;
 mod hessian_free;
 mod lbfgs;
+mod natgrad;
 mod schedule;
 pub mod transform;
 
 pub use hessian_free::HessianFree;
 pub use lbfgs::Lbfgs;
+pub use natgrad::NaturalGradient;
 
 pub use schedule::{Decay, SCHEDULE_NAMES, Schedule};
 
@@ -154,8 +156,13 @@ pub struct OptimizerConfig {
     pub inner: String,
     /// L-BFGS history length m; default 10.
     pub lbfgs_history: usize,
-    /// Initial Tikhonov damping λ of `hf`; default 1.
+    /// Damping λ: initial Tikhonov damping of `hf` (default 1); `natgrad` uses
+    /// `natgrad_damping`.
     pub damping: f64,
+    /// Damping λ of `natgrad`; default 1e-4.
+    pub natgrad_damping: f64,
+    /// EMA decay of curvature estimates (`natgrad`); default 0.95.
+    pub curvature_decay: f64,
     /// Maximum CG iterations per `hf` step; default 50.
     pub max_cg: usize,
 }
@@ -186,6 +193,8 @@ impl Default for OptimizerConfig {
             inner: "momentum".into(),
             lbfgs_history: 10,
             damping: 1.0,
+            natgrad_damping: 1e-4,
+            curvature_decay: 0.95,
             max_cg: 50,
         }
     }
@@ -231,6 +240,13 @@ pub fn build_optimizer(cfg: &OptimizerConfig, total_steps: u64) -> Result<Box<dy
             return Err(Error::config("damping", "must be positive"));
         }
         return Ok(Box::new(HessianFree::new(cfg.lr, cfg.damping, cfg.max_cg)));
+    }
+    if cfg.name == "natgrad" {
+        return Ok(Box::new(NaturalGradient::new(
+            cfg.lr,
+            cfg.natgrad_damping,
+            cfg.curvature_decay,
+        )));
     }
     if cfg.name == "lbfgs" {
         return Ok(Box::new(Lbfgs::new(cfg.lr, cfg.lbfgs_history)));

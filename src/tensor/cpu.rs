@@ -246,3 +246,10 @@ pub(crate) fn sigmoid_bce<T: Elem>(x: &[T], t: &[T], n: f64) -> (f64, Vec<T>) {
         .collect();
     (loss / n, grad)
 }
+
+pub(crate) fn div_shifted<T: Elem>(x: &[T], d: &[T], c: f64) -> Vec<T> {
+    x.iter()
+        .zip(d)
+        .map(|(a, b)| T::of(a.f64() / (b.f64() + c)))
+        .collect()
+}

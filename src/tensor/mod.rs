@@ -577,6 +577,16 @@ impl Tensor {
         })
     }
 
+    /// `self / (denom + c)` element-wise.
+    pub fn div_shifted(&self, denom: &Tensor, c: f64) -> Result<Tensor> {
+        self.same_shape("div_shifted", denom)?;
+        count_elementwise(self.len(), 3, self.dtype());
+        let data = each2!("div_shifted", &*self.data, &*denom.data, (x, d) => {
+            Elem::wrap(cpu::div_shifted(x, d, c))
+        })?;
+        Ok(Self::new(self.shape.clone(), data))
+    }
+
     /// `self + c` element-wise.
     pub fn add_scalar(&self, c: f64) -> Tensor {
         count_elementwise(self.len(), 2, self.dtype());
