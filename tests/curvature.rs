@@ -239,13 +239,13 @@ fn diagonal_fisher_from_the_trace_equals_mean_squared_per_sample_gradients() {
         _ => unreachable!(),
     };
     let mut mean_sq = out.grads.zeros_like();
-    for i in 0..6 {
+    for (i, &label) in labels.iter().enumerate() {
         let xi = x.gather_rows(&[i]).unwrap();
         let gi = grad(
             &m,
             &p,
             &xi,
-            &Target::Classes(vec![labels[i]]),
+            &Target::Classes(vec![label]),
             Loss::CrossEntropy,
         );
         for (n, g) in gi.iter() {
