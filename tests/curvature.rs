@@ -301,3 +301,90 @@ fn natural_gradient_trains_a_classifier() {
         .to_string();
     assert!(e.contains("trace"), "{e}");
 }
+
+#[test]
+fn sharpness_and_hessian_trace_of_least_squares_are_known() {
+    use futureprop::diag::curvature::{hessian_trace, sharpness};
+    // z = xWᵀ (no bias), L = mean over the n·k entries of (z − t)²: H = (2/(nk))·(XᵀX ⊗ I_k).
+    // With X = diag(1, 2, 3, 4, 5): λ_max = 2/(5·3)·25 and tr H = (2/(nk))·k·Σ s² = 2·55/5.
+    let m = Model::build(&ModelSpec {
+        spec: "linear:5-3".into(),
+        activation: "identity".into(),
+        bias: false,
+    })
+    .unwrap();
+    let p = m
+        .init_params(Init::XavierUniform, 1)
+        .unwrap()
+        .to_dtype(DType::F64);
+    let mut xv = vec![0.0; 25];
+    for i in 0..5 {
+        xv[i * 5 + i] = (i + 1) as f64;
+    }
+    let b = Batch {
+        x: Tensor::from_vec_f64(&[5, 5], xv).unwrap(),
+        target: Target::Values(rand_tensor(&[5, 3], 3, 1.0)),
+    };
+    let s = sharpness(&m, &p, &b, Loss::Mse, 200, 7).unwrap();
+    assert!((s - 2.0 / 15.0 * 25.0).abs() < 1e-6, "sharpness {s}");
+    // Rademacher probes give tr(H) exactly when H is diagonal.
+    let t = hessian_trace(&m, &p, &b, Loss::Mse, 3, 9).unwrap();
+    assert!((t - 22.0).abs() < 1e-9, "trace {t}");
+}
+
+#[test]
+fn gradient_noise_scale_vanishes_without_noise_and_grows_with_it() {
+    use futureprop::data::Dataset;
+    use futureprop::diag::curvature::gradient_noise_scale;
+    let m = Model::build(&ModelSpec {
+        spec: "mlp:2-8-2".into(),
+        activation: "tanh".into(),
+        bias: true,
+    })
+    .unwrap();
+    let p = m.init_params(Init::XavierUniform, 1).unwrap();
+    // Every sample identical: every batch gradient equals G, so tr(Σ) = 0.
+    let same = Dataset {
+        x: Tensor::from_vec(&[200, 2], [0.3f32, -0.7].repeat(200)).unwrap(),
+        labels: vec![1; 200],
+        classes: 2,
+    };
+    let b0 = gradient_noise_scale(
+        &mut Backprop,
+        &m,
+        &p,
+        &same,
+        Loss::CrossEntropy,
+        (8, 64),
+        4,
+        0,
+    )
+    .unwrap();
+    assert!(b0.abs() < 1e-4, "no noise (f32 rounding only): {b0}");
+    let moons = futureprop::data::synthetic::two_moons(2000, 0.3, 0).unwrap();
+    let b1 = gradient_noise_scale(
+        &mut Backprop,
+        &m,
+        &p,
+        &moons,
+        Loss::CrossEntropy,
+        (8, 512),
+        40,
+        0,
+    )
+    .unwrap();
+    assert!(b1 > 1.0, "noisy data: {b1}");
+    assert!(
+        gradient_noise_scale(
+            &mut Backprop,
+            &m,
+            &p,
+            &moons,
+            Loss::CrossEntropy,
+            (64, 8),
+            2,
+            0
+        )
+        .is_err()
+    );
+}

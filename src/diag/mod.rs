@@ -6,6 +6,8 @@
 //! F in place of W (the paper's Bᵀ) — the angle between W and F and ‖F‖/‖W‖ (as
 //! BioTorch measures).
 
+pub mod curvature;
+
 use serde::Serialize;
 
 use crate::error::Result;
