@@ -356,6 +356,22 @@ fn diagnostics_leave_the_trajectory_unchanged_and_diagnose_reads_checkpoints() {
     );
     let a = r["layers"][0]["angle_to_bp_deg"].as_f64().unwrap();
     assert!(a > 0.0 && a < 90.0, "hidden layer angle {a}");
+    assert!(r["sharpness"].is_null(), "curvature only when asked");
+    let o = run(&[
+        "diagnose",
+        "--checkpoint",
+        diag.join("checkpoint.safetensors").to_str().unwrap(),
+        "--data-dir",
+        d.to_str().unwrap(),
+        "--curvature",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for k in ["sharpness", "hessian_trace", "gradient_noise_scale"] {
+        assert!(r[k].as_f64().is_some_and(f64::is_finite), "{k}: {}", r[k]);
+    }
+    // Cross-entropy is convex in the logits: near a trained point the top eigenvalue is positive.
+    assert!(r["sharpness"].as_f64().unwrap() > 0.0);
 }
 
 const TINY_SUITE: &str = r#"

@@ -103,6 +103,10 @@ enum Command {
         /// Samples in the batch [default: the run's batch size].
         #[arg(long)]
         batch_size: Option<usize>,
+        /// Also report sharpness (top Hessian eigenvalue), the Hessian trace and the
+        /// gradient noise scale.
+        #[arg(long)]
+        curvature: bool,
     },
     /// Fetch or verify datasets.
     Data {
@@ -452,6 +456,7 @@ fn diagnose_cmd(
     checkpoint: &std::path::Path,
     data_dir: Option<&std::path::Path>,
     batch_size: Option<usize>,
+    curvature: bool,
 ) -> Result<()> {
     let ck = train::checkpoint::load(checkpoint)?;
     let mut cfg: TrainConfig = serde_json::from_value(ck.config.clone())
@@ -460,7 +465,8 @@ fn diagnose_cmd(
         cfg.data_dir = Some(d.to_path_buf());
     }
     cfg.quiet = true;
-    let report = train::diagnose_checkpoint(&cfg, &ck, batch_size.unwrap_or(cfg.batch_size))?;
+    let report =
+        train::diagnose_checkpoint(&cfg, &ck, batch_size.unwrap_or(cfg.batch_size), curvature)?;
     println!(
         "{}",
         serde_json::to_string_pretty(&report)
@@ -588,7 +594,8 @@ fn main() -> ExitCode {
             checkpoint,
             data_dir,
             batch_size,
-        } => diagnose_cmd(checkpoint, data_dir.as_deref(), *batch_size),
+            curvature,
+        } => diagnose_cmd(checkpoint, data_dir.as_deref(), *batch_size, *curvature),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

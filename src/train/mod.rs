@@ -209,7 +209,15 @@ fn write_json(path: &Path, v: &Value) -> Result<()> {
 
 /// Diagnostics of a checkpoint's model and rule on the first `batch_size` training
 /// samples (in file order).
-pub fn diagnose_checkpoint(cfg: &TrainConfig, ck: &Checkpoint, batch_size: usize) -> Result<Value> {
+///
+/// With `curvature`: sharpness (power iteration, 20 steps), Hutchinson trace (10 probes)
+/// and the gradient noise scale (batches of 32 and 512, 10 repetitions).
+pub fn diagnose_checkpoint(
+    cfg: &TrainConfig,
+    ck: &Checkpoint,
+    batch_size: usize,
+    curvature: bool,
+) -> Result<Value> {
     let splits = load_data(cfg)?;
     let loss = Loss::parse(&cfg.loss)?;
     let model = build_model(cfg, splits.train.features(), splits.train.classes)?;
@@ -224,9 +232,27 @@ pub fn diagnose_checkpoint(cfg: &TrainConfig, ck: &Checkpoint, batch_size: usize
         target: splits.train.targets(&idx),
     };
     let layers = crate::diag::diagnose(rule.as_mut(), &model, &params, &batch, loss)?;
-    Ok(
-        json!({"rule": rule.name(), "model": cfg.model, "epoch": ck.epoch, "batch_size": n, "layers": layers}),
-    )
+    let mut report = json!({"rule": rule.name(), "model": cfg.model, "epoch": ck.epoch, "batch_size": n, "layers": layers});
+    if curvature {
+        use crate::diag::curvature as c;
+        report["sharpness"] = json!(c::sharpness(&model, &params, &batch, loss, 20, cfg.seed)?);
+        report["hessian_trace"] = json!(c::hessian_trace(
+            &model, &params, &batch, loss, 10, cfg.seed
+        )?);
+        let big = 512.min(splits.train.len());
+        let small = 32.min(big / 2).max(1);
+        report["gradient_noise_scale"] = json!(c::gradient_noise_scale(
+            rule.as_mut(),
+            &model,
+            &params,
+            &splits.train,
+            loss,
+            (small, big),
+            10,
+            cfg.seed
+        )?);
+    }
+    Ok(report)
 }
 
 /// Copies a checkpoint's parameters over freshly initialised ones, checking names and shapes.
