@@ -77,17 +77,24 @@ fn main() -> futureprop::Result<()> {
             activation: "relu".into(),
             bias: true,
         })?;
-        let mut params = model.init_params(Init::Torch, 0)?;
-        let mut rule = build_rule(&rule_name)?;
-        rule.init(&model, &mut params, 0)?;
-        let mut opt = build_optimizer(
-            &OptimizerConfig {
-                name: "sgd".into(),
-                lr: 0.01,
-                ..Default::default()
-            },
-            1 << 30,
-        )?;
+        // Several rules (`--rule bp,fa,dfa`) run interleaved step by step in one process,
+        // so the machine's drift affects them alike; each keeps its own parameters.
+        let names: Vec<String> = rule_name.split(',').map(str::to_string).collect();
+        let mut arms = Vec::new();
+        for name in &names {
+            let mut params = model.init_params(Init::Torch, 0)?;
+            let mut rule = build_rule(name)?;
+            rule.init(&model, &mut params, 0)?;
+            let opt = build_optimizer(
+                &OptimizerConfig {
+                    name: "sgd".into(),
+                    lr: 0.01,
+                    ..Default::default()
+                },
+                1 << 30,
+            )?;
+            arms.push((name.clone(), params, rule, opt, Vec::with_capacity(steps)));
+        }
         let n = 128;
         let (inputs, classes) = (widths[0], *widths.last().unwrap_or(&1));
         let x: Vec<f32> = (0..n * inputs).map(|i| ((i * 7919 % 255) as f32) / 255.0 - 0.13).collect();
@@ -95,17 +102,24 @@ fn main() -> futureprop::Result<()> {
             x: Tensor::from_vec(&[n, inputs], x)?,
             target: Target::Classes((0..n).map(|i| i % classes).collect()),
         };
-        let flops = step_flops(&widths, n, &rule_name);
-        let mut times = Vec::with_capacity(steps);
         for i in 0..steps + 30 {
-            let t = Instant::now();
-            let out = rule.step(&model, &params, &batch, Loss::CrossEntropy)?;
-            opt.step(&mut params, &out.grads, &mut StepContext::empty())?;
-            if i >= 30 {
-                times.push(t.elapsed().as_secs_f64());
+            for (_, params, rule, opt, times) in arms.iter_mut() {
+                let t = Instant::now();
+                let out = rule.step(&model, params, &batch, Loss::CrossEntropy)?;
+                opt.step(params, &out.grads, &mut StepContext::empty())?;
+                if i >= 30 {
+                    times.push(t.elapsed().as_secs_f64());
+                }
             }
         }
-        let step_ms = median(times) * 1e3;
+        let results: Vec<(String, f64, f64)> = arms
+            .into_iter()
+            .map(|(name, _, _, _, times)| {
+                let f = step_flops(&widths, n, &name);
+                (name, median(times) * 1e3, f)
+            })
+            .collect();
+        let (step_ms, flops) = (results[0].1, results[0].2);
         // The GEMMs of the step: forward x·Wᵀ, weight gradients δᵀ·x, input errors δ·W.
         let shapes: [(usize, usize, usize, bool, bool, &str); 8] = [
             (128, 1000, 784, false, true, "fwd1 x·W1ᵀ"),
@@ -139,15 +153,21 @@ fn main() -> futureprop::Result<()> {
                 .iter()
                 .map(|(l, m, n, k, ms, gf)| serde_json::json!({"op": l, "m": m, "n": n, "k": k, "ms": ms, "gflops": gf}))
                 .collect();
+            let rules: Vec<_> = results
+                .iter()
+                .map(|(r, ms, f)| serde_json::json!({"rule": r, "step_ms": ms, "gemm_flops": f}))
+                .collect();
             println!(
                 "{}",
-                serde_json::json!({"threads": threads, "rule": rule_name, "model": spec, "step_ms": step_ms, "gemm_flops": flops, "gemm": g})
+                serde_json::json!({"threads": threads, "rule": results[0].0, "model": spec, "step_ms": step_ms, "gemm_flops": flops, "rules": rules, "gemm": g})
             );
         } else {
-            println!(
-                "futureprop {rule_name} step of {spec} (batch 128, {threads} thread(s)): median {step_ms:.3} ms over {steps} steps, {:.3} GFLOP of GEMM",
-                flops / 1e9
-            );
+            for (r, ms, f) in &results {
+                println!(
+                    "futureprop {r} step of {spec} (batch 128, {threads} thread(s)): median {ms:.3} ms over {steps} steps, {:.3} GFLOP of GEMM",
+                    f / 1e9
+                );
+            }
             for (l, m, n, k, ms, gf) in gemm {
                 println!("  {l:<12} {m:>4}x{n:<4}x{k:<4} {ms:>7.3} ms {gf:>6.1} GFLOP/s");
             }
