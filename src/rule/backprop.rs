@@ -22,13 +22,7 @@ impl Rule for Backprop {
         batch: &Batch,
         loss: Loss,
     ) -> Result<StepOutput> {
-        let mut trace = model.forward_trace(params, &batch.x)?;
-        let out = trace
-            .records
-            .last()
-            .map(|r| r.output.clone())
-            .ok_or_else(|| crate::Error::config("model", "has no layers"))?;
-        let (value, d_out) = loss.eval(&out, &batch.target)?;
+        let (mut trace, value, d_out) = super::forward_loss(model, params, batch, loss)?;
         let mut grads = Grads::new();
         backward_chain(
             model,

@@ -148,20 +148,15 @@ impl Rule for DirectFeedback {
         loss: Loss,
     ) -> Result<StepOutput> {
         let (hidden, last) = Self::blocks(model)?;
-        let mut trace = model.forward_trace(params, &batch.x)?;
-        let out = trace
-            .output()
-            .cloned()
-            .ok_or_else(|| Error::config("model", "has no layers"))?;
-        let (value, e) = loss.eval(&out, &batch.target)?;
+        let (mut trace, value, e) = super::forward_loss(model, params, batch, loss)?;
         let mut grads = Grads::new();
         let layers = model.layers();
         layers[last.linear].param_grads(params, &trace.records[last.linear], &e, &mut grads)?;
         let signal = match self.kind {
             DirectKind::Dfa | DirectKind::Bfa => e.clone(),
             DirectKind::Drtp => {
-                let (r, c) = out.dims2()?;
-                batch.target.dense(r, c, out.dtype())?.scale(-1.0)
+                let (r, c) = e.dims2()?;
+                batch.target.dense(r, c, e.dtype())?.scale(-1.0)
             }
         };
         for (i, b) in hidden.iter().enumerate() {

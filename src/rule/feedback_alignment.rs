@@ -182,12 +182,7 @@ impl Rule for FeedbackAlignment {
             let w = params.get(&format!("{name}.weight"))?;
             feedback.insert(*i, self.feedback(name, w, params)?);
         }
-        let mut trace = model.forward_trace(params, &batch.x)?;
-        let out = trace
-            .output()
-            .cloned()
-            .ok_or_else(|| Error::config("model", "has no layers"))?;
-        let (value, e) = loss.eval(&out, &batch.target)?;
+        let (mut trace, value, e) = super::forward_loss(model, params, batch, loss)?;
         let mut grads = Grads::new();
         backward_chain(
             model,

@@ -181,6 +181,22 @@ pub fn build_rule_with(name: &str, cfg: &RuleConfig) -> Result<Box<dyn Rule>> {
     }
 }
 
+/// The forward pass every rule starts with: the trace, the batch's mean loss and
+/// ∂L/∂(model output).
+pub fn forward_loss(
+    model: &Model,
+    params: &Params,
+    batch: &Batch,
+    loss: Loss,
+) -> Result<(Trace, f64, Tensor)> {
+    let trace = model.forward_trace(params, &batch.x)?;
+    let out = trace
+        .output()
+        .ok_or_else(|| Error::config("model", "has no layers"))?;
+    let (value, d_out) = loss.eval(out, &batch.target)?;
+    Ok((trace, value, d_out))
+}
+
 /// Carries the error `d_out` (∂L/∂output of the last layer) down the model, giving each
 /// layer its parameter gradient and recording the signal in `trace.errors`.
 ///
