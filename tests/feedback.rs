@@ -340,3 +340,22 @@ fn diagnostics_measure_angles_by_their_definition() {
             && (d[1].feedback_norm_ratio.unwrap() - 1.0).abs() < 1e-9
     );
 }
+
+#[test]
+fn rules_report_the_fixed_state_they_keep() {
+    let model = mlp("mlp:5-8-8-3", "tanh");
+    let mut p = model.init_params(Init::XavierUniform, 1).unwrap();
+    // fa: F for fc2 (8×8) and fc3 (3×8); dfa: B for both hidden blocks (3×8 each); f32.
+    for (name, floats) in [
+        ("bp", 0),
+        ("fa", 64 + 24),
+        ("dfa", 24 + 24),
+        ("bfa", 24),
+        ("usf", 0),
+        ("kp", 0),
+    ] {
+        let mut r = build_rule(name).unwrap();
+        r.init(&model, &mut p, 1).unwrap();
+        assert_eq!(r.state_bytes(), 4 * floats, "{name}");
+    }
+}

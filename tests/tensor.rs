@@ -133,6 +133,18 @@ fn elementwise_kernels_follow_their_formulas() {
         x.unary(Unary::Relu).to_vec_f64(),
         vec![0.0, 0.0, 0.0, 0.5, 1.0, 3.0]
     );
+    // sign and |x|, in f64 and in the f32 fast path
+    for d in [DType::F64, DType::F32] {
+        let xd = x.to_dtype(d);
+        assert_eq!(
+            xd.unary(Unary::Sign).to_vec_f64(),
+            vec![-1.0, -1.0, 0.0, 1.0, 1.0, 1.0]
+        );
+        assert_eq!(
+            xd.unary(Unary::Abs).to_vec_f64(),
+            vec![2.0, 0.5, 0.0, 0.5, 1.0, 3.0]
+        );
+    }
     // hard sigmoid = clamp(x/6 + 1/2, 0, 1)
     let hs = x.unary(Unary::HardSigmoid).to_vec_f64();
     assert!((hs[0] - (1.0 / 6.0)).abs() < 1e-15 && hs[5] == 1.0);

@@ -120,6 +120,10 @@ impl Rule for DirectFeedback {
         }
     }
 
+    fn state_bytes(&self) -> usize {
+        self.matrices.values().map(Tensor::size_bytes).sum()
+    }
+
     fn init(&mut self, model: &Model, _params: &mut Params, seed: u64) -> Result<()> {
         let (hidden, _) = Self::blocks(model)?;
         let mut rng =

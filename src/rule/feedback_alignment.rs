@@ -140,6 +140,15 @@ impl Rule for FeedbackAlignment {
         }
     }
 
+    fn state_bytes(&self) -> usize {
+        self.fixed.values().map(Tensor::size_bytes).sum::<usize>()
+            + self
+                .batch_magnitudes
+                .values()
+                .map(Tensor::size_bytes)
+                .sum::<usize>()
+    }
+
     fn init(&mut self, model: &Model, params: &mut Params, seed: u64) -> Result<()> {
         self.rng = crate::Rng::seed_from_u64(self.cfg.feedback_seed.unwrap_or(seed) ^ 0x0fee_dbac);
         self.fixed.clear();

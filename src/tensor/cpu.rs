@@ -115,6 +115,22 @@ pub(crate) fn unary<T: Elem>(x: &[T], f: Unary) -> Vec<T> {
             .iter()
             .map(|&v| if v > T::zero() { v } else { T::zero() })
             .collect(),
+        Unary::Sign => x
+            .iter()
+            .map(|&v| {
+                if v > T::zero() {
+                    T::one()
+                } else if v < T::zero() {
+                    T::of(-1.0)
+                } else {
+                    T::zero()
+                }
+            })
+            .collect(),
+        Unary::Abs => x
+            .iter()
+            .map(|&v| if v < T::zero() { T::of(-v.f64()) } else { v })
+            .collect(),
         _ => x.iter().map(|&v| T::of(f.apply(v.f64()))).collect(),
     }
 }
