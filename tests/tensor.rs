@@ -189,3 +189,22 @@ fn copies_are_independent() {
     assert_eq!(a.to_vec_f32(), vec![1.0, 2.0]);
     assert_eq!(b.to_vec_f32(), vec![3.0, 6.0]);
 }
+
+#[test]
+fn f32_tanh_and_sigmoid_agree_with_f64() {
+    // The f32 kernels use their own (vectorisable) evaluation; compare with f64 on a grid
+    // that covers the saturated tails.
+    let xs: Vec<f64> = (-2000..=2000).map(|i| i as f64 * 0.01).collect();
+    let x = Tensor::from_vec_f64(&[xs.len()], xs.clone()).unwrap();
+    for f in [Unary::Tanh, Unary::Sigmoid] {
+        let got = x.to_dtype(DType::F32).unary(f).to_vec_f64();
+        for (xi, g) in xs.iter().zip(&got) {
+            let want = f.apply(*xi);
+            // a few f32 ulps: 3e-7 near ±1, 1e-6 relative near 0
+            assert!(
+                (g - want).abs() < 3e-7 || (g - want).abs() < 1e-6 * want.abs(),
+                "{f:?}({xi}) = {g}, f64 gives {want}"
+            );
+        }
+    }
+}

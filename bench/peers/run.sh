@@ -26,7 +26,7 @@ mkdir -p reports runs/peers
 rows=()
 for rule in bp fa dfa usf; do
   peer=$(OMP_NUM_THREADS=$THREADS "$VENV/bin/python" bench/peers/torch_peers.py --rule $rule --data "$DATA" \
-    --model "$MODEL" --activation "$ACT" --epochs "$EPOCHS" --threads "$THREADS")
+    --model "$MODEL" --activation "$ACT" --epochs "$EPOCHS" --threads "$THREADS" | tail -n 1)
   target/release/futureprop train --quiet --data-dir "$DATA" --model "mlp:$MODEL" --activation "$ACT" \
     --init xavier-uniform --rule $rule --optimizer adam --lr 1e-3 --batch-size 128 --epochs "$EPOCHS" \
     --threads "$THREADS" --out "runs/peers/$rule" > /dev/null

@@ -98,7 +98,12 @@ impl Layer for Activation {
         Ok(())
     }
     fn input_grad(&self, _p: &Params, rec: &Record, d_out: &Tensor) -> Result<Tensor> {
-        rec.input.unary_backward(self.f, d_out)
+        // tanh′ = 1 − y² and σ′ = y(1 − y) reuse the recorded output instead of
+        // re-evaluating the function.
+        match rec.output.unary_backward_from_output(self.f, d_out)? {
+            Some(g) => Ok(g),
+            None => rec.input.unary_backward(self.f, d_out),
+        }
     }
 
     /// R{y} = f′(x) ⊙ R{x}.

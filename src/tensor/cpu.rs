@@ -11,12 +11,19 @@ pub(crate) trait Elem:
     + PartialOrd
     + std::ops::Add<Output = Self>
     + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
     + std::ops::AddAssign
     + super::gemm::One
 {
     fn f64(self) -> f64;
     fn of(x: f64) -> Self;
     fn wrap(v: Vec<Self>) -> Storage;
+    /// tanh in the type's own precision.
+    fn tanh(self) -> Self;
+    /// 1/(1 + e^−x) in the type's own precision.
+    fn sigmoid(self) -> Self;
+    /// √x.
+    fn sqrt(self) -> Self;
 }
 
 impl Elem for f32 {
@@ -31,6 +38,39 @@ impl Elem for f32 {
     fn wrap(v: Vec<Self>) -> Storage {
         Storage::F32(v)
     }
+    /// A rational minimax approximation, x·P(x²)/Q(x²) on |x| ≤ 7.905 (odd degree 13
+    /// over even degree 6, the form used by Eigen's vectorised `ptanh`); it vectorises,
+    /// unlike libm's `tanhf`, and stays within a few ulp (tested against f64 `tanh`).
+    #[inline]
+    fn tanh(self) -> Self {
+        let x = self.clamp(-7.905_311, 7.905_311);
+        let x2 = x * x;
+        let p = ((((((-2.760_768_5e-16f32 * x2 + 2.000_187_9e-13) * x2 - 8.604_671_5e-11) * x2
+            + 5.122_297e-8)
+            * x2
+            + 1.485_722_4e-5)
+            * x2
+            + 6.372_619_3e-4)
+            * x2
+            + 4.893_524_6e-3)
+            * x;
+        let q =
+            ((1.198_258_4e-6f32 * x2 + 1.185_347_1e-4) * x2 + 2.268_434_6e-3) * x2 + 4.893_525e-3;
+        p / q
+    }
+    #[inline]
+    fn sqrt(self) -> Self {
+        f32::sqrt(self)
+    }
+    #[inline]
+    fn sigmoid(self) -> Self {
+        if self >= 0.0 {
+            1.0 / (1.0 + (-self).exp())
+        } else {
+            let e = self.exp();
+            e / (1.0 + e)
+        }
+    }
 }
 
 impl Elem for f64 {
@@ -44,6 +84,18 @@ impl Elem for f64 {
     }
     fn wrap(v: Vec<Self>) -> Storage {
         Storage::F64(v)
+    }
+    #[inline]
+    fn tanh(self) -> Self {
+        f64::tanh(self)
+    }
+    #[inline]
+    fn sqrt(self) -> Self {
+        f64::sqrt(self)
+    }
+    #[inline]
+    fn sigmoid(self) -> Self {
+        Unary::Sigmoid.apply(self)
     }
 }
 
@@ -115,6 +167,8 @@ pub(crate) fn unary<T: Elem>(x: &[T], f: Unary) -> Vec<T> {
             .iter()
             .map(|&v| if v > T::zero() { v } else { T::zero() })
             .collect(),
+        Unary::Tanh => x.iter().map(|&v| v.tanh()).collect(),
+        Unary::Sigmoid => x.iter().map(|&v| v.sigmoid()).collect(),
         Unary::Sign => x
             .iter()
             .map(|&v| {
@@ -199,9 +253,15 @@ pub(crate) fn axpby_sq<T: Elem>(y: &mut [T], a: f64, b: f64, x: &[T]) {
 }
 
 pub(crate) fn adam_ratio<T: Elem>(m: &[T], v: &[T], c1: f64, c2: f64, eps: f64) -> Vec<T> {
+    // In the element type so the loop vectorises.
+    let (a, b, e) = (T::of(1.0 / c1), T::of(1.0 / c2), T::of(eps));
     m.iter()
         .zip(v)
-        .map(|(&mv, &vv)| T::of((mv.f64() / c1) / ((vv.f64() / c2).max(0.0).sqrt() + eps)))
+        .map(|(&mv, &vv)| {
+            let s = vv * b;
+            let s = if s > T::zero() { s.sqrt() } else { T::zero() };
+            mv * a / (s + e)
+        })
         .collect()
 }
 
@@ -268,4 +328,24 @@ pub(crate) fn div_shifted<T: Elem>(x: &[T], d: &[T], c: f64) -> Vec<T> {
         .zip(d)
         .map(|(a, b)| T::of(a.f64() / (b.f64() + c)))
         .collect()
+}
+
+/// d ⊙ f′ expressed through the output y = f(x): tanh′ = 1 − y², σ′ = y(1 − y).
+pub(crate) fn unary_backward_from_output<T: Elem>(y: &[T], d: &[T], f: Unary) -> Option<Vec<T>> {
+    let one = T::one();
+    match f {
+        Unary::Tanh => Some(
+            y.iter()
+                .zip(d)
+                .map(|(&v, &g)| g * (one + T::of(-1.0) * v * v))
+                .collect(),
+        ),
+        Unary::Sigmoid => Some(
+            y.iter()
+                .zip(d)
+                .map(|(&v, &g)| g * v * (one + T::of(-1.0) * v))
+                .collect(),
+        ),
+        _ => None,
+    }
 }

@@ -447,6 +447,19 @@ impl Tensor {
         Ok(Tensor::from_vec_f64(&self.shape, v)?.to_dtype(self.dtype()))
     }
 
+    /// `d_out ⊙ f′(x)` computed from the output `self` = f(x), for maps whose derivative
+    /// is a function of the output (tanh, sigmoid); `None` for the others.
+    pub fn unary_backward_from_output(&self, f: Unary, d_out: &Tensor) -> Result<Option<Tensor>> {
+        self.same_shape("unary_backward_from_output", d_out)?;
+        let data = each2!("unary_backward_from_output", &*self.data, &*d_out.data, (y, d) => {
+            cpu::unary_backward_from_output(y, d, f).map(Elem::wrap)
+        })?;
+        if data.is_some() {
+            count_elementwise(self.len(), 3, self.dtype());
+        }
+        Ok(data.map(|d| Self::new(self.shape.clone(), d)))
+    }
+
     /// PReLU with one slope per column: `y = x` for x > 0, `a_j·x` otherwise.
     pub fn prelu(&self, slope: &Tensor) -> Result<Tensor> {
         let (_, c) = self.dims2()?;
