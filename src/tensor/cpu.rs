@@ -42,6 +42,7 @@ impl Elem for f32 {
     /// over even degree 6, the form used by Eigen's vectorised `ptanh`); it vectorises,
     /// unlike libm's `tanhf`, and stays within a few ulp (tested against f64 `tanh`).
     #[inline]
+    #[allow(clippy::excessive_precision)]
     fn tanh(self) -> Self {
         let x = self.clamp(-7.905_311, 7.905_311);
         let x2 = x * x;
