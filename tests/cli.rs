@@ -587,3 +587,81 @@ fn reproduce_lists_and_runs_registry_entries() {
         (Some("mse"), Some("sigmoid"))
     );
 }
+
+#[test]
+fn accumulation_and_weight_averaging() {
+    use futureprop::train::checkpoint;
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    // One optimizer step on 100 samples: two accumulated batches of 50 or one batch of 100.
+    let common = [
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.1",
+        "--max-steps",
+        "1",
+        "--epochs",
+        "1",
+    ];
+    let mut args = common.to_vec();
+    args.extend(["--accumulate", "2"]);
+    assert!(small_train(&a, &args).status.success());
+    let mut args = common.to_vec();
+    args.extend(["--batch-size", "100"]);
+    assert!(small_train(&b, &args).status.success());
+    let (pa, pb) = (
+        checkpoint::load(&a.join("checkpoint.safetensors"))
+            .unwrap()
+            .params,
+        checkpoint::load(&b.join("checkpoint.safetensors"))
+            .unwrap()
+            .params,
+    );
+    for (n, x) in pa.iter() {
+        let (x, y) = (x.to_vec_f32(), pb.get(n).unwrap().to_vec_f32());
+        for (p, q) in x.iter().zip(&y) {
+            assert!((p - q).abs() < 1e-6, "{n}: {p} vs {q}");
+        }
+    }
+    // Averaging changes what is evaluated, not how training goes.
+    let (plain, ema, swa) = (
+        t.path().join("plain"),
+        t.path().join("ema"),
+        t.path().join("swa"),
+    );
+    assert!(small_train(&plain, &["--epochs", "2"]).status.success());
+    assert!(
+        small_train(&ema, &["--epochs", "2", "--average", "ema:0.9"])
+            .status
+            .success()
+    );
+    assert!(
+        small_train(&swa, &["--epochs", "2", "--average", "swa:1"])
+            .status
+            .success()
+    );
+    let field = |d: &Path, k: &str| -> Vec<serde_json::Value> {
+        metrics_without_timings(d)
+            .iter()
+            .map(|r| r[k].clone())
+            .collect()
+    };
+    assert_eq!(field(&plain, "train_loss"), field(&ema, "train_loss"));
+    assert_eq!(field(&plain, "train_loss"), field(&swa, "train_loss"));
+    assert_ne!(field(&plain, "test_loss"), field(&ema, "test_loss"));
+    // SWA from epoch 1: after epoch 1 the average is the weights themselves.
+    assert_eq!(field(&plain, "test_loss")[0], field(&swa, "test_loss")[0]);
+    assert_ne!(field(&plain, "test_loss")[1], field(&swa, "test_loss")[1]);
+    let d = data_dir();
+    one_line_error(
+        &[
+            "train",
+            "--data-dir",
+            d.to_str().unwrap(),
+            "--average",
+            "ema:2",
+        ],
+        &["average", "ema:DECAY"],
+    );
+}

@@ -309,6 +309,14 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     schedule: Option<String>,
+    /// Average the update over N minibatches per optimizer step [default: 1].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    accumulate: Option<usize>,
+    /// Evaluate with averaged weights: none, ema:DECAY, swa:START_EPOCH [default: none].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    average: Option<String>,
     /// Minibatch size [default: 128].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -53,6 +53,14 @@ pub struct TrainConfig {
     /// `beta1`, ... ; see [`OptimizerConfig`]), flattened into the same keys.
     #[serde(flatten)]
     pub optim: OptimizerConfig,
+    /// Average the rule's updates over N minibatches per optimizer step (gradient
+    /// accumulation; an effective batch of N × `batch_size`); default 1.
+    pub accumulate: usize,
+    /// Weight averaging used for evaluation: `none`, `ema:DECAY` (exponential moving
+    /// average after every step, Polyak & Juditsky 1992) or `swa:START_EPOCH` (uniform
+    /// average of the weights at the end of each epoch from START_EPOCH on, Izmailov et
+    /// al. 2018); default `none`. Averages are kept in the parameter store as `avg.*`.
+    pub average: String,
     /// Minibatch size; default 128.
     pub batch_size: usize,
     /// Batch size for evaluation; default 1000.
@@ -96,6 +104,8 @@ impl Default for TrainConfig {
             rule_options: RuleConfig::default(),
             diag_every: 0,
             optim: OptimizerConfig::default(),
+            accumulate: 1,
+            average: "none".into(),
             batch_size: 128,
             eval_batch_size: 1000,
             epochs: 10,

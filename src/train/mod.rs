@@ -71,6 +71,58 @@ fn count_correct(out: &crate::tensor::Tensor, b: &Batch) -> Result<usize> {
     }
 }
 
+/// Weight averaging for evaluation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Averaging {
+    None,
+    Ema(f64),
+    Swa(usize),
+}
+
+impl Averaging {
+    fn parse(s: &str) -> Result<Averaging> {
+        let bad = || {
+            Error::config(
+                "average",
+                format!("'{s}'; expected none, ema:DECAY (0 < DECAY < 1) or swa:START_EPOCH"),
+            )
+        };
+        match s.split_once(':') {
+            None if s == "none" => Ok(Averaging::None),
+            Some(("ema", d)) => match d.parse::<f64>() {
+                Ok(d) if d > 0.0 && d < 1.0 => Ok(Averaging::Ema(d)),
+                _ => Err(bad()),
+            },
+            Some(("swa", e)) => e.parse().map(Averaging::Swa).map_err(|_| bad()),
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// Names of the model's own parameters (not rule state, not averages).
+fn model_param_names(model: &Model, params: &Params) -> Vec<String> {
+    let prefixes: Vec<String> = model
+        .layers()
+        .iter()
+        .map(|l| format!("{}.", l.name()))
+        .collect();
+    params
+        .names()
+        .iter()
+        .filter(|n| prefixes.iter().any(|p| n.starts_with(p.as_str())))
+        .cloned()
+        .collect()
+}
+
+/// The parameters to evaluate: the averaged weights in place of the model's.
+fn averaged_view(params: &Params, names: &[String]) -> Result<Params> {
+    let mut p = params.clone();
+    for n in names {
+        p.insert(n.clone(), params.get(&format!("avg.{n}"))?.clone());
+    }
+    Ok(p)
+}
+
 /// The rule's update on one batch, as an [`Objective`] optimizers can re-evaluate.
 struct RuleObjective<'a> {
     rule: &'a mut dyn Rule,
@@ -320,7 +372,22 @@ pub fn run_with(
     let mut rule = build_rule_with(&cfg.rule, &cfg.rule_options)?;
     let mut params = model.init_params(Init::parse(&cfg.init)?, cfg.seed)?;
     rule.init(&model, &mut params, cfg.seed)?;
-    let steps_per_epoch = splits.train.len().div_ceil(cfg.batch_size) as u64;
+    let averaging = Averaging::parse(&cfg.average)?;
+    let model_names = model_param_names(&model, &params);
+    if averaging != Averaging::None {
+        for n in &model_names {
+            let t = params.get(n)?.clone();
+            params.insert(format!("avg.{n}"), t);
+        }
+    }
+    if cfg.accumulate == 0 {
+        return Err(Error::config("accumulate", "must be at least 1"));
+    }
+    let steps_per_epoch = splits
+        .train
+        .len()
+        .div_ceil(cfg.batch_size)
+        .div_ceil(cfg.accumulate) as u64;
     let mut total_steps = steps_per_epoch * cfg.epochs as u64;
     if let Some(m) = cfg.max_steps {
         total_steps = total_steps.min(m);
@@ -388,10 +455,12 @@ pub fn run_with(
         let mut diag_seconds = 0.0;
         let mut diag_work = crate::tensor::counters::Work::default();
         let batches = Batches::new(&splits.train, cfg.batch_size, true, cfg.seed, epoch as u64);
+        let num_batches = batches.num_batches();
+        let (mut acc, mut acc_n): (Option<Grads>, usize) = (None, 0);
         let pb = progress_bar(cfg.quiet, batches.num_batches() as u64, progress_multi);
         pb.set_prefix(format!("epoch {}/{}", epoch + 1, cfg.epochs));
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
-        for batch in batches {
+        for (batch_index, batch) in batches.enumerate() {
             if cfg.max_steps.is_some_and(|m| step >= m) {
                 break;
             }
@@ -422,7 +491,12 @@ pub fn run_with(
             // Diagnostics read the batch and parameters, never the rule's random state,
             // so they leave the trajectory unchanged.
             // Their time and counted work are kept out of the epoch's figures.
-            let diag = if cfg.diag_every > 0 && step % cfg.diag_every == 0 {
+            // With accumulation the optimizer steps once per `accumulate` batches (and at
+            // the end of the epoch) with their mean update.
+            let will_step = cfg.accumulate <= 1
+                || acc_n + 1 == cfg.accumulate
+                || batch_index + 1 == num_batches;
+            let diag = if will_step && cfg.diag_every > 0 && step % cfg.diag_every == 0 {
                 let (t, w) = (Instant::now(), crate::tensor::counters::read());
                 let bp = Backprop.step(&model, &params, &batch, loss)?;
                 let fb = rule.feedback_matrices(&model, &params)?;
@@ -442,7 +516,34 @@ pub fn run_with(
                 trace: Some(&out.trace),
                 objective: Some(&mut objective),
             };
-            optimizer.step(&mut params, &out.grads, &mut ctx)?;
+            if cfg.accumulate > 1 {
+                match acc.as_mut() {
+                    Some(a) => a.axpy(1.0, &out.grads)?,
+                    None => acc = Some(out.grads.clone()),
+                }
+                acc_n += 1;
+                if !will_step {
+                    pb.inc(1);
+                    continue;
+                }
+            }
+            let mean;
+            let grads = match acc.take() {
+                Some(mut a) => {
+                    a.scale_in_place(1.0 / acc_n as f64);
+                    acc_n = 0;
+                    mean = a;
+                    &mean
+                }
+                None => &out.grads,
+            };
+            optimizer.step(&mut params, grads, &mut ctx)?;
+            if let Averaging::Ema(d) = averaging {
+                for n in &model_names {
+                    let t = params.get(n)?.clone();
+                    params.get_mut(&format!("avg.{n}"))?.axpby(d, 1.0 - d, &t)?;
+                }
+            }
             if let Some((bp, fb, before)) = diag {
                 let (t, w) = (Instant::now(), crate::tensor::counters::read());
                 let layers =
@@ -469,10 +570,32 @@ pub fn run_with(
         train_steps += step - steps0;
         peak_above_baseline = peak_above_baseline.max(crate::mem::peak().saturating_sub(live0));
         let te = Instant::now();
+        if let Averaging::Swa(start) = averaging
+            && epoch + 1 >= start.max(1)
+        {
+            // Running mean of the end-of-epoch weights: avg ← avg + (θ − avg)/k.
+            let k = (epoch + 2 - start.max(1)) as f64;
+            for n in &model_names {
+                let t = params.get(n)?.clone();
+                params
+                    .get_mut(&format!("avg.{n}"))?
+                    .axpby(1.0 - 1.0 / k, 1.0 / k, &t)?;
+            }
+        }
+        let use_average = match averaging {
+            Averaging::None => false,
+            Averaging::Ema(_) => true,
+            Averaging::Swa(start) => epoch + 1 >= start.max(1),
+        };
+        let eval_params = if use_average {
+            averaged_view(&params, &model_names)?
+        } else {
+            params.clone()
+        };
         let test = evaluate(
             rule.as_ref(),
             &model,
-            &params,
+            &eval_params,
             &splits.test,
             loss,
             cfg.eval_batch_size,
@@ -488,7 +611,14 @@ pub fn run_with(
             "test_accuracy": test.accuracy,
         });
         if let Some(v) = &splits.validation {
-            let ev = evaluate(rule.as_ref(), &model, &params, v, loss, cfg.eval_batch_size)?;
+            let ev = evaluate(
+                rule.as_ref(),
+                &model,
+                &eval_params,
+                v,
+                loss,
+                cfg.eval_batch_size,
+            )?;
             rec["validation_loss"] = json!(ev.loss);
             rec["validation_accuracy"] = json!(ev.accuracy);
         }
@@ -538,6 +668,11 @@ pub fn run_with(
     let epoch_secs: Vec<f64> = epochs.iter().map(|r| acc(r, "epoch_seconds")).collect();
     let opt_state = optimizer.state();
     let model_bytes = model.num_parameters(&params) * 4;
+    let avg_bytes: usize = params
+        .iter()
+        .filter(|(n, _)| n.starts_with("avg."))
+        .map(|(_, t)| t.size_bytes())
+        .sum();
     let summary = json!({
         "dataset": cfg.dataset,
         "model": cfg.model,
@@ -554,9 +689,10 @@ pub fn run_with(
         "parameters": model.num_parameters(&params),
         "memory": {
             "parameter_bytes": model_bytes,
-            "optimizer_state_bytes": opt_state.tensors.size_bytes(),
+            // Weight averages (`avg.*`) count as optimizer state.
+            "optimizer_state_bytes": opt_state.tensors.size_bytes() + avg_bytes,
             "activation_bytes_per_step": activation_bytes,
-            "rule_state_bytes": params.size_bytes() - model_bytes + rule.state_bytes(),
+            "rule_state_bytes": params.size_bytes() - model_bytes - avg_bytes + rule.state_bytes(),
             "peak_training_bytes_above_baseline": if crate::mem::installed() { json!(peak_above_baseline) } else { Value::Null },
             "allocator": if crate::mem::installed() { "counting" } else { "not installed" },
         },
