@@ -5,7 +5,8 @@
 //! prints the median step time in milliseconds over S steps (default 300) after 30
 //! warm-up steps, the step's counted GEMM FLOPs, and (for the default model) the
 //! throughput of each GEMM shape. `bench/step_vs_pytorch.sh` compares BP with PyTorch;
-//! `bench/rule_speed.sh` compares rules with BP.
+//! `bench/rule_speed.sh` compares rules with BP; `--optimizer a,b,...` runs every
+//! rule × optimizer interleaved (`bench/optimizer_speed.sh`).
 
 use std::time::Instant;
 
@@ -13,6 +14,38 @@ use futureprop::nn::{Init, Loss, Model, ModelSpec, Target};
 use futureprop::optim::{OptimizerConfig, StepContext, build_optimizer};
 use futureprop::rule::{Batch, build_rule};
 use futureprop::tensor::Tensor;
+
+/// The rule's update on the benchmark batch, for optimizers that re-evaluate it.
+struct BenchObjective<'a> {
+    rule: &'a mut dyn futureprop::rule::Rule,
+    model: &'a Model,
+    batch: &'a Batch,
+}
+
+impl futureprop::optim::Objective for BenchObjective<'_> {
+    fn evaluate(
+        &mut self,
+        p: &futureprop::nn::Params,
+    ) -> futureprop::Result<(f64, futureprop::nn::Grads)> {
+        let out = self
+            .rule
+            .step(self.model, p, self.batch, Loss::CrossEntropy)?;
+        Ok((out.loss, out.grads))
+    }
+    fn gauss_newton_vector(
+        &mut self,
+        p: &futureprop::nn::Params,
+        v: &futureprop::nn::Params,
+    ) -> futureprop::Result<futureprop::nn::Grads> {
+        futureprop::optim::curvature::gauss_newton_vector(
+            self.model,
+            p,
+            &self.batch.x,
+            Loss::CrossEntropy,
+            v,
+        )
+    }
+}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -61,6 +94,7 @@ fn main() -> futureprop::Result<()> {
     let steps = arg(&args, "--steps", 300);
     let json = args.iter().any(|a| a == "--json");
     let rule_name = arg_str(&args, "--rule", "bp");
+    let optimizer_names = arg_str(&args, "--optimizer", "sgd");
     let spec = arg_str(&args, "--model", "mlp:784-1000-1000-10");
     let widths: Vec<usize> = spec
         .trim_start_matches("mlp:")
@@ -80,20 +114,24 @@ fn main() -> futureprop::Result<()> {
         // Several rules (`--rule bp,fa,dfa`) run interleaved step by step in one process,
         // so the machine's drift affects them alike; each keeps its own parameters.
         let names: Vec<String> = rule_name.split(',').map(str::to_string).collect();
+        let opt_names: Vec<String> = optimizer_names.split(',').map(str::to_string).collect();
         let mut arms = Vec::new();
         for name in &names {
-            let mut params = model.init_params(Init::Torch, 0)?;
-            let mut rule = build_rule(name)?;
-            rule.init(&model, &mut params, 0)?;
-            let opt = build_optimizer(
-                &OptimizerConfig {
-                    name: "sgd".into(),
-                    lr: 0.01,
-                    ..Default::default()
-                },
-                1 << 30,
-            )?;
-            arms.push((name.clone(), params, rule, opt, Vec::with_capacity(steps)));
+            for o in &opt_names {
+                let mut params = model.init_params(Init::Torch, 0)?;
+                let mut rule = build_rule(name)?;
+                rule.init(&model, &mut params, 0)?;
+                let lr = if matches!(o.as_str(), "hf" | "lbfgs") { 1.0 } else { 0.01 };
+                let opt = build_optimizer(
+                    &OptimizerConfig {
+                        name: o.clone(),
+                        lr,
+                        ..Default::default()
+                    },
+                    1 << 30,
+                )?;
+                arms.push((name.clone(), o.clone(), params, rule, opt, Vec::with_capacity(steps)));
+            }
         }
         let n = 128;
         let (inputs, classes) = (widths[0], *widths.last().unwrap_or(&1));
@@ -103,23 +141,32 @@ fn main() -> futureprop::Result<()> {
             target: Target::Classes((0..n).map(|i| i % classes).collect()),
         };
         for i in 0..steps + 30 {
-            for (_, params, rule, opt, times) in arms.iter_mut() {
+            for (_, _, params, rule, opt, times) in arms.iter_mut() {
                 let t = Instant::now();
                 let out = rule.step(&model, params, &batch, Loss::CrossEntropy)?;
-                opt.step(params, &out.grads, &mut StepContext::empty())?;
+                let mut objective = BenchObjective {
+                    rule: rule.as_mut(),
+                    model: &model,
+                    batch: &batch,
+                };
+                let mut ctx = StepContext {
+                    trace: Some(&out.trace),
+                    objective: Some(&mut objective),
+                };
+                opt.step(params, &out.grads, &mut ctx)?;
                 if i >= 30 {
                     times.push(t.elapsed().as_secs_f64());
                 }
             }
         }
-        let results: Vec<(String, f64, f64)> = arms
+        let results: Vec<(String, String, f64, f64)> = arms
             .into_iter()
-            .map(|(name, _, _, _, times)| {
+            .map(|(name, o, _, _, _, times)| {
                 let f = step_flops(&widths, n, &name);
-                (name, median(times) * 1e3, f)
+                (name, o, median(times) * 1e3, f)
             })
             .collect();
-        let (step_ms, flops) = (results[0].1, results[0].2);
+        let (step_ms, flops) = (results[0].2, results[0].3);
         // The GEMMs of the step: forward x·Wᵀ, weight gradients δᵀ·x, input errors δ·W.
         let shapes: [(usize, usize, usize, bool, bool, &str); 8] = [
             (128, 1000, 784, false, true, "fwd1 x·W1ᵀ"),
@@ -155,16 +202,16 @@ fn main() -> futureprop::Result<()> {
                 .collect();
             let rules: Vec<_> = results
                 .iter()
-                .map(|(r, ms, f)| serde_json::json!({"rule": r, "step_ms": ms, "gemm_flops": f}))
+                .map(|(r, o, ms, f)| serde_json::json!({"rule": r, "optimizer": o, "step_ms": ms, "gemm_flops": f}))
                 .collect();
             println!(
                 "{}",
                 serde_json::json!({"threads": threads, "rule": results[0].0, "model": spec, "step_ms": step_ms, "gemm_flops": flops, "rules": rules, "gemm": g})
             );
         } else {
-            for (r, ms, f) in &results {
+            for (r, o, ms, f) in &results {
                 println!(
-                    "futureprop {r} step of {spec} (batch 128, {threads} thread(s)): median {ms:.3} ms over {steps} steps, {:.3} GFLOP of GEMM",
+                    "futureprop {r}+{o} step of {spec} (batch 128, {threads} thread(s)): median {ms:.3} ms over {steps} steps, {:.3} GFLOP of GEMM",
                     f / 1e9
                 );
             }
