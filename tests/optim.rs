@@ -163,10 +163,10 @@ fn two_step_fixtures_match_pytorch() {
 type F = fn(&[f64]) -> (f64, Vec<f64>);
 type Gn = fn(&[f64], &[f64]) -> Vec<f64>;
 
-/// A differentiable test function of θ ∈ ℝⁿ and its Gauss–Newton product, usable as the
-/// step's objective (SAM, L-BFGS, Hessian-free). Each function is a sum of squared
-/// residuals f = Σ rₖ(θ)², so G = 2JᵀJ.
-struct Fun(F, Gn);
+/// A differentiable test function of θ ∈ ℝⁿ with its Gauss–Newton and Hessian products,
+/// usable as the step's objective (SAM, L-BFGS, Hessian-free, Sophia). Each function is a
+/// sum of squared residuals f = Σ rₖ(θ)², so G = 2JᵀJ.
+struct Fun(F, Gn, Gn);
 
 impl Objective for Fun {
     fn evaluate(&mut self, p: &Params) -> futureprop::Result<(f64, Grads)> {
@@ -180,6 +180,20 @@ impl Objective for Fun {
             &v.get("w")?.to_vec_f64(),
         )))
     }
+
+    fn hessian_vector(&mut self, p: &Params, v: &Params) -> futureprop::Result<Grads> {
+        Ok(params(&(self.2)(
+            &p.get("w")?.to_vec_f64(),
+            &v.get("w")?.to_vec_f64(),
+        )))
+    }
+}
+
+/// H·v of Rosenbrock: H = [[2 − 400(y − x²) + 800x², −400x], [−400x, 200]].
+fn rosenbrock_hv(t: &[f64], v: &[f64]) -> Vec<f64> {
+    let (x, y) = (t[0], t[1]);
+    let (a, b, c) = (2.0 - 400.0 * (y - x * x) + 800.0 * x * x, -400.0 * x, 200.0);
+    vec![a * v[0] + b * v[1], b * v[0] + c * v[1]]
 }
 
 /// G·v of the quadratic below: diag(a)·v.
@@ -230,10 +244,10 @@ fn rosenbrock(t: &[f64]) -> (f64, Vec<f64>) {
     )
 }
 
-fn minimise(conf: &OptimizerConfig, f: F, gn: Gn, start: &[f64], steps: u64) -> Vec<f64> {
+fn minimise(conf: &OptimizerConfig, f: F, gn: Gn, hv: Gn, start: &[f64], steps: u64) -> Vec<f64> {
     let mut opt = build_optimizer(conf, steps).unwrap();
     let mut p = params(start);
-    let mut obj = Fun(f, gn);
+    let mut obj = Fun(f, gn, hv);
     for _ in 0..steps {
         let (_, g) = f(&p.get("w").unwrap().to_vec_f64());
         let mut ctx = StepContext {
@@ -271,7 +285,14 @@ fn every_optimizer_converges_on_an_ill_conditioned_quadratic() {
         } else {
             3000
         };
-        let th = minimise(&tuned(name, lr), quadratic, quadratic_gn, &[0.0; 4], steps);
+        let th = minimise(
+            &tuned(name, lr),
+            quadratic,
+            quadratic_gn,
+            quadratic_gn,
+            &[0.0; 4],
+            steps,
+        );
         let err = th
             .iter()
             .zip(c)
@@ -300,6 +321,7 @@ fn every_optimizer_reaches_the_rosenbrock_minimum() {
             &tuned(name, lr),
             rosenbrock,
             rosenbrock_gn,
+            rosenbrock_hv,
             &[-1.0, 1.5],
             steps,
         );
@@ -314,7 +336,11 @@ fn no_optimizer_produces_nan_on_zero_gradients() {
     for (name, _) in OPTIMIZERS.iter().filter(|(n, _)| *n != "natgrad") {
         let mut opt = build_optimizer(&cfg(name, 0.1), 10).unwrap();
         let mut p = params(&[0.5, -1.5, 2.0]);
-        let mut obj = Fun(|_| (0.0, vec![0.0; 3]), |_, v| vec![0.0; v.len()]);
+        let mut obj = Fun(
+            |_| (0.0, vec![0.0; 3]),
+            |_, v| vec![0.0; v.len()],
+            |_, v| vec![0.0; v.len()],
+        );
         for _ in 0..3 {
             let mut ctx = StepContext {
                 trace: None,
@@ -366,7 +392,7 @@ fn sam_with_zero_radius_is_its_inner_optimizer_and_needs_an_objective() {
         let mut sam = build_optimizer(&conf, 10).unwrap();
         let mut adam = build_optimizer(&cfg("adam", 0.1), 10).unwrap();
         let (mut p, mut q) = (params(&[0.5, -1.5, 2.0]), params(&[0.5, -1.5, 2.0]));
-        let mut obj = Fun(half_square, identity_gn);
+        let mut obj = Fun(half_square, identity_gn, identity_gn);
         sam.step(
             &mut p,
             &g,
@@ -393,7 +419,7 @@ fn sam_with_zero_radius_is_its_inner_optimizer_and_needs_an_objective() {
     };
     let mut sam = build_optimizer(&conf, 10).unwrap();
     let mut p = params(&[3.0, 4.0, 0.0]);
-    let mut obj = Fun(half_square, identity_gn);
+    let mut obj = Fun(half_square, identity_gn, identity_gn);
     sam.step(
         &mut p,
         &params(&[3.0, 4.0, 0.0]),
@@ -561,7 +587,7 @@ fn lbfgs_reaches_the_rosenbrock_minimum_to_1e_8() {
     };
     let mut opt = build_optimizer(&conf, 100).unwrap();
     let mut p = params(&[-1.2, 1.0]);
-    let mut obj = Fun(rosenbrock, rosenbrock_gn);
+    let mut obj = Fun(rosenbrock, rosenbrock_gn, rosenbrock_hv);
     let mut iterations = 0;
     for i in 0..200 {
         let (_, g) = rosenbrock(&p.get("w").unwrap().to_vec_f64());
@@ -591,4 +617,44 @@ fn lbfgs_reaches_the_rosenbrock_minimum_to_1e_8() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("objective"), "{e}");
+}
+
+#[test]
+fn sophia_clips_each_coordinate_step_to_the_learning_rate() {
+    // Far from the minimum of ½‖θ‖², m/max(γh, ε) is huge, so every coordinate moves by
+    // exactly η·sign(m): θ = (100, −100, 0) → (99.5, −99.5, 0) with η = 0.5.
+    for estimator in ["hutchinson", "gauss-newton"] {
+        let conf = OptimizerConfig {
+            sophia_estimator: estimator.into(),
+            ..cfg("sophia", 0.5)
+        };
+        let mut opt = build_optimizer(&conf, 10).unwrap();
+        let mut p = params(&[100.0, -100.0, 0.0]);
+        let mut obj = Fun(half_square, identity_gn, identity_gn);
+        let g = params(&[100.0, -100.0, 0.0]);
+        opt.step(
+            &mut p,
+            &g,
+            &mut StepContext {
+                trace: None,
+                objective: Some(&mut obj),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            p.get("w").unwrap().to_vec_f64(),
+            vec![99.5, -99.5, 0.0],
+            "{estimator}"
+        );
+    }
+    assert!(
+        build_optimizer(
+            &OptimizerConfig {
+                sophia_estimator: "magic".into(),
+                ..cfg("sophia", 0.1)
+            },
+            1
+        )
+        .is_err()
+    );
 }

@@ -305,6 +305,30 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     inner: Option<String>,
+    /// L-BFGS history length [default: 10].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lbfgs_history: Option<usize>,
+    /// Hessian-free initial damping λ [default: 1].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    damping: Option<f64>,
+    /// Hessian-free CG iterations per step [default: 50].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_cg: Option<usize>,
+    /// Sophia curvature estimator: hutchinson, gauss-newton [default: hutchinson].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sophia_estimator: Option<String>,
+    /// Sophia γ [default: 0.01].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sophia_gamma: Option<f64>,
+    /// Steps between Sophia's curvature estimates [default: 10].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sophia_every: Option<u64>,
     /// Schedule: constant, step:EVERY:GAMMA, cosine[:FLOOR], robbins-monro:TAU, warmup:N,<schedule> [default: constant].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

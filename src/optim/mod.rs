@@ -30,11 +30,13 @@ mod hessian_free;
 mod lbfgs;
 mod natgrad;
 mod schedule;
+mod sophia;
 pub mod transform;
 
 pub use hessian_free::HessianFree;
 pub use lbfgs::Lbfgs;
 pub use natgrad::NaturalGradient;
+pub use sophia::Sophia;
 
 pub use schedule::{Decay, SCHEDULE_NAMES, Schedule};
 
@@ -165,6 +167,13 @@ pub struct OptimizerConfig {
     pub curvature_decay: f64,
     /// Maximum CG iterations per `hf` step; default 50.
     pub max_cg: usize,
+    /// Sophia's curvature estimator: `hutchinson` (Hessian) or `gauss-newton`; default
+    /// `hutchinson`.
+    pub sophia_estimator: String,
+    /// Sophia's γ; default 0.01.
+    pub sophia_gamma: f64,
+    /// Steps between Sophia's curvature estimates; default 10.
+    pub sophia_every: u64,
 }
 
 impl Default for OptimizerConfig {
@@ -196,6 +205,9 @@ impl Default for OptimizerConfig {
             natgrad_damping: 1e-4,
             curvature_decay: 0.95,
             max_cg: 50,
+            sophia_estimator: "hutchinson".into(),
+            sophia_gamma: 0.01,
+            sophia_every: 10,
         }
     }
 }
@@ -240,6 +252,28 @@ pub fn build_optimizer(cfg: &OptimizerConfig, total_steps: u64) -> Result<Box<dy
             return Err(Error::config("damping", "must be positive"));
         }
         return Ok(Box::new(HessianFree::new(cfg.lr, cfg.damping, cfg.max_cg)));
+    }
+    if cfg.name == "sophia" {
+        let gauss_newton = match cfg.sophia_estimator.as_str() {
+            "hutchinson" => false,
+            "gauss-newton" => true,
+            other => {
+                return Err(Error::unknown(
+                    "sophia estimator",
+                    other,
+                    &["hutchinson", "gauss-newton"],
+                ));
+            }
+        };
+        return Ok(Box::new(Sophia::new(
+            cfg.lr,
+            cfg.beta1,
+            cfg.beta2,
+            cfg.sophia_gamma,
+            cfg.weight_decay,
+            cfg.sophia_every,
+            gauss_newton,
+        )));
     }
     if cfg.name == "natgrad" {
         return Ok(Box::new(NaturalGradient::new(

@@ -1,0 +1,150 @@
+//! Sophia (Liu, Li, Hall, Liang & Ma 2023, "Sophia: a scalable stochastic second-order
+//! optimizer for language model pre-training"):
+//!
+//! m ← β₁m + (1−β₁)g; every k steps h ← β₂h + (1−β₂)ĥ with ĥ a diagonal curvature
+//! estimate; θ ← θ − ηλθ − η·clip(m / max(γh, ε), 1).
+//!
+//! ĥ: Hutchinson, ĥ = u ⊙ (Hu) with u ~ N(0, I) and exact Hessian–vector products, or
+//! the Gauss–Newton variant ĥ = u ⊙ (Gu) (positive semi-definite; our stand-in for the
+//! paper's Gauss–Newton–Bartlett estimator, which samples labels). Both come from the
+//! step's objective.
+
+use rand::SeedableRng;
+use rand_distr::{Distribution, StandardNormal};
+
+use super::{Optimizer, OptimizerState, StepContext};
+use crate::error::{Error, Result};
+use crate::nn::{Grads, Params};
+use crate::tensor::Tensor;
+
+/// Sophia's state and settings.
+pub struct Sophia {
+    lr: f64,
+    beta1: f64,
+    beta2: f64,
+    gamma: f64,
+    weight_decay: f64,
+    every: u64,
+    gauss_newton: bool,
+    m: Params,
+    h: Params,
+    rng: crate::Rng,
+    step: u64,
+}
+
+impl Sophia {
+    /// Sophia with step η, β₁, β₂, γ, decoupled decay λ, estimate interval k and
+    /// estimator (Gauss–Newton when `gauss_newton`, else Hutchinson on the Hessian).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        gamma: f64,
+        weight_decay: f64,
+        every: u64,
+        gauss_newton: bool,
+    ) -> Self {
+        Sophia {
+            lr,
+            beta1,
+            beta2,
+            gamma,
+            weight_decay,
+            every: every.max(1),
+            gauss_newton,
+            m: Params::new(),
+            h: Params::new(),
+            rng: crate::Rng::seed_from_u64(0x50f1a),
+            step: 0,
+        }
+    }
+}
+
+impl Optimizer for Sophia {
+    fn name(&self) -> &str {
+        "sophia"
+    }
+
+    fn step(&mut self, params: &mut Params, grads: &Grads, ctx: &mut StepContext) -> Result<()> {
+        self.step += 1;
+        for (n, g) in grads.iter() {
+            match self.m.get_mut(n) {
+                Ok(m) => m.axpby(self.beta1, 1.0 - self.beta1, g)?,
+                Err(_) => self.m.insert(n, g.scale(1.0 - self.beta1)),
+            }
+        }
+        if self.step % self.every == 1 || self.every == 1 {
+            let obj = ctx.objective.as_mut().ok_or_else(|| {
+                Error::config("optimizer", "sophia needs an objective for its curvature estimate (the trainer provides one)")
+            })?;
+            let mut u = Params::new();
+            for (n, g) in grads.iter() {
+                let v: Vec<f64> = (0..g.len())
+                    .map(|_| StandardNormal.sample(&mut self.rng))
+                    .collect();
+                u.insert(n, Tensor::from_vec_f64(g.shape(), v)?.to_dtype(g.dtype()));
+            }
+            let hu = if self.gauss_newton {
+                obj.gauss_newton_vector(params, &u)?
+            } else {
+                obj.hessian_vector(params, &u)?
+            };
+            for (n, ui) in u.iter() {
+                let est = ui.mul(hu.get(n)?)?;
+                match self.h.get_mut(n) {
+                    Ok(h) => h.axpby(self.beta2, 1.0 - self.beta2, &est)?,
+                    Err(_) => self.h.insert(n, est.scale(1.0 - self.beta2)),
+                }
+            }
+        }
+        for (n, _) in grads.iter() {
+            let m = self.m.get(n)?;
+            // max(γh, ε) with ε = 1e-12, then the ratio clipped to [−1, 1].
+            let mut floor = match self.h.get(n) {
+                Ok(h) => h.scale(self.gamma),
+                Err(_) => Tensor::zeros(m.shape(), m.dtype()),
+            };
+            floor.max_in_place(&Tensor::full(m.shape(), 1e-12, m.dtype()))?;
+            let ratio = m.div_shifted(&floor, 0.0)?.clamp_abs(1.0);
+            let p = params.get_mut(n)?;
+            if self.weight_decay > 0.0 {
+                p.scale_in_place(1.0 - self.lr * self.weight_decay);
+            }
+            p.axpy(-self.lr, &ratio)?;
+        }
+        Ok(())
+    }
+
+    fn learning_rate(&self) -> f64 {
+        self.lr
+    }
+
+    fn state(&self) -> OptimizerState {
+        let mut tensors = Params::new();
+        for (n, t) in self.m.iter() {
+            tensors.insert(format!("m/{n}"), t.clone());
+        }
+        for (n, t) in self.h.iter() {
+            tensors.insert(format!("h/{n}"), t.clone());
+        }
+        OptimizerState {
+            step: self.step,
+            tensors,
+        }
+    }
+
+    fn load_state(&mut self, state: &OptimizerState) -> Result<()> {
+        self.step = state.step;
+        self.m = Params::new();
+        self.h = Params::new();
+        for (n, t) in state.tensors.iter() {
+            if let Some(k) = n.strip_prefix("m/") {
+                self.m.insert(k, t.clone());
+            } else if let Some(k) = n.strip_prefix("h/") {
+                self.h.insert(k, t.clone());
+            }
+        }
+        Ok(())
+    }
+}
