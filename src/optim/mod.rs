@@ -234,6 +234,48 @@ pub const OPTIMIZERS: &[(&str, &str)] = &[
         "adamw",
         "AdamW: Adam with decoupled weight decay (Loshchilov & Hutter 2019)",
     ),
+    (
+        "rmsprop",
+        "RMSProp: g/√(EMA of g²), centred and momentum options (Hinton 2012)",
+    ),
+    ("adagrad", "Adagrad: g/√(Σg²) (Duchi, Hazan & Singer 2011)"),
+    ("nadam", "NAdam: Adam with Nesterov momentum (Dozat 2016)"),
+    (
+        "lars",
+        "LARS: momentum SGD with layer-wise trust ratio c‖θ‖/‖u‖ (You et al. 2017)",
+    ),
+    (
+        "lamb",
+        "LAMB: AdamW with layer-wise trust ratio (You et al. 2020)",
+    ),
+    (
+        "lion",
+        "Lion: sign of interpolated momentum (Chen et al. 2023)",
+    ),
+    (
+        "sam",
+        "SAM: inner step with the update at θ + ρg/‖g‖ (Foret et al. 2021); --inner NAME",
+    ),
+    (
+        "asam",
+        "ASAM: scale-invariant SAM, ε = ρT²g/‖Tg‖, T = |θ| + η (Kwon et al. 2021); --inner NAME",
+    ),
+    (
+        "lbfgs",
+        "L-BFGS: two-loop recursion with strong-Wolfe line search (Liu & Nocedal 1989)",
+    ),
+    (
+        "hf",
+        "Hessian-free: CG on damped Gauss–Newton products, LM damping (Martens 2010)",
+    ),
+    (
+        "natgrad",
+        "natural gradient with diagonal empirical Fisher from the trace (Amari 1998)",
+    ),
+    (
+        "sophia",
+        "Sophia: clipped m/max(γh, ε), h a Hutchinson or Gauss–Newton diagonal (Liu et al. 2023)",
+    ),
 ];
 
 /// Builds a named optimizer for a run of `total_steps` steps.
@@ -267,6 +309,7 @@ pub fn build_optimizer(cfg: &OptimizerConfig, total_steps: u64) -> Result<Box<dy
         };
         return Ok(Box::new(Sophia::new(
             cfg.lr,
+            Schedule::parse(&cfg.schedule, total_steps)?,
             cfg.beta1,
             cfg.beta2,
             cfg.sophia_gamma,
@@ -278,6 +321,7 @@ pub fn build_optimizer(cfg: &OptimizerConfig, total_steps: u64) -> Result<Box<dy
     if cfg.name == "natgrad" {
         return Ok(Box::new(NaturalGradient::new(
             cfg.lr,
+            Schedule::parse(&cfg.schedule, total_steps)?,
             cfg.natgrad_damping,
             cfg.curvature_decay,
         )));

@@ -8,7 +8,7 @@
 //! the rule assigned as δ is used, so this works with DFA as with BP. Parameters outside
 //! Linear layers fall back to the squared minibatch gradient.
 
-use super::{Optimizer, OptimizerState, StepContext};
+use super::{Optimizer, OptimizerState, Schedule, StepContext};
 use crate::error::{Error, Result};
 use crate::nn::{Grads, Params, Trace};
 use crate::tensor::Tensor;
@@ -16,6 +16,7 @@ use crate::tensor::Tensor;
 /// Diagonal natural-gradient optimizer.
 pub struct NaturalGradient {
     lr: f64,
+    schedule: Schedule,
     damping: f64,
     decay: f64,
     fisher: Params,
@@ -24,9 +25,10 @@ pub struct NaturalGradient {
 
 impl NaturalGradient {
     /// Step size η, damping λ and EMA decay of the Fisher estimate.
-    pub fn new(lr: f64, damping: f64, decay: f64) -> Self {
+    pub fn new(lr: f64, schedule: Schedule, damping: f64, decay: f64) -> Self {
         NaturalGradient {
             lr,
+            schedule,
             damping,
             decay,
             fisher: Params::new(),
@@ -85,15 +87,16 @@ impl Optimizer for NaturalGradient {
                 Err(_) => self.fisher.insert(n, f.clone()),
             }
         }
+        let lr = self.lr * self.schedule.factor(self.step - 1);
         for (n, g) in grads.iter() {
             let u: Tensor = g.div_shifted(self.fisher.get(n)?, self.damping)?;
-            params.get_mut(n)?.axpy(-self.lr, &u)?;
+            params.get_mut(n)?.axpy(-lr, &u)?;
         }
         Ok(())
     }
 
     fn learning_rate(&self) -> f64 {
-        self.lr
+        self.lr * self.schedule.factor(self.step)
     }
 
     fn state(&self) -> OptimizerState {

@@ -12,7 +12,7 @@
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 
-use super::{Optimizer, OptimizerState, StepContext};
+use super::{Optimizer, OptimizerState, Schedule, StepContext};
 use crate::error::{Error, Result};
 use crate::nn::{Grads, Params};
 use crate::tensor::Tensor;
@@ -20,6 +20,7 @@ use crate::tensor::Tensor;
 /// Sophia's state and settings.
 pub struct Sophia {
     lr: f64,
+    schedule: Schedule,
     beta1: f64,
     beta2: f64,
     gamma: f64,
@@ -38,6 +39,7 @@ impl Sophia {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         lr: f64,
+        schedule: Schedule,
         beta1: f64,
         beta2: f64,
         gamma: f64,
@@ -47,6 +49,7 @@ impl Sophia {
     ) -> Self {
         Sophia {
             lr,
+            schedule,
             beta1,
             beta2,
             gamma,
@@ -98,6 +101,7 @@ impl Optimizer for Sophia {
                 }
             }
         }
+        let lr = self.lr * self.schedule.factor(self.step - 1);
         for (n, _) in grads.iter() {
             let m = self.m.get(n)?;
             // max(γh, ε) with ε = 1e-12, then the ratio clipped to [−1, 1].
@@ -109,15 +113,15 @@ impl Optimizer for Sophia {
             let ratio = m.div_shifted(&floor, 0.0)?.clamp_abs(1.0);
             let p = params.get_mut(n)?;
             if self.weight_decay > 0.0 {
-                p.scale_in_place(1.0 - self.lr * self.weight_decay);
+                p.scale_in_place(1.0 - lr * self.weight_decay);
             }
-            p.axpy(-self.lr, &ratio)?;
+            p.axpy(-lr, &ratio)?;
         }
         Ok(())
     }
 
     fn learning_rate(&self) -> f64 {
-        self.lr
+        self.lr * self.schedule.factor(self.step)
     }
 
     fn state(&self) -> OptimizerState {
