@@ -22,6 +22,19 @@ pub trait Transform: Send + std::fmt::Debug {
     }
 }
 
+/// `state`/`load_state` for a transform whose whole state is one [`Params`] field.
+macro_rules! single_state {
+    ($field:ident) => {
+        fn state(&self) -> Params {
+            self.$field.clone()
+        }
+        fn load_state(&mut self, state: &Params) -> Result<()> {
+            self.$field = state.clone();
+            Ok(())
+        }
+    };
+}
+
 /// Applies transforms in order.
 #[derive(Debug, Default)]
 pub struct Chain(pub Vec<Box<dyn Transform>>);
@@ -346,13 +359,7 @@ impl Transform for ScaleByRms {
         }
         Ok(())
     }
-    fn state(&self) -> Params {
-        self.state.clone()
-    }
-    fn load_state(&mut self, state: &Params) -> Result<()> {
-        self.state = state.clone();
-        Ok(())
-    }
+    single_state!(state);
 }
 
 /// Adagrad (Duchi, Hazan & Singer 2011): s ← s + g², u = g/(√s + ε).
@@ -385,13 +392,7 @@ impl Transform for ScaleByAdagrad {
         }
         Ok(())
     }
-    fn state(&self) -> Params {
-        self.sum.clone()
-    }
-    fn load_state(&mut self, state: &Params) -> Result<()> {
-        self.sum = state.clone();
-        Ok(())
-    }
+    single_state!(sum);
 }
 
 /// NAdam as PyTorch (Dozat 2016, with momentum decay ψ = 0.004):
@@ -451,13 +452,7 @@ impl Transform for ScaleByNadam {
         }
         Ok(())
     }
-    fn state(&self) -> Params {
-        self.state.clone()
-    }
-    fn load_state(&mut self, state: &Params) -> Result<()> {
-        self.state = state.clone();
-        Ok(())
-    }
+    single_state!(state);
 }
 
 /// Lion (Chen et al. 2023, "Symbolic discovery of optimization algorithms"):
@@ -496,13 +491,7 @@ impl Transform for ScaleByLion {
         }
         Ok(())
     }
-    fn state(&self) -> Params {
-        self.m.clone()
-    }
-    fn load_state(&mut self, state: &Params) -> Result<()> {
-        self.m = state.clone();
-        Ok(())
-    }
+    single_state!(m);
 }
 
 /// Layer-wise trust ratio (You et al. 2017 LARS, 2020 LAMB): each parameter tensor's
