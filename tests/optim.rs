@@ -16,6 +16,10 @@ use futureprop::optim::{
 };
 use futureprop::tensor::Tensor;
 
+/// Optimizers that read a network's trace (per-layer inputs and errors); tested in
+/// tests/curvature.rs and tests/kfac.rs.
+const NEEDS_TRACE: &[&str] = &["natgrad", "kfac"];
+
 fn cfg(name: &str, lr: f64) -> OptimizerConfig {
     OptimizerConfig {
         name: name.into(),
@@ -277,7 +281,7 @@ fn tuned(name: &str, lr: f64) -> OptimizerConfig {
 #[test]
 fn every_optimizer_converges_on_an_ill_conditioned_quadratic() {
     let c = [1.0, -2.0, 0.5, 3.0];
-    for (name, _) in OPTIMIZERS.iter().filter(|(n, _)| *n != "natgrad") {
+    for (name, _) in OPTIMIZERS.iter().filter(|(n, _)| !NEEDS_TRACE.contains(n)) {
         let lr = match *name {
             "adam" | "adamw" | "nadam" | "lion" => 0.05,
             "lars" | "lamb" | "hf" | "lbfgs" => 1.0,
@@ -308,7 +312,7 @@ fn every_optimizer_converges_on_an_ill_conditioned_quadratic() {
 
 #[test]
 fn every_optimizer_reaches_the_rosenbrock_minimum() {
-    for (name, _) in OPTIMIZERS.iter().filter(|(n, _)| *n != "natgrad") {
+    for (name, _) in OPTIMIZERS.iter().filter(|(n, _)| !NEEDS_TRACE.contains(n)) {
         let lr = match *name {
             "momentum" | "nesterov" => 2e-4,
             "hf" | "lbfgs" => 1.0,
@@ -337,7 +341,7 @@ fn every_optimizer_reaches_the_rosenbrock_minimum() {
 #[test]
 fn no_optimizer_produces_nan_on_zero_gradients() {
     // natgrad needs a network's trace; it has its own tests in tests/curvature.rs.
-    for (name, _) in OPTIMIZERS.iter().filter(|(n, _)| *n != "natgrad") {
+    for (name, _) in OPTIMIZERS.iter().filter(|(n, _)| !NEEDS_TRACE.contains(n)) {
         let mut opt = build_optimizer(&cfg(name, 0.1), 10).unwrap();
         let mut p = params(&[0.5, -1.5, 2.0]);
         let mut obj = Fun(

@@ -329,6 +329,42 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     sophia_every: Option<u64>,
+    /// K-FAC Tikhonov damping λ (factored, π-corrected) [default: 0.03].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kfac_damping: Option<f64>,
+    /// Natural-gradient damping λ [default: 1e-4].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    natgrad_damping: Option<f64>,
+    /// EMA decay of curvature estimates (natgrad, kfac) [default: 0.95].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    curvature_decay: Option<f64>,
+    /// K-FAC G factor: sampled, empirical, gauss-newton [default: sampled].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kfac_fisher: Option<String>,
+    /// K-FAC factor inversion: cholesky, eigen [default: cholesky].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kfac_inverse: Option<String>,
+    /// Steps between K-FAC factor updates [default: 1].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kfac_cov_every: Option<u64>,
+    /// Steps between K-FAC inverse refreshes [default: 20].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kfac_inv_every: Option<u64>,
+    /// K-FAC KL-clipping bound κ, 0 = off [default: 0].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kfac_kl_clip: Option<f64>,
+    /// Seed of K-FAC's sampled targets [default: 0].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kfac_seed: Option<u64>,
     /// Schedule: constant, step:EVERY:GAMMA, cosine[:FLOOR], robbins-monro:TAU, warmup:N,<schedule> [default: constant].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

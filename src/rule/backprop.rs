@@ -2,7 +2,8 @@
 
 use super::{Batch, Rule, StepOutput, backward_chain};
 use crate::error::Result;
-use crate::nn::{Grads, Loss, Model, Params};
+use crate::nn::{Grads, Loss, Model, Params, Trace};
+use crate::tensor::Tensor;
 
 /// Backpropagation (Rumelhart, Hinton & Williams 1986): δ_L = ∂L/∂z_L and
 /// δₗ = Jₗ₊₁ᵀ δₗ₊₁ through every layer's transposed Jacobian; ∂L/∂θₗ from δₗ locally.
@@ -23,19 +24,31 @@ impl Rule for Backprop {
         loss: Loss,
     ) -> Result<StepOutput> {
         let (mut trace, value, d_out) = super::forward_loss(model, params, batch, loss)?;
-        let mut grads = Grads::new();
-        backward_chain(
-            model,
-            params,
-            &mut trace,
-            d_out,
-            &mut grads,
-            |_, layer, rec, d| layer.input_grad(params, rec, d),
-        )?;
+        let grads = self.backward(model, params, &mut trace, batch, d_out)?;
         Ok(StepOutput {
             grads,
             trace,
             loss: value,
         })
+    }
+
+    fn backward(
+        &mut self,
+        model: &Model,
+        params: &Params,
+        trace: &mut Trace,
+        _batch: &Batch,
+        d_out: Tensor,
+    ) -> Result<Grads> {
+        let mut grads = Grads::new();
+        backward_chain(
+            model,
+            params,
+            trace,
+            d_out,
+            &mut grads,
+            |_, layer, rec, d| layer.input_grad(params, rec, d),
+        )?;
+        Ok(grads)
     }
 }

@@ -20,7 +20,7 @@ use rand::SeedableRng;
 
 use super::{Batch, Rule, RuleConfig, StepOutput};
 use crate::error::{Error, Result};
-use crate::nn::{Block, Grads, Loss, Model, Params};
+use crate::nn::{Block, Grads, Loss, Model, Params, Trace};
 use crate::tensor::Tensor;
 
 /// Which global signal is projected, and whether matrices are shared.
@@ -124,8 +124,12 @@ impl Rule for DirectFeedback {
         self.matrices.values().map(Tensor::size_bytes).sum()
     }
 
-    fn init(&mut self, model: &Model, _params: &mut Params, seed: u64) -> Result<()> {
-        let (hidden, _) = Self::blocks(model)?;
+    fn init(&mut self, model: &Model, params: &mut Params, seed: u64) -> Result<()> {
+        let (hidden, last) = Self::blocks(model)?;
+        // Projections take the dtype of the model's weights.
+        let dt = params
+            .get(&format!("{}.weight", model.layers()[last.linear].name()))?
+            .dtype();
         let mut rng =
             crate::Rng::seed_from_u64(self.cfg.feedback_seed.unwrap_or(seed) ^ 0x0d1e_c7fb);
         let init = self.cfg.feedback_init()?;
@@ -138,7 +142,9 @@ impl Rule for DirectFeedback {
             }
             // Drawn like a (width → outputs) weight, stored as outputs × width.
             let v = init.sample(width, model.outputs(), &mut rng);
-            let m = Tensor::from_vec(&[model.outputs(), width], v)?.scale(self.cfg.feedback_scale);
+            let m = Tensor::from_vec(&[model.outputs(), width], v)?
+                .scale(self.cfg.feedback_scale)
+                .to_dtype(dt);
             self.matrices.insert(k, m);
         }
         Ok(())
@@ -151,8 +157,24 @@ impl Rule for DirectFeedback {
         batch: &Batch,
         loss: Loss,
     ) -> Result<StepOutput> {
-        let (hidden, last) = Self::blocks(model)?;
         let (mut trace, value, e) = super::forward_loss(model, params, batch, loss)?;
+        let grads = self.backward(model, params, &mut trace, batch, e)?;
+        Ok(StepOutput {
+            grads,
+            trace,
+            loss: value,
+        })
+    }
+
+    fn backward(
+        &mut self,
+        model: &Model,
+        params: &Params,
+        trace: &mut Trace,
+        batch: &Batch,
+        e: Tensor,
+    ) -> Result<Grads> {
+        let (hidden, last) = Self::blocks(model)?;
         let mut grads = Grads::new();
         let layers = model.layers();
         layers[last.linear].param_grads(params, &trace.records[last.linear], &e, &mut grads)?;
@@ -182,10 +204,6 @@ impl Rule for DirectFeedback {
             trace.errors[b.linear] = Some(d_pre);
         }
         trace.errors[last.linear] = Some(e);
-        Ok(StepOutput {
-            grads,
-            trace,
-            loss: value,
-        })
+        Ok(grads)
     }
 }

@@ -25,7 +25,7 @@ use rand::SeedableRng;
 
 use super::{Batch, Rule, RuleConfig, StepOutput, backward_chain};
 use crate::error::{Error, Result};
-use crate::nn::{Grads, LayerKind, Loss, Model, Params};
+use crate::nn::{Grads, LayerKind, Loss, Model, Params, Trace};
 use crate::tensor::{Tensor, Unary};
 
 /// Which feedback matrix replaces W.
@@ -153,17 +153,19 @@ impl Rule for FeedbackAlignment {
         self.rng = crate::Rng::seed_from_u64(self.cfg.feedback_seed.unwrap_or(seed) ^ 0x0fee_dbac);
         self.fixed.clear();
         for (_, name, rows, cols) in Self::feedback_layers(model) {
+            // Feedback matrices take the dtype of the weights they stand in for.
+            let dt = params.get(&format!("{name}.weight"))?.dtype();
             match self.kind {
                 FeedbackKind::Random => {
-                    let f = self.draw(rows, cols)?;
+                    let f = self.draw(rows, cols)?.to_dtype(dt);
                     self.fixed.insert(name, f);
                 }
                 FeedbackKind::SignFixedRandom => {
-                    let r = self.draw(rows, cols)?.unary(Unary::Abs);
+                    let r = self.draw(rows, cols)?.unary(Unary::Abs).to_dtype(dt);
                     self.fixed.insert(name, r);
                 }
                 FeedbackKind::KolenPollack => {
-                    let f = self.draw(rows, cols)?;
+                    let f = self.draw(rows, cols)?.to_dtype(dt);
                     params.insert(Self::kp_key(&name), f);
                 }
                 FeedbackKind::SignUniform | FeedbackKind::SignBatchRandom => {}
@@ -182,21 +184,39 @@ impl Rule for FeedbackAlignment {
         let layers = Self::feedback_layers(model);
         if self.kind == FeedbackKind::SignBatchRandom {
             for (_, name, rows, cols) in &layers {
-                let r = self.draw(*rows, *cols)?.unary(Unary::Abs);
+                let dt = params.get(&format!("{name}.weight"))?.dtype();
+                let r = self.draw(*rows, *cols)?.unary(Unary::Abs).to_dtype(dt);
                 self.batch_magnitudes.insert(name.clone(), r);
             }
         }
+        let (mut trace, value, e) = super::forward_loss(model, params, batch, loss)?;
+        let grads = self.backward(model, params, &mut trace, batch, e)?;
+        Ok(StepOutput {
+            grads,
+            trace,
+            loss: value,
+        })
+    }
+
+    fn backward(
+        &mut self,
+        model: &Model,
+        params: &Params,
+        trace: &mut Trace,
+        _batch: &Batch,
+        e: Tensor,
+    ) -> Result<Grads> {
+        let layers = Self::feedback_layers(model);
         let mut feedback: HashMap<usize, Tensor> = HashMap::new();
         for (i, name, _, _) in &layers {
             let w = params.get(&format!("{name}.weight"))?;
             feedback.insert(*i, self.feedback(name, w, params)?);
         }
-        let (mut trace, value, e) = super::forward_loss(model, params, batch, loss)?;
         let mut grads = Grads::new();
         backward_chain(
             model,
             params,
-            &mut trace,
+            trace,
             e,
             &mut grads,
             |i, layer, rec, d| match feedback.get(&i) {
@@ -216,11 +236,7 @@ impl Rule for FeedbackAlignment {
                 grads.insert(fk, gf);
             }
         }
-        Ok(StepOutput {
-            grads,
-            trace,
-            loss: value,
-        })
+        Ok(grads)
     }
 
     fn feedback_matrices(&self, model: &Model, params: &Params) -> Result<Vec<(String, Tensor)>> {

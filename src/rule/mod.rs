@@ -60,6 +60,27 @@ pub trait Rule: Send {
         loss: Loss,
     ) -> Result<StepOutput>;
 
+    /// Carries an arbitrary output error `d_out` down a recorded forward pass the way
+    /// this rule assigns credit, filling `trace.errors` and returning the update
+    /// directions. K-FAC uses it for sampled-target factors. Rules without a backward
+    /// pass from an output error (relaxation, local losses) keep this default.
+    fn backward(
+        &mut self,
+        _model: &Model,
+        _params: &Params,
+        _trace: &mut Trace,
+        _batch: &Batch,
+        _d_out: Tensor,
+    ) -> Result<Grads> {
+        Err(Error::config(
+            "rule",
+            format!(
+                "{} has no backward pass from an output error (needed by kfac's sampled and gauss-newton factors; use --kfac-fisher empirical)",
+                self.name()
+            ),
+        ))
+    }
+
     /// Outputs used for evaluation. Most rules use the plain forward pass.
     fn predict(&self, model: &Model, params: &Params, x: &Tensor) -> Result<Tensor> {
         model.forward(params, x)
@@ -230,4 +251,61 @@ where
         }
     }
     Ok(())
+}
+
+/// The rule's update on one batch as an [`Objective`](crate::optim::Objective): what
+/// SAM, L-BFGS, Hessian-free and K-FAC re-evaluate.
+pub struct RuleObjective<'a> {
+    /// The rule.
+    pub rule: &'a mut dyn Rule,
+    /// The model.
+    pub model: &'a Model,
+    /// The batch.
+    pub batch: &'a Batch,
+    /// The loss.
+    pub loss: Loss,
+}
+
+impl crate::optim::Objective for RuleObjective<'_> {
+    fn evaluate(&mut self, params: &Params) -> Result<(f64, Grads)> {
+        let out = self.rule.step(self.model, params, self.batch, self.loss)?;
+        Ok((out.loss, out.grads))
+    }
+
+    fn gauss_newton_vector(&mut self, params: &Params, v: &Params) -> Result<Grads> {
+        crate::optim::curvature::gauss_newton_vector(
+            self.model,
+            params,
+            &self.batch.x,
+            self.loss,
+            v,
+        )
+    }
+
+    fn loss(&self) -> Option<Loss> {
+        Some(self.loss)
+    }
+
+    fn assign_errors(
+        &mut self,
+        params: &Params,
+        trace: &crate::nn::Trace,
+        d_out: crate::tensor::Tensor,
+    ) -> Result<Vec<Option<crate::tensor::Tensor>>> {
+        let mut t = trace.clone();
+        self.rule
+            .backward(self.model, params, &mut t, self.batch, d_out)?;
+        Ok(t.errors)
+    }
+
+    fn hessian_vector(&mut self, params: &Params, v: &Params) -> Result<Grads> {
+        crate::optim::curvature::hessian_vector(
+            self.model,
+            params,
+            &self.batch.x,
+            &self.batch.target,
+            self.loss,
+            v,
+        )
+    }
 }

@@ -21,8 +21,8 @@ pub use config::TrainConfig;
 use crate::data::{self, Batches, Dataset, Normalize, Splits};
 use crate::error::{Error, Result};
 use crate::nn::{Grads, Init, Loss, Model, ModelSpec, Params};
-use crate::optim::{Objective, StepContext, build_optimizer};
-use crate::rule::{Backprop, Batch, Rule, build_rule_with};
+use crate::optim::{StepContext, build_optimizer};
+use crate::rule::{Backprop, Batch, Rule, RuleObjective, build_rule_with};
 
 /// Loss and accuracy of a model on a dataset.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -124,41 +124,6 @@ fn averaged_view(params: &Params, names: &[String]) -> Result<Params> {
 }
 
 /// The rule's update on one batch, as an [`Objective`] optimizers can re-evaluate.
-struct RuleObjective<'a> {
-    rule: &'a mut dyn Rule,
-    model: &'a Model,
-    batch: &'a Batch,
-    loss: Loss,
-}
-
-impl Objective for RuleObjective<'_> {
-    fn evaluate(&mut self, params: &Params) -> Result<(f64, Grads)> {
-        let out = self.rule.step(self.model, params, self.batch, self.loss)?;
-        Ok((out.loss, out.grads))
-    }
-
-    fn gauss_newton_vector(&mut self, params: &Params, v: &Params) -> Result<Grads> {
-        crate::optim::curvature::gauss_newton_vector(
-            self.model,
-            params,
-            &self.batch.x,
-            self.loss,
-            v,
-        )
-    }
-
-    fn hessian_vector(&mut self, params: &Params, v: &Params) -> Result<Grads> {
-        crate::optim::curvature::hessian_vector(
-            self.model,
-            params,
-            &self.batch.x,
-            &self.batch.target,
-            self.loss,
-            v,
-        )
-    }
-}
-
 /// Loads the configured dataset, downloading it first when missing and allowed.
 pub fn load_data(cfg: &TrainConfig) -> Result<Splits> {
     let root = data::resolve_data_dir(cfg.data_dir.as_deref());

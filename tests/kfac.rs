@@ -1,0 +1,367 @@
+//! K-FAC against exact curvature: for one Linear layer with a least-squares loss the
+//! Kronecker factors are the exact Gauss–Newton block, so an undamped step is Newton's
+//! step and solves the problem; sampled-target factors estimate the same matrix.
+
+use futureprop::nn::{Init, Loss, Model, ModelSpec, Params, Target};
+use futureprop::optim::curvature::gauss_newton_vector;
+use futureprop::optim::{
+    FisherMode, InverseMethod, Kfac, KfacConfig, Optimizer, Schedule, StepContext,
+};
+use futureprop::rule::{Batch, Rule, RuleObjective, build_rule};
+use futureprop::tensor::{DType, Tensor};
+use rand::{Rng, SeedableRng};
+
+fn rand_tensor(shape: &[usize], seed: u64, scale: f64) -> Tensor {
+    let mut rng = futureprop::Rng::seed_from_u64(seed);
+    let n = shape.iter().product();
+    Tensor::from_vec_f64(
+        shape,
+        (0..n).map(|_| rng.random_range(-scale..scale)).collect(),
+    )
+    .unwrap()
+}
+
+fn model(spec: &str, act: &str, seed: u64) -> (Model, Params) {
+    let m = Model::build(&ModelSpec {
+        spec: spec.into(),
+        activation: act.into(),
+        bias: true,
+    })
+    .unwrap();
+    let p = m
+        .init_params(Init::XavierNormal, seed)
+        .unwrap()
+        .to_dtype(DType::F64);
+    (m, p)
+}
+
+fn config(fisher: FisherMode, inverse: InverseMethod, damping: f64) -> KfacConfig {
+    KfacConfig {
+        lr: 1.0,
+        momentum: 0.0,
+        damping,
+        weight_decay: 0.0,
+        decay: 0.0,
+        cov_every: 1,
+        inv_every: 1,
+        kl_clip: 0.0,
+        fisher,
+        inverse,
+        seed: 3,
+    }
+}
+
+/// One optimizer step of `rule` + `opt` on `batch`; returns the loss before the step.
+fn step(
+    rule: &mut dyn Rule,
+    opt: &mut dyn Optimizer,
+    m: &Model,
+    p: &mut Params,
+    batch: &Batch,
+    loss: Loss,
+) -> f64 {
+    let out = rule.step(m, p, batch, loss).unwrap();
+    let mut obj = RuleObjective {
+        rule,
+        model: m,
+        batch,
+        loss,
+    };
+    let mut ctx = StepContext {
+        trace: Some(&out.trace),
+        objective: Some(&mut obj),
+    };
+    opt.step(p, &out.grads, &mut ctx).unwrap();
+    out.loss
+}
+
+/// The exact Gauss–Newton matrix of a one-layer model over (W, b), by products with
+/// basis vectors; index (o, i) for W[o][i] and (o, in) for b[o].
+fn exact_gn(m: &Model, p: &Params, x: &Tensor, loss: Loss, o: usize, i: usize) -> Vec<f64> {
+    let d = o * (i + 1);
+    let idx = |r: usize, c: usize| r * (i + 1) + c;
+    let mut gn = vec![0.0; d * d];
+    for r in 0..o {
+        for c in 0..=i {
+            let mut w = vec![0.0; o * i];
+            let mut b = vec![0.0; o];
+            if c < i {
+                w[r * i + c] = 1.0;
+            } else {
+                b[r] = 1.0;
+            }
+            let mut v = Params::new();
+            v.insert("fc1.weight", Tensor::from_vec_f64(&[o, i], w).unwrap());
+            v.insert("fc1.bias", Tensor::from_vec_f64(&[o], b).unwrap());
+            let g = gauss_newton_vector(m, p, x, loss, &v).unwrap();
+            let (gw, gb) = (
+                g.get("fc1.weight").unwrap().to_vec_f64(),
+                g.get("fc1.bias").unwrap().to_vec_f64(),
+            );
+            for r2 in 0..o {
+                for c2 in 0..=i {
+                    let val = if c2 < i { gw[r2 * i + c2] } else { gb[r2] };
+                    gn[idx(r2, c2) * d + idx(r, c)] = val;
+                }
+            }
+        }
+    }
+    gn
+}
+
+#[test]
+fn kronecker_factors_of_one_linear_layer_are_the_exact_gauss_newton_block() {
+    let (o, i, n) = (3, 4, 11);
+    let (m, mut p) = model(&format!("linear:{i}-{o}"), "identity", 1);
+    let x = rand_tensor(&[n, i], 2, 1.0);
+    let batch = Batch {
+        x: x.clone(),
+        target: Target::Values(rand_tensor(&[n, o], 3, 1.0)),
+    };
+    let gn = exact_gn(&m, &p, &x, Loss::Mse, o, i);
+    let mut bp = build_rule("bp").unwrap();
+    let mut k = Kfac::new(
+        config(FisherMode::GaussNewton, InverseMethod::Eigen, 1e-3),
+        Schedule::default(),
+    )
+    .unwrap();
+    step(bp.as_mut(), &mut k, &m, &mut p, &batch, Loss::Mse);
+    let (a, g) = k.factors("fc1").expect("fc1 has factors");
+    assert_eq!((a.shape(), g.shape()), (&[i + 1, i + 1][..], &[o, o][..]));
+    let (a, g) = (a.to_vec_f64(), g.to_vec_f64());
+    let d = o * (i + 1);
+    for r in 0..o {
+        for c in 0..=i {
+            for r2 in 0..o {
+                for c2 in 0..=i {
+                    let kron = g[r * o + r2] * a[c * (i + 1) + c2];
+                    let exact = gn[(r * (i + 1) + c) * d + r2 * (i + 1) + c2];
+                    assert!(
+                        (kron - exact).abs() < 1e-12,
+                        "({r},{c})×({r2},{c2}): A⊗G {kron} vs GN {exact}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn undamped_step_solves_linear_least_squares_in_one_step() {
+    for inverse in [InverseMethod::Eigen, InverseMethod::Cholesky] {
+        let (o, i, n) = (3, 5, 40);
+        let (m, mut p) = model(&format!("linear:{i}-{o}"), "identity", 4);
+        let batch = Batch {
+            x: rand_tensor(&[n, i], 5, 1.0),
+            target: Target::Values(rand_tensor(&[n, o], 6, 2.0)),
+        };
+        let mut bp = build_rule("bp").unwrap();
+        let mut k = Kfac::new(
+            config(FisherMode::GaussNewton, inverse, 1e-16),
+            Schedule::default(),
+        )
+        .unwrap();
+        let before = bp.step(&m, &p, &batch, Loss::Mse).unwrap().grads;
+        step(bp.as_mut(), &mut k, &m, &mut p, &batch, Loss::Mse);
+        let after = bp.step(&m, &p, &batch, Loss::Mse).unwrap().grads;
+        let ratio = after.global_norm() / before.global_norm();
+        assert!(
+            ratio < 1e-6,
+            "{inverse:?}: gradient norm after one step is {ratio:e} of the start"
+        );
+    }
+}
+
+#[test]
+fn sampled_output_factor_estimates_the_gauss_newton_factor() {
+    // Softmax cross-entropy, one layer, many samples: E over sampled labels of g gᵀ is
+    // the output Hessian, so the sampled G approaches the Gauss–Newton G.
+    let (o, i, n) = (4, 3, 20000);
+    let (m, p) = model(&format!("linear:{i}-{o}"), "identity", 7);
+    let batch = Batch {
+        x: rand_tensor(&[n, i], 8, 2.0),
+        target: Target::Classes((0..n).map(|r| r % o).collect()),
+    };
+    let g_of = |fisher| {
+        let mut bp = build_rule("bp").unwrap();
+        let mut k = Kfac::new(
+            config(fisher, InverseMethod::Eigen, 1e-3),
+            Schedule::default(),
+        )
+        .unwrap();
+        let mut q = p.clone();
+        step(bp.as_mut(), &mut k, &m, &mut q, &batch, Loss::CrossEntropy);
+        k.factors("fc1").unwrap().1.to_vec_f64()
+    };
+    let (gn, sampled, empirical) = (
+        g_of(FisherMode::GaussNewton),
+        g_of(FisherMode::Sampled),
+        g_of(FisherMode::Empirical),
+    );
+    let dist = |a: &[f64], b: &[f64]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).powi(2))
+            .sum::<f64>()
+            .sqrt()
+            / b.iter().map(|y| y * y).sum::<f64>().sqrt()
+    };
+    assert!(
+        dist(&sampled, &gn) < 0.05,
+        "sampled G is {} from the GN G",
+        dist(&sampled, &gn)
+    );
+    // The labels here are unrelated to the model, so the empirical Fisher is not it.
+    assert!(dist(&empirical, &gn) > 0.2);
+}
+
+#[test]
+fn kfac_works_with_feedback_rules_and_beats_sgd_on_a_teacher() {
+    let teacher = model("mlp:6-12-3", "tanh", 20).1;
+    let (m, p0) = model("mlp:6-12-3", "tanh", 21);
+    let x = rand_tensor(&[64, 6], 22, 1.5);
+    let y = m.forward(&teacher, &x).unwrap();
+    let batch = Batch {
+        x,
+        target: Target::Values(y),
+    };
+    let run = |rule: &str, opt: &mut dyn Optimizer| {
+        let mut r = build_rule(rule).unwrap();
+        let mut p = p0.clone();
+        r.init(&m, &mut p, 1).unwrap();
+        let first = step(r.as_mut(), opt, &m, &mut p, &batch, Loss::Mse);
+        for _ in 0..40 {
+            step(r.as_mut(), opt, &m, &mut p, &batch, Loss::Mse);
+        }
+        (first, r.step(&m, &p, &batch, Loss::Mse).unwrap().loss)
+    };
+    let kcfg = KfacConfig {
+        lr: 0.5,
+        damping: 1e-2,
+        decay: 0.9,
+        inv_every: 5,
+        ..config(FisherMode::Sampled, InverseMethod::Eigen, 1e-2)
+    };
+    let mut sgd = futureprop::optim::build_optimizer(
+        &futureprop::optim::OptimizerConfig {
+            name: "momentum".into(),
+            lr: 0.05,
+            ..Default::default()
+        },
+        41,
+    )
+    .unwrap();
+    let (start, sgd_end) = run("bp", sgd.as_mut());
+    let (_, kfac_end) = run(
+        "bp",
+        &mut Kfac::new(kcfg.clone(), Schedule::default()).unwrap(),
+    );
+    assert!(
+        kfac_end < 0.5 * sgd_end,
+        "K-FAC {kfac_end} vs momentum {sgd_end} (start {start})"
+    );
+    for rule in ["dfa", "fa"] {
+        for fisher in [FisherMode::Sampled, FisherMode::Empirical] {
+            let mut k = Kfac::new(
+                KfacConfig {
+                    fisher,
+                    // Feedback errors are not the true gradient's: a smaller step.
+                    lr: 0.1,
+                    ..kcfg.clone()
+                },
+                Schedule::default(),
+            )
+            .unwrap();
+            let (first, end) = run(rule, &mut k);
+            assert!(
+                end.is_finite() && end < 0.5 * first,
+                "K-FAC + {rule} ({fisher:?}): {first} → {end}"
+            );
+        }
+    }
+}
+
+#[test]
+fn kfac_state_round_trip_continues_identically_and_zero_gradients_are_finite() {
+    let (m, p0) = model("mlp:5-7-3", "relu", 30);
+    let batch = Batch {
+        x: rand_tensor(&[16, 5], 31, 1.0),
+        target: Target::Classes((0..16).map(|r| r % 3).collect()),
+    };
+    let cfg = KfacConfig {
+        lr: 0.1,
+        momentum: 0.9,
+        decay: 0.9,
+        inv_every: 2,
+        ..config(FisherMode::Sampled, InverseMethod::Cholesky, 1e-2)
+    };
+    let mut bp = build_rule("bp").unwrap();
+    let mut a = Kfac::new(cfg.clone(), Schedule::default()).unwrap();
+    let mut pa = p0.clone();
+    for _ in 0..3 {
+        step(bp.as_mut(), &mut a, &m, &mut pa, &batch, Loss::CrossEntropy);
+    }
+    let mut b = Kfac::new(cfg.clone(), Schedule::default()).unwrap();
+    b.load_state(&a.state()).unwrap();
+    let mut pb = pa.clone();
+    for _ in 0..3 {
+        step(bp.as_mut(), &mut a, &m, &mut pa, &batch, Loss::CrossEntropy);
+        step(bp.as_mut(), &mut b, &m, &mut pb, &batch, Loss::CrossEntropy);
+    }
+    for (n, t) in pa.iter() {
+        assert_eq!(t.to_vec_f64(), pb.get(n).unwrap().to_vec_f64(), "{n}");
+    }
+
+    // Zero gradients: a trace whose errors are zero.
+    let mut bp = build_rule("bp").unwrap();
+    let mut out = bp.step(&m, &p0, &batch, Loss::CrossEntropy).unwrap();
+    for e in out.trace.errors.iter_mut().flatten() {
+        *e = e.scale(0.0);
+    }
+    let zero = out.grads.zeros_like();
+    let mut k = Kfac::new(
+        config(FisherMode::Empirical, InverseMethod::Cholesky, 1e-3),
+        Schedule::default(),
+    )
+    .unwrap();
+    let mut p = p0.clone();
+    let mut ctx = StepContext {
+        trace: Some(&out.trace),
+        objective: None,
+    };
+    k.step(&mut p, &zero, &mut ctx).unwrap();
+    for (n, t) in p.iter() {
+        assert_eq!(t.to_vec_f64(), p0.get(n).unwrap().to_vec_f64(), "{n} moved");
+    }
+}
+
+#[test]
+fn kfac_needs_a_trace_and_names_bad_settings() {
+    let mut k = Kfac::new(
+        config(FisherMode::Empirical, InverseMethod::Eigen, 1e-3),
+        Schedule::default(),
+    )
+    .unwrap();
+    let mut p = Params::new();
+    p.insert("w", Tensor::from_vec_f64(&[2], vec![1.0, 2.0]).unwrap());
+    let g = p.clone();
+    let err = k
+        .step(&mut p, &g, &mut StepContext::empty())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("trace"), "{err}");
+    let bad = Kfac::new(
+        KfacConfig {
+            inv_every: 0,
+            ..config(FisherMode::Empirical, InverseMethod::Eigen, 1e-3)
+        },
+        Schedule::default(),
+    );
+    assert!(bad.is_err());
+    assert!(
+        FisherMode::parse("typo")
+            .unwrap_err()
+            .to_string()
+            .contains("typo")
+    );
+}
