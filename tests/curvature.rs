@@ -260,6 +260,93 @@ fn diagonal_fisher_from_the_trace_equals_mean_squared_per_sample_gradients() {
 }
 
 #[test]
+fn layer_block_natural_gradient_equals_the_dense_damped_fisher_solve() {
+    use futureprop::optim::NaturalGradient;
+    let (m, p, _) = setup("mlp:3-5-4", "tanh", 13);
+    let n = 6;
+    let x = rand_tensor(&[n, 3], 14, 1.0);
+    let t = target(Loss::CrossEntropy, n, 4);
+    let labels = match &t {
+        Target::Classes(c) => c.clone(),
+        _ => unreachable!(),
+    };
+    let out = Backprop
+        .step(
+            &m,
+            &p,
+            &Batch {
+                x: x.clone(),
+                target: t.clone(),
+            },
+            Loss::CrossEntropy,
+        )
+        .unwrap();
+    let lambda = 0.05;
+    for (idx, layer) in [(0usize, "fc1"), (2, "fc2")] {
+        // Per-sample gradients [∇W | ∇b] (row-major) from one-sample batches.
+        let joined = |g: &Params| -> Vec<f64> {
+            let (w, b) = (
+                g.get(&format!("{layer}.weight")).unwrap(),
+                g.get(&format!("{layer}.bias")).unwrap().to_vec_f64(),
+            );
+            let (o, i) = w.dims2().unwrap();
+            let wv = w.to_vec_f64();
+            (0..o)
+                .flat_map(|r| {
+                    let mut row = wv[r * i..(r + 1) * i].to_vec();
+                    row.push(b[r]);
+                    row
+                })
+                .collect()
+        };
+        let u: Vec<Vec<f64>> = (0..n)
+            .map(|s| {
+                let g = grad(
+                    &m,
+                    &p,
+                    &x.gather_rows(&[s]).unwrap(),
+                    &Target::Classes(vec![labels[s]]),
+                    Loss::CrossEntropy,
+                );
+                joined(&g)
+            })
+            .collect();
+        let d = u[0].len();
+        let gbar = joined(&out.grads);
+        let f = faer::Mat::from_fn(d, d, |a, b| {
+            u.iter().map(|r| r[a] * r[b]).sum::<f64>() / n as f64
+                + if a == b { lambda } else { 0.0 }
+        });
+        let rhs = faer::Mat::from_fn(d, 1, |a, _| gbar[a]);
+        let dense = faer::linalg::solvers::Solve::solve(&f.llt(faer::Side::Lower).unwrap(), rhs);
+        let (o, i) = out
+            .grads
+            .get(&format!("{layer}.weight"))
+            .unwrap()
+            .dims2()
+            .unwrap();
+        let jt = Tensor::from_vec_f64(&[o, i + 1], gbar.clone()).unwrap();
+        let solved = NaturalGradient::layer_block_solve(
+            out.trace.errors[idx].as_ref().unwrap(),
+            &out.trace.records[idx].input,
+            &jt,
+            true,
+            lambda,
+        )
+        .unwrap()
+        .to_vec_f64();
+        for a in 0..d {
+            assert!(
+                (solved[a] - dense[(a, 0)]).abs() < 1e-9 * (1.0 + dense[(a, 0)].abs()),
+                "{layer}[{a}]: Woodbury {} vs dense {}",
+                solved[a],
+                dense[(a, 0)]
+            );
+        }
+    }
+}
+
+#[test]
 fn natural_gradient_trains_a_classifier() {
     use futureprop::data::{Batches, synthetic};
     use futureprop::optim::{OptimizerConfig, StepContext, build_optimizer};
@@ -270,36 +357,46 @@ fn natural_gradient_trains_a_classifier() {
         bias: true,
     })
     .unwrap();
-    let mut p = m.init_params(Init::XavierUniform, 0).unwrap();
-    let conf = OptimizerConfig {
-        name: "natgrad".into(),
-        lr: 0.01,
-        ..Default::default()
-    };
-    let mut opt = build_optimizer(&conf, 1000).unwrap();
-    for epoch in 0..60 {
-        for b in Batches::new(&data, 64, true, 0, epoch) {
-            let out = Backprop
-                .step(&m, &p, &b.unwrap(), Loss::CrossEntropy)
+    let p = m.init_params(Init::XavierUniform, 0).unwrap();
+    for blocks in ["diagonal", "layer"] {
+        let conf = OptimizerConfig {
+            name: "natgrad".into(),
+            lr: 0.01,
+            natgrad_blocks: blocks.into(),
+            natgrad_damping: if blocks == "layer" { 1e-2 } else { 1e-4 },
+            ..Default::default()
+        };
+        let mut p = p.clone();
+        let mut opt = build_optimizer(&conf, 1000).unwrap();
+        for epoch in 0..60 {
+            for b in Batches::new(&data, 64, true, 0, epoch) {
+                let out = Backprop
+                    .step(&m, &p, &b.unwrap(), Loss::CrossEntropy)
+                    .unwrap();
+                opt.step(
+                    &mut p,
+                    &out.grads,
+                    &mut StepContext {
+                        trace: Some(&out.trace),
+                        objective: None,
+                    },
+                )
                 .unwrap();
-            opt.step(
-                &mut p,
-                &out.grads,
-                &mut StepContext {
-                    trace: Some(&out.trace),
-                    objective: None,
-                },
-            )
-            .unwrap();
+            }
         }
+        let e =
+            futureprop::train::evaluate(&Backprop, &m, &p, &data, Loss::CrossEntropy, 512).unwrap();
+        assert!(
+            e.accuracy > 0.95,
+            "natgrad ({blocks}) accuracy {}",
+            e.accuracy
+        );
+        let e = opt
+            .step(&mut p.clone(), &p.zeros_like(), &mut StepContext::empty())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("trace"), "{e}");
     }
-    let e = futureprop::train::evaluate(&Backprop, &m, &p, &data, Loss::CrossEntropy, 512).unwrap();
-    assert!(e.accuracy > 0.95, "natgrad accuracy {}", e.accuracy);
-    let e = opt
-        .step(&mut p.clone(), &p.zeros_like(), &mut StepContext::empty())
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("trace"), "{e}");
 }
 
 #[test]

@@ -337,6 +337,10 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     natgrad_damping: Option<f64>,
+    /// Natural-gradient Fisher shape: diagonal, layer [default: diagonal].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    natgrad_blocks: Option<String>,
     /// EMA decay of curvature estimates (natgrad, kfac) [default: 0.95].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

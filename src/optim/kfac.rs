@@ -255,13 +255,13 @@ pub fn hessian_root_column(loss: Loss, z: &Tensor, k: usize) -> Result<Tensor> {
     Ok(Tensor::from_vec_f64(&[n, c], v)?.to_dtype(z.dtype()))
 }
 
-fn to_faer(t: &Tensor) -> Result<Mat<f64>> {
+pub(crate) fn to_faer(t: &Tensor) -> Result<Mat<f64>> {
     let (r, c) = t.dims2()?;
     let v = t.to_vec_f64();
     Ok(Mat::from_fn(r, c, |i, j| v[i * c + j]))
 }
 
-fn from_faer(m: &Mat<f64>, like: &Tensor) -> Result<Tensor> {
+pub(crate) fn from_faer(m: &Mat<f64>, like: &Tensor) -> Result<Tensor> {
     let (r, c) = (m.nrows(), m.ncols());
     let v: Vec<f64> = (0..r * c).map(|k| m[(k / c, k % c)]).collect();
     Ok(Tensor::from_vec_f64(&[r, c], v)?.to_dtype(like.dtype()))
@@ -440,7 +440,7 @@ impl Kfac {
 }
 
 /// [∇W | ∇b] as one [out, in(+1)] matrix.
-fn join_bias(gw: &Tensor, gb: Option<&Tensor>) -> Result<Tensor> {
+pub(crate) fn join_bias(gw: &Tensor, gb: Option<&Tensor>) -> Result<Tensor> {
     let Some(gb) = gb else { return Ok(gw.clone()) };
     let (o, i) = gw.dims2()?;
     let (w, b) = (gw.to_vec_f64(), gb.to_vec_f64());
@@ -453,7 +453,7 @@ fn join_bias(gw: &Tensor, gb: Option<&Tensor>) -> Result<Tensor> {
 }
 
 /// Splits [out, in+1] back into the weight [out, in] and bias [out].
-fn split_bias(m: &Tensor, bias_shape: &[usize]) -> Result<(Tensor, Tensor)> {
+pub(crate) fn split_bias(m: &Tensor, bias_shape: &[usize]) -> Result<(Tensor, Tensor)> {
     let (o, i1) = m.dims2()?;
     let v = m.to_vec_f64();
     let i = i1 - 1;

@@ -185,6 +185,9 @@ pub struct OptimizerConfig {
     pub damping: f64,
     /// Damping λ of `natgrad`; default 1e-4.
     pub natgrad_damping: f64,
+    /// Shape of `natgrad`'s Fisher: `diagonal` or `layer` (full per-layer blocks of the
+    /// minibatch Fisher, solved by Woodbury); default `diagonal`.
+    pub natgrad_blocks: String,
     /// EMA decay of curvature estimates (`natgrad`); default 0.95.
     pub curvature_decay: f64,
     /// Maximum CG iterations per `hf` step; default 50.
@@ -243,6 +246,7 @@ impl Default for OptimizerConfig {
             lbfgs_history: 10,
             damping: 1.0,
             natgrad_damping: 1e-4,
+            natgrad_blocks: "diagonal".into(),
             curvature_decay: 0.95,
             max_cg: 50,
             sophia_estimator: "hutchinson".into(),
@@ -317,7 +321,7 @@ pub const OPTIMIZERS: &[(&str, &str)] = &[
     ),
     (
         "natgrad",
-        "natural gradient with diagonal empirical Fisher from the trace (Amari 1998)",
+        "natural gradient, empirical Fisher: diagonal or per-layer blocks (Woodbury) from the trace (Amari 1998)",
     ),
     (
         "kfac",
@@ -388,12 +392,21 @@ pub fn build_optimizer(cfg: &OptimizerConfig, total_steps: u64) -> Result<Box<dy
         )?));
     }
     if cfg.name == "natgrad" {
-        return Ok(Box::new(NaturalGradient::new(
+        let ng = NaturalGradient::new(
             cfg.lr,
             Schedule::parse(&cfg.schedule, total_steps)?,
             cfg.natgrad_damping,
             cfg.curvature_decay,
-        )));
+        );
+        return match cfg.natgrad_blocks.as_str() {
+            "diagonal" => Ok(Box::new(ng)),
+            "layer" => Ok(Box::new(ng.with_layer_blocks())),
+            other => Err(Error::unknown(
+                "natgrad blocks",
+                other,
+                &["diagonal", "layer"],
+            )),
+        };
     }
     if cfg.name == "lbfgs" {
         return Ok(Box::new(Lbfgs::new(cfg.lr, cfg.lbfgs_history)));
