@@ -666,3 +666,78 @@ fn sophia_clips_each_coordinate_step_to_the_learning_rate() {
         .is_err()
     );
 }
+
+#[test]
+fn parameter_groups_equal_separate_optimizers_per_group() {
+    use futureprop::optim::ParamGroup;
+    // Groups: fc1.* at a tenth of the learning rate without decay; the rest as configured.
+    for name in ["sgd", "momentum", "adam", "adamw", "rmsprop", "lamb"] {
+        let mut base = cfg(name, 0.05);
+        base.weight_decay = 0.1;
+        let mut grouped = base.clone();
+        grouped.param_groups = vec!["fc1.*:lr_scale=0.1,weight_decay=0".parse().unwrap()];
+        let mut slow = base.clone();
+        slow.lr = 0.005;
+        slow.weight_decay = 0.0;
+        let mut opt = build_optimizer(&grouped, 10).unwrap();
+        let mut opt_slow = build_optimizer(&slow, 10).unwrap();
+        let mut opt_rest = build_optimizer(&base, 10).unwrap();
+        let mut p = Params::new();
+        p.insert(
+            "fc1.weight",
+            Tensor::from_vec_f64(&[3], vec![1.0, -2.0, 0.5]).unwrap(),
+        );
+        p.insert(
+            "fc2.weight",
+            Tensor::from_vec_f64(&[2], vec![0.3, -0.7]).unwrap(),
+        );
+        let (mut p1, mut p2) = (Params::new(), Params::new());
+        p1.insert("fc1.weight", p.get("fc1.weight").unwrap().clone());
+        p2.insert("fc2.weight", p.get("fc2.weight").unwrap().clone());
+        for k in 0..3 {
+            let mut g = Params::new();
+            let s = k as f64 + 1.0;
+            g.insert(
+                "fc1.weight",
+                Tensor::from_vec_f64(&[3], vec![0.2 * s, -0.1, 0.4]).unwrap(),
+            );
+            g.insert(
+                "fc2.weight",
+                Tensor::from_vec_f64(&[2], vec![-0.3, 0.5 * s]).unwrap(),
+            );
+            let (mut g1, mut g2) = (Params::new(), Params::new());
+            g1.insert("fc1.weight", g.get("fc1.weight").unwrap().clone());
+            g2.insert("fc2.weight", g.get("fc2.weight").unwrap().clone());
+            opt.step(&mut p, &g, &mut StepContext::empty()).unwrap();
+            opt_slow
+                .step(&mut p1, &g1, &mut StepContext::empty())
+                .unwrap();
+            opt_rest
+                .step(&mut p2, &g2, &mut StepContext::empty())
+                .unwrap();
+        }
+        for (n, want) in [("fc1.weight", &p1), ("fc2.weight", &p2)] {
+            let (a, b) = (
+                p.get(n).unwrap().to_vec_f64(),
+                want.get(n).unwrap().to_vec_f64(),
+            );
+            for (x, y) in a.iter().zip(&b) {
+                assert!((x - y).abs() < 1e-12, "{name} {n}: {a:?} vs {b:?}");
+            }
+        }
+    }
+    assert!(
+        "fc1.*:lr=2"
+            .parse::<ParamGroup>()
+            .unwrap_err()
+            .to_string()
+            .contains("lr")
+    );
+    assert!("no-colon".parse::<ParamGroup>().is_err());
+    assert!("*.bias:lr_scale=-1".parse::<ParamGroup>().is_err());
+    let g: ParamGroup = "fc1.*|*.bias:lr_scale=0.5".parse().unwrap();
+    assert!(g.matches("fc1.weight") && g.matches("fc3.bias") && !g.matches("fc3.weight"));
+    let mut k = cfg("kfac", 0.1);
+    k.param_groups = vec!["*.bias:weight_decay=0".parse().unwrap()];
+    assert!(build_optimizer(&k, 1).is_err());
+}

@@ -341,6 +341,12 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     natgrad_blocks: Option<String>,
+    /// Parameter-group settings PATTERN:key=value,... (keys lr_scale, weight_decay; `*`
+    /// globs over parameter names, e.g. '*.bias:weight_decay=0'); repeatable; replaces a
+    /// config file's [[param_groups]].
+    #[arg(long = "param-group")]
+    #[serde(rename = "param_groups", skip_serializing_if = "Vec::is_empty")]
+    param_group: Vec<futureprop::optim::ParamGroup>,
     /// EMA decay of curvature estimates (natgrad, kfac) [default: 0.95].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

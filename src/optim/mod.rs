@@ -130,6 +130,177 @@ pub trait Optimizer: Send {
     fn load_state(&mut self, state: &OptimizerState) -> Result<()>;
 }
 
+/// Settings for the parameters whose names match a pattern (PyTorch's parameter groups).
+///
+/// `params` is a glob over parameter names (`*` matches any run of characters; `|`
+/// separates alternatives), e.g. `*.bias` or `fc1.*|fc2.*`. The first matching group
+/// wins. `lr_scale` multiplies the learning rate (for every optimizer: the group's
+/// parameter change is scaled, which is what a per-group learning rate does in SGD,
+/// momentum, Adam and their relatives); `weight_decay` replaces the optimizer's decay
+/// (first-order optimizers).
+///
+/// ```
+/// use futureprop::optim::ParamGroup;
+/// let g: ParamGroup = "*.bias:weight_decay=0,lr_scale=2".parse().unwrap();
+/// assert!(g.matches("fc1.bias") && !g.matches("fc1.weight"));
+/// assert_eq!((g.lr_scale, g.weight_decay), (2.0, Some(0.0)));
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParamGroup {
+    /// Glob over parameter names.
+    pub params: String,
+    /// Learning-rate multiplier; default 1.
+    #[serde(default = "one")]
+    pub lr_scale: f64,
+    /// Weight decay of the group; default: the optimizer's.
+    #[serde(default)]
+    pub weight_decay: Option<f64>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// `*`-glob match of `name` against `pattern` (alternatives separated by `|`).
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    fn one_pattern(p: &[u8], s: &[u8]) -> bool {
+        // Iterative wildcard matching with backtracking to the last `*`.
+        let (mut i, mut j, mut star, mut mark) = (0, 0, None, 0);
+        while j < s.len() {
+            if i < p.len() && p[i] != b'*' && p[i] == s[j] {
+                i += 1;
+                j += 1;
+            } else if i < p.len() && p[i] == b'*' {
+                star = Some(i);
+                mark = j;
+                i += 1;
+            } else if let Some(st) = star {
+                i = st + 1;
+                mark += 1;
+                j = mark;
+            } else {
+                return false;
+            }
+        }
+        p[i..].iter().all(|&c| c == b'*')
+    }
+    pattern
+        .split('|')
+        .any(|alt| one_pattern(alt.trim().as_bytes(), name.as_bytes()))
+}
+
+impl ParamGroup {
+    /// Whether the parameter `name` belongs to the group.
+    pub fn matches(&self, name: &str) -> bool {
+        glob_match(&self.params, name)
+    }
+}
+
+impl std::str::FromStr for ParamGroup {
+    type Err = Error;
+
+    /// `PATTERN:key=value,key=value` with keys `lr_scale` and `weight_decay`.
+    fn from_str(s: &str) -> Result<Self> {
+        let (pat, rest) = s.rsplit_once(':').ok_or_else(|| {
+            Error::config(
+                "param group",
+                format!("'{s}' is not PATTERN:key=value[,key=value], e.g. '*.bias:weight_decay=0'"),
+            )
+        })?;
+        let mut g = ParamGroup {
+            params: pat.to_string(),
+            lr_scale: 1.0,
+            weight_decay: None,
+        };
+        for kv in rest.split(',').filter(|k| !k.trim().is_empty()) {
+            let (k, v) = kv.split_once('=').ok_or_else(|| {
+                Error::config("param group", format!("'{kv}' in '{s}' is not key=value"))
+            })?;
+            let x: f64 = v.trim().parse().map_err(|_| {
+                Error::config("param group", format!("'{v}' in '{s}' is not a number"))
+            })?;
+            match k.trim().replace('-', "_").as_str() {
+                "lr_scale" => g.lr_scale = x,
+                "weight_decay" => g.weight_decay = Some(x),
+                other => {
+                    return Err(Error::unknown(
+                        "param group key",
+                        other,
+                        &["lr_scale", "weight_decay"],
+                    ));
+                }
+            }
+        }
+        g.validate()?;
+        Ok(g)
+    }
+}
+
+impl ParamGroup {
+    fn validate(&self) -> Result<()> {
+        if !(self.lr_scale.is_finite() && self.lr_scale >= 0.0) {
+            return Err(Error::config(
+                "param group",
+                format!("{}: lr_scale must be a non-negative number", self.params),
+            ));
+        }
+        if self
+            .weight_decay
+            .is_some_and(|w| !(w.is_finite() && w >= 0.0))
+        {
+            return Err(Error::config(
+                "param group",
+                format!(
+                    "{}: weight_decay must be a non-negative number",
+                    self.params
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Scales each group's parameter change by its `lr_scale` around any optimizer.
+struct Grouped {
+    inner: Box<dyn Optimizer>,
+    groups: Vec<ParamGroup>,
+}
+
+impl Optimizer for Grouped {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn step(&mut self, params: &mut Params, grads: &Grads, ctx: &mut StepContext) -> Result<()> {
+        let scaled: Vec<(String, f64, crate::tensor::Tensor)> = params
+            .iter()
+            .filter_map(|(n, t)| {
+                let s = self.groups.iter().find(|g| g.matches(n))?.lr_scale;
+                (s != 1.0).then(|| (n.to_string(), s, t.clone()))
+            })
+            .collect();
+        self.inner.step(params, grads, ctx)?;
+        for (n, s, old) in scaled {
+            // θ ← θ₀ + s(θ₁ − θ₀)
+            params.get_mut(&n)?.axpby(s, 1.0 - s, &old)?;
+        }
+        Ok(())
+    }
+
+    fn learning_rate(&self) -> f64 {
+        self.inner.learning_rate()
+    }
+
+    fn state(&self) -> OptimizerState {
+        self.inner.state()
+    }
+
+    fn load_state(&mut self, state: &OptimizerState) -> Result<()> {
+        self.inner.load_state(state)
+    }
+}
+
 /// Hyperparameters of the first-order optimizers. Every field has a default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -153,6 +324,9 @@ pub struct OptimizerConfig {
     pub decoupled_weight_decay: bool,
     /// Exempt biases from weight decay; default false (as PyTorch).
     pub no_decay_on_bias: bool,
+    /// Per-parameter-group settings (see [`ParamGroup`]); default none. Config files:
+    /// `[[param_groups]]` tables; CLI: `--param-group PATTERN:key=value,...`.
+    pub param_groups: Vec<ParamGroup>,
     /// Clip the update's global norm to this value before anything else; default none.
     pub clip_norm: Option<f64>,
     /// Learning-rate schedule (see [`SCHEDULE_NAMES`]); default `constant`.
@@ -231,6 +405,7 @@ impl Default for OptimizerConfig {
             weight_decay: 0.0,
             decoupled_weight_decay: false,
             no_decay_on_bias: false,
+            param_groups: Vec::new(),
             clip_norm: None,
             schedule: "constant".into(),
             clip_value: None,
@@ -335,6 +510,41 @@ pub const OPTIMIZERS: &[(&str, &str)] = &[
 
 /// Builds a named optimizer for a run of `total_steps` steps.
 pub fn build_optimizer(cfg: &OptimizerConfig, total_steps: u64) -> Result<Box<dyn Optimizer>> {
+    for g in &cfg.param_groups {
+        g.validate()?;
+    }
+    if cfg.param_groups.iter().any(|g| g.weight_decay.is_some())
+        && matches!(
+            cfg.name.as_str(),
+            "kfac" | "natgrad" | "hf" | "lbfgs" | "sophia"
+        )
+    {
+        return Err(Error::config(
+            "param group",
+            format!(
+                "per-group weight_decay applies to the first-order optimizers; {} takes one --weight-decay",
+                cfg.name
+            ),
+        ));
+    }
+    if cfg.param_groups.iter().any(|g| g.lr_scale != 1.0) {
+        // Build the optimizer with per-group decay only, then scale its changes.
+        let inner_cfg = OptimizerConfig {
+            param_groups: cfg
+                .param_groups
+                .iter()
+                .map(|g| ParamGroup {
+                    lr_scale: 1.0,
+                    ..g.clone()
+                })
+                .collect(),
+            ..cfg.clone()
+        };
+        return Ok(Box::new(Grouped {
+            inner: build_optimizer(&inner_cfg, total_steps)?,
+            groups: cfg.param_groups.clone(),
+        }));
+    }
     if !(cfg.lr.is_finite() && cfg.lr > 0.0) {
         return Err(Error::config(
             "learning rate",
@@ -435,13 +645,17 @@ pub fn build_optimizer(cfg: &OptimizerConfig, total_steps: u64) -> Result<Box<dy
     }
     let schedule = Schedule::parse(&cfg.schedule, total_steps)?;
     let decay = || -> Box<dyn transform::Transform> {
+        let mut overrides: Vec<(String, f64)> = Vec::new();
+        if cfg.no_decay_on_bias {
+            overrides.push(("*.bias".into(), 0.0));
+        }
+        for g in &cfg.param_groups {
+            // A group without its own decay keeps the optimizer's (and shadows later ones).
+            overrides.push((g.params.clone(), g.weight_decay.unwrap_or(cfg.weight_decay)));
+        }
         Box::new(AddDecayedWeights {
             weight_decay: cfg.weight_decay,
-            skip_suffixes: if cfg.no_decay_on_bias {
-                vec![".bias".into()]
-            } else {
-                vec![]
-            },
+            overrides,
         })
     };
     let mut chain: Vec<Box<dyn transform::Transform>> = Vec::new();
@@ -472,7 +686,12 @@ pub fn build_optimizer(cfg: &OptimizerConfig, total_steps: u64) -> Result<Box<dy
             }) as Box<dyn transform::Transform>
         })
     };
-    if !decoupled && cfg.weight_decay > 0.0 {
+    let any_decay = cfg.weight_decay > 0.0
+        || cfg
+            .param_groups
+            .iter()
+            .any(|g| g.weight_decay.is_some_and(|w| w > 0.0));
+    if !decoupled && any_decay {
         chain.push(decay());
     }
     match cfg.name.as_str() {
@@ -511,7 +730,7 @@ pub fn build_optimizer(cfg: &OptimizerConfig, total_steps: u64) -> Result<Box<dy
             ));
         }
     }
-    if decoupled && cfg.weight_decay > 0.0 {
+    if decoupled && any_decay {
         chain.push(decay());
     }
     if cfg.name == "lamb" {

@@ -77,8 +77,8 @@ impl Transform for ClipByGlobalNorm {
 pub struct AddDecayedWeights {
     /// The decay coefficient.
     pub weight_decay: f64,
-    /// Skip parameters whose name ends with one of these suffixes.
-    pub skip_suffixes: Vec<String>,
+    /// (glob, decay) pairs: the first glob matching a parameter name sets its decay.
+    pub overrides: Vec<(String, f64)>,
 }
 
 impl Transform for AddDecayedWeights {
@@ -86,14 +86,15 @@ impl Transform for AddDecayedWeights {
         "decay"
     }
     fn update(&mut self, updates: &mut Grads, params: &Params, _: u64) -> Result<()> {
-        if self.weight_decay == 0.0 {
-            return Ok(());
-        }
         for (n, u) in updates.iter_mut() {
-            if self.skip_suffixes.iter().any(|s| n.ends_with(s.as_str())) {
-                continue;
+            let wd = self
+                .overrides
+                .iter()
+                .find(|(g, _)| super::glob_match(g, n))
+                .map_or(self.weight_decay, |(_, w)| *w);
+            if wd != 0.0 {
+                u.axpy(wd, params.get(n)?)?;
             }
-            u.axpy(self.weight_decay, params.get(n)?)?;
         }
         Ok(())
     }
