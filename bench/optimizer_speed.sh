@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${STEPS:-100}
-OPTS=${OPTS:-sgd,momentum,nesterov,adam,adamw,rmsprop,adagrad,nadam,lars,lamb,lion,sam,natgrad,lbfgs,hf}
+OPTS=${OPTS:-sgd,momentum,nesterov,adam,adamw,rmsprop,adagrad,nadam,lars,lamb,lion,sam,asam,sophia,natgrad,kfac,lbfgs,hf}
 cargo build --release --bench step -q
 BIN=$(ls -t target/release/deps/step-* | grep -v '\.d$' | head -1)
 for t in 1 2; do

@@ -12,40 +12,8 @@ use std::time::Instant;
 
 use futureprop::nn::{Init, Loss, Model, ModelSpec, Target};
 use futureprop::optim::{OptimizerConfig, StepContext, build_optimizer};
-use futureprop::rule::{Batch, build_rule};
+use futureprop::rule::{Batch, RuleObjective, build_rule};
 use futureprop::tensor::Tensor;
-
-/// The rule's update on the benchmark batch, for optimizers that re-evaluate it.
-struct BenchObjective<'a> {
-    rule: &'a mut dyn futureprop::rule::Rule,
-    model: &'a Model,
-    batch: &'a Batch,
-}
-
-impl futureprop::optim::Objective for BenchObjective<'_> {
-    fn evaluate(
-        &mut self,
-        p: &futureprop::nn::Params,
-    ) -> futureprop::Result<(f64, futureprop::nn::Grads)> {
-        let out = self
-            .rule
-            .step(self.model, p, self.batch, Loss::CrossEntropy)?;
-        Ok((out.loss, out.grads))
-    }
-    fn gauss_newton_vector(
-        &mut self,
-        p: &futureprop::nn::Params,
-        v: &futureprop::nn::Params,
-    ) -> futureprop::Result<futureprop::nn::Grads> {
-        futureprop::optim::curvature::gauss_newton_vector(
-            self.model,
-            p,
-            &self.batch.x,
-            Loss::CrossEntropy,
-            v,
-        )
-    }
-}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -144,10 +112,11 @@ fn main() -> futureprop::Result<()> {
             for (_, _, params, rule, opt, times) in arms.iter_mut() {
                 let t = Instant::now();
                 let out = rule.step(&model, params, &batch, Loss::CrossEntropy)?;
-                let mut objective = BenchObjective {
+                let mut objective = RuleObjective {
                     rule: rule.as_mut(),
                     model: &model,
                     batch: &batch,
+                    loss: Loss::CrossEntropy,
                 };
                 let mut ctx = StepContext {
                     trace: Some(&out.trace),

@@ -445,6 +445,7 @@ fn gradient_noise_scale_vanishes_without_noise_and_grows_with_it() {
         x: Tensor::from_vec(&[200, 2], [0.3f32, -0.7].repeat(200)).unwrap(),
         labels: vec![1; 200],
         classes: 2,
+        reconstruct: false,
     };
     let b0 = gradient_noise_scale(
         &mut Backprop,

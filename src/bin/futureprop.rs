@@ -201,6 +201,14 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     loss: Option<String>,
+    /// Task: classify, autoencode (targets are the inputs) [default: classify].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    task: Option<String>,
+    /// Log the minibatch loss every N optimizer steps to metrics.jsonl (0: off) [default: 0].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_every: Option<u64>,
     /// Credit-assignment rule (see `futureprop rules`) [default: bp].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -221,6 +229,22 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     kp_decay: Option<f64>,
+    /// Predictive coding: inference steps per batch [default: 20].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pc_steps: Option<usize>,
+    /// Predictive coding: inference step size γ [default: 0.1].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pc_gamma: Option<f64>,
+    /// Predictive coding: standard, fixed-prediction [default: standard].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pc_variant: Option<String>,
+    /// Energy-based rules: stop relaxing below this residual, 0 = never [default: 0].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    relax_tolerance: Option<f64>,
     /// Every N steps, compare each layer's update with the backprop gradient (0: never) [default: 0].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -455,6 +479,16 @@ fn train_cmd(args: &TrainArgs) -> Result<()> {
     let summary = train::train(&cfg, resume.as_deref())?;
     let out = cfg.out_dir();
     let f = |k: &str| summary[k].as_f64().unwrap_or(f64::NAN);
+    if cfg.task == "autoencode" {
+        println!(
+            "test loss {:.4} after {} epochs, {:.1}s; results in {}",
+            f("test_loss"),
+            summary["epochs"],
+            f("total_seconds"),
+            out.display()
+        );
+        return Ok(());
+    }
     println!(
         "test accuracy {:.4} (best {:.4}) after {} epochs, {:.1}s; results in {}",
         f("test_accuracy"),

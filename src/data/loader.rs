@@ -5,6 +5,7 @@ use rand::seq::SliceRandom;
 
 use super::Dataset;
 use crate::error::Result;
+use crate::nn::Target;
 use crate::rule::Batch;
 
 /// A permutation of `0..n` determined by `(seed, epoch)` alone.
@@ -63,8 +64,12 @@ impl Iterator for Batches<'_> {
         let idx = &self.order[self.pos..end];
         self.pos = end;
         Some(self.data.x.gather_rows(idx).map(|x| Batch {
+            target: if self.data.reconstruct {
+                Target::Values(x.clone())
+            } else {
+                self.data.targets(idx)
+            },
             x,
-            target: self.data.targets(idx),
         }))
     }
 }

@@ -27,6 +27,8 @@ pub struct Dataset {
     pub labels: Vec<usize>,
     /// Number of classes.
     pub classes: usize,
+    /// The targets are the inputs themselves (autoencoders); labels are kept but unused.
+    pub reconstruct: bool,
 }
 
 impl Dataset {
@@ -40,6 +42,16 @@ impl Dataset {
         self.labels.is_empty()
     }
 
+    /// Width of the model output this data asks for: features when reconstructing,
+    /// else classes.
+    pub fn outputs(&self) -> usize {
+        if self.reconstruct {
+            self.features()
+        } else {
+            self.classes
+        }
+    }
+
     /// Features per sample.
     pub fn features(&self) -> usize {
         self.x.shape().get(1).copied().unwrap_or(0)
@@ -51,6 +63,7 @@ impl Dataset {
             x: self.x.gather_rows(idx)?,
             labels: idx.iter().map(|&i| self.labels[i]).collect(),
             classes: self.classes,
+            reconstruct: self.reconstruct,
         })
     }
 
@@ -242,11 +255,13 @@ pub fn load(root: &Path, name: &str, normalize: Normalize, validation: usize) ->
         x: Tensor::from_vec(&[n_tr, feat], scale(&tr_x))?,
         labels: tr_y,
         classes: 10,
+        reconstruct: false,
     };
     let test = Dataset {
         x: Tensor::from_vec(&[te_y.len(), feat], scale(&te_x))?,
         labels: te_y,
         classes: 10,
+        reconstruct: false,
     };
     let (train, validation) = if validation > 0 {
         let cut = n_tr - validation;

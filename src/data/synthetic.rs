@@ -32,6 +32,7 @@ pub fn two_moons(n: usize, noise: f64, seed: u64) -> Result<Dataset> {
         x: Tensor::from_vec(&[n, 2], x)?,
         labels,
         classes: 2,
+        reconstruct: false,
     })
 }
 
@@ -53,6 +54,7 @@ pub fn spirals(n: usize, classes: usize, noise: f64, seed: u64) -> Result<Datase
         x: Tensor::from_vec(&[n, 2], x)?,
         labels,
         classes,
+        reconstruct: false,
     })
 }
 

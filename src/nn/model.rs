@@ -11,7 +11,8 @@ use crate::tensor::{Tensor, Unary};
 /// Everything needed to rebuild a model: the spec string and its options.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelSpec {
-    /// `mlp:784-1000-1000-10` (widths, input first) or `linear:784-10`.
+    /// `mlp:784-1000-1000-10` (widths, input first) or `linear:784-10`. A hidden width may
+    /// name its own activation, e.g. `mlp:784-1000-30:linear-1000-784`.
     pub spec: String,
     /// Hidden activation name (see [`super::ACTIVATION_NAMES`]); default `relu`.
     pub activation: String,
@@ -70,16 +71,36 @@ impl Model {
         if kind != "mlp" && kind != "linear" {
             return Err(Error::unknown("model kind", kind, &["mlp", "linear"]));
         }
+        // Each width may carry its own activation: `30:linear` (hidden widths only).
+        let mut own_act: Vec<Option<ActivationSpec>> = Vec::new();
         let widths = rest
             .split('-')
-            .map(|w| match w.parse::<usize>() {
-                Ok(v) if v > 0 => Ok(v),
-                _ => Err(Error::config(
-                    "model",
-                    format!("width '{w}' in '{}' is not a positive integer", spec.spec),
-                )),
+            .map(|tok| {
+                let (w, act) = match tok.split_once(':') {
+                    Some((w, a)) => (w, Some(parse_activation(a)?)),
+                    None => (tok, None),
+                };
+                own_act.push(act);
+                match w.parse::<usize>() {
+                    Ok(v) if v > 0 => Ok(v),
+                    _ => Err(Error::config(
+                        "model",
+                        format!("width '{w}' in '{}' is not a positive integer", spec.spec),
+                    )),
+                }
             })
             .collect::<Result<Vec<_>>>()?;
+        if own_act.first().is_some_and(Option::is_some)
+            || own_act.last().is_some_and(Option::is_some)
+        {
+            return Err(Error::config(
+                "model",
+                format!(
+                    "'{}': only hidden widths take an activation (WIDTH:ACT); the input has none and the output is linear (the loss applies its link)",
+                    spec.spec
+                ),
+            ));
+        }
         if widths.len() < 2 {
             return Err(Error::config(
                 "model",
@@ -107,7 +128,7 @@ impl Model {
             )));
             if i + 1 < n {
                 let name = format!("act{}", i + 1);
-                layers.push(match act {
+                layers.push(match own_act[i + 1].unwrap_or(act) {
                     ActivationSpec::Fixed(f) => Box::new(Activation::new(name, f)),
                     ActivationSpec::PRelu => Box::new(PRelu::new(name, widths[i + 1])),
                 });
@@ -190,6 +211,32 @@ impl Model {
             }
         }
         out
+    }
+
+    /// The hidden Linear→activation blocks and the Linear output block, for rules that
+    /// need that shape (`rule` names the rule in the error when the model is not a stack
+    /// of Linear→activation blocks ending in a Linear output layer).
+    pub fn layered_blocks(&self, rule: &str) -> Result<(Vec<Block>, Block)> {
+        let blocks = self.blocks();
+        let covered: usize = blocks
+            .iter()
+            .map(|b| 1 + b.activation.is_some() as usize)
+            .sum();
+        let last = *blocks
+            .last()
+            .ok_or_else(|| Error::config("model", "has no Linear layer"))?;
+        if covered != self.layers.len()
+            || last.activation.is_some()
+            || last.linear + 1 != self.layers.len()
+        {
+            return Err(Error::config(
+                "model",
+                format!(
+                    "{rule} needs a stack of Linear→activation blocks ending in a Linear output layer"
+                ),
+            ));
+        }
+        Ok((blocks[..blocks.len() - 1].to_vec(), last))
     }
 
     /// Draws fresh parameters with `init` from `seed`.

@@ -54,24 +54,7 @@ impl DirectFeedback {
     }
 
     fn blocks(model: &Model) -> Result<(Vec<Block>, Block)> {
-        let blocks = model.blocks();
-        let covered: usize = blocks
-            .iter()
-            .map(|b| 1 + b.activation.is_some() as usize)
-            .sum();
-        let last = *blocks
-            .last()
-            .ok_or_else(|| Error::config("model", "has no Linear layer"))?;
-        if covered != model.layers().len()
-            || last.activation.is_some()
-            || last.linear + 1 != model.layers().len()
-        {
-            return Err(Error::config(
-                "model",
-                "direct feedback needs a stack of Linear→activation blocks ending in a Linear output layer",
-            ));
-        }
-        Ok((blocks[..blocks.len() - 1].to_vec(), last))
+        model.layered_blocks("direct feedback")
     }
 
     fn key(&self, index: usize, width: usize) -> usize {

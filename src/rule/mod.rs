@@ -10,10 +10,12 @@
 mod backprop;
 mod direct_feedback;
 mod feedback_alignment;
+mod predictive_coding;
 
 pub use backprop::Backprop;
 pub use direct_feedback::{DirectFeedback, DirectKind};
 pub use feedback_alignment::{FeedbackAlignment, FeedbackKind};
+pub use predictive_coding::PredictiveCoding;
 
 use crate::error::{Error, Result};
 use crate::nn::{Grads, Layer, Loss, Model, Params, Record, Target, Trace};
@@ -26,6 +28,19 @@ pub struct Batch {
     pub x: Tensor,
     /// Targets.
     pub target: Target,
+}
+
+/// What the last relaxation (inference) of an energy-based rule did: the energy and the
+/// residual ‖∂E/∂state‖ (per sample) before each step, and the steps taken (fewer than
+/// asked when the residual fell below the tolerance).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Relaxation {
+    /// Energy per relaxation step (index 0: before the first step).
+    pub energy: Vec<f64>,
+    /// Residual per relaxation step.
+    pub residual: Vec<f64>,
+    /// Steps taken.
+    pub steps: usize,
 }
 
 /// What one step of a rule produced.
@@ -81,6 +96,11 @@ pub trait Rule: Send {
         ))
     }
 
+    /// Diagnostics of the last step's relaxation, for rules that relax a state.
+    fn relaxation(&self) -> Option<&Relaxation> {
+        None
+    }
+
     /// Outputs used for evaluation. Most rules use the plain forward pass.
     fn predict(&self, model: &Model, params: &Params, x: &Tensor) -> Result<Tensor> {
         model.forward(params, x)
@@ -111,6 +131,15 @@ pub struct RuleConfig {
     pub feedback_seed: Option<u64>,
     /// Kolen–Pollack weight decay λ on W and its feedback; default 1e-3.
     pub kp_decay: f64,
+    /// Predictive coding: inference steps T per batch; default 20.
+    pub pc_steps: usize,
+    /// Predictive coding: inference step size γ (per sample); default 0.1.
+    pub pc_gamma: f64,
+    /// Predictive coding: `standard` or `fixed-prediction`; default `standard`.
+    pub pc_variant: String,
+    /// Energy-based rules: stop relaxing when the residual ‖∂E/∂state‖ per sample falls
+    /// below this; default 0 (always run every step).
+    pub relax_tolerance: f64,
 }
 
 impl Default for RuleConfig {
@@ -120,6 +149,10 @@ impl Default for RuleConfig {
             feedback_scale: 1.0,
             feedback_seed: None,
             kp_decay: 1e-3,
+            pc_steps: 20,
+            pc_gamma: 0.1,
+            pc_variant: "standard".into(),
+            relax_tolerance: 0.0,
         }
     }
 }
@@ -172,6 +205,10 @@ pub const RULES: &[(&str, &str)] = &[
         "drtp",
         "direct random target projection: one-hot target projected to hidden blocks (Frenkel et al. 2021)",
     ),
+    (
+        "pc",
+        "predictive coding: relax value nodes on the prediction-error energy, local updates (Whittington & Bogacz 2017)",
+    ),
 ];
 
 /// Builds a rule by its CLI name with default options.
@@ -194,6 +231,7 @@ pub fn build_rule_with(name: &str, cfg: &RuleConfig) -> Result<Box<dyn Rule>> {
         "dfa" => direct(DirectKind::Dfa),
         "bfa" => direct(DirectKind::Bfa),
         "drtp" => direct(DirectKind::Drtp),
+        "pc" => Ok(Box::new(PredictiveCoding::new(cfg.clone())?)),
         _ => Err(Error::unknown(
             "rule",
             name,

@@ -41,6 +41,10 @@ pub struct TrainConfig {
     pub bias: bool,
     /// Loss: `cross-entropy`, `mse`, `bce`; default `cross-entropy`.
     pub loss: String,
+    /// `classify` (targets are the labels) or `autoencode` (targets are the inputs; needs
+    /// a model whose output width is the input width, `--loss bce` with
+    /// `--normalize unit`, or `mse`); default `classify`.
+    pub task: String,
     /// Credit-assignment rule; default `bp`.
     pub rule: String,
     /// Options of the rule (`feedback_init`, `feedback_scale`, `feedback_seed`,
@@ -80,6 +84,10 @@ pub struct TrainConfig {
     pub out: Option<PathBuf>,
     /// Write a checkpoint every N epochs (0: only at the end); default 1.
     pub checkpoint_every: usize,
+    /// Every this many optimizer steps, append a `"type":"step"` record (step, the
+    /// minibatch loss before the update, training seconds excluding evaluation) to
+    /// metrics.jsonl; default 0 (off).
+    pub log_every: u64,
     /// No progress bar; default false.
     pub quiet: bool,
 }
@@ -92,6 +100,7 @@ impl Default for TrainConfig {
             download: true,
             mirror: None,
             normalize: "standard".into(),
+            task: "classify".into(),
             validation: 0,
             train_limit: None,
             test_limit: None,
@@ -116,6 +125,7 @@ impl Default for TrainConfig {
             out: None,
             checkpoint_every: 1,
             quiet: false,
+            log_every: 0,
         }
     }
 }

@@ -170,6 +170,30 @@ pub fn load_data(cfg: &TrainConfig) -> Result<Splits> {
         let idx: Vec<usize> = (0..n.min(splits.test.len())).collect();
         splits.test = splits.test.subset(&idx)?;
     }
+    match cfg.task.as_str() {
+        "classify" => {}
+        "autoencode" => {
+            let loss = Loss::parse(&cfg.loss)?;
+            if loss == Loss::CrossEntropy {
+                return Err(Error::config(
+                    "task",
+                    "autoencode compares outputs with pixels: use --loss bce (with --normalize unit) or --loss mse",
+                ));
+            }
+            if loss == Loss::Bce && cfg.normalize != "unit" {
+                return Err(Error::config(
+                    "task",
+                    "autoencode with --loss bce needs targets in [0, 1]: add --normalize unit",
+                ));
+            }
+            splits.train.reconstruct = true;
+            splits.test.reconstruct = true;
+            if let Some(v) = splits.validation.as_mut() {
+                v.reconstruct = true;
+            }
+        }
+        other => return Err(Error::unknown("task", other, &["classify", "autoencode"])),
+    }
     Ok(splits)
 }
 
@@ -184,7 +208,7 @@ pub fn build_model(cfg: &TrainConfig, features: usize, classes: usize) -> Result
         return Err(Error::shape(
             "model vs dataset",
             format!(
-                "model '{}' maps {} inputs to {} outputs but {} has {features} features and {classes} classes; use e.g. mlp:{features}-1000-{classes}",
+                "model '{}' maps {} inputs to {} outputs but {} has {features} features and needs {classes} outputs; use e.g. mlp:{features}-1000-{classes}",
                 cfg.model,
                 model.inputs(),
                 model.outputs(),
@@ -237,7 +261,7 @@ pub fn diagnose_checkpoint(
 ) -> Result<Value> {
     let splits = load_data(cfg)?;
     let loss = Loss::parse(&cfg.loss)?;
-    let model = build_model(cfg, splits.train.features(), splits.train.classes)?;
+    let model = build_model(cfg, splits.train.features(), splits.train.outputs())?;
     let mut rule = build_rule_with(&cfg.rule, &cfg.rule_options)?;
     let mut params = model.init_params(Init::parse(&cfg.init)?, cfg.seed)?;
     rule.init(&model, &mut params, cfg.seed)?;
@@ -333,7 +357,7 @@ pub fn run_with(
         return Err(Error::config("batch size", "must be at least 1"));
     }
     let loss = Loss::parse(&cfg.loss)?;
-    let model = build_model(cfg, splits.train.features(), splits.train.classes)?;
+    let model = build_model(cfg, splits.train.features(), splits.train.outputs())?;
     let mut rule = build_rule_with(&cfg.rule, &cfg.rule_options)?;
     let mut params = model.init_params(Init::parse(&cfg.init)?, cfg.seed)?;
     rule.init(&model, &mut params, cfg.seed)?;
@@ -404,6 +428,8 @@ pub fn run_with(
     let mut energy_total = 0.0;
     let mut energy_source = crate::bench::energy::Source::Estimated;
     let mut out_of_time = false;
+    // Evaluation and diagnostics of finished epochs (the step log's clock skips them).
+    let mut not_training_seconds = 0.0;
     for epoch in start_epoch..cfg.epochs {
         if cfg.max_steps.is_some_and(|m| step >= m) {
             break;
@@ -520,6 +546,13 @@ pub fn run_with(
                 history.push(rec);
             }
             step += 1;
+            if cfg.log_every > 0 && step.is_multiple_of(cfg.log_every) {
+                let secs = run_start.elapsed().as_secs_f64() - not_training_seconds - diag_seconds;
+                append_line(
+                    &metrics_path,
+                    &json!({"type": "step", "epoch": epoch + 1, "step": step, "loss": out.loss, "seconds": secs}),
+                )?;
+            }
             pb.inc(1);
             if step % 20 == 0 {
                 pb.set_message(format!("loss {:.4}", loss_sum / seen.max(1) as f64));
@@ -594,6 +627,7 @@ pub fn run_with(
         rec["epoch_seconds"] = json!(train_seconds);
         rec["diagnostics_seconds"] = json!(diag_seconds);
         rec["eval_seconds"] = json!(te.elapsed().as_secs_f64());
+        not_training_seconds += te.elapsed().as_secs_f64() + diag_seconds;
         rec["samples_per_second"] = json!(seen as f64 / train_seconds.max(1e-9));
         if !test.loss.is_finite() {
             return Err(Error::NonFinite {

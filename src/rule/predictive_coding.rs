@@ -1,0 +1,225 @@
+//! Predictive coding (Rao & Ballard 1999; Whittington & Bogacz 2017).
+//!
+//! Each hidden block k has value nodes xₖ and a prediction μₖ = fₖ(Wₖxₖ₋₁ + bₖ) from the
+//! block below (x₀ is the clamped input). The energy, in the units of the mean loss, is
+//!
+//!   F = (1/n) Σₖ ½‖εₖ‖² + L(μ_out, y),   εₖ = xₖ − μₖ,
+//!
+//! where the output term is the training loss at the top prediction (the target clamps
+//! the output). Inference runs T steps of gradient descent on F over the hidden xₖ with
+//! per-sample step γ: xₖ ← xₖ − γ(εₖ + n·Jₖ₊₁ᵀ gₖ₊₁), where gₖ = ∂F/∂μₖ is −εₖ/n for
+//! hidden blocks and ∂L/∂μ_out at the top, and Jₖ₊₁ᵀ carries it through block k+1 (its
+//! activation's derivative, then Wₖ₊₁ᵀ). All nodes move together (synchronous), then
+//! the predictions are recomputed; the input block's drive is computed once per batch.
+//! After inference each block's update is the local ∂F/∂θₖ: gₖ through the block's own
+//! activation derivative, times its input (xₖ₋₁): a Hebbian-like product of the
+//! prediction error and presynaptic activity.
+//!
+//! Variants (`pc_variant`):
+//! - `standard`: inference learning as above.
+//! - `fixed-prediction`: μₖ and the Jacobians stay at their feed-forward values during
+//!   inference (Millidge, Tschantz & Buckley 2020; Song et al. 2020's Z-IL makes the
+//!   same assumption). The fixed point is εₖ = −n·J̃ₖ₊₁ᵀgₖ₊₁, so gₖ = J̃ₖ₊₁ᵀgₖ₊₁: exactly
+//!   backprop's errors, and with γ = 1 they are reached after one step per layer.
+//!
+//! Prediction at test time is the plain forward pass. Relaxation diagnostics (energy and
+//! residual ‖∂F/∂x‖ per step, steps taken; early stop at `relax_tolerance`) are kept in
+//! [`Relaxation`].
+
+use super::{Batch, Relaxation, Rule, RuleConfig, StepOutput};
+use crate::error::{Error, Result};
+use crate::nn::{Block, Grads, Loss, Model, Params, Record, Trace};
+use crate::tensor::Tensor;
+
+/// Predictive-coding inference learning.
+#[derive(Debug)]
+pub struct PredictiveCoding {
+    cfg: RuleConfig,
+    fixed: bool,
+    relaxation: Relaxation,
+}
+
+impl PredictiveCoding {
+    /// PC with the options in `cfg` (`pc_steps`, `pc_gamma`, `pc_variant`,
+    /// `relax_tolerance`).
+    pub fn new(cfg: RuleConfig) -> Result<Self> {
+        let fixed = match cfg.pc_variant.as_str() {
+            "standard" => false,
+            "fixed-prediction" => true,
+            other => {
+                return Err(Error::unknown(
+                    "pc variant",
+                    other,
+                    &["standard", "fixed-prediction"],
+                ));
+            }
+        };
+        if !(cfg.pc_gamma.is_finite() && cfg.pc_gamma > 0.0) {
+            return Err(Error::config("pc gamma", "must be a positive number"));
+        }
+        Ok(PredictiveCoding {
+            cfg,
+            fixed,
+            relaxation: Relaxation::default(),
+        })
+    }
+}
+
+/// Forward of one block from input `h`, replacing its records in `trace`.
+pub(crate) fn block_forward(
+    model: &Model,
+    params: &Params,
+    b: &Block,
+    h: &Tensor,
+    trace: &mut Trace,
+) -> Result<()> {
+    let layers = model.layers();
+    let lin = &layers[b.linear];
+    let mut rec = Record::new(lin.name(), h.clone());
+    let pre = lin.forward(params, h, &mut rec)?;
+    rec.output = pre.clone();
+    trace.records[b.linear] = rec;
+    if let Some(a) = b.activation {
+        let mut r = Record::new(layers[a].name(), pre.clone());
+        let o = layers[a].forward(params, &pre, &mut r)?;
+        r.output = o;
+        trace.records[a] = r;
+    }
+    Ok(())
+}
+
+/// The block's output (after its activation).
+pub(crate) fn block_output<'a>(b: &Block, trace: &'a Trace) -> &'a Tensor {
+    &trace.records[b.activation.unwrap_or(b.linear)].output
+}
+
+/// Jᵀg: carries `g` (at the block's output) to the block's input.
+pub(crate) fn block_input_grad(
+    model: &Model,
+    params: &Params,
+    b: &Block,
+    trace: &Trace,
+    g: &Tensor,
+) -> Result<Tensor> {
+    let layers = model.layers();
+    let d_pre = match b.activation {
+        Some(a) => layers[a].input_grad(params, &trace.records[a], g)?,
+        None => g.clone(),
+    };
+    layers[b.linear].input_grad(params, &trace.records[b.linear], &d_pre)
+}
+
+/// Adds the block's parameter gradients for `g` at its output; records the errors.
+pub(crate) fn block_param_grads(
+    model: &Model,
+    params: &Params,
+    b: &Block,
+    trace: &mut Trace,
+    g: Tensor,
+    grads: &mut Grads,
+) -> Result<()> {
+    let layers = model.layers();
+    let d_pre = match b.activation {
+        Some(a) => {
+            layers[a].param_grads(params, &trace.records[a], &g, grads)?;
+            let d = layers[a].input_grad(params, &trace.records[a], &g)?;
+            trace.errors[a] = Some(g);
+            d
+        }
+        None => g,
+    };
+    layers[b.linear].param_grads(params, &trace.records[b.linear], &d_pre, grads)?;
+    trace.errors[b.linear] = Some(d_pre);
+    Ok(())
+}
+
+impl Rule for PredictiveCoding {
+    fn name(&self) -> &'static str {
+        "pc"
+    }
+
+    fn step(
+        &mut self,
+        model: &Model,
+        params: &Params,
+        batch: &Batch,
+        loss: Loss,
+    ) -> Result<StepOutput> {
+        let (hidden, last) = model.layered_blocks("pc")?;
+        let mut trace = model.forward_trace(params, &batch.x)?;
+        let n = batch.x.dims2()?.0.max(1) as f64;
+        let (first_loss, mut g_top) = loss.eval(block_output(&last, &trace), &batch.target)?;
+        let mut top_loss = first_loss;
+        let mut all: Vec<Block> = hidden.clone();
+        all.push(last);
+        // Value nodes start at the feed-forward predictions: εₖ = 0.
+        let mut x: Vec<Tensor> = hidden
+            .iter()
+            .map(|b| block_output(b, &trace).clone())
+            .collect();
+        let gamma = self.cfg.pc_gamma;
+        let tol = self.cfg.relax_tolerance;
+        self.relaxation = Relaxation::default();
+        let hidden_g = |x: &Tensor, mu: &Tensor| -> Result<Tensor> {
+            // g = ∂F/∂μ = −(x − μ)/n
+            let mut e = mu.sub(x)?;
+            e.scale_in_place(1.0 / n);
+            Ok(e)
+        };
+        for t in 0..=self.cfg.pc_steps {
+            // Errors at every block output, then ∂F/∂xₖ (per sample) for the hidden nodes.
+            let mut eps_sq = 0.0;
+            let mut gs: Vec<Tensor> = Vec::with_capacity(all.len());
+            for (k, b) in hidden.iter().enumerate() {
+                let g = hidden_g(&x[k], block_output(b, &trace))?;
+                eps_sq += g.sum_sq() * n * n;
+                gs.push(g);
+            }
+            gs.push(g_top.clone());
+            let mut dx: Vec<Tensor> = Vec::with_capacity(hidden.len());
+            let mut res_sq = 0.0;
+            for k in 0..hidden.len() {
+                // εₖ + n·Jₖ₊₁ᵀgₖ₊₁ = −n·gₖ + n·Jᵀgₖ₊₁
+                let up = block_input_grad(model, params, &all[k + 1], &trace, &gs[k + 1])?;
+                let mut d = up.sub(&gs[k])?;
+                d.scale_in_place(n);
+                res_sq += d.sum_sq();
+                dx.push(d);
+            }
+            self.relaxation.energy.push(0.5 * eps_sq / n + top_loss);
+            self.relaxation.residual.push(res_sq.sqrt() / n);
+            if t == self.cfg.pc_steps || (tol > 0.0 && res_sq.sqrt() / n < tol) || hidden.is_empty()
+            {
+                break;
+            }
+            self.relaxation.steps += 1;
+            for (xk, d) in x.iter_mut().zip(&dx) {
+                xk.axpy(-gamma, d)?;
+            }
+            if !self.fixed {
+                // New predictions from the moved nodes; block 0's drive is unchanged.
+                for k in 1..all.len() {
+                    block_forward(model, params, &all[k], &x[k - 1], &mut trace)?;
+                }
+                let (l, g) = loss.eval(block_output(&last, &trace), &batch.target)?;
+                top_loss = l;
+                g_top = g;
+            }
+        }
+        let mut grads = Grads::new();
+        for (k, b) in hidden.iter().enumerate() {
+            let g = hidden_g(&x[k], block_output(b, &trace))?;
+            block_param_grads(model, params, b, &mut trace, g, &mut grads)?;
+        }
+        block_param_grads(model, params, &last, &mut trace, g_top, &mut grads)?;
+        Ok(StepOutput {
+            grads,
+            trace,
+            loss: first_loss,
+        })
+    }
+
+    fn relaxation(&self) -> Option<&Relaxation> {
+        Some(&self.relaxation)
+    }
+}

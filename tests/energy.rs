@@ -1,0 +1,178 @@
+//! Energy-based rules against the backprop oracle: predictive coding with fixed
+//! predictions gives backprop's updates; standard inference approaches them for small
+//! output errors; relaxation converges.
+
+use futureprop::nn::{Init, Loss, Model, ModelSpec, Params, Target};
+use futureprop::rule::{Batch, Rule, RuleConfig, build_rule, build_rule_with};
+use futureprop::tensor::{DType, Tensor};
+use rand::{Rng, SeedableRng};
+
+fn rand_tensor(shape: &[usize], seed: u64, scale: f64) -> Tensor {
+    let mut rng = futureprop::Rng::seed_from_u64(seed);
+    let n = shape.iter().product();
+    Tensor::from_vec_f64(
+        shape,
+        (0..n).map(|_| rng.random_range(-scale..scale)).collect(),
+    )
+    .unwrap()
+}
+
+fn model(spec: &str, act: &str, seed: u64) -> (Model, Params) {
+    let m = Model::build(&ModelSpec {
+        spec: spec.into(),
+        activation: act.into(),
+        bias: true,
+    })
+    .unwrap();
+    let p = m
+        .init_params(Init::XavierNormal, seed)
+        .unwrap()
+        .to_dtype(DType::F64);
+    (m, p)
+}
+
+fn pc(steps: usize, gamma: f64, variant: &str) -> Box<dyn Rule> {
+    build_rule_with(
+        "pc",
+        &RuleConfig {
+            pc_steps: steps,
+            pc_gamma: gamma,
+            pc_variant: variant.into(),
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+fn cosine(a: &[f64], b: &[f64]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f64 = a.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| x * x).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+fn class_batch(rows: usize, inputs: usize, classes: usize, seed: u64) -> Batch {
+    Batch {
+        x: rand_tensor(&[rows, inputs], seed, 1.0),
+        target: Target::Classes((0..rows).map(|i| (i * 5 + 1) % classes).collect()),
+    }
+}
+
+#[test]
+fn fixed_prediction_pc_gives_backprop_updates() {
+    let (m, p) = model("mlp:5-8-7-6-3", "tanh", 1);
+    let batch = class_batch(9, 5, 3, 2);
+    let bp = build_rule("bp")
+        .unwrap()
+        .step(&m, &p, &batch, Loss::CrossEntropy)
+        .unwrap();
+    // γ = 1: one step per hidden layer reaches the fixed point exactly.
+    // Small γ: geometric convergence to the same point.
+    for (steps, gamma, tol) in [(3, 1.0, 1e-12), (400, 0.1, 1e-9)] {
+        let out = pc(steps, gamma, "fixed-prediction")
+            .step(&m, &p, &batch, Loss::CrossEntropy)
+            .unwrap();
+        assert_eq!(out.loss, bp.loss);
+        for (n, g) in bp.grads.iter() {
+            let (a, b) = (out.grads.get(n).unwrap().to_vec_f64(), g.to_vec_f64());
+            let scale = b.iter().fold(1e-6f64, |s, v| s.max(v.abs()));
+            for (x, y) in a.iter().zip(&b) {
+                assert!(
+                    (x - y).abs() <= tol * scale,
+                    "T={steps} γ={gamma} {n}: PC {x} vs BP {y}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn standard_pc_approaches_backprop_for_small_output_errors() {
+    let (m, p) = model("mlp:4-10-10-3", "tanh", 3);
+    let x = rand_tensor(&[12, 4], 4, 1.0);
+    let out = m.forward(&p, &x).unwrap();
+    // Targets close to the prediction: the regime of Whittington & Bogacz's equivalence.
+    let y = out.add(&rand_tensor(&[12, 3], 5, 0.01)).unwrap();
+    let batch = Batch {
+        x,
+        target: Target::Values(y),
+    };
+    let bp = build_rule("bp")
+        .unwrap()
+        .step(&m, &p, &batch, Loss::Mse)
+        .unwrap();
+    // Small γ, few steps: each layer's update points along backprop's (the errors reach
+    // layer k scaled by about γ^(L−k), so directions match layer by layer). At the
+    // relaxed equilibrium the hidden nodes absorb part of the output error and the
+    // agreement loosens (Whittington & Bogacz 2017).
+    for (steps, gamma, min_cos) in [(3usize, 0.05, 0.99), (300, 0.05, 0.95)] {
+        let out = pc(steps, gamma, "standard")
+            .step(&m, &p, &batch, Loss::Mse)
+            .unwrap();
+        for (n, g) in bp.grads.iter() {
+            let c = cosine(&out.grads.get(n).unwrap().to_vec_f64(), &g.to_vec_f64());
+            assert!(c > min_cos, "T={steps} γ={gamma} {n}: cosine to BP {c}");
+        }
+    }
+    let mut rule = pc(300, 0.05, "standard");
+    rule.step(&m, &p, &batch, Loss::Mse).unwrap();
+    // Energy falls monotonically under small steps.
+    let r = rule.relaxation().unwrap();
+    assert_eq!(r.steps, 300);
+    for w in r.energy.windows(2) {
+        assert!(w[1] <= w[0] + 1e-15, "energy rose: {} → {}", w[0], w[1]);
+    }
+}
+
+#[test]
+fn relaxation_converges_below_tolerance_on_random_networks() {
+    for seed in 0..5u64 {
+        let (m, p) = model(
+            "mlp:6-9-8-4",
+            if seed % 2 == 0 { "tanh" } else { "sigmoid" },
+            seed,
+        );
+        let batch = class_batch(7, 6, 4, 100 + seed);
+        let mut rule = build_rule_with(
+            "pc",
+            &RuleConfig {
+                pc_steps: 2000,
+                pc_gamma: 0.2,
+                relax_tolerance: 1e-8,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        rule.step(&m, &p, &batch, Loss::CrossEntropy).unwrap();
+        let r = rule.relaxation().unwrap();
+        let last = *r.residual.last().unwrap();
+        assert!(
+            last < 1e-8 && r.steps < 2000,
+            "seed {seed}: residual {last} after {} steps",
+            r.steps
+        );
+        assert!(r.energy.last().unwrap() <= &r.energy[0]);
+    }
+}
+
+#[test]
+fn pc_options_are_checked() {
+    let bad = build_rule_with(
+        "pc",
+        &RuleConfig {
+            pc_variant: "sideways".into(),
+            ..Default::default()
+        },
+    );
+    assert!(bad.err().unwrap().to_string().contains("sideways"));
+    assert!(
+        build_rule_with(
+            "pc",
+            &RuleConfig {
+                pc_gamma: 0.0,
+                ..Default::default()
+            }
+        )
+        .is_err()
+    );
+}
