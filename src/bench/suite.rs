@@ -79,7 +79,7 @@ fn one_usize() -> usize {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum RuleList {
-    /// Every rule of [`crate::rule::RULES`].
+    /// Every rule of [`crate::rule::RULES`] defined for multi-layer models.
     All(String),
     /// These rules.
     List(Vec<String>),
@@ -185,9 +185,11 @@ impl Suite {
     /// The rules, with `"all"` expanded.
     pub fn rule_names(&self) -> Vec<String> {
         match &self.rules {
+            // The single-layer classics are not defined for the suites' MLPs; name them.
             RuleList::All(_) => crate::rule::RULES
                 .iter()
                 .map(|(n, _)| n.to_string())
+                .filter(|n| !crate::rule::SINGLE_LAYER_RULES.contains(&n.as_str()))
                 .collect(),
             RuleList::List(l) => l.clone(),
         }

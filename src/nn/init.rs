@@ -29,6 +29,19 @@ pub enum Init {
     Zeros,
     /// Every weight equal to the value.
     Constant(f64),
+    /// Sparse initialisation (Martens 2010, §5): each unit gets `k` nonzero incoming
+    /// weights drawn from N(0, 1), the rest zero (all of them when fan_in ≤ k); biases 0.
+    ///
+    /// ```
+    /// use futureprop::nn::Init;
+    /// use rand::SeedableRng;
+    /// let mut rng = futureprop::Rng::seed_from_u64(0);
+    /// let w = Init::parse("sparse").unwrap().sample(100, 4, &mut rng);
+    /// for row in w.chunks(100) {
+    ///     assert_eq!(row.iter().filter(|v| **v != 0.0).count(), 15);
+    /// }
+    /// ```
+    Sparse(usize),
 }
 
 /// Names accepted by [`Init::parse`].
@@ -42,6 +55,7 @@ pub const INIT_NAMES: &[&str] = &[
     "torch",
     "zeros",
     "constant:VALUE",
+    "sparse[:K]",
 ];
 
 impl Init {
@@ -56,6 +70,19 @@ impl Init {
             "lecun-normal" => Init::LecunNormal,
             "torch" => Init::Torch,
             "zeros" => Init::Zeros,
+            "sparse" => Init::Sparse(15),
+            _ if s.starts_with("sparse:") => {
+                let k = &s["sparse:".len()..];
+                match k.parse::<usize>() {
+                    Ok(k) if k > 0 => Init::Sparse(k),
+                    _ => {
+                        return Err(Error::config(
+                            "init",
+                            format!("sparse:K needs a positive count, got '{k}'"),
+                        ));
+                    }
+                }
+            }
             _ => match s.strip_prefix("constant:") {
                 Some(v) => Init::Constant(
                     v.parse()
@@ -90,6 +117,17 @@ impl Init {
             Init::Torch => uniform(1.0 / fi.sqrt(), rng),
             Init::Zeros => vec![0.0; n],
             Init::Constant(c) => vec![c as f32; n],
+            Init::Sparse(k) => {
+                let mut w = vec![0.0f32; n];
+                for row in w.chunks_mut(fan_in.max(1)) {
+                    let chosen = rand::seq::index::sample(rng, fan_in, k.min(fan_in));
+                    for j in chosen.iter() {
+                        let z: f64 = StandardNormal.sample(rng);
+                        row[j] = z as f32;
+                    }
+                }
+                w
+            }
         }
     }
 }

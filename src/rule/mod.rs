@@ -8,11 +8,13 @@
 //! cover it.
 
 mod backprop;
+mod classic;
 mod direct_feedback;
 mod feedback_alignment;
 mod predictive_coding;
 
 pub use backprop::Backprop;
+pub use classic::{Classic, ClassicKind};
 pub use direct_feedback::{DirectFeedback, DirectKind};
 pub use feedback_alignment::{FeedbackAlignment, FeedbackKind};
 pub use predictive_coding::PredictiveCoding;
@@ -209,7 +211,22 @@ pub const RULES: &[(&str, &str)] = &[
         "pc",
         "predictive coding: relax value nodes on the prediction-error energy, local updates (Whittington & Bogacz 2017)",
     ),
+    (
+        "perceptron",
+        "Rosenblatt's perceptron rule, multi-class, single Linear layer (Rosenblatt 1958)",
+    ),
+    (
+        "lms",
+        "least mean squares / ADALINE: Δw = η(t − z)x, single Linear layer (Widrow & Hoff 1960)",
+    ),
+    (
+        "hebbian",
+        "Oja's normalised Hebbian rule (subspace form), unsupervised, single Linear layer (Oja 1982)",
+    ),
 ];
+
+/// Rules defined only for one Linear layer (`linear:IN-OUT`).
+pub const SINGLE_LAYER_RULES: &[&str] = &["perceptron", "lms", "hebbian"];
 
 /// Builds a rule by its CLI name with default options.
 pub fn build_rule(name: &str) -> Result<Box<dyn Rule>> {
@@ -232,6 +249,9 @@ pub fn build_rule_with(name: &str, cfg: &RuleConfig) -> Result<Box<dyn Rule>> {
         "bfa" => direct(DirectKind::Bfa),
         "drtp" => direct(DirectKind::Drtp),
         "pc" => Ok(Box::new(PredictiveCoding::new(cfg.clone())?)),
+        "perceptron" => Ok(Box::new(Classic::new(ClassicKind::Perceptron))),
+        "lms" => Ok(Box::new(Classic::new(ClassicKind::Lms))),
+        "hebbian" | "oja" => Ok(Box::new(Classic::new(ClassicKind::Hebbian))),
         _ => Err(Error::unknown(
             "rule",
             name,
