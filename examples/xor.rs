@@ -34,7 +34,12 @@ fn fit(spec: &str, rule: &str, opt: &str, lr: f64, steps: usize) -> futureprop::
         o.step(&mut params, &out.grads, &mut StepContext::empty())?;
     }
     let pred = model.forward(&params, &batch.x)?.argmax_rows()?;
-    Ok(pred.iter().zip([0, 1, 1, 0]).filter(|(p, y)| **p == *y).count() as f64 / 4.0)
+    Ok(pred
+        .iter()
+        .zip([0, 1, 1, 0])
+        .filter(|(p, y)| **p == *y)
+        .count() as f64
+        / 4.0)
 }
 
 fn main() -> futureprop::Result<()> {

@@ -176,3 +176,117 @@ fn pc_options_are_checked() {
         .is_err()
     );
 }
+
+fn eq_rule(name: &str, nudge: &str, beta: f64, rho: &str) -> Box<dyn Rule> {
+    build_rule_with(
+        name,
+        &RuleConfig {
+            eqprop_free_steps: 20000,
+            eqprop_nudge_steps: 20000,
+            eqprop_beta: beta,
+            eqprop_step: 0.5,
+            eqprop_nudge: nudge.into(),
+            eqprop_rho: rho.into(),
+            relax_tolerance: 1e-14,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn eqprop_update_approaches_the_loss_gradient_at_the_free_fixed_point() {
+    let (m, p) = model("mlp:3-4-2", "sigmoid", 11);
+    let x = rand_tensor(&[3, 3], 12, 1.0).add_scalar(1.0).scale(0.5);
+    let y = rand_tensor(&[3, 2], 13, 0.5).add_scalar(0.5);
+    let batch = Batch {
+        x: x.clone(),
+        target: Target::Values(y.clone()),
+    };
+    // L(θ) = mean over the batch of ½‖s_L* − y‖² at the free fixed point.
+    let free = eq_rule("eqprop", "one-sided", 1.0, "sigmoid");
+    let loss_at = |q: &Params| -> f64 {
+        let out = free.predict(&m, q, &x).unwrap();
+        0.5 * out.sub(&y).unwrap().sum_sq() / 3.0
+    };
+    let h = 1e-5;
+    let mut fd = Params::new();
+    for (n, t) in p.iter() {
+        let v = t.to_vec_f64();
+        let g: Vec<f64> = (0..v.len())
+            .map(|i| {
+                let mut plus = v.clone();
+                plus[i] += h;
+                let mut minus = v.clone();
+                minus[i] -= h;
+                let (mut qp, mut qm) = (p.clone(), p.clone());
+                qp.insert(n, Tensor::from_vec_f64(t.shape(), plus).unwrap());
+                qm.insert(n, Tensor::from_vec_f64(t.shape(), minus).unwrap());
+                (loss_at(&qp) - loss_at(&qm)) / (2.0 * h)
+            })
+            .collect();
+        fd.insert(n, Tensor::from_vec_f64(t.shape(), g).unwrap());
+    }
+    let err = |nudge: &str, beta: f64| -> f64 {
+        let g = eq_rule("eqprop", nudge, beta, "sigmoid")
+            .step(&m, &p, &batch, Loss::Mse)
+            .unwrap()
+            .grads;
+        let (mut num, mut den) = (0.0, 0.0);
+        for (n, t) in fd.iter() {
+            let a = g.get(n).unwrap().to_vec_f64();
+            for (u, v) in a.iter().zip(t.to_vec_f64()) {
+                num += (u - v).powi(2);
+                den += v * v;
+            }
+        }
+        (num / den).sqrt()
+    };
+    let (one, sym) = (err("one-sided", 0.05), err("symmetric", 0.05));
+    assert!(one < 0.1, "one-sided β=0.05: relative error {one}");
+    assert!(
+        sym < one / 5.0,
+        "symmetric {sym} is not much better than one-sided {one}"
+    );
+    let small = err("one-sided", 0.005);
+    assert!(small < one / 5.0, "β=0.005: {small} vs β=0.05: {one}");
+}
+
+#[test]
+fn chl_update_on_a_two_unit_case() {
+    // One input unit x = 0.5 → one output unit, w = 0.4, b = 0.1, hard sigmoid:
+    // free fixed point s = clip(wx + b) = 0.3; clamped s = y = 1.
+    // ΔW = (ρ(s_c) − ρ(s_f))x = 0.35, Δb = 0.7; gradient sign: −ΔW.
+    let m = Model::build(&ModelSpec {
+        spec: "linear:1-1".into(),
+        activation: "identity".into(),
+        bias: true,
+    })
+    .unwrap();
+    let mut p = Params::new();
+    p.insert(
+        "fc1.weight",
+        Tensor::from_vec_f64(&[1, 1], vec![0.4]).unwrap(),
+    );
+    p.insert("fc1.bias", Tensor::from_vec_f64(&[1], vec![0.1]).unwrap());
+    let batch = Batch {
+        x: Tensor::from_vec_f64(&[1, 1], vec![0.5]).unwrap(),
+        target: Target::Values(Tensor::from_vec_f64(&[1, 1], vec![1.0]).unwrap()),
+    };
+    let g = eq_rule("chl", "one-sided", 1.0, "hard-sigmoid")
+        .step(&m, &p, &batch, Loss::Mse)
+        .unwrap()
+        .grads;
+    let gw = g.get("fc1.weight").unwrap().to_vec_f64()[0];
+    let gb = g.get("fc1.bias").unwrap().to_vec_f64()[0];
+    assert!((gw + 0.35).abs() < 1e-9, "ΔW {gw}");
+    assert!((gb + 0.7).abs() < 1e-9, "Δb {gb}");
+    // EqProp with β = 1 on the same case: the nudged fixed point of
+    // s − (wx + b) + β(s − y) = 0 is s = (0.3 + 1)/2 = 0.65, so ΔW = 0.35·0.5/1.
+    let g = eq_rule("eqprop", "one-sided", 1.0, "hard-sigmoid")
+        .step(&m, &p, &batch, Loss::Mse)
+        .unwrap()
+        .grads;
+    let gw = g.get("fc1.weight").unwrap().to_vec_f64()[0];
+    assert!((gw + 0.175).abs() < 1e-9, "EqProp ΔW {gw}");
+}

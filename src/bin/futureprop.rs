@@ -245,6 +245,30 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     relax_tolerance: Option<f64>,
+    /// EqProp/CHL free-phase steps T₁ [default: 20].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eqprop_free_steps: Option<usize>,
+    /// EqProp/CHL nudged-phase steps T₂ [default: 4].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eqprop_nudge_steps: Option<usize>,
+    /// EqProp nudging strength β [default: 1].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eqprop_beta: Option<f64>,
+    /// EqProp/CHL relaxation step ε [default: 0.5].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eqprop_step: Option<f64>,
+    /// EqProp nudging: one-sided, random-sign, symmetric [default: one-sided].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eqprop_nudge: Option<String>,
+    /// EqProp/CHL state nonlinearity: hard-sigmoid, sigmoid, tanh [default: hard-sigmoid].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eqprop_rho: Option<String>,
     /// Every N steps, compare each layer's update with the backprop gradient (0: never) [default: 0].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

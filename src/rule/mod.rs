@@ -10,12 +10,14 @@
 mod backprop;
 mod classic;
 mod direct_feedback;
+mod equilibrium;
 mod feedback_alignment;
 mod predictive_coding;
 
 pub use backprop::Backprop;
 pub use classic::{Classic, ClassicKind};
 pub use direct_feedback::{DirectFeedback, DirectKind};
+pub use equilibrium::{Equilibrium, Nudge};
 pub use feedback_alignment::{FeedbackAlignment, FeedbackKind};
 pub use predictive_coding::PredictiveCoding;
 
@@ -139,6 +141,19 @@ pub struct RuleConfig {
     pub pc_gamma: f64,
     /// Predictive coding: `standard` or `fixed-prediction`; default `standard`.
     pub pc_variant: String,
+    /// EqProp/CHL: free-phase steps T₁; default 20.
+    pub eqprop_free_steps: usize,
+    /// EqProp/CHL: nudged (or clamped) phase steps T₂; default 4.
+    pub eqprop_nudge_steps: usize,
+    /// EqProp: nudging strength β; default 1.
+    pub eqprop_beta: f64,
+    /// EqProp/CHL: relaxation step ε; default 0.5.
+    pub eqprop_step: f64,
+    /// EqProp: `one-sided`, `random-sign` or `symmetric`; default `one-sided`.
+    pub eqprop_nudge: String,
+    /// EqProp/CHL state nonlinearity: `hard-sigmoid` (clip to [0, 1]), `sigmoid`, `tanh`;
+    /// default `hard-sigmoid`.
+    pub eqprop_rho: String,
     /// Energy-based rules: stop relaxing when the residual ‖∂E/∂state‖ per sample falls
     /// below this; default 0 (always run every step).
     pub relax_tolerance: f64,
@@ -155,6 +170,12 @@ impl Default for RuleConfig {
             pc_gamma: 0.1,
             pc_variant: "standard".into(),
             relax_tolerance: 0.0,
+            eqprop_free_steps: 20,
+            eqprop_nudge_steps: 4,
+            eqprop_beta: 1.0,
+            eqprop_step: 0.5,
+            eqprop_nudge: "one-sided".into(),
+            eqprop_rho: "hard-sigmoid".into(),
         }
     }
 }
@@ -212,6 +233,14 @@ pub const RULES: &[(&str, &str)] = &[
         "predictive coding: relax value nodes on the prediction-error energy, local updates (Whittington & Bogacz 2017)",
     ),
     (
+        "eqprop",
+        "equilibrium propagation: free and β-nudged relaxations of a symmetric energy network (Scellier & Bengio 2017)",
+    ),
+    (
+        "chl",
+        "contrastive Hebbian learning: free vs output-clamped relaxations (Movellan 1991)",
+    ),
+    (
         "perceptron",
         "Rosenblatt's perceptron rule, multi-class, single Linear layer (Rosenblatt 1958)",
     ),
@@ -249,6 +278,8 @@ pub fn build_rule_with(name: &str, cfg: &RuleConfig) -> Result<Box<dyn Rule>> {
         "bfa" => direct(DirectKind::Bfa),
         "drtp" => direct(DirectKind::Drtp),
         "pc" => Ok(Box::new(PredictiveCoding::new(cfg.clone())?)),
+        "eqprop" => Ok(Box::new(Equilibrium::new(cfg.clone(), false)?)),
+        "chl" => Ok(Box::new(Equilibrium::new(cfg.clone(), true)?)),
         "perceptron" => Ok(Box::new(Classic::new(ClassicKind::Perceptron))),
         "lms" => Ok(Box::new(Classic::new(ClassicKind::Lms))),
         "hebbian" | "oja" => Ok(Box::new(Classic::new(ClassicKind::Hebbian))),

@@ -1,0 +1,385 @@
+//! Equilibrium propagation (Scellier & Bengio 2017) and contrastive Hebbian learning
+//! (Movellan 1991) on a layered network with symmetric weights.
+//!
+//! The model's Linear layers supply the weights: layer l connects state sₗ₋₁ to sₗ
+//! (s₀ = x, clamped, entering as given) and the same Wₗ carries feedback from sₗ to sₗ₋₁
+//! (symmetric). The model's activation layers are not used: the state nonlinearity ρ is
+//! the rule's `eqprop_rho` (`hard-sigmoid` ρ(s) = clip(s, 0, 1) as in the paper,
+//! `sigmoid` or `tanh`). Hopfield-like energy, per sample:
+//!
+//!   E(s) = ½Σₗ‖sₗ‖² − Σₗ ρ(sₗ)ᵀ(Wₗρ(sₗ₋₁) + bₗ),   C = ½‖s_L − y‖²,   F = E + βC.
+//!
+//! Relaxation: sₗ ← sₗ + ε(ρ'(sₗ)⊙(Wₗρ(sₗ₋₁) + bₗ + Wₗ₊₁ᵀρ(sₗ₊₁)) − sₗ) − εβ∂C/∂sₗ, all
+//! layers at once; with the hard sigmoid states are clipped to [0, 1] after each step and
+//! ρ' = 1 inside (the paper's implementation). The input's drive W₁x + b₁ is computed
+//! once per batch. States start at 0 for every batch.
+//!
+//! `eqprop`: a free phase of T₁ steps (β = 0) to s⁰, then a nudged phase of T₂ steps
+//! from s⁰ with β. The update (gradient sign, batch mean) is
+//! ∂L/∂Wₗ ≈ −(ρ(sₗᵝ)ρ(sₗ₋₁ᵝ)ᵀ − ρ(sₗ⁰)ρ(sₗ₋₁⁰)ᵀ)/β, which tends to the gradient of
+//! C at the free fixed point as β → 0 (the paper's theorem). Nudging (`eqprop_nudge`):
+//! `one-sided`; `random-sign` (β's sign drawn per batch); `symmetric` (Laborieux et al.
+//! 2021: phases at +β and −β, difference over 2β, error O(β²) instead of O(β)).
+//! Per-layer learning rates: `--param-group 'fc1.*:lr_scale=…'`.
+//!
+//! `chl`: the free phase, then a clamped phase with the output held at the target while
+//! the hidden states relax T₂ steps; update −(ρρᵀ|clamped − ρρᵀ|free).
+//!
+//! Prediction is the output state after a free phase of T₁ steps.
+
+use rand::{Rng as _, SeedableRng};
+
+use super::{Batch, Relaxation, Rule, RuleConfig, StepOutput};
+use crate::error::{Error, Result};
+use crate::nn::{Grads, Loss, Model, Params, Trace};
+use crate::tensor::{Tensor, Unary};
+
+/// The state nonlinearity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rho {
+    /// clip(s, 0, 1), states clipped to [0, 1].
+    HardSigmoid,
+    /// Logistic sigmoid.
+    Sigmoid,
+    /// tanh.
+    Tanh,
+}
+
+impl Rho {
+    fn parse(s: &str) -> Result<Rho> {
+        match s {
+            "hard-sigmoid" => Ok(Rho::HardSigmoid),
+            "sigmoid" => Ok(Rho::Sigmoid),
+            "tanh" => Ok(Rho::Tanh),
+            _ => Err(Error::unknown(
+                "eqprop rho",
+                s,
+                &["hard-sigmoid", "sigmoid", "tanh"],
+            )),
+        }
+    }
+
+    fn apply(self, s: &Tensor) -> Tensor {
+        match self {
+            // States stay in [0, 1], where the hard sigmoid is the identity.
+            Rho::HardSigmoid => s.clone(),
+            Rho::Sigmoid => s.unary(Unary::Sigmoid),
+            Rho::Tanh => s.unary(Unary::Tanh),
+        }
+    }
+}
+
+/// Which contrast the rule learns from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nudge {
+    /// Free vs +β.
+    OneSided,
+    /// Free vs ±β, the sign drawn per batch.
+    RandomSign,
+    /// +β vs −β.
+    Symmetric,
+    /// Free vs output clamped to the target (CHL).
+    Clamped,
+}
+
+/// Equilibrium propagation or contrastive Hebbian learning.
+#[derive(Debug)]
+pub struct Equilibrium {
+    cfg: RuleConfig,
+    rho: Rho,
+    nudge: Nudge,
+    rng: crate::Rng,
+    relaxation: Relaxation,
+}
+
+/// The layered network's weights, from the model's Linear layers.
+struct Net {
+    w: Vec<Tensor>,
+    b: Vec<Option<Tensor>>,
+    names: Vec<String>,
+}
+
+impl Net {
+    fn new(model: &Model, params: &Params, rule: &str) -> Result<Net> {
+        let (hidden, last) = model.layered_blocks(rule)?;
+        let mut net = Net {
+            w: Vec::new(),
+            b: Vec::new(),
+            names: Vec::new(),
+        };
+        for blk in hidden.iter().chain(std::iter::once(&last)) {
+            let name = model.layers()[blk.linear].name().to_string();
+            net.w.push(params.get(&format!("{name}.weight"))?.clone());
+            net.b
+                .push(params.get(&format!("{name}.bias")).ok().cloned());
+            net.names.push(name);
+        }
+        Ok(net)
+    }
+}
+
+impl Equilibrium {
+    /// `eqprop` (`chl = false`) or `chl`, with options from `cfg`.
+    pub fn new(cfg: RuleConfig, chl: bool) -> Result<Self> {
+        let rho = Rho::parse(&cfg.eqprop_rho)?;
+        let nudge = if chl {
+            Nudge::Clamped
+        } else {
+            match cfg.eqprop_nudge.as_str() {
+                "one-sided" => Nudge::OneSided,
+                "random-sign" => Nudge::RandomSign,
+                "symmetric" => Nudge::Symmetric,
+                other => {
+                    return Err(Error::unknown(
+                        "eqprop nudge",
+                        other,
+                        &["one-sided", "random-sign", "symmetric"],
+                    ));
+                }
+            }
+        };
+        if !chl && !(cfg.eqprop_beta.is_finite() && cfg.eqprop_beta != 0.0) {
+            return Err(Error::config("eqprop beta", "must be a nonzero number"));
+        }
+        if !(cfg.eqprop_step.is_finite() && cfg.eqprop_step > 0.0 && cfg.eqprop_step <= 1.0) {
+            return Err(Error::config("eqprop step", "ε must be in (0, 1]"));
+        }
+        let rng = crate::Rng::seed_from_u64(0xe9_9e0b);
+        Ok(Equilibrium {
+            cfg,
+            rho,
+            nudge,
+            rng,
+            relaxation: Relaxation::default(),
+        })
+    }
+
+    /// Relaxes `s` for `steps` steps from its current value. `beta` nudges the output
+    /// toward `y`; `clamp` holds the output at `y`. `x_drive` = W₁x + b₁. Returns
+    /// per-step (energy, residual) when `log`.
+    #[allow(clippy::too_many_arguments)]
+    fn relax(
+        &self,
+        net: &Net,
+        x_drive: &Tensor,
+        s: &mut [Tensor],
+        y: Option<&Tensor>,
+        beta: f64,
+        clamp: bool,
+        steps: usize,
+        log: Option<&mut Relaxation>,
+    ) -> Result<()> {
+        let eps = self.cfg.eqprop_step;
+        let tol = self.cfg.relax_tolerance;
+        let nl = s.len();
+        let n = x_drive.dims2()?.0.max(1) as f64;
+        let mut log = log;
+        if clamp {
+            s[nl - 1] = y
+                .ok_or_else(|| Error::config("chl", "needs targets"))?
+                .clone();
+        }
+        for t in 0..=steps {
+            let r: Vec<Tensor> = s.iter().map(|v| self.rho.apply(v)).collect();
+            // Feed-forward and feedback parts of each layer's drive.
+            let mut fwd = Vec::with_capacity(nl);
+            for l in 0..nl {
+                let f = if l == 0 {
+                    x_drive.clone()
+                } else {
+                    let mut f = r[l - 1].matmul(false, &net.w[l], true)?;
+                    if let Some(b) = &net.b[l] {
+                        f.add_row(b)?;
+                    }
+                    f
+                };
+                fwd.push(f);
+            }
+            let mut new = Vec::with_capacity(nl);
+            let (mut energy, mut res_sq) = (0.0, 0.0);
+            for l in 0..nl {
+                energy += 0.5 * s[l].sum_sq() - r[l].dot(&fwd[l])?;
+                if clamp && l == nl - 1 {
+                    new.push(s[l].clone());
+                    continue;
+                }
+                let mut drive = fwd[l].clone();
+                if l + 1 < nl {
+                    drive.matmul_acc(&r[l + 1], false, &net.w[l + 1], false)?;
+                }
+                // −∂F/∂sₗ = ρ'(sₗ)⊙drive − sₗ (− β(s_L − y) at the output)
+                let mut g = match self.rho {
+                    Rho::HardSigmoid => drive,
+                    Rho::Sigmoid => s[l].unary_backward(Unary::Sigmoid, &drive)?,
+                    Rho::Tanh => s[l].unary_backward(Unary::Tanh, &drive)?,
+                };
+                g.axpy(-1.0, &s[l])?;
+                if l == nl - 1 && beta != 0.0 {
+                    let y = y.ok_or_else(|| Error::config("eqprop", "needs targets"))?;
+                    let d = s[l].sub(y)?;
+                    energy += beta * 0.5 * d.sum_sq();
+                    g.axpy(-beta, &d)?;
+                }
+                res_sq += g.sum_sq();
+                let mut next = s[l].clone();
+                next.axpy(eps, &g)?;
+                if self.rho == Rho::HardSigmoid {
+                    next = next.add_scalar(-0.5).clamp_abs(0.5).add_scalar(0.5);
+                }
+                new.push(next);
+            }
+            let residual = res_sq.sqrt() / n.sqrt();
+            if let Some(log) = log.as_deref_mut() {
+                log.energy.push(energy / n);
+                log.residual.push(residual);
+            }
+            if t == steps || (tol > 0.0 && residual < tol) {
+                break;
+            }
+            if let Some(log) = log.as_deref_mut() {
+                log.steps += 1;
+            }
+            s.clone_from_slice(&new);
+        }
+        Ok(())
+    }
+
+    /// The free-phase states for inputs `x`.
+    fn free_phase(
+        &self,
+        net: &Net,
+        x: &Tensor,
+        log: Option<&mut Relaxation>,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
+        let n = x.dims2()?.0;
+        let mut x_drive = x.matmul(false, &net.w[0], true)?;
+        if let Some(b) = &net.b[0] {
+            x_drive.add_row(b)?;
+        }
+        let mut s: Vec<Tensor> = net
+            .w
+            .iter()
+            .map(|w| Tensor::zeros(&[n, w.shape()[0]], x.dtype()))
+            .collect();
+        self.relax(
+            net,
+            &x_drive,
+            &mut s,
+            None,
+            0.0,
+            false,
+            self.cfg.eqprop_free_steps,
+            log,
+        )?;
+        Ok((x_drive, s))
+    }
+
+    /// Σ over the batch of ρ(sₗ)ρ(sₗ₋₁)ᵀ (and ρ(sₗ) for biases), as gradient-shaped
+    /// tensors scaled by `scale`, accumulated into `g`.
+    fn hebbian(
+        &self,
+        net: &Net,
+        x: &Tensor,
+        s: &[Tensor],
+        scale: f64,
+        g: &mut Grads,
+    ) -> Result<()> {
+        let r: Vec<Tensor> = s.iter().map(|v| self.rho.apply(v)).collect();
+        for l in 0..s.len() {
+            let pre = if l == 0 { x } else { &r[l - 1] };
+            let gw = r[l].matmul(true, pre, false)?.scale(scale);
+            let wk = format!("{}.weight", net.names[l]);
+            match g.get_mut(&wk) {
+                Ok(t) => t.axpy(1.0, &gw)?,
+                Err(_) => g.insert(wk, gw),
+            }
+            if net.b[l].is_some() {
+                let gb = r[l].sum_rows()?.scale(scale);
+                let bk = format!("{}.bias", net.names[l]);
+                match g.get_mut(&bk) {
+                    Ok(t) => t.axpy(1.0, &gb)?,
+                    Err(_) => g.insert(bk, gb),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Rule for Equilibrium {
+    fn name(&self) -> &'static str {
+        if self.nudge == Nudge::Clamped {
+            "chl"
+        } else {
+            "eqprop"
+        }
+    }
+
+    fn step(
+        &mut self,
+        model: &Model,
+        params: &Params,
+        batch: &Batch,
+        loss: Loss,
+    ) -> Result<StepOutput> {
+        let net = Net::new(model, params, self.name())?;
+        let x = &batch.x;
+        let (n, _) = x.dims2()?;
+        let nf = n.max(1) as f64;
+        let outputs = net.w.last().map(|w| w.shape()[0]).unwrap_or(0);
+        let y = batch.target.dense(n, outputs, x.dtype())?;
+        let mut log = Relaxation::default();
+        let (x_drive, free) = self.free_phase(&net, x, Some(&mut log))?;
+        self.relaxation = log;
+        let value = loss.eval(free.last().unwrap(), &batch.target)?.0;
+        let t2 = self.cfg.eqprop_nudge_steps;
+        let beta = self.cfg.eqprop_beta;
+        let mut grads = Grads::new();
+        match self.nudge {
+            Nudge::OneSided | Nudge::RandomSign => {
+                let b = if self.nudge == Nudge::RandomSign && self.rng.random::<bool>() {
+                    -beta
+                } else {
+                    beta
+                };
+                let mut s = free.clone();
+                self.relax(&net, &x_drive, &mut s, Some(&y), b, false, t2, None)?;
+                self.hebbian(&net, x, &s, -1.0 / (b * nf), &mut grads)?;
+                self.hebbian(&net, x, &free, 1.0 / (b * nf), &mut grads)?;
+            }
+            Nudge::Symmetric => {
+                let (mut sp, mut sm) = (free.clone(), free.clone());
+                self.relax(&net, &x_drive, &mut sp, Some(&y), beta, false, t2, None)?;
+                self.relax(&net, &x_drive, &mut sm, Some(&y), -beta, false, t2, None)?;
+                self.hebbian(&net, x, &sp, -1.0 / (2.0 * beta * nf), &mut grads)?;
+                self.hebbian(&net, x, &sm, 1.0 / (2.0 * beta * nf), &mut grads)?;
+            }
+            Nudge::Clamped => {
+                let mut s = free.clone();
+                self.relax(&net, &x_drive, &mut s, Some(&y), 0.0, true, t2, None)?;
+                self.hebbian(&net, x, &s, -1.0 / nf, &mut grads)?;
+                self.hebbian(&net, x, &free, 1.0 / nf, &mut grads)?;
+            }
+        }
+        // A trace with the input only: these rules keep no feed-forward records.
+        let trace = Trace {
+            records: Vec::new(),
+            errors: Vec::new(),
+        };
+        Ok(StepOutput {
+            grads,
+            trace,
+            loss: value,
+        })
+    }
+
+    fn predict(&self, model: &Model, params: &Params, x: &Tensor) -> Result<Tensor> {
+        let net = Net::new(model, params, self.name())?;
+        let (_, s) = self.free_phase(&net, x, None)?;
+        Ok(s.last().cloned().unwrap_or_else(|| x.clone()))
+    }
+
+    fn relaxation(&self) -> Option<&Relaxation> {
+        Some(&self.relaxation)
+    }
+}
