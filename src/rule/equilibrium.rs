@@ -138,7 +138,8 @@ impl Equilibrium {
                 }
             }
         };
-        if !chl && !(cfg.eqprop_beta.is_finite() && cfg.eqprop_beta != 0.0) {
+        let beta_ok = cfg.eqprop_beta.is_finite() && cfg.eqprop_beta != 0.0;
+        if !chl && !beta_ok {
             return Err(Error::config("eqprop beta", "must be a nonzero number"));
         }
         if !(cfg.eqprop_step.is_finite() && cfg.eqprop_step > 0.0 && cfg.eqprop_step <= 1.0) {
