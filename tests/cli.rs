@@ -665,3 +665,18 @@ fn accumulation_and_weight_averaging() {
         &["average", "ema:DECAY"],
     );
 }
+
+#[test]
+fn every_registry_recipe_is_a_valid_training_configuration() {
+    use futureprop::train::TrainConfig;
+    for e in futureprop::bench::reproduce::registry().unwrap() {
+        let recipe = serde_json::to_value(&e.recipe).unwrap();
+        let cfg = TrainConfig::default()
+            .merged(&[serde_json::json!({"dataset": e.dataset}), recipe])
+            .unwrap_or_else(|err| panic!("{}: {err}", e.name));
+        futureprop::rule::build_rule_with(&cfg.rule, &cfg.rule_options)
+            .unwrap_or_else(|err| panic!("{}: {err}", e.name));
+        futureprop::optim::build_optimizer(&cfg.optim, 100)
+            .unwrap_or_else(|err| panic!("{}: {err}", e.name));
+    }
+}

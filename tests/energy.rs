@@ -290,3 +290,87 @@ fn chl_update_on_a_two_unit_case() {
     let gw = g.get("fc1.weight").unwrap().to_vec_f64()[0];
     assert!((gw + 0.175).abs() < 1e-9, "EqProp ΔW {gw}");
 }
+
+#[test]
+fn cd_k_updates_on_a_two_unit_case() {
+    use futureprop::train::pretrain::cd_k;
+    let mut rng = futureprop::Rng::seed_from_u64(0);
+    let t = |v: f64, shape: &[usize]| Tensor::from_vec_f64(shape, vec![v]).unwrap();
+    let v0 = t(1.0, &[1, 1]);
+    // W = 0, biases 0, mean-field CD-1: p(h|v₀) = ½, v₁ = σ(0) = ½, q = σ(0) = ½.
+    // ΔW = ½·1 − ½·½ = ¼, Δc = 0, Δb = 1 − ½ = ½.
+    let (dw, dc, db, err) = cd_k(
+        &t(0.0, &[1, 1]),
+        &t(0.0, &[1]),
+        &t(0.0, &[1]),
+        &v0,
+        1,
+        false,
+        &mut rng,
+    )
+    .unwrap();
+    assert!((dw.to_vec_f64()[0] - 0.25).abs() < 1e-12);
+    assert!(dc.to_vec_f64()[0].abs() < 1e-12);
+    assert!((db.to_vec_f64()[0] - 0.5).abs() < 1e-12);
+    assert!((err - 0.25).abs() < 1e-12);
+    // W = 1: p(h|v₀) = σ(1), v₁ = σ(σ(1)), q = σ(v₁); ΔW = σ(1) − q·v₁ > 0.
+    let s = |x: f64| 1.0 / (1.0 + (-x).exp());
+    let (h0, v1) = (s(1.0), s(s(1.0)));
+    let q = s(v1);
+    let (dw, dc, _, _) = cd_k(
+        &t(1.0, &[1, 1]),
+        &t(0.0, &[1]),
+        &t(0.0, &[1]),
+        &v0,
+        1,
+        false,
+        &mut rng,
+    )
+    .unwrap();
+    assert!((dw.to_vec_f64()[0] - (h0 - q * v1)).abs() < 1e-12);
+    assert!((dc.to_vec_f64()[0] - (h0 - q)).abs() < 1e-12);
+}
+
+#[test]
+fn rbm_pretraining_learns_to_reconstruct_its_data() {
+    use futureprop::train::pretrain::{RbmConfig, pretrain_rbm};
+    // Four binary patterns over 12 pixels, repeated.
+    let patterns = [
+        [1., 1., 1., 0., 0., 0., 1., 1., 1., 0., 0., 0.],
+        [0., 0., 0., 1., 1., 1., 0., 0., 0., 1., 1., 1.],
+        [1., 0., 1., 0., 1., 0., 1., 0., 1., 0., 1., 0.],
+        [0., 1., 0., 1., 0., 1., 0., 1., 0., 1., 0., 1.],
+    ];
+    let v: Vec<f64> = (0..200).flat_map(|i| patterns[i % 4]).collect();
+    let x = Tensor::from_vec_f64(&[200, 12], v)
+        .unwrap()
+        .to_dtype(DType::F32);
+    let m = Model::build(&ModelSpec {
+        spec: "mlp:12-6-2".into(),
+        activation: "sigmoid".into(),
+        bias: true,
+    })
+    .unwrap();
+    let err_after = |epochs: usize| {
+        let mut p = m.init_params(Init::XavierUniform, 1).unwrap();
+        let cfg = RbmConfig {
+            rbm_epochs: epochs,
+            rbm_lr: 0.1,
+            ..Default::default()
+        };
+        let e = pretrain_rbm(&m, &mut p, &x, 20, &cfg, 0).unwrap();
+        assert_eq!(e.len(), 1, "one hidden layer, one RBM");
+        e[0]
+    };
+    let (short, long) = (err_after(1), err_after(30));
+    assert!(long < 0.5 * short, "reconstruction error {short} → {long}");
+    let relu = Model::build(&ModelSpec {
+        spec: "mlp:12-6-2".into(),
+        activation: "relu".into(),
+        bias: true,
+    })
+    .unwrap();
+    let mut p = relu.init_params(Init::XavierUniform, 1).unwrap();
+    let e = pretrain_rbm(&relu, &mut p, &x, 20, &RbmConfig::default(), 0).unwrap_err();
+    assert!(e.to_string().contains("sigmoid"), "{e}");
+}

@@ -48,6 +48,7 @@ fn config(fisher: FisherMode, inverse: InverseMethod, damping: f64) -> KfacConfi
         fisher,
         inverse,
         seed: 3,
+        adaptive: false,
     }
 }
 
@@ -364,4 +365,45 @@ fn kfac_needs_a_trace_and_names_bad_settings() {
             .to_string()
             .contains("typo")
     );
+}
+
+#[test]
+fn adaptive_kfac_picks_the_newton_step_on_least_squares_and_keeps_damping_in_state() {
+    // Exact factors on a linear least-squares problem: the K-FAC direction is Newton's,
+    // so the quadratic model's minimiser along it is α = 1 and one step solves it.
+    let (o, i, n) = (2, 4, 30);
+    let (m, mut p) = model(&format!("linear:{i}-{o}"), "identity", 8);
+    let batch = Batch {
+        x: rand_tensor(&[n, i], 9, 1.0),
+        target: Target::Values(rand_tensor(&[n, o], 10, 2.0)),
+    };
+    let mut bp = build_rule("bp").unwrap();
+    let mut k = Kfac::new(
+        KfacConfig {
+            adaptive: true,
+            ..config(FisherMode::GaussNewton, InverseMethod::Cholesky, 1e-12)
+        },
+        Schedule::default(),
+    )
+    .unwrap();
+    let before = bp.step(&m, &p, &batch, Loss::Mse).unwrap().grads;
+    step(bp.as_mut(), &mut k, &m, &mut p, &batch, Loss::Mse);
+    let after = bp.step(&m, &p, &batch, Loss::Mse).unwrap().grads;
+    let ratio = after.global_norm() / before.global_norm();
+    assert!(
+        ratio < 1e-5,
+        "gradient norm ratio {ratio:e} after one adaptive step"
+    );
+    // λ is adapted (the step was exact: ρ = 1 > ¾ shrinks it) and survives a round trip.
+    assert!(k.damping() < 1e-12, "λ = {}", k.damping());
+    let mut k2 = Kfac::new(
+        KfacConfig {
+            adaptive: true,
+            ..config(FisherMode::GaussNewton, InverseMethod::Cholesky, 1.0)
+        },
+        Schedule::default(),
+    )
+    .unwrap();
+    k2.load_state(&k.state()).unwrap();
+    assert_eq!(k2.damping(), k.damping());
 }

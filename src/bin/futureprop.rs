@@ -205,6 +205,26 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     task: Option<String>,
+    /// Unsupervised pretraining: none, rbm (greedy CD-k RBMs, sigmoid MLPs) [default: none].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pretrain: Option<String>,
+    /// RBM pretraining epochs per layer [default: 5].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rbm_epochs: Option<usize>,
+    /// RBM learning rate [default: 0.05].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rbm_lr: Option<f64>,
+    /// Gibbs steps of CD-k [default: 1].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rbm_k: Option<usize>,
+    /// RBM momentum [default: 0.5].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rbm_momentum: Option<f64>,
     /// Log the minibatch loss every N optimizer steps to metrics.jsonl (0: off) [default: 0].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -423,6 +443,10 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     kfac_seed: Option<u64>,
+    /// K-FAC: step size and momentum from the Gauss–Newton quadratic model, adaptive damping [default: false].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kfac_adaptive: Option<bool>,
     /// Schedule: constant, step:EVERY:GAMMA, cosine[:FLOOR], robbins-monro:TAU, warmup:N,<schedule> [default: constant].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -447,6 +471,10 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     max_steps: Option<u64>,
+    /// Stop after this many seconds of wall-clock time (checked before each step).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_seconds: Option<f64>,
     /// Seed [default: 0].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -39,6 +39,17 @@ impl Params {
         }
     }
 
+    /// Removes the entry `name` (keeping the others in order), returning it.
+    pub fn remove(&mut self, name: &str) -> Option<Tensor> {
+        let i = self.index.remove(name)?;
+        self.names.remove(i);
+        let t = self.tensors.remove(i);
+        for (k, n) in self.names.iter().enumerate().skip(i) {
+            self.index.insert(n.clone(), k);
+        }
+        Some(t)
+    }
+
     /// Adds `t` to the entry `name`, creating it if absent.
     pub fn accumulate(&mut self, name: &str, t: Tensor) -> Result<()> {
         match self.index.get(name) {

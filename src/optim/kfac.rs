@@ -114,6 +114,13 @@ pub struct KfacConfig {
     pub inverse: InverseMethod,
     /// Seed of the sampled targets.
     pub seed: u64,
+    /// Martens & Grosse's step-size and momentum choice (§7) and Levenberg–Marquardt
+    /// damping adaptation (§6.5): α, μ minimise the exact damped Gauss–Newton quadratic
+    /// model along the K-FAC direction and the previous update (two Gauss–Newton products
+    /// per step); every 5 steps λ ← λ·ω (ρ > ¾) or λ/ω (ρ < ¼), ω = (19/20)⁵, from the
+    /// reduction ratio ρ. `lr` then scales the chosen update (1 = the paper) and
+    /// `momentum`/`kl_clip` are not used.
+    pub adaptive: bool,
 }
 
 /// One Linear layer K-FAC handles: its name and whether it has a bias.
@@ -312,6 +319,8 @@ pub struct Kfac {
     /// `v/{param}`: momentum buffers.
     state: Params,
     step: u64,
+    /// Current damping λ (adapted when `adaptive`).
+    lambda: f64,
 }
 
 impl Kfac {
@@ -333,11 +342,104 @@ impl Kfac {
             ));
         }
         Ok(Kfac {
+            lambda: cfg.damping,
             cfg,
             schedule,
             state: Params::new(),
             step: 0,
         })
+    }
+
+    /// The current damping λ.
+    pub fn damping(&self) -> f64 {
+        self.lambda
+    }
+
+    /// Martens & Grosse §7: δ = αΔ + μδ₀ minimising the damped quadratic model, then λ's
+    /// Levenberg–Marquardt update every 5 steps. `dir` is Δ (descent direction), `raw`
+    /// the gradient (with L2 decay).
+    fn adaptive_step(
+        &mut self,
+        params: &mut Params,
+        dir: &Grads,
+        raw: &Grads,
+        ctx: &mut StepContext,
+    ) -> Result<()> {
+        let objective = ctx.objective.as_deref_mut().ok_or_else(|| {
+            Error::config(
+                "optimizer",
+                "adaptive kfac evaluates Gauss–Newton products and needs the objective",
+            )
+        })?;
+        let lam = self.lambda + self.cfg.weight_decay;
+        let mut prev = Grads::new();
+        for (n, _) in dir.iter() {
+            if let Ok(d) = self.state.get(&format!("d/{n}")) {
+                prev.insert(n, d.clone());
+            }
+        }
+        let f_dir = objective.gauss_newton_vector(params, dir)?;
+        let a11 = dir.dot(&f_dir)? + lam * dir.dot(dir)?;
+        let b1 = raw.dot(dir)?;
+        let (alpha, mu, b2) = if prev.is_empty() {
+            (-b1 / a11, 0.0, 0.0)
+        } else {
+            let f_prev = objective.gauss_newton_vector(params, &prev)?;
+            let a12 = prev.dot(&f_dir)? + lam * prev.dot(dir)?;
+            let a22 = prev.dot(&f_prev)? + lam * prev.dot(&prev)?;
+            let b2 = raw.dot(&prev)?;
+            let det = a11 * a22 - a12 * a12;
+            if det.abs() > 1e-12 * (a11 * a22).abs() && det.is_finite() {
+                (
+                    (-b1 * a22 + b2 * a12) / det,
+                    (-b2 * a11 + b1 * a12) / det,
+                    b2,
+                )
+            } else {
+                (-b1 / a11, 0.0, b2)
+            }
+        };
+        if !(alpha.is_finite() && mu.is_finite()) {
+            return Err(Error::config(
+                "kfac",
+                "the quadratic model gave a non-finite step; raise --kfac-damping",
+            ));
+        }
+        // M(δ) at the minimiser: ½(αb₁ + μb₂).
+        let predicted = 0.5 * (alpha * b1 + mu * b2);
+        let scale = self.cfg.lr * self.schedule.factor(self.step);
+        let mut delta = Grads::new();
+        for (n, d) in dir.iter() {
+            let mut v = d.scale(alpha * scale);
+            if let Ok(p) = prev.get(n) {
+                v.axpy(mu * scale, p)?;
+            }
+            delta.insert(n, v);
+        }
+        let check = self.step.is_multiple_of(5);
+        let before = if check {
+            Some(objective.evaluate(params)?.0)
+        } else {
+            None
+        };
+        for (n, v) in delta.iter() {
+            params.get_mut(n)?.axpy(1.0, v)?;
+        }
+        if let Some(h0) = before {
+            let h1 = objective.evaluate(params)?.0;
+            let rho = (h1 - h0) / (predicted * scale.max(1e-12));
+            let omega = (19.0f64 / 20.0).powi(5);
+            if rho > 0.75 {
+                self.lambda *= omega;
+            } else if rho < 0.25 || !rho.is_finite() {
+                self.lambda /= omega;
+            }
+            self.lambda = self.lambda.clamp(1e-30, 1e30);
+        }
+        for (n, v) in delta.iter() {
+            self.state.insert(format!("d/{n}"), v.clone());
+        }
+        Ok(())
     }
 
     /// The current factors (A, G) of layer `name`, if it has any.
@@ -419,7 +521,7 @@ impl Kfac {
     }
 
     fn refresh_inverses(&mut self, blocks: &[LinearBlock]) -> Result<()> {
-        let gamma = (self.cfg.damping + self.cfg.weight_decay).sqrt();
+        let gamma = (self.lambda + self.cfg.weight_decay).sqrt();
         for b in blocks {
             let Some((a, g)) = self.factors(&b.name) else {
                 continue;
@@ -530,6 +632,13 @@ impl Optimizer for Kfac {
                 update.insert(wk, v);
             }
         }
+        if self.cfg.adaptive {
+            let mut dir = update;
+            dir.scale_in_place(-1.0);
+            self.adaptive_step(params, &dir, &raw, ctx)?;
+            self.step += 1;
+            return Ok(());
+        }
         let lr = self.cfg.lr * self.schedule.factor(t);
         let mut nu = 1.0;
         if self.cfg.kl_clip > 0.0 {
@@ -560,15 +669,24 @@ impl Optimizer for Kfac {
     }
 
     fn state(&self) -> OptimizerState {
+        let mut tensors = self.state.clone();
+        tensors.insert(
+            "lambda",
+            Tensor::from_vec_f64(&[1], vec![self.lambda]).expect("scalar"),
+        );
         OptimizerState {
             step: self.step,
-            tensors: self.state.clone(),
+            tensors,
         }
     }
 
     fn load_state(&mut self, state: &OptimizerState) -> Result<()> {
         self.step = state.step;
         self.state = state.tensors.clone();
+        if let Ok(l) = self.state.get("lambda") {
+            self.lambda = l.to_vec_f64().first().copied().unwrap_or(self.cfg.damping);
+        }
+        self.state.remove("lambda");
         Ok(())
     }
 }

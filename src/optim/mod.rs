@@ -391,6 +391,9 @@ pub struct OptimizerConfig {
     pub kfac_kl_clip: f64,
     /// Seed of K-FAC's sampled targets; default 0.
     pub kfac_seed: u64,
+    /// K-FAC chooses its step size and momentum from the Gauss–Newton quadratic model
+    /// and adapts its damping (Martens & Grosse §6.5, §7); default false.
+    pub kfac_adaptive: bool,
 }
 
 impl Default for OptimizerConfig {
@@ -434,6 +437,7 @@ impl Default for OptimizerConfig {
             kfac_inv_every: 20,
             kfac_kl_clip: 0.0,
             kfac_seed: 0,
+            kfac_adaptive: false,
         }
     }
 }
@@ -597,6 +601,7 @@ pub fn build_optimizer(cfg: &OptimizerConfig, total_steps: u64) -> Result<Box<dy
                 fisher: FisherMode::parse(&cfg.kfac_fisher)?,
                 inverse: InverseMethod::parse(&cfg.kfac_inverse)?,
                 seed: cfg.kfac_seed,
+                adaptive: cfg.kfac_adaptive,
             },
             Schedule::parse(&cfg.schedule, total_steps)?,
         )?));

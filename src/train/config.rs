@@ -41,6 +41,12 @@ pub struct TrainConfig {
     pub bias: bool,
     /// Loss: `cross-entropy`, `mse`, `bce`; default `cross-entropy`.
     pub loss: String,
+    /// Unsupervised pretraining before supervised training: `none` or `rbm` (greedy
+    /// layer-wise RBMs with CD-k, a deep belief net; sigmoid MLPs); default `none`.
+    pub pretrain: String,
+    /// RBM pretraining settings (`rbm_epochs`, `rbm_lr`, `rbm_k`, `rbm_momentum`).
+    #[serde(flatten)]
+    pub rbm: super::pretrain::RbmConfig,
     /// `classify` (targets are the labels) or `autoencode` (targets are the inputs; needs
     /// a model whose output width is the input width, `--loss bce` with
     /// `--normalize unit`, or `mse`); default `classify`.
@@ -101,6 +107,8 @@ impl Default for TrainConfig {
             mirror: None,
             normalize: "standard".into(),
             task: "classify".into(),
+            pretrain: "none".into(),
+            rbm: Default::default(),
             validation: 0,
             train_limit: None,
             test_limit: None,

@@ -7,6 +7,7 @@
 
 pub mod checkpoint;
 mod config;
+pub mod pretrain;
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -382,6 +383,27 @@ pub fn run_with(
         total_steps = total_steps.min(m);
     }
     let mut optimizer = build_optimizer(&cfg.optim, total_steps)?;
+    let mut pretrain_summary = Value::Null;
+    match cfg.pretrain.as_str() {
+        "none" => {}
+        "rbm" if resume.is_none() => {
+            let t = Instant::now();
+            let errors = pretrain::pretrain_rbm(
+                &model,
+                &mut params,
+                &splits.train.x,
+                cfg.batch_size,
+                &cfg.rbm,
+                cfg.seed,
+            )?;
+            pretrain_summary = json!({"kind": "rbm", "reconstruction_error": errors, "seconds": t.elapsed().as_secs_f64()});
+            if !cfg.quiet {
+                eprintln!("rbm pretraining: reconstruction error per layer {errors:?}");
+            }
+        }
+        "rbm" => {}
+        other => return Err(Error::unknown("pretrain", other, &["none", "rbm"])),
+    }
     let out_dir: PathBuf = cfg.out_dir();
     std::fs::create_dir_all(&out_dir).map_err(|e| Error::io(&out_dir, e))?;
     let ck_path = out_dir.join("checkpoint.safetensors");
@@ -684,6 +706,7 @@ pub fn run_with(
         "train_accuracy": last.map(|r| acc(r, "train_accuracy")),
         "best_test_accuracy": if epochs.is_empty() { Value::Null } else { json!(best) },
         "diagnostics": diagnostics,
+        "pretrain": pretrain_summary,
         "best_epoch": best_epoch,
         "parameters": model.num_parameters(&params),
         "memory": {
