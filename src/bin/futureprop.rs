@@ -265,6 +265,22 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     relax_tolerance: Option<f64>,
+    /// Synthetic gradients: synthesizer initialiser [default: zeros].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    synth_init: Option<String>,
+    /// Local losses: head loss pred, sim, predsim [default: pred].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    local_loss: Option<String>,
+    /// Local losses: similarity weight β of predsim [default: 0.99].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    local_beta: Option<f64>,
+    /// Deeply-supervised nets: weight of each auxiliary head loss [default: 0.3].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dsn_weight: Option<f64>,
     /// EqProp/CHL free-phase steps T₁ [default: 20].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

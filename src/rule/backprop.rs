@@ -29,6 +29,7 @@ impl Rule for Backprop {
             grads,
             trace,
             loss: value,
+            prediction: None,
         })
     }
 

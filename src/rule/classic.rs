@@ -116,6 +116,7 @@ impl Rule for Classic {
                     grads,
                     trace,
                     loss: value,
+                    prediction: None,
                 });
             }
         };
@@ -133,6 +134,7 @@ impl Rule for Classic {
             grads,
             trace,
             loss: value,
+            prediction: None,
         })
     }
 }

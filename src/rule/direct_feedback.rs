@@ -146,6 +146,7 @@ impl Rule for DirectFeedback {
             grads,
             trace,
             loss: value,
+            prediction: None,
         })
     }
 

@@ -32,7 +32,7 @@ use rand::{Rng as _, SeedableRng};
 use super::{Batch, Relaxation, Rule, RuleConfig, StepOutput};
 use crate::error::{Error, Result};
 use crate::nn::{Grads, Loss, Model, Params, Trace};
-use crate::tensor::{Tensor, Unary};
+use crate::tensor::{Storage, Tensor, Unary};
 
 /// The state nonlinearity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +80,82 @@ pub enum Nudge {
     Symmetric,
     /// Free vs output clamped to the target (CHL).
     Clamped,
+}
+
+/// One relaxation step of a layer in one pass: g = ρ'(s)⊙drive − s − β(s − y),
+/// s' = s + εg (clipped to [0, 1] for the hard sigmoid). Returns s', ‖g‖² and
+/// ½‖s − y‖² (0 without a target).
+fn fused_step(
+    s: &Tensor,
+    drive: &Tensor,
+    target: Option<&Tensor>,
+    beta: f64,
+    eps: f64,
+    rho: Rho,
+) -> Result<(Tensor, f64, f64)> {
+    if s.shape() != drive.shape() || target.is_some_and(|t| t.shape() != s.shape()) {
+        return Err(Error::shape(
+            "eqprop relaxation",
+            format!("state {:?} vs drive {:?}", s.shape(), drive.shape()),
+        ));
+    }
+    fn run<T: Copy + Into<f64>>(
+        s: &[T],
+        d: &[T],
+        y: Option<Vec<f64>>,
+        beta: f64,
+        eps: f64,
+        rho: Rho,
+        wrap: impl Fn(f64) -> T,
+    ) -> (Vec<T>, f64, f64) {
+        let (mut r2, mut cost) = (0.0, 0.0);
+        let out = s
+            .iter()
+            .zip(d)
+            .enumerate()
+            .map(|(i, (&si, &di))| {
+                let (si, di): (f64, f64) = (si.into(), di.into());
+                let dr = match rho {
+                    Rho::HardSigmoid => 1.0,
+                    Rho::Sigmoid => {
+                        let q = Unary::Sigmoid.apply(si);
+                        q * (1.0 - q)
+                    }
+                    Rho::Tanh => {
+                        let q = si.tanh();
+                        1.0 - q * q
+                    }
+                };
+                let mut g = dr * di - si;
+                if let Some(y) = &y {
+                    let e = si - y[i];
+                    cost += 0.5 * e * e;
+                    g -= beta * e;
+                }
+                r2 += g * g;
+                let mut next = si + eps * g;
+                if rho == Rho::HardSigmoid {
+                    next = next.clamp(0.0, 1.0);
+                }
+                wrap(next)
+            })
+            .collect();
+        (out, r2, cost)
+    }
+    let y = target.map(Tensor::to_vec_f64);
+    // ~8 flops per element, reads s, drive (and y), writes s'.
+    crate::tensor::counters::add(8 * s.len() as u64, 4 * 4 * s.len() as u64);
+    match (s.storage(), drive.storage()) {
+        (Storage::F32(a), Storage::F32(b)) => {
+            let (v, r2, c) = run(a, b, y, beta, eps, rho, |x| x as f32);
+            Ok((Tensor::from_vec(s.shape(), v)?, r2, c))
+        }
+        (Storage::F64(a), Storage::F64(b)) => {
+            let (v, r2, c) = run(a, b, y, beta, eps, rho, |x| x);
+            Ok((Tensor::from_vec_f64(s.shape(), v)?, r2, c))
+        }
+        _ => Err(Error::config("eqprop", "state and drive dtypes differ")),
+    }
 }
 
 /// Equilibrium propagation or contrastive Hebbian learning.
@@ -199,7 +275,9 @@ impl Equilibrium {
             let mut new = Vec::with_capacity(nl);
             let (mut energy, mut res_sq) = (0.0, 0.0);
             for l in 0..nl {
-                energy += 0.5 * s[l].sum_sq() - r[l].dot(&fwd[l])?;
+                if log.is_some() {
+                    energy += 0.5 * s[l].sum_sq() - r[l].dot(&fwd[l])?;
+                }
                 if clamp && l == nl - 1 {
                     new.push(s[l].clone());
                     continue;
@@ -208,25 +286,14 @@ impl Equilibrium {
                 if l + 1 < nl {
                     drive.matmul_acc(&r[l + 1], false, &net.w[l + 1], false)?;
                 }
-                // −∂F/∂sₗ = ρ'(sₗ)⊙drive − sₗ (− β(s_L − y) at the output)
-                let mut g = match self.rho {
-                    Rho::HardSigmoid => drive,
-                    Rho::Sigmoid => s[l].unary_backward(Unary::Sigmoid, &drive)?,
-                    Rho::Tanh => s[l].unary_backward(Unary::Tanh, &drive)?,
+                let target = if l == nl - 1 && beta != 0.0 {
+                    Some(y.ok_or_else(|| Error::config("eqprop", "needs targets"))?)
+                } else {
+                    None
                 };
-                g.axpy(-1.0, &s[l])?;
-                if l == nl - 1 && beta != 0.0 {
-                    let y = y.ok_or_else(|| Error::config("eqprop", "needs targets"))?;
-                    let d = s[l].sub(y)?;
-                    energy += beta * 0.5 * d.sum_sq();
-                    g.axpy(-beta, &d)?;
-                }
-                res_sq += g.sum_sq();
-                let mut next = s[l].clone();
-                next.axpy(eps, &g)?;
-                if self.rho == Rho::HardSigmoid {
-                    next = next.add_scalar(-0.5).clamp_abs(0.5).add_scalar(0.5);
-                }
+                let (next, r2, cost) = fused_step(&s[l], &drive, target, beta, eps, self.rho)?;
+                res_sq += r2;
+                energy += beta * cost;
                 new.push(next);
             }
             let residual = res_sq.sqrt() / n.sqrt();
@@ -332,7 +399,11 @@ impl Rule for Equilibrium {
         let mut log = Relaxation::default();
         let (x_drive, free) = self.free_phase(&net, x, Some(&mut log))?;
         self.relaxation = log;
-        let value = loss.eval(free.last().unwrap(), &batch.target)?.0;
+        let prediction = free.last().cloned();
+        let value = match &prediction {
+            Some(p) => loss.eval(p, &batch.target)?.0,
+            None => f64::NAN,
+        };
         let t2 = self.cfg.eqprop_nudge_steps;
         let beta = self.cfg.eqprop_beta;
         let mut grads = Grads::new();
@@ -371,6 +442,7 @@ impl Rule for Equilibrium {
             grads,
             trace,
             loss: value,
+            prediction,
         })
     }
 

@@ -195,6 +195,7 @@ impl Rule for FeedbackAlignment {
             grads,
             trace,
             loss: value,
+            prediction: None,
         })
     }
 

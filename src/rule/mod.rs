@@ -12,14 +12,18 @@ mod classic;
 mod direct_feedback;
 mod equilibrium;
 mod feedback_alignment;
+mod local_losses;
 mod predictive_coding;
+mod synthetic_gradients;
 
 pub use backprop::Backprop;
 pub use classic::{Classic, ClassicKind};
 pub use direct_feedback::{DirectFeedback, DirectKind};
 pub use equilibrium::{Equilibrium, Nudge};
 pub use feedback_alignment::{FeedbackAlignment, FeedbackKind};
+pub use local_losses::{LocalLosses, sim_loss};
 pub use predictive_coding::PredictiveCoding;
+pub use synthetic_gradients::SyntheticGradients;
 
 use crate::error::{Error, Result};
 use crate::nn::{Grads, Layer, Loss, Model, Params, Record, Target, Trace};
@@ -56,6 +60,9 @@ pub struct StepOutput {
     pub trace: Trace,
     /// Mean loss of the batch at the parameters the step started from.
     pub loss: f64,
+    /// The model's prediction for the batch at those parameters, when the trace's output
+    /// is not it (relaxed or nudged states); `None`: the trace's output.
+    pub prediction: Option<Tensor>,
 }
 
 /// A credit-assignment rule.
@@ -98,6 +105,12 @@ pub trait Rule: Send {
                 self.name()
             ),
         ))
+    }
+
+    /// A named auxiliary loss of the last step (e.g. synthetic gradients' regression
+    /// loss), reported per epoch.
+    fn aux_loss(&self) -> Option<(&'static str, f64)> {
+        None
     }
 
     /// Diagnostics of the last step's relaxation, for rules that relax a state.
@@ -154,6 +167,15 @@ pub struct RuleConfig {
     /// EqProp/CHL state nonlinearity: `hard-sigmoid` (clip to [0, 1]), `sigmoid`, `tanh`;
     /// default `hard-sigmoid`.
     pub eqprop_rho: String,
+    /// Local losses: head loss `pred`, `sim` or `predsim`; default `pred`.
+    pub local_loss: String,
+    /// Local losses: weight β of the similarity term in `predsim`; default 0.99.
+    pub local_beta: f64,
+    /// Deeply-supervised nets: weight of every auxiliary head's loss; default 0.3.
+    pub dsn_weight: f64,
+    /// Synthetic gradients: initialiser of the synthesizers (`--init` names); default
+    /// `zeros`.
+    pub synth_init: String,
     /// Energy-based rules: stop relaxing when the residual ‖∂E/∂state‖ per sample falls
     /// below this; default 0 (always run every step).
     pub relax_tolerance: f64,
@@ -170,6 +192,10 @@ impl Default for RuleConfig {
             pc_gamma: 0.1,
             pc_variant: "standard".into(),
             relax_tolerance: 0.0,
+            synth_init: "zeros".into(),
+            local_loss: "pred".into(),
+            local_beta: 0.99,
+            dsn_weight: 0.3,
             eqprop_free_steps: 20,
             eqprop_nudge_steps: 4,
             eqprop_beta: 1.0,
@@ -241,6 +267,22 @@ pub const RULES: &[(&str, &str)] = &[
         "contrastive Hebbian learning: free vs output-clamped relaxations (Movellan 1991)",
     ),
     (
+        "local",
+        "local losses: each block learns from its own auxiliary head, no gradient crosses blocks (Belilovsky et al. 2019; Nøkland & Eidnes 2019)",
+    ),
+    (
+        "dsn",
+        "deeply-supervised nets: auxiliary head losses added to the global backprop loss (Lee et al. 2015)",
+    ),
+    (
+        "dni",
+        "synthetic gradients: each hidden block updates from a learned gradient predictor (Jaderberg et al. 2016)",
+    ),
+    (
+        "cdni",
+        "synthetic gradients conditioned on the label (Jaderberg et al. 2016)",
+    ),
+    (
         "perceptron",
         "Rosenblatt's perceptron rule, multi-class, single Linear layer (Rosenblatt 1958)",
     ),
@@ -278,6 +320,10 @@ pub fn build_rule_with(name: &str, cfg: &RuleConfig) -> Result<Box<dyn Rule>> {
         "bfa" => direct(DirectKind::Bfa),
         "drtp" => direct(DirectKind::Drtp),
         "pc" => Ok(Box::new(PredictiveCoding::new(cfg.clone())?)),
+        "local" => Ok(Box::new(LocalLosses::new(false, cfg)?)),
+        "dsn" => Ok(Box::new(LocalLosses::new(true, cfg)?)),
+        "dni" => Ok(Box::new(SyntheticGradients::new(false, cfg.clone()))),
+        "cdni" => Ok(Box::new(SyntheticGradients::new(true, cfg.clone()))),
         "eqprop" => Ok(Box::new(Equilibrium::new(cfg.clone(), false)?)),
         "chl" => Ok(Box::new(Equilibrium::new(cfg.clone(), true)?)),
         "perceptron" => Ok(Box::new(Classic::new(ClassicKind::Perceptron))),

@@ -148,7 +148,8 @@ impl Rule for PredictiveCoding {
         let (hidden, last) = model.layered_blocks("pc")?;
         let mut trace = model.forward_trace(params, &batch.x)?;
         let n = batch.x.dims2()?.0.max(1) as f64;
-        let (first_loss, mut g_top) = loss.eval(block_output(&last, &trace), &batch.target)?;
+        let prediction = block_output(&last, &trace).clone();
+        let (first_loss, mut g_top) = loss.eval(&prediction, &batch.target)?;
         let mut top_loss = first_loss;
         let mut all: Vec<Block> = hidden.clone();
         all.push(last);
@@ -216,6 +217,7 @@ impl Rule for PredictiveCoding {
             grads,
             trace,
             loss: first_loss,
+            prediction: Some(prediction),
         })
     }
 

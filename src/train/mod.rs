@@ -473,6 +473,10 @@ pub fn run_with(
         let pb = progress_bar(cfg.quiet, batches.num_batches() as u64, progress_multi);
         pb.set_prefix(format!("epoch {}/{}", epoch + 1, cfg.epochs));
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
+        // Relaxation diagnostics of energy-based rules: Σ steps, Σ final residual, count.
+        let mut relax = (0.0, 0.0, 0.0);
+        // The rule's auxiliary loss: name, Σ, count.
+        let mut aux = ("", 0.0, 0.0);
         for (batch_index, batch) in batches.enumerate() {
             if cfg.max_steps.is_some_and(|m| step >= m) {
                 break;
@@ -496,7 +500,17 @@ pub fn run_with(
             }
             let rows = batch.target.len();
             loss_sum += out.loss * rows as f64;
-            if let Some(o) = out.trace.output() {
+            if let Some((name, v)) = rule.aux_loss() {
+                aux.0 = name;
+                aux.1 += v;
+                aux.2 += 1.0;
+            }
+            if let Some(r) = rule.relaxation() {
+                relax.0 += r.steps as f64;
+                relax.1 += r.residual.last().copied().unwrap_or(f64::NAN);
+                relax.2 += 1.0;
+            }
+            if let Some(o) = out.prediction.as_ref().or(out.trace.output()) {
                 correct += count_correct(o, &batch)?;
             }
             seen += rows;
@@ -570,10 +584,14 @@ pub fn run_with(
             step += 1;
             if cfg.log_every > 0 && step.is_multiple_of(cfg.log_every) {
                 let secs = run_start.elapsed().as_secs_f64() - not_training_seconds - diag_seconds;
-                append_line(
-                    &metrics_path,
-                    &json!({"type": "step", "epoch": epoch + 1, "step": step, "loss": out.loss, "seconds": secs}),
-                )?;
+                let mut rec = json!({"type": "step", "epoch": epoch + 1, "step": step, "loss": out.loss, "seconds": secs});
+                if let Some(r) = rule.relaxation() {
+                    rec["relax_steps"] = json!(r.steps);
+                    rec["relax_residual"] = json!(r.residual.last());
+                    rec["relax_energy_first"] = json!(r.energy.first());
+                    rec["relax_energy_last"] = json!(r.energy.last());
+                }
+                append_line(&metrics_path, &rec)?;
             }
             pb.inc(1);
             if step % 20 == 0 {
@@ -641,6 +659,13 @@ pub fn run_with(
             )?;
             rec["validation_loss"] = json!(ev.loss);
             rec["validation_accuracy"] = json!(ev.accuracy);
+        }
+        if aux.2 > 0.0 {
+            rec[aux.0] = json!(aux.1 / aux.2);
+        }
+        if relax.2 > 0.0 {
+            rec["relax_steps_mean"] = json!(relax.0 / relax.2);
+            rec["relax_residual_mean"] = json!(relax.1 / relax.2);
         }
         rec["flops"] = json!(work.flops);
         rec["bytes_moved"] = json!(work.bytes);

@@ -1,0 +1,228 @@
+//! Local losses: every hidden block learns from an auxiliary head of its own.
+//!
+//! `local` (greedy / decoupled greedy learning, Belilovsky et al. 2019, 2020; Nøkland &
+//! Eidnes 2019): block k's output hₖ feeds a linear classifier head Hₖ (parameters
+//! `local.head{k}.weight`, `.bias`); the block and its head descend the head's loss and
+//! nothing else — no gradient crosses a block boundary, so each block could update as
+//! soon as its forward pass is done. The output layer learns from the training loss on
+//! its own (detached) input. Head losses (`local_loss`):
+//! - `pred`: the training loss of the head's prediction;
+//! - `sim`: ‖S(hₖ) − S(Y)‖²_F / n², S(X) the batch's cosine-similarity matrix of the
+//!   row-centred rows of X and Y the one-hot targets (Nøkland & Eidnes' similarity
+//!   matching loss; for an MLP, computed on hₖ itself);
+//! - `predsim`: (1 − β)·pred + β·sim (β = `local_beta`, 0.99 in the paper).
+//!
+//! `dsn` (deeply-supervised nets, Lee et al. 2015): the same heads, but their losses
+//! are added with weight `dsn_weight` to the global loss and everything backpropagates;
+//! weight 0 is backprop.
+
+use super::predictive_coding::{block_input_grad, block_output, block_param_grads};
+use super::{Batch, Rule, RuleConfig, StepOutput};
+use crate::error::{Error, Result};
+use crate::nn::{Grads, Loss, Model, Params, Target};
+use crate::tensor::Tensor;
+
+/// Which head loss.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum HeadLoss {
+    Pred,
+    Sim,
+    PredSim(f64),
+}
+
+/// Local-loss or deeply-supervised training.
+#[derive(Debug)]
+pub struct LocalLosses {
+    deeply_supervised: bool,
+    head_loss: HeadLoss,
+    dsn_weight: f64,
+}
+
+impl LocalLosses {
+    /// `local` (`deeply_supervised` false) or `dsn`, with options from `cfg`.
+    pub fn new(deeply_supervised: bool, cfg: &RuleConfig) -> Result<Self> {
+        let head_loss = match cfg.local_loss.as_str() {
+            "pred" => HeadLoss::Pred,
+            "sim" => HeadLoss::Sim,
+            "predsim" => {
+                if !(0.0..=1.0).contains(&cfg.local_beta) {
+                    return Err(Error::config("local beta", "must be in [0, 1]"));
+                }
+                HeadLoss::PredSim(cfg.local_beta)
+            }
+            other => {
+                return Err(Error::unknown(
+                    "local loss",
+                    other,
+                    &["pred", "sim", "predsim"],
+                ));
+            }
+        };
+        if !(cfg.dsn_weight.is_finite() && cfg.dsn_weight >= 0.0) {
+            return Err(Error::config("dsn weight", "must be a non-negative number"));
+        }
+        Ok(LocalLosses {
+            deeply_supervised,
+            head_loss,
+            dsn_weight: cfg.dsn_weight,
+        })
+    }
+
+    fn key(k: usize) -> (String, String) {
+        (
+            format!("local.head{k}.weight"),
+            format!("local.head{k}.bias"),
+        )
+    }
+}
+
+/// Cosine-similarity matrix of the row-centred rows of `x`, and the normalised rows
+/// with their norms (for the backward pass).
+fn similarity(x: &Tensor) -> Result<(Tensor, Tensor, Vec<f64>)> {
+    let (n, w) = x.dims2()?;
+    let v = x.to_vec_f64();
+    let mut out = vec![0.0; n * w];
+    let mut norms = vec![0.0; n];
+    for i in 0..n {
+        let row = &v[i * w..(i + 1) * w];
+        let mean = row.iter().sum::<f64>() / w.max(1) as f64;
+        let norm = row
+            .iter()
+            .map(|a| (a - mean).powi(2))
+            .sum::<f64>()
+            .sqrt()
+            .max(1e-8);
+        norms[i] = norm;
+        for j in 0..w {
+            out[i * w + j] = (row[j] - mean) / norm;
+        }
+    }
+    let nrm = Tensor::from_vec_f64(&[n, w], out)?.to_dtype(x.dtype());
+    Ok((nrm.matmul(false, &nrm, true)?, nrm, norms))
+}
+
+/// Similarity-matching loss ‖S(h) − S(Y)‖²_F / n² and its gradient with respect to h.
+pub fn sim_loss(h: &Tensor, target: &Target, classes: usize) -> Result<(f64, Tensor)> {
+    let (n, w) = h.dims2()?;
+    let y = target.dense(n, classes, h.dtype())?;
+    let (sh, nrm, norms) = similarity(h)?;
+    let (sy, _, _) = similarity(&y)?;
+    let diff = sh.sub(&sy)?;
+    let nf = (n * n).max(1) as f64;
+    let value = diff.sum_sq() / nf;
+    // dL/dN = 2(dL/dS)N with dL/dS = 2(S − S_y)/n² (S symmetric).
+    let g_n = diff
+        .matmul(false, &nrm, false)?
+        .scale(4.0 / nf)
+        .to_vec_f64();
+    let nv = nrm.to_vec_f64();
+    let mut g = vec![0.0; n * w];
+    for i in 0..n {
+        let (gi, ni) = (&g_n[i * w..(i + 1) * w], &nv[i * w..(i + 1) * w]);
+        let dot: f64 = gi.iter().zip(ni).map(|(a, b)| a * b).sum();
+        // Through z/‖z‖, then through the row centring.
+        let gz: Vec<f64> = (0..w).map(|j| (gi[j] - ni[j] * dot) / norms[i]).collect();
+        let mean = gz.iter().sum::<f64>() / w.max(1) as f64;
+        for j in 0..w {
+            g[i * w + j] = gz[j] - mean;
+        }
+    }
+    Ok((value, Tensor::from_vec_f64(&[n, w], g)?.to_dtype(h.dtype())))
+}
+
+impl Rule for LocalLosses {
+    fn name(&self) -> &'static str {
+        if self.deeply_supervised {
+            "dsn"
+        } else {
+            "local"
+        }
+    }
+
+    fn init(&mut self, model: &Model, params: &mut Params, seed: u64) -> Result<()> {
+        let (hidden, _) = model.layered_blocks(self.name())?;
+        let mut rng = <crate::Rng as rand::SeedableRng>::seed_from_u64(seed ^ 0x10ca1);
+        let classes = model.outputs();
+        for (k, b) in hidden.iter().enumerate() {
+            let dt = params
+                .get(&format!("{}.weight", model.layers()[b.linear].name()))?
+                .dtype();
+            let w = crate::nn::Init::Torch.sample(b.outputs, classes, &mut rng);
+            let (wk, bk) = Self::key(k);
+            params.insert(wk, Tensor::from_vec(&[classes, b.outputs], w)?.to_dtype(dt));
+            params.insert(bk, Tensor::zeros(&[classes], dt));
+        }
+        Ok(())
+    }
+
+    fn step(
+        &mut self,
+        model: &Model,
+        params: &Params,
+        batch: &Batch,
+        loss: Loss,
+    ) -> Result<StepOutput> {
+        let (hidden, last) = model.layered_blocks(self.name())?;
+        let (mut trace, value, d_out) = super::forward_loss(model, params, batch, loss)?;
+        let classes = model.outputs();
+        let weight = if self.deeply_supervised {
+            self.dsn_weight
+        } else {
+            1.0
+        };
+        let mut grads = Grads::new();
+        // Each head's gradient with respect to its block's output (scaled by `weight`).
+        let mut head_g: Vec<Tensor> = Vec::with_capacity(hidden.len());
+        for (k, b) in hidden.iter().enumerate() {
+            let h = block_output(b, &trace);
+            let (wk, bk) = Self::key(k);
+            let hw = params.get(&wk)?;
+            let (pred_w, sim_w) = match self.head_loss {
+                HeadLoss::Pred => (1.0, 0.0),
+                HeadLoss::Sim => (0.0, 1.0),
+                HeadLoss::PredSim(beta) => (1.0 - beta, beta),
+            };
+            let mut g = Tensor::zeros(h.shape(), h.dtype());
+            if pred_w > 0.0 {
+                let mut z = h.matmul(false, hw, true)?;
+                z.add_row(params.get(&bk)?)?;
+                let (_, dz) = loss.eval(&z, &batch.target)?;
+                let dz = dz.scale(pred_w * weight);
+                grads.insert(wk.clone(), dz.matmul(true, h, false)?);
+                grads.insert(bk.clone(), dz.sum_rows()?);
+                g.axpy(1.0, &dz.matmul(false, hw, false)?)?;
+            } else {
+                grads.insert(wk.clone(), hw.scale(0.0));
+                grads.insert(bk.clone(), params.get(&bk)?.scale(0.0));
+            }
+            if sim_w > 0.0 {
+                let (_, gs) = sim_loss(h, &batch.target, classes)?;
+                g.axpy(sim_w * weight, &gs)?;
+            }
+            head_g.push(g);
+        }
+        if self.deeply_supervised {
+            // Backprop of the global loss with each head's gradient joining at its block.
+            let mut g = d_out;
+            block_param_grads(model, params, &last, &mut trace, g.clone(), &mut grads)?;
+            let mut above = last;
+            for (k, b) in hidden.iter().enumerate().rev() {
+                g = block_input_grad(model, params, &above, &trace, &g)?;
+                g.axpy(1.0, &head_g[k])?;
+                block_param_grads(model, params, b, &mut trace, g.clone(), &mut grads)?;
+                above = *b;
+            }
+        } else {
+            for (k, b) in hidden.iter().enumerate() {
+                block_param_grads(model, params, b, &mut trace, head_g[k].clone(), &mut grads)?;
+            }
+            block_param_grads(model, params, &last, &mut trace, d_out, &mut grads)?;
+        }
+        Ok(StepOutput {
+            grads,
+            trace,
+            loss: value,
+            prediction: None,
+        })
+    }
+}

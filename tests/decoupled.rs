@@ -1,0 +1,238 @@
+//! Decoupled rules against the backprop oracle: synthetic gradients with an oracle
+//! synthesizer are backprop, with a zero synthesizer the hidden layers stay put; local
+//! losses let no gradient cross a block boundary; deeply-supervised nets with weight 0
+//! are backprop; the similarity-matching loss's gradient matches finite differences.
+
+use futureprop::nn::{Init, Loss, Model, ModelSpec, Params, Target};
+use futureprop::optim::{OptimizerConfig, StepContext, build_optimizer};
+use futureprop::rule::{
+    Batch, RuleConfig, SyntheticGradients, build_rule, build_rule_with, sim_loss,
+};
+use futureprop::tensor::{DType, Tensor};
+use rand::{Rng, SeedableRng};
+
+fn rand_tensor(shape: &[usize], seed: u64, scale: f64) -> Tensor {
+    let mut rng = futureprop::Rng::seed_from_u64(seed);
+    let n = shape.iter().product();
+    Tensor::from_vec_f64(
+        shape,
+        (0..n).map(|_| rng.random_range(-scale..scale)).collect(),
+    )
+    .unwrap()
+}
+
+fn setup() -> (Model, Params, Batch) {
+    let m = Model::build(&ModelSpec {
+        spec: "mlp:5-7-6-4".into(),
+        activation: "tanh".into(),
+        bias: true,
+    })
+    .unwrap();
+    let p = m
+        .init_params(Init::XavierNormal, 3)
+        .unwrap()
+        .to_dtype(DType::F64);
+    let b = Batch {
+        x: rand_tensor(&[9, 5], 4, 1.0),
+        target: Target::Classes((0..9).map(|i| (i * 3) % 4).collect()),
+    };
+    (m, p, b)
+}
+
+fn model_keys(m: &Model, p: &Params) -> Vec<String> {
+    p.iter()
+        .map(|(n, _)| n.to_string())
+        .filter(|n| {
+            m.layers()
+                .iter()
+                .any(|l| n.starts_with(&format!("{}.", l.name())))
+        })
+        .collect()
+}
+
+fn assert_same(a: &Params, b: &Params, keys: &[String], tol: f64, label: &str) {
+    for k in keys {
+        let (x, y) = (
+            a.get(k).unwrap().to_vec_f64(),
+            b.get(k).unwrap().to_vec_f64(),
+        );
+        for (u, v) in x.iter().zip(&y) {
+            assert!(
+                (u - v).abs() <= tol * (1.0 + v.abs()),
+                "{label} {k}: {u} vs {v}"
+            );
+        }
+    }
+}
+
+#[test]
+fn dni_with_an_oracle_synthesizer_is_backprop() {
+    let (m, mut p, b) = setup();
+    let bp = build_rule("bp")
+        .unwrap()
+        .step(&m, &p, &b, Loss::CrossEntropy)
+        .unwrap();
+    let mut dni = SyntheticGradients::new(false, RuleConfig::default());
+    use futureprop::rule::Rule;
+    dni.init(&m, &mut p, 0).unwrap();
+    dni.oracle = true;
+    let out = dni.step(&m, &p, &b, Loss::CrossEntropy).unwrap();
+    assert_same(
+        &out.grads,
+        &bp.grads,
+        &model_keys(&m, &p),
+        1e-12,
+        "oracle dni",
+    );
+}
+
+#[test]
+fn dni_with_a_zero_synthesizer_leaves_hidden_layers_unchanged_and_trains_the_synthesizer() {
+    let (m, p0, b) = setup();
+    for rule in ["dni", "cdni"] {
+        let mut p = p0.clone();
+        let mut r = build_rule(rule).unwrap();
+        r.init(&m, &mut p, 0).unwrap();
+        let mut opt = build_optimizer(
+            &OptimizerConfig {
+                name: "sgd".into(),
+                lr: 0.1,
+                ..Default::default()
+            },
+            1,
+        )
+        .unwrap();
+        let out = r.step(&m, &p, &b, Loss::CrossEntropy).unwrap();
+        let before = p.clone();
+        opt.step(&mut p, &out.grads, &mut StepContext::empty())
+            .unwrap();
+        for k in ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"] {
+            assert_eq!(
+                p.get(k).unwrap().to_vec_f64(),
+                before.get(k).unwrap().to_vec_f64(),
+                "{rule}: {k} moved under a zero synthesizer"
+            );
+        }
+        assert_ne!(
+            p.get("fc3.weight").unwrap().to_vec_f64(),
+            before.get("fc3.weight").unwrap().to_vec_f64()
+        );
+        // The synthesizers learn toward the gradient from above, so they are no longer 0.
+        let s = p.get("dni.syn1.weight").unwrap();
+        assert!(s.norm() > 0.0, "{rule}: synthesizer did not train");
+        let (_, loss) = r.aux_loss().unwrap();
+        assert!(loss > 0.0 && loss.is_finite());
+        let cin = if rule == "cdni" { 6 + 4 } else { 6 };
+        assert_eq!(s.shape(), &[6, cin]);
+    }
+}
+
+#[test]
+fn local_losses_let_no_gradient_cross_a_block_boundary() {
+    let (m, mut p, b) = setup();
+    let mut local = build_rule("local").unwrap();
+    local.init(&m, &mut p, 0).unwrap();
+    let g = local.step(&m, &p, &b, Loss::CrossEntropy).unwrap().grads;
+    // Changing the output layer (everything above the hidden blocks) changes no hidden
+    // block's update.
+    let mut q = p.clone();
+    q.insert("fc3.weight", rand_tensor(&[4, 6], 77, 3.0));
+    let g2 = local.step(&m, &q, &b, Loss::CrossEntropy).unwrap().grads;
+    for k in [
+        "fc1.weight",
+        "fc1.bias",
+        "fc2.weight",
+        "fc2.bias",
+        "local.head0.weight",
+    ] {
+        assert_eq!(
+            g.get(k).unwrap().to_vec_f64(),
+            g2.get(k).unwrap().to_vec_f64(),
+            "{k}"
+        );
+    }
+    // Changing the second block changes nothing of the first.
+    let mut q = p.clone();
+    q.insert("fc2.weight", rand_tensor(&[6, 7], 78, 3.0));
+    let g3 = local.step(&m, &q, &b, Loss::CrossEntropy).unwrap().grads;
+    for k in ["fc1.weight", "fc1.bias"] {
+        assert_eq!(
+            g.get(k).unwrap().to_vec_f64(),
+            g3.get(k).unwrap().to_vec_f64(),
+            "{k}"
+        );
+    }
+    // The output layer's update is backprop's for that layer.
+    let bp = build_rule("bp")
+        .unwrap()
+        .step(&m, &p, &b, Loss::CrossEntropy)
+        .unwrap();
+    assert_same(
+        &g,
+        &bp.grads,
+        &["fc3.weight".into(), "fc3.bias".into()],
+        1e-12,
+        "top",
+    );
+}
+
+#[test]
+fn deeply_supervised_with_weight_zero_is_backprop() {
+    let (m, mut p, b) = setup();
+    let bp = build_rule("bp")
+        .unwrap()
+        .step(&m, &p, &b, Loss::CrossEntropy)
+        .unwrap();
+    let mut dsn = build_rule_with(
+        "dsn",
+        &RuleConfig {
+            dsn_weight: 0.0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    dsn.init(&m, &mut p, 0).unwrap();
+    let g = dsn.step(&m, &p, &b, Loss::CrossEntropy).unwrap().grads;
+    assert_same(&g, &bp.grads, &model_keys(&m, &p), 1e-12, "dsn(0)");
+    let mut dsn = build_rule_with(
+        "dsn",
+        &RuleConfig {
+            dsn_weight: 0.5,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let g = dsn.step(&m, &p, &b, Loss::CrossEntropy).unwrap().grads;
+    let d = g
+        .get("fc1.weight")
+        .unwrap()
+        .sub(bp.grads.get("fc1.weight").unwrap())
+        .unwrap();
+    assert!(d.norm() > 1e-6, "auxiliary heads changed nothing");
+}
+
+#[test]
+fn similarity_matching_gradient_matches_finite_differences() {
+    let h = rand_tensor(&[6, 5], 9, 1.0);
+    let t = Target::Classes(vec![0, 1, 2, 0, 1, 2]);
+    let (_, g) = sim_loss(&h, &t, 3).unwrap();
+    let v = h.to_vec_f64();
+    let e = 1e-6;
+    for i in 0..v.len() {
+        let (mut a, mut b) = (v.clone(), v.clone());
+        a[i] += e;
+        b[i] -= e;
+        let la = sim_loss(&Tensor::from_vec_f64(&[6, 5], a).unwrap(), &t, 3)
+            .unwrap()
+            .0;
+        let lb = sim_loss(&Tensor::from_vec_f64(&[6, 5], b).unwrap(), &t, 3)
+            .unwrap()
+            .0;
+        let fd = (la - lb) / (2.0 * e);
+        let an = g.to_vec_f64()[i];
+        assert!(
+            (fd - an).abs() < 1e-6 * (1.0 + fd.abs()),
+            "[{i}] fd {fd} vs {an}"
+        );
+    }
+}
