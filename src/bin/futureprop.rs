@@ -269,6 +269,10 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     synth_init: Option<String>,
+    /// EqProp/CHL: record the energy at every relaxation step [default: false].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    relax_trace: Option<bool>,
     /// Local losses: head loss pred, sim, predsim [default: pred].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

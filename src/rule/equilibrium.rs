@@ -82,76 +82,96 @@ pub enum Nudge {
     Clamped,
 }
 
-/// One relaxation step of a layer in one pass: g = ρ'(s)⊙drive − s − β(s − y),
-/// s' = s + εg (clipped to [0, 1] for the hard sigmoid). Returns s', ‖g‖² and
-/// ½‖s − y‖² (0 without a target).
+/// One relaxation step of a layer in one pass, with drive = fwd + feedback:
+/// g = ρ'(s)⊙drive − s − β(s − y), s' = s + εg (clipped to [0, 1] for the hard
+/// sigmoid). Returns s', ‖g‖² and ½‖s − y‖² (0 without a target).
 fn fused_step(
     s: &Tensor,
-    drive: &Tensor,
+    fwd: &Tensor,
+    feedback: Option<&Tensor>,
     target: Option<&Tensor>,
     beta: f64,
     eps: f64,
     rho: Rho,
 ) -> Result<(Tensor, f64, f64)> {
-    if s.shape() != drive.shape() || target.is_some_and(|t| t.shape() != s.shape()) {
+    let same = |t: Option<&Tensor>| t.is_none_or(|t| t.shape() == s.shape());
+    if s.shape() != fwd.shape() || !same(feedback) || !same(target) {
         return Err(Error::shape(
             "eqprop relaxation",
-            format!("state {:?} vs drive {:?}", s.shape(), drive.shape()),
+            format!("state {:?} vs drive {:?}", s.shape(), fwd.shape()),
         ));
     }
+    #[allow(clippy::too_many_arguments)]
     fn run<T: Copy + Into<f64>>(
         s: &[T],
-        d: &[T],
+        f: &[T],
+        fb: Option<&[T]>,
         y: Option<Vec<f64>>,
         beta: f64,
         eps: f64,
         rho: Rho,
         wrap: impl Fn(f64) -> T,
     ) -> (Vec<T>, f64, f64) {
-        let (mut r2, mut cost) = (0.0, 0.0);
-        let out = s
-            .iter()
-            .zip(d)
-            .enumerate()
-            .map(|(i, (&si, &di))| {
-                let (si, di): (f64, f64) = (si.into(), di.into());
-                let dr = match rho {
-                    Rho::HardSigmoid => 1.0,
-                    Rho::Sigmoid => {
-                        let q = Unary::Sigmoid.apply(si);
-                        q * (1.0 - q)
-                    }
-                    Rho::Tanh => {
-                        let q = si.tanh();
-                        1.0 - q * q
-                    }
-                };
-                let mut g = dr * di - si;
-                if let Some(y) = &y {
-                    let e = si - y[i];
-                    cost += 0.5 * e * e;
-                    g -= beta * e;
-                }
-                r2 += g * g;
-                let mut next = si + eps * g;
-                if rho == Rho::HardSigmoid {
-                    next = next.clamp(0.0, 1.0);
-                }
-                wrap(next)
-            })
-            .collect();
-        (out, r2, cost)
+        let n = s.len();
+        let mut out: Vec<T> = vec![wrap(0.0); n];
+        let (lo, hi) = if rho == Rho::HardSigmoid {
+            (0.0, 1.0)
+        } else {
+            (f64::NEG_INFINITY, f64::INFINITY)
+        };
+        let slope = |x: f64| match rho {
+            Rho::HardSigmoid => 1.0,
+            Rho::Sigmoid => {
+                let q = Unary::Sigmoid.apply(x);
+                q * (1.0 - q)
+            }
+            Rho::Tanh => {
+                let q = x.tanh();
+                1.0 - q * q
+            }
+        };
+        // Eight partial sums so the loop vectorises.
+        let mut acc = [0.0f64; 8];
+        let mut cost = 0.0;
+        for i in 0..n {
+            let si: f64 = s[i].into();
+            let mut di: f64 = f[i].into();
+            if let Some(fb) = fb {
+                di += fb[i].into();
+            }
+            let mut g = if rho == Rho::HardSigmoid {
+                di - si
+            } else {
+                slope(si) * di - si
+            };
+            if let Some(y) = &y {
+                let e = si - y[i];
+                cost += 0.5 * e * e;
+                g -= beta * e;
+            }
+            acc[i % 8] += g * g;
+            out[i] = wrap((si + eps * g).clamp(lo, hi));
+        }
+        (out, acc.iter().sum(), cost)
     }
     let y = target.map(Tensor::to_vec_f64);
-    // ~8 flops per element, reads s, drive (and y), writes s'.
+    // ~8 flops per element; reads s, fwd, feedback (and y), writes s'.
     crate::tensor::counters::add(8 * s.len() as u64, 4 * 4 * s.len() as u64);
-    match (s.storage(), drive.storage()) {
-        (Storage::F32(a), Storage::F32(b)) => {
-            let (v, r2, c) = run(a, b, y, beta, eps, rho, |x| x as f32);
+    match (s.storage(), fwd.storage(), feedback.map(Tensor::storage)) {
+        (Storage::F32(a), Storage::F32(b), None) => {
+            let (v, r2, c) = run(a, b, None, y, beta, eps, rho, |x| x as f32);
             Ok((Tensor::from_vec(s.shape(), v)?, r2, c))
         }
-        (Storage::F64(a), Storage::F64(b)) => {
-            let (v, r2, c) = run(a, b, y, beta, eps, rho, |x| x);
+        (Storage::F32(a), Storage::F32(b), Some(Storage::F32(fb))) => {
+            let (v, r2, c) = run(a, b, Some(fb), y, beta, eps, rho, |x| x as f32);
+            Ok((Tensor::from_vec(s.shape(), v)?, r2, c))
+        }
+        (Storage::F64(a), Storage::F64(b), None) => {
+            let (v, r2, c) = run(a, b, None, y, beta, eps, rho, |x| x);
+            Ok((Tensor::from_vec_f64(s.shape(), v)?, r2, c))
+        }
+        (Storage::F64(a), Storage::F64(b), Some(Storage::F64(fb))) => {
+            let (v, r2, c) = run(a, b, Some(fb), y, beta, eps, rho, |x| x);
             Ok((Tensor::from_vec_f64(s.shape(), v)?, r2, c))
         }
         _ => Err(Error::config("eqprop", "state and drive dtypes differ")),
@@ -275,30 +295,43 @@ impl Equilibrium {
             let mut new = Vec::with_capacity(nl);
             let (mut energy, mut res_sq) = (0.0, 0.0);
             for l in 0..nl {
-                if log.is_some() {
+                // The energy costs two passes per layer: every step with `relax_trace`,
+                // else before the first and at the last step only.
+                if log.is_some() && (self.cfg.relax_trace || t == 0 || t == steps || tol > 0.0) {
                     energy += 0.5 * s[l].sum_sq() - r[l].dot(&fwd[l])?;
                 }
                 if clamp && l == nl - 1 {
                     new.push(s[l].clone());
                     continue;
                 }
-                let mut drive = fwd[l].clone();
-                if l + 1 < nl {
-                    drive.matmul_acc(&r[l + 1], false, &net.w[l + 1], false)?;
-                }
+                let feedback = if l + 1 < nl {
+                    Some(r[l + 1].matmul(false, &net.w[l + 1], false)?)
+                } else {
+                    None
+                };
                 let target = if l == nl - 1 && beta != 0.0 {
                     Some(y.ok_or_else(|| Error::config("eqprop", "needs targets"))?)
                 } else {
                     None
                 };
-                let (next, r2, cost) = fused_step(&s[l], &drive, target, beta, eps, self.rho)?;
+                let (next, r2, cost) = fused_step(
+                    &s[l],
+                    &fwd[l],
+                    feedback.as_ref(),
+                    target,
+                    beta,
+                    eps,
+                    self.rho,
+                )?;
                 res_sq += r2;
                 energy += beta * cost;
                 new.push(next);
             }
             let residual = res_sq.sqrt() / n.sqrt();
             if let Some(log) = log.as_deref_mut() {
-                log.energy.push(energy / n);
+                if self.cfg.relax_trace || t == 0 || t == steps || tol > 0.0 {
+                    log.energy.push(energy / n);
+                }
                 log.residual.push(residual);
             }
             if t == steps || (tol > 0.0 && residual < tol) {

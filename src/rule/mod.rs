@@ -173,6 +173,9 @@ pub struct RuleConfig {
     pub local_beta: f64,
     /// Deeply-supervised nets: weight of every auxiliary head's loss; default 0.3.
     pub dsn_weight: f64,
+    /// EqProp/CHL: record the energy at every relaxation step (two extra passes per
+    /// layer and step); default false: before the first step and at the last.
+    pub relax_trace: bool,
     /// Synthetic gradients: initialiser of the synthesizers (`--init` names); default
     /// `zeros`.
     pub synth_init: String,
@@ -193,6 +196,7 @@ impl Default for RuleConfig {
             pc_variant: "standard".into(),
             relax_tolerance: 0.0,
             synth_init: "zeros".into(),
+            relax_trace: false,
             local_loss: "pred".into(),
             local_beta: 0.99,
             dsn_weight: 0.3,
