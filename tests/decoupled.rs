@@ -236,3 +236,91 @@ fn similarity_matching_gradient_matches_finite_differences() {
         );
     }
 }
+
+fn ff_model(spec: &str) -> (Model, Params) {
+    let m = Model::build(&ModelSpec {
+        spec: spec.into(),
+        activation: "relu".into(),
+        bias: true,
+    })
+    .unwrap();
+    let p = m
+        .init_params(Init::XavierNormal, 5)
+        .unwrap()
+        .to_dtype(DType::F64);
+    (m, p)
+}
+
+#[test]
+fn forward_forward_layer_loss_gradient_matches_finite_differences() {
+    // One hidden layer: the FF loss is that layer's loss only.
+    let (m, p) = ff_model("mlp:8-6-3");
+    let b = Batch {
+        x: rand_tensor(&[5, 8], 6, 1.0),
+        target: Target::Classes(vec![0, 1, 2, 1, 0]),
+    };
+    for loss_kind in ["separate", "symmetric"] {
+        let cfg = RuleConfig {
+            ff_negative: "hard".into(),
+            ff_loss: loss_kind.into(),
+            ff_threshold: 0.1,
+            ..Default::default()
+        };
+        let mut ff = build_rule_with("ff", &cfg).unwrap();
+        let out = ff.step(&m, &p, &b, Loss::CrossEntropy).unwrap();
+        let e = 1e-6;
+        for key in ["fc1.weight", "fc1.bias"] {
+            let t = p.get(key).unwrap();
+            let v = t.to_vec_f64();
+            let g = out.grads.get(key).unwrap().to_vec_f64();
+            for i in 0..v.len() {
+                let (mut a, mut c) = (v.clone(), v.clone());
+                a[i] += e;
+                c[i] -= e;
+                let (mut pa, mut pc) = (p.clone(), p.clone());
+                pa.insert(key, Tensor::from_vec_f64(t.shape(), a).unwrap());
+                pc.insert(key, Tensor::from_vec_f64(t.shape(), c).unwrap());
+                let la = ff.step(&m, &pa, &b, Loss::CrossEntropy).unwrap().loss;
+                let lc = ff.step(&m, &pc, &b, Loss::CrossEntropy).unwrap().loss;
+                let fd = (la - lc) / (2.0 * e);
+                assert!(
+                    (fd - g[i]).abs() < 1e-6 * (1.0 + fd.abs()),
+                    "{loss_kind} {key}[{i}]: fd {fd} vs {}",
+                    g[i]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn forward_forward_is_layer_local_and_its_predictor_ignores_label_order() {
+    use futureprop::rule::ForwardForward;
+    let (m, p) = ff_model("mlp:8-6-5-3");
+    let b = Batch {
+        x: rand_tensor(&[7, 8], 7, 1.0),
+        target: Target::Classes(vec![0, 1, 2, 1, 0, 2, 2]),
+    };
+    let step = |q: &Params| {
+        let mut r = build_rule("ff").unwrap();
+        let mut q = q.clone();
+        r.init(&m, &mut q, 3).unwrap();
+        r.step(&m, &q, &b, Loss::CrossEntropy).unwrap().grads
+    };
+    let g = step(&p);
+    let mut q = p.clone();
+    q.insert("fc2.weight", rand_tensor(&[5, 6], 70, 2.0));
+    let g2 = step(&q);
+    for k in ["fc1.weight", "fc1.bias"] {
+        assert_eq!(
+            g.get(k).unwrap().to_vec_f64(),
+            g2.get(k).unwrap().to_vec_f64(),
+            "{k}"
+        );
+    }
+    let ff = ForwardForward::new(&RuleConfig::default()).unwrap();
+    let a = ff.scores_in_order(&m, &p, &b.x, &[0, 1, 2]).unwrap();
+    let z = ff.scores_in_order(&m, &p, &b.x, &[2, 0, 1]).unwrap();
+    assert_eq!(a.to_vec_f64(), z.to_vec_f64());
+    assert_eq!(a.shape(), &[7, 3]);
+}

@@ -285,6 +285,22 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     dsn_weight: Option<f64>,
+    /// Forward-Forward per-unit goodness threshold (θ = this × width) [default: 2].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ff_threshold: Option<f64>,
+    /// Forward-Forward layer loss: separate, symmetric [default: separate].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ff_loss: Option<String>,
+    /// Forward-Forward negative labels: random, hard [default: random].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ff_negative: Option<String>,
+    /// Forward-Forward prediction: goodness, readout [default: goodness].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ff_predict: Option<String>,
     /// EqProp/CHL free-phase steps T₁ [default: 20].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

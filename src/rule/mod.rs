@@ -12,6 +12,7 @@ mod classic;
 mod direct_feedback;
 mod equilibrium;
 mod feedback_alignment;
+mod forward_forward;
 mod local_losses;
 mod predictive_coding;
 mod synthetic_gradients;
@@ -21,6 +22,7 @@ pub use classic::{Classic, ClassicKind};
 pub use direct_feedback::{DirectFeedback, DirectKind};
 pub use equilibrium::{Equilibrium, Nudge};
 pub use feedback_alignment::{FeedbackAlignment, FeedbackKind};
+pub use forward_forward::{ForwardForward, overlay};
 pub use local_losses::{LocalLosses, sim_loss};
 pub use predictive_coding::PredictiveCoding;
 pub use synthetic_gradients::SyntheticGradients;
@@ -167,6 +169,15 @@ pub struct RuleConfig {
     /// EqProp/CHL state nonlinearity: `hard-sigmoid` (clip to [0, 1]), `sigmoid`, `tanh`;
     /// default `hard-sigmoid`.
     pub eqprop_rho: String,
+    /// Forward-Forward: per-unit goodness threshold (θ = this × width); default 2.
+    pub ff_threshold: f64,
+    /// Forward-Forward: layer loss `separate` or `symmetric`; default `separate`.
+    pub ff_loss: String,
+    /// Forward-Forward: negative labels `random` or `hard`; default `random`.
+    pub ff_negative: String,
+    /// Forward-Forward: prediction by `goodness` (every label tried) or `readout`;
+    /// default `goodness`.
+    pub ff_predict: String,
     /// Local losses: head loss `pred`, `sim` or `predsim`; default `pred`.
     pub local_loss: String,
     /// Local losses: weight β of the similarity term in `predsim`; default 0.99.
@@ -198,6 +209,10 @@ impl Default for RuleConfig {
             synth_init: "zeros".into(),
             relax_trace: false,
             local_loss: "pred".into(),
+            ff_threshold: 2.0,
+            ff_loss: "separate".into(),
+            ff_negative: "random".into(),
+            ff_predict: "goodness".into(),
             local_beta: 0.99,
             dsn_weight: 0.3,
             eqprop_free_steps: 20,
@@ -271,6 +286,10 @@ pub const RULES: &[(&str, &str)] = &[
         "contrastive Hebbian learning: free vs output-clamped relaxations (Movellan 1991)",
     ),
     (
+        "ff",
+        "Forward-Forward: per-layer goodness of positive vs negative (wrong-label) data (Hinton 2022)",
+    ),
+    (
         "local",
         "local losses: each block learns from its own auxiliary head, no gradient crosses blocks (Belilovsky et al. 2019; Nøkland & Eidnes 2019)",
     ),
@@ -324,6 +343,7 @@ pub fn build_rule_with(name: &str, cfg: &RuleConfig) -> Result<Box<dyn Rule>> {
         "bfa" => direct(DirectKind::Bfa),
         "drtp" => direct(DirectKind::Drtp),
         "pc" => Ok(Box::new(PredictiveCoding::new(cfg.clone())?)),
+        "ff" => Ok(Box::new(ForwardForward::new(cfg)?)),
         "local" => Ok(Box::new(LocalLosses::new(false, cfg)?)),
         "dsn" => Ok(Box::new(LocalLosses::new(true, cfg)?)),
         "dni" => Ok(Box::new(SyntheticGradients::new(false, cfg.clone()))),

@@ -1,0 +1,371 @@
+//! Forward-Forward (Hinton 2022), supervised variant.
+//!
+//! The label is written into the first C input features (one-hot: 1 for the label, 0
+//! for the others). Positive data carry the true label, negative data a wrong one —
+//! drawn uniformly (`ff_negative = random`) or the wrong label the network currently
+//! finds best (`hard`, one forward pass per label). Each hidden block (Linear → ReLU)
+//! sees its input length-normalised, x/‖x‖, so only the direction of the layer below
+//! is passed on, and is trained by its own loss on its goodness G = Σⱼhⱼ²:
+//!
+//! - `separate` (the paper's): softplus(θ − G⁺) + softplus(G⁻ − θ);
+//! - `symmetric`: softplus(G⁻ − G⁺) (the pair's difference, as in SymBa).
+//!
+//! θ = `ff_threshold` × width (the per-unit threshold 2 of pytorch_forward_forward,
+//! which uses the mean of h²). The gradient stays inside the layer: nothing flows to the
+//! layer below. The model's output Linear layer is a softmax readout trained with the
+//! training loss on the last hidden layer's normalised activity under a neutral label
+//! (every label feature 1/C), detached from the FF layers.
+//!
+//! Prediction (`ff_predict`): `goodness` writes each label in turn and picks the one
+//! with the largest goodness summed over the hidden layers (the first hidden layer is
+//! skipped when there are several, as in the paper); `readout` uses the softmax
+//! readout. Train accuracy is the readout's.
+
+use rand::{Rng as _, SeedableRng};
+
+use super::{Batch, Rule, RuleConfig, StepOutput};
+use crate::error::{Error, Result};
+use crate::nn::{Block, Grads, Loss, Model, Params, Record, Target, Trace};
+use crate::tensor::{Tensor, Unary};
+
+/// Forward-Forward training.
+#[derive(Debug)]
+pub struct ForwardForward {
+    threshold: f64,
+    symmetric: bool,
+    hard_negatives: bool,
+    predict_by_goodness: bool,
+    rng: crate::Rng,
+}
+
+impl ForwardForward {
+    /// FF with the options in `cfg`.
+    pub fn new(cfg: &RuleConfig) -> Result<Self> {
+        let symmetric = match cfg.ff_loss.as_str() {
+            "separate" => false,
+            "symmetric" => true,
+            o => return Err(Error::unknown("ff loss", o, &["separate", "symmetric"])),
+        };
+        let hard_negatives = match cfg.ff_negative.as_str() {
+            "random" => false,
+            "hard" => true,
+            o => return Err(Error::unknown("ff negative", o, &["random", "hard"])),
+        };
+        let predict_by_goodness = match cfg.ff_predict.as_str() {
+            "goodness" => true,
+            "readout" => false,
+            o => return Err(Error::unknown("ff predict", o, &["goodness", "readout"])),
+        };
+        if !(cfg.ff_threshold.is_finite() && cfg.ff_threshold >= 0.0) {
+            return Err(Error::config(
+                "ff threshold",
+                "must be a non-negative number",
+            ));
+        }
+        Ok(ForwardForward {
+            threshold: cfg.ff_threshold,
+            symmetric,
+            hard_negatives,
+            predict_by_goodness,
+            rng: crate::Rng::seed_from_u64(0xff_0ff),
+        })
+    }
+
+    fn blocks(model: &Model) -> Result<(Vec<Block>, Block)> {
+        let (hidden, last) = model.layered_blocks("ff")?;
+        if hidden.is_empty() {
+            return Err(Error::config(
+                "model",
+                "ff trains hidden layers: use e.g. mlp:784-2000-2000-10",
+            ));
+        }
+        if model.inputs() < model.outputs() {
+            return Err(Error::config(
+                "model",
+                "ff writes the label into the first C inputs: needs at least as many inputs as classes",
+            ));
+        }
+        Ok((hidden, last))
+    }
+}
+
+/// `x` with its first C features replaced by `labels` one-hot (or all 1/C for None).
+pub fn overlay(x: &Tensor, labels: Option<&[usize]>, classes: usize) -> Result<Tensor> {
+    let (n, f) = x.dims2()?;
+    if f < classes {
+        return Err(Error::shape(
+            "ff overlay",
+            format!("{f} inputs < {classes} classes"),
+        ));
+    }
+    let mut v = x.to_vec_f64();
+    for i in 0..n {
+        for c in 0..classes {
+            v[i * f + c] = match labels {
+                Some(l) => (l[i] == c) as u8 as f64,
+                None => 1.0 / classes as f64,
+            };
+        }
+    }
+    Ok(Tensor::from_vec_f64(&[n, f], v)?.to_dtype(x.dtype()))
+}
+
+/// Rows scaled to unit length (ε = 1e-8 guards zero rows); returns the norms too.
+fn normalise(x: &Tensor) -> Result<(Tensor, Vec<f64>)> {
+    let (n, f) = x.dims2()?;
+    let mut v = x.to_vec_f64();
+    let mut norms = Vec::with_capacity(n);
+    for i in 0..n {
+        let row = &mut v[i * f..(i + 1) * f];
+        let nrm = row.iter().map(|a| a * a).sum::<f64>().sqrt() + 1e-8;
+        row.iter_mut().for_each(|a| *a /= nrm);
+        norms.push(nrm);
+    }
+    Ok((Tensor::from_vec_f64(&[n, f], v)?.to_dtype(x.dtype()), norms))
+}
+
+/// Per-row goodness Σⱼhⱼ².
+fn goodness(h: &Tensor) -> Result<Vec<f64>> {
+    let (n, f) = h.dims2()?;
+    let v = h.to_vec_f64();
+    Ok((0..n)
+        .map(|i| v[i * f..(i + 1) * f].iter().map(|a| a * a).sum())
+        .collect())
+}
+
+fn softplus(x: f64) -> f64 {
+    Unary::Softplus.apply(x)
+}
+
+fn sigmoid(x: f64) -> f64 {
+    Unary::Sigmoid.apply(x)
+}
+
+/// One block's forward from a (normalised) input: records for its layers and the output.
+fn block_forward(
+    model: &Model,
+    params: &Params,
+    b: &Block,
+    input: &Tensor,
+) -> Result<Vec<(usize, Record)>> {
+    let layers = model.layers();
+    let mut out = Vec::new();
+    let mut rec = Record::new(layers[b.linear].name(), input.clone());
+    let pre = layers[b.linear].forward(params, input, &mut rec)?;
+    rec.output = pre.clone();
+    out.push((b.linear, rec));
+    if let Some(a) = b.activation {
+        let mut r = Record::new(layers[a].name(), pre.clone());
+        r.output = layers[a].forward(params, &pre, &mut r)?;
+        out.push((a, r));
+    }
+    Ok(out)
+}
+
+/// Outputs of every hidden block for input `x` (label already written in), each block
+/// fed the normalised output of the one below.
+fn hidden_outputs(
+    model: &Model,
+    params: &Params,
+    hidden: &[Block],
+    x: &Tensor,
+) -> Result<Vec<Tensor>> {
+    let mut h = normalise(x)?.0;
+    let mut outs = Vec::with_capacity(hidden.len());
+    for b in hidden {
+        let recs = block_forward(model, params, b, &h)?;
+        let o = recs
+            .last()
+            .map(|r| r.1.output.clone())
+            .unwrap_or_else(|| h.clone());
+        h = normalise(&o)?.0;
+        outs.push(o);
+    }
+    Ok(outs)
+}
+
+/// Goodness summed over the scored layers (all but the first when there are several)
+/// for every label: [n, C].
+fn label_scores(
+    model: &Model,
+    params: &Params,
+    hidden: &[Block],
+    x: &Tensor,
+    classes: usize,
+    order: &[usize],
+) -> Result<Tensor> {
+    let (n, _) = x.dims2()?;
+    let mut scores = vec![0.0; n * classes];
+    let skip = usize::from(hidden.len() > 1);
+    for &c in order {
+        let xc = overlay(x, Some(&vec![c; n]), classes)?;
+        let outs = hidden_outputs(model, params, hidden, &xc)?;
+        for o in &outs[skip..] {
+            for (i, g) in goodness(o)?.into_iter().enumerate() {
+                scores[i * classes + c] += g;
+            }
+        }
+    }
+    Tensor::from_vec_f64(&[n, classes], scores)
+}
+
+impl ForwardForward {
+    /// Goodness scores of every label for `x` with labels tried in `order` (a permutation
+    /// of 0..C; the result does not depend on it).
+    pub fn scores_in_order(
+        &self,
+        model: &Model,
+        params: &Params,
+        x: &Tensor,
+        order: &[usize],
+    ) -> Result<Tensor> {
+        let (hidden, _) = Self::blocks(model)?;
+        label_scores(model, params, &hidden, x, model.outputs(), order)
+    }
+}
+
+impl Rule for ForwardForward {
+    fn name(&self) -> &'static str {
+        "ff"
+    }
+
+    fn init(&mut self, _model: &Model, _params: &mut Params, seed: u64) -> Result<()> {
+        self.rng = crate::Rng::seed_from_u64(seed ^ 0xff_0ff);
+        Ok(())
+    }
+
+    fn step(
+        &mut self,
+        model: &Model,
+        params: &Params,
+        batch: &Batch,
+        loss: Loss,
+    ) -> Result<StepOutput> {
+        let (hidden, last) = Self::blocks(model)?;
+        let classes = model.outputs();
+        let Target::Classes(labels) = &batch.target else {
+            return Err(Error::config("rule", "ff needs class labels"));
+        };
+        let n = labels.len();
+        let nf = n.max(1) as f64;
+        let wrong: Vec<usize> = if self.hard_negatives {
+            let order: Vec<usize> = (0..classes).collect();
+            let s = label_scores(model, params, &hidden, &batch.x, classes, &order)?.to_vec_f64();
+            (0..n)
+                .map(|i| {
+                    (0..classes)
+                        .filter(|&c| c != labels[i])
+                        .max_by(|&a, &b| s[i * classes + a].total_cmp(&s[i * classes + b]))
+                        .unwrap_or(0)
+                })
+                .collect()
+        } else {
+            labels
+                .iter()
+                .map(|&y| (y + 1 + self.rng.random_range(0..classes - 1)) % classes)
+                .collect()
+        };
+        let mut grads = Grads::new();
+        let mut trace = Trace {
+            records: model
+                .layers()
+                .iter()
+                .map(|l| Record::new(l.name(), Tensor::zeros(&[0, 0], batch.x.dtype())))
+                .collect(),
+            errors: vec![None; model.layers().len()],
+        };
+        let mut total = 0.0;
+        let mut pos = normalise(&overlay(&batch.x, Some(labels), classes)?)?.0;
+        let mut neg = normalise(&overlay(&batch.x, Some(&wrong), classes)?)?.0;
+        for b in &hidden {
+            let theta = self.threshold * b.outputs as f64;
+            let rp = block_forward(model, params, b, &pos)?;
+            let rn = block_forward(model, params, b, &neg)?;
+            let (hp, hn) = (&rp.last().unwrap().1.output, &rn.last().unwrap().1.output);
+            let (gp, gn) = (goodness(hp)?, goodness(hn)?);
+            // dL/dG per sample (batch mean), then dG/dh = 2h.
+            let (mut cp, mut cn) = (vec![0.0; n], vec![0.0; n]);
+            for i in 0..n {
+                if self.symmetric {
+                    total += softplus(gn[i] - gp[i]) / nf;
+                    let s = sigmoid(gn[i] - gp[i]) / nf;
+                    cp[i] = -s;
+                    cn[i] = s;
+                } else {
+                    total += (softplus(theta - gp[i]) + softplus(gn[i] - theta)) / nf;
+                    cp[i] = -sigmoid(theta - gp[i]) / nf;
+                    cn[i] = sigmoid(gn[i] - theta) / nf;
+                }
+            }
+            let scale_rows = |h: &Tensor, c: &[f64]| -> Result<Tensor> {
+                let (r, f) = h.dims2()?;
+                let mut v = h.to_vec_f64();
+                for i in 0..r {
+                    v[i * f..(i + 1) * f]
+                        .iter_mut()
+                        .for_each(|a| *a *= 2.0 * c[i]);
+                }
+                Ok(Tensor::from_vec_f64(&[r, f], v)?.to_dtype(h.dtype()))
+            };
+            // Both passes' gradients in one accumulation: W's gradient is the sum.
+            for (recs, c) in [(&rp, &cp), (&rn, &cn)] {
+                let h = &recs.last().unwrap().1.output;
+                let mut t = Trace {
+                    records: trace.records.clone(),
+                    errors: vec![None; trace.records.len()],
+                };
+                for (i, r) in recs.iter() {
+                    t.records[*i] = r.clone();
+                }
+                super::predictive_coding::block_param_grads(
+                    model,
+                    params,
+                    b,
+                    &mut t,
+                    scale_rows(h, c)?,
+                    &mut grads,
+                )?;
+                for (i, r) in recs.iter() {
+                    trace.records[*i] = r.clone();
+                }
+            }
+            pos = normalise(hp)?.0;
+            neg = normalise(hn)?.0;
+        }
+        // Softmax readout on the neutral-label pass, detached from the FF layers.
+        let neutral = overlay(&batch.x, None, classes)?;
+        let outs = hidden_outputs(model, params, &hidden, &neutral)?;
+        let a = normalise(outs.last().unwrap())?.0;
+        let recs = block_forward(model, params, &last, &a)?;
+        let z = recs.last().unwrap().1.output.clone();
+        let (_, dz) = loss.eval(&z, &batch.target)?;
+        for (i, r) in recs {
+            trace.records[i] = r;
+        }
+        super::predictive_coding::block_param_grads(
+            model, params, &last, &mut trace, dz, &mut grads,
+        )?;
+        Ok(StepOutput {
+            grads,
+            trace,
+            loss: total,
+            prediction: Some(z),
+        })
+    }
+
+    fn predict(&self, model: &Model, params: &Params, x: &Tensor) -> Result<Tensor> {
+        let (hidden, last) = Self::blocks(model)?;
+        let classes = model.outputs();
+        if self.predict_by_goodness {
+            let order: Vec<usize> = (0..classes).collect();
+            return Ok(
+                label_scores(model, params, &hidden, x, classes, &order)?.to_dtype(x.dtype())
+            );
+        }
+        let neutral = overlay(x, None, classes)?;
+        let outs = hidden_outputs(model, params, &hidden, &neutral)?;
+        let a = normalise(outs.last().unwrap())?.0;
+        let recs = block_forward(model, params, &last, &a)?;
+        Ok(recs.last().unwrap().1.output.clone())
+    }
+}
