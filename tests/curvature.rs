@@ -1,23 +1,14 @@
 //! Gauss–Newton– and Hessian–vector products (R-operator) against finite differences in
 //! f64: J·v ≈ (z(θ+εv) − z(θ−εv))/2ε and H·v ≈ (∇L(θ+εv) − ∇L(θ−εv))/2ε.
 
+mod common;
+use common::rand_tensor;
 use futureprop::nn::{Init, Loss, Model, ModelSpec, Params, Target};
 use futureprop::optim::curvature::{gauss_newton_vector, hessian_vector, jacobian_vector};
 use futureprop::rule::{Backprop, Batch, Rule};
 use futureprop::tensor::{DType, Tensor};
-use rand::{Rng, SeedableRng};
 
 const EPS: f64 = 1e-5;
-
-fn rand_tensor(shape: &[usize], seed: u64, scale: f64) -> Tensor {
-    let mut rng = futureprop::Rng::seed_from_u64(seed);
-    let n = shape.iter().product();
-    Tensor::from_vec_f64(
-        shape,
-        (0..n).map(|_| rng.random_range(-scale..scale)).collect(),
-    )
-    .unwrap()
-}
 
 fn setup(spec: &str, act: &str, seed: u64) -> (Model, Params, Params) {
     let m = Model::build(&ModelSpec {

@@ -3,23 +3,14 @@
 //! losses let no gradient cross a block boundary; deeply-supervised nets with weight 0
 //! are backprop; the similarity-matching loss's gradient matches finite differences.
 
+mod common;
+use common::rand_tensor;
 use futureprop::nn::{Init, Loss, Model, ModelSpec, Params, Target};
 use futureprop::optim::{OptimizerConfig, StepContext, build_optimizer};
 use futureprop::rule::{
     Batch, RuleConfig, SyntheticGradients, build_rule, build_rule_with, sim_loss,
 };
 use futureprop::tensor::{DType, Tensor};
-use rand::{Rng, SeedableRng};
-
-fn rand_tensor(shape: &[usize], seed: u64, scale: f64) -> Tensor {
-    let mut rng = futureprop::Rng::seed_from_u64(seed);
-    let n = shape.iter().product();
-    Tensor::from_vec_f64(
-        shape,
-        (0..n).map(|_| rng.random_range(-scale..scale)).collect(),
-    )
-    .unwrap()
-}
 
 fn setup() -> (Model, Params, Batch) {
     let m = Model::build(&ModelSpec {

@@ -2,20 +2,12 @@
 //! predictions gives backprop's updates; standard inference approaches them for small
 //! output errors; relaxation converges.
 
+mod common;
+use common::rand_tensor;
 use futureprop::nn::{Init, Loss, Model, ModelSpec, Params, Target};
 use futureprop::rule::{Batch, Rule, RuleConfig, build_rule, build_rule_with};
 use futureprop::tensor::{DType, Tensor};
-use rand::{Rng, SeedableRng};
-
-fn rand_tensor(shape: &[usize], seed: u64, scale: f64) -> Tensor {
-    let mut rng = futureprop::Rng::seed_from_u64(seed);
-    let n = shape.iter().product();
-    Tensor::from_vec_f64(
-        shape,
-        (0..n).map(|_| rng.random_range(-scale..scale)).collect(),
-    )
-    .unwrap()
-}
+use rand::SeedableRng;
 
 fn model(spec: &str, act: &str, seed: u64) -> (Model, Params) {
     let m = Model::build(&ModelSpec {

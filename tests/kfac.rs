@@ -2,6 +2,8 @@
 //! Kronecker factors are the exact Gauss–Newton block, so an undamped step is Newton's
 //! step and solves the problem; sampled-target factors estimate the same matrix.
 
+mod common;
+use common::rand_tensor;
 use futureprop::nn::{Init, Loss, Model, ModelSpec, Params, Target};
 use futureprop::optim::curvature::gauss_newton_vector;
 use futureprop::optim::{
@@ -9,17 +11,6 @@ use futureprop::optim::{
 };
 use futureprop::rule::{Batch, Rule, RuleObjective, build_rule};
 use futureprop::tensor::{DType, Tensor};
-use rand::{Rng, SeedableRng};
-
-fn rand_tensor(shape: &[usize], seed: u64, scale: f64) -> Tensor {
-    let mut rng = futureprop::Rng::seed_from_u64(seed);
-    let n = shape.iter().product();
-    Tensor::from_vec_f64(
-        shape,
-        (0..n).map(|_| rng.random_range(-scale..scale)).collect(),
-    )
-    .unwrap()
-}
 
 fn model(spec: &str, act: &str, seed: u64) -> (Model, Params) {
     let m = Model::build(&ModelSpec {

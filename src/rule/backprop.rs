@@ -23,14 +23,7 @@ impl Rule for Backprop {
         batch: &Batch,
         loss: Loss,
     ) -> Result<StepOutput> {
-        let (mut trace, value, d_out) = super::forward_loss(model, params, batch, loss)?;
-        let grads = self.backward(model, params, &mut trace, batch, d_out)?;
-        Ok(StepOutput {
-            grads,
-            trace,
-            loss: value,
-            prediction: None,
-        })
+        super::step_with_backward(self, model, params, batch, loss)
     }
 
     fn backward(

@@ -189,14 +189,7 @@ impl Rule for FeedbackAlignment {
                 self.batch_magnitudes.insert(name.clone(), r);
             }
         }
-        let (mut trace, value, e) = super::forward_loss(model, params, batch, loss)?;
-        let grads = self.backward(model, params, &mut trace, batch, e)?;
-        Ok(StepOutput {
-            grads,
-            trace,
-            loss: value,
-            prediction: None,
-        })
+        super::step_with_backward(self, model, params, batch, loss)
     }
 
     fn backward(

@@ -377,6 +377,25 @@ pub fn forward_loss(
     Ok((trace, value, d_out))
 }
 
+/// A step of a rule defined by its [`Rule::backward`]: the forward pass, the loss and
+/// the rule's error assignment from the output error.
+pub fn step_with_backward<R: Rule + ?Sized>(
+    rule: &mut R,
+    model: &Model,
+    params: &Params,
+    batch: &Batch,
+    loss: Loss,
+) -> Result<StepOutput> {
+    let (mut trace, value, d_out) = forward_loss(model, params, batch, loss)?;
+    let grads = rule.backward(model, params, &mut trace, batch, d_out)?;
+    Ok(StepOutput {
+        grads,
+        trace,
+        loss: value,
+        prediction: None,
+    })
+}
+
 /// Carries the error `d_out` (∂L/∂output of the last layer) down the model, giving each
 /// layer its parameter gradient and recording the signal in `trace.errors`.
 ///
