@@ -301,6 +301,10 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     ff_predict: Option<String>,
+    /// Forward-Forward: leave the first hidden layer out of the goodness predictor [default: true].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ff_skip_first: Option<bool>,
     /// EqProp/CHL free-phase steps T₁ [default: 20].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

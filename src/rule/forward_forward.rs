@@ -18,8 +18,10 @@
 //!
 //! Prediction (`ff_predict`): `goodness` writes each label in turn and picks the one
 //! with the largest goodness summed over the hidden layers (the first hidden layer is
-//! skipped when there are several, as in the paper); `readout` uses the softmax
-//! readout. Train accuracy is the readout's.
+//! skipped when there are several, as in the paper; `ff_skip_first = false` keeps it:
+//! early in training the deeper layers' goodness can rank labels worse than chance
+//! until they have learned, which the first layer does not); `readout` uses the
+//! softmax readout. Train accuracy is the readout's.
 
 use rand::{Rng as _, SeedableRng};
 
@@ -35,6 +37,7 @@ pub struct ForwardForward {
     symmetric: bool,
     hard_negatives: bool,
     predict_by_goodness: bool,
+    skip_first: bool,
     rng: crate::Rng,
 }
 
@@ -67,6 +70,7 @@ impl ForwardForward {
             symmetric,
             hard_negatives,
             predict_by_goodness,
+            skip_first: cfg.ff_skip_first,
             rng: crate::Rng::seed_from_u64(0xff_0ff),
         })
     }
@@ -193,10 +197,11 @@ fn label_scores(
     x: &Tensor,
     classes: usize,
     order: &[usize],
+    skip_first: bool,
 ) -> Result<Tensor> {
     let (n, _) = x.dims2()?;
     let mut scores = vec![0.0; n * classes];
-    let skip = usize::from(hidden.len() > 1);
+    let skip = usize::from(skip_first && hidden.len() > 1);
     for &c in order {
         let xc = overlay(x, Some(&vec![c; n]), classes)?;
         let outs = hidden_outputs(model, params, hidden, &xc)?;
@@ -220,7 +225,15 @@ impl ForwardForward {
         order: &[usize],
     ) -> Result<Tensor> {
         let (hidden, _) = Self::blocks(model)?;
-        label_scores(model, params, &hidden, x, model.outputs(), order)
+        label_scores(
+            model,
+            params,
+            &hidden,
+            x,
+            model.outputs(),
+            order,
+            self.skip_first,
+        )
     }
 }
 
@@ -250,7 +263,16 @@ impl Rule for ForwardForward {
         let nf = n.max(1) as f64;
         let wrong: Vec<usize> = if self.hard_negatives {
             let order: Vec<usize> = (0..classes).collect();
-            let s = label_scores(model, params, &hidden, &batch.x, classes, &order)?.to_vec_f64();
+            let s = label_scores(
+                model,
+                params,
+                &hidden,
+                &batch.x,
+                classes,
+                &order,
+                self.skip_first,
+            )?
+            .to_vec_f64();
             (0..n)
                 .map(|i| {
                     (0..classes)
@@ -359,7 +381,8 @@ impl Rule for ForwardForward {
         if self.predict_by_goodness {
             let order: Vec<usize> = (0..classes).collect();
             return Ok(
-                label_scores(model, params, &hidden, x, classes, &order)?.to_dtype(x.dtype())
+                label_scores(model, params, &hidden, x, classes, &order, self.skip_first)?
+                    .to_dtype(x.dtype()),
             );
         }
         let neutral = overlay(x, None, classes)?;

@@ -178,6 +178,9 @@ pub struct RuleConfig {
     /// Forward-Forward: prediction by `goodness` (every label tried) or `readout`;
     /// default `goodness`.
     pub ff_predict: String,
+    /// Forward-Forward: leave the first hidden layer out of the goodness predictor (the
+    /// paper's choice); default true.
+    pub ff_skip_first: bool,
     /// Local losses: head loss `pred`, `sim` or `predsim`; default `pred`.
     pub local_loss: String,
     /// Local losses: weight β of the similarity term in `predsim`; default 0.99.
@@ -213,6 +216,7 @@ impl Default for RuleConfig {
             ff_loss: "separate".into(),
             ff_negative: "random".into(),
             ff_predict: "goodness".into(),
+            ff_skip_first: true,
             local_beta: 0.99,
             dsn_weight: 0.3,
             eqprop_free_steps: 20,
