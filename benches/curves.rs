@@ -82,9 +82,12 @@ fn main() {
         curves
             .iter()
             .map(|c| {
+                // From the first full smoothing window on: the first updates' large
+                // losses would squash the rest of the chart.
                 let pts = c
                     .points
                     .iter()
+                    .skip(window)
                     .map(|p| (if by_seconds { p.1 } else { p.0 }, p.3))
                     .collect();
                 (c.label.clone(), pts)
