@@ -253,7 +253,7 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pc_steps: Option<usize>,
-    /// Predictive coding: inference step size γ [default: 0.1].
+    /// Predictive coding: inference step size γ [default: 0.05].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pc_gamma: Option<f64>,
