@@ -110,9 +110,7 @@ impl Rule for DirectFeedback {
     fn init(&mut self, model: &Model, params: &mut Params, seed: u64) -> Result<()> {
         let (hidden, last) = Self::blocks(model)?;
         // Projections take the dtype of the model's weights.
-        let dt = params
-            .get(&format!("{}.weight", model.layers()[last.linear].name()))?
-            .dtype();
+        let dt = super::blocks::block_dtype(model, params, &last)?;
         let mut rng =
             crate::Rng::seed_from_u64(self.cfg.feedback_seed.unwrap_or(seed) ^ 0x0d1e_c7fb);
         let init = self.cfg.feedback_init()?;

@@ -25,9 +25,10 @@
 
 use rand::{Rng as _, SeedableRng};
 
+use super::blocks::{block_forward, block_output, block_param_grads, scratch_trace};
 use super::{Batch, Rule, RuleConfig, StepOutput};
 use crate::error::{Error, Result};
-use crate::nn::{Block, Grads, Loss, Model, Params, Record, Target, Trace};
+use crate::nn::{Block, Grads, Loss, Model, Params, Target};
 use crate::tensor::{Tensor, Unary};
 
 /// Forward-Forward training.
@@ -145,27 +146,6 @@ fn sigmoid(x: f64) -> f64 {
     Unary::Sigmoid.apply(x)
 }
 
-/// One block's forward from a (normalised) input: records for its layers and the output.
-fn block_forward(
-    model: &Model,
-    params: &Params,
-    b: &Block,
-    input: &Tensor,
-) -> Result<Vec<(usize, Record)>> {
-    let layers = model.layers();
-    let mut out = Vec::new();
-    let mut rec = Record::new(layers[b.linear].name(), input.clone());
-    let pre = layers[b.linear].forward(params, input, &mut rec)?;
-    rec.output = pre.clone();
-    out.push((b.linear, rec));
-    if let Some(a) = b.activation {
-        let mut r = Record::new(layers[a].name(), pre.clone());
-        r.output = layers[a].forward(params, &pre, &mut r)?;
-        out.push((a, r));
-    }
-    Ok(out)
-}
-
 /// Outputs of every hidden block for input `x` (label already written in), each block
 /// fed the normalised output of the one below.
 fn hidden_outputs(
@@ -176,12 +156,10 @@ fn hidden_outputs(
 ) -> Result<Vec<Tensor>> {
     let mut h = normalise(x)?.0;
     let mut outs = Vec::with_capacity(hidden.len());
+    let mut t = scratch_trace(model, x.dtype());
     for b in hidden {
-        let recs = block_forward(model, params, b, &h)?;
-        let o = recs
-            .last()
-            .map(|r| r.1.output.clone())
-            .unwrap_or_else(|| h.clone());
+        block_forward(model, params, b, &h, &mut t)?;
+        let o = block_output(b, &t).clone();
         h = normalise(&o)?.0;
         outs.push(o);
     }
@@ -288,23 +266,21 @@ impl Rule for ForwardForward {
                 .collect()
         };
         let mut grads = Grads::new();
-        let mut trace = Trace {
-            records: model
-                .layers()
-                .iter()
-                .map(|l| Record::new(l.name(), Tensor::zeros(&[0, 0], batch.x.dtype())))
-                .collect(),
-            errors: vec![None; model.layers().len()],
-        };
+        // Positive passes write the returned trace; negative ones a trace of their own.
+        let mut trace = scratch_trace(model, batch.x.dtype());
+        let mut neg_trace = scratch_trace(model, batch.x.dtype());
         let mut total = 0.0;
         let mut pos = normalise(&overlay(&batch.x, Some(labels), classes)?)?.0;
         let mut neg = normalise(&overlay(&batch.x, Some(&wrong), classes)?)?.0;
         for b in &hidden {
             let theta = self.threshold * b.outputs as f64;
-            let rp = block_forward(model, params, b, &pos)?;
-            let rn = block_forward(model, params, b, &neg)?;
-            let (hp, hn) = (&rp.last().unwrap().1.output, &rn.last().unwrap().1.output);
-            let (gp, gn) = (goodness(hp)?, goodness(hn)?);
+            block_forward(model, params, b, &pos, &mut trace)?;
+            block_forward(model, params, b, &neg, &mut neg_trace)?;
+            let (hp, hn) = (
+                block_output(b, &trace).clone(),
+                block_output(b, &neg_trace).clone(),
+            );
+            let (gp, gn) = (goodness(&hp)?, goodness(&hn)?);
             // dL/dG per sample (batch mean), then dG/dh = 2h.
             let (mut cp, mut cn) = (vec![0.0; n], vec![0.0; n]);
             for i in 0..n {
@@ -329,44 +305,34 @@ impl Rule for ForwardForward {
                 }
                 Ok(Tensor::from_vec_f64(&[r, f], v)?.to_dtype(h.dtype()))
             };
-            // Both passes' gradients in one accumulation: W's gradient is the sum.
-            for (recs, c) in [(&rp, &cp), (&rn, &cn)] {
-                let h = &recs.last().unwrap().1.output;
-                let mut t = Trace {
-                    records: trace.records.clone(),
-                    errors: vec![None; trace.records.len()],
-                };
-                for (i, r) in recs.iter() {
-                    t.records[*i] = r.clone();
-                }
-                super::predictive_coding::block_param_grads(
-                    model,
-                    params,
-                    b,
-                    &mut t,
-                    scale_rows(h, c)?,
-                    &mut grads,
-                )?;
-                for (i, r) in recs.iter() {
-                    trace.records[*i] = r.clone();
-                }
-            }
-            pos = normalise(hp)?.0;
-            neg = normalise(hn)?.0;
+            // W's gradient is the sum of both passes' (block_param_grads accumulates).
+            block_param_grads(
+                model,
+                params,
+                b,
+                &mut trace,
+                scale_rows(&hp, &cp)?,
+                &mut grads,
+            )?;
+            block_param_grads(
+                model,
+                params,
+                b,
+                &mut neg_trace,
+                scale_rows(&hn, &cn)?,
+                &mut grads,
+            )?;
+            pos = normalise(&hp)?.0;
+            neg = normalise(&hn)?.0;
         }
         // Softmax readout on the neutral-label pass, detached from the FF layers.
         let neutral = overlay(&batch.x, None, classes)?;
         let outs = hidden_outputs(model, params, &hidden, &neutral)?;
         let a = normalise(outs.last().unwrap())?.0;
-        let recs = block_forward(model, params, &last, &a)?;
-        let z = recs.last().unwrap().1.output.clone();
+        block_forward(model, params, &last, &a, &mut trace)?;
+        let z = block_output(&last, &trace).clone();
         let (_, dz) = loss.eval(&z, &batch.target)?;
-        for (i, r) in recs {
-            trace.records[i] = r;
-        }
-        super::predictive_coding::block_param_grads(
-            model, params, &last, &mut trace, dz, &mut grads,
-        )?;
+        block_param_grads(model, params, &last, &mut trace, dz, &mut grads)?;
         Ok(StepOutput {
             grads,
             trace,
@@ -388,7 +354,8 @@ impl Rule for ForwardForward {
         let neutral = overlay(x, None, classes)?;
         let outs = hidden_outputs(model, params, &hidden, &neutral)?;
         let a = normalise(outs.last().unwrap())?.0;
-        let recs = block_forward(model, params, &last, &a)?;
-        Ok(recs.last().unwrap().1.output.clone())
+        let mut t = scratch_trace(model, x.dtype());
+        block_forward(model, params, &last, &a, &mut t)?;
+        Ok(block_output(&last, &t).clone())
     }
 }

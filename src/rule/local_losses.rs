@@ -16,7 +16,7 @@
 //! are added with weight `dsn_weight` to the global loss and everything backpropagates;
 //! weight 0 is backprop.
 
-use super::predictive_coding::{block_input_grad, block_output, block_param_grads};
+use super::blocks::{block_dtype, block_input_grad, block_output, block_param_grads};
 use super::{Batch, Rule, RuleConfig, StepOutput};
 use crate::error::{Error, Result};
 use crate::nn::{Grads, Loss, Model, Params, Target};
@@ -144,9 +144,7 @@ impl Rule for LocalLosses {
         let mut rng = <crate::Rng as rand::SeedableRng>::seed_from_u64(seed ^ 0x10ca1);
         let classes = model.outputs();
         for (k, b) in hidden.iter().enumerate() {
-            let dt = params
-                .get(&format!("{}.weight", model.layers()[b.linear].name()))?
-                .dtype();
+            let dt = block_dtype(model, params, b)?;
             let w = crate::nn::Init::Torch.sample(b.outputs, classes, &mut rng);
             let (wk, bk) = Self::key(k);
             params.insert(wk, Tensor::from_vec(&[classes, b.outputs], w)?.to_dtype(dt));

@@ -8,6 +8,7 @@
 //! cover it.
 
 mod backprop;
+mod blocks;
 mod classic;
 mod direct_feedback;
 mod equilibrium;

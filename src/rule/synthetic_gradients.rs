@@ -12,7 +12,7 @@
 //! (`dni.syn{k}.weight`, `.bias`) and train with the run's optimizer; their loss is
 //! reported as the rule's `synth_loss`.
 
-use super::predictive_coding::{block_input_grad, block_output, block_param_grads};
+use super::blocks::{block_dtype, block_input_grad, block_output, block_param_grads};
 use super::{Batch, Rule, RuleConfig, StepOutput};
 use crate::error::{Error, Result};
 use crate::nn::{Grads, Loss, Model, Params, Target};
@@ -73,9 +73,7 @@ impl Rule for SyntheticGradients {
         let classes = model.outputs();
         for (k, b) in hidden.iter().enumerate() {
             let inputs = b.outputs + if self.conditional { classes } else { 0 };
-            let dt = params
-                .get(&format!("{}.weight", model.layers()[b.linear].name()))?
-                .dtype();
+            let dt = block_dtype(model, params, b)?;
             let w = init.sample(inputs, b.outputs, &mut rng);
             let (wk, bk) = Self::key(k);
             params.insert(wk, Tensor::from_vec(&[b.outputs, inputs], w)?.to_dtype(dt));
