@@ -3,25 +3,11 @@
 //! output errors; relaxation converges.
 
 mod common;
-use common::rand_tensor;
+use common::{model, rand_tensor};
 use futureprop::nn::{Init, Loss, Model, ModelSpec, Params, Target};
 use futureprop::rule::{Batch, Rule, RuleConfig, build_rule, build_rule_with};
 use futureprop::tensor::{DType, Tensor};
 use rand::SeedableRng;
-
-fn model(spec: &str, act: &str, seed: u64) -> (Model, Params) {
-    let m = Model::build(&ModelSpec {
-        spec: spec.into(),
-        activation: act.into(),
-        bias: true,
-    })
-    .unwrap();
-    let p = m
-        .init_params(Init::XavierNormal, seed)
-        .unwrap()
-        .to_dtype(DType::F64);
-    (m, p)
-}
 
 fn pc(steps: usize, gamma: f64, variant: &str) -> Box<dyn Rule> {
     build_rule_with(

@@ -3,28 +3,14 @@
 //! step and solves the problem; sampled-target factors estimate the same matrix.
 
 mod common;
-use common::rand_tensor;
-use futureprop::nn::{Init, Loss, Model, ModelSpec, Params, Target};
+use common::{model, rand_tensor};
+use futureprop::nn::{Loss, Model, Params, Target};
 use futureprop::optim::curvature::gauss_newton_vector;
 use futureprop::optim::{
     FisherMode, InverseMethod, Kfac, KfacConfig, Optimizer, Schedule, StepContext,
 };
 use futureprop::rule::{Batch, Rule, RuleObjective, build_rule};
-use futureprop::tensor::{DType, Tensor};
-
-fn model(spec: &str, act: &str, seed: u64) -> (Model, Params) {
-    let m = Model::build(&ModelSpec {
-        spec: spec.into(),
-        activation: act.into(),
-        bias: true,
-    })
-    .unwrap();
-    let p = m
-        .init_params(Init::XavierNormal, seed)
-        .unwrap()
-        .to_dtype(DType::F64);
-    (m, p)
-}
+use futureprop::tensor::Tensor;
 
 fn config(fisher: FisherMode, inverse: InverseMethod, damping: f64) -> KfacConfig {
     KfacConfig {
