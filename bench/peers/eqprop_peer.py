@@ -16,9 +16,8 @@ Prints one JSON line: seconds of the training loop per epoch (extrapolated from
 --max-batches when given) and test accuracy after it.
 """
 import argparse
-import gzip
+import mnist_idx
 import json
-import os
 import time
 
 import numpy as np
@@ -40,19 +39,8 @@ torch.set_num_threads(a.threads)
 torch.manual_seed(0)
 
 
-def idx(path):
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
-    nd = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(nd)]
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * nd).reshape(dims)
 
-
-d = os.path.join(a.data, "mnist")
-xtr = torch.from_numpy(idx(os.path.join(d, "train-images-idx3-ubyte.gz")).reshape(60000, -1).astype(np.float32) / 255.0)
-ytr = torch.from_numpy(idx(os.path.join(d, "train-labels-idx1-ubyte.gz")).astype(np.int64))
-xte = torch.from_numpy(idx(os.path.join(d, "t10k-images-idx3-ubyte.gz")).reshape(10000, -1).astype(np.float32) / 255.0)
-yte = torch.from_numpy(idx(os.path.join(d, "t10k-labels-idx1-ubyte.gz")).astype(np.int64))
+xtr, ytr, xte, yte = (torch.from_numpy(v) for v in mnist_idx.load(a.data))
 
 widths = [int(w) for w in a.arch.split("-")]
 syn = torch.nn.ModuleList(torch.nn.Linear(widths[i], widths[i + 1]) for i in range(len(widths) - 1))

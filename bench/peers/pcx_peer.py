@@ -10,7 +10,7 @@ Prints one JSON line: seconds of one training epoch (the first, JIT compilation
 excluded: it is timed separately) and test accuracy after it.
 """
 import argparse
-import gzip
+import mnist_idx
 import json
 import os
 import time
@@ -40,19 +40,8 @@ import pcx.utils as pxu  # noqa: E402
 import pcx.functional as pxf  # noqa: E402
 
 
-def idx(path):
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
-    nd = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(nd)]
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * nd).reshape(dims)
 
-
-d = os.path.join(a.data, "mnist")
-xtr = idx(os.path.join(d, "train-images-idx3-ubyte.gz")).reshape(60000, -1).astype(np.float32) / 255.0
-ytr = idx(os.path.join(d, "train-labels-idx1-ubyte.gz")).astype(np.int64)
-xte = idx(os.path.join(d, "t10k-images-idx3-ubyte.gz")).reshape(10000, -1).astype(np.float32) / 255.0
-yte = idx(os.path.join(d, "t10k-labels-idx1-ubyte.gz")).astype(np.int64)
+xtr, ytr, xte, yte = mnist_idx.load(a.data)
 m, s = xtr.mean(), xtr.std()
 xtr, xte = (xtr - m) / s, (xte - m) / s
 

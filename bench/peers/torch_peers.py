@@ -8,9 +8,8 @@ Data are read from the IDX files and standardised with the training set's pixel 
 standard deviation, as futureprop does. Epoch time counts the training loop only.
 """
 import argparse
-import gzip
+import mnist_idx
 import json
-import os
 import time
 
 import numpy as np
@@ -32,19 +31,8 @@ torch.manual_seed(a.seed)
 np.random.seed(a.seed)
 
 
-def idx(path):
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
-    nd = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(nd)]
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * nd).reshape(dims)
 
-
-d = os.path.join(a.data, "mnist")
-xtr = idx(os.path.join(d, "train-images-idx3-ubyte.gz")).reshape(60000, -1).astype(np.float32) / 255.0
-ytr = idx(os.path.join(d, "train-labels-idx1-ubyte.gz")).astype(np.int64)
-xte = idx(os.path.join(d, "t10k-images-idx3-ubyte.gz")).reshape(10000, -1).astype(np.float32) / 255.0
-yte = idx(os.path.join(d, "t10k-labels-idx1-ubyte.gz")).astype(np.int64)
+xtr, ytr, xte, yte = mnist_idx.load(a.data)
 m, s = xtr.mean(), xtr.std()
 xtr, xte = torch.from_numpy((xtr - m) / s), torch.from_numpy((xte - m) / s)
 ytr, yte = torch.from_numpy(ytr), torch.from_numpy(yte)
