@@ -285,6 +285,18 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     dsn_weight: Option<f64>,
+    /// Difference target propagation: step η̂ of the top target [default: 0.1].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dtp_target_step: Option<f64>,
+    /// Difference target propagation: noise σ of the inverse loss [default: 0.1].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dtp_noise: Option<f64>,
+    /// Difference target propagation: parallel, alternating [default: parallel].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dtp_schedule: Option<String>,
     /// Forward-Forward per-unit goodness threshold (θ = this × width) [default: 2].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

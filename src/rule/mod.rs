@@ -17,6 +17,7 @@ mod forward_forward;
 mod local_losses;
 mod predictive_coding;
 mod synthetic_gradients;
+mod target_propagation;
 
 pub use backprop::Backprop;
 pub use classic::{Classic, ClassicKind};
@@ -27,6 +28,7 @@ pub use forward_forward::{ForwardForward, overlay};
 pub use local_losses::{LocalLosses, sim_loss};
 pub use predictive_coding::PredictiveCoding;
 pub use synthetic_gradients::SyntheticGradients;
+pub use target_propagation::TargetPropagation;
 
 use crate::error::{Error, Result};
 use crate::nn::{Grads, Layer, Loss, Model, Params, Record, Target, Trace};
@@ -198,6 +200,15 @@ pub struct RuleConfig {
     /// Energy-based rules: stop relaxing when the residual ‖∂E/∂state‖ per sample falls
     /// below this; default 0 (always run every step).
     pub relax_tolerance: f64,
+    /// Difference target propagation: step η̂ of the top target
+    /// τ = h − η̂·∂ℓ/∂h (per-sample loss ℓ); default 0.1.
+    pub dtp_target_step: f64,
+    /// Difference target propagation: σ of the Gaussian noise in the inverses'
+    /// reconstruction loss; default 0.1.
+    pub dtp_noise: f64,
+    /// Difference target propagation: `parallel` or `alternating` inverse training;
+    /// default `parallel`.
+    pub dtp_schedule: String,
 }
 
 impl Default for RuleConfig {
@@ -211,6 +222,9 @@ impl Default for RuleConfig {
             pc_gamma: 0.05,
             pc_variant: "standard".into(),
             relax_tolerance: 0.0,
+            dtp_target_step: 0.1,
+            dtp_noise: 0.1,
+            dtp_schedule: "parallel".into(),
             synth_init: "zeros".into(),
             relax_trace: false,
             local_loss: "pred".into(),
@@ -312,6 +326,10 @@ pub const RULES: &[(&str, &str)] = &[
         "synthetic gradients conditioned on the label (Jaderberg et al. 2016)",
     ),
     (
+        "dtp",
+        "difference target propagation: layer-local targets through learned inverses (Lee et al. 2015)",
+    ),
+    (
         "perceptron",
         "Rosenblatt's perceptron rule, multi-class, single Linear layer (Rosenblatt 1958)",
     ),
@@ -354,6 +372,7 @@ pub fn build_rule_with(name: &str, cfg: &RuleConfig) -> Result<Box<dyn Rule>> {
         "dsn" => Ok(Box::new(LocalLosses::new(true, cfg)?)),
         "dni" => Ok(Box::new(SyntheticGradients::new(false, cfg.clone()))),
         "cdni" => Ok(Box::new(SyntheticGradients::new(true, cfg.clone()))),
+        "dtp" => Ok(Box::new(TargetPropagation::new(cfg)?)),
         "eqprop" => Ok(Box::new(Equilibrium::new(cfg.clone(), false)?)),
         "chl" => Ok(Box::new(Equilibrium::new(cfg.clone(), true)?)),
         "perceptron" => Ok(Box::new(Classic::new(ClassicKind::Perceptron))),
