@@ -250,10 +250,16 @@ fn forward_forward_layer_loss_gradient_matches_finite_differences() {
         x: rand_tensor(&[5, 8], 6, 1.0),
         target: Target::Classes(vec![0, 1, 2, 1, 0]),
     };
-    for loss_kind in ["separate", "symmetric"] {
+    for (loss_kind, goodness) in [
+        ("separate", "mean"),
+        ("separate", "sum"),
+        ("symmetric", "mean"),
+        ("symmetric", "sum"),
+    ] {
         let cfg = RuleConfig {
             ff_negative: "hard".into(),
             ff_loss: loss_kind.into(),
+            ff_goodness: goodness.into(),
             ff_threshold: 0.1,
             ..Default::default()
         };
@@ -276,7 +282,7 @@ fn forward_forward_layer_loss_gradient_matches_finite_differences() {
                 let fd = (la - lc) / (2.0 * e);
                 assert!(
                     (fd - g[i]).abs() < 1e-6 * (1.0 + fd.abs()),
-                    "{loss_kind} {key}[{i}]: fd {fd} vs {}",
+                    "{loss_kind}/{goodness} {key}[{i}]: fd {fd} vs {}",
                     g[i]
                 );
             }

@@ -297,10 +297,14 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     dtp_schedule: Option<String>,
-    /// Forward-Forward per-unit goodness threshold (θ = this × width) [default: 2].
+    /// Forward-Forward per-unit goodness threshold (θ; × width for the sum goodness) [default: 2].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     ff_threshold: Option<f64>,
+    /// Forward-Forward goodness: mean (of h² over units), sum [default: mean].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ff_goodness: Option<String>,
     /// Forward-Forward layer loss: separate, symmetric [default: separate].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

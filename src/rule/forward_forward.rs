@@ -5,13 +5,16 @@
 //! drawn uniformly (`ff_negative = random`) or the wrong label the network currently
 //! finds best (`hard`, one forward pass per label). Each hidden block (Linear → ReLU)
 //! sees its input length-normalised, x/‖x‖, so only the direction of the layer below
-//! is passed on, and is trained by its own loss on its goodness G = Σⱼhⱼ²:
+//! is passed on, and is trained by its own loss on its goodness G, the mean of hⱼ² over
+//! the layer's units (`ff_goodness = mean`, as pytorch_forward_forward) or their sum
+//! (`sum`, Hinton's σ(Σⱼyⱼ² − θ)):
 //!
 //! - `separate` (the paper's): softplus(θ − G⁺) + softplus(G⁻ − θ);
 //! - `symmetric`: softplus(G⁻ − G⁺) (the pair's difference, as in SymBa).
 //!
-//! θ = `ff_threshold` × width (the per-unit threshold 2 of pytorch_forward_forward,
-//! which uses the mean of h²). The gradient stays inside the layer: nothing flows to the
+//! θ = `ff_threshold` for the mean and `ff_threshold` × width for the sum: the same
+//! per-unit threshold, but the sum's logistic is width times sharper (at initialisation
+//! G⁺ and G⁻ are both far below θ and only positives get a gradient). The gradient stays inside the layer: nothing flows to the
 //! layer below. The model's output Linear layer is a softmax readout trained with the
 //! training loss on the last hidden layer's normalised activity under a neutral label
 //! (every label feature 1/C), detached from the FF layers.
@@ -39,6 +42,7 @@ pub struct ForwardForward {
     hard_negatives: bool,
     predict_by_goodness: bool,
     skip_first: bool,
+    mean_goodness: bool,
     rng: crate::Rng,
 }
 
@@ -60,6 +64,11 @@ impl ForwardForward {
             "readout" => false,
             o => return Err(Error::unknown("ff predict", o, &["goodness", "readout"])),
         };
+        let mean_goodness = match cfg.ff_goodness.as_str() {
+            "mean" => true,
+            "sum" => false,
+            o => return Err(Error::unknown("ff goodness", o, &["mean", "sum"])),
+        };
         if !(cfg.ff_threshold.is_finite() && cfg.ff_threshold >= 0.0) {
             return Err(Error::config(
                 "ff threshold",
@@ -72,6 +81,7 @@ impl ForwardForward {
             hard_negatives,
             predict_by_goodness,
             skip_first: cfg.ff_skip_first,
+            mean_goodness,
             rng: crate::Rng::seed_from_u64(0xff_0ff),
         })
     }
@@ -129,12 +139,13 @@ fn normalise(x: &Tensor) -> Result<(Tensor, Vec<f64>)> {
     Ok((Tensor::from_vec_f64(&[n, f], v)?.to_dtype(x.dtype()), norms))
 }
 
-/// Per-row goodness Σⱼhⱼ².
-fn goodness(h: &Tensor) -> Result<Vec<f64>> {
+/// Per-row goodness Σⱼhⱼ², divided by the width when `mean`.
+fn goodness(h: &Tensor, mean: bool) -> Result<Vec<f64>> {
     let (n, f) = h.dims2()?;
     let v = h.to_vec_f64();
+    let d = if mean { f.max(1) as f64 } else { 1.0 };
     Ok((0..n)
-        .map(|i| v[i * f..(i + 1) * f].iter().map(|a| a * a).sum())
+        .map(|i| v[i * f..(i + 1) * f].iter().map(|a| a * a).sum::<f64>() / d)
         .collect())
 }
 
@@ -176,6 +187,7 @@ fn label_scores(
     classes: usize,
     order: &[usize],
     skip_first: bool,
+    mean: bool,
 ) -> Result<Tensor> {
     let (n, _) = x.dims2()?;
     let mut scores = vec![0.0; n * classes];
@@ -184,7 +196,7 @@ fn label_scores(
         let xc = overlay(x, Some(&vec![c; n]), classes)?;
         let outs = hidden_outputs(model, params, hidden, &xc)?;
         for o in &outs[skip..] {
-            for (i, g) in goodness(o)?.into_iter().enumerate() {
+            for (i, g) in goodness(o, mean)?.into_iter().enumerate() {
                 scores[i * classes + c] += g;
             }
         }
@@ -211,6 +223,7 @@ impl ForwardForward {
             model.outputs(),
             order,
             self.skip_first,
+            self.mean_goodness,
         )
     }
 }
@@ -249,6 +262,7 @@ impl Rule for ForwardForward {
                 classes,
                 &order,
                 self.skip_first,
+                self.mean_goodness,
             )?
             .to_vec_f64();
             (0..n)
@@ -273,15 +287,22 @@ impl Rule for ForwardForward {
         let mut pos = normalise(&overlay(&batch.x, Some(labels), classes)?)?.0;
         let mut neg = normalise(&overlay(&batch.x, Some(&wrong), classes)?)?.0;
         for b in &hidden {
-            let theta = self.threshold * b.outputs as f64;
+            let (theta, dg) = if self.mean_goodness {
+                (self.threshold, 2.0 / b.outputs.max(1) as f64)
+            } else {
+                (self.threshold * b.outputs as f64, 2.0)
+            };
             block_forward(model, params, b, &pos, &mut trace)?;
             block_forward(model, params, b, &neg, &mut neg_trace)?;
             let (hp, hn) = (
                 block_output(b, &trace).clone(),
                 block_output(b, &neg_trace).clone(),
             );
-            let (gp, gn) = (goodness(&hp)?, goodness(&hn)?);
-            // dL/dG per sample (batch mean), then dG/dh = 2h.
+            let (gp, gn) = (
+                goodness(&hp, self.mean_goodness)?,
+                goodness(&hn, self.mean_goodness)?,
+            );
+            // dL/dG per sample (batch mean), then dG/dh = dg·h.
             let (mut cp, mut cn) = (vec![0.0; n], vec![0.0; n]);
             for i in 0..n {
                 if self.symmetric {
@@ -301,7 +322,7 @@ impl Rule for ForwardForward {
                 for i in 0..r {
                     v[i * f..(i + 1) * f]
                         .iter_mut()
-                        .for_each(|a| *a *= 2.0 * c[i]);
+                        .for_each(|a| *a *= dg * c[i]);
                 }
                 Ok(Tensor::from_vec_f64(&[r, f], v)?.to_dtype(h.dtype()))
             };
@@ -346,10 +367,17 @@ impl Rule for ForwardForward {
         let classes = model.outputs();
         if self.predict_by_goodness {
             let order: Vec<usize> = (0..classes).collect();
-            return Ok(
-                label_scores(model, params, &hidden, x, classes, &order, self.skip_first)?
-                    .to_dtype(x.dtype()),
-            );
+            return Ok(label_scores(
+                model,
+                params,
+                &hidden,
+                x,
+                classes,
+                &order,
+                self.skip_first,
+                self.mean_goodness,
+            )?
+            .to_dtype(x.dtype()));
         }
         let neutral = overlay(x, None, classes)?;
         let outs = hidden_outputs(model, params, &hidden, &neutral)?;

@@ -173,8 +173,11 @@ pub struct RuleConfig {
     /// EqProp/CHL state nonlinearity: `hard-sigmoid` (clip to [0, 1]), `sigmoid`, `tanh`;
     /// default `hard-sigmoid`.
     pub eqprop_rho: String,
-    /// Forward-Forward: per-unit goodness threshold (θ = this × width); default 2.
+    /// Forward-Forward: per-unit goodness threshold (θ; × width for the `sum` goodness); default 2.
     pub ff_threshold: f64,
+    /// Forward-Forward: goodness `mean` (of h² over units, as pytorch_forward_forward) or
+    /// `sum` (Hinton 2022); default `mean`.
+    pub ff_goodness: String,
     /// Forward-Forward: layer loss `separate` or `symmetric`; default `separate`.
     pub ff_loss: String,
     /// Forward-Forward: negative labels `random` or `hard`; default `random`.
@@ -230,6 +233,7 @@ impl Default for RuleConfig {
             local_loss: "pred".into(),
             ff_threshold: 2.0,
             ff_loss: "separate".into(),
+            ff_goodness: "mean".into(),
             ff_negative: "random".into(),
             ff_predict: "goodness".into(),
             ff_skip_first: true,
