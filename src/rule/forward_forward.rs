@@ -186,8 +186,7 @@ fn label_scores(
     x: &Tensor,
     classes: usize,
     order: &[usize],
-    skip_first: bool,
-    mean: bool,
+    (skip_first, mean): (bool, bool),
 ) -> Result<Tensor> {
     let (n, _) = x.dims2()?;
     let mut scores = vec![0.0; n * classes];
@@ -222,8 +221,7 @@ impl ForwardForward {
             x,
             model.outputs(),
             order,
-            self.skip_first,
-            self.mean_goodness,
+            (self.skip_first, self.mean_goodness),
         )
     }
 }
@@ -261,8 +259,7 @@ impl Rule for ForwardForward {
                 &batch.x,
                 classes,
                 &order,
-                self.skip_first,
-                self.mean_goodness,
+                (self.skip_first, self.mean_goodness),
             )?
             .to_vec_f64();
             (0..n)
@@ -374,8 +371,7 @@ impl Rule for ForwardForward {
                 x,
                 classes,
                 &order,
-                self.skip_first,
-                self.mean_goodness,
+                (self.skip_first, self.mean_goodness),
             )?
             .to_dtype(x.dtype()));
         }
