@@ -75,6 +75,12 @@ pub fn peak() -> usize {
     PEAK.load(Ordering::Relaxed)
 }
 
+/// Raises the recorded peak to at least `bytes` (restores an outer phase's peak after
+/// an inner [`reset_peak`]).
+pub fn raise_peak(bytes: usize) {
+    PEAK.fetch_max(bytes, Ordering::Relaxed);
+}
+
 /// Starts a new phase: the peak becomes the current live bytes.
 pub fn reset_peak() {
     PEAK.store(LIVE.load(Ordering::Relaxed), Ordering::Relaxed);

@@ -572,6 +572,10 @@ pub(crate) fn split_bias(m: &Tensor, bias_shape: &[usize]) -> Result<(Tensor, Te
 }
 
 impl Optimizer for Kfac {
+    fn needs_trace(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &str {
         "kfac"
     }

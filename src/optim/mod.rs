@@ -128,6 +128,12 @@ pub trait Optimizer: Send {
     fn state(&self) -> OptimizerState;
     /// Restores a state from [`Optimizer::state`].
     fn load_state(&mut self, state: &OptimizerState) -> Result<()>;
+    /// Whether [`Optimizer::step`] reads the rule's trace (`StepContext::trace`): the
+    /// records of every layer. Rules that can free a block's activations as soon as it
+    /// has updated keep them only when this is true.
+    fn needs_trace(&self) -> bool {
+        false
+    }
 }
 
 /// Settings for the parameters whose names match a pattern (PyTorch's parameter groups).
@@ -270,6 +276,10 @@ struct Grouped {
 impl Optimizer for Grouped {
     fn name(&self) -> &str {
         self.inner.name()
+    }
+
+    fn needs_trace(&self) -> bool {
+        self.inner.needs_trace()
     }
 
     fn step(&mut self, params: &mut Params, grads: &Grads, ctx: &mut StepContext) -> Result<()> {
@@ -821,6 +831,10 @@ pub struct Sam {
 }
 
 impl Optimizer for Sam {
+    fn needs_trace(&self) -> bool {
+        self.inner.needs_trace()
+    }
+
     fn name(&self) -> &str {
         &self.name
     }

@@ -145,6 +145,10 @@ impl NaturalGradient {
 }
 
 impl Optimizer for NaturalGradient {
+    fn needs_trace(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &str {
         "natgrad"
     }

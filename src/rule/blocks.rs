@@ -19,6 +19,17 @@ pub(crate) fn scratch_trace(model: &Model, dtype: DType) -> Trace {
     }
 }
 
+/// Drops the block's records and error signals (its activations), keeping empty
+/// records in their place.
+pub(crate) fn free_block(b: &Block, trace: &mut Trace) {
+    for i in std::iter::once(b.linear).chain(b.activation) {
+        let name = trace.records[i].layer.clone();
+        let dt = trace.records[i].input.dtype();
+        trace.records[i] = Record::new(&name, Tensor::zeros(&[0, 0], dt));
+        trace.errors[i] = None;
+    }
+}
+
 /// The dtype of the block's weights (for the rule state made beside it).
 pub(crate) fn block_dtype(model: &Model, params: &Params, b: &Block) -> Result<DType> {
     Ok(params

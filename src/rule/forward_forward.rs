@@ -28,7 +28,7 @@
 
 use rand::{Rng as _, SeedableRng};
 
-use super::blocks::{block_forward, block_output, block_param_grads, scratch_trace};
+use super::blocks::{block_forward, block_output, block_param_grads, free_block, scratch_trace};
 use super::{Batch, Rule, RuleConfig, StepOutput};
 use crate::error::{Error, Result};
 use crate::nn::{Block, Grads, Loss, Model, Params, Target};
@@ -43,6 +43,7 @@ pub struct ForwardForward {
     predict_by_goodness: bool,
     skip_first: bool,
     mean_goodness: bool,
+    keep_trace: bool,
     rng: crate::Rng,
 }
 
@@ -82,6 +83,7 @@ impl ForwardForward {
             predict_by_goodness,
             skip_first: cfg.ff_skip_first,
             mean_goodness,
+            keep_trace: true,
             rng: crate::Rng::seed_from_u64(0xff_0ff),
         })
     }
@@ -340,6 +342,10 @@ impl Rule for ForwardForward {
                 scale_rows(&hn, &cn)?,
                 &mut grads,
             )?;
+            if !self.keep_trace {
+                free_block(b, &mut trace);
+                free_block(b, &mut neg_trace);
+            }
             pos = normalise(&hp)?.0;
             neg = normalise(&hn)?.0;
         }
@@ -357,6 +363,10 @@ impl Rule for ForwardForward {
             loss: total,
             prediction: Some(z),
         })
+    }
+
+    fn keep_trace(&mut self, keep: bool) {
+        self.keep_trace = keep;
     }
 
     fn predict(&self, model: &Model, params: &Params, x: &Tensor) -> Result<Tensor> {

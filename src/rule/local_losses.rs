@@ -16,7 +16,10 @@
 //! are added with weight `dsn_weight` to the global loss and everything backpropagates;
 //! weight 0 is backprop.
 
-use super::blocks::{block_dtype, block_input_grad, block_output, block_param_grads};
+use super::blocks::{
+    block_dtype, block_forward, block_input_grad, block_output, block_param_grads, free_block,
+    scratch_trace,
+};
 use super::{Batch, Rule, RuleConfig, StepOutput};
 use crate::error::{Error, Result};
 use crate::nn::{Grads, Loss, Model, Params, Target};
@@ -36,6 +39,7 @@ pub struct LocalLosses {
     deeply_supervised: bool,
     head_loss: HeadLoss,
     dsn_weight: f64,
+    keep_trace: bool,
 }
 
 impl LocalLosses {
@@ -65,6 +69,7 @@ impl LocalLosses {
             deeply_supervised,
             head_loss,
             dsn_weight: cfg.dsn_weight,
+            keep_trace: true,
         })
     }
 
@@ -73,6 +78,51 @@ impl LocalLosses {
             format!("local.head{k}.weight"),
             format!("local.head{k}.bias"),
         )
+    }
+
+    /// Head k's gradient with respect to its block's output `h` (times the head weight:
+    /// 1 for `local`, `dsn_weight` for `dsn`); the head's own gradients go into `grads`.
+    #[allow(clippy::too_many_arguments)]
+    fn head_grad(
+        &self,
+        k: usize,
+        h: &Tensor,
+        params: &Params,
+        batch: &Batch,
+        loss: Loss,
+        classes: usize,
+        grads: &mut Grads,
+    ) -> Result<Tensor> {
+        let weight = if self.deeply_supervised {
+            self.dsn_weight
+        } else {
+            1.0
+        };
+        let (wk, bk) = Self::key(k);
+        let hw = params.get(&wk)?;
+        let (pred_w, sim_w) = match self.head_loss {
+            HeadLoss::Pred => (1.0, 0.0),
+            HeadLoss::Sim => (0.0, 1.0),
+            HeadLoss::PredSim(beta) => (1.0 - beta, beta),
+        };
+        let mut g = Tensor::zeros(h.shape(), h.dtype());
+        if pred_w > 0.0 {
+            let mut z = h.matmul(false, hw, true)?;
+            z.add_row(params.get(&bk)?)?;
+            let (_, dz) = loss.eval(&z, &batch.target)?;
+            let dz = dz.scale(pred_w * weight);
+            grads.insert(wk.clone(), dz.matmul(true, h, false)?);
+            grads.insert(bk.clone(), dz.sum_rows()?);
+            g.axpy(1.0, &dz.matmul(false, hw, false)?)?;
+        } else {
+            grads.insert(wk.clone(), hw.scale(0.0));
+            grads.insert(bk.clone(), params.get(&bk)?.scale(0.0));
+        }
+        if sim_w > 0.0 {
+            let (_, gs) = sim_loss(h, &batch.target, classes)?;
+            g.axpy(sim_w * weight, &gs)?;
+        }
+        Ok(g)
     }
 }
 
@@ -153,6 +203,10 @@ impl Rule for LocalLosses {
         Ok(())
     }
 
+    fn keep_trace(&mut self, keep: bool) {
+        self.keep_trace = keep;
+    }
+
     fn step(
         &mut self,
         model: &Model,
@@ -161,46 +215,23 @@ impl Rule for LocalLosses {
         loss: Loss,
     ) -> Result<StepOutput> {
         let (hidden, last) = model.layered_blocks(self.name())?;
-        let (mut trace, value, d_out) = super::forward_loss(model, params, batch, loss)?;
-        let classes = model.outputs();
-        let weight = if self.deeply_supervised {
-            self.dsn_weight
-        } else {
-            1.0
-        };
         let mut grads = Grads::new();
-        // Each head's gradient with respect to its block's output (scaled by `weight`).
-        let mut head_g: Vec<Tensor> = Vec::with_capacity(hidden.len());
-        for (k, b) in hidden.iter().enumerate() {
-            let h = block_output(b, &trace);
-            let (wk, bk) = Self::key(k);
-            let hw = params.get(&wk)?;
-            let (pred_w, sim_w) = match self.head_loss {
-                HeadLoss::Pred => (1.0, 0.0),
-                HeadLoss::Sim => (0.0, 1.0),
-                HeadLoss::PredSim(beta) => (1.0 - beta, beta),
-            };
-            let mut g = Tensor::zeros(h.shape(), h.dtype());
-            if pred_w > 0.0 {
-                let mut z = h.matmul(false, hw, true)?;
-                z.add_row(params.get(&bk)?)?;
-                let (_, dz) = loss.eval(&z, &batch.target)?;
-                let dz = dz.scale(pred_w * weight);
-                grads.insert(wk.clone(), dz.matmul(true, h, false)?);
-                grads.insert(bk.clone(), dz.sum_rows()?);
-                g.axpy(1.0, &dz.matmul(false, hw, false)?)?;
-            } else {
-                grads.insert(wk.clone(), hw.scale(0.0));
-                grads.insert(bk.clone(), params.get(&bk)?.scale(0.0));
-            }
-            if sim_w > 0.0 {
-                let (_, gs) = sim_loss(h, &batch.target, classes)?;
-                g.axpy(sim_w * weight, &gs)?;
-            }
-            head_g.push(g);
-        }
         if self.deeply_supervised {
             // Backprop of the global loss with each head's gradient joining at its block.
+            let (mut trace, value, d_out) = super::forward_loss(model, params, batch, loss)?;
+            let mut head_g = Vec::with_capacity(hidden.len());
+            for (k, b) in hidden.iter().enumerate() {
+                let h = block_output(b, &trace).clone();
+                head_g.push(self.head_grad(
+                    k,
+                    &h,
+                    params,
+                    batch,
+                    loss,
+                    model.outputs(),
+                    &mut grads,
+                )?);
+            }
             let mut g = d_out;
             block_param_grads(model, params, &last, &mut trace, g.clone(), &mut grads)?;
             let mut above = last;
@@ -210,12 +241,30 @@ impl Rule for LocalLosses {
                 block_param_grads(model, params, b, &mut trace, g.clone(), &mut grads)?;
                 above = *b;
             }
-        } else {
-            for (k, b) in hidden.iter().enumerate() {
-                block_param_grads(model, params, b, &mut trace, head_g[k].clone(), &mut grads)?;
-            }
-            block_param_grads(model, params, &last, &mut trace, d_out, &mut grads)?;
+            return Ok(StepOutput {
+                grads,
+                trace,
+                loss: value,
+                prediction: None,
+            });
         }
+        // Block by block: forward, head, update; then the block's activations can go.
+        let mut trace = scratch_trace(model, batch.x.dtype());
+        let mut h = batch.x.clone();
+        for (k, b) in hidden.iter().enumerate() {
+            block_forward(model, params, b, &h, &mut trace)?;
+            let out = block_output(b, &trace).clone();
+            let g = self.head_grad(k, &out, params, batch, loss, model.outputs(), &mut grads)?;
+            block_param_grads(model, params, b, &mut trace, g, &mut grads)?;
+            if !self.keep_trace {
+                free_block(b, &mut trace);
+            }
+            h = out;
+        }
+        // The output layer learns from the training loss on its detached input.
+        block_forward(model, params, &last, &h, &mut trace)?;
+        let (value, d_out) = loss.eval(block_output(&last, &trace), &batch.target)?;
+        block_param_grads(model, params, &last, &mut trace, d_out, &mut grads)?;
         Ok(StepOutput {
             grads,
             trace,

@@ -118,6 +118,13 @@ pub trait Rule: Send {
         None
     }
 
+    /// Whether the returned trace must hold every layer's records (an optimizer such as
+    /// K-FAC reads them). Rules that update block by block (`local`, `dni`, `ff`) free
+    /// each block's activations once it has updated when `keep` is false, so their peak
+    /// activation memory is one block's instead of the whole network's. Default: the
+    /// rule always keeps its trace.
+    fn keep_trace(&mut self, _keep: bool) {}
+
     /// Diagnostics of the last step's relaxation, for rules that relax a state.
     fn relaxation(&self) -> Option<&Relaxation> {
         None

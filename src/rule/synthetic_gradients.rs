@@ -12,7 +12,10 @@
 //! (`dni.syn{k}.weight`, `.bias`) and train with the run's optimizer; their loss is
 //! reported as the rule's `synth_loss`.
 
-use super::blocks::{block_dtype, block_input_grad, block_output, block_param_grads};
+use super::blocks::{
+    block_dtype, block_forward, block_input_grad, block_output, block_param_grads, free_block,
+    scratch_trace,
+};
 use super::{Batch, Rule, RuleConfig, StepOutput};
 use crate::error::{Error, Result};
 use crate::nn::{Grads, Loss, Model, Params, Target};
@@ -27,6 +30,7 @@ pub struct SyntheticGradients {
     pub synth_loss: f64,
     /// Replace every synthesizer by the true backprop gradient (tests and ablations).
     pub oracle: bool,
+    keep_trace: bool,
 }
 
 impl SyntheticGradients {
@@ -37,11 +41,94 @@ impl SyntheticGradients {
             cfg,
             synth_loss: 0.0,
             oracle: false,
+            keep_trace: true,
         }
     }
 
     fn key(k: usize) -> (String, String) {
         (format!("dni.syn{k}.weight"), format!("dni.syn{k}.bias"))
+    }
+
+    /// Regression of synthesizer k toward `target` (both in mean-loss units); adds its
+    /// gradients and returns its loss ½ mean ‖n(ĝ − t)‖²/width.
+    fn regress(
+        k: usize,
+        input: &Tensor,
+        synth: &Tensor,
+        target: &Tensor,
+        grads: &mut Grads,
+    ) -> Result<f64> {
+        let n = synth.dims2()?.0.max(1) as f64;
+        let mut r = synth.sub(target)?;
+        r.scale_in_place(n);
+        let width = r.dims2()?.1.max(1) as f64;
+        let (wk, bk) = Self::key(k);
+        let scale = 1.0 / (n * width);
+        grads.insert(wk, r.matmul(true, input, false)?.scale(scale));
+        grads.insert(bk, r.sum_rows()?.scale(scale));
+        Ok(0.5 * r.sum_sq() / (n * width))
+    }
+
+    /// The step block by block: block k runs forward, updates from Mₖ(hₖ) at once, and
+    /// gives synthesizer k−1 its target Jₖᵀĝₖ; then its activations can go (only hₖ and
+    /// ĝₖ wait for the block above).
+    fn step_streaming(
+        &mut self,
+        model: &Model,
+        params: &Params,
+        batch: &Batch,
+        loss: Loss,
+        (hidden, last): (&[crate::nn::Block], &crate::nn::Block),
+        oracle: Option<Vec<Tensor>>,
+    ) -> Result<StepOutput> {
+        let n = batch.x.dims2()?.0.max(1) as f64;
+        let classes = model.outputs();
+        let mut grads = Grads::new();
+        let mut trace = scratch_trace(model, batch.x.dtype());
+        let mut h = batch.x.clone();
+        // Synthesizer input and prediction of the block below, awaiting its target.
+        let mut below: Option<(Tensor, Tensor)> = None;
+        let mut synth_loss = 0.0;
+        for (k, b) in hidden.iter().enumerate() {
+            block_forward(model, params, b, &h, &mut trace)?;
+            let out = block_output(b, &trace).clone();
+            let si = self.input(&out, &batch.target, classes)?;
+            let (wk, bk) = Self::key(k);
+            let mut g = si.matmul(false, params.get(&wk)?, true)?;
+            g.add_row(params.get(&bk)?)?;
+            g.scale_in_place(1.0 / n);
+            if let Some(o) = &oracle {
+                g = o[k].clone();
+            }
+            if let Some((inp, syn)) = below.take()
+                && oracle.is_none()
+            {
+                let target = block_input_grad(model, params, b, &trace, &g)?;
+                synth_loss += Self::regress(k - 1, &inp, &syn, &target, &mut grads)?;
+            }
+            block_param_grads(model, params, b, &mut trace, g.clone(), &mut grads)?;
+            if !self.keep_trace {
+                free_block(b, &mut trace);
+            }
+            below = Some((si, g));
+            h = out;
+        }
+        block_forward(model, params, last, &h, &mut trace)?;
+        let (value, d_out) = loss.eval(block_output(last, &trace), &batch.target)?;
+        if let Some((inp, syn)) = below.take()
+            && oracle.is_none()
+        {
+            let target = block_input_grad(model, params, last, &trace, &d_out)?;
+            synth_loss += Self::regress(hidden.len() - 1, &inp, &syn, &target, &mut grads)?;
+        }
+        block_param_grads(model, params, last, &mut trace, d_out, &mut grads)?;
+        self.synth_loss = synth_loss / hidden.len().max(1) as f64;
+        Ok(StepOutput {
+            grads,
+            trace,
+            loss: value,
+            prediction: None,
+        })
     }
 
     /// Synthesizer input: hₖ, or [hₖ, onehot(y)] for `cdni`.
@@ -90,22 +177,13 @@ impl Rule for SyntheticGradients {
         loss: Loss,
     ) -> Result<StepOutput> {
         let (hidden, last) = model.layered_blocks(self.name())?;
-        let (mut trace, value, d_out) = super::forward_loss(model, params, batch, loss)?;
-        let n = batch.x.dims2()?.0.max(1) as f64;
-        let classes = model.outputs();
-        let mut grads = Grads::new();
-        // The oracle: true backprop errors at every block output.
-        let oracle: Option<Vec<Tensor>> = if self.oracle {
-            let mut t = trace.clone();
+        // The oracle: the true backprop error at every block output replaces Mₖ(hₖ).
+        let oracle = if self.oracle {
+            let (mut t, _, d_out) = super::forward_loss(model, params, batch, loss)?;
             let mut g = Grads::new();
-            super::backward_chain(
-                model,
-                params,
-                &mut t,
-                d_out.clone(),
-                &mut g,
-                |_, l, r, d| l.input_grad(params, r, d),
-            )?;
+            super::backward_chain(model, params, &mut t, d_out, &mut g, |_, l, r, d| {
+                l.input_grad(params, r, d)
+            })?;
             Some(
                 hidden
                     .iter()
@@ -114,64 +192,19 @@ impl Rule for SyntheticGradients {
                             .clone()
                             .ok_or_else(|| Error::config("dni", "oracle error missing"))
                     })
-                    .collect::<Result<_>>()?,
+                    .collect::<Result<Vec<_>>>()?,
             )
         } else {
             None
         };
-        // Synthetic gradients (mean-loss units) at each hidden block output.
-        let mut synth: Vec<Tensor> = Vec::with_capacity(hidden.len());
-        let mut inputs: Vec<Tensor> = Vec::with_capacity(hidden.len());
-        for (k, b) in hidden.iter().enumerate() {
-            let si = self.input(block_output(b, &trace), &batch.target, classes)?;
-            let (wk, bk) = Self::key(k);
-            let mut g = si.matmul(false, params.get(&wk)?, true)?;
-            g.add_row(params.get(&bk)?)?;
-            g.scale_in_place(1.0 / n);
-            synth.push(match &oracle {
-                Some(o) => o[k].clone(),
-                None => g,
-            });
-            inputs.push(si);
-        }
-        // Targets for each synthesizer: the signal from the block above carried down.
-        let mut synth_loss = 0.0;
-        let mut all = hidden.clone();
-        all.push(last);
-        for k in 0..hidden.len() {
-            let above = if k + 1 == hidden.len() {
-                d_out.clone()
-            } else {
-                synth[k + 1].clone()
-            };
-            let target = block_input_grad(model, params, &all[k + 1], &trace, &above)?;
-            // Regression in per-sample units: r = n·(ĝ − t); loss ½ mean ‖r‖²/width.
-            let mut r = synth[k].sub(&target)?;
-            r.scale_in_place(n);
-            let width = r.dims2()?.1.max(1) as f64;
-            synth_loss += 0.5 * r.sum_sq() / (n * width);
-            if oracle.is_none() {
-                let (wk, bk) = Self::key(k);
-                let scale = 1.0 / (n * width);
-                grads.insert(wk, r.matmul(true, &inputs[k], false)?.scale(scale));
-                grads.insert(bk, r.sum_rows()?.scale(scale));
-            }
-        }
-        self.synth_loss = synth_loss / hidden.len().max(1) as f64;
-        // Every block updates from the signal at its own output.
-        for (k, b) in hidden.iter().enumerate() {
-            block_param_grads(model, params, b, &mut trace, synth[k].clone(), &mut grads)?;
-        }
-        block_param_grads(model, params, &last, &mut trace, d_out, &mut grads)?;
-        Ok(StepOutput {
-            grads,
-            trace,
-            loss: value,
-            prediction: None,
-        })
+        self.step_streaming(model, params, batch, loss, (&hidden, &last), oracle)
     }
 
     fn aux_loss(&self) -> Option<(&'static str, f64)> {
         Some(("synth_loss", self.synth_loss))
+    }
+
+    fn keep_trace(&mut self, keep: bool) {
+        self.keep_trace = keep;
     }
 }

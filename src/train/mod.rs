@@ -383,6 +383,7 @@ pub fn run_with(
         total_steps = total_steps.min(m);
     }
     let mut optimizer = build_optimizer(&cfg.optim, total_steps)?;
+    rule.keep_trace(optimizer.needs_trace());
     let mut pretrain_summary = Value::Null;
     match cfg.pretrain.as_str() {
         "none" => {}
@@ -446,6 +447,9 @@ pub fn run_with(
     let mut step = optimizer.state().step;
     let mut activation_bytes = 0usize;
     let mut peak_above_baseline = 0usize;
+    // Heap high-water mark inside `rule.step` above the live bytes at its start
+    // (activations, temporaries and the returned update), and the update's bytes.
+    let (mut step_peak, mut update_bytes) = (0usize, 0usize);
     let (mut train_work, mut train_steps) = (crate::tensor::counters::Work::default(), 0u64);
     let mut energy_total = 0.0;
     let mut energy_source = crate::bench::energy::Source::Estimated;
@@ -489,7 +493,12 @@ pub fn run_with(
                 break;
             }
             let batch = batch?;
+            let (live_before, peak_before) = (crate::mem::live(), crate::mem::peak());
+            crate::mem::reset_peak();
             let out = rule.step(&model, &params, &batch, loss)?;
+            step_peak = step_peak.max(crate::mem::peak().saturating_sub(live_before));
+            update_bytes = update_bytes.max(out.grads.size_bytes());
+            crate::mem::raise_peak(peak_before);
             if !out.loss.is_finite() {
                 pb.finish_and_clear();
                 return Err(Error::NonFinite {
@@ -741,6 +750,8 @@ pub fn run_with(
             "activation_bytes_per_step": activation_bytes,
             "rule_state_bytes": params.size_bytes() - model_bytes - avg_bytes + rule.state_bytes(),
             "peak_training_bytes_above_baseline": if crate::mem::installed() { json!(peak_above_baseline) } else { Value::Null },
+            "step_peak_bytes": if crate::mem::installed() { json!(step_peak) } else { Value::Null },
+            "update_bytes": update_bytes,
             "allocator": if crate::mem::installed() { "counting" } else { "not installed" },
         },
         "flops_per_step": train_work.flops as f64 / train_steps.max(1) as f64,
