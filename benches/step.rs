@@ -98,6 +98,8 @@ fn main() -> futureprop::Result<()> {
                     },
                     1 << 30,
                 )?;
+                // As the trainer: block-wise rules free activations unless the optimizer reads them.
+                rule.keep_trace(opt.needs_trace());
                 arms.push((name.clone(), o.clone(), params, rule, opt, Vec::with_capacity(steps)));
             }
         }
@@ -136,20 +138,19 @@ fn main() -> futureprop::Result<()> {
             })
             .collect();
         let (step_ms, flops) = (results[0].2, results[0].3);
-        // The GEMMs of the step: forward x·Wᵀ, weight gradients δᵀ·x, input errors δ·W.
-        let shapes: [(usize, usize, usize, bool, bool, &str); 8] = [
-            (128, 1000, 784, false, true, "fwd1 x·W1ᵀ"),
-            (128, 1000, 1000, false, true, "fwd2 h·W2ᵀ"),
-            (128, 10, 1000, false, true, "fwd3 h·W3ᵀ"),
-            (10, 1000, 128, true, false, "dW3 δᵀ·h"),
-            (128, 1000, 10, false, false, "dh2 δ·W3"),
-            (1000, 1000, 128, true, false, "dW2 δᵀ·h"),
-            (128, 1000, 1000, false, false, "dh1 δ·W2"),
-            (1000, 784, 128, true, false, "dW1 δᵀ·x"),
-        ];
+        // The GEMMs of the step, per layer: forward x·Wᵀ, weight gradient δᵀ·x and input
+        // error δ·W (none for the first layer).
+        let mut shapes: Vec<(usize, usize, usize, bool, bool, String)> = Vec::new();
+        for (l, w) in widths.windows(2).enumerate() {
+            let (i, o) = (w[0], w[1]);
+            shapes.push((n, o, i, false, true, format!("fwd{} x·W{}ᵀ", l + 1, l + 1)));
+            shapes.push((o, i, n, true, false, format!("dW{} δᵀ·x", l + 1)));
+            if l > 0 {
+                shapes.push((n, i, o, false, false, format!("dh{} δ·W{}", l, l + 1)));
+            }
+        }
         let mut gemm = Vec::new();
-        let default_model = spec == "mlp:784-1000-1000-10";
-        for (m, nn, k, ta, tb, label) in shapes.into_iter().filter(|_| default_model) {
+        for (m, nn, k, ta, tb, label) in shapes {
             let a = Tensor::full(&if ta { [k, m] } else { [m, k] }, 0.5, futureprop::tensor::DType::F32);
             let b = Tensor::full(&if tb { [nn, k] } else { [k, nn] }, 0.25, futureprop::tensor::DType::F32);
             let mut ts = Vec::new();

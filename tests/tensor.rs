@@ -208,3 +208,24 @@ fn f32_tanh_and_sigmoid_agree_with_f64() {
         }
     }
 }
+
+#[test]
+fn row_sums_of_squares_and_row_scaling() {
+    for dtype in [DType::F32, DType::F64] {
+        let t = Tensor::from_vec_f64(&[2, 3], vec![1.0, -2.0, 2.0, 0.5, 0.0, -0.5])
+            .unwrap()
+            .to_dtype(dtype);
+        let s = t.row_sum_sq().unwrap();
+        assert!(
+            (s[0] - 9.0).abs() < 1e-6 && (s[1] - 0.5).abs() < 1e-6,
+            "{s:?}"
+        );
+        let r = t.scale_rows(&[2.0, -4.0]).unwrap();
+        assert_eq!(r.dtype(), dtype);
+        assert_eq!(r.to_vec_f64(), vec![2.0, -4.0, 4.0, -2.0, 0.0, 2.0]);
+        // The input is untouched and a wrong number of scales is named.
+        assert_eq!(t.to_vec_f64()[0], 1.0);
+        let e = t.scale_rows(&[1.0]).unwrap_err().to_string();
+        assert!(e.contains("scale_rows"), "{e}");
+    }
+}

@@ -24,7 +24,8 @@
 //! skipped when there are several, as in the paper; `ff_skip_first = false` keeps it:
 //! early in training the deeper layers' goodness can rank labels worse than chance
 //! until they have learned, which the first layer does not); `readout` uses the
-//! softmax readout. Train accuracy is the readout's.
+//! softmax readout, trained (and giving the train accuracy) only in this mode; with
+//! `goodness` no train accuracy is reported.
 
 use rand::{Rng as _, SeedableRng};
 
@@ -115,40 +116,35 @@ pub fn overlay(x: &Tensor, labels: Option<&[usize]>, classes: usize) -> Result<T
             format!("{f} inputs < {classes} classes"),
         ));
     }
-    let mut v = x.to_vec_f64();
+    let mut out = x.clone();
     for i in 0..n {
         for c in 0..classes {
-            v[i * f + c] = match labels {
+            let v = match labels {
                 Some(l) => (l[i] == c) as u8 as f64,
                 None => 1.0 / classes as f64,
             };
+            out.set(i * f + c, v)?;
         }
     }
-    Ok(Tensor::from_vec_f64(&[n, f], v)?.to_dtype(x.dtype()))
+    Ok(out)
 }
 
 /// Rows scaled to unit length (ε = 1e-8 guards zero rows); returns the norms too.
 fn normalise(x: &Tensor) -> Result<(Tensor, Vec<f64>)> {
-    let (n, f) = x.dims2()?;
-    let mut v = x.to_vec_f64();
-    let mut norms = Vec::with_capacity(n);
-    for i in 0..n {
-        let row = &mut v[i * f..(i + 1) * f];
-        let nrm = row.iter().map(|a| a * a).sum::<f64>().sqrt() + 1e-8;
-        row.iter_mut().for_each(|a| *a /= nrm);
-        norms.push(nrm);
-    }
-    Ok((Tensor::from_vec_f64(&[n, f], v)?.to_dtype(x.dtype()), norms))
+    let norms: Vec<f64> = x
+        .row_sum_sq()?
+        .into_iter()
+        .map(|s| s.sqrt() + 1e-8)
+        .collect();
+    let inv: Vec<f64> = norms.iter().map(|n| 1.0 / n).collect();
+    Ok((x.scale_rows(&inv)?, norms))
 }
 
 /// Per-row goodness Σⱼhⱼ², divided by the width when `mean`.
 fn goodness(h: &Tensor, mean: bool) -> Result<Vec<f64>> {
-    let (n, f) = h.dims2()?;
-    let v = h.to_vec_f64();
+    let (_, f) = h.dims2()?;
     let d = if mean { f.max(1) as f64 } else { 1.0 };
-    Ok((0..n)
-        .map(|i| v[i * f..(i + 1) * f].iter().map(|a| a * a).sum::<f64>() / d)
-        .collect())
+    Ok(h.row_sum_sq()?.into_iter().map(|s| s / d).collect())
 }
 
 fn softplus(x: f64) -> f64 {
@@ -316,14 +312,7 @@ impl Rule for ForwardForward {
                 }
             }
             let scale_rows = |h: &Tensor, c: &[f64]| -> Result<Tensor> {
-                let (r, f) = h.dims2()?;
-                let mut v = h.to_vec_f64();
-                for i in 0..r {
-                    v[i * f..(i + 1) * f]
-                        .iter_mut()
-                        .for_each(|a| *a *= dg * c[i]);
-                }
-                Ok(Tensor::from_vec_f64(&[r, f], v)?.to_dtype(h.dtype()))
+                h.scale_rows(&c.iter().map(|c| dg * c).collect::<Vec<_>>())
             };
             // W's gradient is the sum of both passes' (block_param_grads accumulates).
             block_param_grads(
@@ -349,19 +338,24 @@ impl Rule for ForwardForward {
             pos = normalise(&hp)?.0;
             neg = normalise(&hn)?.0;
         }
-        // Softmax readout on the neutral-label pass, detached from the FF layers.
-        let neutral = overlay(&batch.x, None, classes)?;
-        let outs = hidden_outputs(model, params, &hidden, &neutral)?;
-        let a = normalise(outs.last().unwrap())?.0;
-        block_forward(model, params, &last, &a, &mut trace)?;
-        let z = block_output(&last, &trace).clone();
-        let (_, dz) = loss.eval(&z, &batch.target)?;
-        block_param_grads(model, params, &last, &mut trace, dz, &mut grads)?;
+        // Softmax readout on the neutral-label pass, detached from the FF layers: trained
+        // only when it predicts (a forward pass of every hidden layer more per step).
+        let mut prediction = None;
+        if !self.predict_by_goodness {
+            let neutral = overlay(&batch.x, None, classes)?;
+            let outs = hidden_outputs(model, params, &hidden, &neutral)?;
+            let a = normalise(outs.last().expect("ff has hidden blocks"))?.0;
+            block_forward(model, params, &last, &a, &mut trace)?;
+            let z = block_output(&last, &trace).clone();
+            let (_, dz) = loss.eval(&z, &batch.target)?;
+            block_param_grads(model, params, &last, &mut trace, dz, &mut grads)?;
+            prediction = Some(z);
+        }
         Ok(StepOutput {
             grads,
             trace,
             loss: total,
-            prediction: Some(z),
+            prediction,
         })
     }
 

@@ -350,3 +350,11 @@ pub(crate) fn unary_backward_from_output<T: Elem>(y: &[T], d: &[T], f: Unary) ->
         _ => None,
     }
 }
+
+/// Row `i` (of `c` columns) times `s[i]`.
+pub(crate) fn scale_rows<T: Elem>(v: &mut [T], c: usize, s: &[f64]) {
+    for (row, &k) in v.chunks_mut(c.max(1)).zip(s) {
+        let k = T::of(k);
+        row.iter_mut().for_each(|a| *a = *a * k);
+    }
+}

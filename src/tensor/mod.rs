@@ -361,6 +361,32 @@ impl Tensor {
         each2_mut!("add_row", self.storage_mut(), &*bd, (x, y) => cpu::add_row(x, y))
     }
 
+    /// Per-row sums of squares of a 2-D tensor: `out[i] = Σⱼ self[i, j]²` (accumulated
+    /// in f64).
+    pub fn row_sum_sq(&self) -> Result<Vec<f64>> {
+        let (_, c) = self.dims2()?;
+        count_elementwise(self.len(), 1, self.dtype());
+        Ok(each1!(&*self.data, v => v
+            .chunks(c.max(1))
+            .map(|row| row.iter().map(|a| { let a = a.f64(); a * a }).sum())
+            .collect()))
+    }
+
+    /// Each row `i` of a 2-D tensor times `s[i]`.
+    pub fn scale_rows(&self, s: &[f64]) -> Result<Tensor> {
+        let (r, c) = self.dims2()?;
+        if s.len() != r {
+            return Err(Error::shape(
+                "scale_rows",
+                format!("{r} rows vs {} scales", s.len()),
+            ));
+        }
+        count_elementwise(self.len(), 2, self.dtype());
+        let mut out = self.clone();
+        each1!(out.storage_mut(), v => cpu::scale_rows(v, c, s));
+        Ok(out)
+    }
+
     /// Column sums of a 2-D tensor: `out[j] = Σᵢ self[i, j]`.
     pub fn sum_rows(&self) -> Result<Tensor> {
         let (_, c) = self.dims2()?;

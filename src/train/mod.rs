@@ -477,6 +477,8 @@ pub fn run_with(
         let pb = progress_bar(cfg.quiet, batches.num_batches() as u64, progress_multi);
         pb.set_prefix(format!("epoch {}/{}", epoch + 1, cfg.epochs));
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
+        // Rows with a prediction (Forward-Forward predicting by goodness has none).
+        let mut judged = 0usize;
         // Relaxation diagnostics of energy-based rules: Σ steps, Σ final residual, count.
         let mut relax = (0.0, 0.0, 0.0);
         // The rule's auxiliary loss: name, Σ, count.
@@ -519,8 +521,11 @@ pub fn run_with(
                 relax.1 += r.residual.last().copied().unwrap_or(f64::NAN);
                 relax.2 += 1.0;
             }
-            if let Some(o) = out.prediction.as_ref().or(out.trace.output()) {
+            if let Some(o) = out.prediction.as_ref().or(out.trace.output())
+                && o.shape().first() == Some(&rows)
+            {
                 correct += count_correct(o, &batch)?;
+                judged += rows;
             }
             seen += rows;
             activation_bytes = activation_bytes.max(out.trace.activation_bytes());
@@ -653,7 +658,7 @@ pub fn run_with(
             "step": step,
             "lr": optimizer.learning_rate(),
             "train_loss": loss_sum / seen.max(1) as f64,
-            "train_accuracy": correct as f64 / seen.max(1) as f64,
+            "train_accuracy": if judged > 0 { json!(correct as f64 / judged as f64) } else { Value::Null },
             "test_loss": test.loss,
             "test_accuracy": test.accuracy,
         });
