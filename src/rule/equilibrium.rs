@@ -375,32 +375,36 @@ impl Equilibrium {
         Ok((x_drive, s))
     }
 
-    /// Σ over the batch of ρ(sₗ)ρ(sₗ₋₁)ᵀ (and ρ(sₗ) for biases), as gradient-shaped
-    /// tensors scaled by `scale`, accumulated into `g`.
-    fn hebbian(
+    /// The contrastive update ca·Σρ(aₗ)ρ(aₗ₋₁)ᵀ + cb·Σρ(bₗ)ρ(bₗ₋₁)ᵀ (sums over the batch;
+    /// ρ(s₋₁) = x) and the same for biases, for two relaxed states `a` and `b`. The
+    /// coefficients scale the small n×width factors, not the weight-sized products; the
+    /// first layer, whose input x is clamped in both phases, takes one product:
+    /// (ca·ρ(a₀) + cb·ρ(b₀))ᵀx.
+    fn contrast(
         &self,
         net: &Net,
         x: &Tensor,
-        s: &[Tensor],
-        scale: f64,
+        (a, ca): (&[Tensor], f64),
+        (b, cb): (&[Tensor], f64),
         g: &mut Grads,
     ) -> Result<()> {
-        let r: Vec<Tensor> = s.iter().map(|v| self.rho.apply(v)).collect();
-        for l in 0..s.len() {
-            let pre = if l == 0 { x } else { &r[l - 1] };
-            let gw = r[l].matmul(true, pre, false)?.scale(scale);
-            let wk = format!("{}.weight", net.names[l]);
-            match g.get_mut(&wk) {
-                Ok(t) => t.axpy(1.0, &gw)?,
-                Err(_) => g.insert(wk, gw),
-            }
+        let ra: Vec<Tensor> = a.iter().map(|v| self.rho.apply(v)).collect();
+        let rb: Vec<Tensor> = b.iter().map(|v| self.rho.apply(v)).collect();
+        for l in 0..a.len() {
+            let mut left = ra[l].scale(ca);
+            let gw = if l == 0 {
+                left.axpy(cb, &rb[0])?;
+                left.matmul(true, x, false)?
+            } else {
+                let mut gw = left.matmul(true, &ra[l - 1], false)?;
+                gw.matmul_acc(&rb[l].scale(cb), true, &rb[l - 1], false)?;
+                gw
+            };
+            g.insert(format!("{}.weight", net.names[l]), gw);
             if net.b[l].is_some() {
-                let gb = r[l].sum_rows()?.scale(scale);
-                let bk = format!("{}.bias", net.names[l]);
-                match g.get_mut(&bk) {
-                    Ok(t) => t.axpy(1.0, &gb)?,
-                    Err(_) => g.insert(bk, gb),
-                }
+                let mut gb = ra[l].sum_rows()?.scale(ca);
+                gb.axpy(cb, &rb[l].sum_rows()?)?;
+                g.insert(format!("{}.bias", net.names[l]), gb);
             }
         }
         Ok(())
@@ -449,21 +453,20 @@ impl Rule for Equilibrium {
                 };
                 let mut s = free.clone();
                 self.relax(&net, &x_drive, &mut s, Some(&y), b, false, t2, None)?;
-                self.hebbian(&net, x, &s, -1.0 / (b * nf), &mut grads)?;
-                self.hebbian(&net, x, &free, 1.0 / (b * nf), &mut grads)?;
+                let c = 1.0 / (b * nf);
+                self.contrast(&net, x, (&s, -c), (&free, c), &mut grads)?;
             }
             Nudge::Symmetric => {
                 let (mut sp, mut sm) = (free.clone(), free.clone());
                 self.relax(&net, &x_drive, &mut sp, Some(&y), beta, false, t2, None)?;
                 self.relax(&net, &x_drive, &mut sm, Some(&y), -beta, false, t2, None)?;
-                self.hebbian(&net, x, &sp, -1.0 / (2.0 * beta * nf), &mut grads)?;
-                self.hebbian(&net, x, &sm, 1.0 / (2.0 * beta * nf), &mut grads)?;
+                let c = 1.0 / (2.0 * beta * nf);
+                self.contrast(&net, x, (&sp, -c), (&sm, c), &mut grads)?;
             }
             Nudge::Clamped => {
                 let mut s = free.clone();
                 self.relax(&net, &x_drive, &mut s, Some(&y), 0.0, true, t2, None)?;
-                self.hebbian(&net, x, &s, -1.0 / nf, &mut grads)?;
-                self.hebbian(&net, x, &free, 1.0 / nf, &mut grads)?;
+                self.contrast(&net, x, (&s, -1.0 / nf), (&free, 1.0 / nf), &mut grads)?;
             }
         }
         // A trace with the input only: these rules keep no feed-forward records.
