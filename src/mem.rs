@@ -85,3 +85,16 @@ pub fn raise_peak(bytes: usize) {
 pub fn reset_peak() {
     PEAK.store(LIVE.load(Ordering::Relaxed), Ordering::Relaxed);
 }
+
+/// Asks glibc to keep freed memory in the heap instead of returning it to the system:
+/// no mmap for large blocks, no trimming of the heap top. A training step allocates and
+/// frees the same buffers every time, and returning them made each step fault the pages
+/// back in (about 10 % of predictive coding's epoch time here). No-op elsewhere.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called before threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}

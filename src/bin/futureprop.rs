@@ -754,6 +754,7 @@ fn data_cmd(cmd: &DataCommand) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    futureprop::mem::keep_freed_memory();
     let cli = Cli::parse();
     let res = match &cli.command {
         Command::Train(a) => train_cmd(a),
