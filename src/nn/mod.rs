@@ -6,6 +6,7 @@
 //! the "weight transport" of backprop). Rules combine these pieces.
 
 mod activation;
+mod conv;
 mod init;
 mod linear;
 mod loss;
@@ -13,6 +14,7 @@ mod model;
 mod params;
 
 pub use activation::{ACTIVATION_NAMES, Activation, ActivationSpec, PRelu, parse_activation};
+pub use conv::{Conv2d, ConvOptions, Pool2d, PoolKind};
 pub use init::{INIT_NAMES, Init};
 pub use linear::Linear;
 pub use loss::{LOSS_NAMES, Loss, Target};
@@ -98,6 +100,24 @@ pub enum LayerKind {
     Activation(crate::tensor::Unary),
     /// Element-wise map with learned parameters (PReLU).
     ParametricActivation,
+    /// 2-D convolution over flattened `[n, C·H·W]` maps.
+    Conv2d {
+        /// The input map and the kernel's sweep.
+        window: crate::tensor::Window,
+        /// Output channels.
+        out_channels: usize,
+        /// Channel groups.
+        groups: usize,
+        /// Whether the layer has a bias.
+        bias: bool,
+    },
+    /// Max (`max`) or average pooling.
+    Pool2d {
+        /// The input map and the window's sweep.
+        window: crate::tensor::Window,
+        /// Max pooling (else average).
+        max: bool,
+    },
 }
 
 /// One layer: its forward map and the two halves of its backward map.

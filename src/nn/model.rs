@@ -62,6 +62,9 @@ impl Model {
     /// assert_eq!((m.inputs(), m.outputs(), m.layers().len()), (4, 3, 3));
     /// ```
     pub fn build(spec: &ModelSpec) -> Result<Model> {
+        if let Some(m) = Self::named(spec)? {
+            return Ok(m);
+        }
         let (kind, rest) = spec.spec.split_once(':').ok_or_else(|| {
             Error::config(
                 "model",
@@ -139,6 +142,69 @@ impl Model {
             inputs: widths[0],
             outputs: widths[n],
             spec: spec.clone(),
+        })
+    }
+
+    /// The named convolutional models, for 1×28×28 inputs (MNIST, Fashion-MNIST):
+    /// - `lenet5` (LeCun et al. 1998): conv 6@5×5 (padding 2, standing in for the paper's
+    ///   32×32 input), tanh, 2×2 average pool, conv 16@5×5, tanh, average pool, conv
+    ///   120@5×5, tanh, fc 84, tanh, fc 10;
+    /// - `biotorch-lenet` (BioTorch's `le_net_mnist`): the same stack with ReLU and 2×2 max
+    ///   pooling (padding 2 again stands in for BioTorch's 32×32 resize).
+    ///
+    /// `None` when `spec` names no such model.
+    fn named(spec: &ModelSpec) -> Result<Option<Model>> {
+        use super::conv::{Conv2d, ConvOptions, Pool2d, PoolKind};
+        let (act, pool) = match spec.spec.as_str() {
+            "lenet5" => (Unary::Tanh, PoolKind::Average),
+            "biotorch-lenet" => (Unary::Relu, PoolKind::Max),
+            _ => return Ok(None),
+        };
+        let conv = |name: &str, input, out, pad| {
+            Conv2d::new(
+                name,
+                input,
+                out,
+                (5, 5),
+                ConvOptions {
+                    padding: (pad, pad),
+                    bias: spec.bias,
+                    ..Default::default()
+                },
+            )
+        };
+        let pool2 = |name: &str, input| Pool2d::new(name, pool, input, (2, 2), (2, 2), (0, 0));
+        let c1 = conv("conv1", (1, 28, 28), 6, 2)?;
+        let p1 = pool2("pool1", c1.output_map())?;
+        let c2 = conv("conv2", p1.output_map(), 16, 0)?;
+        let p2 = pool2("pool2", c2.output_map())?;
+        let c3 = conv("conv3", p2.output_map(), 120, 0)?;
+        let a = |i: usize| -> Box<dyn Layer> { Box::new(Activation::new(format!("act{i}"), act)) };
+        let layers: Vec<Box<dyn Layer>> = vec![
+            Box::new(c1),
+            a(1),
+            Box::new(p1),
+            Box::new(c2),
+            a(2),
+            Box::new(p2),
+            Box::new(c3),
+            a(3),
+            Box::new(Linear::new("fc1", 120, 84, spec.bias)),
+            a(4),
+            Box::new(Linear::new("fc2", 84, 10, spec.bias)),
+        ];
+        let mut m = Model::from_layers(layers, 784)?;
+        m.spec = spec.clone();
+        Ok(Some(m))
+    }
+
+    /// Whether any layer is a convolution or a pooling layer.
+    pub fn has_conv_layers(&self) -> bool {
+        self.layers.iter().any(|l| {
+            matches!(
+                l.kind(),
+                LayerKind::Conv2d { .. } | LayerKind::Pool2d { .. }
+            )
         })
     }
 

@@ -357,6 +357,33 @@ pub const RULES: &[(&str, &str)] = &[
 /// Rules defined only for one Linear layer (`linear:IN-OUT`).
 pub const SINGLE_LAYER_RULES: &[&str] = &["perceptron", "lms", "hebbian"];
 
+/// Rules defined on convolution and pooling layers today.
+pub const CONV_RULES: &[&str] = &["bp"];
+
+/// Fails at build time, naming the layer, when `rule` is not defined for a layer of
+/// `model` (today: every rule but backprop on convolution and pooling layers).
+pub fn check_layers(rule: &str, model: &Model) -> Result<()> {
+    if CONV_RULES.contains(&rule) {
+        return Ok(());
+    }
+    match model.layers().iter().find(|l| {
+        matches!(
+            l.kind(),
+            crate::nn::LayerKind::Conv2d { .. } | crate::nn::LayerKind::Pool2d { .. }
+        )
+    }) {
+        Some(l) => Err(Error::config(
+            "rule",
+            format!(
+                "{rule} is not defined for convolution or pooling layers yet (layer {}); rules for them: {}",
+                l.name(),
+                CONV_RULES.join(", ")
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Builds a rule by its CLI name with default options.
 pub fn build_rule(name: &str) -> Result<Box<dyn Rule>> {
     build_rule_with(name, &RuleConfig::default())

@@ -15,6 +15,7 @@
 //! assert_eq!(a.matmul(false, &b, false).unwrap().to_vec_f32(), vec![3.0, 7.0]);
 //! ```
 
+mod conv;
 pub mod counters;
 mod cpu;
 mod gemm;
@@ -22,6 +23,7 @@ mod unary;
 
 use std::sync::Arc;
 
+pub use conv::Window;
 pub use unary::Unary;
 
 use crate::error::{Error, Result};

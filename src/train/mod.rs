@@ -264,6 +264,7 @@ pub fn diagnose_checkpoint(
     let loss = Loss::parse(&cfg.loss)?;
     let model = build_model(cfg, splits.train.features(), splits.train.outputs())?;
     let mut rule = build_rule_with(&cfg.rule, &cfg.rule_options)?;
+    crate::rule::check_layers(rule.name(), &model)?;
     let mut params = model.init_params(Init::parse(&cfg.init)?, cfg.seed)?;
     rule.init(&model, &mut params, cfg.seed)?;
     restore_params(&mut params, &ck.params, cfg)?;
@@ -360,6 +361,7 @@ pub fn run_with(
     let loss = Loss::parse(&cfg.loss)?;
     let model = build_model(cfg, splits.train.features(), splits.train.outputs())?;
     let mut rule = build_rule_with(&cfg.rule, &cfg.rule_options)?;
+    crate::rule::check_layers(rule.name(), &model)?;
     let mut params = model.init_params(Init::parse(&cfg.init)?, cfg.seed)?;
     rule.init(&model, &mut params, cfg.seed)?;
     let averaging = Averaging::parse(&cfg.average)?;

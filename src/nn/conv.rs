@@ -1,0 +1,448 @@
+//! Convolution and pooling layers on batches of flattened feature maps `[n, C·H·W]`
+//! (channel-major rows, PyTorch's NCHW order).
+//!
+//! `Conv2d` is im2col + GEMM (one product per group for the forward pass and for each
+//! gradient): with X the `[n·P, K]` receptive-field matrix of a group (P = Ho·Wo output
+//! positions, K = C_in/groups·kh·kw taps) and W_g its `[C_out/groups, K]` weights,
+//! Y = X·W_gᵀ; ∂L/∂W_g = δᵀX; ∂L/∂b = Σ δ; ∂L/∂X = δ·W_g, folded back by col2im.
+
+use super::{Grads, Init, Layer, LayerKind, Params, Record};
+use crate::error::{Error, Result};
+use crate::tensor::{Tensor, Window};
+
+/// Hyper-parameters of a convolution beyond its kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvOptions {
+    /// Stride (rows, columns); default (1, 1).
+    pub stride: (usize, usize),
+    /// Zero padding per side; default (0, 0).
+    pub padding: (usize, usize),
+    /// Dilation; default (1, 1).
+    pub dilation: (usize, usize),
+    /// Groups (input and output channels split into this many independent parts);
+    /// default 1.
+    pub groups: usize,
+    /// Bias per output channel; default true.
+    pub bias: bool,
+}
+
+impl Default for ConvOptions {
+    fn default() -> Self {
+        ConvOptions {
+            stride: (1, 1),
+            padding: (0, 0),
+            dilation: (1, 1),
+            groups: 1,
+            bias: true,
+        }
+    }
+}
+
+/// 2-D convolution (cross-correlation, as PyTorch's `Conv2d`). Weight `[C_out,
+/// C_in/groups, kh, kw]`, bias `[C_out]`.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    name: String,
+    window: Window,
+    out_channels: usize,
+    groups: usize,
+    bias: bool,
+    out_hw: (usize, usize),
+}
+
+impl Conv2d {
+    /// A convolution of a `(channels, height, width)` input with `out_channels` kernels
+    /// of size `kernel`.
+    pub fn new(
+        name: impl Into<String>,
+        input: (usize, usize, usize),
+        out_channels: usize,
+        kernel: (usize, usize),
+        opts: ConvOptions,
+    ) -> Result<Self> {
+        let name = name.into();
+        let (c, h, w) = input;
+        if opts.groups == 0
+            || !c.is_multiple_of(opts.groups)
+            || !out_channels.is_multiple_of(opts.groups)
+        {
+            return Err(Error::config(
+                format!("layer {name}"),
+                format!(
+                    "{} groups must divide both {c} input and {out_channels} output channels",
+                    opts.groups
+                ),
+            ));
+        }
+        if out_channels == 0 || opts.dilation.0 == 0 || opts.dilation.1 == 0 {
+            return Err(Error::config(
+                format!("layer {name}"),
+                "needs at least one output channel and a dilation of at least 1",
+            ));
+        }
+        let window = Window {
+            channels: c,
+            height: h,
+            width: w,
+            kernel,
+            stride: opts.stride,
+            padding: opts.padding,
+            dilation: opts.dilation,
+        };
+        let out_hw = window
+            .output()
+            .map_err(|e| Error::config(format!("layer {name}"), e.to_string()))?;
+        Ok(Conv2d {
+            name,
+            window,
+            out_channels,
+            groups: opts.groups,
+            bias: opts.bias,
+            out_hw,
+        })
+    }
+
+    /// Output map (channels, height, width).
+    pub fn output_map(&self) -> (usize, usize, usize) {
+        (self.out_channels, self.out_hw.0, self.out_hw.1)
+    }
+
+    fn taps(&self) -> usize {
+        self.window.channels / self.groups * self.window.kernel.0 * self.window.kernel.1
+    }
+
+    /// The `[C_out/groups, K]` weight rows of group `g`.
+    fn group_weight(&self, p: &Params, g: usize) -> Result<Tensor> {
+        let w = p.get(&format!("{}.weight", self.name))?;
+        let (og, k) = (self.out_channels / self.groups, self.taps());
+        if w.len() != self.out_channels * k {
+            return Err(Error::shape(
+                format!("layer {}", self.name),
+                format!("weight {:?}", w.shape()),
+            ));
+        }
+        let w2 = w.reshape(&[self.out_channels, k])?;
+        if self.groups == 1 {
+            return Ok(w2);
+        }
+        let idx: Vec<usize> = (g * og..(g + 1) * og).collect();
+        w2.gather_rows(&idx)
+    }
+
+    fn positions(&self) -> usize {
+        self.out_hw.0 * self.out_hw.1
+    }
+
+    /// δ of group g as `[n·P, C_out/groups]` rows (position-major).
+    fn group_rows(&self, d_out: &Tensor, g: usize) -> Result<Tensor> {
+        let (n, _) = d_out.dims2()?;
+        let (og, pos) = (self.out_channels / self.groups, self.positions());
+        // [n, C_out·P] → per sample [C_out, P] → [P, C_out]; then keep the group's columns.
+        let rows = d_out
+            .batch_transpose(n, self.out_channels, pos)?
+            .reshape(&[n * pos, self.out_channels])?;
+        if self.groups == 1 {
+            return Ok(rows);
+        }
+        rows.transpose()?
+            .gather_rows(&(g * og..(g + 1) * og).collect::<Vec<_>>())?
+            .transpose()
+    }
+}
+
+impl Layer for Conv2d {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> LayerKind {
+        LayerKind::Conv2d {
+            window: self.window,
+            out_channels: self.out_channels,
+            groups: self.groups,
+            bias: self.bias,
+        }
+    }
+
+    fn output_width(&self, input: usize) -> Result<usize> {
+        if input != self.window.input_len() {
+            return Err(Error::shape(
+                format!("layer {}", self.name),
+                format!(
+                    "expects {}×{}×{} = {} input features, got {input}",
+                    self.window.channels,
+                    self.window.height,
+                    self.window.width,
+                    self.window.input_len()
+                ),
+            ));
+        }
+        Ok(self.out_channels * self.positions())
+    }
+
+    fn init_params(&self, init: Init, rng: &mut crate::Rng, p: &mut Params) -> Result<()> {
+        let k = self.taps();
+        let (kh, kw) = self.window.kernel;
+        let w = init.sample(k, self.out_channels, rng);
+        p.insert(
+            format!("{}.weight", self.name),
+            Tensor::from_vec(
+                &[
+                    self.out_channels,
+                    self.window.channels / self.groups,
+                    kh,
+                    kw,
+                ],
+                w,
+            )?,
+        );
+        if self.bias {
+            // PyTorch's default: U(−1/√fan_in, 1/√fan_in).
+            let b = Init::Torch.sample(k, self.out_channels, rng);
+            p.insert(
+                format!("{}.bias", self.name),
+                Tensor::from_vec(&[self.out_channels], b[..self.out_channels].to_vec())?,
+            );
+        }
+        Ok(())
+    }
+
+    fn forward(&self, p: &Params, x: &Tensor, rec: &mut Record) -> Result<Tensor> {
+        let (n, _) = x.dims2()?;
+        self.output_width(x.dims2()?.1)?;
+        let (cg, og, pos) = (
+            self.window.channels / self.groups,
+            self.out_channels / self.groups,
+            self.positions(),
+        );
+        // Output rows [n·P, C_out], filled group by group.
+        let mut rows: Option<Tensor> = None;
+        let mut parts = Vec::with_capacity(self.groups);
+        for g in 0..self.groups {
+            let cols = x.im2col(&self.window, g * cg, cg)?;
+            let y = cols.matmul(false, &self.group_weight(p, g)?, true)?;
+            rec.saved.push(cols);
+            if self.groups == 1 {
+                rows = Some(y);
+            } else {
+                parts.push(y.transpose()?);
+            }
+        }
+        let mut rows = match rows {
+            Some(r) => r,
+            None => {
+                // Stack the groups' [og, n·P] blocks into [C_out, n·P], back to rows.
+                let mut all = Vec::with_capacity(self.out_channels * n * pos);
+                for t in &parts {
+                    all.extend(t.to_vec_f64());
+                }
+                Tensor::from_vec_f64(&[self.groups * og, n * pos], all)?
+                    .to_dtype(x.dtype())
+                    .transpose()?
+            }
+        };
+        if self.bias {
+            rows.add_row(p.get(&format!("{}.bias", self.name))?)?;
+        }
+        rows.reshape(&[n * pos * self.out_channels])?
+            .batch_transpose(n, pos, self.out_channels)
+    }
+
+    fn param_grads(&self, p: &Params, rec: &Record, d_out: &Tensor, g: &mut Grads) -> Result<()> {
+        let _ = p;
+        let mut dw = Vec::with_capacity(self.out_channels * self.taps());
+        for gi in 0..self.groups {
+            let d = self.group_rows(d_out, gi)?;
+            let cols = rec.saved.get(gi).ok_or_else(|| {
+                Error::config(format!("layer {}", self.name), "record lacks its columns")
+            })?;
+            dw.extend(d.matmul(true, cols, false)?.to_vec_f64());
+        }
+        let (kh, kw) = self.window.kernel;
+        let shape = [
+            self.out_channels,
+            self.window.channels / self.groups,
+            kh,
+            kw,
+        ];
+        let dw = Tensor::from_vec_f64(&shape, dw)?.to_dtype(d_out.dtype());
+        accumulate(g, format!("{}.weight", self.name), dw)?;
+        if self.bias {
+            let (n, _) = d_out.dims2()?;
+            let db = d_out
+                .batch_transpose(n, self.out_channels, self.positions())?
+                .reshape(&[n * self.positions(), self.out_channels])?
+                .sum_rows()?;
+            accumulate(g, format!("{}.bias", self.name), db)?;
+        }
+        Ok(())
+    }
+
+    fn input_grad(&self, p: &Params, rec: &Record, d_out: &Tensor) -> Result<Tensor> {
+        let (n, _) = d_out.dims2()?;
+        let cg = self.window.channels / self.groups;
+        let mut dx = Tensor::zeros(&[n, self.window.input_len()], d_out.dtype());
+        let _ = rec;
+        for gi in 0..self.groups {
+            let d = self.group_rows(d_out, gi)?;
+            let dcols = d.matmul(false, &self.group_weight(p, gi)?, false)?;
+            dx.col2im_acc(&dcols, &self.window, gi * cg, cg)?;
+        }
+        Ok(dx)
+    }
+}
+
+/// Adds `t` to the gradient `name` (rules may assign several signals to one layer).
+fn accumulate(g: &mut Grads, name: String, t: Tensor) -> Result<()> {
+    match g.get_mut(&name) {
+        Ok(a) => a.axpy(1.0, &t),
+        Err(_) => {
+            g.insert(name, t);
+            Ok(())
+        }
+    }
+}
+
+/// Max or average pooling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolKind {
+    /// Maximum of each window (padding never wins).
+    Max,
+    /// Mean of each window, padding counted as zeros.
+    Average,
+}
+
+/// 2-D pooling of every channel.
+#[derive(Debug, Clone)]
+pub struct Pool2d {
+    name: String,
+    kind: PoolKind,
+    window: Window,
+    out_hw: (usize, usize),
+}
+
+impl Pool2d {
+    /// Pooling of a `(channels, height, width)` input with `kernel`, `stride` and
+    /// `padding`.
+    pub fn new(
+        name: impl Into<String>,
+        kind: PoolKind,
+        input: (usize, usize, usize),
+        kernel: (usize, usize),
+        stride: (usize, usize),
+        padding: (usize, usize),
+    ) -> Result<Self> {
+        let name = name.into();
+        let (c, h, w) = input;
+        if 2 * padding.0 > kernel.0 || 2 * padding.1 > kernel.1 {
+            return Err(Error::config(
+                format!("layer {name}"),
+                format!("padding {padding:?} must be at most half the kernel {kernel:?}"),
+            ));
+        }
+        let window = Window {
+            channels: c,
+            height: h,
+            width: w,
+            kernel,
+            stride,
+            padding,
+            dilation: (1, 1),
+        };
+        let out_hw = window
+            .output()
+            .map_err(|e| Error::config(format!("layer {name}"), e.to_string()))?;
+        Ok(Pool2d {
+            name,
+            kind,
+            window,
+            out_hw,
+        })
+    }
+
+    /// Global average pooling: one mean per channel.
+    pub fn global_average(name: impl Into<String>, input: (usize, usize, usize)) -> Result<Self> {
+        Self::new(
+            name,
+            PoolKind::Average,
+            input,
+            (input.1, input.2),
+            (1, 1),
+            (0, 0),
+        )
+    }
+
+    /// Output map (channels, height, width).
+    pub fn output_map(&self) -> (usize, usize, usize) {
+        (self.window.channels, self.out_hw.0, self.out_hw.1)
+    }
+}
+
+impl Layer for Pool2d {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> LayerKind {
+        LayerKind::Pool2d {
+            window: self.window,
+            max: self.kind == PoolKind::Max,
+        }
+    }
+
+    fn output_width(&self, input: usize) -> Result<usize> {
+        if input != self.window.input_len() {
+            return Err(Error::shape(
+                format!("layer {}", self.name),
+                format!(
+                    "expects {} input features, got {input}",
+                    self.window.input_len()
+                ),
+            ));
+        }
+        Ok(self.window.channels * self.out_hw.0 * self.out_hw.1)
+    }
+
+    fn init_params(&self, _: Init, _: &mut crate::Rng, _: &mut Params) -> Result<()> {
+        Ok(())
+    }
+
+    fn forward(&self, _p: &Params, x: &Tensor, rec: &mut Record) -> Result<Tensor> {
+        match self.kind {
+            PoolKind::Max => {
+                let (y, idx) = x.max_pool(&self.window)?;
+                // The argmax indices, exact in f64 (< 2⁵³).
+                let idx: Vec<f64> = idx
+                    .into_iter()
+                    .map(|i| if i == usize::MAX { -1.0 } else { i as f64 })
+                    .collect();
+                rec.saved.push(Tensor::from_vec_f64(&[idx.len()], idx)?);
+                Ok(y)
+            }
+            PoolKind::Average => x.avg_pool(&self.window),
+        }
+    }
+
+    fn param_grads(&self, _: &Params, _: &Record, _: &Tensor, _: &mut Grads) -> Result<()> {
+        Ok(())
+    }
+
+    fn input_grad(&self, _p: &Params, rec: &Record, d_out: &Tensor) -> Result<Tensor> {
+        match self.kind {
+            PoolKind::Max => {
+                let idx: Vec<usize> = rec
+                    .saved
+                    .first()
+                    .ok_or_else(|| {
+                        Error::config(format!("layer {}", self.name), "record lacks its maxima")
+                    })?
+                    .to_vec_f64()
+                    .into_iter()
+                    .map(|i| if i < 0.0 { usize::MAX } else { i as usize })
+                    .collect();
+                d_out.max_pool_backward(&idx, &self.window)
+            }
+            PoolKind::Average => d_out.avg_pool_backward(&self.window),
+        }
+    }
+}

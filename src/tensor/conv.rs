@@ -1,0 +1,394 @@
+//! Window kernels for convolution and pooling. A batch of feature maps is a 2-D tensor
+//! `[n, C·H·W]`, each row one sample in channel-major (NCHW) order, so every layer keeps
+//! the 2-D interface. Convolution is im2col + GEMM: [`Tensor::im2col`] lays each output
+//! position's receptive field out as a row, [`Tensor::col2im_acc`] is its adjoint.
+
+use super::cpu::Elem;
+use super::{Storage, Tensor, count_elementwise};
+use crate::error::{Error, Result};
+
+/// A window sweeping one sample's `channels × height × width` map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// Channels of the input map.
+    pub channels: usize,
+    /// Input height.
+    pub height: usize,
+    /// Input width.
+    pub width: usize,
+    /// Kernel (rows, columns).
+    pub kernel: (usize, usize),
+    /// Stride (rows, columns).
+    pub stride: (usize, usize),
+    /// Zero padding on each side (rows, columns).
+    pub padding: (usize, usize),
+    /// Dilation (rows, columns).
+    pub dilation: (usize, usize),
+}
+
+impl Window {
+    /// Output height and width: ⌊(H + 2p − d(k − 1) − 1)/s⌋ + 1 per axis.
+    pub fn output(&self) -> Result<(usize, usize)> {
+        let axis = |size: usize, k: usize, s: usize, p: usize, d: usize| -> Option<usize> {
+            let span = d.checked_mul(k.checked_sub(1)?)? + 1;
+            let padded = size + 2 * p;
+            if s == 0 || padded < span {
+                return None;
+            }
+            Some((padded - span) / s + 1)
+        };
+        match (
+            axis(
+                self.height,
+                self.kernel.0,
+                self.stride.0,
+                self.padding.0,
+                self.dilation.0,
+            ),
+            axis(
+                self.width,
+                self.kernel.1,
+                self.stride.1,
+                self.padding.1,
+                self.dilation.1,
+            ),
+        ) {
+            (Some(h), Some(w)) if self.kernel.0 > 0 && self.kernel.1 > 0 => Ok((h, w)),
+            _ => Err(Error::shape(
+                "window",
+                format!(
+                    "kernel {:?} (stride {:?}, padding {:?}, dilation {:?}) does not fit a {}×{} map",
+                    self.kernel, self.stride, self.padding, self.dilation, self.height, self.width
+                ),
+            )),
+        }
+    }
+
+    /// Features per sample of the input map.
+    pub fn input_len(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+
+    /// Input (row, column) under kernel tap (ki, kj) at output (oh, ow), if inside the map.
+    #[inline]
+    fn tap(&self, oh: usize, ow: usize, ki: usize, kj: usize) -> Option<(usize, usize)> {
+        let r = (oh * self.stride.0 + ki * self.dilation.0).checked_sub(self.padding.0)?;
+        let c = (ow * self.stride.1 + kj * self.dilation.1).checked_sub(self.padding.1)?;
+        (r < self.height && c < self.width).then_some((r, c))
+    }
+}
+
+fn check_rows(t: &Tensor, win: &Window, op: &str) -> Result<usize> {
+    let (n, f) = t.dims2()?;
+    if f != win.input_len() {
+        return Err(Error::shape(
+            op,
+            format!(
+                "rows of {f} features, but the map is {}×{}×{} = {}",
+                win.channels,
+                win.height,
+                win.width,
+                win.input_len()
+            ),
+        ));
+    }
+    Ok(n)
+}
+
+fn im2col<T: Elem>(x: &[T], n: usize, win: &Window, c0: usize, cg: usize) -> Result<Vec<T>> {
+    let (ho, wo) = win.output()?;
+    let (kh, kw) = win.kernel;
+    let k = cg * kh * kw;
+    let hw = win.height * win.width;
+    let mut out = vec![T::of(0.0); n * ho * wo * k];
+    for s in 0..n {
+        let xs = &x[s * win.input_len()..(s + 1) * win.input_len()];
+        for oh in 0..ho {
+            for ow in 0..wo {
+                let row = &mut out[((s * ho + oh) * wo + ow) * k..][..k];
+                for ci in 0..cg {
+                    let xc = &xs[(c0 + ci) * hw..][..hw];
+                    for ki in 0..kh {
+                        for kj in 0..kw {
+                            if let Some((r, c)) = win.tap(oh, ow, ki, kj) {
+                                row[(ci * kh + ki) * kw + kj] = xc[r * win.width + c];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn col2im_acc<T: Elem>(
+    dx: &mut [T],
+    cols: &[T],
+    n: usize,
+    win: &Window,
+    c0: usize,
+    cg: usize,
+) -> Result<()> {
+    let (ho, wo) = win.output()?;
+    let (kh, kw) = win.kernel;
+    let k = cg * kh * kw;
+    let hw = win.height * win.width;
+    for s in 0..n {
+        let xs = &mut dx[s * win.input_len()..(s + 1) * win.input_len()];
+        for oh in 0..ho {
+            for ow in 0..wo {
+                let row = &cols[((s * ho + oh) * wo + ow) * k..][..k];
+                for ci in 0..cg {
+                    let xc = &mut xs[(c0 + ci) * hw..][..hw];
+                    for ki in 0..kh {
+                        for kj in 0..kw {
+                            if let Some((r, c)) = win.tap(oh, ow, ki, kj) {
+                                xc[r * win.width + c] += row[(ci * kh + ki) * kw + kj];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn batch_transpose<T: Elem>(x: &[T], n: usize, a: usize, b: usize) -> Vec<T> {
+    let mut out = vec![T::of(0.0); x.len()];
+    for s in 0..n {
+        let (src, dst) = (&x[s * a * b..][..a * b], &mut out[s * a * b..][..a * b]);
+        for i in 0..a {
+            for j in 0..b {
+                dst[j * a + i] = src[i * b + j];
+            }
+        }
+    }
+    out
+}
+
+/// Max over each window per channel; also the flat input index of each maximum.
+fn max_pool<T: Elem>(x: &[T], n: usize, win: &Window) -> Result<(Vec<T>, Vec<usize>)> {
+    let (ho, wo) = win.output()?;
+    let (kh, kw) = win.kernel;
+    let hw = win.height * win.width;
+    let per = win.channels * ho * wo;
+    let (mut out, mut idx) = (Vec::with_capacity(n * per), Vec::with_capacity(n * per));
+    for s in 0..n {
+        for ch in 0..win.channels {
+            let base = s * win.input_len() + ch * hw;
+            for oh in 0..ho {
+                for ow in 0..wo {
+                    let mut best: Option<(T, usize)> = None;
+                    for ki in 0..kh {
+                        for kj in 0..kw {
+                            if let Some((r, c)) = win.tap(oh, ow, ki, kj) {
+                                let i = base + r * win.width + c;
+                                if best.is_none_or(|(b, _)| x[i] > b) {
+                                    best = Some((x[i], i));
+                                }
+                            }
+                        }
+                    }
+                    // A window entirely in the padding sees only the padding's zero.
+                    let (v, i) = best.unwrap_or((T::of(0.0), usize::MAX));
+                    out.push(v);
+                    idx.push(i);
+                }
+            }
+        }
+    }
+    Ok((out, idx))
+}
+
+/// Mean over each window per channel, padding counted as zeros (PyTorch's default
+/// `count_include_pad`), or its adjoint when `backward` (then `x` holds the output error
+/// and the result is the input error).
+fn avg_pool<T: Elem>(x: &[T], n: usize, win: &Window, backward: bool) -> Result<Vec<T>> {
+    let (ho, wo) = win.output()?;
+    let (kh, kw) = win.kernel;
+    let hw = win.height * win.width;
+    let scale = T::of(1.0 / (kh * kw) as f64);
+    let per = win.channels * ho * wo;
+    let mut out = vec![
+        T::of(0.0);
+        if backward {
+            n * win.input_len()
+        } else {
+            n * per
+        }
+    ];
+    for s in 0..n {
+        for ch in 0..win.channels {
+            let base = s * win.input_len() + ch * hw;
+            for oh in 0..ho {
+                for ow in 0..wo {
+                    let o = s * per + (ch * ho + oh) * wo + ow;
+                    for ki in 0..kh {
+                        for kj in 0..kw {
+                            if let Some((r, c)) = win.tap(oh, ow, ki, kj) {
+                                let i = base + r * win.width + c;
+                                if backward {
+                                    out[i] += x[o] * scale;
+                                } else {
+                                    out[o] += x[i] * scale;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl Tensor {
+    /// Receptive fields as rows: for input channels `c0..c0 + cg` of every sample, an
+    /// `[n·Ho·Wo, cg·kh·kw]` matrix (row = output position, column = (channel, tap);
+    /// taps in the padding are 0).
+    pub fn im2col(&self, win: &Window, c0: usize, cg: usize) -> Result<Tensor> {
+        let n = check_rows(self, win, "im2col")?;
+        if c0 + cg > win.channels {
+            return Err(Error::shape(
+                "im2col",
+                format!("channels {c0}..{} of {}", c0 + cg, win.channels),
+            ));
+        }
+        let (ho, wo) = win.output()?;
+        let k = cg * win.kernel.0 * win.kernel.1;
+        count_elementwise(n * ho * wo * k, 2, self.dtype());
+        let data = match self.storage() {
+            Storage::F32(v) => Storage::F32(im2col(v, n, win, c0, cg)?),
+            Storage::F64(v) => Storage::F64(im2col(v, n, win, c0, cg)?),
+        };
+        Tensor::from_storage(&[n * ho * wo, k], data)
+    }
+
+    /// Adds the adjoint of [`Tensor::im2col`] of `cols` into `self` (`[n, C·H·W]`).
+    pub fn col2im_acc(&mut self, cols: &Tensor, win: &Window, c0: usize, cg: usize) -> Result<()> {
+        let n = check_rows(self, win, "col2im")?;
+        let (ho, wo) = win.output()?;
+        let k = cg * win.kernel.0 * win.kernel.1;
+        if cols.shape() != [n * ho * wo, k] || c0 + cg > win.channels {
+            return Err(Error::shape(
+                "col2im",
+                format!(
+                    "columns {:?} for {n} samples of {ho}×{wo} positions × {k} taps",
+                    cols.shape()
+                ),
+            ));
+        }
+        count_elementwise(cols.len(), 2, self.dtype());
+        let c = cols.clone();
+        match (self.storage_mut(), c.storage()) {
+            (Storage::F32(d), Storage::F32(v)) => col2im_acc(d, v, n, win, c0, cg),
+            (Storage::F64(d), Storage::F64(v)) => col2im_acc(d, v, n, win, c0, cg),
+            _ => Err(Error::DType {
+                op: "col2im",
+                lhs: self.dtype(),
+                rhs: cols.dtype(),
+            }),
+        }
+    }
+
+    /// Reads each row of `n` rows as an `a × b` matrix and transposes it: the rows of
+    /// `[n·a, b]` become `[n, b·a]` (position-major ↔ channel-major).
+    pub fn batch_transpose(&self, n: usize, a: usize, b: usize) -> Result<Tensor> {
+        if self.len() != n * a * b {
+            return Err(Error::shape(
+                "batch_transpose",
+                format!("{} elements for {n}×{a}×{b}", self.len()),
+            ));
+        }
+        count_elementwise(self.len(), 2, self.dtype());
+        let data = match self.storage() {
+            Storage::F32(v) => Storage::F32(batch_transpose(v, n, a, b)),
+            Storage::F64(v) => Storage::F64(batch_transpose(v, n, a, b)),
+        };
+        Tensor::from_storage(&[n, a * b], data)
+    }
+
+    /// Max pooling of every channel; returns the pooled `[n, C·Ho·Wo]` and the flat index
+    /// (into `self`'s storage) of each maximum, for [`Tensor::max_pool_backward`].
+    pub fn max_pool(&self, win: &Window) -> Result<(Tensor, Vec<usize>)> {
+        let n = check_rows(self, win, "max_pool")?;
+        let (ho, wo) = win.output()?;
+        count_elementwise(
+            n * win.channels * ho * wo * win.kernel.0 * win.kernel.1,
+            1,
+            self.dtype(),
+        );
+        let (data, idx) = match self.storage() {
+            Storage::F32(v) => {
+                let (o, i) = max_pool(v, n, win)?;
+                (Storage::F32(o), i)
+            }
+            Storage::F64(v) => {
+                let (o, i) = max_pool(v, n, win)?;
+                (Storage::F64(o), i)
+            }
+        };
+        Ok((
+            Tensor::from_storage(&[n, win.channels * ho * wo], data)?,
+            idx,
+        ))
+    }
+
+    /// Routes the output error `self` (`[n, C·Ho·Wo]`) to the maxima found by
+    /// [`Tensor::max_pool`]: an `[n, C·H·W]` input error.
+    pub fn max_pool_backward(&self, idx: &[usize], win: &Window) -> Result<Tensor> {
+        let (n, _) = self.dims2()?;
+        if idx.len() != self.len() {
+            return Err(Error::shape(
+                "max_pool_backward",
+                format!("{} errors for {} maxima", self.len(), idx.len()),
+            ));
+        }
+        let mut out = Tensor::zeros(&[n, win.input_len()], self.dtype());
+        let d = self.clone();
+        match (out.storage_mut(), d.storage()) {
+            (Storage::F32(o), Storage::F32(g)) => scatter(o, g, idx),
+            (Storage::F64(o), Storage::F64(g)) => scatter(o, g, idx),
+            _ => unreachable!("same dtype by construction"),
+        }
+        Ok(out)
+    }
+
+    /// Average pooling of every channel (padding counted as zeros).
+    pub fn avg_pool(&self, win: &Window) -> Result<Tensor> {
+        let n = check_rows(self, win, "avg_pool")?;
+        let (ho, wo) = win.output()?;
+        let data = match self.storage() {
+            Storage::F32(v) => Storage::F32(avg_pool(v, n, win, false)?),
+            Storage::F64(v) => Storage::F64(avg_pool(v, n, win, false)?),
+        };
+        Tensor::from_storage(&[n, win.channels * ho * wo], data)
+    }
+
+    /// The adjoint of [`Tensor::avg_pool`] applied to the output error `self`.
+    pub fn avg_pool_backward(&self, win: &Window) -> Result<Tensor> {
+        let (n, f) = self.dims2()?;
+        let (ho, wo) = win.output()?;
+        if f != win.channels * ho * wo {
+            return Err(Error::shape(
+                "avg_pool_backward",
+                format!("rows of {f} for {}×{ho}×{wo}", win.channels),
+            ));
+        }
+        let data = match self.storage() {
+            Storage::F32(v) => Storage::F32(avg_pool(v, n, win, true)?),
+            Storage::F64(v) => Storage::F64(avg_pool(v, n, win, true)?),
+        };
+        Tensor::from_storage(&[n, win.input_len()], data)
+    }
+}
+
+fn scatter<T: Elem>(out: &mut [T], g: &[T], idx: &[usize]) {
+    for (&i, &v) in idx.iter().zip(g) {
+        if i != usize::MAX {
+            out[i] += v;
+        }
+    }
+}

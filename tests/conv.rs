@@ -1,0 +1,358 @@
+//! Convolution and pooling: forward against a direct (naive) evaluation of the
+//! definition, and input and parameter gradients against central finite differences, for
+//! stride, padding, dilation, groups and odd sizes; a conv → ReLU → max-pool → linear
+//! network's backprop gradient against finite differences of its loss.
+
+mod common;
+use common::rand_tensor;
+use futureprop::nn::{
+    Activation, Conv2d, ConvOptions, Grads, Init, Layer, Linear, Loss, Model, Params, Pool2d,
+    PoolKind, Record, Target,
+};
+use futureprop::rule::{Batch, build_rule};
+use futureprop::tensor::{DType, Tensor, Unary};
+use rand::SeedableRng;
+
+struct Case {
+    input: (usize, usize, usize),
+    out: usize,
+    kernel: (usize, usize),
+    opts: ConvOptions,
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            input: (3, 7, 6),
+            out: 4,
+            kernel: (3, 2),
+            opts: ConvOptions {
+                stride: (2, 1),
+                padding: (1, 0),
+                dilation: (1, 2),
+                ..Default::default()
+            },
+        },
+        Case {
+            input: (4, 5, 5),
+            out: 6,
+            kernel: (3, 3),
+            opts: ConvOptions {
+                padding: (1, 1),
+                groups: 2,
+                ..Default::default()
+            },
+        },
+        Case {
+            input: (1, 9, 9),
+            out: 2,
+            kernel: (5, 5),
+            opts: ConvOptions {
+                stride: (2, 2),
+                bias: false,
+                ..Default::default()
+            },
+        },
+        Case {
+            input: (2, 1, 1),
+            out: 3,
+            kernel: (1, 1),
+            opts: ConvOptions::default(),
+        },
+    ]
+}
+
+fn params_of(layer: &dyn Layer, seed: u64) -> Params {
+    let mut p = Params::new();
+    let mut rng = futureprop::Rng::seed_from_u64(seed);
+    layer
+        .init_params(Init::XavierNormal, &mut rng, &mut p)
+        .unwrap();
+    p.to_dtype(DType::F64)
+}
+
+/// y[s, o, i, j] = b[o] + Σ_{c in o's group, u, v} w[o, c, u, v]·x[s, c, i·s + u·d − p, …].
+fn naive_conv(c: &Case, p: &Params, x: &Tensor, name: &str) -> Vec<f64> {
+    let (ci, h, w) = c.input;
+    let (kh, kw) = c.kernel;
+    let o = c.opts;
+    let ho = (h + 2 * o.padding.0 - o.dilation.0 * (kh - 1) - 1) / o.stride.0 + 1;
+    let wo = (w + 2 * o.padding.1 - o.dilation.1 * (kw - 1) - 1) / o.stride.1 + 1;
+    let (cg, og) = (ci / o.groups, c.out / o.groups);
+    let wt = p.get(&format!("{name}.weight")).unwrap().to_vec_f64();
+    let b = p
+        .get(&format!("{name}.bias"))
+        .map(|t| t.to_vec_f64())
+        .unwrap_or_else(|_| vec![0.0; c.out]);
+    let xv = x.to_vec_f64();
+    let n = x.shape()[0];
+    let mut y = vec![0.0; n * c.out * ho * wo];
+    for s in 0..n {
+        for oc in 0..c.out {
+            let g = oc / og;
+            for i in 0..ho {
+                for j in 0..wo {
+                    let mut acc = b[oc];
+                    for cc in 0..cg {
+                        for u in 0..kh {
+                            for v in 0..kw {
+                                let r = (i * o.stride.0 + u * o.dilation.0) as isize
+                                    - o.padding.0 as isize;
+                                let q = (j * o.stride.1 + v * o.dilation.1) as isize
+                                    - o.padding.1 as isize;
+                                if r < 0 || q < 0 || r >= h as isize || q >= w as isize {
+                                    continue;
+                                }
+                                let xc = g * cg + cc;
+                                acc += wt[((oc * cg + cc) * kh + u) * kw + v]
+                                    * xv[((s * ci + xc) * h + r as usize) * w + q as usize];
+                            }
+                        }
+                    }
+                    y[((s * c.out + oc) * ho + i) * wo + j] = acc;
+                }
+            }
+        }
+    }
+    y
+}
+
+fn forward(layer: &dyn Layer, p: &Params, x: &Tensor) -> (Tensor, Record) {
+    let mut rec = Record::new(layer.name(), x.clone());
+    let y = layer.forward(p, x, &mut rec).unwrap();
+    rec.output = y.clone();
+    (y, rec)
+}
+
+/// L = Σ y ⊙ r: checks ∂L/∂x (input_grad) and ∂L/∂θ (param_grads) by central differences.
+fn check_gradients(layer: &dyn Layer, p: &Params, x: &Tensor, label: &str) {
+    let (y, rec) = forward(layer, p, x);
+    let r = rand_tensor(y.shape(), 99, 1.0);
+    let loss = |p: &Params, x: &Tensor| forward(layer, p, x).0.dot(&r).unwrap();
+    let h = 1e-6;
+    let dx = layer.input_grad(p, &rec, &r).unwrap().to_vec_f64();
+    let xv = x.to_vec_f64();
+    for i in 0..xv.len() {
+        let at = |d: f64| {
+            let mut v = xv.clone();
+            v[i] += d;
+            loss(p, &Tensor::from_vec_f64(x.shape(), v).unwrap())
+        };
+        let fd = (at(h) - at(-h)) / (2.0 * h);
+        assert!(
+            (fd - dx[i]).abs() < 1e-7 * (1.0 + fd.abs()),
+            "{label} dx[{i}]: fd {fd} vs {}",
+            dx[i]
+        );
+    }
+    let mut g = Grads::new();
+    layer.param_grads(p, &rec, &r, &mut g).unwrap();
+    for (name, t) in p.iter() {
+        let an = g.get(name).unwrap().to_vec_f64();
+        let v0 = t.to_vec_f64();
+        for i in 0..v0.len() {
+            let at = |d: f64| {
+                let mut v = v0.clone();
+                v[i] += d;
+                let mut q = p.clone();
+                q.insert(name, Tensor::from_vec_f64(t.shape(), v).unwrap());
+                loss(&q, x)
+            };
+            let fd = (at(h) - at(-h)) / (2.0 * h);
+            assert!(
+                (fd - an[i]).abs() < 1e-7 * (1.0 + fd.abs()),
+                "{label} {name}[{i}]: fd {fd} vs {}",
+                an[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn conv2d_matches_the_definition_and_finite_differences() {
+    for (k, c) in cases().iter().enumerate() {
+        let conv = Conv2d::new("conv", c.input, c.out, c.kernel, c.opts).unwrap();
+        let p = params_of(&conv, k as u64);
+        let (ci, h, w) = c.input;
+        let x = rand_tensor(&[3, ci * h * w], 10 + k as u64, 1.0);
+        let (y, _) = forward(&conv, &p, &x);
+        let want = naive_conv(c, &p, &x, "conv");
+        assert_eq!(y.len(), want.len(), "case {k}: output size");
+        for (a, b) in y.to_vec_f64().iter().zip(&want) {
+            assert!((a - b).abs() < 1e-12, "case {k}: {a} vs {b}");
+        }
+        let (oc, oh, ow) = conv.output_map();
+        assert_eq!(y.shape(), &[3, oc * oh * ow]);
+        check_gradients(&conv, &p, &x, &format!("conv case {k}"));
+    }
+}
+
+#[test]
+fn pooling_matches_the_definition_and_finite_differences() {
+    // Distinct inputs keep every window's maximum unique under the ±h probes.
+    let x = {
+        let v: Vec<f64> = (0..2 * 3 * 7 * 5)
+            .map(|i| ((i * 37 % 211) as f64) / 50.0 - 2.0)
+            .collect();
+        Tensor::from_vec_f64(&[2, 3 * 7 * 5], v).unwrap()
+    };
+    let p = Params::new();
+    for (kind, k, s, pad) in [
+        (PoolKind::Max, (2, 2), (2, 2), (0, 0)),
+        (PoolKind::Max, (3, 2), (2, 1), (1, 1)),
+        (PoolKind::Average, (2, 3), (1, 2), (0, 1)),
+        (PoolKind::Average, (3, 3), (2, 2), (1, 1)),
+    ] {
+        let pool = Pool2d::new("pool", kind, (3, 7, 5), k, s, pad).unwrap();
+        let (y, _) = forward(&pool, &p, &x);
+        let (c, ho, wo) = pool.output_map();
+        assert_eq!(y.shape(), &[2, c * ho * wo]);
+        // Reference: max over (or mean over the k taps, zeros in the padding of) each window.
+        let xv = x.to_vec_f64();
+        for sample in 0..2 {
+            for ch in 0..3 {
+                for i in 0..ho {
+                    for j in 0..wo {
+                        let mut vals = Vec::new();
+                        for u in 0..k.0 {
+                            for v in 0..k.1 {
+                                let r = (i * s.0 + u) as isize - pad.0 as isize;
+                                let q = (j * s.1 + v) as isize - pad.1 as isize;
+                                if r >= 0 && q >= 0 && r < 7 && q < 5 {
+                                    vals.push(
+                                        xv[sample * 105 + ch * 35 + r as usize * 5 + q as usize],
+                                    );
+                                }
+                            }
+                        }
+                        let want = match kind {
+                            PoolKind::Max => vals.iter().cloned().fold(f64::MIN, f64::max),
+                            PoolKind::Average => vals.iter().sum::<f64>() / (k.0 * k.1) as f64,
+                        };
+                        let got = y.to_vec_f64()[sample * c * ho * wo + (ch * ho + i) * wo + j];
+                        assert!(
+                            (got - want).abs() < 1e-12,
+                            "{kind:?} {k:?}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+        check_gradients(&pool, &p, &x, &format!("{kind:?} {k:?}"));
+    }
+    let g = Pool2d::global_average("gap", (3, 7, 5)).unwrap();
+    let (y, _) = forward(&g, &p, &x);
+    assert_eq!(y.shape(), &[2, 3]);
+    let mean0: f64 = x.to_vec_f64()[..35].iter().sum::<f64>() / 35.0;
+    assert!((y.to_vec_f64()[0] - mean0).abs() < 1e-12);
+}
+
+#[test]
+fn a_conv_net_backprop_gradient_matches_finite_differences() {
+    let conv = Conv2d::new(
+        "conv1",
+        (1, 6, 6),
+        2,
+        (3, 3),
+        ConvOptions {
+            padding: (1, 1),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let pool = Pool2d::new("pool1", PoolKind::Max, (2, 6, 6), (2, 2), (2, 2), (0, 0)).unwrap();
+    let layers: Vec<Box<dyn Layer>> = vec![
+        Box::new(conv),
+        Box::new(Activation::new("act1", Unary::Tanh)),
+        Box::new(pool),
+        Box::new(Linear::new("fc1", 18, 3, true)),
+    ];
+    let m = Model::from_layers(layers, 36).unwrap();
+    assert_eq!(m.outputs(), 3);
+    let p = m
+        .init_params(Init::XavierNormal, 4)
+        .unwrap()
+        .to_dtype(DType::F64);
+    let b = Batch {
+        x: rand_tensor(&[4, 36], 5, 1.0),
+        target: Target::Classes(vec![0, 2, 1, 2]),
+    };
+    let out = build_rule("bp")
+        .unwrap()
+        .step(&m, &p, &b, Loss::CrossEntropy)
+        .unwrap();
+    let loss = |q: &Params| {
+        let y = m.forward(q, &b.x).unwrap();
+        Loss::CrossEntropy.eval(&y, &b.target).unwrap().0
+    };
+    let h = 1e-6;
+    for name in ["conv1.weight", "conv1.bias", "fc1.weight"] {
+        let t = p.get(name).unwrap();
+        let an = out.grads.get(name).unwrap().to_vec_f64();
+        for i in [0, t.len() / 2, t.len() - 1] {
+            let at = |d: f64| {
+                let mut v = t.to_vec_f64();
+                v[i] += d;
+                let mut q = p.clone();
+                q.insert(name, Tensor::from_vec_f64(t.shape(), v).unwrap());
+                loss(&q)
+            };
+            let fd = (at(h) - at(-h)) / (2.0 * h);
+            assert!(
+                (fd - an[i]).abs() < 1e-7 * (1.0 + fd.abs()),
+                "{name}[{i}]: fd {fd} vs {}",
+                an[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_geometry_is_named_at_build_time() {
+    let e = Conv2d::new("c", (3, 4, 4), 4, (5, 5), ConvOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("layer c") && e.contains("does not fit"), "{e}");
+    let e = Conv2d::new(
+        "c",
+        (3, 8, 8),
+        4,
+        (3, 3),
+        ConvOptions {
+            groups: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("groups"), "{e}");
+    let e = Pool2d::new("p", PoolKind::Max, (1, 4, 4), (2, 2), (2, 2), (2, 2))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("padding"), "{e}");
+}
+
+#[test]
+fn named_lenets_have_pytorchs_parameter_count_and_only_bp_accepts_them() {
+    for name in ["lenet5", "biotorch-lenet"] {
+        let m = Model::build(&futureprop::nn::ModelSpec {
+            spec: name.into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!((m.inputs(), m.outputs()), (784, 10), "{name}");
+        let p = m.init_params(Init::Auto, 0).unwrap();
+        // conv1 156 + conv2 2416 + conv3 48120 + fc1 10164 + fc2 850 (BioTorch's LeNetMNIST).
+        assert_eq!(m.num_parameters(&p), 61_706, "{name}");
+        assert!(m.has_conv_layers());
+        assert!(futureprop::rule::check_layers("bp", &m).is_ok());
+        let e = futureprop::rule::check_layers("dfa", &m)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dfa") && e.contains("conv1"), "{e}");
+        let y = m
+            .forward(&p, &Tensor::zeros(&[2, 784], DType::F32))
+            .unwrap();
+        assert_eq!(y.shape(), &[2, 10]);
+    }
+}
