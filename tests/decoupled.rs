@@ -321,3 +321,59 @@ fn forward_forward_is_layer_local_and_its_predictor_ignores_label_order() {
     assert_eq!(a.to_vec_f64(), z.to_vec_f64());
     assert_eq!(a.shape(), &[7, 3]);
 }
+
+#[test]
+fn an_mlp_synthesizer_regression_gradient_matches_finite_differences() {
+    // One hidden block: the synthesizer's target is the true gradient, which does not
+    // depend on the synthesizer, so its reported loss is the function it descends.
+    let m = Model::build(&ModelSpec {
+        spec: "mlp:5-7-4".into(),
+        activation: "tanh".into(),
+        bias: true,
+    })
+    .unwrap();
+    let mut p = m
+        .init_params(Init::XavierNormal, 3)
+        .unwrap()
+        .to_dtype(DType::F64);
+    let b = Batch {
+        x: rand_tensor(&[6, 5], 8, 1.0),
+        target: Target::Classes(vec![0, 1, 2, 3, 1, 0]),
+    };
+    for conditional in [false, true] {
+        let cfg = RuleConfig {
+            synth_hidden: 3,
+            synth_init: "xavier-normal".into(),
+            ..Default::default()
+        };
+        let mut r = SyntheticGradients::new(conditional, cfg);
+        use futureprop::rule::Rule;
+        r.init(&m, &mut p, 1).unwrap();
+        let g = r.step(&m, &p, &b, Loss::CrossEntropy).unwrap().grads;
+        for key in [
+            "dni.syn0.hidden.weight",
+            "dni.syn0.hidden.bias",
+            "dni.syn0.weight",
+        ] {
+            let t = p.get(key).unwrap().clone();
+            let an = g.get(key).unwrap().to_vec_f64();
+            assert!(an.iter().any(|v| *v != 0.0), "{key}: zero gradient");
+            for i in 0..t.len() {
+                let mut at = |d: f64| {
+                    let mut v = t.to_vec_f64();
+                    v[i] += d;
+                    let mut q = p.clone();
+                    q.insert(key, Tensor::from_vec_f64(t.shape(), v).unwrap());
+                    r.step(&m, &q, &b, Loss::CrossEntropy).unwrap();
+                    r.synth_loss
+                };
+                let fd = (at(1e-6) - at(-1e-6)) / 2e-6;
+                assert!(
+                    (fd - an[i]).abs() < 1e-6 * (1.0 + fd.abs()),
+                    "cond={conditional} {key}[{i}]: fd {fd} vs {}",
+                    an[i]
+                );
+            }
+        }
+    }
+}

@@ -265,6 +265,10 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     relax_tolerance: Option<f64>,
+    /// Synthetic gradients: hidden width of an MLP synthesizer, 0 = linear [default: 0].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    synth_hidden: Option<usize>,
     /// Synthetic gradients: synthesizer initialiser [default: zeros].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -204,6 +204,8 @@ pub struct RuleConfig {
     /// EqProp/CHL: record the energy at every relaxation step (two extra passes per
     /// layer and step); default false: before the first step and at the last.
     pub relax_trace: bool,
+    /// Synthetic gradients: hidden width of an MLP synthesizer (0: linear); default 0.
+    pub synth_hidden: usize,
     /// Synthetic gradients: initialiser of the synthesizers (`--init` names); default
     /// `zeros`.
     pub synth_init: String,
@@ -236,6 +238,7 @@ impl Default for RuleConfig {
             dtp_noise: 0.1,
             dtp_schedule: "parallel".into(),
             synth_init: "zeros".into(),
+            synth_hidden: 0,
             relax_trace: false,
             local_loss: "pred".into(),
             ff_threshold: 2.0,

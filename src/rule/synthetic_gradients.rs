@@ -3,7 +3,10 @@
 //! After every hidden block k a synthesizer Mₖ predicts the per-sample gradient of the
 //! loss with respect to the block's output hₖ: ĝₖ = Mₖ(hₖ) (`dni`) or Mₖ([hₖ, onehot(y)])
 //! (`cdni`, conditioned on the label). Mₖ is linear and zero-initialised by default (the
-//! paper's choice, so training starts as if hidden layers were frozen). The block updates
+//! paper's choice, so training starts as if hidden layers were frozen); with
+//! `synth_hidden = H > 0` it is a small MLP, Mₖ(s) = W·relu(V s + c) + b, with V drawn
+//! He-uniform (`dni.syn{k}.hidden.weight`, `.bias`) and the output layer W initialised by
+//! `synth_init` (zeros). The block updates
 //! at once from ĝₖ (divided by n to be in the mean loss's units), without waiting for
 //! the layers above. Mₖ learns by regression ½‖Mₖ(hₖ) − tₖ‖² (mean over the batch and
 //! units) toward the gradient that arrives from above: tₖ = Jₖ₊₁ᵀ ĝₖ₊₁ carried through
@@ -53,9 +56,10 @@ impl SyntheticGradients {
     /// gradients and returns its loss ½ mean ‖n(ĝ − t)‖²/width.
     fn regress(
         k: usize,
-        input: &Tensor,
+        (input, hidden): (&Tensor, Option<&Tensor>),
         synth: &Tensor,
         target: &Tensor,
+        params: &Params,
         grads: &mut Grads,
     ) -> Result<f64> {
         let n = synth.dims2()?.0.max(1) as f64;
@@ -64,9 +68,52 @@ impl SyntheticGradients {
         let width = r.dims2()?.1.max(1) as f64;
         let (wk, bk) = Self::key(k);
         let scale = 1.0 / (n * width);
-        grads.insert(wk, r.matmul(true, input, false)?.scale(scale));
-        grads.insert(bk, r.sum_rows()?.scale(scale));
-        Ok(0.5 * r.sum_sq() / (n * width))
+        let r = r.scale(scale);
+        grads.insert(bk, r.sum_rows()?);
+        match hidden {
+            None => grads.insert(wk, r.matmul(true, input, false)?),
+            Some(z) => {
+                // Through the output layer, then relu (z > 0 where it passed).
+                grads.insert(wk.clone(), r.matmul(true, z, false)?);
+                let dz = r
+                    .matmul(false, params.get(&wk)?, false)?
+                    .mul(&z.unary(crate::tensor::Unary::Sign))?;
+                let (hk, hb) = Self::hidden_key(k);
+                grads.insert(hk, dz.matmul(true, input, false)?);
+                grads.insert(hb, dz.sum_rows()?);
+            }
+        }
+        let r2 = synth.sub(target)?.scale(n);
+        Ok(0.5 * r2.sum_sq() / (n * width))
+    }
+
+    fn hidden_key(k: usize) -> (String, String) {
+        (
+            format!("dni.syn{k}.hidden.weight"),
+            format!("dni.syn{k}.hidden.bias"),
+        )
+    }
+
+    /// Mₖ(s) (per-sample units) and the hidden activity of an MLP synthesizer.
+    fn synthesize(
+        &self,
+        k: usize,
+        si: &Tensor,
+        params: &Params,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let (wk, bk) = Self::key(k);
+        let (z, hidden) = if self.cfg.synth_hidden > 0 {
+            let (hk, hb) = Self::hidden_key(k);
+            let mut a = si.matmul(false, params.get(&hk)?, true)?;
+            a.add_row(params.get(&hb)?)?;
+            let z = a.unary(crate::tensor::Unary::Relu);
+            (z.clone(), Some(z))
+        } else {
+            (si.clone(), None)
+        };
+        let mut g = z.matmul(false, params.get(&wk)?, true)?;
+        g.add_row(params.get(&bk)?)?;
+        Ok((g, hidden))
     }
 
     /// The step block by block: block k runs forward, updates from Mₖ(hₖ) at once, and
@@ -86,40 +133,53 @@ impl SyntheticGradients {
         let mut grads = Grads::new();
         let mut trace = scratch_trace(model, batch.x.dtype());
         let mut h = batch.x.clone();
-        // Synthesizer input and prediction of the block below, awaiting its target.
-        let mut below: Option<(Tensor, Tensor)> = None;
+        // Synthesizer input, hidden activity and prediction of the block below, awaiting
+        // its target.
+        let mut below: Option<(Tensor, Option<Tensor>, Tensor)> = None;
         let mut synth_loss = 0.0;
         for (k, b) in hidden.iter().enumerate() {
             block_forward(model, params, b, &h, &mut trace)?;
             let out = block_output(b, &trace).clone();
             let si = self.input(&out, &batch.target, classes)?;
-            let (wk, bk) = Self::key(k);
-            let mut g = si.matmul(false, params.get(&wk)?, true)?;
-            g.add_row(params.get(&bk)?)?;
+            let (mut g, z) = self.synthesize(k, &si, params)?;
             g.scale_in_place(1.0 / n);
             if let Some(o) = &oracle {
                 g = o[k].clone();
             }
-            if let Some((inp, syn)) = below.take()
+            if let Some((inp, hz, syn)) = below.take()
                 && oracle.is_none()
             {
                 let target = block_input_grad(model, params, b, &trace, &g)?;
-                synth_loss += Self::regress(k - 1, &inp, &syn, &target, &mut grads)?;
+                synth_loss += Self::regress(
+                    k - 1,
+                    (&inp, hz.as_ref()),
+                    &syn,
+                    &target,
+                    params,
+                    &mut grads,
+                )?;
             }
             block_param_grads(model, params, b, &mut trace, g.clone(), &mut grads)?;
             if !self.keep_trace {
                 free_block(b, &mut trace);
             }
-            below = Some((si, g));
+            below = Some((si, z, g));
             h = out;
         }
         block_forward(model, params, last, &h, &mut trace)?;
         let (value, d_out) = loss.eval(block_output(last, &trace), &batch.target)?;
-        if let Some((inp, syn)) = below.take()
+        if let Some((inp, hz, syn)) = below.take()
             && oracle.is_none()
         {
             let target = block_input_grad(model, params, last, &trace, &d_out)?;
-            synth_loss += Self::regress(hidden.len() - 1, &inp, &syn, &target, &mut grads)?;
+            synth_loss += Self::regress(
+                hidden.len() - 1,
+                (&inp, hz.as_ref()),
+                &syn,
+                &target,
+                params,
+                &mut grads,
+            )?;
         }
         block_param_grads(model, params, last, &mut trace, d_out, &mut grads)?;
         self.synth_loss = synth_loss / hidden.len().max(1) as f64;
@@ -159,8 +219,16 @@ impl Rule for SyntheticGradients {
         let mut rng = <crate::Rng as rand::SeedableRng>::seed_from_u64(seed ^ 0x5e_7d);
         let classes = model.outputs();
         for (k, b) in hidden.iter().enumerate() {
-            let inputs = b.outputs + if self.conditional { classes } else { 0 };
+            let mut inputs = b.outputs + if self.conditional { classes } else { 0 };
             let dt = block_dtype(model, params, b)?;
+            let hsz = self.cfg.synth_hidden;
+            if hsz > 0 {
+                let v = crate::nn::Init::HeUniform.sample(inputs, hsz, &mut rng);
+                let (hk, hb) = Self::hidden_key(k);
+                params.insert(hk, Tensor::from_vec(&[hsz, inputs], v)?.to_dtype(dt));
+                params.insert(hb, Tensor::zeros(&[hsz], dt));
+                inputs = hsz;
+            }
             let w = init.sample(inputs, b.outputs, &mut rng);
             let (wk, bk) = Self::key(k);
             params.insert(wk, Tensor::from_vec(&[b.outputs, inputs], w)?.to_dtype(dt));
