@@ -351,3 +351,95 @@ fn shared_mnist_verifies_against_the_published_hashes() {
         "{st:?}"
     );
 }
+
+/// Writes a CIFAR-10 binary folder: 5 training files of `per` records and a test file
+/// of 2; pixel p of record r is (r·7 + p) mod 256, labels r mod 10.
+fn write_cifar(dir: &std::path::Path, per: usize) {
+    let d = dir.join("cifar-10").join("cifar-10-batches-bin");
+    std::fs::create_dir_all(&d).unwrap();
+    let mut r = 0usize;
+    let names = [
+        "data_batch_1.bin",
+        "data_batch_2.bin",
+        "data_batch_3.bin",
+        "data_batch_4.bin",
+        "data_batch_5.bin",
+        "test_batch.bin",
+    ];
+    for (i, f) in names.iter().enumerate() {
+        let n = if i == 5 { 2 } else { per };
+        let mut bytes = Vec::new();
+        for _ in 0..n {
+            bytes.push((r % 10) as u8);
+            bytes.extend((0..3072).map(|p| ((r * 7 + p) % 256) as u8));
+            r += 1;
+        }
+        std::fs::write(d.join(f), bytes).unwrap();
+    }
+}
+
+#[test]
+fn cifar10_binary_files_load_in_channel_major_order() {
+    use futureprop::data::{Normalize, load};
+    let tmp = tempfile::tempdir().unwrap();
+    write_cifar(tmp.path(), 3);
+    let s = load(tmp.path(), "cifar-10", Normalize::None, 0).unwrap();
+    assert_eq!(s.train.x.shape(), &[15, 3072]);
+    assert_eq!(s.test.x.shape(), &[2, 3072]);
+    assert_eq!(s.train.labels[..4], [0, 1, 2, 3]);
+    assert_eq!(s.test.labels, vec![5, 6]);
+    // Record 1, pixel 1024 (the first green value): (7 + 1024) mod 256.
+    assert_eq!(
+        s.train.x.get(3072 + 1024).unwrap(),
+        ((7 + 1024) % 256) as f64
+    );
+    // Standard: every colour channel of the training set has mean 0 and sd 1.
+    let s = load(tmp.path(), "cifar-10", Normalize::Standard, 5).unwrap();
+    assert_eq!(s.train.len(), 10);
+    assert_eq!(s.validation.as_ref().unwrap().len(), 5);
+    let all = load(tmp.path(), "cifar-10", Normalize::Standard, 0).unwrap();
+    let v = all.train.x.to_vec_f64();
+    for c in 0..3 {
+        let vals: Vec<f64> = v
+            .chunks(3072)
+            .flat_map(|img| img[c * 1024..(c + 1) * 1024].to_vec())
+            .collect();
+        let m = vals.iter().sum::<f64>() / vals.len() as f64;
+        let sd = (vals.iter().map(|x| (x - m).powi(2)).sum::<f64>() / vals.len() as f64).sqrt();
+        assert!(
+            m.abs() < 1e-4 && (sd - 1.0).abs() < 1e-3,
+            "channel {c}: {m} {sd}"
+        );
+    }
+}
+
+#[test]
+fn broken_or_missing_cifar10_files_are_named() {
+    use futureprop::data::{Normalize, load};
+    let tmp = tempfile::tempdir().unwrap();
+    let e = load(tmp.path(), "cifar-10", Normalize::Unit, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cifar-10") && e.contains("data_batch_1"), "{e}");
+    write_cifar(tmp.path(), 2);
+    let f = tmp
+        .path()
+        .join("cifar-10/cifar-10-batches-bin/data_batch_3.bin");
+    let mut b = std::fs::read(&f).unwrap();
+    b.pop();
+    std::fs::write(&f, &b).unwrap();
+    let e = load(tmp.path(), "cifar-10", Normalize::Unit, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("data_batch_3.bin") && e.contains("records"),
+        "{e}"
+    );
+    b.push(0);
+    b[3073] = 12;
+    std::fs::write(&f, &b).unwrap();
+    let e = load(tmp.path(), "cifar-10", Normalize::Unit, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("label 12"), "{e}");
+}

@@ -171,7 +171,7 @@ impl Suite {
             crate::rule::build_rule(&r)?;
         }
         for d in &self.datasets {
-            crate::data::download::remote(d)?;
+            crate::data::check_name(d)?;
         }
         if self.seeds == 0 || self.epochs == 0 {
             return bad("seeds and epochs must be at least 1".into());

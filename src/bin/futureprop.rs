@@ -706,8 +706,17 @@ fn data_cmd(cmd: &DataCommand) -> Result<()> {
             data_dir,
             mirror,
         } => {
-            let remote = download::remote(name)?;
             let root = data::resolve_data_dir(data_dir.as_deref());
+            if name == "cifar-10" {
+                return Err(futureprop::Error::config(
+                    "data fetch",
+                    format!(
+                        "cifar-10 is not downloaded by futureprop yet: download https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz and extract it into {}",
+                        root.join("cifar-10").display()
+                    ),
+                ));
+            }
+            let remote = download::remote(name)?;
             let got = download::fetch(&root, remote, mirror.as_deref())?;
             if got.is_empty() {
                 println!(

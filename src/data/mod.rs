@@ -5,6 +5,7 @@
 //! (`$XDG_CACHE_HOME/futureprop` or `~/.cache/futureprop`). Each dataset is a folder of
 //! that directory named like the dataset (`mnist/`, `fashion-mnist/`).
 
+pub mod cifar;
 pub mod download;
 pub mod idx;
 mod loader;
@@ -112,8 +113,18 @@ impl Normalize {
     }
 }
 
-/// Datasets loadable by name.
-pub const DATASETS: &[&str] = &["mnist", "fashion-mnist"];
+/// Datasets loadable by name. MNIST and Fashion-MNIST are downloaded when missing;
+/// CIFAR-10 is read from its extracted binary distribution (see [`cifar`]).
+pub const DATASETS: &[&str] = &["mnist", "fashion-mnist", "cifar-10"];
+
+/// Checks that `name` is a dataset futureprop can load.
+pub fn check_name(name: &str) -> Result<()> {
+    if DATASETS.contains(&name) {
+        Ok(())
+    } else {
+        Err(Error::unknown("dataset", name, DATASETS))
+    }
+}
 
 /// The per-user cache directory for datasets.
 pub fn cache_dir() -> PathBuf {
@@ -139,6 +150,9 @@ pub fn resolve_data_dir(explicit: Option<&Path>) -> PathBuf {
 
 /// True when every file of dataset `name` is present under `root`.
 pub fn is_present(root: &Path, name: &str) -> Result<bool> {
+    if name == "cifar-10" {
+        return Ok(cifar::locate(root).is_some());
+    }
     let remote = download::remote(name)?;
     let dir = root.join(name);
     Ok(remote
@@ -199,6 +213,9 @@ fn load_pair(
 /// Loads MNIST or Fashion-MNIST from `root/<name>/`, scales the features, and holds out
 /// the last `validation` training samples.
 pub fn load(root: &Path, name: &str, normalize: Normalize, validation: usize) -> Result<Splits> {
+    if name == "cifar-10" {
+        return cifar::load(root, normalize, validation);
+    }
     download::remote(name)?;
     let dir = root.join(name);
     let (tr_x, feat, tr_y) = load_pair(
