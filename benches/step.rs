@@ -1,5 +1,5 @@
-//! Times one training step (forward, the rule's backward, SGD update) at batch 128, and
-//! the GEMMs of the backprop step of `mlp:784-1000-1000-10`.
+//! Times one training step (forward, the rule's backward, SGD update) at batch 128
+//! (`--batch N`), and each GEMM of the backprop step of the model at that batch.
 //!
 //! `cargo bench --bench step -- --threads N [--steps S] [--rule R] [--model SPEC] [--json]`:
 //! prints the median step time in milliseconds over S steps (default 300) after 30
@@ -64,6 +64,7 @@ fn main() -> futureprop::Result<()> {
     let rule_name = arg_str(&args, "--rule", "bp");
     let optimizer_names = arg_str(&args, "--optimizer", "sgd");
     let spec = arg_str(&args, "--model", "mlp:784-1000-1000-10");
+    let batch = arg(&args, "--batch", 128);
     let widths: Vec<usize> = spec
         .trim_start_matches("mlp:")
         .split('-')
@@ -103,7 +104,7 @@ fn main() -> futureprop::Result<()> {
                 arms.push((name.clone(), o.clone(), params, rule, opt, Vec::with_capacity(steps)));
             }
         }
-        let n = 128;
+        let n = batch;
         let (inputs, classes) = (widths[0], *widths.last().unwrap_or(&1));
         let x: Vec<f32> = (0..n * inputs).map(|i| ((i * 7919 % 255) as f32) / 255.0 - 0.13).collect();
         let batch = Batch {
@@ -181,7 +182,7 @@ fn main() -> futureprop::Result<()> {
         } else {
             for (r, o, ms, f) in &results {
                 println!(
-                    "futureprop {r}+{o} step of {spec} (batch 128, {threads} thread(s)): median {ms:.3} ms over {steps} steps, {:.3} GFLOP of GEMM",
+                    "futureprop {r}+{o} step of {spec} (batch {n}, {threads} thread(s)): median {ms:.3} ms over {steps} steps, {:.3} GFLOP of GEMM",
                     f / 1e9
                 );
             }
