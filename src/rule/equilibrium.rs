@@ -82,6 +82,34 @@ pub enum Nudge {
     Clamped,
 }
 
+/// The hot case of [`fused_step`] (f32 hidden layer, hard sigmoid, no target), written
+/// so the compiler vectorises it: s' = clip(s + ε(fwd + feedback − s), 0, 1). Returns s'
+/// and ‖g‖².
+fn hard_sigmoid_step(s: &[f32], f: &[f32], fb: &[f32], eps: f32) -> (Vec<f32>, f64) {
+    let mut out = vec![0.0f32; s.len()];
+    let mut acc = [0.0f32; 8];
+    let body = |o: &mut [f32], sv: &[f32], fv: &[f32], bv: &[f32], acc: &mut [f32; 8]| {
+        for j in 0..o.len() {
+            let g = fv[j] + bv[j] - sv[j];
+            acc[j] += g * g;
+            o[j] = (sv[j] + eps * g).clamp(0.0, 1.0);
+        }
+    };
+    let mut oc = out.chunks_exact_mut(8);
+    let (mut sc, mut fc, mut bc) = (s.chunks_exact(8), f.chunks_exact(8), fb.chunks_exact(8));
+    for (((o, sv), fv), bv) in (&mut oc).zip(&mut sc).zip(&mut fc).zip(&mut bc) {
+        body(o, sv, fv, bv, &mut acc);
+    }
+    body(
+        oc.into_remainder(),
+        sc.remainder(),
+        fc.remainder(),
+        bc.remainder(),
+        &mut acc,
+    );
+    (out, acc.iter().map(|&a| a as f64).sum())
+}
+
 /// One relaxation step of a layer in one pass, with drive = fwd + feedback:
 /// g = ρ'(s)⊙drive − s − β(s − y), s' = s + εg (clipped to [0, 1] for the hard
 /// sigmoid). Returns s', ‖g‖² and ½‖s − y‖² (0 without a target).
@@ -153,6 +181,17 @@ fn fused_step(
             out[i] = wrap((si + eps * g).clamp(lo, hi));
         }
         (out, acc.iter().sum(), cost)
+    }
+    if let (None, Rho::HardSigmoid, Storage::F32(a), Storage::F32(b), Some(Storage::F32(fb))) = (
+        target,
+        rho,
+        s.storage(),
+        fwd.storage(),
+        feedback.map(Tensor::storage),
+    ) {
+        crate::tensor::counters::add(4 * s.len() as u64, 4 * 4 * s.len() as u64);
+        let (v, r2) = hard_sigmoid_step(a, b, fb, eps as f32);
+        return Ok((Tensor::from_vec(s.shape(), v)?, r2, 0.0));
     }
     let y = target.map(Tensor::to_vec_f64);
     // ~8 flops per element; reads s, fwd, feedback (and y), writes s'.
@@ -490,5 +529,41 @@ impl Rule for Equilibrium {
 
     fn relaxation(&self) -> Option<&Relaxation> {
         Some(&self.relaxation)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_f32_hard_sigmoid_fast_path_matches_the_general_step() {
+        // 37 elements: four chunks of 8 and a remainder.
+        let v = |k: usize| -> Vec<f64> {
+            (0..37)
+                .map(|i| (((i * 31 + k * 17) % 23) as f64) / 11.0 - 0.6)
+                .collect()
+        };
+        let t64 = |x: Vec<f64>| Tensor::from_vec_f64(&[1, 37], x).unwrap();
+        let (s, f, b) = (t64(v(1)), t64(v(2)), t64(v(3)));
+        let (want, r_want, _) =
+            fused_step(&s, &f, Some(&b), None, 0.0, 0.5, Rho::HardSigmoid).unwrap();
+        let to32 = |t: &Tensor| t.to_dtype(crate::tensor::DType::F32);
+        let (got, r_got, c) = fused_step(
+            &to32(&s),
+            &to32(&f),
+            Some(&to32(&b)),
+            None,
+            0.0,
+            0.5,
+            Rho::HardSigmoid,
+        )
+        .unwrap();
+        assert_eq!(got.dtype(), crate::tensor::DType::F32);
+        assert_eq!(c, 0.0);
+        for (a, w) in got.to_vec_f64().iter().zip(want.to_vec_f64()) {
+            assert!((a - w).abs() < 1e-6, "{a} vs {w}");
+        }
+        assert!((r_got - r_want).abs() < 1e-5 * r_want.max(1.0));
     }
 }
