@@ -7,9 +7,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{Dataset, Normalize, Splits};
+use super::{Normalize, Splits};
 use crate::error::{Error, Result};
-use crate::tensor::Tensor;
 
 /// Pixels per image (3 × 32 × 32).
 pub const FEATURES: usize = 3072;
@@ -83,15 +82,6 @@ pub fn load(root: &Path, normalize: Normalize, validation: usize) -> Result<Spli
         tr_y.extend(y);
     }
     let (te_x, te_y) = read_batch(&dir.join(TEST_FILE))?;
-    if validation >= tr_y.len() {
-        return Err(Error::config(
-            "validation",
-            format!(
-                "{validation} samples requested but the training set has {}",
-                tr_y.len()
-            ),
-        ));
-    }
     let plane = FEATURES / 3;
     let stats: Vec<(f64, f64)> = (0..3)
         .map(|c| {
@@ -124,31 +114,10 @@ pub fn load(root: &Path, normalize: Normalize, validation: usize) -> Result<Spli
             })
             .collect()
     };
-    let n_tr = tr_y.len();
-    let train_all = Dataset {
-        x: Tensor::from_vec(&[n_tr, FEATURES], scale(&tr_x))?,
-        labels: tr_y,
-        classes: 10,
-        reconstruct: false,
-    };
-    let test = Dataset {
-        x: Tensor::from_vec(&[te_y.len(), FEATURES], scale(&te_x))?,
-        labels: te_y,
-        classes: 10,
-        reconstruct: false,
-    };
-    let (train, validation) = if validation > 0 {
-        let cut = n_tr - validation;
-        (
-            train_all.subset(&(0..cut).collect::<Vec<_>>())?,
-            Some(train_all.subset(&(cut..n_tr).collect::<Vec<_>>())?),
-        )
-    } else {
-        (train_all, None)
-    };
-    Ok(Splits {
-        train,
+    super::splits(
+        (scale(&tr_x), tr_y),
+        (scale(&te_x), te_y),
+        FEATURES,
         validation,
-        test,
-    })
+    )
 }

@@ -236,15 +236,6 @@ pub fn load(root: &Path, name: &str, normalize: Normalize, validation: usize) ->
             format!("train images have {feat} pixels, test images {feat_t}"),
         ));
     }
-    if validation >= tr_y.len() {
-        return Err(Error::config(
-            "validation",
-            format!(
-                "{validation} samples requested but the training set has {}",
-                tr_y.len()
-            ),
-        ));
-    }
     let (mean, std) = match normalize {
         Normalize::Standard => {
             let n = tr_x.len() as f64;
@@ -267,24 +258,40 @@ pub fn load(root: &Path, name: &str, normalize: Normalize, validation: usize) ->
                 .collect(),
         }
     };
+    splits((scale(&tr_x), tr_y), (scale(&te_x), te_y), feat, validation)
+}
+
+/// Train and test sets of 10 classes from scaled features and labels, with the last
+/// `validation` training samples held out.
+pub(crate) fn splits(
+    (tr_x, tr_y): (Vec<f32>, Vec<usize>),
+    (te_x, te_y): (Vec<f32>, Vec<usize>),
+    features: usize,
+    validation: usize,
+) -> Result<Splits> {
     let n_tr = tr_y.len();
-    let train_all = Dataset {
-        x: Tensor::from_vec(&[n_tr, feat], scale(&tr_x))?,
-        labels: tr_y,
-        classes: 10,
-        reconstruct: false,
+    if validation >= n_tr {
+        return Err(Error::config(
+            "validation",
+            format!("{validation} samples requested but the training set has {n_tr}"),
+        ));
+    }
+    let set = |x: Vec<f32>, labels: Vec<usize>| -> Result<Dataset> {
+        Ok(Dataset {
+            x: Tensor::from_vec(&[labels.len(), features], x)?,
+            labels,
+            classes: 10,
+            reconstruct: false,
+        })
     };
-    let test = Dataset {
-        x: Tensor::from_vec(&[te_y.len(), feat], scale(&te_x))?,
-        labels: te_y,
-        classes: 10,
-        reconstruct: false,
-    };
+    let train_all = set(tr_x, tr_y)?;
+    let test = set(te_x, te_y)?;
     let (train, validation) = if validation > 0 {
         let cut = n_tr - validation;
-        let tr_idx: Vec<usize> = (0..cut).collect();
-        let va_idx: Vec<usize> = (cut..n_tr).collect();
-        (train_all.subset(&tr_idx)?, Some(train_all.subset(&va_idx)?))
+        (
+            train_all.subset(&(0..cut).collect::<Vec<_>>())?,
+            Some(train_all.subset(&(cut..n_tr).collect::<Vec<_>>())?),
+        )
     } else {
         (train_all, None)
     };
