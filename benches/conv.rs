@@ -17,6 +17,8 @@ fn arg(args: &[String], name: &str, default: usize) -> usize {
 }
 
 fn main() -> futureprop::Result<()> {
+    // As the futureprop binary: keep freed buffers in the heap.
+    futureprop::mem::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let threads = arg(&args, "--threads", 1);
     let reps = arg(&args, "--reps", 50);

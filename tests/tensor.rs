@@ -229,3 +229,39 @@ fn row_sums_of_squares_and_row_scaling() {
         assert!(e.contains("scale_rows"), "{e}");
     }
 }
+
+#[test]
+fn long_elementwise_maps_are_identical_at_any_thread_count() {
+    // 100 003 elements: split into chunks on the pool above 65 536, with a ragged tail.
+    let n = 100_003;
+    let x = Tensor::from_vec_f64(&[n], det(n, 1, 7))
+        .unwrap()
+        .to_dtype(DType::F32);
+    let y = Tensor::from_vec_f64(&[n], det(n, 1, 8))
+        .unwrap()
+        .to_dtype(DType::F32);
+    let run = |t: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build()
+            .unwrap()
+            .install(|| {
+                let mut a = y.clone();
+                a.axpby(0.9, 0.1, &x).unwrap();
+                let mut v = y.clone();
+                v.axpby_sq(0.99, 0.01, &x).unwrap();
+                let r = Tensor::adam_ratio(&a, &v, 0.5, 0.25, 1e-8).unwrap();
+                (a, r.scale(-3.0))
+            })
+    };
+    let one = run(1);
+    assert_eq!(one, run(2));
+    assert_eq!(one, run(3));
+    let (xv, yv) = (x.to_vec_f64(), y.to_vec_f64());
+    let last = n - 1;
+    let a = 0.9 * yv[last] + 0.1 * xv[last];
+    assert!((one.0.to_vec_f64()[last] - a).abs() < 1e-5);
+    let v = 0.99 * yv[last] + 0.01 * xv[last] * xv[last];
+    let r = -3.0 * (a / 0.5) / ((v / 0.25).max(0.0).sqrt() + 1e-8);
+    assert!((one.1.to_vec_f64()[last] - r).abs() < 1e-3 * r.abs().max(1.0));
+}

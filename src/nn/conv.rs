@@ -266,14 +266,14 @@ impl Layer for Conv2d {
             kw,
         ];
         let dw = Tensor::from_vec_f64(&shape, dw)?.to_dtype(d_out.dtype());
-        accumulate(g, format!("{}.weight", self.name), dw)?;
+        g.accumulate(&format!("{}.weight", self.name), dw)?;
         if self.bias {
             let (n, _) = d_out.dims2()?;
             let db = d_out
                 .batch_transpose(n, self.out_channels, self.positions())?
                 .reshape(&[n * self.positions(), self.out_channels])?
                 .sum_rows()?;
-            accumulate(g, format!("{}.bias", self.name), db)?;
+            g.accumulate(&format!("{}.bias", self.name), db)?;
         }
         Ok(())
     }
@@ -289,17 +289,6 @@ impl Layer for Conv2d {
             dx.col2im_acc(&dcols, &self.window, gi * cg, cg)?;
         }
         Ok(dx)
-    }
-}
-
-/// Adds `t` to the gradient `name` (rules may assign several signals to one layer).
-fn accumulate(g: &mut Grads, name: String, t: Tensor) -> Result<()> {
-    match g.get_mut(&name) {
-        Ok(a) => a.axpy(1.0, &t),
-        Err(_) => {
-            g.insert(name, t);
-            Ok(())
-        }
     }
 }
 

@@ -108,7 +108,15 @@ impl Layer for Linear {
     }
 
     fn param_grads(&self, _p: &Params, rec: &Record, d_out: &Tensor, g: &mut Grads) -> Result<()> {
-        g.accumulate(&self.weight_key, d_out.matmul(true, &rec.input, false)?)?;
+        // A second signal for the same layer (Forward-Forward's negative pass, several
+        // heads) accumulates in place: no weight-sized temporary.
+        match g.get_mut(&self.weight_key) {
+            Ok(w) => w.matmul_acc(d_out, true, &rec.input, false)?,
+            Err(_) => g.insert(
+                self.weight_key.clone(),
+                d_out.matmul(true, &rec.input, false)?,
+            ),
+        }
         if self.bias {
             g.accumulate(&self.bias_key, d_out.sum_rows()?)?;
         }

@@ -3,6 +3,8 @@
 //! the 2-D interface. Convolution is im2col + GEMM: [`Tensor::im2col`] lays each output
 //! position's receptive field out as a row, [`Tensor::col2im_acc`] is its adjoint.
 
+use rayon::prelude::*;
+
 use super::cpu::Elem;
 use super::{Storage, Tensor, count_elementwise};
 use crate::error::{Error, Result};
@@ -101,24 +103,27 @@ fn im2col<T: Elem>(x: &[T], n: usize, win: &Window, c0: usize, cg: usize) -> Res
     let k = cg * kh * kw;
     let hw = win.height * win.width;
     let mut out = vec![T::of(0.0); n * ho * wo * k];
-    for s in 0..n {
-        let xs = &x[s * win.input_len()..(s + 1) * win.input_len()];
-        for oh in 0..ho {
-            for ow in 0..wo {
-                let row = &mut out[((s * ho + oh) * wo + ow) * k..][..k];
-                for ci in 0..cg {
-                    let xc = &xs[(c0 + ci) * hw..][..hw];
-                    for ki in 0..kh {
-                        for kj in 0..kw {
-                            if let Some((r, c)) = win.tap(oh, ow, ki, kj) {
-                                row[(ci * kh + ki) * kw + kj] = xc[r * win.width + c];
+    // One sample per task.
+    out.par_chunks_mut((ho * wo * k).max(1))
+        .enumerate()
+        .for_each(|(s, block)| {
+            let xs = &x[s * win.input_len()..(s + 1) * win.input_len()];
+            for oh in 0..ho {
+                for ow in 0..wo {
+                    let row = &mut block[(oh * wo + ow) * k..][..k];
+                    for ci in 0..cg {
+                        let xc = &xs[(c0 + ci) * hw..][..hw];
+                        for ki in 0..kh {
+                            for kj in 0..kw {
+                                if let Some((r, c)) = win.tap(oh, ow, ki, kj) {
+                                    row[(ci * kh + ki) * kw + kj] = xc[r * win.width + c];
+                                }
                             }
                         }
                     }
                 }
             }
-        }
-    }
+        });
     Ok(out)
 }
 
@@ -134,37 +139,43 @@ fn col2im_acc<T: Elem>(
     let (kh, kw) = win.kernel;
     let k = cg * kh * kw;
     let hw = win.height * win.width;
-    for s in 0..n {
-        let xs = &mut dx[s * win.input_len()..(s + 1) * win.input_len()];
-        for oh in 0..ho {
-            for ow in 0..wo {
-                let row = &cols[((s * ho + oh) * wo + ow) * k..][..k];
-                for ci in 0..cg {
-                    let xc = &mut xs[(c0 + ci) * hw..][..hw];
-                    for ki in 0..kh {
-                        for kj in 0..kw {
-                            if let Some((r, c)) = win.tap(oh, ow, ki, kj) {
-                                xc[r * win.width + c] += row[(ci * kh + ki) * kw + kj];
+    // One sample per task: each writes only its own input block.
+    dx.par_chunks_mut(win.input_len().max(1))
+        .take(n)
+        .enumerate()
+        .for_each(|(s, xs)| {
+            for oh in 0..ho {
+                for ow in 0..wo {
+                    let row = &cols[((s * ho + oh) * wo + ow) * k..][..k];
+                    for ci in 0..cg {
+                        let xc = &mut xs[(c0 + ci) * hw..][..hw];
+                        for ki in 0..kh {
+                            for kj in 0..kw {
+                                if let Some((r, c)) = win.tap(oh, ow, ki, kj) {
+                                    xc[r * win.width + c] += row[(ci * kh + ki) * kw + kj];
+                                }
                             }
                         }
                     }
                 }
             }
-        }
-    }
+        });
     Ok(())
 }
 
 fn batch_transpose<T: Elem>(x: &[T], n: usize, a: usize, b: usize) -> Vec<T> {
     let mut out = vec![T::of(0.0); x.len()];
-    for s in 0..n {
-        let (src, dst) = (&x[s * a * b..][..a * b], &mut out[s * a * b..][..a * b]);
-        for i in 0..a {
-            for j in 0..b {
-                dst[j * a + i] = src[i * b + j];
+    out.par_chunks_mut((a * b).max(1))
+        .take(n)
+        .enumerate()
+        .for_each(|(s, dst)| {
+            let src = &x[s * a * b..][..a * b];
+            for i in 0..a {
+                for j in 0..b {
+                    dst[j * a + i] = src[i * b + j];
+                }
             }
-        }
-    }
+        });
     out
 }
 

@@ -232,38 +232,71 @@ pub(crate) fn prelu_backward<T: Elem>(x: &[T], a: &[T], d: &[T], c: usize) -> (V
     (dx, da)
 }
 
+/// Element-wise maps over at least this many elements run in chunks on the rayon pool
+/// (the optimizers' per-parameter passes: memory-bound, one core does not saturate it).
+const PAR_MIN: usize = 1 << 16;
+const PAR_CHUNK: usize = 1 << 14;
+
+/// `f(y_chunk, x_chunk)` over matching chunks, in parallel for long slices.
+fn zip_chunks<T: Elem, F>(y: &mut [T], x: &[T], f: F)
+where
+    F: Fn(&mut [T], &[T]) + Sync + Send,
+{
+    use rayon::prelude::*;
+    if y.len() >= PAR_MIN && rayon::current_num_threads() > 1 {
+        y.par_chunks_mut(PAR_CHUNK)
+            .zip(x.par_chunks(PAR_CHUNK))
+            .for_each(|(a, b)| f(a, b));
+    } else {
+        f(y, x);
+    }
+}
+
 pub(crate) fn scale<T: Elem>(x: &mut [T], s: f64) {
+    use rayon::prelude::*;
     let s = T::of(s);
-    for v in x {
-        *v = *v * s;
+    let f = |a: &mut [T]| {
+        for v in a.iter_mut() {
+            *v = *v * s;
+        }
+    };
+    if x.len() >= PAR_MIN && rayon::current_num_threads() > 1 {
+        x.par_chunks_mut(PAR_CHUNK).for_each(f);
+    } else {
+        f(x);
     }
 }
 
 pub(crate) fn axpby<T: Elem>(y: &mut [T], a: f64, b: f64, x: &[T]) {
     let (a, b) = (T::of(a), T::of(b));
-    for (yv, &xv) in y.iter_mut().zip(x) {
-        *yv = a * *yv + b * xv;
-    }
+    zip_chunks(y, x, |yc, xc| {
+        for (yv, &xv) in yc.iter_mut().zip(xc) {
+            *yv = a * *yv + b * xv;
+        }
+    });
 }
 
 pub(crate) fn axpby_sq<T: Elem>(y: &mut [T], a: f64, b: f64, x: &[T]) {
     let (a, b) = (T::of(a), T::of(b));
-    for (yv, &xv) in y.iter_mut().zip(x) {
-        *yv = a * *yv + b * xv * xv;
-    }
+    zip_chunks(y, x, |yc, xc| {
+        for (yv, &xv) in yc.iter_mut().zip(xc) {
+            *yv = a * *yv + b * xv * xv;
+        }
+    });
 }
 
 pub(crate) fn adam_ratio<T: Elem>(m: &[T], v: &[T], c1: f64, c2: f64, eps: f64) -> Vec<T> {
     // In the element type so the loop vectorises.
     let (a, b, e) = (T::of(1.0 / c1), T::of(1.0 / c2), T::of(eps));
-    m.iter()
-        .zip(v)
-        .map(|(&mv, &vv)| {
+    let mut out = m.to_vec();
+    zip_chunks(&mut out, v, |mc, vc| {
+        for (mv, &vv) in mc.iter_mut().zip(vc) {
             let s = vv * b;
             let s = if s > T::zero() { s.sqrt() } else { T::zero() };
-            mv * a / (s + e)
-        })
-        .collect()
+            *mv = *mv * a / (s + e);
+        }
+    });
+    out
 }
 
 pub(crate) fn softmax_rows<T: Elem>(x: &[T], c: usize) -> Vec<T> {
