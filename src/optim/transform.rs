@@ -199,6 +199,13 @@ impl Transform for ScaleByAdam {
                 self.m.insert(n, Tensor::zeros(u.shape(), u.dtype()));
                 self.v.insert(n, Tensor::zeros(u.shape(), u.dtype()));
             }
+            if !self.amsgrad {
+                // One fused pass: the same arithmetic as the AMSGrad path below.
+                let m = self.m.get_mut(n)?;
+                let v = self.v.get_mut(n)?;
+                Tensor::adam_step(u, m, v, (self.beta1, self.beta2), (c1, c2), self.eps)?;
+                continue;
+            }
             let m = self.m.get_mut(n)?;
             m.axpby(self.beta1, 1.0 - self.beta1, u)?;
             let v = self.v.get_mut(n)?;

@@ -285,6 +285,43 @@ pub(crate) fn axpby_sq<T: Elem>(y: &mut [T], a: f64, b: f64, x: &[T]) {
     });
 }
 
+/// One fused pass of Adam: m ← β₁m + (1−β₁)u, v ← β₂v + (1−β₂)u², then
+/// u ← (m/c₁)/(√(v/c₂) + ε) (u holds the gradient on entry, the update on exit).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn adam_step<T: Elem>(
+    u: &mut [T],
+    m: &mut [T],
+    v: &mut [T],
+    b1: f64,
+    b2: f64,
+    c1: f64,
+    c2: f64,
+    eps: f64,
+) {
+    use rayon::prelude::*;
+    let (b1, b2) = (T::of(b1), T::of(b2));
+    let (o1, o2) = (T::of(1.0) + T::of(-1.0) * b1, T::of(1.0) + T::of(-1.0) * b2);
+    let (a, b, e) = (T::of(1.0 / c1), T::of(1.0 / c2), T::of(eps));
+    let f = |((uc, mc), vc): ((&mut [T], &mut [T]), &mut [T])| {
+        for ((uv, mv), vv) in uc.iter_mut().zip(mc.iter_mut()).zip(vc.iter_mut()) {
+            let g = *uv;
+            *mv = b1 * *mv + o1 * g;
+            *vv = b2 * *vv + o2 * g * g;
+            let s = *vv * b;
+            let s = if s > T::zero() { s.sqrt() } else { T::zero() };
+            *uv = *mv * a / (s + e);
+        }
+    };
+    if u.len() >= PAR_MIN && rayon::current_num_threads() > 1 {
+        u.par_chunks_mut(PAR_CHUNK)
+            .zip(m.par_chunks_mut(PAR_CHUNK))
+            .zip(v.par_chunks_mut(PAR_CHUNK))
+            .for_each(f);
+    } else {
+        f(((u, m), v));
+    }
+}
+
 pub(crate) fn adam_ratio<T: Elem>(m: &[T], v: &[T], c1: f64, c2: f64, eps: f64) -> Vec<T> {
     // In the element type so the loop vectorises.
     let (a, b, e) = (T::of(1.0 / c1), T::of(1.0 / c2), T::of(eps));

@@ -604,6 +604,38 @@ impl Tensor {
         Ok(Self::new(m.shape.clone(), data))
     }
 
+    /// Adam's moment update and ratio in one pass: `m`, `v` move toward the gradient in
+    /// `update` (β₁, β₂), then `update` becomes (m/c₁)/(√(v/c₂) + ε).
+    pub fn adam_step(
+        update: &mut Tensor,
+        m: &mut Tensor,
+        v: &mut Tensor,
+        (beta1, beta2): (f64, f64),
+        (c1, c2): (f64, f64),
+        eps: f64,
+    ) -> Result<()> {
+        update.same_shape("adam_step", m)?;
+        update.same_shape("adam_step", v)?;
+        count_elementwise(update.len(), 6, update.dtype());
+        let (ud, md) = (update.dtype(), m.dtype());
+        match (update.storage_mut(), m.storage_mut(), v.storage_mut()) {
+            (Storage::F32(u), Storage::F32(mm), Storage::F32(vv)) => {
+                cpu::adam_step(u, mm, vv, beta1, beta2, c1, c2, eps)
+            }
+            (Storage::F64(u), Storage::F64(mm), Storage::F64(vv)) => {
+                cpu::adam_step(u, mm, vv, beta1, beta2, c1, c2, eps)
+            }
+            _ => {
+                return Err(Error::DType {
+                    op: "adam_step",
+                    lhs: ud,
+                    rhs: md,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// `self ← max(self, x)` element-wise.
     pub fn max_in_place(&mut self, x: &Tensor) -> Result<()> {
         self.same_shape("max_in_place", x)?;
