@@ -35,6 +35,10 @@ if [ -z "${REPORT_ONLY:-}" ]; then
   run dtp-parallel "${DT[@]}" --rule dtp --lr 3e-4
   run ff-accept --rule ff --model mlp:784-1000-1000-1000-10 --activation relu --normalize unit \
     --optimizer adam --lr 0.01 --schedule cosine --epochs 30
+  FF5=(--rule ff --model mlp:784-500-500-10 --activation relu --normalize unit --optimizer adam
+    --lr 0.01 --schedule cosine --epochs 10)
+  run ff500-random "${FF5[@]}"
+  run ff500-hard "${FF5[@]}" --ff-negative hard
 fi
 python3 - "$R" <<'PY'
 import json, os, sys
@@ -52,6 +56,8 @@ rows = [
         ("BP, lr 3e-4", "dtp-bp"), ("dtp parallel, lr 1e-4", "dtp-1e-4"), ("dtp parallel, lr 3e-4", "dtp-parallel")]),
     ("Forward-Forward, 784-1000×3 ReLU, pixels in [0,1], Adam 0.01 cosine, random negatives, 30 epochs (Hinton: 1.36 with 4×2000 and 60 epochs; pytorch_forward_forward: 6.84)", [
         ("ff (goodness of layers 2-3)", "ff-accept")]),
+    ("Forward-Forward, 784-500-500 ReLU (pytorch_forward_forward's net: 6.84), pixels in [0,1], Adam 0.01 cosine, 10 epochs", [
+        ("ff, random negatives", "ff500-random"), ("ff, hard negatives (the best wrong label)", "ff500-hard")]),
 ]
 L = ["# Decoupled rules on MNIST", "",
      f"Produced by `bench/decoupled.sh` ({cpu}), 1 thread per run. Test error after the last epoch and the best "
