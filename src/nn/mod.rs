@@ -6,6 +6,7 @@
 //! the "weight transport" of backprop). Rules combine these pieces.
 
 mod activation;
+mod blocks;
 mod conv;
 mod init;
 mod linear;
@@ -14,6 +15,7 @@ mod model;
 mod params;
 
 pub use activation::{ACTIVATION_NAMES, Activation, ActivationSpec, PRelu, parse_activation};
+pub use blocks::{LayerNorm, Residual};
 pub use conv::{Conv2d, ConvOptions, Pool2d, PoolKind};
 pub use init::{INIT_NAMES, Init};
 pub use linear::Linear;
@@ -111,6 +113,10 @@ pub enum LayerKind {
         /// Whether the layer has a bias.
         bias: bool,
     },
+    /// Layer normalisation.
+    Norm,
+    /// A residual block around inner layers.
+    Residual,
     /// Max (`max`) or average pooling.
     Pool2d {
         /// The input map and the window's sweep.

@@ -65,6 +65,9 @@ impl Model {
         if let Some(m) = Self::named(spec)? {
             return Ok(m);
         }
+        if let Some(rest) = spec.spec.strip_prefix("resmlp:") {
+            return Self::residual_mlp(spec, rest);
+        }
         let (kind, rest) = spec.spec.split_once(':').ok_or_else(|| {
             Error::config(
                 "model",
@@ -196,6 +199,50 @@ impl Model {
         let mut m = Model::from_layers(layers, 784)?;
         m.spec = spec.clone();
         Ok(Some(m))
+    }
+
+    /// `resmlp:IN-WxD-OUT`: Linear IN→W and the activation, then D pre-norm residual
+    /// blocks x + act(Linear(LayerNorm(x))) of width W, then Linear W→OUT.
+    fn residual_mlp(spec: &ModelSpec, rest: &str) -> Result<Model> {
+        use super::{LayerNorm, Residual};
+        let bad = || {
+            Error::config(
+                "model",
+                format!(
+                    "'{}': expected resmlp:IN-WIDTHxDEPTH-OUT, e.g. resmlp:784-256x20-10",
+                    spec.spec
+                ),
+            )
+        };
+        let parts: Vec<&str> = rest.split('-').collect();
+        let [inp, mid, out] = parts.as_slice() else {
+            return Err(bad());
+        };
+        let (w, d) = mid.split_once('x').ok_or_else(bad)?;
+        let num = |t: &str| t.parse::<usize>().ok().filter(|v| *v > 0).ok_or_else(bad);
+        let (inp, w, d, out) = (num(inp)?, num(w)?, num(d)?, num(out)?);
+        let act = match parse_activation(&spec.activation)? {
+            ActivationSpec::Fixed(f) => f,
+            ActivationSpec::PRelu => {
+                return Err(Error::config("model", "resmlp takes a fixed activation"));
+            }
+        };
+        let mut layers: Vec<Box<dyn Layer>> = vec![
+            Box::new(Linear::new("fc_in", inp, w, spec.bias)),
+            Box::new(Activation::new("act_in", act)),
+        ];
+        for k in 1..=d {
+            let inner: Vec<Box<dyn Layer>> = vec![
+                Box::new(LayerNorm::new(format!("res{k}.norm"), w, true)),
+                Box::new(Linear::new(format!("res{k}.fc"), w, w, spec.bias)),
+                Box::new(Activation::new(format!("res{k}.act"), act)),
+            ];
+            layers.push(Box::new(Residual::new(format!("res{k}"), inner, w)?));
+        }
+        layers.push(Box::new(Linear::new("fc_out", w, out, spec.bias)));
+        let mut m = Model::from_layers(layers, inp)?;
+        m.spec = spec.clone();
+        Ok(m)
     }
 
     /// Whether any layer is a convolution or a pooling layer.

@@ -360,11 +360,12 @@ pub const RULES: &[(&str, &str)] = &[
 /// Rules defined only for one Linear layer (`linear:IN-OUT`).
 pub const SINGLE_LAYER_RULES: &[&str] = &["perceptron", "lms", "hebbian"];
 
-/// Rules defined on convolution and pooling layers today.
+/// Rules defined on convolution, pooling, normalisation and residual layers today.
 pub const CONV_RULES: &[&str] = &["bp"];
 
 /// Fails at build time, naming the layer, when `rule` is not defined for a layer of
-/// `model` (today: every rule but backprop on convolution and pooling layers).
+/// `model` (today: every rule but backprop on convolution, pooling, normalisation and
+/// residual layers).
 pub fn check_layers(rule: &str, model: &Model) -> Result<()> {
     if CONV_RULES.contains(&rule) {
         return Ok(());
@@ -372,13 +373,16 @@ pub fn check_layers(rule: &str, model: &Model) -> Result<()> {
     match model.layers().iter().find(|l| {
         matches!(
             l.kind(),
-            crate::nn::LayerKind::Conv2d { .. } | crate::nn::LayerKind::Pool2d { .. }
+            crate::nn::LayerKind::Conv2d { .. }
+                | crate::nn::LayerKind::Pool2d { .. }
+                | crate::nn::LayerKind::Norm
+                | crate::nn::LayerKind::Residual
         )
     }) {
         Some(l) => Err(Error::config(
             "rule",
             format!(
-                "{rule} is not defined for convolution or pooling layers yet (layer {}); rules for them: {}",
+                "{rule} is not defined for convolution, pooling, normalisation or residual layers yet (layer {}); rules for them: {}",
                 l.name(),
                 CONV_RULES.join(", ")
             ),
