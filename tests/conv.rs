@@ -356,3 +356,95 @@ fn named_lenets_have_pytorchs_parameter_count_and_only_bp_accepts_them() {
         assert_eq!(y.shape(), &[2, 10]);
     }
 }
+
+fn small_conv_net() -> Model {
+    let c1 = Conv2d::new(
+        "conv1",
+        (1, 6, 6),
+        2,
+        (3, 3),
+        ConvOptions {
+            padding: (1, 1),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let p1 = Pool2d::new("pool1", PoolKind::Max, (2, 6, 6), (2, 2), (2, 2), (0, 0)).unwrap();
+    let c2 = Conv2d::new("conv2", (2, 3, 3), 3, (2, 2), ConvOptions::default()).unwrap();
+    let layers: Vec<Box<dyn Layer>> = vec![
+        Box::new(c1),
+        Box::new(Activation::new("act1", Unary::Relu)),
+        Box::new(p1),
+        Box::new(c2),
+        Box::new(Activation::new("act2", Unary::Tanh)),
+        Box::new(Linear::new("fc1", 12, 3, true)),
+    ];
+    Model::from_layers(layers, 36).unwrap()
+}
+
+#[test]
+fn feedback_alignment_on_convolutions_is_backprop_when_the_kernels_are_transported() {
+    use futureprop::rule::{FeedbackAlignment, FeedbackKind, Rule, RuleConfig};
+    let m = small_conv_net();
+    let p = m
+        .init_params(Init::XavierNormal, 2)
+        .unwrap()
+        .to_dtype(DType::F64);
+    let b = Batch {
+        x: rand_tensor(&[5, 36], 3, 1.0),
+        target: Target::Classes(vec![0, 1, 2, 0, 1]),
+    };
+    let bp = build_rule("bp")
+        .unwrap()
+        .step(&m, &p, &b, Loss::CrossEntropy)
+        .unwrap();
+    // F = W on every layer with a weight: backprop exactly.
+    let mut fa = FeedbackAlignment::new(FeedbackKind::Random, RuleConfig::default());
+    let mut q = p.clone();
+    fa.init(&m, &mut q, 0).unwrap();
+    for name in ["conv2", "fc1"] {
+        fa.set_feedback(name, p.get(&format!("{name}.weight")).unwrap().clone())
+            .unwrap();
+    }
+    let out = fa.step(&m, &p, &b, Loss::CrossEntropy).unwrap();
+    for (k, g) in bp.grads.iter() {
+        let (a, w) = (out.grads.get(k).unwrap().to_vec_f64(), g.to_vec_f64());
+        for (x, y) in a.iter().zip(&w) {
+            assert!((x - y).abs() < 1e-12, "{k}: {x} vs {y}");
+        }
+    }
+    // Random feedback kernels: the output layer still gets backprop's update, conv1 not.
+    let mut fa = FeedbackAlignment::new(FeedbackKind::Random, RuleConfig::default());
+    let mut q = p.clone();
+    fa.init(&m, &mut q, 7).unwrap();
+    let out = fa.step(&m, &p, &b, Loss::CrossEntropy).unwrap();
+    assert_eq!(
+        out.grads.get("fc1.weight").unwrap().to_vec_f64(),
+        bp.grads.get("fc1.weight").unwrap().to_vec_f64()
+    );
+    let d = out
+        .grads
+        .get("conv1.weight")
+        .unwrap()
+        .sub(bp.grads.get("conv1.weight").unwrap())
+        .unwrap()
+        .norm();
+    assert!(d > 1e-6, "random kernels gave backprop's conv1 update");
+    // Every member of the family builds kernels of the forward kernels' shape and runs.
+    for rule in ["usf", "brsf", "frsf", "kp"] {
+        let mut r = build_rule(rule).unwrap();
+        let mut q = p.clone();
+        r.init(&m, &mut q, 1).unwrap();
+        let out = r.step(&m, &q, &b, Loss::CrossEntropy).unwrap();
+        assert!(
+            out.grads.get("conv1.weight").unwrap().all_finite(),
+            "{rule}"
+        );
+        let fb = r.feedback_matrices(&m, &q).unwrap();
+        let conv2 = fb
+            .iter()
+            .find(|(n, _)| n == "conv2")
+            .map(|(_, f)| f.shape().to_vec());
+        assert_eq!(conv2, Some(vec![3, 2, 2, 2]), "{rule}");
+    }
+}

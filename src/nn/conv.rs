@@ -113,7 +113,11 @@ impl Conv2d {
 
     /// The `[C_out/groups, K]` weight rows of group `g`.
     fn group_weight(&self, p: &Params, g: usize) -> Result<Tensor> {
-        let w = p.get(&format!("{}.weight", self.name))?;
+        self.group_rows_of(p.get(&format!("{}.weight", self.name))?, g)
+    }
+
+    /// The `[C_out/groups, K]` rows of group `g` of a weight-shaped tensor `w`.
+    fn group_rows_of(&self, w: &Tensor, g: usize) -> Result<Tensor> {
         let (og, k) = (self.out_channels / self.groups, self.taps());
         if w.len() != self.out_channels * k {
             return Err(Error::shape(
@@ -279,13 +283,24 @@ impl Layer for Conv2d {
     }
 
     fn input_grad(&self, p: &Params, rec: &Record, d_out: &Tensor) -> Result<Tensor> {
+        let w = p.get(&format!("{}.weight", self.name))?;
+        self.input_grad_with_weight(p, rec, d_out, w)
+    }
+
+    /// The transposed convolution of `d_out` with `weight` (W's shape) in place of W.
+    fn input_grad_with_weight(
+        &self,
+        _p: &Params,
+        _rec: &Record,
+        d_out: &Tensor,
+        weight: &Tensor,
+    ) -> Result<Tensor> {
         let (n, _) = d_out.dims2()?;
         let cg = self.window.channels / self.groups;
         let mut dx = Tensor::zeros(&[n, self.window.input_len()], d_out.dtype());
-        let _ = rec;
         for gi in 0..self.groups {
             let d = self.group_rows(d_out, gi)?;
-            let dcols = d.matmul(false, &self.group_weight(p, gi)?, false)?;
+            let dcols = d.matmul(false, &self.group_rows_of(weight, gi)?, false)?;
             dx.col2im_acc(&dcols, &self.window, gi * cg, cg)?;
         }
         Ok(dx)

@@ -127,6 +127,16 @@ impl Layer for Linear {
         d_out.matmul(false, p.get(&self.weight_key)?, false)
     }
 
+    fn input_grad_with_weight(
+        &self,
+        _p: &Params,
+        _rec: &Record,
+        d_out: &Tensor,
+        weight: &Tensor,
+    ) -> Result<Tensor> {
+        d_out.matmul(false, weight, false)
+    }
+
     /// R{y} = R{x}Wᵀ + x·V_Wᵀ + V_b.
     fn r_forward(&self, p: &Params, v: &Params, rec: &Record, rx: &Tensor) -> Result<Tensor> {
         let mut ry = rx.matmul(false, p.get(&self.weight_key)?, true)?;

@@ -151,6 +151,22 @@ pub trait Layer: Send + Sync + std::fmt::Debug {
     /// weight transport `d_out · W`.
     fn input_grad(&self, p: &Params, rec: &Record, d_out: &Tensor) -> Result<Tensor>;
 
+    /// The input error with the layer's weight replaced by `weight` (same shape): the
+    /// transport feedback-alignment rules use (F in place of W). Defined for layers with a
+    /// weight (Linear, Conv2d).
+    fn input_grad_with_weight(
+        &self,
+        _p: &Params,
+        _rec: &Record,
+        _d_out: &Tensor,
+        _weight: &Tensor,
+    ) -> Result<Tensor> {
+        Err(crate::Error::config(
+            "feedback",
+            format!("layer {} has no weight to replace", self.name()),
+        ))
+    }
+
     /// Pearlmutter's R-operator of the forward map: R{y} = ∂y/∂r at θ + rV, input x + r·R{x}
     /// (`v` holds V; missing entries are zero). Used for Gauss–Newton and Hessian products.
     fn r_forward(&self, _p: &Params, _v: &Params, _rec: &Record, _rx: &Tensor) -> Result<Tensor> {

@@ -17,7 +17,9 @@
 //! | `kp` | learned: ΔF = ΔW, both with weight decay λ, so F → W | Kolen & Pollack 1994; Akrout et al. 2019 |
 //!
 //! FA with F = W is backprop exactly; uSF equals backprop when every weight of a layer
-//! has the same magnitude (then sign(W)·mean|W| = W).
+//! has the same magnitude (then sign(W)·mean|W| = W). On a convolution F is a set of
+//! feedback kernels of the forward kernels' shape, used in the transposed convolution;
+//! pooling layers carry errors as in backprop (they have no weight to transport).
 
 use std::collections::HashMap;
 
@@ -85,9 +87,13 @@ impl FeedbackAlignment {
         Ok(())
     }
 
-    fn draw(&mut self, rows: usize, cols: usize) -> Result<Tensor> {
+    /// A random matrix of `shape` (W's shape: [out, in] or a convolution's
+    /// [C_out, C_in/groups, kh, kw]), fan-in the product of all but the first axis.
+    fn draw(&mut self, shape: &[usize]) -> Result<Tensor> {
+        let rows = shape.first().copied().unwrap_or(1);
+        let cols = shape.iter().skip(1).product::<usize>();
         let v = self.cfg.feedback_init()?.sample(cols, rows, &mut self.rng);
-        Ok(Tensor::from_vec(&[rows, cols], v)?.scale(self.cfg.feedback_scale))
+        Ok(Tensor::from_vec(shape, v)?.scale(self.cfg.feedback_scale))
     }
 
     /// The feedback F used for layer `name` with weight `w` (W's layout).
@@ -113,16 +119,17 @@ impl FeedbackAlignment {
         }
     }
 
-    /// Linear layers that need feedback: every one but the first layer of the model.
-    fn feedback_layers(model: &Model) -> Vec<(usize, String, usize, usize)> {
+    /// Layers with a weight that need feedback (Linear and Conv2d): every one but the
+    /// first layer of the model. Their feedback has the weight's shape.
+    fn feedback_layers(model: &Model) -> Vec<(usize, String)> {
         model
             .layers()
             .iter()
             .enumerate()
             .filter_map(|(i, l)| match l.kind() {
-                LayerKind::Linear {
-                    inputs, outputs, ..
-                } if i > 0 => Some((i, l.name().to_string(), outputs, inputs)),
+                LayerKind::Linear { .. } | LayerKind::Conv2d { .. } if i > 0 => {
+                    Some((i, l.name().to_string()))
+                }
                 _ => None,
             })
             .collect()
@@ -152,20 +159,21 @@ impl Rule for FeedbackAlignment {
     fn init(&mut self, model: &Model, params: &mut Params, seed: u64) -> Result<()> {
         self.rng = crate::Rng::seed_from_u64(self.cfg.feedback_seed.unwrap_or(seed) ^ 0x0fee_dbac);
         self.fixed.clear();
-        for (_, name, rows, cols) in Self::feedback_layers(model) {
-            // Feedback matrices take the dtype of the weights they stand in for.
-            let dt = params.get(&format!("{name}.weight"))?.dtype();
+        for (_, name) in Self::feedback_layers(model) {
+            // Feedback matrices take the shape and dtype of the weights they stand in for.
+            let w = params.get(&format!("{name}.weight"))?;
+            let (dt, shape) = (w.dtype(), w.shape().to_vec());
             match self.kind {
                 FeedbackKind::Random => {
-                    let f = self.draw(rows, cols)?.to_dtype(dt);
+                    let f = self.draw(&shape)?.to_dtype(dt);
                     self.fixed.insert(name, f);
                 }
                 FeedbackKind::SignFixedRandom => {
-                    let r = self.draw(rows, cols)?.unary(Unary::Abs).to_dtype(dt);
+                    let r = self.draw(&shape)?.unary(Unary::Abs).to_dtype(dt);
                     self.fixed.insert(name, r);
                 }
                 FeedbackKind::KolenPollack => {
-                    let f = self.draw(rows, cols)?.to_dtype(dt);
+                    let f = self.draw(&shape)?.to_dtype(dt);
                     params.insert(Self::kp_key(&name), f);
                 }
                 FeedbackKind::SignUniform | FeedbackKind::SignBatchRandom => {}
@@ -183,9 +191,10 @@ impl Rule for FeedbackAlignment {
     ) -> Result<StepOutput> {
         let layers = Self::feedback_layers(model);
         if self.kind == FeedbackKind::SignBatchRandom {
-            for (_, name, rows, cols) in &layers {
-                let dt = params.get(&format!("{name}.weight"))?.dtype();
-                let r = self.draw(*rows, *cols)?.unary(Unary::Abs).to_dtype(dt);
+            for (_, name) in &layers {
+                let w = params.get(&format!("{name}.weight"))?;
+                let (dt, shape) = (w.dtype(), w.shape().to_vec());
+                let r = self.draw(&shape)?.unary(Unary::Abs).to_dtype(dt);
                 self.batch_magnitudes.insert(name.clone(), r);
             }
         }
@@ -202,7 +211,7 @@ impl Rule for FeedbackAlignment {
     ) -> Result<Grads> {
         let layers = Self::feedback_layers(model);
         let mut feedback: HashMap<usize, Tensor> = HashMap::new();
-        for (i, name, _, _) in &layers {
+        for (i, name) in &layers {
             let w = params.get(&format!("{name}.weight"))?;
             feedback.insert(*i, self.feedback(name, w, params)?);
         }
@@ -214,14 +223,14 @@ impl Rule for FeedbackAlignment {
             e,
             &mut grads,
             |i, layer, rec, d| match feedback.get(&i) {
-                Some(f) => d.matmul(false, f, false),
+                Some(f) => layer.input_grad_with_weight(params, rec, d, f),
                 None => layer.input_grad(params, rec, d),
             },
         )?;
         if self.kind == FeedbackKind::KolenPollack {
             // Akrout et al. 2019: ΔW = −η(∇W + λW), ΔF = −η(∇W + λF), so W − F decays.
             let lambda = self.cfg.kp_decay;
-            for (_, name, _, _) in &layers {
+            for (_, name) in &layers {
                 let wk = format!("{name}.weight");
                 let fk = Self::kp_key(name);
                 let mut gf = grads.get(&wk)?.clone();
@@ -235,7 +244,7 @@ impl Rule for FeedbackAlignment {
 
     fn feedback_matrices(&self, model: &Model, params: &Params) -> Result<Vec<(String, Tensor)>> {
         let mut out = Vec::new();
-        for (_, name, _, _) in Self::feedback_layers(model) {
+        for (_, name) in Self::feedback_layers(model) {
             let w = params.get(&format!("{name}.weight"))?;
             if self.kind == FeedbackKind::SignBatchRandom
                 && !self.batch_magnitudes.contains_key(&name)

@@ -360,35 +360,40 @@ pub const RULES: &[(&str, &str)] = &[
 /// Rules defined only for one Linear layer (`linear:IN-OUT`).
 pub const SINGLE_LAYER_RULES: &[&str] = &["perceptron", "lms", "hebbian"];
 
-/// Rules defined on convolution, pooling, normalisation and residual layers today.
-pub const CONV_RULES: &[&str] = &["bp"];
+/// Rules defined on convolution and pooling layers today: backprop and the
+/// feedback-alignment family (feedback kernels in the transposed convolution).
+pub const CONV_RULES: &[&str] = &["bp", "fa", "usf", "brsf", "frsf", "kp"];
+
+/// Rules defined on normalisation layers and residual blocks today.
+pub const BLOCK_RULES: &[&str] = &["bp"];
 
 /// Fails at build time, naming the layer, when `rule` is not defined for a layer of
-/// `model` (today: every rule but backprop on convolution, pooling, normalisation and
-/// residual layers).
+/// `model`: convolution and pooling layers take [`CONV_RULES`], normalisation and
+/// residual blocks [`BLOCK_RULES`].
 pub fn check_layers(rule: &str, model: &Model) -> Result<()> {
-    if CONV_RULES.contains(&rule) {
-        return Ok(());
+    use crate::nn::LayerKind;
+    for l in model.layers() {
+        let (allowed, what) = match l.kind() {
+            LayerKind::Conv2d { .. } | LayerKind::Pool2d { .. } => {
+                (CONV_RULES, "convolution and pooling layers")
+            }
+            LayerKind::Norm | LayerKind::Residual => {
+                (BLOCK_RULES, "normalisation layers and residual blocks")
+            }
+            _ => continue,
+        };
+        if !allowed.contains(&rule) {
+            return Err(Error::config(
+                "rule",
+                format!(
+                    "{rule} is not defined for {what} yet (layer {}); rules for them: {}",
+                    l.name(),
+                    allowed.join(", ")
+                ),
+            ));
+        }
     }
-    match model.layers().iter().find(|l| {
-        matches!(
-            l.kind(),
-            crate::nn::LayerKind::Conv2d { .. }
-                | crate::nn::LayerKind::Pool2d { .. }
-                | crate::nn::LayerKind::Norm
-                | crate::nn::LayerKind::Residual
-        )
-    }) {
-        Some(l) => Err(Error::config(
-            "rule",
-            format!(
-                "{rule} is not defined for convolution, pooling, normalisation or residual layers yet (layer {}); rules for them: {}",
-                l.name(),
-                CONV_RULES.join(", ")
-            ),
-        )),
-        None => Ok(()),
-    }
+    Ok(())
 }
 
 /// Builds a rule by its CLI name with default options.
