@@ -3,65 +3,13 @@
 //! backprop gradient against finite differences of its loss.
 
 mod common;
-use common::rand_tensor;
+use common::{check_layer_gradients, check_param, layer_forward as forward, rand_tensor};
 use futureprop::nn::{
-    Activation, Grads, Init, Layer, LayerNorm, Linear, Loss, Model, ModelSpec, Params, Record,
-    Residual, Target,
+    Activation, Init, Layer, LayerNorm, Linear, Loss, Model, ModelSpec, Params, Residual, Target,
 };
 use futureprop::rule::{Batch, build_rule};
 use futureprop::tensor::{DType, Tensor, Unary};
 use rand::SeedableRng;
-
-fn forward(layer: &dyn Layer, p: &Params, x: &Tensor) -> (Tensor, Record) {
-    let mut rec = Record::new(layer.name(), x.clone());
-    let y = layer.forward(p, x, &mut rec).unwrap();
-    rec.output = y.clone();
-    (y, rec)
-}
-
-/// L = Σ y ⊙ r: ∂L/∂x and ∂L/∂θ against central differences.
-fn check(layer: &dyn Layer, p: &Params, x: &Tensor, label: &str) {
-    let (y, rec) = forward(layer, p, x);
-    let r = rand_tensor(y.shape(), 77, 1.0);
-    let loss = |p: &Params, x: &Tensor| forward(layer, p, x).0.dot(&r).unwrap();
-    let h = 1e-6;
-    let dx = layer.input_grad(p, &rec, &r).unwrap().to_vec_f64();
-    let xv = x.to_vec_f64();
-    for i in 0..xv.len() {
-        let at = |d: f64| {
-            let mut v = xv.clone();
-            v[i] += d;
-            loss(p, &Tensor::from_vec_f64(x.shape(), v).unwrap())
-        };
-        let fd = (at(h) - at(-h)) / (2.0 * h);
-        assert!(
-            (fd - dx[i]).abs() < 1e-6 * (1.0 + fd.abs()),
-            "{label} dx[{i}]: {fd} vs {}",
-            dx[i]
-        );
-    }
-    let mut g = Grads::new();
-    layer.param_grads(p, &rec, &r, &mut g).unwrap();
-    for (name, t) in p.iter() {
-        let an = g.get(name).unwrap().to_vec_f64();
-        let v0 = t.to_vec_f64();
-        for i in 0..v0.len() {
-            let at = |d: f64| {
-                let mut v = v0.clone();
-                v[i] += d;
-                let mut q = p.clone();
-                q.insert(name, Tensor::from_vec_f64(t.shape(), v).unwrap());
-                loss(&q, x)
-            };
-            let fd = (at(h) - at(-h)) / (2.0 * h);
-            assert!(
-                (fd - an[i]).abs() < 1e-6 * (1.0 + fd.abs()),
-                "{label} {name}[{i}]: {fd} vs {}",
-                an[i]
-            );
-        }
-    }
-}
 
 fn params(layer: &dyn Layer, seed: u64) -> Params {
     let mut p = Params::new();
@@ -85,7 +33,7 @@ fn layer_norm_gradients_match_finite_differences() {
         let ln = LayerNorm::new("ln", 7, affine);
         let p = params(&ln, 1);
         let x = rand_tensor(&[4, 7], 2, 2.0);
-        check(&ln, &p, &x, &format!("layernorm affine={affine}"));
+        check_layer_gradients(&ln, &p, &x, 1e-6, &format!("layernorm affine={affine}"));
         // Without affine parameters every output row has mean 0 and variance ≈ 1.
         if !affine {
             let (y, _) = forward(&ln, &p, &x);
@@ -111,7 +59,7 @@ fn residual_blocks_match_finite_differences_with_and_without_projection() {
         let p = params(&block, 3);
         assert_eq!(p.get("res.proj.weight").is_ok(), out != 6, "{label}");
         let x = rand_tensor(&[5, 6], 4, 1.0);
-        check(&block, &p, &x, label);
+        check_layer_gradients(&block, &p, &x, 1e-6, label);
     }
     // With F's weights at zero (and β = 0) the block is the identity.
     let inner: Vec<Box<dyn Layer>> = vec![Box::new(Linear::new("z.fc", 3, 3, true))];
@@ -157,23 +105,9 @@ fn a_residual_mlp_backprop_gradient_matches_finite_differences() {
         "res3.fc.bias",
         "fc_out.weight",
     ] {
-        let t = p.get(name).unwrap();
+        let n = p.get(name).unwrap().len();
         let an = out.grads.get(name).unwrap().to_vec_f64();
-        for i in [0, t.len() - 1] {
-            let at = |d: f64| {
-                let mut v = t.to_vec_f64();
-                v[i] += d;
-                let mut q = p.clone();
-                q.insert(name, Tensor::from_vec_f64(t.shape(), v).unwrap());
-                loss(&q)
-            };
-            let fd = (at(1e-6) - at(-1e-6)) / 2e-6;
-            assert!(
-                (fd - an[i]).abs() < 1e-6 * (1.0 + fd.abs()),
-                "{name}[{i}]: {fd} vs {}",
-                an[i]
-            );
-        }
+        check_param(&p, name, &an, vec![0, n - 1], 1e-6, "resmlp", loss);
     }
     let e = futureprop::rule::check_layers("fa", &m)
         .unwrap_err()

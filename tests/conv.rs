@@ -4,10 +4,10 @@
 //! network's backprop gradient against finite differences of its loss.
 
 mod common;
-use common::rand_tensor;
+use common::{check_layer_gradients, check_param, layer_forward as forward, rand_tensor};
 use futureprop::nn::{
-    Activation, Conv2d, ConvOptions, Grads, Init, Layer, Linear, Loss, Model, Params, Pool2d,
-    PoolKind, Record, Target,
+    Activation, Conv2d, ConvOptions, Init, Layer, Linear, Loss, Model, Params, Pool2d, PoolKind,
+    Target,
 };
 use futureprop::rule::{Batch, build_rule};
 use futureprop::tensor::{DType, Tensor, Unary};
@@ -117,57 +117,6 @@ fn naive_conv(c: &Case, p: &Params, x: &Tensor, name: &str) -> Vec<f64> {
     y
 }
 
-fn forward(layer: &dyn Layer, p: &Params, x: &Tensor) -> (Tensor, Record) {
-    let mut rec = Record::new(layer.name(), x.clone());
-    let y = layer.forward(p, x, &mut rec).unwrap();
-    rec.output = y.clone();
-    (y, rec)
-}
-
-/// L = Σ y ⊙ r: checks ∂L/∂x (input_grad) and ∂L/∂θ (param_grads) by central differences.
-fn check_gradients(layer: &dyn Layer, p: &Params, x: &Tensor, label: &str) {
-    let (y, rec) = forward(layer, p, x);
-    let r = rand_tensor(y.shape(), 99, 1.0);
-    let loss = |p: &Params, x: &Tensor| forward(layer, p, x).0.dot(&r).unwrap();
-    let h = 1e-6;
-    let dx = layer.input_grad(p, &rec, &r).unwrap().to_vec_f64();
-    let xv = x.to_vec_f64();
-    for i in 0..xv.len() {
-        let at = |d: f64| {
-            let mut v = xv.clone();
-            v[i] += d;
-            loss(p, &Tensor::from_vec_f64(x.shape(), v).unwrap())
-        };
-        let fd = (at(h) - at(-h)) / (2.0 * h);
-        assert!(
-            (fd - dx[i]).abs() < 1e-7 * (1.0 + fd.abs()),
-            "{label} dx[{i}]: fd {fd} vs {}",
-            dx[i]
-        );
-    }
-    let mut g = Grads::new();
-    layer.param_grads(p, &rec, &r, &mut g).unwrap();
-    for (name, t) in p.iter() {
-        let an = g.get(name).unwrap().to_vec_f64();
-        let v0 = t.to_vec_f64();
-        for i in 0..v0.len() {
-            let at = |d: f64| {
-                let mut v = v0.clone();
-                v[i] += d;
-                let mut q = p.clone();
-                q.insert(name, Tensor::from_vec_f64(t.shape(), v).unwrap());
-                loss(&q, x)
-            };
-            let fd = (at(h) - at(-h)) / (2.0 * h);
-            assert!(
-                (fd - an[i]).abs() < 1e-7 * (1.0 + fd.abs()),
-                "{label} {name}[{i}]: fd {fd} vs {}",
-                an[i]
-            );
-        }
-    }
-}
-
 #[test]
 fn conv2d_matches_the_definition_and_finite_differences() {
     for (k, c) in cases().iter().enumerate() {
@@ -183,7 +132,7 @@ fn conv2d_matches_the_definition_and_finite_differences() {
         }
         let (oc, oh, ow) = conv.output_map();
         assert_eq!(y.shape(), &[3, oc * oh * ow]);
-        check_gradients(&conv, &p, &x, &format!("conv case {k}"));
+        check_layer_gradients(&conv, &p, &x, 1e-7, &format!("conv case {k}"));
     }
 }
 
@@ -238,7 +187,7 @@ fn pooling_matches_the_definition_and_finite_differences() {
                 }
             }
         }
-        check_gradients(&pool, &p, &x, &format!("{kind:?} {k:?}"));
+        check_layer_gradients(&pool, &p, &x, 1e-7, &format!("{kind:?} {k:?}"));
     }
     let g = Pool2d::global_average("gap", (3, 7, 5)).unwrap();
     let (y, _) = forward(&g, &p, &x);
@@ -285,25 +234,10 @@ fn a_conv_net_backprop_gradient_matches_finite_differences() {
         let y = m.forward(q, &b.x).unwrap();
         Loss::CrossEntropy.eval(&y, &b.target).unwrap().0
     };
-    let h = 1e-6;
     for name in ["conv1.weight", "conv1.bias", "fc1.weight"] {
-        let t = p.get(name).unwrap();
+        let n = p.get(name).unwrap().len();
         let an = out.grads.get(name).unwrap().to_vec_f64();
-        for i in [0, t.len() / 2, t.len() - 1] {
-            let at = |d: f64| {
-                let mut v = t.to_vec_f64();
-                v[i] += d;
-                let mut q = p.clone();
-                q.insert(name, Tensor::from_vec_f64(t.shape(), v).unwrap());
-                loss(&q)
-            };
-            let fd = (at(h) - at(-h)) / (2.0 * h);
-            assert!(
-                (fd - an[i]).abs() < 1e-7 * (1.0 + fd.abs()),
-                "{name}[{i}]: fd {fd} vs {}",
-                an[i]
-            );
-        }
+        check_param(&p, name, &an, vec![0, n / 2, n - 1], 1e-7, "conv net", loss);
     }
 }
 

@@ -30,3 +30,85 @@ pub fn model(spec: &str, act: &str, seed: u64) -> (Model, Params) {
         .to_dtype(DType::F64);
     (m, p)
 }
+
+/// One layer's forward pass with its record (output filled in, as a model records it).
+#[allow(dead_code)]
+pub fn layer_forward(
+    layer: &dyn futureprop::nn::Layer,
+    p: &Params,
+    x: &Tensor,
+) -> (Tensor, futureprop::nn::Record) {
+    let mut rec = futureprop::nn::Record::new(layer.name(), x.clone());
+    let y = layer.forward(p, x, &mut rec).unwrap();
+    rec.output = y.clone();
+    (y, rec)
+}
+
+/// For L = Σ y ⊙ r (r random), checks the layer's input gradient and every parameter's
+/// gradient against central differences (step 1e-6, relative tolerance `tol`).
+#[allow(dead_code)]
+pub fn check_layer_gradients(
+    layer: &dyn futureprop::nn::Layer,
+    p: &Params,
+    x: &Tensor,
+    tol: f64,
+    label: &str,
+) {
+    let (y, rec) = layer_forward(layer, p, x);
+    let r = rand_tensor(y.shape(), 99, 1.0);
+    let loss = |p: &Params, x: &Tensor| layer_forward(layer, p, x).0.dot(&r).unwrap();
+    let h = 1e-6;
+    let dx = layer.input_grad(p, &rec, &r).unwrap().to_vec_f64();
+    let xv = x.to_vec_f64();
+    for i in 0..xv.len() {
+        let at = |d: f64| {
+            let mut v = xv.clone();
+            v[i] += d;
+            loss(p, &Tensor::from_vec_f64(x.shape(), v).unwrap())
+        };
+        let fd = (at(h) - at(-h)) / (2.0 * h);
+        assert!(
+            (fd - dx[i]).abs() < tol * (1.0 + fd.abs()),
+            "{label} dx[{i}]: fd {fd} vs {}",
+            dx[i]
+        );
+    }
+    let mut g = futureprop::nn::Grads::new();
+    layer.param_grads(p, &rec, &r, &mut g).unwrap();
+    for (name, _) in p.iter() {
+        let an = g.get(name).unwrap().to_vec_f64();
+        check_param(p, name, &an, (0..an.len()).collect(), tol, label, |q| {
+            loss(q, x)
+        });
+    }
+}
+
+/// Checks `analytic` (∂L/∂`name`) at `indices` against central differences of `loss`.
+#[allow(dead_code)]
+pub fn check_param(
+    p: &Params,
+    name: &str,
+    analytic: &[f64],
+    indices: Vec<usize>,
+    tol: f64,
+    label: &str,
+    loss: impl Fn(&Params) -> f64,
+) {
+    let t = p.get(name).unwrap();
+    let h = 1e-6;
+    for i in indices {
+        let at = |d: f64| {
+            let mut v = t.to_vec_f64();
+            v[i] += d;
+            let mut q = p.clone();
+            q.insert(name, Tensor::from_vec_f64(t.shape(), v).unwrap());
+            loss(&q)
+        };
+        let fd = (at(h) - at(-h)) / (2.0 * h);
+        assert!(
+            (fd - analytic[i]).abs() < tol * (1.0 + fd.abs()),
+            "{label} {name}[{i}]: fd {fd} vs {}",
+            analytic[i]
+        );
+    }
+}
