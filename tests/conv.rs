@@ -267,7 +267,7 @@ fn bad_geometry_is_named_at_build_time() {
 }
 
 #[test]
-fn named_lenets_have_pytorchs_parameter_count_and_only_bp_accepts_them() {
+fn named_lenets_have_pytorchs_parameter_count_and_rules_without_a_conv_form_refuse_them() {
     for name in ["lenet5", "biotorch-lenet"] {
         let m = Model::build(&futureprop::nn::ModelSpec {
             spec: name.into(),
@@ -280,10 +280,13 @@ fn named_lenets_have_pytorchs_parameter_count_and_only_bp_accepts_them() {
         assert_eq!(m.num_parameters(&p), 61_706, "{name}");
         assert!(m.has_conv_layers());
         assert!(futureprop::rule::check_layers("bp", &m).is_ok());
-        let e = futureprop::rule::check_layers("dfa", &m)
+        for ok in ["fa", "dfa", "frsf"] {
+            assert!(futureprop::rule::check_layers(ok, &m).is_ok(), "{ok}");
+        }
+        let e = futureprop::rule::check_layers("pc", &m)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("dfa") && e.contains("conv1"), "{e}");
+        assert!(e.contains("pc") && e.contains("conv1"), "{e}");
         let y = m
             .forward(&p, &Tensor::zeros(&[2, 784], DType::F32))
             .unwrap();
@@ -380,5 +383,71 @@ fn feedback_alignment_on_convolutions_is_backprop_when_the_kernels_are_transport
             .find(|(n, _)| n == "conv2")
             .map(|(_, f)| f.shape().to_vec());
         assert_eq!(conv2, Some(vec![3, 2, 2, 2]), "{rule}");
+    }
+}
+
+#[test]
+fn dfa_on_a_convolutional_block_is_backprop_when_its_projection_is_the_output_weight() {
+    use futureprop::rule::{DirectFeedback, DirectKind, Rule, RuleConfig};
+    // One hidden conv block, then the output layer: backprop's error at the block's
+    // feature map is e·W_out, which DFA gives with B = W_out.
+    let c1 = Conv2d::new("conv1", (1, 5, 5), 2, (3, 3), ConvOptions::default()).unwrap();
+    let layers: Vec<Box<dyn Layer>> = vec![
+        Box::new(c1),
+        Box::new(Activation::new("act1", Unary::Tanh)),
+        Box::new(Linear::new("fc1", 18, 3, true)),
+    ];
+    let m = Model::from_layers(layers, 25).unwrap();
+    let p = m
+        .init_params(Init::XavierNormal, 4)
+        .unwrap()
+        .to_dtype(DType::F64);
+    let b = Batch {
+        x: rand_tensor(&[4, 25], 6, 1.0),
+        target: Target::Classes(vec![0, 2, 1, 1]),
+    };
+    let bp = build_rule("bp")
+        .unwrap()
+        .step(&m, &p, &b, Loss::CrossEntropy)
+        .unwrap();
+    let mut dfa = DirectFeedback::new(DirectKind::Dfa, RuleConfig::default());
+    let mut q = p.clone();
+    dfa.init(&m, &mut q, 0).unwrap();
+    assert_eq!(dfa.matrix(&m, 0).unwrap().shape(), &[3, 18]);
+    dfa.set_matrix(&m, 0, p.get("fc1.weight").unwrap().clone())
+        .unwrap();
+    let out = dfa.step(&m, &p, &b, Loss::CrossEntropy).unwrap();
+    for (k, g) in bp.grads.iter() {
+        for (x, y) in out
+            .grads
+            .get(k)
+            .unwrap()
+            .to_vec_f64()
+            .iter()
+            .zip(g.to_vec_f64())
+        {
+            assert!((x - y).abs() < 1e-12, "{k}: {x} vs {y}");
+        }
+    }
+    // On the LeNet (pooling between blocks) every direct rule runs.
+    let m = Model::build(&futureprop::nn::ModelSpec {
+        spec: "biotorch-lenet".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let mut p = m.init_params(Init::Auto, 0).unwrap();
+    let x = Tensor::from_vec(&[2, 784], (0..1568).map(|i| (i % 7) as f32 / 7.0).collect()).unwrap();
+    let b = Batch {
+        x,
+        target: Target::Classes(vec![3, 8]),
+    };
+    for rule in ["dfa", "bfa", "drtp"] {
+        let mut r = build_rule(rule).unwrap();
+        r.init(&m, &mut p, 0).unwrap();
+        let out = r.step(&m, &p, &b, Loss::CrossEntropy).unwrap();
+        assert!(
+            out.grads.get("conv1.weight").unwrap().norm() > 0.0,
+            "{rule}"
+        );
     }
 }

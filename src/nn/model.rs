@@ -245,6 +245,57 @@ impl Model {
         Ok(m)
     }
 
+    /// Layers with a weight (Linear, Conv2d), each with the activation right after it,
+    /// for rules that address hidden blocks directly (DFA): pooling layers may sit
+    /// between blocks; the last layer must be a Linear output layer without activation.
+    /// `outputs` is the layer's per-sample output width (C·H·W for a convolution).
+    pub fn weight_blocks(&self, rule: &str) -> Result<(Vec<Block>, Block)> {
+        let bad = |why: String| Error::config("model", format!("{rule}: {why}"));
+        let mut blocks = Vec::new();
+        let mut width = self.inputs;
+        let mut i = 0;
+        while i < self.layers.len() {
+            let l = &self.layers[i];
+            let out = l.output_width(width)?;
+            match l.kind() {
+                LayerKind::Linear { .. } | LayerKind::Conv2d { .. } => {
+                    let activation = match self.layers.get(i + 1).map(|n| n.kind()) {
+                        Some(LayerKind::Activation(_)) | Some(LayerKind::ParametricActivation) => {
+                            Some(i + 1)
+                        }
+                        _ => None,
+                    };
+                    blocks.push(Block {
+                        linear: i,
+                        activation,
+                        inputs: width,
+                        outputs: out,
+                    });
+                    i += 1 + activation.is_some() as usize;
+                }
+                LayerKind::Pool2d { .. } => i += 1,
+                _ => {
+                    return Err(bad(format!(
+                        "layer {} is not a weight layer (Linear, Conv2d), an activation after one, or pooling",
+                        l.name()
+                    )));
+                }
+            }
+            width = out;
+            // An activation's width equals its input's.
+        }
+        let last = blocks
+            .pop()
+            .ok_or_else(|| bad("the model has no weight layer".into()))?;
+        if last.activation.is_some()
+            || last.linear + 1 != self.layers.len()
+            || !matches!(self.layers[last.linear].kind(), LayerKind::Linear { .. })
+        {
+            return Err(bad("the model must end in a Linear output layer".into()));
+        }
+        Ok((blocks, last))
+    }
+
     /// Whether any layer is a convolution or a pooling layer.
     pub fn has_conv_layers(&self) -> bool {
         self.layers.iter().any(|l| {

@@ -53,8 +53,11 @@ impl DirectFeedback {
         }
     }
 
+    /// Hidden blocks (Linear or Conv2d with their activation; pooling may sit between)
+    /// and the output layer. On a convolution the projection reaches the whole feature
+    /// map: B is outputs × (C·H·W).
     fn blocks(model: &Model) -> Result<(Vec<Block>, Block)> {
-        model.layered_blocks("direct feedback")
+        model.weight_blocks("direct feedback")
     }
 
     fn key(&self, index: usize, width: usize) -> usize {

@@ -360,9 +360,13 @@ pub const RULES: &[(&str, &str)] = &[
 /// Rules defined only for one Linear layer (`linear:IN-OUT`).
 pub const SINGLE_LAYER_RULES: &[&str] = &["perceptron", "lms", "hebbian"];
 
-/// Rules defined on convolution and pooling layers today: backprop and the
-/// feedback-alignment family (feedback kernels in the transposed convolution).
-pub const CONV_RULES: &[&str] = &["bp", "fa", "usf", "brsf", "frsf", "kp"];
+/// Rules defined on convolution and pooling layers today: backprop, the
+/// feedback-alignment family (feedback kernels in the transposed convolution) and the
+/// direct-feedback family (the output error or target projected onto each block's whole
+/// feature map).
+pub const CONV_RULES: &[&str] = &[
+    "bp", "fa", "usf", "brsf", "frsf", "kp", "dfa", "bfa", "drtp",
+];
 
 /// Rules defined on normalisation layers and residual blocks today.
 pub const BLOCK_RULES: &[&str] = &["bp"];
