@@ -97,6 +97,32 @@ fn check_rows(t: &Tensor, win: &Window, op: &str) -> Result<usize> {
     Ok(n)
 }
 
+/// For output position `o` on one axis: the first input index of tap 0 (may be
+/// negative: padding) and the range of taps that land inside the input.
+fn tap_range(
+    o: usize,
+    stride: usize,
+    pad: usize,
+    dil: usize,
+    k: usize,
+    size: usize,
+) -> (isize, usize, usize) {
+    let base = (o * stride) as isize - pad as isize;
+    let ceil_div = |a: isize, b: isize| (a + b - 1) / b;
+    let d = dil as isize;
+    let lo = if base >= 0 {
+        0
+    } else {
+        ceil_div(-base, d) as usize
+    };
+    let hi = if (size as isize) > base {
+        (ceil_div(size as isize - base, d) as usize).min(k)
+    } else {
+        0
+    };
+    (base, lo.min(hi), hi)
+}
+
 fn im2col<T: Elem>(x: &[T], n: usize, win: &Window, c0: usize, cg: usize) -> Result<Vec<T>> {
     let (ho, wo) = win.output()?;
     let (kh, kw) = win.kernel;
@@ -108,16 +134,21 @@ fn im2col<T: Elem>(x: &[T], n: usize, win: &Window, c0: usize, cg: usize) -> Res
         .enumerate()
         .for_each(|(s, block)| {
             let xs = &x[s * win.input_len()..(s + 1) * win.input_len()];
+            let (w, (dh, dw)) = (win.width, win.dilation);
             for oh in 0..ho {
+                let (rb, ki_lo, ki_hi) =
+                    tap_range(oh, win.stride.0, win.padding.0, dh, kh, win.height);
                 for ow in 0..wo {
+                    let (cb, kj_lo, kj_hi) = tap_range(ow, win.stride.1, win.padding.1, dw, kw, w);
                     let row = &mut block[(oh * wo + ow) * k..][..k];
                     for ci in 0..cg {
                         let xc = &xs[(c0 + ci) * hw..][..hw];
-                        for ki in 0..kh {
-                            for kj in 0..kw {
-                                if let Some((r, c)) = win.tap(oh, ow, ki, kj) {
-                                    row[(ci * kh + ki) * kw + kj] = xc[r * win.width + c];
-                                }
+                        for ki in ki_lo..ki_hi {
+                            let r = (rb + (ki * dh) as isize) as usize;
+                            let dst = &mut row[(ci * kh + ki) * kw..][..kw];
+                            let c = (cb + (kj_lo * dw) as isize) as usize;
+                            for (j, kj) in (kj_lo..kj_hi).enumerate() {
+                                dst[kj] = xc[r * w + c + j * dw];
                             }
                         }
                     }
@@ -144,16 +175,21 @@ fn col2im_acc<T: Elem>(
         .take(n)
         .enumerate()
         .for_each(|(s, xs)| {
+            let (w, (dh, dw)) = (win.width, win.dilation);
             for oh in 0..ho {
+                let (rb, ki_lo, ki_hi) =
+                    tap_range(oh, win.stride.0, win.padding.0, dh, kh, win.height);
                 for ow in 0..wo {
+                    let (cb, kj_lo, kj_hi) = tap_range(ow, win.stride.1, win.padding.1, dw, kw, w);
                     let row = &cols[((s * ho + oh) * wo + ow) * k..][..k];
                     for ci in 0..cg {
                         let xc = &mut xs[(c0 + ci) * hw..][..hw];
-                        for ki in 0..kh {
-                            for kj in 0..kw {
-                                if let Some((r, c)) = win.tap(oh, ow, ki, kj) {
-                                    xc[r * win.width + c] += row[(ci * kh + ki) * kw + kj];
-                                }
+                        for ki in ki_lo..ki_hi {
+                            let r = (rb + (ki * dh) as isize) as usize;
+                            let src = &row[(ci * kh + ki) * kw..][..kw];
+                            let c = (cb + (kj_lo * dw) as isize) as usize;
+                            for (j, kj) in (kj_lo..kj_hi).enumerate() {
+                                xc[r * w + c + j * dw] += src[kj];
                             }
                         }
                     }
