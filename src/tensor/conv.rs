@@ -219,33 +219,43 @@ fn batch_transpose<T: Elem>(x: &[T], n: usize, a: usize, b: usize) -> Vec<T> {
 fn max_pool<T: Elem>(x: &[T], n: usize, win: &Window) -> Result<(Vec<T>, Vec<usize>)> {
     let (ho, wo) = win.output()?;
     let (kh, kw) = win.kernel;
-    let hw = win.height * win.width;
-    let per = win.channels * ho * wo;
-    let (mut out, mut idx) = (Vec::with_capacity(n * per), Vec::with_capacity(n * per));
-    for s in 0..n {
-        for ch in 0..win.channels {
-            let base = s * win.input_len() + ch * hw;
-            for oh in 0..ho {
-                for ow in 0..wo {
-                    let mut best: Option<(T, usize)> = None;
-                    for ki in 0..kh {
-                        for kj in 0..kw {
-                            if let Some((r, c)) = win.tap(oh, ow, ki, kj) {
-                                let i = base + r * win.width + c;
+    let (hw, w) = (win.height * win.width, win.width);
+    let per = (win.channels * ho * wo).max(1);
+    let mut out = vec![T::of(0.0); n * per];
+    let mut idx = vec![usize::MAX; n * per];
+    // One sample per task.
+    out.par_chunks_mut(per)
+        .zip(idx.par_chunks_mut(per))
+        .enumerate()
+        .for_each(|(s, (o, ix))| {
+            for ch in 0..win.channels {
+                let base = s * win.input_len() + ch * hw;
+                for oh in 0..ho {
+                    let (rb, ki_lo, ki_hi) =
+                        tap_range(oh, win.stride.0, win.padding.0, 1, kh, win.height);
+                    for ow in 0..wo {
+                        let (cb, kj_lo, kj_hi) =
+                            tap_range(ow, win.stride.1, win.padding.1, 1, kw, w);
+                        let mut best: Option<(T, usize)> = None;
+                        for ki in ki_lo..ki_hi {
+                            let r = (rb + ki as isize) as usize;
+                            for kj in kj_lo..kj_hi {
+                                let i = base + r * w + (cb + kj as isize) as usize;
                                 if best.is_none_or(|(b, _)| x[i] > b) {
                                     best = Some((x[i], i));
                                 }
                             }
                         }
+                        // A window entirely in the padding sees only the padding's zero.
+                        if let Some((v, i)) = best {
+                            let at = (ch * ho + oh) * wo + ow;
+                            o[at] = v;
+                            ix[at] = i;
+                        }
                     }
-                    // A window entirely in the padding sees only the padding's zero.
-                    let (v, i) = best.unwrap_or((T::of(0.0), usize::MAX));
-                    out.push(v);
-                    idx.push(i);
                 }
             }
-        }
-    }
+        });
     Ok((out, idx))
 }
 
