@@ -4,17 +4,12 @@
 
 use std::time::Instant;
 
+mod common;
+use common::arg;
+
 use futureprop::nn::{Conv2d, ConvOptions, Grads, Init, Layer, Params, Record};
 use futureprop::tensor::Tensor;
 use rand::SeedableRng;
-
-fn arg(args: &[String], name: &str, default: usize) -> usize {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn main() -> futureprop::Result<()> {
     // As the futureprop binary: keep freed buffers in the heap.

@@ -12,20 +12,14 @@ use std::time::Instant;
 
 use futureprop::nn::{Init, Loss, Model, ModelSpec, Target};
 use futureprop::optim::{OptimizerConfig, StepContext, build_optimizer};
+mod common;
+use common::{arg, arg_str};
 use futureprop::rule::{Batch, RuleObjective, build_rule};
 use futureprop::tensor::Tensor;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
-}
-
-fn arg_str(args: &[String], name: &str, default: &str) -> String {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-        .unwrap_or_else(|| default.to_string())
 }
 
 /// GEMM FLOPs (2·m·n·k per product) of one step of an MLP of `widths` at batch `n`:
@@ -46,14 +40,6 @@ fn step_flops(widths: &[usize], n: usize, rule: &str) -> f64 {
         layers[1..].iter().map(|&(i, o)| prod(i, o)).sum()
     };
     2.0 * fwd + backward
-}
-
-fn arg(args: &[String], name: &str, default: usize) -> usize {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn main() -> futureprop::Result<()> {

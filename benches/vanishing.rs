@@ -12,18 +12,13 @@
 
 use std::path::PathBuf;
 
+mod common;
+use common::arg_str as arg;
+
 use futureprop::data::{Batches, Normalize};
 use futureprop::nn::{Init, Loss, Model, ModelSpec, Target};
 use futureprop::optim::{OptimizerConfig, StepContext, build_optimizer};
 use futureprop::rule::{Batch, build_rule};
-
-fn arg(args: &[String], name: &str, default: &str) -> String {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-        .unwrap_or_else(|| default.to_string())
-}
 
 /// ‖∂L/∂W‖ of every weight matrix, in the order the layers run.
 fn layer_norms(

@@ -198,25 +198,8 @@ fn pooling_matches_the_definition_and_finite_differences() {
 
 #[test]
 fn a_conv_net_backprop_gradient_matches_finite_differences() {
-    let conv = Conv2d::new(
-        "conv1",
-        (1, 6, 6),
-        2,
-        (3, 3),
-        ConvOptions {
-            padding: (1, 1),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let pool = Pool2d::new("pool1", PoolKind::Max, (2, 6, 6), (2, 2), (2, 2), (0, 0)).unwrap();
-    let layers: Vec<Box<dyn Layer>> = vec![
-        Box::new(conv),
-        Box::new(Activation::new("act1", Unary::Tanh)),
-        Box::new(pool),
-        Box::new(Linear::new("fc1", 18, 3, true)),
-    ];
-    let m = Model::from_layers(layers, 36).unwrap();
+    // conv → tanh → max-pool → conv → tanh → linear (tanh: no kink under the probes).
+    let m = small_conv_net(Unary::Tanh);
     assert_eq!(m.outputs(), 3);
     let p = m
         .init_params(Init::XavierNormal, 4)
@@ -234,7 +217,7 @@ fn a_conv_net_backprop_gradient_matches_finite_differences() {
         let y = m.forward(q, &b.x).unwrap();
         Loss::CrossEntropy.eval(&y, &b.target).unwrap().0
     };
-    for name in ["conv1.weight", "conv1.bias", "fc1.weight"] {
+    for name in ["conv1.weight", "conv1.bias", "conv2.weight", "fc1.weight"] {
         let n = p.get(name).unwrap().len();
         let an = out.grads.get(name).unwrap().to_vec_f64();
         check_param(&p, name, &an, vec![0, n / 2, n - 1], 1e-7, "conv net", loss);
@@ -294,7 +277,9 @@ fn named_lenets_have_pytorchs_parameter_count_and_rules_without_a_conv_form_refu
     }
 }
 
-fn small_conv_net() -> Model {
+/// conv(1→2, 3×3, pad 1) → `act1` → 2×2 max-pool → conv(2→3, 2×2) → tanh → linear(12→3)
+/// on 1×6×6 inputs.
+fn small_conv_net(act1: Unary) -> Model {
     let c1 = Conv2d::new(
         "conv1",
         (1, 6, 6),
@@ -310,7 +295,7 @@ fn small_conv_net() -> Model {
     let c2 = Conv2d::new("conv2", (2, 3, 3), 3, (2, 2), ConvOptions::default()).unwrap();
     let layers: Vec<Box<dyn Layer>> = vec![
         Box::new(c1),
-        Box::new(Activation::new("act1", Unary::Relu)),
+        Box::new(Activation::new("act1", act1)),
         Box::new(p1),
         Box::new(c2),
         Box::new(Activation::new("act2", Unary::Tanh)),
@@ -322,7 +307,7 @@ fn small_conv_net() -> Model {
 #[test]
 fn feedback_alignment_on_convolutions_is_backprop_when_the_kernels_are_transported() {
     use futureprop::rule::{FeedbackAlignment, FeedbackKind, Rule, RuleConfig};
-    let m = small_conv_net();
+    let m = small_conv_net(Unary::Relu);
     let p = m
         .init_params(Init::XavierNormal, 2)
         .unwrap()

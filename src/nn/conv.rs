@@ -252,16 +252,7 @@ impl Layer for Conv2d {
             .batch_transpose(n, pos, self.out_channels)
     }
 
-    fn param_grads(&self, p: &Params, rec: &Record, d_out: &Tensor, g: &mut Grads) -> Result<()> {
-        let _ = p;
-        let mut dw = Vec::with_capacity(self.out_channels * self.taps());
-        for gi in 0..self.groups {
-            let d = self.group_rows(d_out, gi)?;
-            let cols = rec.saved.get(gi).ok_or_else(|| {
-                Error::config(format!("layer {}", self.name), "record lacks its columns")
-            })?;
-            dw.extend(d.matmul(true, cols, false)?.to_vec_f64());
-        }
+    fn param_grads(&self, _p: &Params, rec: &Record, d_out: &Tensor, g: &mut Grads) -> Result<()> {
         let (kh, kw) = self.window.kernel;
         let shape = [
             self.out_channels,
@@ -269,7 +260,21 @@ impl Layer for Conv2d {
             kh,
             kw,
         ];
-        let dw = Tensor::from_vec_f64(&shape, dw)?.to_dtype(d_out.dtype());
+        // δ_gᵀX_g per group: rows of the weight in group order.
+        let mut parts = Vec::with_capacity(self.groups);
+        for gi in 0..self.groups {
+            let d = self.group_rows(d_out, gi)?;
+            let cols = rec.saved.get(gi).ok_or_else(|| {
+                Error::config(format!("layer {}", self.name), "record lacks its columns")
+            })?;
+            parts.push(d.matmul(true, cols, false)?);
+        }
+        let dw = if self.groups == 1 {
+            parts.remove(0).reshape(&shape)?
+        } else {
+            let all: Vec<f64> = parts.iter().flat_map(Tensor::to_vec_f64).collect();
+            Tensor::from_vec_f64(&shape, all)?.to_dtype(d_out.dtype())
+        };
         g.accumulate(&format!("{}.weight", self.name), dw)?;
         if self.bias {
             let (n, _) = d_out.dims2()?;

@@ -281,8 +281,8 @@ impl Model {
                     )));
                 }
             }
+            // (An activation after a weight layer keeps its width.)
             width = out;
-            // An activation's width equals its input's.
         }
         let last = blocks
             .pop()

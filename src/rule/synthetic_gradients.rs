@@ -68,6 +68,7 @@ impl SyntheticGradients {
         let width = r.dims2()?.1.max(1) as f64;
         let (wk, bk) = Self::key(k);
         let scale = 1.0 / (n * width);
+        let loss = 0.5 * r.sum_sq() * scale;
         let r = r.scale(scale);
         grads.insert(bk, r.sum_rows()?);
         match hidden {
@@ -83,8 +84,7 @@ impl SyntheticGradients {
                 grads.insert(hb, dz.sum_rows()?);
             }
         }
-        let r2 = synth.sub(target)?.scale(n);
-        Ok(0.5 * r2.sum_sq() / (n * width))
+        Ok(loss)
     }
 
     fn hidden_key(k: usize) -> (String, String) {

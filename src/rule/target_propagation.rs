@@ -100,8 +100,8 @@ impl TargetPropagation {
         }
     }
 
-    /// The targets τₖ of every hidden block for `batch` at `params`, top-down order
-    /// reversed (index k is block k), and the recorded forward pass.
+    /// The targets τₖ of every hidden block for `batch` at `params` (index k is block
+    /// k).
     pub fn targets(
         &self,
         model: &Model,
