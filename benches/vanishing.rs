@@ -48,7 +48,7 @@ fn main() -> futureprop::Result<()> {
     let idx: Vec<usize> = (0..512).collect();
     let probe = Batch {
         x: splits.train.x.gather_rows(&idx)?,
-        target: splits.train.targets(&idx),
+        target: splits.train.targets(&idx)?,
     };
     let depth = 20;
     let hidden = vec!["256"; depth].join("-");
@@ -106,7 +106,7 @@ fn main() -> futureprop::Result<()> {
         let pred = model.forward(&params, &splits.test.x)?.argmax_rows()?;
         let Target::Classes(y) = splits
             .test
-            .targets(&(0..splits.test.len()).collect::<Vec<_>>())
+            .targets(&(0..splits.test.len()).collect::<Vec<_>>())?
         else {
             unreachable!("MNIST has class labels")
         };

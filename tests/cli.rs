@@ -680,3 +680,77 @@ fn every_registry_recipe_is_a_valid_training_configuration() {
             .unwrap_or_else(|err| panic!("{}: {err}", e.name));
     }
 }
+
+#[test]
+fn a_described_model_with_batch_norm_and_dropout_resumes_exactly() {
+    // Dropout masks are a function of (seed, step) and the running statistics live in
+    // the checkpoint, so a resumed run repeats the uninterrupted one.
+    let t = tempfile::tempdir().unwrap();
+    let model = t.path().join("net.toml");
+    std::fs::write(
+        &model,
+        "input = 16\n[[layers]]\ntype = \"linear\"\nout = 24\n[[layers]]\ntype = \"batchnorm\"\n\
+         [[layers]]\ntype = \"relu\"\n[[layers]]\ntype = \"dropout\"\np = 0.3\n\
+         [[layers]]\ntype = \"linear\"\nout = 1\n",
+    )
+    .unwrap();
+    let (full, part) = (t.path().join("full"), t.path().join("part"));
+    let train = |out: &Path, epochs: &str| {
+        run(&[
+            "train",
+            "--dataset",
+            "adding:8",
+            "--loss",
+            "mse",
+            "--model",
+            model.to_str().unwrap(),
+            "--optimizer",
+            "adam",
+            "--lr",
+            "3e-3",
+            "--train-limit",
+            "4000",
+            "--epochs",
+            epochs,
+            "--quiet",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let o = train(&full, "4");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("test loss"));
+    assert!(train(&part, "2").status.success());
+    let ck = part.join("checkpoint.safetensors");
+    let o = run(&[
+        "train",
+        "--resume",
+        ck.to_str().unwrap(),
+        "--epochs",
+        "4",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m = metrics_without_timings(&full);
+    assert_eq!(m, metrics_without_timings(&part));
+    // The model learned something beyond predicting the mean (squared error 1/6).
+    let last = m.iter().rev().find(|r| r["type"] == "epoch").unwrap();
+    assert!(last["test_loss"].as_f64().unwrap() < 0.16, "{last}");
+    // A rule not defined for batch normalisation is refused before training.
+    let o = run(&[
+        "train",
+        "--dataset",
+        "adding:8",
+        "--loss",
+        "mse",
+        "--model",
+        model.to_str().unwrap(),
+        "--rule",
+        "dfa",
+        "--quiet",
+        "--out",
+        t.path().join("dfa").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("normalisation"), "{}", stderr(&o));
+}

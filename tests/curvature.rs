@@ -437,6 +437,7 @@ fn gradient_noise_scale_vanishes_without_noise_and_grows_with_it() {
         labels: vec![1; 200],
         classes: 2,
         reconstruct: false,
+        values: None,
     };
     let b0 = gradient_noise_scale(
         &mut Backprop,

@@ -189,7 +189,10 @@ impl Suite {
             RuleList::All(_) => crate::rule::RULES
                 .iter()
                 .map(|(n, _)| n.to_string())
-                .filter(|n| !crate::rule::SINGLE_LAYER_RULES.contains(&n.as_str()))
+                .filter(|n| {
+                    !crate::rule::SINGLE_LAYER_RULES.contains(&n.as_str())
+                        && !crate::rule::SEQUENCE_RULES.contains(&n.as_str())
+                })
                 .collect(),
             RuleList::List(l) => l.clone(),
         }

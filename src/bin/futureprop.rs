@@ -591,7 +591,9 @@ fn train_cmd(args: &TrainArgs) -> Result<()> {
     let summary = train::train(&cfg, resume.as_deref())?;
     let out = cfg.out_dir();
     let f = |k: &str| summary[k].as_f64().unwrap_or(f64::NAN);
-    if cfg.task == "autoencode" {
+    // Reconstruction and regression (the adding problem) report the loss.
+    if cfg.task == "autoencode" || futureprop::data::synthetic::adding_steps(&cfg.dataset).is_some()
+    {
         println!(
             "test loss {:.4} after {} epochs, {:.1}s; results in {}",
             f("test_loss"),

@@ -63,13 +63,15 @@ impl Iterator for Batches<'_> {
         let end = (self.pos + self.batch_size).min(self.order.len());
         let idx = &self.order[self.pos..end];
         self.pos = end;
-        Some(self.data.x.gather_rows(idx).map(|x| Batch {
-            target: if self.data.reconstruct {
-                Target::Values(x.clone())
-            } else {
-                self.data.targets(idx)
-            },
-            x,
+        Some(self.data.x.gather_rows(idx).and_then(|x| {
+            Ok(Batch {
+                target: if self.data.reconstruct {
+                    Target::Values(x.clone())
+                } else {
+                    self.data.targets(idx)?
+                },
+                x,
+            })
         }))
     }
 }

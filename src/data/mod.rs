@@ -30,6 +30,9 @@ pub struct Dataset {
     pub classes: usize,
     /// The targets are the inputs themselves (autoencoders); labels are kept but unused.
     pub reconstruct: bool,
+    /// Real-valued targets `[n, outputs]` (regression, e.g. the adding problem); labels
+    /// are kept but unused.
+    pub values: Option<Tensor>,
 }
 
 impl Dataset {
@@ -48,6 +51,8 @@ impl Dataset {
     pub fn outputs(&self) -> usize {
         if self.reconstruct {
             self.features()
+        } else if let Some(v) = &self.values {
+            v.shape().get(1).copied().unwrap_or(0)
         } else {
             self.classes
         }
@@ -65,12 +70,22 @@ impl Dataset {
             labels: idx.iter().map(|&i| self.labels[i]).collect(),
             classes: self.classes,
             reconstruct: self.reconstruct,
+            values: self
+                .values
+                .as_ref()
+                .map(|v| v.gather_rows(idx))
+                .transpose()?,
         })
     }
 
     /// Targets for the rows `idx`.
-    pub fn targets(&self, idx: &[usize]) -> Target {
-        Target::Classes(idx.iter().map(|&i| self.labels[i]).collect())
+    pub fn targets(&self, idx: &[usize]) -> Result<Target> {
+        match &self.values {
+            Some(v) => Ok(Target::Values(v.gather_rows(idx)?)),
+            None => Ok(Target::Classes(
+                idx.iter().map(|&i| self.labels[i]).collect(),
+            )),
+        }
     }
 }
 
@@ -115,10 +130,13 @@ impl Normalize {
 
 /// Datasets loadable by name. MNIST and Fashion-MNIST are downloaded when missing;
 /// CIFAR-10 is read from its extracted binary distribution (see [`cifar`]).
-pub const DATASETS: &[&str] = &["mnist", "fashion-mnist", "cifar-10"];
+pub const DATASETS: &[&str] = &["mnist", "fashion-mnist", "cifar-10", "adding:STEPS"];
 
 /// Checks that `name` is a dataset futureprop can load.
 pub fn check_name(name: &str) -> Result<()> {
+    if let Some(steps) = synthetic::adding_steps(name) {
+        return steps.map(|_| ());
+    }
     if DATASETS.contains(&name) {
         Ok(())
     } else {
@@ -213,6 +231,28 @@ fn load_pair(
 /// Loads MNIST or Fashion-MNIST from `root/<name>/`, scales the features, and holds out
 /// the last `validation` training samples.
 pub fn load(root: &Path, name: &str, normalize: Normalize, validation: usize) -> Result<Splits> {
+    if let Some(steps) = synthetic::adding_steps(name) {
+        // Generated, not read: 10 000 training and 1 000 test sequences from fixed seeds.
+        let steps = steps?;
+        let all = synthetic::adding(10_000, steps, 1)?;
+        let cut = all
+            .len()
+            .checked_sub(validation)
+            .filter(|c| *c > 0)
+            .ok_or_else(|| {
+                Error::config(
+                    "validation",
+                    format!("{validation} samples requested but the training set has 10000"),
+                )
+            })?;
+        return Ok(Splits {
+            train: all.subset(&(0..cut).collect::<Vec<_>>())?,
+            validation: (validation > 0)
+                .then(|| all.subset(&(cut..all.len()).collect::<Vec<_>>()))
+                .transpose()?,
+            test: synthetic::adding(1_000, steps, 2)?,
+        });
+    }
     if name == "cifar-10" {
         return cifar::load(root, normalize, validation);
     }
@@ -282,6 +322,7 @@ pub(crate) fn splits(
             labels,
             classes: 10,
             reconstruct: false,
+            values: None,
         })
     };
     let train_all = set(tr_x, tr_y)?;

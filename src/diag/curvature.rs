@@ -116,7 +116,7 @@ pub fn gradient_noise_scale(
             let idx = &idx[..size];
             let b = Batch {
                 x: data.x.gather_rows(idx)?,
-                target: data.targets(idx),
+                target: data.targets(idx)?,
             };
             s += rule
                 .step(model, params, &b, loss)?

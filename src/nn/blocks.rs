@@ -5,9 +5,14 @@
 //! gradient is ∂L/∂x = (g − mean(g) − x̂·mean(g ⊙ x̂))/√(σ² + ε) per row.
 //!
 //! `Residual` (He et al. 2016) wraps a stack of layers F: y = F(x) + x, or
-//! y = F(x) + xPᵀ with a learned projection P when F changes the width. Its record keeps
-//! the inner layers' records (flattened into `saved`), so any rule that drives layers
-//! through [`Layer`] drives the block.
+//! y = F(x) + S(x) with a shortcut S (a learned projection) when F changes the width.
+//! `Highway` (Srivastava et al. 2015): y = T(x)·F(x) + (1 − T(x))·x with the gate
+//! T(x) = σ(x W_Tᵀ + b_T), b_T initialised to −2 so the block starts near the identity;
+//! ∂L/∂x = ∂F/∂xᵀ(δ·T) + δ·(1 − T) + W_Tᵀ(δ·(F − x)·T(1 − T)).
+//! `Dense` (Huang et al. 2017): y = [x, F(x)], the features (channels of a channel-major
+//! map) concatenated; a dense block is a chain of them.
+//! A block's record keeps its inner layers' records (flattened into `saved`), so any rule
+//! that drives layers through [`Layer`] drives the block.
 
 use super::{Grads, Init, Layer, LayerKind, Linear, Params, Record};
 use crate::error::{Error, Result};
@@ -151,70 +156,92 @@ fn broadcast_rows(v: &Tensor, n: usize) -> Result<Tensor> {
     Ok(out)
 }
 
-/// A residual block y = F(x) + x (or + xPᵀ when F changes the width).
+/// A stack of layers run inside a block, keeping their records in the block's record.
 #[derive(Debug)]
-pub struct Residual {
-    name: String,
-    inner: Vec<Box<dyn Layer>>,
-    projection: Option<Linear>,
-    inputs: usize,
-    outputs: usize,
+struct Stack {
+    layers: Vec<Box<dyn Layer>>,
 }
 
-impl Residual {
-    /// A block over `inner` for inputs of `inputs` features; a bias-free projection
-    /// `{name}.proj` is added when the inner stack changes the width.
-    pub fn new(name: impl Into<String>, inner: Vec<Box<dyn Layer>>, inputs: usize) -> Result<Self> {
-        let name = name.into();
-        if inner.is_empty() {
-            return Err(Error::config(format!("block {name}"), "has no layers"));
+impl Stack {
+    fn new(block: &str, layers: Vec<Box<dyn Layer>>, inputs: usize) -> Result<(Self, usize)> {
+        if layers.is_empty() {
+            return Err(Error::config(format!("block {block}"), "has no layers"));
         }
         let mut w = inputs;
-        for l in &inner {
+        for l in &layers {
             w = l.output_width(w)?;
         }
-        let projection =
-            (w != inputs).then(|| Linear::new(format!("{name}.proj"), inputs, w, false));
-        Ok(Residual {
-            name,
-            inner,
-            projection,
-            inputs,
-            outputs: w,
-        })
+        Ok((Stack { layers }, w))
     }
 
-    /// Rebuilds the inner records from the block's record.
-    fn inner_records(&self, rec: &Record) -> Result<Vec<Record>> {
-        let mut out = Vec::with_capacity(self.inner.len());
-        let mut it = rec.saved.iter();
-        for l in &self.inner {
-            let (Some(input), Some(output), Some(count)) = (it.next(), it.next(), it.next()) else {
-                return Err(missing(&self.name));
+    fn init_params(&self, init: Init, rng: &mut crate::Rng, p: &mut Params) -> Result<()> {
+        self.layers
+            .iter()
+            .try_for_each(|l| l.init_params(init, rng, p))
+    }
+
+    /// Runs the stack on `x`, appending each layer's input, output, count of saved
+    /// tensors and saved tensors to `saved`.
+    fn forward(
+        &self,
+        p: &Params,
+        x: &Tensor,
+        train: Option<u64>,
+        saved: &mut Vec<Tensor>,
+    ) -> Result<Tensor> {
+        let mut h = x.clone();
+        for l in &self.layers {
+            let mut r = Record::training(l.name(), h.clone(), train);
+            let y = l.forward(p, &h, &mut r)?;
+            saved.push(h);
+            saved.push(y.clone());
+            saved.push(Tensor::from_vec_f64(&[1], vec![r.saved.len() as f64])?);
+            saved.extend(r.saved);
+            h = y;
+        }
+        Ok(h)
+    }
+
+    /// Rebuilds the records from `saved` (consumed from the front); the rest stays.
+    fn records<'a>(
+        &self,
+        block: &str,
+        saved: &mut impl Iterator<Item = &'a Tensor>,
+        train: Option<u64>,
+    ) -> Result<Vec<Record>> {
+        let mut out = Vec::with_capacity(self.layers.len());
+        for l in &self.layers {
+            let (Some(input), Some(output), Some(count)) =
+                (saved.next(), saved.next(), saved.next())
+            else {
+                return Err(missing(block));
             };
             let k = count.to_vec_f64().first().copied().unwrap_or(0.0) as usize;
-            let saved: Vec<Tensor> = it.by_ref().take(k).cloned().collect();
+            let kept: Vec<Tensor> = saved.by_ref().take(k).cloned().collect();
+            if kept.len() != k {
+                return Err(missing(block));
+            }
             out.push(Record {
                 layer: l.name().to_string(),
                 input: input.clone(),
                 output: output.clone(),
-                saved,
+                saved: kept,
+                train,
             });
         }
         Ok(out)
     }
 
-    /// ∂L/∂x through F, adding F's parameter gradients to `g` when given.
-    fn through_inner(
+    /// ∂L/∂x through the stack, adding its parameter gradients to `g` when given.
+    fn backward(
         &self,
         p: &Params,
-        rec: &Record,
+        recs: &[Record],
         d_out: &Tensor,
         mut g: Option<&mut Grads>,
     ) -> Result<Tensor> {
-        let recs = self.inner_records(rec)?;
         let mut d = d_out.clone();
-        for (l, r) in self.inner.iter().zip(&recs).rev() {
+        for (l, r) in self.layers.iter().zip(recs).rev() {
             if let Some(g) = g.as_deref_mut() {
                 l.param_grads(p, r, &d, g)?;
             }
@@ -222,6 +249,98 @@ impl Residual {
         }
         Ok(d)
     }
+
+    fn commit_state(&self, p: &mut Params) -> Result<()> {
+        self.layers.iter().try_for_each(|l| l.commit_state(p))
+    }
+
+    fn discard_state(&self) {
+        self.layers.iter().for_each(|l| l.discard_state());
+    }
+}
+
+/// A residual block y = F(x) + x, or F(x) + S(x) with a shortcut stack S.
+#[derive(Debug)]
+pub struct Residual {
+    name: String,
+    inner: Stack,
+    shortcut: Option<Stack>,
+    inputs: usize,
+    outputs: usize,
+}
+
+impl Residual {
+    /// A block over `inner` for inputs of `inputs` features; a bias-free Linear
+    /// projection `{name}.proj` is the shortcut when the inner stack changes the width.
+    pub fn new(name: impl Into<String>, inner: Vec<Box<dyn Layer>>, inputs: usize) -> Result<Self> {
+        let name = name.into();
+        let (inner, w) = Stack::new(&name, inner, inputs)?;
+        let shortcut = if w != inputs {
+            let proj: Vec<Box<dyn Layer>> = vec![Box::new(Linear::new(
+                format!("{name}.proj"),
+                inputs,
+                w,
+                false,
+            ))];
+            Some(Stack::new(&name, proj, inputs)?.0)
+        } else {
+            None
+        };
+        Ok(Residual {
+            name,
+            inner,
+            shortcut,
+            inputs,
+            outputs: w,
+        })
+    }
+
+    /// A block with an explicit shortcut stack (e.g. a strided 1×1 convolution and batch
+    /// normalisation, as ResNet's projection shortcut), which must produce F's width.
+    pub fn with_shortcut(
+        name: impl Into<String>,
+        inner: Vec<Box<dyn Layer>>,
+        shortcut: Vec<Box<dyn Layer>>,
+        inputs: usize,
+    ) -> Result<Self> {
+        let name = name.into();
+        let (inner, w) = Stack::new(&name, inner, inputs)?;
+        let (shortcut, ws) = Stack::new(&name, shortcut, inputs)?;
+        if ws != w {
+            return Err(Error::shape(
+                format!("block {name}"),
+                format!("the shortcut gives {ws} features, the inner layers {w}"),
+            ));
+        }
+        Ok(Residual {
+            name,
+            inner,
+            shortcut: Some(shortcut),
+            inputs,
+            outputs: w,
+        })
+    }
+
+    /// The records of the inner stack and of the shortcut.
+    fn records(&self, rec: &Record) -> Result<(Vec<Record>, Vec<Record>)> {
+        let mut it = rec.saved.iter();
+        let inner = self.inner.records(&self.name, &mut it, rec.train)?;
+        let short = match &self.shortcut {
+            Some(s) => s.records(&self.name, &mut it, rec.train)?,
+            None => Vec::new(),
+        };
+        Ok((inner, short))
+    }
+}
+
+fn check_width(block: &str, expected: usize, input: usize) -> Result<()> {
+    if input != expected {
+        return Err(Error::shape(
+            format!("block {block}"),
+            format!("expects {expected} features, got {input}"),
+        ));
+    }
+    Ok(())
 }
 
 impl Layer for Residual {
@@ -234,64 +353,271 @@ impl Layer for Residual {
     }
 
     fn output_width(&self, input: usize) -> Result<usize> {
-        if input != self.inputs {
-            return Err(Error::shape(
-                format!("block {}", self.name),
-                format!("expects {} features, got {input}", self.inputs),
-            ));
-        }
+        check_width(&self.name, self.inputs, input)?;
         Ok(self.outputs)
     }
 
     fn init_params(&self, init: Init, rng: &mut crate::Rng, p: &mut Params) -> Result<()> {
-        for l in &self.inner {
-            l.init_params(init, rng, p)?;
-        }
-        if let Some(pr) = &self.projection {
-            pr.init_params(init, rng, p)?;
+        self.inner.init_params(init, rng, p)?;
+        if let Some(s) = &self.shortcut {
+            s.init_params(init, rng, p)?;
         }
         Ok(())
     }
 
     fn forward(&self, p: &Params, x: &Tensor, rec: &mut Record) -> Result<Tensor> {
-        let mut h = x.clone();
-        for l in &self.inner {
-            let mut r = Record::new(l.name(), h.clone());
-            let y = l.forward(p, &h, &mut r)?;
-            rec.saved.push(h);
-            rec.saved.push(y.clone());
-            rec.saved
-                .push(Tensor::from_vec_f64(&[1], vec![r.saved.len() as f64])?);
-            rec.saved.extend(r.saved);
-            h = y;
-        }
-        match &self.projection {
-            Some(pr) => {
-                let mut r = Record::new(pr.name(), x.clone());
-                h.axpy(1.0, &pr.forward(p, x, &mut r)?)?;
-            }
+        let mut h = self.inner.forward(p, x, rec.train, &mut rec.saved)?;
+        match &self.shortcut {
+            Some(s) => h.axpy(1.0, &s.forward(p, x, rec.train, &mut rec.saved)?)?,
             None => h.axpy(1.0, x)?,
         }
         Ok(h)
     }
 
     fn param_grads(&self, p: &Params, rec: &Record, d_out: &Tensor, g: &mut Grads) -> Result<()> {
-        self.through_inner(p, rec, d_out, Some(g))?;
-        if let Some(pr) = &self.projection {
-            pr.param_grads(p, &Record::new(pr.name(), rec.input.clone()), d_out, g)?;
+        let (inner, short) = self.records(rec)?;
+        self.inner.backward(p, &inner, d_out, Some(&mut *g))?;
+        if let Some(s) = &self.shortcut {
+            s.backward(p, &short, d_out, Some(g))?;
         }
         Ok(())
     }
 
     fn input_grad(&self, p: &Params, rec: &Record, d_out: &Tensor) -> Result<Tensor> {
-        let mut d = self.through_inner(p, rec, d_out, None)?;
-        match &self.projection {
-            Some(pr) => d.axpy(
-                1.0,
-                &pr.input_grad(p, &Record::new(pr.name(), rec.input.clone()), d_out)?,
-            )?,
+        let (inner, short) = self.records(rec)?;
+        let mut d = self.inner.backward(p, &inner, d_out, None)?;
+        match &self.shortcut {
+            Some(s) => d.axpy(1.0, &s.backward(p, &short, d_out, None)?)?,
             None => d.axpy(1.0, d_out)?,
         }
         Ok(d)
+    }
+
+    fn commit_state(&self, p: &mut Params) -> Result<()> {
+        self.inner.commit_state(p)?;
+        self.shortcut.as_ref().map_or(Ok(()), |s| s.commit_state(p))
+    }
+
+    fn discard_state(&self) {
+        self.inner.discard_state();
+        if let Some(s) = &self.shortcut {
+            s.discard_state();
+        }
+    }
+}
+
+/// A highway block y = T(x)·F(x) + (1 − T(x))·x, T(x) = σ(x W_Tᵀ + b_T).
+#[derive(Debug)]
+pub struct Highway {
+    name: String,
+    inner: Stack,
+    gate: Linear,
+    width: usize,
+}
+
+impl Highway {
+    /// A block over `inner`, which must keep the width.
+    pub fn new(name: impl Into<String>, inner: Vec<Box<dyn Layer>>, width: usize) -> Result<Self> {
+        let name = name.into();
+        let (inner, w) = Stack::new(&name, inner, width)?;
+        check_width(&name, width, w)?;
+        let gate = Linear::new(format!("{name}.gate"), width, width, true);
+        Ok(Highway {
+            name,
+            inner,
+            gate,
+            width,
+        })
+    }
+
+    /// Gate bias at initialisation (Srivastava et al. 2015 use −1 to −3).
+    pub const GATE_BIAS: f32 = -2.0;
+}
+
+impl Layer for Highway {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> LayerKind {
+        LayerKind::Highway
+    }
+
+    fn output_width(&self, input: usize) -> Result<usize> {
+        check_width(&self.name, self.width, input)?;
+        Ok(input)
+    }
+
+    fn init_params(&self, init: Init, rng: &mut crate::Rng, p: &mut Params) -> Result<()> {
+        self.inner.init_params(init, rng, p)?;
+        self.gate.init_params(init, rng, p)?;
+        p.insert(
+            format!("{}.bias", self.gate.name()),
+            Tensor::from_vec(&[self.width], vec![Self::GATE_BIAS; self.width])?,
+        );
+        Ok(())
+    }
+
+    fn forward(&self, p: &Params, x: &Tensor, rec: &mut Record) -> Result<Tensor> {
+        let mut r = Record::new(self.gate.name(), x.clone());
+        let t = self
+            .gate
+            .forward(p, x, &mut r)?
+            .unary(crate::tensor::Unary::Sigmoid);
+        let mut saved = vec![t.clone()];
+        let f = self.inner.forward(p, x, rec.train, &mut saved)?;
+        // y = x + T·(F − x)
+        let mut y = f.sub(x)?.mul(&t)?;
+        y.axpy(1.0, x)?;
+        saved.insert(1, f);
+        rec.saved.extend(saved);
+        Ok(y)
+    }
+
+    fn param_grads(&self, p: &Params, rec: &Record, d_out: &Tensor, g: &mut Grads) -> Result<()> {
+        let (t, f, inner) = self.parts(rec)?;
+        self.inner
+            .backward(p, &inner, &d_out.mul(&t)?, Some(&mut *g))?;
+        let d_pre = self.gate_error(rec, &t, &f, d_out)?;
+        self.gate.param_grads(
+            p,
+            &Record::new(self.gate.name(), rec.input.clone()),
+            &d_pre,
+            g,
+        )
+    }
+
+    fn input_grad(&self, p: &Params, rec: &Record, d_out: &Tensor) -> Result<Tensor> {
+        let (t, f, inner) = self.parts(rec)?;
+        let mut d = self.inner.backward(p, &inner, &d_out.mul(&t)?, None)?;
+        // δ·(1 − T)
+        d.axpy(1.0, d_out)?;
+        d.axpy(-1.0, &d_out.mul(&t)?)?;
+        let d_pre = self.gate_error(rec, &t, &f, d_out)?;
+        d.axpy(
+            1.0,
+            &self
+                .gate
+                .input_grad(p, &Record::new(self.gate.name(), rec.input.clone()), &d_pre)?,
+        )?;
+        Ok(d)
+    }
+
+    fn commit_state(&self, p: &mut Params) -> Result<()> {
+        self.inner.commit_state(p)
+    }
+
+    fn discard_state(&self) {
+        self.inner.discard_state();
+    }
+}
+
+impl Highway {
+    fn parts(&self, rec: &Record) -> Result<(Tensor, Tensor, Vec<Record>)> {
+        let mut it = rec.saved.iter();
+        let (Some(t), Some(f)) = (it.next(), it.next()) else {
+            return Err(missing(&self.name));
+        };
+        let inner = self.inner.records(&self.name, &mut it, rec.train)?;
+        Ok((t.clone(), f.clone(), inner))
+    }
+
+    /// ∂L/∂(gate pre-activation) = δ·(F − x)·T(1 − T).
+    fn gate_error(&self, rec: &Record, t: &Tensor, f: &Tensor, d_out: &Tensor) -> Result<Tensor> {
+        let dt = d_out.mul(&f.sub(&rec.input)?)?;
+        t.unary_backward_from_output(crate::tensor::Unary::Sigmoid, &dt)?
+            .ok_or_else(|| missing(&self.name))
+    }
+}
+
+/// A dense unit y = [x, F(x)] (features concatenated per sample).
+#[derive(Debug)]
+pub struct Dense {
+    name: String,
+    inner: Stack,
+    inputs: usize,
+    growth: usize,
+}
+
+impl Dense {
+    /// A unit over `inner` for inputs of `inputs` features.
+    pub fn new(name: impl Into<String>, inner: Vec<Box<dyn Layer>>, inputs: usize) -> Result<Self> {
+        let name = name.into();
+        let (inner, growth) = Stack::new(&name, inner, inputs)?;
+        Ok(Dense {
+            name,
+            inner,
+            inputs,
+            growth,
+        })
+    }
+}
+
+/// Columns `[from, from + width)` of `t` (`[n, f]`).
+fn columns(t: &Tensor, from: usize, width: usize) -> Result<Tensor> {
+    let (n, f) = t.dims2()?;
+    let v = t.to_vec_f64();
+    let mut out = Vec::with_capacity(n * width);
+    for i in 0..n {
+        out.extend_from_slice(&v[i * f + from..i * f + from + width]);
+    }
+    Ok(Tensor::from_vec_f64(&[n, width], out)?.to_dtype(t.dtype()))
+}
+
+impl Layer for Dense {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> LayerKind {
+        LayerKind::Dense
+    }
+
+    fn output_width(&self, input: usize) -> Result<usize> {
+        check_width(&self.name, self.inputs, input)?;
+        Ok(self.inputs + self.growth)
+    }
+
+    fn init_params(&self, init: Init, rng: &mut crate::Rng, p: &mut Params) -> Result<()> {
+        self.inner.init_params(init, rng, p)
+    }
+
+    fn forward(&self, p: &Params, x: &Tensor, rec: &mut Record) -> Result<Tensor> {
+        let f = self.inner.forward(p, x, rec.train, &mut rec.saved)?;
+        let (n, _) = x.dims2()?;
+        let (a, b) = (x.to_vec_f64(), f.to_vec_f64());
+        let (wi, wg) = (self.inputs, self.growth);
+        let mut out = Vec::with_capacity(n * (wi + wg));
+        for i in 0..n {
+            out.extend_from_slice(&a[i * wi..(i + 1) * wi]);
+            out.extend_from_slice(&b[i * wg..(i + 1) * wg]);
+        }
+        Ok(Tensor::from_vec_f64(&[n, wi + wg], out)?.to_dtype(x.dtype()))
+    }
+
+    fn param_grads(&self, p: &Params, rec: &Record, d_out: &Tensor, g: &mut Grads) -> Result<()> {
+        let inner = self
+            .inner
+            .records(&self.name, &mut rec.saved.iter(), rec.train)?;
+        let df = columns(d_out, self.inputs, self.growth)?;
+        self.inner.backward(p, &inner, &df, Some(g)).map(|_| ())
+    }
+
+    fn input_grad(&self, p: &Params, rec: &Record, d_out: &Tensor) -> Result<Tensor> {
+        let inner = self
+            .inner
+            .records(&self.name, &mut rec.saved.iter(), rec.train)?;
+        let df = columns(d_out, self.inputs, self.growth)?;
+        let mut d = self.inner.backward(p, &inner, &df, None)?;
+        d.axpy(1.0, &columns(d_out, 0, self.inputs)?)?;
+        Ok(d)
+    }
+
+    fn commit_state(&self, p: &mut Params) -> Result<()> {
+        self.inner.commit_state(p)
+    }
+
+    fn discard_state(&self) {
+        self.inner.discard_state();
     }
 }

@@ -8,20 +8,26 @@
 mod activation;
 mod blocks;
 mod conv;
+mod describe;
 mod init;
 mod linear;
 mod loss;
 mod model;
+mod norm;
 mod params;
+mod recurrent;
 
 pub use activation::{ACTIVATION_NAMES, Activation, ActivationSpec, PRelu, parse_activation};
-pub use blocks::{LayerNorm, Residual};
+pub use blocks::{Dense, Highway, LayerNorm, Residual};
 pub use conv::{Conv2d, ConvOptions, Pool2d, PoolKind};
+pub use describe::{LayerDesc, ModelDesc, Shape};
 pub use init::{INIT_NAMES, Init};
 pub use linear::Linear;
 pub use loss::{LOSS_NAMES, Loss, Target};
-pub use model::{Block, Model, ModelSpec};
+pub use model::{Block, Model, ModelSpec, is_buffer};
+pub use norm::{Dropout, NormKind, Normalization};
 pub use params::{Grads, Params};
+pub use recurrent::{Cell, Recurrent};
 
 use crate::error::Result;
 use crate::tensor::Tensor;
@@ -37,6 +43,9 @@ pub struct Record {
     pub output: Tensor,
     /// Anything else the layer keeps for its backward maths (masks, statistics).
     pub saved: Vec<Tensor>,
+    /// `Some(seed)` in a training pass (dropout draws its mask from the seed, batch
+    /// normalisation uses batch statistics); `None` in evaluation.
+    pub train: Option<u64>,
 }
 
 impl Record {
@@ -48,6 +57,15 @@ impl Record {
             output: input.clone(),
             input,
             saved: Vec::new(),
+            train: None,
+        }
+    }
+
+    /// The record of a training pass drawing its randomness from `seed`.
+    pub fn training(layer: &str, input: Tensor, seed: Option<u64>) -> Self {
+        Record {
+            train: seed,
+            ..Record::new(layer, input)
         }
     }
 
@@ -113,10 +131,20 @@ pub enum LayerKind {
         /// Whether the layer has a bias.
         bias: bool,
     },
-    /// Layer normalisation.
+    /// Normalisation with per-sample statistics (LayerNorm, GroupNorm, InstanceNorm).
     Norm,
+    /// Batch normalisation (batch statistics in training, running ones in evaluation).
+    BatchNorm,
+    /// Inverted dropout.
+    Dropout,
     /// A residual block around inner layers.
     Residual,
+    /// A highway block y = T(x)·F(x) + (1 − T(x))·x.
+    Highway,
+    /// A dense unit y = [x, F(x)].
+    Dense,
+    /// A recurrent layer unrolled over a sequence.
+    Recurrent,
     /// Max (`max`) or average pooling.
     Pool2d {
         /// The input map and the window's sweep.
@@ -166,6 +194,28 @@ pub trait Layer: Send + Sync + std::fmt::Debug {
             format!("layer {} has no weight to replace", self.name()),
         ))
     }
+
+    /// The parameter update of an online credit-assignment rule for this layer (UORO's
+    /// estimate for a recurrent layer); default: the exact gradient, [`Layer::param_grads`].
+    fn online_param_grads(
+        &self,
+        p: &Params,
+        rec: &Record,
+        d_out: &Tensor,
+        g: &mut Grads,
+    ) -> Result<()> {
+        self.param_grads(p, rec, d_out, g)
+    }
+
+    /// Folds what training passes since the last call measured into the parameter
+    /// store's buffers (BatchNorm's running statistics). Default: nothing.
+    fn commit_state(&self, _p: &mut Params) -> Result<()> {
+        Ok(())
+    }
+
+    /// Forgets what training passes since the last commit measured (passes run for
+    /// diagnostics only). Default: nothing.
+    fn discard_state(&self) {}
 
     /// Pearlmutter's R-operator of the forward map: R{y} = ∂y/∂r at θ + rV, input x + r·R{x}
     /// (`v` holds V; missing entries are zero). Used for Gauss–Newton and Hessian products.

@@ -1,5 +1,7 @@
 //! Models: sequences of layers built from a spec string.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +53,14 @@ pub struct Model {
     inputs: usize,
     outputs: usize,
     spec: ModelSpec,
+    /// Seed of the training passes' randomness (dropout masks), set per step.
+    train_seed: AtomicU64,
+}
+
+/// Whether a parameter-store entry is a buffer (running statistics) rather than a
+/// trainable parameter.
+pub fn is_buffer(name: &str) -> bool {
+    name.ends_with(".running_mean") || name.ends_with(".running_var")
 }
 
 impl Model {
@@ -67,6 +77,21 @@ impl Model {
         }
         if let Some(rest) = spec.spec.strip_prefix("resmlp:") {
             return Self::residual_mlp(spec, rest);
+        }
+        if spec.spec.ends_with(".toml") {
+            let path = std::path::Path::new(&spec.spec);
+            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+            let desc = super::ModelDesc::from_toml(&text)
+                .map_err(|e| Error::config("model", format!("{}: {e}", spec.spec)))?;
+            return Self::from_desc(spec, &desc);
+        }
+        if let Some(desc) = super::describe::named(&spec.spec, 10)? {
+            return Self::from_desc(spec, &desc);
+        }
+        for (kind, cell) in [("lstm:", super::Cell::Lstm), ("rnn:", super::Cell::Elman)] {
+            if let Some(rest) = spec.spec.strip_prefix(kind) {
+                return Self::recurrent(spec, cell, rest);
+            }
         }
         let (kind, rest) = spec.spec.split_once(':').ok_or_else(|| {
             Error::config(
@@ -145,6 +170,7 @@ impl Model {
             inputs: widths[0],
             outputs: widths[n],
             spec: spec.clone(),
+            train_seed: AtomicU64::new(0),
         })
     }
 
@@ -199,6 +225,48 @@ impl Model {
         let mut m = Model::from_layers(layers, 784)?;
         m.spec = spec.clone();
         Ok(Some(m))
+    }
+
+    /// A model from a layer description.
+    pub fn from_desc(spec: &ModelSpec, desc: &super::ModelDesc) -> Result<Model> {
+        let (layers, inputs) = desc.build(spec.bias)?;
+        let mut m = Model::from_layers(layers, inputs)?;
+        m.spec = spec.clone();
+        Ok(m)
+    }
+
+    /// `lstm:TxD-H-OUT` / `rnn:TxD-H-OUT`: a recurrent layer of H units over T steps of D
+    /// features, then Linear H→OUT on the last hidden state (sequential MNIST:
+    /// `lstm:28x28-128-10`).
+    fn recurrent(spec: &ModelSpec, cell: super::Cell, rest: &str) -> Result<Model> {
+        let bad = || {
+            Error::config(
+                "model",
+                format!(
+                    "'{}': expected lstm:STEPSxFEATURES-HIDDEN-OUT, e.g. lstm:28x28-128-10",
+                    spec.spec
+                ),
+            )
+        };
+        let parts: Vec<&str> = rest.split('-').collect();
+        let [td, hid, out] = parts.as_slice() else {
+            return Err(bad());
+        };
+        let (t, d) = td.split_once('x').ok_or_else(bad)?;
+        let num = |s: &str| s.parse::<usize>().ok().filter(|v| *v > 0).ok_or_else(bad);
+        let (t, d, hid, out) = (num(t)?, num(d)?, num(hid)?, num(out)?);
+        let name = if cell == super::Cell::Lstm {
+            "lstm"
+        } else {
+            "rnn"
+        };
+        let layers: Vec<Box<dyn Layer>> = vec![
+            Box::new(super::Recurrent::new(name, cell, d, hid, t)?),
+            Box::new(Linear::new("fc", hid, out, spec.bias)),
+        ];
+        let mut m = Model::from_layers(layers, t * d)?;
+        m.spec = spec.clone();
+        Ok(m)
     }
 
     /// `resmlp:IN-WxD-OUT`: Linear IN→W and the activation, then D pre-norm residual
@@ -320,6 +388,7 @@ impl Model {
                 spec: "custom".into(),
                 ..Default::default()
             },
+            train_seed: AtomicU64::new(0),
         })
     }
 
@@ -444,7 +513,8 @@ impl Model {
         Ok(())
     }
 
-    /// Forward pass keeping only the output.
+    /// Evaluation forward pass keeping only the output (dropout off, batch
+    /// normalisation with running statistics).
     pub fn forward(&self, p: &Params, x: &Tensor) -> Result<Tensor> {
         self.check_input(x)?;
         let mut h = x.clone();
@@ -455,13 +525,37 @@ impl Model {
         Ok(h)
     }
 
-    /// Forward pass recording every layer's input and output.
+    /// Sets the seed of the next training passes' randomness (the trainer sets it from
+    /// the run's seed and the step, so dropout masks survive a resume).
+    pub fn set_train_seed(&self, seed: u64) {
+        self.train_seed.store(seed, Ordering::Relaxed);
+    }
+
+    /// The seed of the current training passes.
+    pub fn train_seed(&self) -> u64 {
+        self.train_seed.load(Ordering::Relaxed)
+    }
+
+    /// Folds the running statistics measured by training passes into `p`'s buffers.
+    pub fn commit_state(&self, p: &mut Params) -> Result<()> {
+        self.layers.iter().try_for_each(|l| l.commit_state(p))
+    }
+
+    /// Forgets the statistics of training passes since the last commit.
+    pub fn discard_state(&self) {
+        self.layers.iter().for_each(|l| l.discard_state());
+    }
+
+    /// Forward pass of training, recording every layer's input and output: dropout is
+    /// on (masks drawn from [`Model::train_seed`]) and batch normalisation uses batch
+    /// statistics. [`Model::forward`] is the evaluation pass.
     pub fn forward_trace(&self, p: &Params, x: &Tensor) -> Result<Trace> {
         self.check_input(x)?;
         let mut records = Vec::with_capacity(self.layers.len());
         let mut h = x.clone();
+        let seed = Some(self.train_seed());
         for l in &self.layers {
-            let mut rec = Record::new(l.name(), h.clone());
+            let mut rec = Record::training(l.name(), h.clone(), seed);
             h = l.forward(p, &h, &mut rec)?;
             rec.output = h.clone();
             records.push(rec);
@@ -480,7 +574,9 @@ impl Model {
             .map(|l| format!("{}.", l.name()))
             .collect();
         p.iter()
-            .filter(|(n, _)| prefixes.iter().any(|pre| n.starts_with(pre.as_str())))
+            .filter(|(n, _)| {
+                !is_buffer(n) && prefixes.iter().any(|pre| n.starts_with(pre.as_str()))
+            })
             .map(|(_, t)| t.len())
             .sum()
     }

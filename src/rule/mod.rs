@@ -19,7 +19,7 @@ mod predictive_coding;
 mod synthetic_gradients;
 mod target_propagation;
 
-pub use backprop::Backprop;
+pub use backprop::{Backprop, Uoro};
 pub use classic::{Classic, ClassicKind};
 pub use direct_feedback::{DirectFeedback, DirectKind};
 pub use equilibrium::{Equilibrium, Nudge};
@@ -355,10 +355,18 @@ pub const RULES: &[(&str, &str)] = &[
         "hebbian",
         "Oja's normalised Hebbian rule (subspace form), unsupervised, single Linear layer (Oja 1982)",
     ),
+    (
+        "uoro",
+        "unbiased online recurrent optimisation: rank-one forward-mode estimate for recurrent layers, backprop elsewhere (Tallec & Ollivier 2017)",
+    ),
 ];
 
 /// Rules defined only for one Linear layer (`linear:IN-OUT`).
 pub const SINGLE_LAYER_RULES: &[&str] = &["perceptron", "lms", "hebbian"];
+
+/// Rules that differ from backprop only on layers the feed-forward suites do not have
+/// (UORO on recurrent layers); the suites' `all` leaves them out.
+pub const SEQUENCE_RULES: &[&str] = &["uoro"];
 
 /// Rules defined on convolution and pooling layers today: backprop, the
 /// feedback-alignment family (feedback kernels in the transposed convolution) and the
@@ -368,12 +376,21 @@ pub const CONV_RULES: &[&str] = &[
     "bp", "fa", "usf", "brsf", "frsf", "kp", "dfa", "bfa", "drtp",
 ];
 
-/// Rules defined on normalisation layers and residual blocks today.
+/// Rules defined on normalisation and dropout layers: those whose training pass is the
+/// model's recorded forward pass and whose error passes through every layer that has
+/// no weight by its own input gradient (backprop and the feedback-alignment family).
+pub const NORM_RULES: &[&str] = &["bp", "fa", "usf", "brsf", "frsf", "kp"];
+
+/// Rules defined on residual, highway and dense blocks and recurrent layers today.
 pub const BLOCK_RULES: &[&str] = &["bp"];
+
+/// Rules defined on recurrent layers: backprop through time and UORO.
+pub const RECURRENT_RULES: &[&str] = &["bp", "uoro"];
 
 /// Fails at build time, naming the layer, when `rule` is not defined for a layer of
 /// `model`: convolution and pooling layers take [`CONV_RULES`], normalisation and
-/// residual blocks [`BLOCK_RULES`].
+/// dropout [`NORM_RULES`], blocks [`BLOCK_RULES`], recurrent layers
+/// [`RECURRENT_RULES`].
 pub fn check_layers(rule: &str, model: &Model) -> Result<()> {
     use crate::nn::LayerKind;
     for l in model.layers() {
@@ -381,9 +398,13 @@ pub fn check_layers(rule: &str, model: &Model) -> Result<()> {
             LayerKind::Conv2d { .. } | LayerKind::Pool2d { .. } => {
                 (CONV_RULES, "convolution and pooling layers")
             }
-            LayerKind::Norm | LayerKind::Residual => {
-                (BLOCK_RULES, "normalisation layers and residual blocks")
+            LayerKind::Norm | LayerKind::BatchNorm | LayerKind::Dropout => {
+                (NORM_RULES, "normalisation and dropout layers")
             }
+            LayerKind::Residual | LayerKind::Highway | LayerKind::Dense => {
+                (BLOCK_RULES, "residual, highway and dense blocks")
+            }
+            LayerKind::Recurrent => (RECURRENT_RULES, "recurrent layers"),
             _ => continue,
         };
         if !allowed.contains(&rule) {
@@ -412,6 +433,7 @@ pub fn build_rule_with(name: &str, cfg: &RuleConfig) -> Result<Box<dyn Rule>> {
     let direct = |k| -> Result<Box<dyn Rule>> { Ok(Box::new(DirectFeedback::new(k, cfg.clone()))) };
     match name {
         "bp" | "backprop" => Ok(Box::new(Backprop)),
+        "uoro" => Ok(Box::new(Uoro)),
         "fa" => fa(FeedbackKind::Random),
         "usf" => fa(FeedbackKind::SignUniform),
         "brsf" => fa(FeedbackKind::SignBatchRandom),

@@ -129,7 +129,7 @@ fn averaged_view(params: &Params, names: &[String]) -> Result<Params> {
 pub fn load_data(cfg: &TrainConfig) -> Result<Splits> {
     let root = data::resolve_data_dir(cfg.data_dir.as_deref());
     data::check_name(&cfg.dataset)?;
-    if cfg.dataset == "cifar-10" {
+    if cfg.dataset == "cifar-10" || data::synthetic::adding_steps(&cfg.dataset).is_some() {
         // Not downloadable yet: cifar::load names what is missing and where to get it.
     } else if !data::is_present(&root, &cfg.dataset)? {
         let remote = data::download::remote(&cfg.dataset)?;
@@ -275,7 +275,7 @@ pub fn diagnose_checkpoint(
     let idx: Vec<usize> = (0..n).collect();
     let batch = Batch {
         x: splits.train.x.gather_rows(&idx)?,
-        target: splits.train.targets(&idx),
+        target: splits.train.targets(&idx)?,
     };
     let layers = crate::diag::diagnose(rule.as_mut(), &model, &params, &batch, loss)?;
     let mut report = json!({"rule": rule.name(), "model": cfg.model, "epoch": ck.epoch, "batch_size": n, "layers": layers});
@@ -502,6 +502,13 @@ pub fn run_with(
             let batch = batch?;
             let (live_before, peak_before) = (crate::mem::live(), crate::mem::peak());
             crate::mem::reset_peak();
+            // Dropout masks are a function of (run seed, step): a resumed run draws the
+            // same ones.
+            model.set_train_seed(
+                cfg.seed
+                    .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                    .wrapping_add(step),
+            );
             let out = rule.step(&model, &params, &batch, loss)?;
             step_peak = step_peak.max(crate::mem::peak().saturating_sub(live_before));
             update_bytes = update_bytes.max(out.grads.size_bytes());
@@ -542,9 +549,12 @@ pub fn run_with(
             let will_step = cfg.accumulate <= 1
                 || acc_n + 1 == cfg.accumulate
                 || batch_index + 1 == num_batches;
+            // Running statistics of this step's training passes (BatchNorm).
+            model.commit_state(&mut params)?;
             let diag = if will_step && cfg.diag_every > 0 && step % cfg.diag_every == 0 {
                 let (t, w) = (Instant::now(), crate::tensor::counters::read());
                 let bp = Backprop.step(&model, &params, &batch, loss)?;
+                model.discard_state();
                 let fb = rule.feedback_matrices(&model, &params)?;
                 diag_seconds += t.elapsed().as_secs_f64();
                 diag_work = diag_work + (crate::tensor::counters::read() - w);

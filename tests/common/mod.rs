@@ -38,7 +38,18 @@ pub fn layer_forward(
     p: &Params,
     x: &Tensor,
 ) -> (Tensor, futureprop::nn::Record) {
-    let mut rec = futureprop::nn::Record::new(layer.name(), x.clone());
+    layer_forward_mode(layer, p, x, None)
+}
+
+/// [`layer_forward`] in training mode with `Some(seed)`, in evaluation with `None`.
+#[allow(dead_code)]
+pub fn layer_forward_mode(
+    layer: &dyn futureprop::nn::Layer,
+    p: &Params,
+    x: &Tensor,
+    train: Option<u64>,
+) -> (Tensor, futureprop::nn::Record) {
+    let mut rec = futureprop::nn::Record::training(layer.name(), x.clone(), train);
     let y = layer.forward(p, x, &mut rec).unwrap();
     rec.output = y.clone();
     (y, rec)
@@ -54,9 +65,24 @@ pub fn check_layer_gradients(
     tol: f64,
     label: &str,
 ) {
-    let (y, rec) = layer_forward(layer, p, x);
+    check_layer_gradients_mode(layer, p, x, tol, label, None)
+}
+
+/// [`check_layer_gradients`] in training mode with `Some(seed)` (the same seed for every
+/// pass, so dropout masks stay fixed), in evaluation with `None`. Buffers (running
+/// statistics) are not parameters and are skipped.
+#[allow(dead_code)]
+pub fn check_layer_gradients_mode(
+    layer: &dyn futureprop::nn::Layer,
+    p: &Params,
+    x: &Tensor,
+    tol: f64,
+    label: &str,
+    train: Option<u64>,
+) {
+    let (y, rec) = layer_forward_mode(layer, p, x, train);
     let r = rand_tensor(y.shape(), 99, 1.0);
-    let loss = |p: &Params, x: &Tensor| layer_forward(layer, p, x).0.dot(&r).unwrap();
+    let loss = |p: &Params, x: &Tensor| layer_forward_mode(layer, p, x, train).0.dot(&r).unwrap();
     let h = 1e-6;
     let dx = layer.input_grad(p, &rec, &r).unwrap().to_vec_f64();
     let xv = x.to_vec_f64();
@@ -75,7 +101,7 @@ pub fn check_layer_gradients(
     }
     let mut g = futureprop::nn::Grads::new();
     layer.param_grads(p, &rec, &r, &mut g).unwrap();
-    for (name, _) in p.iter() {
+    for (name, _) in p.iter().filter(|(n, _)| !futureprop::nn::is_buffer(n)) {
         let an = g.get(name).unwrap().to_vec_f64();
         check_param(p, name, &an, (0..an.len()).collect(), tol, label, |q| {
             loss(q, x)
