@@ -436,3 +436,87 @@ fn dfa_on_a_convolutional_block_is_backprop_when_its_projection_is_the_output_we
         );
     }
 }
+
+#[test]
+fn block_local_rules_on_convolutional_blocks_match_their_oracles() {
+    use futureprop::rule::{Rule, RuleConfig, SyntheticGradients, build_rule, build_rule_with};
+    // Blocks: conv1→act1→pool1, conv2→act2, then the Linear output layer.
+    let m = small_conv_net(Unary::Tanh);
+    let (hidden, last) = m.chain_blocks("local").unwrap();
+    assert_eq!(hidden.len(), 2);
+    assert_eq!((hidden[0].pool, hidden[0].outputs), (Some(2), 18));
+    assert_eq!((hidden[1].pool, hidden[1].outputs), (None, 12));
+    assert_eq!(last.linear, 5);
+    let p0 = m
+        .init_params(Init::XavierNormal, 4)
+        .unwrap()
+        .to_dtype(DType::F64);
+    let b = futureprop::rule::Batch {
+        x: rand_tensor(&[5, 36], 5, 1.0),
+        target: Target::Classes(vec![0, 1, 2, 1, 0]),
+    };
+    let bp = build_rule("bp")
+        .unwrap()
+        .step(&m, &p0, &b, Loss::CrossEntropy)
+        .unwrap()
+        .grads;
+    let same = |g: &Params, label: &str| {
+        for k in ["conv1.weight", "conv1.bias", "conv2.weight", "fc1.weight"] {
+            let (a, e) = (
+                g.get(k).unwrap().to_vec_f64(),
+                bp.get(k).unwrap().to_vec_f64(),
+            );
+            for (u, v) in a.iter().zip(&e) {
+                assert!(
+                    (u - v).abs() < 1e-12 * (1.0 + v.abs()),
+                    "{label} {k}: {u} vs {v}"
+                );
+            }
+        }
+    };
+    // DNI whose synthesizers return the true gradient is backprop.
+    let mut p = p0.clone();
+    let mut dni = SyntheticGradients::new(false, RuleConfig::default());
+    dni.init(&m, &mut p, 0).unwrap();
+    assert_eq!(p.get("dni.syn0.weight").unwrap().shape(), &[18, 18]);
+    assert_eq!(p.get("dni.syn1.weight").unwrap().shape(), &[12, 12]);
+    dni.oracle = true;
+    same(
+        &dni.step(&m, &p, &b, Loss::CrossEntropy).unwrap().grads,
+        "oracle dni",
+    );
+    // Deep supervision with auxiliary weight 0 is backprop.
+    let mut p = p0.clone();
+    let mut dsn = build_rule_with(
+        "dsn",
+        &RuleConfig {
+            dsn_weight: 0.0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    dsn.init(&m, &mut p, 0).unwrap();
+    same(
+        &dsn.step(&m, &p, &b, Loss::CrossEntropy).unwrap().grads,
+        "dsn 0",
+    );
+    // Local losses: the output layer's weights do not reach the convolutional blocks.
+    let mut p = p0.clone();
+    let mut local = build_rule("local").unwrap();
+    local.init(&m, &mut p, 0).unwrap();
+    let g1 = local.step(&m, &p, &b, Loss::CrossEntropy).unwrap().grads;
+    let mut q = p.clone();
+    q.insert("fc1.weight", rand_tensor(&[3, 12], 9, 3.0));
+    let g2 = local.step(&m, &q, &b, Loss::CrossEntropy).unwrap().grads;
+    for k in ["conv1.weight", "conv2.weight", "conv2.bias"] {
+        assert_eq!(g1.get(k).unwrap(), g2.get(k).unwrap(), "{k}");
+        assert_ne!(g1.get(k).unwrap(), bp.get(k).unwrap(), "{k}");
+    }
+    // Rules without a convolutional form say so at build time.
+    for rule in ["pc", "dtp", "ff", "eqprop"] {
+        let e = futureprop::rule::check_layers(rule, &m)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(rule) && e.contains("conv1"), "{e}");
+    }
+}

@@ -42,8 +42,12 @@ pub struct Block {
     pub activation: Option<usize>,
     /// Input width of the Linear layer.
     pub inputs: usize,
-    /// Output width of the Linear layer (the block's width).
+    /// Output width of the block: the weight layer's, or the pooling layer's when the
+    /// block ends in one.
     pub outputs: usize,
+    /// Index of a pooling layer after the activation that belongs to the block
+    /// ([`Model::chain_blocks`] only).
+    pub pool: Option<usize>,
 }
 
 /// A sequence of layers.
@@ -338,6 +342,7 @@ impl Model {
                         activation,
                         inputs: width,
                         outputs: out,
+                        pool: None,
                     });
                     i += 1 + activation.is_some() as usize;
                 }
@@ -357,6 +362,70 @@ impl Model {
             .ok_or_else(|| bad("the model has no weight layer".into()))?;
         if last.activation.is_some()
             || last.linear + 1 != self.layers.len()
+            || !matches!(self.layers[last.linear].kind(), LayerKind::Linear { .. })
+        {
+            return Err(bad("the model must end in a Linear output layer".into()));
+        }
+        Ok((blocks, last))
+    }
+
+    /// The model as a chain of blocks — a weight layer (Linear, Conv2d), the activation
+    /// after it and a pooling layer after that, each optional but the first — ending in
+    /// a Linear output block, for rules that learn block by block (local losses,
+    /// synthetic gradients). On an MLP these are [`Model::layered_blocks`].
+    pub fn chain_blocks(&self, rule: &str) -> Result<(Vec<Block>, Block)> {
+        let bad = |why: String| Error::config("model", format!("{rule}: {why}"));
+        let is_act = |i: usize| {
+            matches!(
+                self.layers.get(i).map(|l| l.kind()),
+                Some(LayerKind::Activation(_) | LayerKind::ParametricActivation)
+            )
+        };
+        let is_pool = |i: usize| {
+            matches!(
+                self.layers.get(i).map(|l| l.kind()),
+                Some(LayerKind::Pool2d { .. })
+            )
+        };
+        let mut blocks = Vec::new();
+        let (mut width, mut i) = (self.inputs, 0);
+        while i < self.layers.len() {
+            let l = &self.layers[i];
+            if !matches!(
+                l.kind(),
+                LayerKind::Linear { .. } | LayerKind::Conv2d { .. }
+            ) {
+                return Err(bad(format!(
+                    "layer {} does not start a block (a Linear or Conv2d layer, its activation, then pooling)",
+                    l.name()
+                )));
+            }
+            let start = i;
+            let mut out = l.output_width(width)?;
+            i += 1;
+            let activation = is_act(i).then_some(i);
+            if activation.is_some() {
+                i += 1;
+            }
+            let pool = is_pool(i).then_some(i);
+            if let Some(p) = pool {
+                out = self.layers[p].output_width(out)?;
+                i += 1;
+            }
+            blocks.push(Block {
+                linear: start,
+                activation,
+                inputs: width,
+                outputs: out,
+                pool,
+            });
+            width = out;
+        }
+        let last = blocks
+            .pop()
+            .ok_or_else(|| bad("the model has no weight layer".into()))?;
+        if last.activation.is_some()
+            || last.pool.is_some()
             || !matches!(self.layers[last.linear].kind(), LayerKind::Linear { .. })
         {
             return Err(bad("the model must end in a Linear output layer".into()));
@@ -440,6 +509,7 @@ impl Model {
                     activation,
                     inputs,
                     outputs,
+                    pool: None,
                 });
             }
         }

@@ -1,5 +1,5 @@
-//! Helpers for rules that work block by block (a Linear layer and the activation after
-//! it): forward of one block into a trace, its output, its transposed Jacobian and its
+//! Helpers for rules that work block by block (a weight layer, the activation after it
+//! and a pooling layer after that): forward of one block into a trace, its output, its transposed Jacobian and its
 //! parameter gradients. Used by predictive coding, synthetic gradients, local losses
 //! and Forward-Forward.
 
@@ -22,12 +22,17 @@ pub(crate) fn scratch_trace(model: &Model, dtype: DType) -> Trace {
 /// Drops the block's records and error signals (its activations), keeping empty
 /// records in their place.
 pub(crate) fn free_block(b: &Block, trace: &mut Trace) {
-    for i in std::iter::once(b.linear).chain(b.activation) {
+    for i in block_layers(b) {
         let name = trace.records[i].layer.clone();
         let dt = trace.records[i].input.dtype();
         trace.records[i] = Record::new(&name, Tensor::zeros(&[0, 0], dt));
         trace.errors[i] = None;
     }
+}
+
+/// The block's layer indices in order.
+fn block_layers(b: &Block) -> impl DoubleEndedIterator<Item = usize> {
+    std::iter::once(b.linear).chain(b.activation).chain(b.pool)
 }
 
 /// The dtype of the block's weights (for the rule state made beside it).
@@ -46,23 +51,19 @@ pub(crate) fn block_forward(
     trace: &mut Trace,
 ) -> Result<()> {
     let layers = model.layers();
-    let lin = &layers[b.linear];
-    let mut rec = Record::new(lin.name(), h.clone());
-    let pre = lin.forward(params, h, &mut rec)?;
-    rec.output = pre.clone();
-    trace.records[b.linear] = rec;
-    if let Some(a) = b.activation {
-        let mut r = Record::new(layers[a].name(), pre.clone());
-        let o = layers[a].forward(params, &pre, &mut r)?;
-        r.output = o;
-        trace.records[a] = r;
+    let mut x = h.clone();
+    for i in block_layers(b) {
+        let mut rec = Record::new(layers[i].name(), x.clone());
+        x = layers[i].forward(params, &x, &mut rec)?;
+        rec.output = x.clone();
+        trace.records[i] = rec;
     }
     Ok(())
 }
 
-/// The block's output (after its activation).
+/// The block's output (after its activation and pooling).
 pub(crate) fn block_output<'a>(b: &Block, trace: &'a Trace) -> &'a Tensor {
-    &trace.records[b.activation.unwrap_or(b.linear)].output
+    &trace.records[b.pool.or(b.activation).unwrap_or(b.linear)].output
 }
 
 /// Jᵀg: carries `g` (at the block's output) to the block's input.
@@ -74,11 +75,11 @@ pub(crate) fn block_input_grad(
     g: &Tensor,
 ) -> Result<Tensor> {
     let layers = model.layers();
-    let d_pre = match b.activation {
-        Some(a) => layers[a].input_grad(params, &trace.records[a], g)?,
-        None => g.clone(),
-    };
-    layers[b.linear].input_grad(params, &trace.records[b.linear], &d_pre)
+    let mut d = g.clone();
+    for i in block_layers(b).rev() {
+        d = layers[i].input_grad(params, &trace.records[i], &d)?;
+    }
+    Ok(d)
 }
 
 /// Adds the block's parameter gradients for `g` at its output; records the errors.
@@ -91,16 +92,19 @@ pub(crate) fn block_param_grads(
     grads: &mut Grads,
 ) -> Result<()> {
     let layers = model.layers();
-    let d_pre = match b.activation {
-        Some(a) => {
-            layers[a].param_grads(params, &trace.records[a], &g, grads)?;
-            let d = layers[a].input_grad(params, &trace.records[a], &g)?;
-            trace.errors[a] = Some(g);
-            d
+    let mut d = g;
+    for i in block_layers(b).rev() {
+        layers[i].param_grads(params, &trace.records[i], &d, grads)?;
+        let below = if i == b.linear {
+            None
+        } else {
+            Some(layers[i].input_grad(params, &trace.records[i], &d)?)
+        };
+        trace.errors[i] = Some(d);
+        match below {
+            Some(x) => d = x,
+            None => break,
         }
-        None => g,
-    };
-    layers[b.linear].param_grads(params, &trace.records[b.linear], &d_pre, grads)?;
-    trace.errors[b.linear] = Some(d_pre);
+    }
     Ok(())
 }

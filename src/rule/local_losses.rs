@@ -190,7 +190,7 @@ impl Rule for LocalLosses {
     }
 
     fn init(&mut self, model: &Model, params: &mut Params, seed: u64) -> Result<()> {
-        let (hidden, _) = model.layered_blocks(self.name())?;
+        let (hidden, _) = model.chain_blocks(self.name())?;
         let mut rng = <crate::Rng as rand::SeedableRng>::seed_from_u64(seed ^ 0x10ca1);
         let classes = model.outputs();
         for (k, b) in hidden.iter().enumerate() {
@@ -214,7 +214,7 @@ impl Rule for LocalLosses {
         batch: &Batch,
         loss: Loss,
     ) -> Result<StepOutput> {
-        let (hidden, last) = model.layered_blocks(self.name())?;
+        let (hidden, last) = model.chain_blocks(self.name())?;
         let mut grads = Grads::new();
         if self.deeply_supervised {
             // Backprop of the global loss with each head's gradient joining at its block.

@@ -369,11 +369,14 @@ pub const SINGLE_LAYER_RULES: &[&str] = &["perceptron", "lms", "hebbian"];
 pub const SEQUENCE_RULES: &[&str] = &["uoro"];
 
 /// Rules defined on convolution and pooling layers today: backprop, the
-/// feedback-alignment family (feedback kernels in the transposed convolution) and the
+/// feedback-alignment family (feedback kernels in the transposed convolution), the
 /// direct-feedback family (the output error or target projected onto each block's whole
-/// feature map).
+/// feature map), and local losses and synthetic gradients per convolutional block
+/// (convolution, activation, pooling; heads and synthesizers are linear maps of the
+/// block's flattened feature map). Not defined there: PC, DTP, Forward-Forward,
+/// EqProp/CHL (their formulations here are for dense layers).
 pub const CONV_RULES: &[&str] = &[
-    "bp", "fa", "usf", "brsf", "frsf", "kp", "dfa", "bfa", "drtp",
+    "bp", "fa", "usf", "brsf", "frsf", "kp", "dfa", "bfa", "drtp", "local", "dsn", "dni", "cdni",
 ];
 
 /// Rules defined on normalisation and dropout layers: those whose training pass is the

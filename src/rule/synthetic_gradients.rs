@@ -214,7 +214,7 @@ impl Rule for SyntheticGradients {
     }
 
     fn init(&mut self, model: &Model, params: &mut Params, seed: u64) -> Result<()> {
-        let (hidden, _) = model.layered_blocks(self.name())?;
+        let (hidden, _) = model.chain_blocks(self.name())?;
         let init = crate::nn::Init::parse(&self.cfg.synth_init)?;
         let mut rng = <crate::Rng as rand::SeedableRng>::seed_from_u64(seed ^ 0x5e_7d);
         let classes = model.outputs();
@@ -244,7 +244,7 @@ impl Rule for SyntheticGradients {
         batch: &Batch,
         loss: Loss,
     ) -> Result<StepOutput> {
-        let (hidden, last) = model.layered_blocks(self.name())?;
+        let (hidden, last) = model.chain_blocks(self.name())?;
         // The oracle: the true backprop error at every block output replaces Mₖ(hₖ).
         let oracle = if self.oracle {
             let (mut t, _, d_out) = super::forward_loss(model, params, batch, loss)?;
@@ -256,7 +256,7 @@ impl Rule for SyntheticGradients {
                 hidden
                     .iter()
                     .map(|b| {
-                        t.errors[b.activation.unwrap_or(b.linear)]
+                        t.errors[b.pool.or(b.activation).unwrap_or(b.linear)]
                             .clone()
                             .ok_or_else(|| Error::config("dni", "oracle error missing"))
                     })
