@@ -348,3 +348,36 @@ fn named_resnet20_and_vgg8b_have_their_published_shapes() {
         assert!(e.contains(rule), "{e}");
     }
 }
+
+#[test]
+fn the_example_model_descriptions_build_and_run() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/models");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().and_then(|x| x.to_str()) != Some("toml") {
+            continue;
+        }
+        let m = Model::build(&ModelSpec {
+            spec: path.to_str().unwrap().into(),
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!((m.inputs(), m.outputs()), (784, 10), "{}", path.display());
+        let p = m.init_params(Init::Auto, 0).unwrap();
+        m.set_train_seed(1);
+        let t = m
+            .forward_trace(&p, &rand_tensor(&[3, 784], 1, 1.0).to_dtype(DType::F32))
+            .unwrap();
+        assert_eq!(t.output().unwrap().shape(), &[3, 10]);
+        n += 1;
+    }
+    assert!(n >= 2);
+    let e = Model::build(&ModelSpec {
+        spec: "no/such/model.toml".into(),
+        ..Default::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("no/such/model.toml"), "{e}");
+}
