@@ -34,9 +34,10 @@ fn model_keys(m: &Model, p: &Params) -> Vec<String> {
     p.iter()
         .map(|(n, _)| n.to_string())
         .filter(|n| {
-            m.layers()
-                .iter()
-                .any(|l| n.starts_with(&format!("{}.", l.name())))
+            !futureprop::nn::is_buffer(n)
+                && m.layers()
+                    .iter()
+                    .any(|l| n.starts_with(&format!("{}.", l.name())))
         })
         .collect()
 }
@@ -376,4 +377,44 @@ fn an_mlp_synthesizer_regression_gradient_matches_finite_differences() {
             }
         }
     }
+}
+
+#[test]
+fn block_rules_take_batch_norm_inside_a_block_and_oracle_dni_stays_backprop() {
+    let desc = futureprop::nn::ModelDesc::from_toml(
+        "input = 5\n[[layers]]\ntype = \"linear\"\nout = 7\n[[layers]]\ntype = \"batchnorm\"\n\
+         [[layers]]\ntype = \"tanh\"\n[[layers]]\ntype = \"linear\"\nout = 6\n\
+         [[layers]]\ntype = \"batchnorm\"\n[[layers]]\ntype = \"tanh\"\n\
+         [[layers]]\ntype = \"linear\"\nout = 4\n",
+    )
+    .unwrap();
+    let m = Model::from_desc(&ModelSpec::default(), &desc).unwrap();
+    let (hidden, _) = m.chain_blocks("dni").unwrap();
+    assert_eq!(hidden[0].norm, Some(1));
+    let (_, mut p, b) = setup();
+    p = m
+        .init_params(Init::XavierNormal, 3)
+        .unwrap()
+        .to_dtype(DType::F64);
+    let bp = build_rule("bp")
+        .unwrap()
+        .step(&m, &p, &b, Loss::CrossEntropy)
+        .unwrap();
+    m.discard_state();
+    let mut dni = SyntheticGradients::new(false, RuleConfig::default());
+    use futureprop::rule::Rule;
+    dni.init(&m, &mut p, 0).unwrap();
+    dni.oracle = true;
+    let out = dni.step(&m, &p, &b, Loss::CrossEntropy).unwrap();
+    assert_same(
+        &out.grads,
+        &bp.grads,
+        &model_keys(&m, &p),
+        1e-12,
+        "oracle dni, bn",
+    );
+    // The block-by-block pass measured batch statistics for the running averages.
+    let before = p.get("bn2.running_mean").unwrap().clone();
+    m.commit_state(&mut p).unwrap();
+    assert_ne!(p.get("bn2.running_mean").unwrap(), &before);
 }

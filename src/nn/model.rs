@@ -48,6 +48,9 @@ pub struct Block {
     /// Index of a pooling layer after the activation that belongs to the block
     /// ([`Model::chain_blocks`] only).
     pub pool: Option<usize>,
+    /// Index of a normalisation layer between the weight layer and the activation
+    /// ([`Model::chain_blocks`] only).
+    pub norm: Option<usize>,
 }
 
 /// A sequence of layers.
@@ -343,6 +346,7 @@ impl Model {
                         inputs: width,
                         outputs: out,
                         pool: None,
+                        norm: None,
                     });
                     i += 1 + activation.is_some() as usize;
                 }
@@ -369,8 +373,8 @@ impl Model {
         Ok((blocks, last))
     }
 
-    /// The model as a chain of blocks — a weight layer (Linear, Conv2d), the activation
-    /// after it and a pooling layer after that, each optional but the first — ending in
+    /// The model as a chain of blocks — a weight layer (Linear, Conv2d), a normalisation
+    /// layer, the activation and a pooling layer, each optional but the first — ending in
     /// a Linear output block, for rules that learn block by block (local losses,
     /// synthetic gradients). On an MLP these are [`Model::layered_blocks`].
     pub fn chain_blocks(&self, rule: &str) -> Result<(Vec<Block>, Block)> {
@@ -403,6 +407,14 @@ impl Model {
             let start = i;
             let mut out = l.output_width(width)?;
             i += 1;
+            let norm = matches!(
+                self.layers.get(i).map(|l| l.kind()),
+                Some(LayerKind::Norm | LayerKind::BatchNorm)
+            )
+            .then_some(i);
+            if norm.is_some() {
+                i += 1;
+            }
             let activation = is_act(i).then_some(i);
             if activation.is_some() {
                 i += 1;
@@ -418,6 +430,7 @@ impl Model {
                 inputs: width,
                 outputs: out,
                 pool,
+                norm,
             });
             width = out;
         }
@@ -426,6 +439,7 @@ impl Model {
             .ok_or_else(|| bad("the model has no weight layer".into()))?;
         if last.activation.is_some()
             || last.pool.is_some()
+            || last.norm.is_some()
             || !matches!(self.layers[last.linear].kind(), LayerKind::Linear { .. })
         {
             return Err(bad("the model must end in a Linear output layer".into()));
@@ -510,6 +524,7 @@ impl Model {
                     inputs,
                     outputs,
                     pool: None,
+                    norm: None,
                 });
             }
         }

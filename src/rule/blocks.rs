@@ -1,5 +1,5 @@
-//! Helpers for rules that work block by block (a weight layer, the activation after it
-//! and a pooling layer after that): forward of one block into a trace, its output, its transposed Jacobian and its
+//! Helpers for rules that work block by block (a weight layer, a normalisation layer,
+//! the activation and a pooling layer): forward of one block into a trace, its output, its transposed Jacobian and its
 //! parameter gradients. Used by predictive coding, synthetic gradients, local losses
 //! and Forward-Forward.
 
@@ -32,7 +32,10 @@ pub(crate) fn free_block(b: &Block, trace: &mut Trace) {
 
 /// The block's layer indices in order.
 fn block_layers(b: &Block) -> impl DoubleEndedIterator<Item = usize> {
-    std::iter::once(b.linear).chain(b.activation).chain(b.pool)
+    std::iter::once(b.linear)
+        .chain(b.norm)
+        .chain(b.activation)
+        .chain(b.pool)
 }
 
 /// The dtype of the block's weights (for the rule state made beside it).
@@ -52,8 +55,10 @@ pub(crate) fn block_forward(
 ) -> Result<()> {
     let layers = model.layers();
     let mut x = h.clone();
+    // A training pass: batch normalisation uses (and records) batch statistics.
+    let seed = Some(model.train_seed());
     for i in block_layers(b) {
-        let mut rec = Record::new(layers[i].name(), x.clone());
+        let mut rec = Record::training(layers[i].name(), x.clone(), seed);
         x = layers[i].forward(params, &x, &mut rec)?;
         rec.output = x.clone();
         trace.records[i] = rec;

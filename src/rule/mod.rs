@@ -381,8 +381,12 @@ pub const CONV_RULES: &[&str] = &[
 
 /// Rules defined on normalisation and dropout layers: those whose training pass is the
 /// model's recorded forward pass and whose error passes through every layer that has
-/// no weight by its own input gradient (backprop and the feedback-alignment family).
-pub const NORM_RULES: &[&str] = &["bp", "fa", "usf", "brsf", "frsf", "kp"];
+/// no weight by its own input gradient (backprop and the feedback-alignment family),
+/// and the block-local rules, whose blocks may hold a normalisation layer between the
+/// weight layer and the activation (dropout is refused by their block structure).
+pub const NORM_RULES: &[&str] = &[
+    "bp", "fa", "usf", "brsf", "frsf", "kp", "local", "dsn", "dni", "cdni",
+];
 
 /// Rules defined on residual, highway and dense blocks and recurrent layers today.
 pub const BLOCK_RULES: &[&str] = &["bp"];
