@@ -391,8 +391,8 @@ fn block_rules_take_batch_norm_inside_a_block_and_oracle_dni_stays_backprop() {
     let m = Model::from_desc(&ModelSpec::default(), &desc).unwrap();
     let (hidden, _) = m.chain_blocks("dni").unwrap();
     assert_eq!(hidden[0].norm, Some(1));
-    let (_, mut p, b) = setup();
-    p = m
+    let (_, _, b) = setup();
+    let mut p = m
         .init_params(Init::XavierNormal, 3)
         .unwrap()
         .to_dtype(DType::F64);
