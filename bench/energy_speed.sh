@@ -11,8 +11,9 @@
 # bench): EqProp per batch W₁x once (the clamped input's drive), per relaxation step
 # (T₁ + 1 + T₂ + 1 of them) the forward and feedback products of the top layer, and the
 # contrastive update (one product for W₁, two for W₂); PC per batch a forward pass, T
-# forward passes of layers 2–4, T + 1 error products through layers 2–4 and the weight
-# gradients. Writes reports/energy_speed.md.
+# forward passes of layers 2–4, T error products through layers 2–4 and the weight
+# gradients (the standard algorithm), and separately the products futureprop runs (it
+# skips exact zeros). Writes reports/energy_speed.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${THREADS:-2}
@@ -50,14 +51,43 @@ it = (20 + 1) + (4 + 1)
 eq_ops = [("fwd1", 1), ("fwd2", it), ("dh1", it), ("dW1", 1), ("dW2", 2)]
 eq_b = 3000 * sum(ms(ge, k) * c for k, c in eq_ops)
 eq_f = 3000 * sum(fl(ge, k) * c for k, c in eq_ops)
-# PC, T = 5, per batch of 128: 468 batches (the last partial one counted whole).
+# PC, T = 5, per batch of 128: 468 batches (the last partial one counted whole). The
+# standard algorithm: a forward pass, T steps each of predictions (layers 2-4) and error
+# products (through layers 2-4), the weight gradients.
 T = 5
 pc_ops = [("fwd1", 1), ("fwd2", 1 + T), ("fwd3", 1 + T), ("fwd4", 1 + T),
-          ("dh1", T + 1), ("dh2", T + 1), ("dh3", T + 1),
+          ("dh1", T), ("dh2", T), ("dh3", T),
           ("dW1", 1), ("dW2", 1), ("dW3", 1), ("dW4", 1)]
+def pc_skipping(H, T):
+    # The products futureprop's relaxation runs: those whose operand is not all zero
+    # (errors turn non-zero one block per step from the top), predictions of moved
+    # blocks only (src/rule/predictive_coding.rs).
+    from collections import Counter
+    c = Counter({f"fwd{k}": 1 for k in range(1, H + 2)})
+    live = [False] * H
+    for t in range(T):
+        gs = live + [True]
+        dx = []
+        for k in range(H):
+            if gs[k + 1]:
+                c[f"dh{k + 1}"] += 1
+            dx.append(gs[k + 1] or gs[k])
+        for k in range(H):
+            live[k] = live[k] or dx[k]
+        for k in range(1, H + 1):
+            if dx[k - 1]:
+                c[f"fwd{k + 1}"] += 1
+                if k < H:
+                    live[k] = True
+    for k in range(1, H + 2):
+        c[f"dW{k}"] += 1
+    return [(k, c[k]) for k, _ in pc_ops]
+pc_ours = pc_skipping(3, T)
 nb = 60000 / 128
 pc_b = nb * sum(ms(gp, k) * c for k, c in pc_ops)
 pc_f = nb * sum(fl(gp, k) * c for k, c in pc_ops)
+pc_ob = nb * sum(ms(gp, k) * c for k, c in pc_ours)
+pc_of = nb * sum(fl(gp, k) * c for k, c in pc_ours)
 eq = json.load(open(f"{r}/eqprop/summary.json")); eqp = json.load(open(f"{r}/eqprop-peer.json"))
 pc = json.load(open(f"{r}/pc/summary.json")); pcp = json.load(open(f"{r}/pc-peer.json"))
 L = ["# EqProp and PC: speed against peers and the GEMM bound", "",
@@ -69,6 +99,9 @@ for name, f, b, o, p in [("EqProp 784-500-10, T₁ 20, T₂ 4, batch 20", eq_f, 
                          ("PC 784-128-128-128-10, T 5, batch 128", pc_f, pc_b, pc, pcp)]:
     os_, ps = o["seconds_per_epoch"], p["seconds_per_epoch"]
     L.append(f"| {name} | {f/1e9:.1f} | {b:.2f} | {os_:.2f} | {os_/b:.2f} | {p['peer']} | {ps:.2f} | {ps/b:.2f} | {ps/os_:.2f}× |")
+L += ["", f"PC with futureprop's exact skipping of all-zero products: {pc_of/1e9:.1f} GFLOP/epoch, GEMM bound "
+      f"{pc_ob:.2f} s; ours × that bound {pc['seconds_per_epoch']/pc_ob:.2f}. Products per batch, standard vs ours: "
+      + ", ".join(f"{k} {c}/{c2}" for (k, c), (_, c2) in zip(pc_ops, pc_ours)) + "."]
 L += ["", "Test accuracy after the epoch: EqProp ours %.2f %%, peer %.2f %%; PC ours %.2f %%, PCX %.2f %%." % (
     100 * eq["test_accuracy"], 100 * eqp["test_accuracy"], 100 * pc["test_accuracy"], 100 * pcp["test_accuracy"]), "",
       "GEMM speed on the shapes (ms per product): EqProp " + ", ".join(f"{k} {ge[k]['ms']:.3f}" for k, _ in eq_ops)

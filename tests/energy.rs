@@ -352,3 +352,59 @@ fn rbm_pretraining_learns_to_reconstruct_its_data() {
     let e = pretrain_rbm(&relu, &mut p, &x, 20, &RbmConfig::default(), 0).unwrap_err();
     assert!(e.to_string().contains("sigmoid"), "{e}");
 }
+
+#[test]
+fn the_fused_f32_pc_relaxation_matches_the_general_loop() {
+    for act in ["relu", "tanh", "sigmoid", "elu"] {
+        let m = Model::build(&ModelSpec {
+            spec: "mlp:6-9-8-7-4".into(),
+            activation: act.into(),
+            bias: true,
+        })
+        .unwrap();
+        let p = m.init_params(Init::XavierNormal, 3).unwrap();
+        let mut batch = class_batch(11, 6, 4, 5);
+        batch.x = batch.x.to_dtype(DType::F32);
+        let cfg = RuleConfig {
+            pc_steps: 7,
+            pc_gamma: 0.3,
+            relax_trace: true,
+            ..Default::default()
+        };
+        let run = |fused: bool| {
+            let mut r = futureprop::rule::PredictiveCoding::new(cfg.clone()).unwrap();
+            r.fused = fused;
+            let out = r.step(&m, &p, &batch, Loss::CrossEntropy).unwrap();
+            (out, r.relaxation().unwrap().clone())
+        };
+        let ((a, ra), (b, rb)) = (run(true), run(false));
+        for (name, t) in b.grads.iter() {
+            let (u, v) = (a.grads.get(name).unwrap().to_vec_f64(), t.to_vec_f64());
+            let scale = v.iter().map(|x| x.abs()).fold(0.0, f64::max);
+            for (x, y) in u.iter().zip(&v) {
+                assert!(
+                    (x - y).abs() <= 1e-5 * (scale + 1e-3),
+                    "{act} {name}: {x} vs {y}"
+                );
+            }
+        }
+        assert_eq!(ra.steps, rb.steps);
+        for (x, y) in ra.energy.iter().zip(&rb.energy) {
+            assert!(
+                (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
+                "{act} energy {x} vs {y}"
+            );
+        }
+        for (x, y) in ra.residual.iter().zip(&rb.residual) {
+            assert!(
+                (x - y).abs() <= 1e-4 * (1e-6 + y.abs()),
+                "{act} residual {x} vs {y}"
+            );
+        }
+        assert_eq!(a.trace.records.len(), b.trace.records.len());
+        assert_eq!(
+            a.trace.output().unwrap().shape(),
+            b.trace.output().unwrap().shape()
+        );
+    }
+}

@@ -22,15 +22,16 @@
 //!   same assumption). The fixed point is εₖ = −n·J̃ₖ₊₁ᵀgₖ₊₁, so gₖ = J̃ₖ₊₁ᵀgₖ₊₁: exactly
 //!   backprop's errors, and with γ = 1 they are reached after one step per layer.
 //!
-//! Prediction at test time is the plain forward pass. Relaxation diagnostics (energy and
-//! residual ‖∂F/∂x‖ per step, steps taken; early stop at `relax_tolerance`) are kept in
+//! Prediction at test time is the plain forward pass. Relaxation diagnostics (energy per
+//! step including the final state; residual ‖∂F/∂x‖ before each step, and of the final
+//! state with `relax_trace`; steps taken; early stop at `relax_tolerance`) are kept in
 //! [`Relaxation`].
 
 use super::blocks::{block_forward, block_input_grad, block_output, block_param_grads};
 use super::{Batch, Relaxation, Rule, RuleConfig, StepOutput};
 use crate::error::{Error, Result};
-use crate::nn::{Block, Grads, Loss, Model, Params};
-use crate::tensor::Tensor;
+use crate::nn::{Block, Grads, LayerKind, Loss, Model, Params, Trace};
+use crate::tensor::{DType, Tensor, Unary};
 
 /// Predictive-coding inference learning.
 #[derive(Debug)]
@@ -38,6 +39,98 @@ pub struct PredictiveCoding {
     cfg: RuleConfig,
     fixed: bool,
     relaxation: Relaxation,
+    /// Use the fused f32 relaxation where it applies (default); the general loop
+    /// otherwise (tests compare the two).
+    pub fused: bool,
+}
+
+/// f(v) for the activations the fused loop inlines.
+#[inline]
+fn act(f: Unary, v: f32) -> f32 {
+    match f {
+        Unary::Identity => v,
+        Unary::Relu => v.max(0.0),
+        Unary::Tanh => v.tanh(),
+        Unary::Sigmoid => 1.0 / (1.0 + (-v).exp()),
+        _ => f.apply(v as f64) as f32,
+    }
+}
+
+/// f′ at pre-activation `a` with output `y`.
+#[inline]
+fn act_derivative(f: Unary, a: f32, y: f32) -> f32 {
+    match f {
+        Unary::Identity => 1.0,
+        Unary::Relu => {
+            if a > 0.0 {
+                1.0
+            } else {
+                0.0
+            }
+        }
+        Unary::Tanh => 1.0 - y * y,
+        Unary::Sigmoid => y * (1.0 - y),
+        _ => f.derivative(a as f64) as f32,
+    }
+}
+
+/// Σ v² with eight independent accumulators (a single f32 accumulator is bound by the
+/// add latency and cannot vectorise).
+fn sum_sq(v: &[f32]) -> f64 {
+    let mut acc = [0.0f32; 8];
+    let chunks = v.chunks_exact(8);
+    let rest: f32 = chunks.remainder().iter().map(|x| x * x).sum();
+    for c in chunks {
+        for (a, x) in acc.iter_mut().zip(c) {
+            *a += x * x;
+        }
+    }
+    acc.iter().map(|&a| a as f64).sum::<f64>() + rest as f64
+}
+
+/// One dense block of the fused loop: weight, bias, activation.
+struct Dense<'a> {
+    weight: &'a Tensor,
+    bias: Option<&'a [f32]>,
+    f: Unary,
+}
+
+impl Dense<'_> {
+    /// (a, μ) = (x Wᵀ + b, f(a)).
+    fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let mut a = x.matmul(false, self.weight, true)?;
+        let w = self.weight.dims2()?.0;
+        let av = a.as_f32_mut()?;
+        if let Some(b) = self.bias {
+            for row in av.chunks_mut(w) {
+                for (v, bj) in row.iter_mut().zip(b) {
+                    *v += bj;
+                }
+            }
+        }
+        let mv: Vec<f32> = match self.f {
+            Unary::Relu => av.iter().map(|v| v.max(0.0)).collect(),
+            Unary::Identity => av.to_vec(),
+            f => av.iter().map(|&v| act(f, v)).collect(),
+        };
+        let mu = Tensor::from_vec(a.shape(), mv)?;
+        Ok((a, mu))
+    }
+
+    /// `scale · g ⊙ f′(a)` (f′ from the pre-activation a and output y).
+    fn pre_error(&self, g: &[f32], scale: f32, a: &[f32], y: &[f32]) -> Vec<f32> {
+        match self.f {
+            Unary::Relu => g
+                .iter()
+                .zip(a)
+                .map(|(g, a)| if *a > 0.0 { scale * g } else { 0.0 })
+                .collect(),
+            Unary::Identity => g.iter().map(|g| scale * g).collect(),
+            f => (0..g.len())
+                .map(|i| scale * g[i] * act_derivative(f, a[i], y[i]))
+                .collect(),
+        }
+    }
 }
 
 impl PredictiveCoding {
@@ -62,6 +155,204 @@ impl PredictiveCoding {
             cfg,
             fixed,
             relaxation: Relaxation::default(),
+            fused: true,
+        })
+    }
+}
+
+impl PredictiveCoding {
+    /// The dense blocks of the fused loop, or `None` when it does not apply (f64 data,
+    /// the fixed-prediction variant, a parametric activation).
+    fn dense_blocks<'a>(
+        &self,
+        model: &Model,
+        params: &'a Params,
+        blocks: &[Block],
+        x: &Tensor,
+    ) -> Result<Option<Vec<Dense<'a>>>> {
+        if !self.fused || self.fixed || x.dtype() != DType::F32 {
+            return Ok(None);
+        }
+        let layers = model.layers();
+        let mut out = Vec::with_capacity(blocks.len());
+        for b in blocks {
+            let l = &layers[b.linear];
+            let LayerKind::Linear { bias, .. } = l.kind() else {
+                return Ok(None);
+            };
+            let f = match b.activation.map(|a| layers[a].kind()) {
+                None => Unary::Identity,
+                Some(LayerKind::Activation(f)) => f,
+                Some(_) => return Ok(None),
+            };
+            let weight = params.get(&format!("{}.weight", l.name()))?;
+            if weight.dtype() != DType::F32 {
+                return Ok(None);
+            }
+            let bias = if bias {
+                Some(params.get(&format!("{}.bias", l.name()))?.as_f32()?)
+            } else {
+                None
+            };
+            out.push(Dense { weight, bias, f });
+        }
+        Ok(Some(out))
+    }
+
+    /// The relaxation of [`Rule::step`] for f32 dense blocks: the same skipping, with
+    /// the element-wise work of a block and step fused into one pass (errors; node
+    /// update with the residual; bias and activation).
+    #[allow(clippy::too_many_arguments)]
+    fn step_fused(
+        &mut self,
+        model: &Model,
+        params: &Params,
+        batch: &Batch,
+        loss: Loss,
+        all: &[Block],
+        dense: &[Dense],
+    ) -> Result<StepOutput> {
+        let hidden = all.len() - 1;
+        let n = batch.x.dims2()?.0.max(1);
+        let nf = n as f32;
+        let gamma = self.cfg.pc_gamma as f32;
+        let tol = self.cfg.relax_tolerance;
+        // Feed-forward start: pre-activations a, predictions μ, value nodes x = μ.
+        let (mut a, mut mu) = (Vec::with_capacity(all.len()), Vec::with_capacity(all.len()));
+        let mut input = batch.x.clone();
+        for d in dense {
+            let (aj, mj) = d.forward(&input)?;
+            input = mj.clone();
+            a.push(aj);
+            mu.push(mj);
+        }
+        let mut x: Vec<Tensor> = mu[..hidden].to_vec();
+        let prediction = mu[hidden].clone();
+        let (first_loss, mut g_top) = loss.eval(&prediction, &batch.target)?;
+        let mut top_loss = first_loss;
+        // eₖ = xₖ − μₖ of the hidden blocks (zero until the block is live).
+        let mut e: Vec<Vec<f32>> = x.iter().map(|t| vec![0.0; t.len()]).collect();
+        let mut live = vec![false; hidden];
+        self.relaxation = Relaxation::default();
+        for t in 0..=self.cfg.pc_steps {
+            let mut eps_sq = 0.0f64;
+            for k in 0..hidden {
+                if live[k] {
+                    let (xv, mv) = (x[k].as_f32()?, mu[k].as_f32()?);
+                    for ((ev, xv), mv) in e[k].iter_mut().zip(xv).zip(mv) {
+                        *ev = xv - mv;
+                    }
+                    eps_sq += sum_sq(&e[k]);
+                }
+            }
+            if t == self.cfg.pc_steps && !self.cfg.relax_trace {
+                self.relaxation
+                    .energy
+                    .push(0.5 * eps_sq / n as f64 + top_loss);
+                break;
+            }
+            // Error at block j's pre-activation: f′ ⊙ ∂F/∂μⱼ, with ∂F/∂μⱼ = −eⱼ/n (hidden)
+            // or the loss gradient (top).
+            let mut res_sq = 0.0f64;
+            let mut moved = vec![false; hidden];
+            let mut dx: Vec<Option<Vec<f32>>> = Vec::with_capacity(hidden);
+            for k in 0..hidden {
+                let j = k + 1;
+                let up = if j == hidden || live[j] {
+                    let (av, mv) = (a[j].as_f32()?, mu[j].as_f32()?);
+                    let d = if j == hidden {
+                        dense[j].pre_error(g_top.as_f32()?, 1.0, av, mv)
+                    } else {
+                        dense[j].pre_error(&e[j], -1.0 / nf, av, mv)
+                    };
+                    let rows = av.len() / dense[j].weight.dims2()?.0;
+                    let d = Tensor::from_vec(&[rows, dense[j].weight.dims2()?.0], d)?;
+                    Some(d.matmul(false, dense[j].weight, false)?)
+                } else {
+                    None
+                };
+                // ∂F/∂xₖ per sample: eₖ + n·Jᵀ(∂F/∂μₖ₊₁).
+                dx.push(match up {
+                    Some(u) => {
+                        let d: Vec<f32> = u
+                            .as_f32()?
+                            .iter()
+                            .zip(&e[k])
+                            .map(|(u, ev)| nf * u + ev)
+                            .collect();
+                        res_sq += sum_sq(&d);
+                        Some(d)
+                    }
+                    None if live[k] => {
+                        res_sq += sum_sq(&e[k]);
+                        Some(e[k].clone())
+                    }
+                    None => None,
+                });
+            }
+            self.relaxation
+                .energy
+                .push(0.5 * eps_sq / n as f64 + top_loss);
+            let residual = res_sq.sqrt() / n as f64;
+            self.relaxation.residual.push(residual);
+            if t == self.cfg.pc_steps || (tol > 0.0 && residual < tol) || hidden == 0 {
+                break;
+            }
+            self.relaxation.steps += 1;
+            for k in 0..hidden {
+                if let Some(d) = &dx[k] {
+                    for (xv, dv) in x[k].as_f32_mut()?.iter_mut().zip(d) {
+                        *xv -= gamma * dv;
+                    }
+                    moved[k] = true;
+                    live[k] = true;
+                }
+            }
+            for j in 1..=hidden {
+                if moved[j - 1] {
+                    let (aj, mj) = dense[j].forward(&x[j - 1])?;
+                    a[j] = aj;
+                    mu[j] = mj;
+                    if j < hidden {
+                        live[j] = true;
+                    }
+                }
+            }
+            if moved[hidden - 1] {
+                let (l, g) = loss.eval(&mu[hidden], &batch.target)?;
+                top_loss = l;
+                g_top = g;
+            }
+        }
+        // The records of the relaxed state, then each block's local update.
+        let layers = model.layers();
+        let mut trace = Trace {
+            records: Vec::with_capacity(layers.len()),
+            errors: vec![None; layers.len()],
+        };
+        for (j, b) in all.iter().enumerate() {
+            let inp = if j == 0 { &batch.x } else { &x[j - 1] };
+            let mut r = crate::nn::Record::new(layers[b.linear].name(), inp.clone());
+            r.output = a[j].clone();
+            trace.records.push(r);
+            if let Some(ai) = b.activation {
+                let mut r = crate::nn::Record::new(layers[ai].name(), a[j].clone());
+                r.output = mu[j].clone();
+                trace.records.push(r);
+            }
+        }
+        let mut grads = Grads::new();
+        for (k, b) in all[..hidden].iter().enumerate() {
+            let g: Vec<f32> = e[k].iter().map(|v| -v / nf).collect();
+            let g = Tensor::from_vec(x[k].shape(), g)?;
+            block_param_grads(model, params, b, &mut trace, g, &mut grads)?;
+        }
+        block_param_grads(model, params, &all[hidden], &mut trace, g_top, &mut grads)?;
+        Ok(StepOutput {
+            grads,
+            trace,
+            loss: first_loss,
+            prediction: Some(prediction),
         })
     }
 }
@@ -79,6 +370,13 @@ impl Rule for PredictiveCoding {
         loss: Loss,
     ) -> Result<StepOutput> {
         let (hidden, last) = model.layered_blocks("pc")?;
+        let mut all_blocks = hidden.clone();
+        all_blocks.push(last);
+        if let Some(dense) = self.dense_blocks(model, params, &all_blocks, &batch.x)?
+            && !hidden.is_empty()
+        {
+            return self.step_fused(model, params, batch, loss, &all_blocks, &dense);
+        }
         let mut trace = model.forward_trace(params, &batch.x)?;
         let n = batch.x.dims2()?.0.max(1) as f64;
         let prediction = block_output(&last, &trace).clone();
@@ -121,6 +419,12 @@ impl Rule for PredictiveCoding {
                 });
             }
             gs.push(Some(g_top.clone()));
+            if t == self.cfg.pc_steps && !self.cfg.relax_trace {
+                // The final state's residual costs a full set of error products and
+                // serves only the diagnostics: measured with `relax_trace`.
+                self.relaxation.energy.push(0.5 * eps_sq / n + top_loss);
+                break;
+            }
             let mut dx: Vec<Option<Tensor>> = Vec::with_capacity(hidden.len());
             let mut res_sq = 0.0;
             for k in 0..hidden.len() {

@@ -191,6 +191,30 @@ impl Tensor {
         Arc::make_mut(&mut self.data)
     }
 
+    /// The elements of an f32 tensor (for fused kernels outside this module).
+    pub fn as_f32(&self) -> Result<&[f32]> {
+        match &*self.data {
+            Storage::F32(v) => Ok(v),
+            Storage::F64(_) => Err(Error::DType {
+                op: "as_f32",
+                lhs: DType::F64,
+                rhs: DType::F32,
+            }),
+        }
+    }
+
+    /// The elements of an f32 tensor, mutably (copied first if shared).
+    pub fn as_f32_mut(&mut self) -> Result<&mut [f32]> {
+        match self.storage_mut() {
+            Storage::F32(v) => Ok(v),
+            Storage::F64(_) => Err(Error::DType {
+                op: "as_f32_mut",
+                lhs: DType::F64,
+                rhs: DType::F32,
+            }),
+        }
+    }
+
     /// `(rows, cols)` of a 2-D tensor.
     pub fn dims2(&self) -> Result<(usize, usize)> {
         match self.shape.as_slice() {
