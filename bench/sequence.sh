@@ -32,7 +32,7 @@ cpu = next((l.split(":")[1].strip() for l in open("/proc/cpuinfo") if l.startswi
 L = ["# Recurrent nets: BPTT and UORO", "",
      f"Produced by `bench/sequence.sh` ({cpu}). LSTM with 64 units (forget-gate bias 1), Adam 1e-3, "
      "batch 128; UORO (Tallec & Ollivier 2017) replaces the LSTM's BPTT gradient by its rank-one online "
-     "estimate, the readout learns by backprop. s/epoch as measured in that run.", "",
+     "estimate, the readout learns by backprop. s/epoch as measured in that run (other jobs shared the machine during the UORO runs: indicative only).", "",
      "## Sequential MNIST (28 steps of 28 pixels), lstm:28x28-64-10", "",
      "| rule | epochs | test accuracy % | best % | test error % | s/epoch |", "|---|---|---|---|---|---|"]
 for label, name in [("BPTT", "smnist-bptt"), ("UORO", "smnist-uoro")]:
