@@ -355,7 +355,18 @@ fn rbm_pretraining_learns_to_reconstruct_its_data() {
 
 #[test]
 fn the_fused_f32_pc_relaxation_matches_the_general_loop() {
-    for act in ["relu", "tanh", "sigmoid", "elu"] {
+    // 11 rows relax as one block; 70 rows on two threads as two blocks in parallel.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    for (act, rows) in [
+        ("relu", 11),
+        ("tanh", 11),
+        ("sigmoid", 70),
+        ("elu", 11),
+        ("relu", 70),
+    ] {
         let m = Model::build(&ModelSpec {
             spec: "mlp:6-9-8-7-4".into(),
             activation: act.into(),
@@ -363,7 +374,7 @@ fn the_fused_f32_pc_relaxation_matches_the_general_loop() {
         })
         .unwrap();
         let p = m.init_params(Init::XavierNormal, 3).unwrap();
-        let mut batch = class_batch(11, 6, 4, 5);
+        let mut batch = class_batch(rows, 6, 4, 5);
         batch.x = batch.x.to_dtype(DType::F32);
         let cfg = RuleConfig {
             pc_steps: 7,
@@ -374,7 +385,7 @@ fn the_fused_f32_pc_relaxation_matches_the_general_loop() {
         let run = |fused: bool| {
             let mut r = futureprop::rule::PredictiveCoding::new(cfg.clone()).unwrap();
             r.fused = fused;
-            let out = r.step(&m, &p, &batch, Loss::CrossEntropy).unwrap();
+            let out = pool.install(|| r.step(&m, &p, &batch, Loss::CrossEntropy).unwrap());
             (out, r.relaxation().unwrap().clone())
         };
         let ((a, ra), (b, rb)) = (run(true), run(false));

@@ -18,6 +18,22 @@ pub enum Target {
 }
 
 impl Target {
+    /// The rows `idx`.
+    pub fn rows(&self, idx: &[usize]) -> Result<Target> {
+        match self {
+            Target::Classes(c) => idx
+                .iter()
+                .map(|&i| {
+                    c.get(i).copied().ok_or_else(|| {
+                        Error::shape("target rows", format!("row {i} of {}", c.len()))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()
+                .map(Target::Classes),
+            Target::Values(t) => t.gather_rows(idx).map(Target::Values),
+        }
+    }
+
     /// Number of rows.
     pub fn len(&self) -> usize {
         match self {

@@ -30,7 +30,7 @@
 use super::blocks::{block_forward, block_input_grad, block_output, block_param_grads};
 use super::{Batch, Relaxation, Rule, RuleConfig, StepOutput};
 use crate::error::{Error, Result};
-use crate::nn::{Block, Grads, LayerKind, Loss, Model, Params, Trace};
+use crate::nn::{Block, Grads, LayerKind, Loss, Model, Params, Target, Trace};
 use crate::tensor::{DType, Tensor, Unary};
 
 /// Predictive-coding inference learning.
@@ -201,8 +201,10 @@ impl PredictiveCoding {
 
     /// The relaxation of [`Rule::step`] for f32 dense blocks: the same skipping, with
     /// the element-wise work of a block and step fused into one pass (errors; node
-    /// update with the residual; bias and activation).
-    #[allow(clippy::too_many_arguments)]
+    /// update with the residual; bias and activation). Inference is per sample (the
+    /// weights are fixed while the nodes relax), so without a tolerance the batch is
+    /// split into row blocks relaxed in parallel, each with its own single-block
+    /// products: no thread hand-off inside the loop.
     fn step_fused(
         &mut self,
         model: &Model,
@@ -212,14 +214,133 @@ impl PredictiveCoding {
         all: &[Block],
         dense: &[Dense],
     ) -> Result<StepOutput> {
+        use rayon::prelude::*;
         let hidden = all.len() - 1;
         let n = batch.x.dims2()?.0.max(1);
+        let threads = rayon::current_num_threads();
+        let parts = if self.cfg.relax_tolerance > 0.0 || threads < 2 || n < 64 {
+            1
+        } else {
+            threads.min(n / 32)
+        };
+        let block = n.div_ceil(parts);
+        let ranges: Vec<Vec<usize>> = (0..n)
+            .step_by(block)
+            .map(|lo| (lo..(lo + block).min(n)).collect())
+            .collect();
+        let runs: Vec<Relaxed> = if ranges.len() == 1 {
+            vec![self.relax_rows(dense, &batch.x, &batch.target, loss)?]
+        } else {
+            ranges
+                .par_iter()
+                .map(|idx| {
+                    let x = batch.x.gather_rows(idx)?;
+                    let t = batch.target.rows(idx)?;
+                    self.relax_rows(dense, &x, &t, loss)
+                })
+                .collect::<Result<Vec<_>>>()?
+        };
+        // Merge: diagnostics in the batch's units, then the rows in order.
+        let nf = n as f64;
+        self.relaxation = Relaxation {
+            steps: runs[0].steps,
+            ..Relaxation::default()
+        };
+        for t in 0..runs[0].energy.len() {
+            let (eps, top): (f64, f64) = runs
+                .iter()
+                .map(|r| (r.energy[t].0, r.energy[t].1 * r.rows as f64))
+                .fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+            self.relaxation.energy.push(0.5 * eps / nf + top / nf);
+        }
+        for t in 0..runs[0].res_sq.len() {
+            let r2: f64 = runs.iter().map(|r| r.res_sq[t]).sum();
+            self.relaxation.residual.push(r2.sqrt() / nf);
+        }
+        let first_loss = runs
+            .iter()
+            .map(|r| r.first_loss * r.rows as f64)
+            .sum::<f64>()
+            / nf;
+        let cat =
+            |f: &dyn Fn(&Relaxed) -> &Tensor, scale: &dyn Fn(&Relaxed) -> f32| -> Result<Tensor> {
+                if runs.len() == 1 && scale(&runs[0]) == 1.0 {
+                    return Ok(f(&runs[0]).clone());
+                }
+                let cols = f(&runs[0]).dims2()?.1;
+                let mut v = Vec::with_capacity(n * cols);
+                for r in &runs {
+                    let s = scale(r);
+                    v.extend(f(r).as_f32()?.iter().map(|x| x * s));
+                }
+                Tensor::from_vec(&[n, cols], v)
+            };
+        let one = |_: &Relaxed| 1.0f32;
+        let a: Vec<Tensor> = (0..all.len())
+            .map(|j| cat(&|r| &r.a[j], &one))
+            .collect::<Result<_>>()?;
+        let mu: Vec<Tensor> = (0..all.len())
+            .map(|j| cat(&|r| &r.mu[j], &one))
+            .collect::<Result<_>>()?;
+        let x: Vec<Tensor> = (0..hidden)
+            .map(|k| cat(&|r| &r.x[k], &one))
+            .collect::<Result<_>>()?;
+        // Each part's loss gradient is of its own mean: rescale to the batch's.
+        let g_top = cat(&|r| &r.g_top, &|r| r.rows as f32 / n as f32)?;
+        let prediction = cat(&|r| &r.prediction, &one)?;
+        // The records of the relaxed state, then each block's local update.
+        let layers = model.layers();
+        let mut trace = Trace {
+            records: Vec::with_capacity(layers.len()),
+            errors: vec![None; layers.len()],
+        };
+        for (j, b) in all.iter().enumerate() {
+            let inp = if j == 0 { &batch.x } else { &x[j - 1] };
+            let mut r = crate::nn::Record::new(layers[b.linear].name(), inp.clone());
+            r.output = a[j].clone();
+            trace.records.push(r);
+            if let Some(ai) = b.activation {
+                let mut r = crate::nn::Record::new(layers[ai].name(), a[j].clone());
+                r.output = mu[j].clone();
+                trace.records.push(r);
+            }
+        }
+        let mut grads = Grads::new();
+        for (k, b) in all[..hidden].iter().enumerate() {
+            // ∂F/∂μₖ = −eₖ/n with e = x − μ of the relaxed state.
+            let mut g = x[k].sub(&mu[k])?;
+            g.scale_in_place(-1.0 / nf);
+            block_param_grads(model, params, b, &mut trace, g, &mut grads)?;
+        }
+        block_param_grads(model, params, &all[hidden], &mut trace, g_top, &mut grads)?;
+        Ok(StepOutput {
+            grads,
+            trace,
+            loss: first_loss,
+            prediction: Some(prediction),
+        })
+    }
+
+    /// Relaxes the rows of `x` (per-sample dynamics; the loss is the mean over these
+    /// rows).
+    fn relax_rows(
+        &self,
+        dense: &[Dense],
+        x0: &Tensor,
+        target: &Target,
+        loss: Loss,
+    ) -> Result<Relaxed> {
+        let hidden = dense.len() - 1;
+        let n = x0.dims2()?.0.max(1);
         let nf = n as f32;
         let gamma = self.cfg.pc_gamma as f32;
         let tol = self.cfg.relax_tolerance;
         // Feed-forward start: pre-activations a, predictions μ, value nodes x = μ.
-        let (mut a, mut mu) = (Vec::with_capacity(all.len()), Vec::with_capacity(all.len()));
-        let mut input = batch.x.clone();
+        let (mut a, mut mu) = (
+            Vec::with_capacity(dense.len()),
+            Vec::with_capacity(dense.len()),
+        );
+        let mut input = x0.clone();
         for d in dense {
             let (aj, mj) = d.forward(&input)?;
             input = mj.clone();
@@ -228,12 +349,23 @@ impl PredictiveCoding {
         }
         let mut x: Vec<Tensor> = mu[..hidden].to_vec();
         let prediction = mu[hidden].clone();
-        let (first_loss, mut g_top) = loss.eval(&prediction, &batch.target)?;
+        let (first_loss, mut g_top) = loss.eval(&prediction, target)?;
         let mut top_loss = first_loss;
         // eₖ = xₖ − μₖ of the hidden blocks (zero until the block is live).
         let mut e: Vec<Vec<f32>> = x.iter().map(|t| vec![0.0; t.len()]).collect();
         let mut live = vec![false; hidden];
-        self.relaxation = Relaxation::default();
+        let mut out = Relaxed {
+            rows: n,
+            energy: Vec::new(),
+            res_sq: Vec::new(),
+            steps: 0,
+            first_loss,
+            a: Vec::new(),
+            mu: Vec::new(),
+            x: Vec::new(),
+            g_top: g_top.clone(),
+            prediction,
+        };
         for t in 0..=self.cfg.pc_steps {
             let mut eps_sq = 0.0f64;
             for k in 0..hidden {
@@ -245,16 +377,13 @@ impl PredictiveCoding {
                     eps_sq += sum_sq(&e[k]);
                 }
             }
+            out.energy.push((eps_sq, top_loss));
             if t == self.cfg.pc_steps && !self.cfg.relax_trace {
-                self.relaxation
-                    .energy
-                    .push(0.5 * eps_sq / n as f64 + top_loss);
                 break;
             }
             // Error at block j's pre-activation: f′ ⊙ ∂F/∂μⱼ, with ∂F/∂μⱼ = −eⱼ/n (hidden)
             // or the loss gradient (top).
             let mut res_sq = 0.0f64;
-            let mut moved = vec![false; hidden];
             let mut dx: Vec<Option<Vec<f32>>> = Vec::with_capacity(hidden);
             for k in 0..hidden {
                 let j = k + 1;
@@ -265,8 +394,8 @@ impl PredictiveCoding {
                     } else {
                         dense[j].pre_error(&e[j], -1.0 / nf, av, mv)
                     };
-                    let rows = av.len() / dense[j].weight.dims2()?.0;
-                    let d = Tensor::from_vec(&[rows, dense[j].weight.dims2()?.0], d)?;
+                    let w = dense[j].weight.dims2()?.0;
+                    let d = Tensor::from_vec(&[d.len() / w, w], d)?;
                     Some(d.matmul(false, dense[j].weight, false)?)
                 } else {
                     None
@@ -290,15 +419,13 @@ impl PredictiveCoding {
                     None => None,
                 });
             }
-            self.relaxation
-                .energy
-                .push(0.5 * eps_sq / n as f64 + top_loss);
+            out.res_sq.push(res_sq);
             let residual = res_sq.sqrt() / n as f64;
-            self.relaxation.residual.push(residual);
             if t == self.cfg.pc_steps || (tol > 0.0 && residual < tol) || hidden == 0 {
                 break;
             }
-            self.relaxation.steps += 1;
+            out.steps += 1;
+            let mut moved = vec![false; hidden];
             for k in 0..hidden {
                 if let Some(d) = &dx[k] {
                     for (xv, dv) in x[k].as_f32_mut()?.iter_mut().zip(d) {
@@ -319,42 +446,32 @@ impl PredictiveCoding {
                 }
             }
             if moved[hidden - 1] {
-                let (l, g) = loss.eval(&mu[hidden], &batch.target)?;
+                let (l, g) = loss.eval(&mu[hidden], target)?;
                 top_loss = l;
                 g_top = g;
             }
         }
-        // The records of the relaxed state, then each block's local update.
-        let layers = model.layers();
-        let mut trace = Trace {
-            records: Vec::with_capacity(layers.len()),
-            errors: vec![None; layers.len()],
-        };
-        for (j, b) in all.iter().enumerate() {
-            let inp = if j == 0 { &batch.x } else { &x[j - 1] };
-            let mut r = crate::nn::Record::new(layers[b.linear].name(), inp.clone());
-            r.output = a[j].clone();
-            trace.records.push(r);
-            if let Some(ai) = b.activation {
-                let mut r = crate::nn::Record::new(layers[ai].name(), a[j].clone());
-                r.output = mu[j].clone();
-                trace.records.push(r);
-            }
-        }
-        let mut grads = Grads::new();
-        for (k, b) in all[..hidden].iter().enumerate() {
-            let g: Vec<f32> = e[k].iter().map(|v| -v / nf).collect();
-            let g = Tensor::from_vec(x[k].shape(), g)?;
-            block_param_grads(model, params, b, &mut trace, g, &mut grads)?;
-        }
-        block_param_grads(model, params, &all[hidden], &mut trace, g_top, &mut grads)?;
-        Ok(StepOutput {
-            grads,
-            trace,
-            loss: first_loss,
-            prediction: Some(prediction),
-        })
+        out.a = a;
+        out.mu = mu;
+        out.x = x;
+        out.g_top = g_top;
+        Ok(out)
     }
+}
+
+/// What relaxing a block of rows left: the state, the loss gradient of its own mean,
+/// and the diagnostics per step (Σ‖e‖² and the mean top loss; Σ‖∂F/∂x‖² per sample).
+struct Relaxed {
+    rows: usize,
+    energy: Vec<(f64, f64)>,
+    res_sq: Vec<f64>,
+    steps: usize,
+    first_loss: f64,
+    a: Vec<Tensor>,
+    mu: Vec<Tensor>,
+    x: Vec<Tensor>,
+    g_top: Tensor,
+    prediction: Tensor,
 }
 
 impl Rule for PredictiveCoding {
