@@ -9,16 +9,11 @@ use futureprop::nn::{
 };
 use futureprop::rule::{Batch, build_rule};
 use futureprop::tensor::{DType, Tensor, Unary};
-use rand::SeedableRng;
 
 fn params(layer: &dyn Layer, seed: u64) -> Params {
-    let mut p = Params::new();
-    let mut rng = futureprop::Rng::seed_from_u64(seed);
-    layer
-        .init_params(Init::XavierNormal, &mut rng, &mut p)
-        .unwrap();
+    let p = common::layer_params(layer, seed);
     // Move γ and β off 1 and 0 so their gradients matter.
-    let mut q = p.to_dtype(DType::F64);
+    let mut q = p.clone();
     for (name, t) in p.iter() {
         if name.ends_with("norm.weight") || name.ends_with("norm.bias") || name.starts_with("ln.") {
             q.insert(name, rand_tensor(t.shape(), seed + 9, 1.0));

@@ -11,7 +11,6 @@ use futureprop::nn::{
 };
 use futureprop::rule::{Batch, build_rule};
 use futureprop::tensor::{DType, Tensor, Unary};
-use rand::SeedableRng;
 
 struct Case {
     input: (usize, usize, usize),
@@ -63,12 +62,7 @@ fn cases() -> Vec<Case> {
 }
 
 fn params_of(layer: &dyn Layer, seed: u64) -> Params {
-    let mut p = Params::new();
-    let mut rng = futureprop::Rng::seed_from_u64(seed);
-    layer
-        .init_params(Init::XavierNormal, &mut rng, &mut p)
-        .unwrap();
-    p.to_dtype(DType::F64)
+    common::layer_params(layer, seed)
 }
 
 /// y[s, o, i, j] = b[o] + Σ_{c in o's group, u, v} w[o, c, u, v]·x[s, c, i·s + u·d − p, …].

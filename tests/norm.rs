@@ -13,13 +13,9 @@ use futureprop::tensor::{DType, Tensor, Unary};
 use rand::SeedableRng;
 
 fn params(layer: &dyn Layer, seed: u64) -> Params {
-    let mut p = Params::new();
-    let mut rng = futureprop::Rng::seed_from_u64(seed);
-    layer
-        .init_params(Init::XavierNormal, &mut rng, &mut p)
-        .unwrap();
+    let p = common::layer_params(layer, seed);
     // γ, β and the running statistics off their initial values so they matter.
-    let mut q = p.to_dtype(DType::F64);
+    let mut q = p.clone();
     for (name, t) in p.iter() {
         let r = rand_tensor(t.shape(), seed + 9, 1.0);
         if name.ends_with("running_var") {

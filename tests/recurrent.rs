@@ -5,22 +5,13 @@
 
 mod common;
 use common::{check_layer_gradients, layer_forward, rand_tensor};
-use futureprop::nn::{Cell, Grads, Init, Layer, Model, ModelSpec, Params, Recurrent};
-use futureprop::tensor::DType;
-use rand::SeedableRng;
+use futureprop::nn::{Cell, Grads, Layer, Model, ModelSpec, Params, Recurrent};
 
 fn params(layer: &dyn Layer, seed: u64) -> Params {
-    let mut p = Params::new();
-    let mut rng = futureprop::Rng::seed_from_u64(seed);
-    layer
-        .init_params(Init::XavierNormal, &mut rng, &mut p)
-        .unwrap();
-    // Scale the weights up so the nonlinearities are exercised.
-    let mut q = Params::new();
-    for (n, t) in p.iter() {
-        q.insert(n, t.to_dtype(DType::F64).scale(2.0));
-    }
-    q
+    // Weights scaled up so the nonlinearities are exercised.
+    let mut p = common::layer_params(layer, seed);
+    p.scale_in_place(2.0);
+    p
 }
 
 #[test]

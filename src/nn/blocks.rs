@@ -14,7 +14,7 @@
 //! A block's record keeps its inner layers' records (flattened into `saved`), so any rule
 //! that drives layers through [`Layer`] drives the block.
 
-use super::{Grads, Init, Layer, LayerKind, Linear, Params, Record};
+use super::{Grads, Init, Layer, LayerKind, Linear, Params, Record, missing};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -140,13 +140,6 @@ impl Layer for LayerNorm {
         }
         Ok(Tensor::from_vec_f64(&[n, f], dx)?.to_dtype(d_out.dtype()))
     }
-}
-
-fn missing(name: &str) -> Error {
-    Error::config(
-        format!("layer {name}"),
-        "record lacks what its forward pass saved",
-    )
 }
 
 /// `v` (a row of `f`) repeated for `n` rows.

@@ -240,6 +240,14 @@ pub trait Layer: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// The error for a record that lacks what the layer's forward pass saved.
+pub(crate) fn missing(name: &str) -> crate::Error {
+    crate::Error::config(
+        format!("layer {name}"),
+        "record lacks what its forward pass saved",
+    )
+}
+
 fn no_r_operator(layer: &str) -> crate::Error {
     crate::Error::config(
         "curvature",

@@ -19,7 +19,7 @@ use std::sync::Mutex;
 
 use rand::{Rng as _, SeedableRng};
 
-use super::{Grads, Init, Layer, LayerKind, Params, Record};
+use super::{Grads, Init, Layer, LayerKind, Params, Record, missing};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
 
@@ -162,13 +162,6 @@ impl Normalization {
             .then(|| p.get(&self.key("weight")).map(Tensor::to_vec_f64))
             .transpose()
     }
-}
-
-fn missing(name: &str) -> Error {
-    Error::config(
-        format!("layer {name}"),
-        "record lacks what its forward pass saved",
-    )
 }
 
 impl Layer for Normalization {

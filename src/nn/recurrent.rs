@@ -21,7 +21,7 @@
 use rand::{Rng as _, SeedableRng};
 use rayon::prelude::*;
 
-use super::{Grads, Init, Layer, LayerKind, Params, Record};
+use super::{Grads, Init, Layer, LayerKind, Params, Record, missing};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -99,6 +99,16 @@ impl Recurrent {
     /// The cell.
     pub fn cell(&self) -> Cell {
         self.cell
+    }
+
+    /// (input features per step, hidden units, steps, gate rows G·H).
+    fn dims(&self) -> (usize, usize, usize, usize) {
+        (
+            self.input,
+            self.hidden,
+            self.steps,
+            self.cell.gates() * self.hidden,
+        )
     }
 
     fn keys(&self) -> [String; 3] {
@@ -189,12 +199,7 @@ impl Recurrent {
         want_dx: bool,
     ) -> Result<Option<Tensor>> {
         let (n, _) = d_out.dims2()?;
-        let (d, h, steps, gh) = (
-            self.input,
-            self.hidden,
-            self.steps,
-            self.cell.gates() * self.hidden,
-        );
+        let (d, h, steps, gh) = self.dims();
         let (w_ih, w_hh, _) = self.weights(p)?;
         let dt = d_out.dtype();
         let mut dh = d_out.to_vec_f64();
@@ -239,12 +244,7 @@ impl Recurrent {
     /// from `seed`.
     fn uoro(&self, p: &Params, rec: &Record, d_out: &Tensor, seed: u64) -> Result<Vec<f64>> {
         let (n, _) = d_out.dims2()?;
-        let (d, h, steps, gh) = (
-            self.input,
-            self.hidden,
-            self.steps,
-            self.cell.gates() * self.hidden,
-        );
+        let (d, h, steps, gh) = self.dims();
         let lstm = self.cell == Cell::Lstm;
         let s = if lstm { 2 * h } else { h };
         let np = gh * (d + h + 1);
@@ -358,13 +358,6 @@ impl Recurrent {
     }
 }
 
-fn missing(name: &str) -> Error {
-    Error::config(
-        format!("layer {name}"),
-        "record lacks what its forward pass saved",
-    )
-}
-
 impl Layer for Recurrent {
     fn name(&self) -> &str {
         &self.name
@@ -393,7 +386,7 @@ impl Layer for Recurrent {
     /// whatever `init` says), and the LSTM's forget-gate bias at 1 (Jozefowicz et al.
     /// 2015).
     fn init_params(&self, _init: Init, rng: &mut crate::Rng, p: &mut Params) -> Result<()> {
-        let (d, h, gh) = (self.input, self.hidden, self.cell.gates() * self.hidden);
+        let (d, h, _, gh) = self.dims();
         let k = 1.0 / (h as f64).sqrt();
         let mut draw =
             |len: usize| -> Vec<f32> { (0..len).map(|_| rng.random_range(-k..k) as f32).collect() };
@@ -411,12 +404,7 @@ impl Layer for Recurrent {
     fn forward(&self, p: &Params, x: &Tensor, rec: &mut Record) -> Result<Tensor> {
         let (n, f) = x.dims2()?;
         self.output_width(f)?;
-        let (d, h, steps, gh) = (
-            self.input,
-            self.hidden,
-            self.steps,
-            self.cell.gates() * self.hidden,
-        );
+        let (d, h, steps, gh) = self.dims();
         let (w_ih, w_hh, b) = self.weights(p)?;
         let dt = x.dtype();
         // Input drive of every step at once: [n·T, D]·W_ihᵀ.
@@ -492,7 +480,7 @@ impl Layer for Recurrent {
     ) -> Result<()> {
         let seed = rec.train.unwrap_or(0);
         let grad = self.uoro(p, rec, d_out, seed)?;
-        let (d, h, gh) = (self.input, self.hidden, self.cell.gates() * self.hidden);
+        let (d, h, _, gh) = self.dims();
         let dt = d_out.dtype();
         let [a, b, c] = self.keys();
         let (gi, rest) = grad.split_at(gh * d);

@@ -138,3 +138,14 @@ pub fn check_param(
         );
     }
 }
+
+/// A layer's parameters drawn Xavier-normal from `seed`, as f64.
+#[allow(dead_code)]
+pub fn layer_params(layer: &dyn futureprop::nn::Layer, seed: u64) -> Params {
+    let mut p = Params::new();
+    let mut rng = futureprop::Rng::seed_from_u64(seed);
+    layer
+        .init_params(futureprop::nn::Init::XavierNormal, &mut rng, &mut p)
+        .unwrap();
+    p.to_dtype(DType::F64)
+}
