@@ -25,6 +25,13 @@ if [ -z "${REPORT_ONLY:-}" ]; then
   run cdni "${L3[@]}" --rule cdni --lr 3e-4
   run dni-50 --model mlp:784-256-256-256-10 --activation relu --optimizer adam --epochs 50 \
     --rule dni --lr 1e-3 --param-group 'dni.*:lr_scale=10'
+  BN=(--model bench/models/mlp256x3-bn.toml --optimizer adam --lr 1e-3 --epochs 10)
+  run dni-bn-bp "${BN[@]}" --rule bp
+  run dni-bn "${BN[@]}" --rule dni
+  COS=(--model mlp:784-256-256-256-10 --activation relu --optimizer adam --lr 1e-3 --schedule cosine
+    --epochs 30 --rule dni)
+  run dni-cos30 "${COS[@]}"
+  run dni-cos30-s10 "${COS[@]}" --param-group 'dni.*:lr_scale=10'
   LL=(--model mlp:784-1024-1024-1024-10 --activation relu --optimizer adam --lr 5e-4 --epochs 10)
   run loc-bp "${LL[@]}" --rule bp
   run loc-pred "${LL[@]}" --rule local --local-loss pred
@@ -47,11 +54,15 @@ import json, os, sys
 r = sys.argv[1]
 cpu = next((l.split(":")[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown")
 rows = [
-    ("Synthetic gradients, 784-256×3-10 ReLU, Adam, 10 epochs", [
+    ("Synthetic gradients, 784-256×3-10 ReLU, Adam, 10 epochs unless said", [
         ("BP, lr 1e-3", "dni-bp"), ("dni (linear synthesizers, zero init), lr 1e-3", "dni"),
         ("dni, synthesizers at 10× lr", "dni-s10"), ("BP, lr 3e-4", "dni-bp3"),
         ("cdni (label-conditioned), lr 3e-4", "cdni"),
-        ("dni, synthesizers at 10× lr, 50 epochs", "dni-50")]),
+        ("dni, synthesizers at 10× lr, 50 epochs", "dni-50"),
+        ("BP, batch norm before each ReLU", "dni-bn-bp"),
+        ("dni, batch norm before each ReLU", "dni-bn"),
+        ("dni, cosine schedule to 0, 30 epochs", "dni-cos30"),
+        ("dni, cosine schedule, synthesizers at 10× lr, 30 epochs", "dni-cos30-s10")]),
     ("Local losses, 784-1024×3-10 ReLU, Adam 5e-4, 10 epochs, no augmentation (paper: BP 0.75, pred 0.68, predsim 0.62 after 100 epochs with augmentation)", [
         ("BP", "loc-bp"), ("local pred", "loc-pred"), ("local predsim (β 0.99)", "loc-predsim")]),
     ("Difference target propagation, 784-256×5-10 tanh, Adam, 20 epochs (Bartunov et al.: DTP-alternating 1.83)", [
@@ -75,6 +86,13 @@ for title, runs in rows:
         s = json.load(open(p))
         L.append(f"| {label} | {s['epochs']} | {100*(1-s['test_accuracy']):.2f} | {100*(1-s['best_test_accuracy']):.2f} | {s['seconds_per_epoch']:.2f} |")
     L.append("")
+L += ["Plain DNI underfits: its training error stays within 1 pp of its test error (e.g. 5.5 % train, "
+      "6.1 % test for the last DNI row), and a 3-epoch run at the first DNI row's settings with "
+      "`--diag-every 200` shows the hidden layers' updates at cosine −0.26 to 0.26 to backprop's, with "
+      "2–6× its norm. A synthesizer that sees "
+      "hₖ but not the label can predict the error only as well as a readout of hₖ detects a "
+      "misclassification; `cdni`, which sees the label, is within 0.1 pp of BP. Jaderberg et al. "
+      "report DNI 2.2 % after 500k iterations (about 1000 epochs at batch 128).", ""]
 open("reports/decoupled.md", "w").write("\n".join(L))
 print("\n".join(L))
 PY
