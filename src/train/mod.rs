@@ -209,10 +209,17 @@ pub fn build_model(cfg: &TrainConfig, features: usize, classes: usize) -> Result
         bias: cfg.bias,
     })?;
     if model.inputs() != features || model.outputs() != classes {
+        // The named image models take their input map after a colon.
+        let base = cfg.model.split(':').next().unwrap_or_default();
+        let hint = match (base, features) {
+            ("resnet20" | "vgg8b", 784) => format!("{base}:1x28x28"),
+            ("resnet20" | "vgg8b", 3072) => format!("{base}:3x32x32"),
+            _ => format!("mlp:{features}-1000-{classes}"),
+        };
         return Err(Error::shape(
             "model vs dataset",
             format!(
-                "model '{}' maps {} inputs to {} outputs but {} has {features} features and needs {classes} outputs; use e.g. mlp:{features}-1000-{classes}",
+                "model '{}' maps {} inputs to {} outputs but {} has {features} features and needs {classes} outputs; use e.g. {hint}",
                 cfg.model,
                 model.inputs(),
                 model.outputs(),
