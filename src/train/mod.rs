@@ -30,7 +30,7 @@ use crate::rule::{Backprop, Batch, Rule, RuleObjective, build_rule_with};
 pub struct Evaluation {
     /// Mean loss.
     pub loss: f64,
-    /// Fraction classified correctly.
+    /// Fraction classified correctly (NaN for real-valued targets).
     pub accuracy: f64,
 }
 
@@ -43,32 +43,39 @@ pub fn evaluate(
     loss: Loss,
     batch_size: usize,
 ) -> Result<Evaluation> {
-    let (mut total, mut correct, mut n) = (0.0, 0usize, 0usize);
+    let (mut total, mut correct, mut n) = (0.0, Some(0usize), 0usize);
     for b in Batches::new(data, batch_size, false, 0, 0) {
         let b = b?;
         let out = rule.predict(model, params, &b.x)?;
         let (l, _) = loss.eval(&out, &b.target)?;
         let rows = b.target.len();
         total += l * rows as f64;
-        correct += count_correct(&out, &b)?;
+        correct = match (correct, count_correct(&out, &b)?) {
+            (Some(a), Some(c)) => Some(a + c),
+            _ => None,
+        };
         n += rows;
     }
     let n = n.max(1) as f64;
     Ok(Evaluation {
         loss: total / n,
-        accuracy: correct as f64 / n,
+        // NaN (null in the JSON records) where the targets are real-valued.
+        accuracy: correct.map_or(f64::NAN, |c| c as f64 / n),
     })
 }
 
-fn count_correct(out: &crate::tensor::Tensor, b: &Batch) -> Result<usize> {
+/// Rows classified correctly; `None` for real-valued targets (regression,
+/// reconstruction), which have no accuracy.
+fn count_correct(out: &crate::tensor::Tensor, b: &Batch) -> Result<Option<usize>> {
     match &b.target {
-        crate::nn::Target::Classes(labels) => Ok(out
-            .argmax_rows()?
-            .iter()
-            .zip(labels)
-            .filter(|(p, l)| p == l)
-            .count()),
-        crate::nn::Target::Values(_) => Ok(0),
+        crate::nn::Target::Classes(labels) => Ok(Some(
+            out.argmax_rows()?
+                .iter()
+                .zip(labels)
+                .filter(|(p, l)| p == l)
+                .count(),
+        )),
+        crate::nn::Target::Values(_) => Ok(None),
     }
 }
 
@@ -542,8 +549,9 @@ pub fn run_with(
             }
             if let Some(o) = out.prediction.as_ref().or(out.trace.output())
                 && o.shape().first() == Some(&rows)
+                && let Some(c) = count_correct(o, &batch)?
             {
-                correct += count_correct(o, &batch)?;
+                correct += c;
                 judged += rows;
             }
             seen += rows;
