@@ -156,3 +156,34 @@ fn adding_problem_data_and_recurrent_specs() {
     assert!(e.contains("recurrent") && e.contains("uoro"), "{e}");
     assert!(futureprop::rule::check_layers("uoro", &m).is_ok());
 }
+
+#[test]
+fn an_lstm_model_trained_by_backprop_has_the_finite_difference_gradient() {
+    // Backprop drives the recurrent layer through its one-pass `backward`.
+    let m = Model::build(&ModelSpec {
+        spec: "lstm:3x2-4-3".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let mut p = m.init_params(futureprop::nn::Init::Auto, 1).unwrap();
+    p = p.to_dtype(futureprop::tensor::DType::F64);
+    let b = futureprop::rule::Batch {
+        x: rand_tensor(&[5, 6], 2, 1.0),
+        target: futureprop::nn::Target::Classes(vec![0, 1, 2, 1, 0]),
+    };
+    let loss = futureprop::nn::Loss::CrossEntropy;
+    let out = futureprop::rule::build_rule("bp")
+        .unwrap()
+        .step(&m, &p, &b, loss)
+        .unwrap();
+    let f = |q: &Params| {
+        loss.eval(&m.forward(q, &b.x).unwrap(), &b.target)
+            .unwrap()
+            .0
+    };
+    for name in ["lstm.w_ih", "lstm.w_hh", "lstm.bias", "fc.weight"] {
+        let n = p.get(name).unwrap().len();
+        let an = out.grads.get(name).unwrap().to_vec_f64();
+        common::check_param(&p, name, &an, (0..n).step_by(3).collect(), 1e-6, "lstm", f);
+    }
+}

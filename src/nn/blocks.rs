@@ -235,10 +235,12 @@ impl Stack {
     ) -> Result<Tensor> {
         let mut d = d_out.clone();
         for (l, r) in self.layers.iter().zip(recs).rev() {
-            if let Some(g) = g.as_deref_mut() {
-                l.param_grads(p, r, &d, g)?;
-            }
-            d = l.input_grad(p, r, &d)?;
+            d = match g.as_deref_mut() {
+                Some(g) => l
+                    .backward(p, r, &d, g, true)?
+                    .ok_or_else(|| missing(l.name()))?,
+                None => l.input_grad(p, r, &d)?,
+            };
         }
         Ok(d)
     }
@@ -386,6 +388,23 @@ impl Layer for Residual {
         Ok(d)
     }
 
+    fn backward(
+        &self,
+        p: &Params,
+        rec: &Record,
+        d_out: &Tensor,
+        g: &mut Grads,
+        _input: bool,
+    ) -> Result<Option<Tensor>> {
+        let (inner, short) = self.records(rec)?;
+        let mut d = self.inner.backward(p, &inner, d_out, Some(&mut *g))?;
+        match &self.shortcut {
+            Some(s) => d.axpy(1.0, &s.backward(p, &short, d_out, Some(g))?)?,
+            None => d.axpy(1.0, d_out)?,
+        }
+        Ok(Some(d))
+    }
+
     fn commit_state(&self, p: &mut Params) -> Result<()> {
         self.inner.commit_state(p)?;
         self.shortcut.as_ref().map_or(Ok(()), |s| s.commit_state(p))
@@ -481,19 +500,18 @@ impl Layer for Highway {
     }
 
     fn input_grad(&self, p: &Params, rec: &Record, d_out: &Tensor) -> Result<Tensor> {
-        let (t, f, inner) = self.parts(rec)?;
-        let mut d = self.inner.backward(p, &inner, &d_out.mul(&t)?, None)?;
-        // δ·(1 − T)
-        d.axpy(1.0, d_out)?;
-        d.axpy(-1.0, &d_out.mul(&t)?)?;
-        let d_pre = self.gate_error(rec, &t, &f, d_out)?;
-        d.axpy(
-            1.0,
-            &self
-                .gate
-                .input_grad(p, &Record::new(self.gate.name(), rec.input.clone()), &d_pre)?,
-        )?;
-        Ok(d)
+        self.both(p, rec, d_out, None)
+    }
+
+    fn backward(
+        &self,
+        p: &Params,
+        rec: &Record,
+        d_out: &Tensor,
+        g: &mut Grads,
+        _input: bool,
+    ) -> Result<Option<Tensor>> {
+        self.both(p, rec, d_out, Some(g)).map(Some)
     }
 
     fn commit_state(&self, p: &mut Params) -> Result<()> {
@@ -506,6 +524,31 @@ impl Layer for Highway {
 }
 
 impl Highway {
+    /// ∂L/∂x, adding the block's parameter gradients to `g` when given (one traversal
+    /// of the inner layers).
+    fn both(
+        &self,
+        p: &Params,
+        rec: &Record,
+        d_out: &Tensor,
+        mut g: Option<&mut Grads>,
+    ) -> Result<Tensor> {
+        let (t, f, inner) = self.parts(rec)?;
+        let mut d = self
+            .inner
+            .backward(p, &inner, &d_out.mul(&t)?, g.as_deref_mut())?;
+        // δ·(1 − T)
+        d.axpy(1.0, d_out)?;
+        d.axpy(-1.0, &d_out.mul(&t)?)?;
+        let d_pre = self.gate_error(rec, &t, &f, d_out)?;
+        let gate_rec = Record::new(self.gate.name(), rec.input.clone());
+        if let Some(g) = g {
+            self.gate.param_grads(p, &gate_rec, &d_pre, g)?;
+        }
+        d.axpy(1.0, &self.gate.input_grad(p, &gate_rec, &d_pre)?)?;
+        Ok(d)
+    }
+
     fn parts(&self, rec: &Record) -> Result<(Tensor, Tensor, Vec<Record>)> {
         let mut it = rec.saved.iter();
         let (Some(t), Some(f)) = (it.next(), it.next()) else {
@@ -543,6 +586,25 @@ impl Dense {
             inputs,
             growth,
         })
+    }
+}
+
+impl Dense {
+    /// ∂L/∂x, adding the inner layers' gradients to `g` when given.
+    fn both(
+        &self,
+        p: &Params,
+        rec: &Record,
+        d_out: &Tensor,
+        g: Option<&mut Grads>,
+    ) -> Result<Tensor> {
+        let inner = self
+            .inner
+            .records(&self.name, &mut rec.saved.iter(), rec.train)?;
+        let df = columns(d_out, self.inputs, self.growth)?;
+        let mut d = self.inner.backward(p, &inner, &df, g)?;
+        d.axpy(1.0, &columns(d_out, 0, self.inputs)?)?;
+        Ok(d)
     }
 }
 
@@ -597,13 +659,18 @@ impl Layer for Dense {
     }
 
     fn input_grad(&self, p: &Params, rec: &Record, d_out: &Tensor) -> Result<Tensor> {
-        let inner = self
-            .inner
-            .records(&self.name, &mut rec.saved.iter(), rec.train)?;
-        let df = columns(d_out, self.inputs, self.growth)?;
-        let mut d = self.inner.backward(p, &inner, &df, None)?;
-        d.axpy(1.0, &columns(d_out, 0, self.inputs)?)?;
-        Ok(d)
+        self.both(p, rec, d_out, None)
+    }
+
+    fn backward(
+        &self,
+        p: &Params,
+        rec: &Record,
+        d_out: &Tensor,
+        g: &mut Grads,
+        _input: bool,
+    ) -> Result<Option<Tensor>> {
+        self.both(p, rec, d_out, Some(g)).map(Some)
     }
 
     fn commit_state(&self, p: &mut Params) -> Result<()> {

@@ -179,6 +179,22 @@ pub trait Layer: Send + Sync + std::fmt::Debug {
     /// weight transport `d_out · W`.
     fn input_grad(&self, p: &Params, rec: &Record, d_out: &Tensor) -> Result<Tensor>;
 
+    /// Backprop through the layer in one pass: adds its parameter gradients to `g` and,
+    /// when `input`, returns ∂L/∂(input). The default calls [`Layer::param_grads`] and
+    /// [`Layer::input_grad`]; blocks and recurrent layers override it so their inner
+    /// chain (or unrolled steps) is traversed once instead of twice.
+    fn backward(
+        &self,
+        p: &Params,
+        rec: &Record,
+        d_out: &Tensor,
+        g: &mut Grads,
+        input: bool,
+    ) -> Result<Option<Tensor>> {
+        self.param_grads(p, rec, d_out, g)?;
+        input.then(|| self.input_grad(p, rec, d_out)).transpose()
+    }
+
     /// The input error with the layer's weight replaced by `weight` (same shape): the
     /// transport feedback-alignment rules use (F in place of W). Defined for layers with a
     /// weight (Linear, Conv2d).

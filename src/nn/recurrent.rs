@@ -471,6 +471,17 @@ impl Layer for Recurrent {
             .ok_or_else(|| missing(&self.name))
     }
 
+    fn backward(
+        &self,
+        p: &Params,
+        rec: &Record,
+        d_out: &Tensor,
+        g: &mut Grads,
+        input: bool,
+    ) -> Result<Option<Tensor>> {
+        self.bptt(p, rec, d_out, Some(g), input)
+    }
+
     fn online_param_grads(
         &self,
         p: &Params,

@@ -1,6 +1,6 @@
 //! Backpropagation.
 
-use super::{Batch, Rule, StepOutput, backward_chain};
+use super::{Batch, Rule, StepOutput};
 use crate::error::Result;
 use crate::nn::{Grads, Loss, Model, Params, Trace};
 use crate::tensor::Tensor;
@@ -35,14 +35,15 @@ impl Rule for Backprop {
         d_out: Tensor,
     ) -> Result<Grads> {
         let mut grads = Grads::new();
-        backward_chain(
-            model,
-            params,
-            trace,
-            d_out,
-            &mut grads,
-            |_, layer, rec, d| layer.input_grad(params, rec, d),
-        )?;
+        let mut d = d_out;
+        for (i, layer) in model.layers().iter().enumerate().rev() {
+            let below = layer.backward(params, &trace.records[i], &d, &mut grads, i > 0)?;
+            trace.errors[i] = Some(d);
+            match below {
+                Some(b) => d = b,
+                None => break,
+            }
+        }
         Ok(grads)
     }
 }
