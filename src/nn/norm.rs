@@ -18,10 +18,11 @@
 use std::sync::Mutex;
 
 use rand::{Rng as _, SeedableRng};
+use rayon::prelude::*;
 
 use super::{Grads, Init, Layer, LayerKind, Params, Record, missing};
 use crate::error::{Error, Result};
-use crate::tensor::{DType, Tensor};
+use crate::tensor::{DType, Storage, Tensor};
 
 /// Which entries share a statistic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,6 +165,209 @@ impl Normalization {
     }
 }
 
+/// Storage element of the normalisation kernels (f32 or f64).
+trait Real: Copy + Send + Sync + Into<f64> {
+    fn of(v: f64) -> Self;
+}
+
+impl Real for f32 {
+    fn of(v: f64) -> Self {
+        v as f32
+    }
+}
+
+impl Real for f64 {
+    fn of(v: f64) -> Self {
+        v
+    }
+}
+
+/// (γ, β) per channel when affine.
+type Affine = Option<(Vec<f64>, Vec<f64>)>;
+
+impl Normalization {
+    fn affine_params(&self, p: &Params) -> Result<Affine> {
+        if !self.affine {
+            return Ok(None);
+        }
+        Ok(Some((
+            p.get(&self.key("weight"))?.to_vec_f64(),
+            p.get(&self.key("bias"))?.to_vec_f64(),
+        )))
+    }
+
+    /// Two sums per (sample, channel) over its positions, `f(row start, row, t)` for
+    /// position t, in parallel over samples; laid out sample-major (`i·C + c`).
+    fn sums<T: Real>(
+        &self,
+        v: &[T],
+        n: usize,
+        f: impl Fn(usize, &[T], usize) -> f64 + Sync,
+    ) -> Vec<(f64, f64)> {
+        let (cs, s) = (self.channels, self.positions);
+        let w = cs * s;
+        let mut out = vec![(0.0, 0.0); n * cs];
+        out.par_chunks_mut(cs)
+            .zip(v.par_chunks(w))
+            .enumerate()
+            .for_each(|(i, (o, row))| {
+                for (c, oc) in o.iter_mut().enumerate() {
+                    let r = &row[c * s..(c + 1) * s];
+                    let (mut a, mut b) = (0.0, 0.0);
+                    for t in 0..s {
+                        a += f(i * w + c * s, r, t);
+                        b += r[t].into();
+                    }
+                    *oc = (a, b);
+                }
+            });
+        out
+    }
+
+    /// Sums of `sums` gathered per statistic (and the counts).
+    fn per_stat(&self, n: usize, sums: &[(f64, f64)]) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let (stat, k) = self.stat_of(n);
+        let (mut a, mut b, mut cnt) = (vec![0.0; k], vec![0.0; k], vec![0.0; k]);
+        for i in 0..n {
+            for c in 0..self.channels {
+                let j = stat(i, c);
+                a[j] += sums[i * self.channels + c].0;
+                b[j] += sums[i * self.channels + c].1;
+                cnt[j] += self.positions as f64;
+            }
+        }
+        (a, b, cnt)
+    }
+
+    /// y, x̂, 1/√(σ² + ε) per statistic and, with batch statistics, (mean, unbiased
+    /// variance) per statistic.
+    #[allow(clippy::type_complexity)]
+    fn forward_t<T: Real>(
+        &self,
+        v: &[T],
+        n: usize,
+        running: Option<(Vec<f64>, Vec<f64>)>,
+        affine: &Affine,
+    ) -> (Vec<T>, Vec<T>, Vec<f64>, Option<(Vec<f64>, Vec<f64>)>) {
+        let (cs, s) = (self.channels, self.positions);
+        let (stat, _) = self.stat_of(n);
+        let (mean, inv, batch) = match running {
+            Some((rm, rv)) => {
+                let inv: Vec<f64> = rv.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
+                (rm, inv, None)
+            }
+            None => {
+                let (sum, _, cnt) = self.per_stat(n, &self.sums(v, n, |_, r, t| r[t].into()));
+                let mean: Vec<f64> = sum.iter().zip(&cnt).map(|(a, b)| a / b).collect();
+                // Second pass about the mean (no cancellation in E[x²] − E[x]²).
+                let sq = self.sums(v, n, |start, r, t| {
+                    let c = (start % (cs * s)) / s;
+                    let i = start / (cs * s);
+                    let d: f64 = r[t].into() - mean[stat(i, c)];
+                    d * d
+                });
+                let (sq, _, _) = self.per_stat(n, &sq);
+                let var: Vec<f64> = sq.iter().zip(&cnt).map(|(a, b)| a / b).collect();
+                let inv: Vec<f64> = var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
+                let unbiased = var
+                    .iter()
+                    .zip(&cnt)
+                    .map(|(v, m)| v * m / (m - 1.0).max(1.0))
+                    .collect();
+                (mean.clone(), inv, Some((mean, unbiased)))
+            }
+        };
+        let w = cs * s;
+        let (mut y, mut xh) = (vec![T::of(0.0); n * w], vec![T::of(0.0); n * w]);
+        y.par_chunks_mut(w)
+            .zip(xh.par_chunks_mut(w))
+            .zip(v.par_chunks(w))
+            .enumerate()
+            .for_each(|(i, ((yr, xr), vr))| {
+                for c in 0..cs {
+                    let j = stat(i, c);
+                    let (g, b) = affine.as_ref().map_or((1.0, 0.0), |(g, b)| (g[c], b[c]));
+                    let (m, iv) = (mean[j], inv[j]);
+                    for t in c * s..(c + 1) * s {
+                        let h = (vr[t].into() - m) * iv;
+                        xr[t] = T::of(h);
+                        yr[t] = T::of(g * h + b);
+                    }
+                }
+            });
+        (y, xh, inv, batch)
+    }
+
+    /// ∂L/∂x from ∂L/∂y (`d`) and x̂.
+    fn input_grad_t<T: Real>(
+        &self,
+        d: &[T],
+        xh: &[T],
+        n: usize,
+        inv: &[f64],
+        batch_stats: bool,
+        gamma: &Option<Vec<f64>>,
+    ) -> Vec<T> {
+        let (cs, s) = (self.channels, self.positions);
+        let w = cs * s;
+        let (stat, _) = self.stat_of(n);
+        let gm = |c: usize| gamma.as_ref().map_or(1.0, |g| g[c]);
+        let (mg, mgx) = if batch_stats {
+            // Σ g and Σ g·x̂ per statistic, g = γ_c ∂L/∂y.
+            let sums = self.sums(d, n, |start, r, t| r[t].into() * xh[start + t].into());
+            let (sgx, sg, cnt) = self.per_stat(n, &sums);
+            // γ is per channel and a statistic may span channels (groups): fold it in.
+            let (mut mg, mut mgx) = (vec![0.0; sg.len()], vec![0.0; sg.len()]);
+            if gamma.is_none() || self.kind == NormKind::Batch {
+                for j in 0..sg.len() {
+                    let gj = if self.kind == NormKind::Batch {
+                        gm(j)
+                    } else {
+                        1.0
+                    };
+                    mg[j] = gj * sg[j] / cnt[j];
+                    mgx[j] = gj * sgx[j] / cnt[j];
+                }
+            } else {
+                for i in 0..n {
+                    for c in 0..cs {
+                        let j = stat(i, c);
+                        let (a, b) = sums[i * cs + c];
+                        mgx[j] += gm(c) * a / cnt[j];
+                        mg[j] += gm(c) * b / cnt[j];
+                    }
+                }
+            }
+            (mg, mgx)
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let mut dx = vec![T::of(0.0); n * w];
+        dx.par_chunks_mut(w)
+            .zip(d.par_chunks(w))
+            .zip(xh.par_chunks(w))
+            .enumerate()
+            .for_each(|(i, ((out, dr), xr))| {
+                for c in 0..cs {
+                    let g = gm(c);
+                    if batch_stats {
+                        let j = stat(i, c);
+                        let (a, b, iv) = (mg[j], mgx[j], inv[j]);
+                        for t in c * s..(c + 1) * s {
+                            out[t] = T::of((g * dr[t].into() - a - xr[t].into() * b) * iv);
+                        }
+                    } else {
+                        let iv = inv[c];
+                        for t in c * s..(c + 1) * s {
+                            out[t] = T::of(g * dr[t].into() * iv);
+                        }
+                    }
+                }
+            });
+        dx
+    }
+}
+
 impl Layer for Normalization {
     fn name(&self) -> &str {
         &self.name
@@ -210,98 +414,76 @@ impl Layer for Normalization {
     fn forward(&self, p: &Params, x: &Tensor, rec: &mut Record) -> Result<Tensor> {
         let (n, f) = x.dims2()?;
         self.output_width(f)?;
-        let (cs, s) = (self.channels, self.positions);
-        let v = x.to_vec_f64();
-        let (stat, k) = self.stat_of(n);
         let batch_stats = self.kind != NormKind::Batch || rec.train.is_some();
-        let (mean, inv) = if batch_stats {
-            if self.kind == NormKind::Batch && n * s < 2 {
-                return Err(Error::shape(
-                    format!("layer {}", self.name),
-                    "batch normalisation in training needs more than one value per channel",
-                ));
-            }
-            let (mut sum, mut sq, mut cnt) = (vec![0.0; k], vec![0.0; k], vec![0.0; k]);
-            for i in 0..n {
-                for c in 0..cs {
-                    let j = stat(i, c);
-                    let row = &v[i * f + c * s..i * f + (c + 1) * s];
-                    sum[j] += row.iter().sum::<f64>();
-                    cnt[j] += s as f64;
-                }
-            }
-            let mean: Vec<f64> = sum.iter().zip(&cnt).map(|(a, b)| a / b).collect();
-            for i in 0..n {
-                for c in 0..cs {
-                    let j = stat(i, c);
-                    let row = &v[i * f + c * s..i * f + (c + 1) * s];
-                    sq[j] += row.iter().map(|a| (a - mean[j]).powi(2)).sum::<f64>();
-                }
-            }
-            let var: Vec<f64> = sq.iter().zip(&cnt).map(|(a, b)| a / b).collect();
-            if self.kind == NormKind::Batch {
-                let unbiased = var
-                    .iter()
-                    .zip(&cnt)
-                    .map(|(v, m)| v * m / (m - 1.0))
-                    .collect();
-                self.pending
-                    .lock()
-                    .map_err(|_| Error::config(format!("layer {}", self.name), "lock poisoned"))?
-                    .push((mean.clone(), unbiased));
-            }
-            let inv: Vec<f64> = var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
-            (mean, inv)
-        } else {
-            let rm = p.get(&self.key("running_mean"))?.to_vec_f64();
-            let rv = p.get(&self.key("running_var"))?.to_vec_f64();
-            (rm, rv.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect())
-        };
-        let gamma = self.gamma(p)?;
-        let beta = self
-            .affine
-            .then(|| p.get(&self.key("bias")).map(Tensor::to_vec_f64))
-            .transpose()?;
-        let (mut xh, mut y) = (vec![0.0; n * f], vec![0.0; n * f]);
-        for i in 0..n {
-            for c in 0..cs {
-                let j = stat(i, c);
-                let (g, b) = (
-                    gamma.as_ref().map_or(1.0, |g| g[c]),
-                    beta.as_ref().map_or(0.0, |b| b[c]),
-                );
-                for t in i * f + c * s..i * f + (c + 1) * s {
-                    xh[t] = (v[t] - mean[j]) * inv[j];
-                    y[t] = g * xh[t] + b;
-                }
-            }
+        if batch_stats && self.kind == NormKind::Batch && n * self.positions < 2 {
+            return Err(Error::shape(
+                format!("layer {}", self.name),
+                "batch normalisation in training needs more than one value per channel",
+            ));
         }
-        rec.saved
-            .push(Tensor::from_vec_f64(&[n, f], xh)?.to_dtype(x.dtype()));
+        let running = if batch_stats {
+            None
+        } else {
+            Some((
+                p.get(&self.key("running_mean"))?.to_vec_f64(),
+                p.get(&self.key("running_var"))?.to_vec_f64(),
+            ))
+        };
+        let affine = self.affine_params(p)?;
+        let (y, xhat, inv, batch) = match x.storage() {
+            Storage::F32(v) => {
+                let (y, xh, inv, b) = self.forward_t(v, n, running, &affine);
+                (
+                    Tensor::from_vec(&[n, f], y)?,
+                    Tensor::from_vec(&[n, f], xh)?,
+                    inv,
+                    b,
+                )
+            }
+            Storage::F64(v) => {
+                let (y, xh, inv, b) = self.forward_t(v, n, running, &affine);
+                (
+                    Tensor::from_vec_f64(&[n, f], y)?,
+                    Tensor::from_vec_f64(&[n, f], xh)?,
+                    inv,
+                    b,
+                )
+            }
+        };
+        if let (Some((mean, var)), true) = (batch, self.kind == NormKind::Batch) {
+            self.pending
+                .lock()
+                .map_err(|_| Error::config(format!("layer {}", self.name), "lock poisoned"))?
+                .push((mean, var));
+        }
+        let k = inv.len();
+        rec.saved.push(xhat);
         rec.saved.push(Tensor::from_vec_f64(&[k], inv)?);
         rec.saved.push(Tensor::from_vec_f64(
             &[1],
             vec![if batch_stats { 1.0 } else { 0.0 }],
         )?);
-        Tensor::from_vec_f64(&[n, f], y).map(|t| t.to_dtype(x.dtype()))
+        Ok(y)
     }
 
     fn param_grads(&self, _p: &Params, rec: &Record, d_out: &Tensor, g: &mut Grads) -> Result<()> {
         if !self.affine {
             return Ok(());
         }
-        let (n, f) = d_out.dims2()?;
+        let (n, _) = d_out.dims2()?;
         let xh = rec.saved.first().ok_or_else(|| missing(&self.name))?;
-        let (d, xh) = (d_out.to_vec_f64(), xh.to_vec_f64());
-        let (cs, s) = (self.channels, self.positions);
-        let (mut gw, mut gb) = (vec![0.0; cs], vec![0.0; cs]);
-        for i in 0..n {
-            for c in 0..cs {
-                for t in i * f + c * s..i * f + (c + 1) * s {
-                    gw[c] += d[t] * xh[t];
-                    gb[c] += d[t];
-                }
+        let sums = match (d_out.storage(), xh.storage()) {
+            (Storage::F32(d), Storage::F32(x)) => {
+                self.sums(d, n, |i, row, t| (row[t] * x[i + t]).into())
             }
+            (Storage::F64(d), Storage::F64(x)) => self.sums(d, n, |i, row, t| row[t] * x[i + t]),
+            _ => return Err(missing(&self.name)),
+        };
+        let cs = self.channels;
+        let (mut gw, mut gb) = (vec![0.0; cs], vec![0.0; cs]);
+        for (ic, (a, b)) in sums.iter().enumerate() {
+            gw[ic % cs] += a;
+            gb[ic % cs] += b;
         }
         let dt = d_out.dtype();
         g.accumulate(
@@ -319,56 +501,20 @@ impl Layer for Normalization {
         let [xh, inv, flag, ..] = rec.saved.as_slice() else {
             return Err(missing(&self.name));
         };
-        let (xh, inv) = (xh.to_vec_f64(), inv.to_vec_f64());
+        let inv = inv.to_vec_f64();
         let batch_stats = flag.to_vec_f64().first() == Some(&1.0);
-        let (cs, s) = (self.channels, self.positions);
-        let (stat, k) = self.stat_of(n);
         let gamma = self.gamma(p)?;
-        let d = d_out.to_vec_f64();
-        let mut g = vec![0.0; n * f];
-        for i in 0..n {
-            for c in 0..cs {
-                let gm = gamma.as_ref().map_or(1.0, |gm| gm[c]);
-                for t in i * f + c * s..i * f + (c + 1) * s {
-                    g[t] = d[t] * gm;
-                }
-            }
+        match (d_out.storage(), xh.storage()) {
+            (Storage::F32(d), Storage::F32(x)) => Tensor::from_vec(
+                &[n, f],
+                self.input_grad_t(d, x, n, &inv, batch_stats, &gamma),
+            ),
+            (Storage::F64(d), Storage::F64(x)) => Tensor::from_vec_f64(
+                &[n, f],
+                self.input_grad_t(d, x, n, &inv, batch_stats, &gamma),
+            ),
+            _ => Err(missing(&self.name)),
         }
-        let mut dx = vec![0.0; n * f];
-        if !batch_stats {
-            for i in 0..n {
-                for (c, iv) in inv.iter().enumerate().take(cs) {
-                    for t in i * f + c * s..i * f + (c + 1) * s {
-                        dx[t] = g[t] * iv;
-                    }
-                }
-            }
-        } else {
-            let (mut mg, mut mgx, mut cnt) = (vec![0.0; k], vec![0.0; k], vec![0.0; k]);
-            for i in 0..n {
-                for c in 0..cs {
-                    let j = stat(i, c);
-                    for t in i * f + c * s..i * f + (c + 1) * s {
-                        mg[j] += g[t];
-                        mgx[j] += g[t] * xh[t];
-                    }
-                    cnt[j] += s as f64;
-                }
-            }
-            for j in 0..k {
-                mg[j] /= cnt[j];
-                mgx[j] /= cnt[j];
-            }
-            for i in 0..n {
-                for c in 0..cs {
-                    let j = stat(i, c);
-                    for t in i * f + c * s..i * f + (c + 1) * s {
-                        dx[t] = (g[t] - mg[j] - xh[t] * mgx[j]) * inv[j];
-                    }
-                }
-            }
-        }
-        Tensor::from_vec_f64(&[n, f], dx).map(|t| t.to_dtype(d_out.dtype()))
     }
 
     fn commit_state(&self, p: &mut Params) -> Result<()> {
