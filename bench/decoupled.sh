@@ -34,6 +34,9 @@ if [ -z "${REPORT_ONLY:-}" ]; then
   run dni-cos30-s10 "${COS[@]}" --param-group 'dni.*:lr_scale=10'
   run dni-cos30-slow "${COS[@]}" --param-group 'dni.*:lr_scale=10' --param-group 'fc1.*:lr_scale=0.1' \
     --param-group 'fc2.*:lr_scale=0.1' --param-group 'fc3.*:lr_scale=0.1'
+  LONG=(--model mlp:784-256-256-256-10 --activation relu --optimizer adam --lr 1e-4 --schedule cosine --epochs 300)
+  run dni-300 "${LONG[@]}" --rule dni --param-group 'dni.*:lr_scale=10'
+  run dni-300-bp "${LONG[@]}" --rule bp
   # The floor: hidden layers frozen at their initial weights, only the readout learns.
   run frozen-hidden "${COS[@]/dni/bp}" --param-group 'fc1.*:lr_scale=0' --param-group 'fc2.*:lr_scale=0' \
     --param-group 'fc3.*:lr_scale=0'
@@ -69,6 +72,8 @@ rows = [
         ("dni, cosine schedule to 0, 30 epochs", "dni-cos30"),
         ("dni, cosine schedule, synthesizers at 10× lr, 30 epochs", "dni-cos30-s10"),
         ("dni, as above, hidden layers at 0.1× lr", "dni-cos30-slow"),
+        ("BP, Adam 1e-4 cosine, 300 epochs", "dni-300-bp"),
+        ("dni, Adam 1e-4 cosine, synthesizers at 10× lr, 300 epochs", "dni-300"),
         ("hidden layers frozen at init, readout trained by BP, cosine, 30 epochs", "frozen-hidden")]),
     ("Local losses, 784-1024×3-10 ReLU, Adam 5e-4, 10 epochs, no augmentation (paper: BP 0.75, pred 0.68, predsim 0.62 after 100 epochs with augmentation)", [
         ("BP", "loc-bp"), ("local pred", "loc-pred"), ("local predsim (β 0.99)", "loc-predsim")]),
