@@ -18,8 +18,9 @@ mod local_losses;
 mod predictive_coding;
 mod synthetic_gradients;
 mod target_propagation;
+mod uoro;
 
-pub use backprop::{Backprop, Uoro};
+pub use backprop::Backprop;
 pub use classic::{Classic, ClassicKind};
 pub use direct_feedback::{DirectFeedback, DirectKind};
 pub use equilibrium::{Equilibrium, Nudge};
@@ -29,6 +30,7 @@ pub use local_losses::{LocalLosses, sim_loss};
 pub use predictive_coding::PredictiveCoding;
 pub use synthetic_gradients::SyntheticGradients;
 pub use target_propagation::TargetPropagation;
+pub use uoro::Uoro;
 
 use crate::error::{Error, Result};
 use crate::nn::{Grads, Layer, Loss, Model, Params, Record, Target, Trace};

@@ -1,0 +1,55 @@
+//! UORO for recurrent layers (Tallec & Ollivier 2017); backprop elsewhere.
+
+use super::{Batch, Rule, StepOutput};
+use crate::error::Result;
+use crate::nn::{Grads, Loss, Model, Params, Trace};
+use crate::tensor::Tensor;
+
+/// UORO (Tallec & Ollivier 2017) for recurrent layers: each recurrent layer's update is
+/// its unbiased rank-one online estimate of the gradient
+/// ([`Layer::online_param_grads`](crate::nn::Layer::online_param_grads)); every other
+/// layer learns by backprop, and the error reaching a recurrent layer from above is
+/// backprop's.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Uoro;
+
+impl Rule for Uoro {
+    fn name(&self) -> &'static str {
+        "uoro"
+    }
+
+    fn step(
+        &mut self,
+        model: &Model,
+        params: &Params,
+        batch: &Batch,
+        loss: Loss,
+    ) -> Result<StepOutput> {
+        super::step_with_backward(self, model, params, batch, loss)
+    }
+
+    fn backward(
+        &mut self,
+        model: &Model,
+        params: &Params,
+        trace: &mut Trace,
+        _batch: &Batch,
+        d_out: Tensor,
+    ) -> Result<Grads> {
+        let mut grads = Grads::new();
+        let mut d = d_out;
+        for (i, layer) in model.layers().iter().enumerate().rev() {
+            let rec = &trace.records[i];
+            layer.online_param_grads(params, rec, &d, &mut grads)?;
+            let next = (i > 0)
+                .then(|| layer.input_grad(params, rec, &d))
+                .transpose()?;
+            trace.errors[i] = Some(d);
+            match next {
+                Some(n) => d = n,
+                None => break,
+            }
+        }
+        Ok(grads)
+    }
+}
