@@ -37,6 +37,9 @@ if [ -z "${REPORT_ONLY:-}" ]; then
   LONG=(--model mlp:784-256-256-256-10 --activation relu --optimizer adam --lr 1e-4 --schedule cosine --epochs 300)
   run dni-300 "${LONG[@]}" --rule dni --param-group 'dni.*:lr_scale=10'
   run dni-300-bp "${LONG[@]}" --rule bp
+  SGD=(--model mlp:784-256-256-256-10 --activation relu --epochs 10 --rule dni)
+  run dni-sgd "${SGD[@]}" --optimizer sgd --lr 0.05
+  run dni-momentum "${SGD[@]}" --optimizer momentum --lr 0.01
   # The floor: hidden layers frozen at their initial weights, only the readout learns.
   run frozen-hidden "${COS[@]/dni/bp}" --param-group 'fc1.*:lr_scale=0' --param-group 'fc2.*:lr_scale=0' \
     --param-group 'fc3.*:lr_scale=0'
@@ -74,6 +77,8 @@ rows = [
         ("dni, as above, hidden layers at 0.1× lr", "dni-cos30-slow"),
         ("BP, Adam 1e-4 cosine, 300 epochs", "dni-300-bp"),
         ("dni, Adam 1e-4 cosine, synthesizers at 10× lr, 300 epochs", "dni-300"),
+        ("dni, plain SGD lr 0.05 (diverges)", "dni-sgd"),
+        ("dni, momentum 0.9 lr 0.01 (diverges)", "dni-momentum"),
         ("hidden layers frozen at init, readout trained by BP, cosine, 30 epochs", "frozen-hidden")]),
     ("Local losses, 784-1024×3-10 ReLU, Adam 5e-4, 10 epochs, no augmentation (paper: BP 0.75, pred 0.68, predsim 0.62 after 100 epochs with augmentation)", [
         ("BP", "loc-bp"), ("local pred", "loc-pred"), ("local predsim (β 0.99)", "loc-predsim")]),
