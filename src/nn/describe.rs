@@ -288,17 +288,19 @@ pub fn build_layers(
                 )),
             }
         };
-        let pool = |kind, kernel: &Size, stride: &Option<Size>, padding: &Option<Size>, name| {
-            let k = kernel.pair();
-            Pool2d::new(
-                name,
-                kind,
-                need_map(&named(&None, "pool"))?,
-                k,
-                stride.map_or(k, Size::pair),
-                padding.map_or((0, 0), Size::pair),
-            )
-        };
+        let pool =
+            |kind, kernel: &Size, stride: &Option<Size>, padding: &Option<Size>, name: String| {
+                let k = kernel.pair();
+                let map = need_map(&name)?;
+                Pool2d::new(
+                    name,
+                    kind,
+                    map,
+                    k,
+                    stride.map_or(k, Size::pair),
+                    padding.map_or((0, 0), Size::pair),
+                )
+            };
         let (layer, next): (Box<dyn Layer>, Shape) = match d {
             LayerDesc::Linear { out, bias, name } => {
                 if *out == 0 {
