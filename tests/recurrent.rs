@@ -187,3 +187,58 @@ fn an_lstm_model_trained_by_backprop_has_the_finite_difference_gradient() {
         common::check_param(&p, name, &an, (0..n).step_by(3).collect(), 1e-6, "lstm", f);
     }
 }
+
+#[test]
+fn online_uoro_keeps_no_history_and_gives_the_replayed_estimate() {
+    for cell in [Cell::Elman, Cell::Lstm] {
+        let layer = Recurrent::new("rec", cell, 2, 3, 6).unwrap();
+        let p = params(&layer, 11);
+        let x = rand_tensor(&[4, 12], 12, 1.0);
+        let (y, replay) = layer_forward(&layer, &p, &x);
+        let d = rand_tensor(y.shape(), 13, 1.0);
+        let mut online = futureprop::nn::Record::training("rec", x.clone(), Some(5));
+        online.online = true;
+        let y2 = layer.forward(&p, &x, &mut online).unwrap();
+        assert_eq!(y2, y, "{cell:?}: the online pass computes the same output");
+        // Only h_T, s̃ and θ̃ are kept, whatever the number of steps.
+        assert_eq!(online.saved.len(), 3, "{cell:?}");
+        let (mut a, mut b) = (Grads::new(), Grads::new());
+        layer.online_param_grads(&p, &online, &d, &mut a).unwrap();
+        let mut r = replay.clone();
+        r.train = Some(5);
+        layer.online_param_grads(&p, &r, &d, &mut b).unwrap();
+        for k in ["rec.w_ih", "rec.w_hh", "rec.bias"] {
+            let (u, v) = (
+                a.get(k).unwrap().to_vec_f64(),
+                b.get(k).unwrap().to_vec_f64(),
+            );
+            for (s, t) in u.iter().zip(&v) {
+                assert!(
+                    (s - t).abs() < 1e-12 * (1.0 + t.abs()),
+                    "{cell:?} {k}: {s} vs {t}"
+                );
+            }
+        }
+        // No history: backprop through time refuses the online record.
+        let e = layer.input_grad(&p, &online, &d).unwrap_err().to_string();
+        assert!(e.contains("history"), "{e}");
+    }
+    // Under uoro a recurrent layer must come first.
+    let desc = futureprop::nn::ModelDesc::from_toml(
+        "input = 12\n[[layers]]\ntype = \"linear\"\nout = 12\n[[layers]]\ntype = \"lstm\"\nhidden = 3\nsteps = 6\n[[layers]]\ntype = \"linear\"\nout = 2\n",
+    )
+    .unwrap();
+    let m = Model::from_desc(&ModelSpec::default(), &desc).unwrap();
+    let p = m.init_params(futureprop::nn::Init::Auto, 0).unwrap();
+    let b = futureprop::rule::Batch {
+        x: rand_tensor(&[3, 12], 1, 1.0).to_dtype(futureprop::tensor::DType::F32),
+        target: futureprop::nn::Target::Classes(vec![0, 1, 0]),
+    };
+    let e = futureprop::rule::build_rule("uoro")
+        .unwrap()
+        .step(&m, &p, &b, futureprop::nn::Loss::CrossEntropy)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("first layer"), "{e}");
+}

@@ -220,6 +220,7 @@ impl Stack {
                 output: output.clone(),
                 saved: kept,
                 train,
+                online: false,
             });
         }
         Ok(out)

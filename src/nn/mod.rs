@@ -46,6 +46,9 @@ pub struct Record {
     /// `Some(seed)` in a training pass (dropout draws its mask from the seed, batch
     /// normalisation uses batch statistics); `None` in evaluation.
     pub train: Option<u64>,
+    /// A pass of an online rule (UORO): recurrent layers advance their forward-mode
+    /// estimate step by step and keep no history.
+    pub online: bool,
 }
 
 impl Record {
@@ -58,6 +61,7 @@ impl Record {
             input,
             saved: Vec::new(),
             train: None,
+            online: false,
         }
     }
 

@@ -635,12 +635,19 @@ impl Model {
     /// on (masks drawn from [`Model::train_seed`]) and batch normalisation uses batch
     /// statistics. [`Model::forward`] is the evaluation pass.
     pub fn forward_trace(&self, p: &Params, x: &Tensor) -> Result<Trace> {
+        self.forward_trace_with(p, x, false)
+    }
+
+    /// [`Model::forward_trace`] as a pass of an online rule when `online` (recurrent
+    /// layers run UORO forward and keep no history).
+    pub fn forward_trace_with(&self, p: &Params, x: &Tensor, online: bool) -> Result<Trace> {
         self.check_input(x)?;
         let mut records = Vec::with_capacity(self.layers.len());
         let mut h = x.clone();
         let seed = Some(self.train_seed());
         for l in &self.layers {
             let mut rec = Record::training(l.name(), h.clone(), seed);
+            rec.online = online;
             h = l.forward(p, &h, &mut rec)?;
             rec.output = h.clone();
             records.push(rec);

@@ -14,9 +14,10 @@
 //! s̃ θ̃ᵀ of ∂s_t/∂θ (s = h, or (h, c)): with random signs ν,
 //! s̃ ← ρ₀ (∂F/∂s) s̃ + ρ₁ ν, θ̃ ← θ̃/ρ₀ + νᵀ(∂F/∂θ)/ρ₁,
 //! ρ₀ = √(‖θ̃‖/‖(∂F/∂s) s̃‖), ρ₁ = √(‖νᵀ∂F/∂θ‖/‖ν‖), and the gradient estimate
-//! (∂L/∂s_T · s̃) θ̃ is unbiased. Here the recursion runs over the states the forward
-//! pass saved (the same estimate an online implementation forms step by step; the
-//! memory is BPTT's).
+//! (∂L/∂s_T · s̃) θ̃ is unbiased. In an online pass (the `uoro` rule) the estimate
+//! advances with each step of the forward pass and only the last step's states, s̃ and
+//! θ̃ are kept: memory independent of T, no history to backpropagate through. The record
+//! of an ordinary training pass replays to the same estimate from its saved states.
 
 use rand::{Rng as _, SeedableRng};
 use rayon::prelude::*;
@@ -198,6 +199,12 @@ impl Recurrent {
         g: Option<&mut Grads>,
         want_dx: bool,
     ) -> Result<Option<Tensor>> {
+        if rec.online {
+            return Err(Error::config(
+                format!("layer {}", self.name),
+                "an online (UORO) pass keeps no history to backpropagate through time; under uoro a recurrent layer must be the model's first layer",
+            ));
+        }
         let (n, _) = d_out.dims2()?;
         let (d, h, steps, gh) = self.dims();
         let (w_ih, w_hh, _) = self.weights(p)?;
@@ -240,111 +247,161 @@ impl Recurrent {
         Ok(None)
     }
 
-    /// UORO's gradient estimate for the batch (sum over sequences), drawing its signs
-    /// from `seed`.
+    /// One UORO step from the states of step t + 1 in `rec` (its layout, step t), the
+    /// step's inputs `x_t` (`[n, D]`) and the state before it.
+    fn uoro_step(
+        &self,
+        w_hh: &Tensor,
+        rec: &Record,
+        t: usize,
+        x_t: &[f64],
+        u: &mut Uoro,
+    ) -> Result<()> {
+        let (d, h, _, gh) = self.dims();
+        let (s, np) = (u.s, u.np);
+        let n = u.st.len() / s;
+        let dt = w_hh.dtype();
+        const EPS: f64 = 1e-7;
+        let h_prev = self.saved_h(rec, t)?.to_vec_f64();
+        // Tangent of the pre-activations: z̃ = W_hh h̃.
+        let ht: Vec<f64> = (0..n)
+            .flat_map(|r| u.st[r * s..r * s + h].iter().copied())
+            .collect();
+        let zt = Tensor::from_vec_f64(&[n, h], ht)?
+            .to_dtype(dt)
+            .matmul(false, w_hh, true)?
+            .to_vec_f64();
+        let nu: Vec<f64> = (0..n * s)
+            .map(|_| if u.rng.random::<bool>() { 1.0 } else { -1.0 })
+            .collect();
+        // J s̃ (new tangent before scaling) and the VJP's δz for ν.
+        let mut js = vec![0.0; n * s];
+        let dz = match self.cell {
+            Cell::Elman => {
+                let hn = self.saved_h(rec, t + 1)?.to_vec_f64();
+                for k in 0..n * h {
+                    js[k] = (1.0 - hn[k] * hn[k]) * zt[k];
+                }
+                self.step_back(rec, t, &nu, &mut vec![0.0; n * h])?
+            }
+            Cell::Lstm => {
+                let (c_prev, a) = self.saved_lstm(rec, t)?;
+                let (c_prev, a) = (c_prev.to_vec_f64(), a.to_vec_f64());
+                let c_now = self.saved_lstm_c(rec, t + 1)?;
+                for r in 0..n {
+                    for j in 0..h {
+                        let ga = |q: usize| a[r * 4 * h + q * h + j];
+                        let za = |q: usize| zt[r * 4 * h + q * h + j];
+                        let (i, f, g, o) = (ga(0), ga(1), ga(2), ga(3));
+                        let (ti, tf, tg, to) = (
+                            i * (1.0 - i) * za(0),
+                            f * (1.0 - f) * za(1),
+                            (1.0 - g * g) * za(2),
+                            o * (1.0 - o) * za(3),
+                        );
+                        let k = r * h + j;
+                        let c_tan = tf * c_prev[k] + f * u.st[r * s + h + j] + ti * g + i * tg;
+                        let tc = c_now[k].tanh();
+                        js[r * s + j] = to * tc + o * (1.0 - tc * tc) * c_tan;
+                        js[r * s + h + j] = c_tan;
+                    }
+                }
+                let (nh, mut nc): (Vec<f64>, Vec<f64>) = (
+                    (0..n)
+                        .flat_map(|r| nu[r * s..r * s + h].iter().copied())
+                        .collect(),
+                    (0..n)
+                        .flat_map(|r| nu[r * s + h..(r + 1) * s].iter().copied())
+                        .collect(),
+                );
+                self.step_back(rec, t, &nh, &mut nc)?
+            }
+        };
+        // Per sequence: νᵀ∂F/∂θ = δz ⊗ [x_t, h_{t−1}, 1] in the [W_ih | W_hh | b] layout.
+        u.st.par_chunks_mut(s)
+            .zip(u.th.par_chunks_mut(np))
+            .enumerate()
+            .for_each(|(r, (st_r, th_r))| {
+                let dzr = &dz[r * gh..(r + 1) * gh];
+                let xr = &x_t[r * d..(r + 1) * d];
+                let hr = &h_prev[r * h..(r + 1) * h];
+                let u2 = xr.iter().chain(hr).map(|v| v * v).sum::<f64>() + 1.0;
+                let vjp_norm = (dzr.iter().map(|v| v * v).sum::<f64>() * u2).sqrt();
+                let th_norm = th_r.iter().map(|v| v * v).sum::<f64>().sqrt();
+                let js_r = &js[r * s..(r + 1) * s];
+                let js_norm = js_r.iter().map(|v| v * v).sum::<f64>().sqrt();
+                let rho0 = ((th_norm + EPS) / (js_norm + EPS)).sqrt();
+                let rho1 = ((vjp_norm + EPS) / (s as f64).sqrt()).sqrt();
+                for (k, v) in st_r.iter_mut().enumerate() {
+                    *v = rho0 * js_r[k] + rho1 * nu[r * s + k];
+                }
+                let (w_ih, rest) = th_r.split_at_mut(gh * d);
+                let (w_hh, b) = rest.split_at_mut(gh * h);
+                for q in 0..gh {
+                    let e = dzr[q] / rho1;
+                    for (a, xv) in w_ih[q * d..(q + 1) * d].iter_mut().zip(xr) {
+                        *a = *a / rho0 + e * xv;
+                    }
+                    for (a, hv) in w_hh[q * h..(q + 1) * h].iter_mut().zip(hr) {
+                        *a = *a / rho0 + e * hv;
+                    }
+                    b[q] = b[q] / rho0 + e;
+                }
+            });
+        Ok(())
+    }
+
+    /// UORO's state for `n` sequences, its signs drawn from `seed` and the layer's name.
+    fn uoro_start(&self, n: usize, seed: u64) -> Uoro {
+        let (d, h, _, gh) = self.dims();
+        let s = if self.cell == Cell::Lstm { 2 * h } else { h };
+        let np = gh * (d + h + 1);
+        Uoro {
+            s,
+            np,
+            st: vec![0.0; n * s],
+            th: vec![0.0; n * np],
+            rng: crate::Rng::seed_from_u64(
+                seed.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ super::norm::name_hash(&self.name),
+            ),
+        }
+    }
+
+    /// Columns of step t of the input rows (`[n, D]`).
+    fn step_input(&self, x: &[f64], n: usize, t: usize) -> Vec<f64> {
+        let (d, _, steps, _) = self.dims();
+        (0..n)
+            .flat_map(|r| {
+                x[r * steps * d + t * d..r * steps * d + (t + 1) * d]
+                    .iter()
+                    .copied()
+            })
+            .collect()
+    }
+
+    /// UORO's gradient estimate for the batch (sum over sequences): online records carry
+    /// the final s̃ and θ̃; other records are replayed from their saved states with signs
+    /// drawn from `seed` (the same estimate).
     fn uoro(&self, p: &Params, rec: &Record, d_out: &Tensor, seed: u64) -> Result<Vec<f64>> {
         let (n, _) = d_out.dims2()?;
-        let (d, h, steps, gh) = self.dims();
-        let lstm = self.cell == Cell::Lstm;
-        let s = if lstm { 2 * h } else { h };
-        let np = gh * (d + h + 1);
-        let (_, w_hh, _) = self.weights(p)?;
-        let dt = d_out.dtype();
-        let x = rec.input.to_vec_f64();
-        let mut rng = crate::Rng::seed_from_u64(
-            seed.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ super::norm::name_hash(&self.name),
-        );
-        let mut st = vec![0.0; n * s];
-        let mut th = vec![0.0; n * np];
-        const EPS: f64 = 1e-7;
-        for t in 0..steps {
-            let h_prev = self.saved_h(rec, t)?.to_vec_f64();
-            // Tangent of the pre-activations: z̃ = W_hh h̃.
-            let ht: Vec<f64> = (0..n)
-                .flat_map(|r| st[r * s..r * s + h].iter().copied())
-                .collect();
-            let zt = Tensor::from_vec_f64(&[n, h], ht)?
-                .to_dtype(dt)
-                .matmul(false, &w_hh, true)?
-                .to_vec_f64();
-            let nu: Vec<f64> = (0..n * s)
-                .map(|_| if rng.random::<bool>() { 1.0 } else { -1.0 })
-                .collect();
-            // J s̃ (new tangent before scaling) and the VJP's δz for ν.
-            let mut js = vec![0.0; n * s];
-            let dz = match self.cell {
-                Cell::Elman => {
-                    let hn = self.saved_h(rec, t + 1)?.to_vec_f64();
-                    for k in 0..n * h {
-                        js[k] = (1.0 - hn[k] * hn[k]) * zt[k];
-                    }
-                    self.step_back(rec, t, &nu, &mut vec![0.0; n * h])?
-                }
-                Cell::Lstm => {
-                    let (c_prev, a) = self.saved_lstm(rec, t)?;
-                    let (c_prev, a) = (c_prev.to_vec_f64(), a.to_vec_f64());
-                    let c_now = self.saved_lstm_c(rec, t + 1)?;
-                    for r in 0..n {
-                        for j in 0..h {
-                            let ga = |q: usize| a[r * 4 * h + q * h + j];
-                            let za = |q: usize| zt[r * 4 * h + q * h + j];
-                            let (i, f, g, o) = (ga(0), ga(1), ga(2), ga(3));
-                            let (ti, tf, tg, to) = (
-                                i * (1.0 - i) * za(0),
-                                f * (1.0 - f) * za(1),
-                                (1.0 - g * g) * za(2),
-                                o * (1.0 - o) * za(3),
-                            );
-                            let k = r * h + j;
-                            let c_tan = tf * c_prev[k] + f * st[r * s + h + j] + ti * g + i * tg;
-                            let tc = c_now[k].tanh();
-                            js[r * s + j] = to * tc + o * (1.0 - tc * tc) * c_tan;
-                            js[r * s + h + j] = c_tan;
-                        }
-                    }
-                    let (nh, mut nc): (Vec<f64>, Vec<f64>) = (
-                        (0..n)
-                            .flat_map(|r| nu[r * s..r * s + h].iter().copied())
-                            .collect(),
-                        (0..n)
-                            .flat_map(|r| nu[r * s + h..(r + 1) * s].iter().copied())
-                            .collect(),
-                    );
-                    self.step_back(rec, t, &nh, &mut nc)?
-                }
+        let h = self.hidden;
+        let (st, th, s, np) = if rec.online {
+            let (st, th) = match rec.saved.as_slice() {
+                [_, st, th, ..] => (st.to_vec_f64(), th.to_vec_f64()),
+                _ => return Err(missing(&self.name)),
             };
-            // Per sequence: νᵀ∂F/∂θ = δz ⊗ [x_t, h_{t−1}, 1] in the [W_ih | W_hh | b] layout.
-            st.par_chunks_mut(s)
-                .zip(th.par_chunks_mut(np))
-                .enumerate()
-                .for_each(|(r, (st_r, th_r))| {
-                    let dzr = &dz[r * gh..(r + 1) * gh];
-                    let xr = &x[r * steps * d + t * d..r * steps * d + (t + 1) * d];
-                    let hr = &h_prev[r * h..(r + 1) * h];
-                    let u2 = xr.iter().chain(hr).map(|v| v * v).sum::<f64>() + 1.0;
-                    let vjp_norm = (dzr.iter().map(|v| v * v).sum::<f64>() * u2).sqrt();
-                    let th_norm = th_r.iter().map(|v| v * v).sum::<f64>().sqrt();
-                    let js_r = &js[r * s..(r + 1) * s];
-                    let js_norm = js_r.iter().map(|v| v * v).sum::<f64>().sqrt();
-                    let rho0 = ((th_norm + EPS) / (js_norm + EPS)).sqrt();
-                    let rho1 = ((vjp_norm + EPS) / (s as f64).sqrt()).sqrt();
-                    for (k, v) in st_r.iter_mut().enumerate() {
-                        *v = rho0 * js_r[k] + rho1 * nu[r * s + k];
-                    }
-                    let (w_ih, rest) = th_r.split_at_mut(gh * d);
-                    let (w_hh, b) = rest.split_at_mut(gh * h);
-                    for q in 0..gh {
-                        let e = dzr[q] / rho1;
-                        for (a, xv) in w_ih[q * d..(q + 1) * d].iter_mut().zip(xr) {
-                            *a = *a / rho0 + e * xv;
-                        }
-                        for (a, hv) in w_hh[q * h..(q + 1) * h].iter_mut().zip(hr) {
-                            *a = *a / rho0 + e * hv;
-                        }
-                        b[q] = b[q] / rho0 + e;
-                    }
-                });
-        }
+            let s = st.len() / n.max(1);
+            let np = th.len() / n.max(1);
+            (st, th, s, np)
+        } else {
+            let (_, w_hh, _) = self.weights(p)?;
+            let x = rec.input.to_vec_f64();
+            let mut u = self.uoro_start(n, seed);
+            for t in 0..self.steps {
+                self.uoro_step(&w_hh, rec, t, &self.step_input(&x, n, t), &mut u)?;
+            }
+            (u.st, u.th, u.s, u.np)
+        };
         // (∂L/∂s_T · s̃) θ̃, summed over the batch (∂L/∂c_T = 0).
         let dl = d_out.to_vec_f64();
         let mut grad = vec![0.0; np];
@@ -356,6 +413,15 @@ impl Recurrent {
         }
         Ok(grad)
     }
+}
+
+/// UORO's running estimate: s̃ (`[n, S]`) and θ̃ (`[n, P]`) per sequence.
+struct Uoro {
+    s: usize,
+    np: usize,
+    st: Vec<f64>,
+    th: Vec<f64>,
+    rng: crate::Rng,
 }
 
 impl Layer for Recurrent {
@@ -414,6 +480,12 @@ impl Layer for Recurrent {
             .to_vec_f64();
         let mut hs = Tensor::zeros(&[n, h], dt);
         let mut c = vec![0.0; n * h];
+        // Online UORO (a training pass of the `uoro` rule): the estimate advances with
+        // each step and only the last step's states are kept.
+        let online = rec.online && rec.train.is_some();
+        let mut uoro = online.then(|| self.uoro_start(n, rec.train.unwrap_or(0)));
+        let xv = if online { x.to_vec_f64() } else { Vec::new() };
+        let kept = rec.saved.len();
         for t in 0..steps {
             let mut z = hs.matmul(false, &w_hh, true)?.to_vec_f64();
             for r in 0..n {
@@ -453,6 +525,23 @@ impl Layer for Recurrent {
                 }
             };
             hs = Tensor::from_vec_f64(&[n, h], hn)?.to_dtype(dt);
+            if let Some(u) = uoro.as_mut() {
+                // This step's states in a one-step record: h_t (c_t, gates), h_{t+1} (c_{t+1}).
+                let mut step = Record::new(&self.name, Tensor::zeros(&[0, 0], dt));
+                step.saved = rec.saved.split_off(kept);
+                step.saved.push(hs.clone());
+                if self.cell == Cell::Lstm {
+                    step.saved
+                        .push(Tensor::from_vec_f64(&[n, h], c.clone())?.to_dtype(dt));
+                }
+                self.uoro_step(&w_hh, &step, 0, &self.step_input(&xv, n, t), u)?;
+            }
+        }
+        if let Some(u) = uoro {
+            rec.saved.push(hs.clone());
+            rec.saved.push(Tensor::from_vec_f64(&[n, u.s], u.st)?);
+            rec.saved.push(Tensor::from_vec_f64(&[n, u.np], u.th)?);
+            return Ok(hs);
         }
         rec.saved.push(hs.clone());
         if self.cell == Cell::Lstm {

@@ -25,7 +25,30 @@ impl Rule for Uoro {
         batch: &Batch,
         loss: Loss,
     ) -> Result<StepOutput> {
-        super::step_with_backward(self, model, params, batch, loss)
+        for (i, l) in model.layers().iter().enumerate() {
+            if i > 0 && l.kind() == crate::nn::LayerKind::Recurrent {
+                return Err(crate::Error::config(
+                    "rule",
+                    format!(
+                        "uoro: recurrent layer {} must be the model's first layer (UORO gives no gradient for the layers below it)",
+                        l.name()
+                    ),
+                ));
+            }
+        }
+        // Online pass: the recurrent layer's estimate advances with its steps.
+        let mut trace = model.forward_trace_with(params, &batch.x, true)?;
+        let out = trace
+            .output()
+            .ok_or_else(|| crate::Error::config("model", "has no layers"))?;
+        let (value, d_out) = loss.eval(out, &batch.target)?;
+        let grads = self.backward(model, params, &mut trace, batch, d_out)?;
+        Ok(StepOutput {
+            grads,
+            trace,
+            loss: value,
+            prediction: None,
+        })
     }
 
     fn backward(
