@@ -35,15 +35,13 @@ impl Rule for Backprop {
         d_out: Tensor,
     ) -> Result<Grads> {
         let mut grads = Grads::new();
-        let mut d = d_out;
-        for (i, layer) in model.layers().iter().enumerate().rev() {
-            let below = layer.backward(params, &trace.records[i], &d, &mut grads, i > 0)?;
-            trace.errors[i] = Some(d);
-            match below {
-                Some(b) => d = b,
-                None => break,
-            }
-        }
+        super::backward_layers(
+            model,
+            trace,
+            d_out,
+            &mut grads,
+            |_, layer, rec, d, g, input| layer.backward(params, rec, d, g, input),
+        )?;
         Ok(grads)
     }
 }

@@ -523,15 +523,29 @@ pub fn backward_chain<F>(
 where
     F: FnMut(usize, &dyn Layer, &Record, &Tensor) -> Result<Tensor>,
 {
+    backward_layers(model, trace, d_out, grads, |i, layer, rec, d, g, input| {
+        layer.param_grads(params, rec, d, g)?;
+        input.then(|| transport(i, layer, rec, d)).transpose()
+    })
+}
+
+/// The loop under [`backward_chain`]: from the top layer down, `step(i, layer, record,
+/// d, grads, input)` adds layer i's update for the error `d` at its output and, when
+/// `input` (every layer but the first), returns the error at its input; each layer's
+/// signal is recorded in `trace.errors`.
+pub fn backward_layers<F>(
+    model: &Model,
+    trace: &mut Trace,
+    d_out: Tensor,
+    grads: &mut Grads,
+    mut step: F,
+) -> Result<()>
+where
+    F: FnMut(usize, &dyn Layer, &Record, &Tensor, &mut Grads, bool) -> Result<Option<Tensor>>,
+{
     let mut d = d_out;
     for (i, layer) in model.layers().iter().enumerate().rev() {
-        let rec = &trace.records[i];
-        layer.param_grads(params, rec, &d, grads)?;
-        let next = if i > 0 {
-            Some(transport(i, layer.as_ref(), rec, &d)?)
-        } else {
-            None
-        };
+        let next = step(i, layer.as_ref(), &trace.records[i], &d, grads, i > 0)?;
         trace.errors[i] = Some(d);
         match next {
             Some(n) => d = n,

@@ -60,19 +60,16 @@ impl Rule for Uoro {
         d_out: Tensor,
     ) -> Result<Grads> {
         let mut grads = Grads::new();
-        let mut d = d_out;
-        for (i, layer) in model.layers().iter().enumerate().rev() {
-            let rec = &trace.records[i];
-            layer.online_param_grads(params, rec, &d, &mut grads)?;
-            let next = (i > 0)
-                .then(|| layer.input_grad(params, rec, &d))
-                .transpose()?;
-            trace.errors[i] = Some(d);
-            match next {
-                Some(n) => d = n,
-                None => break,
-            }
-        }
+        super::backward_layers(
+            model,
+            trace,
+            d_out,
+            &mut grads,
+            |_, layer, rec, d, g, input| {
+                layer.online_param_grads(params, rec, d, g)?;
+                input.then(|| layer.input_grad(params, rec, d)).transpose()
+            },
+        )?;
         Ok(grads)
     }
 }
