@@ -37,6 +37,7 @@ if [ -z "${REPORT_ONLY:-}" ]; then
   LONG=(--model mlp:784-256-256-256-10 --activation relu --optimizer adam --lr 1e-4 --schedule cosine --epochs 300)
   run dni-300 "${LONG[@]}" --rule dni --param-group 'dni.*:lr_scale=10'
   run dni-300-bp "${LONG[@]}" --rule bp
+  run dni-1000 "${LONG[@]/300/1000}" --rule dni --param-group 'dni.*:lr_scale=10'
   SGD=(--model mlp:784-256-256-256-10 --activation relu --epochs 10 --rule dni)
   run dni-sgd "${SGD[@]}" --optimizer sgd --lr 0.05
   run dni-momentum "${SGD[@]}" --optimizer momentum --lr 0.01
@@ -77,6 +78,7 @@ rows = [
         ("dni, as above, hidden layers at 0.1× lr", "dni-cos30-slow"),
         ("BP, Adam 1e-4 cosine, 300 epochs", "dni-300-bp"),
         ("dni, Adam 1e-4 cosine, synthesizers at 10× lr, 300 epochs", "dni-300"),
+        ("dni, the same over 1000 epochs", "dni-1000"),
         ("dni, plain SGD lr 0.05 (diverges)", "dni-sgd"),
         ("dni, momentum 0.9 lr 0.01 (diverges)", "dni-momentum"),
         ("hidden layers frozen at init, readout trained by BP, cosine, 30 epochs", "frozen-hidden")]),

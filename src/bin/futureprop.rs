@@ -149,7 +149,7 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(skip)]
     resume: Option<PathBuf>,
-    /// Dataset: mnist, fashion-mnist [default: mnist].
+    /// Dataset: mnist, fashion-mnist, cifar-10 (from --data-dir), adding:STEPS (synthetic regression; use --loss mse) [default: mnist].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     dataset: Option<String>,
@@ -181,7 +181,7 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     test_limit: Option<usize>,
-    /// Model spec, e.g. mlp:784-1000-1000-10 [default: mlp:784-1000-1000-10].
+    /// Model: mlp:784-1000-1000-10, linear:IN-OUT, resmlp:IN-WxD-OUT, lstm:TxD-H-OUT, rnn:TxD-H-OUT, lenet5, biotorch-lenet, resnet20[:CxHxW], vgg8b[:CxHxW], or a .toml description [default: mlp:784-1000-1000-10].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     model: Option<String>,
