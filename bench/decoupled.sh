@@ -3,7 +3,8 @@
 # difference target propagation and synthetic gradients, each beside BP on the same net
 # and budget. Writes runs/decoupled/<run>/ and reports/decoupled.md.
 #
-#   bench/decoupled.sh        (THREADS=1 DATA=../shared/datasets; about 75 min at 1 thread)
+#   bench/decoupled.sh        (THREADS=1 DATA=../shared/datasets; about 2.5 h at 1 thread,
+#                              the 300- and 1000-epoch DNI runs take one of them)
 #   REPORT_ONLY=1 bench/decoupled.sh    (rebuild the report from runs/decoupled)
 set -euo pipefail
 cd "$(dirname "$0")/.."
