@@ -4,7 +4,7 @@
 # and budget. Writes runs/decoupled/<run>/ and reports/decoupled.md.
 #
 #   bench/decoupled.sh        (THREADS=1 DATA=../shared/datasets; about 2.5 h at 1 thread,
-#                              the 300- and 1000-epoch DNI runs take one of them)
+#                              an hour of it the 300- and 1000-epoch DNI runs)
 #   REPORT_ONLY=1 bench/decoupled.sh    (rebuild the report from runs/decoupled)
 set -euo pipefail
 cd "$(dirname "$0")/.."
