@@ -234,24 +234,11 @@ pub fn load(root: &Path, name: &str, normalize: Normalize, validation: usize) ->
     if let Some(steps) = synthetic::adding_steps(name) {
         // Generated, not read: 10 000 training and 1 000 test sequences from fixed seeds.
         let steps = steps?;
-        let all = synthetic::adding(10_000, steps, 1)?;
-        let cut = all
-            .len()
-            .checked_sub(validation)
-            .filter(|c| *c > 0)
-            .ok_or_else(|| {
-                Error::config(
-                    "validation",
-                    format!("{validation} samples requested but the training set has 10000"),
-                )
-            })?;
-        return Ok(Splits {
-            train: all.subset(&(0..cut).collect::<Vec<_>>())?,
-            validation: (validation > 0)
-                .then(|| all.subset(&(cut..all.len()).collect::<Vec<_>>()))
-                .transpose()?,
-            test: synthetic::adding(1_000, steps, 2)?,
-        });
+        return hold_out(
+            synthetic::adding(10_000, steps, 1)?,
+            synthetic::adding(1_000, steps, 2)?,
+            validation,
+        );
     }
     if name == "cifar-10" {
         return cifar::load(root, normalize, validation);
@@ -309,13 +296,6 @@ pub(crate) fn splits(
     features: usize,
     validation: usize,
 ) -> Result<Splits> {
-    let n_tr = tr_y.len();
-    if validation >= n_tr {
-        return Err(Error::config(
-            "validation",
-            format!("{validation} samples requested but the training set has {n_tr}"),
-        ));
-    }
     let set = |x: Vec<f32>, labels: Vec<usize>| -> Result<Dataset> {
         Ok(Dataset {
             x: Tensor::from_vec(&[labels.len(), features], x)?,
@@ -325,8 +305,18 @@ pub(crate) fn splits(
             values: None,
         })
     };
-    let train_all = set(tr_x, tr_y)?;
-    let test = set(te_x, te_y)?;
+    hold_out(set(tr_x, tr_y)?, set(te_x, te_y)?, validation)
+}
+
+/// Train and test sets with the last `validation` training samples held out.
+fn hold_out(train_all: Dataset, test: Dataset, validation: usize) -> Result<Splits> {
+    let n_tr = train_all.len();
+    if validation >= n_tr {
+        return Err(Error::config(
+            "validation",
+            format!("{validation} samples requested but the training set has {n_tr}"),
+        ));
+    }
     let (train, validation) = if validation > 0 {
         let cut = n_tr - validation;
         (

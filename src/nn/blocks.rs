@@ -317,6 +317,25 @@ impl Residual {
         })
     }
 
+    /// ∂L/∂x through F and the skip, adding the block's parameter gradients to `g` when
+    /// given, in one traversal of the inner layers ([`Layer::param_grads`] computes the
+    /// input error too and drops it).
+    fn both(
+        &self,
+        p: &Params,
+        rec: &Record,
+        d_out: &Tensor,
+        mut g: Option<&mut Grads>,
+    ) -> Result<Tensor> {
+        let (inner, short) = self.records(rec)?;
+        let mut d = self.inner.backward(p, &inner, d_out, g.as_deref_mut())?;
+        match &self.shortcut {
+            Some(s) => d.axpy(1.0, &s.backward(p, &short, d_out, g)?)?,
+            None => d.axpy(1.0, d_out)?,
+        }
+        Ok(d)
+    }
+
     /// The records of the inner stack and of the shortcut.
     fn records(&self, rec: &Record) -> Result<(Vec<Record>, Vec<Record>)> {
         let mut it = rec.saved.iter();
@@ -371,22 +390,11 @@ impl Layer for Residual {
     }
 
     fn param_grads(&self, p: &Params, rec: &Record, d_out: &Tensor, g: &mut Grads) -> Result<()> {
-        let (inner, short) = self.records(rec)?;
-        self.inner.backward(p, &inner, d_out, Some(&mut *g))?;
-        if let Some(s) = &self.shortcut {
-            s.backward(p, &short, d_out, Some(g))?;
-        }
-        Ok(())
+        self.both(p, rec, d_out, Some(g)).map(|_| ())
     }
 
     fn input_grad(&self, p: &Params, rec: &Record, d_out: &Tensor) -> Result<Tensor> {
-        let (inner, short) = self.records(rec)?;
-        let mut d = self.inner.backward(p, &inner, d_out, None)?;
-        match &self.shortcut {
-            Some(s) => d.axpy(1.0, &s.backward(p, &short, d_out, None)?)?,
-            None => d.axpy(1.0, d_out)?,
-        }
-        Ok(d)
+        self.both(p, rec, d_out, None)
     }
 
     fn backward(
@@ -397,13 +405,7 @@ impl Layer for Residual {
         g: &mut Grads,
         _input: bool,
     ) -> Result<Option<Tensor>> {
-        let (inner, short) = self.records(rec)?;
-        let mut d = self.inner.backward(p, &inner, d_out, Some(&mut *g))?;
-        match &self.shortcut {
-            Some(s) => d.axpy(1.0, &s.backward(p, &short, d_out, Some(g))?)?,
-            None => d.axpy(1.0, d_out)?,
-        }
-        Ok(Some(d))
+        self.both(p, rec, d_out, Some(g)).map(Some)
     }
 
     fn commit_state(&self, p: &mut Params) -> Result<()> {
@@ -488,16 +490,7 @@ impl Layer for Highway {
     }
 
     fn param_grads(&self, p: &Params, rec: &Record, d_out: &Tensor, g: &mut Grads) -> Result<()> {
-        let (t, f, inner) = self.parts(rec)?;
-        self.inner
-            .backward(p, &inner, &d_out.mul(&t)?, Some(&mut *g))?;
-        let d_pre = self.gate_error(rec, &t, &f, d_out)?;
-        self.gate.param_grads(
-            p,
-            &Record::new(self.gate.name(), rec.input.clone()),
-            &d_pre,
-            g,
-        )
+        self.both(p, rec, d_out, Some(g)).map(|_| ())
     }
 
     fn input_grad(&self, p: &Params, rec: &Record, d_out: &Tensor) -> Result<Tensor> {
@@ -652,11 +645,7 @@ impl Layer for Dense {
     }
 
     fn param_grads(&self, p: &Params, rec: &Record, d_out: &Tensor, g: &mut Grads) -> Result<()> {
-        let inner = self
-            .inner
-            .records(&self.name, &mut rec.saved.iter(), rec.train)?;
-        let df = columns(d_out, self.inputs, self.growth)?;
-        self.inner.backward(p, &inner, &df, Some(g)).map(|_| ())
+        self.both(p, rec, d_out, Some(g)).map(|_| ())
     }
 
     fn input_grad(&self, p: &Params, rec: &Record, d_out: &Tensor) -> Result<Tensor> {

@@ -157,12 +157,6 @@ impl Normalization {
             count,
         )
     }
-
-    fn gamma(&self, p: &Params) -> Result<Option<Vec<f64>>> {
-        self.affine
-            .then(|| p.get(&self.key("weight")).map(Tensor::to_vec_f64))
-            .transpose()
-    }
 }
 
 /// Storage element of the normalisation kernels (f32 or f64).
@@ -503,7 +497,7 @@ impl Layer for Normalization {
         };
         let inv = inv.to_vec_f64();
         let batch_stats = flag.to_vec_f64().first() == Some(&1.0);
-        let gamma = self.gamma(p)?;
+        let gamma = self.affine_params(p)?.map(|(g, _)| g);
         match (d_out.storage(), xh.storage()) {
             (Storage::F32(d), Storage::F32(x)) => Tensor::from_vec(
                 &[n, f],

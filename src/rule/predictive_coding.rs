@@ -89,13 +89,13 @@ fn sum_sq(v: &[f32]) -> f64 {
 }
 
 /// One dense block of the fused loop: weight, bias, activation.
-struct Dense<'a> {
+struct FusedBlock<'a> {
     weight: &'a Tensor,
     bias: Option<&'a [f32]>,
     f: Unary,
 }
 
-impl Dense<'_> {
+impl FusedBlock<'_> {
     /// (a, μ) = (x Wᵀ + b, f(a)).
     fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let mut a = x.matmul(false, self.weight, true)?;
@@ -169,7 +169,7 @@ impl PredictiveCoding {
         params: &'a Params,
         blocks: &[Block],
         x: &Tensor,
-    ) -> Result<Option<Vec<Dense<'a>>>> {
+    ) -> Result<Option<Vec<FusedBlock<'a>>>> {
         if !self.fused || self.fixed || x.dtype() != DType::F32 {
             return Ok(None);
         }
@@ -194,7 +194,7 @@ impl PredictiveCoding {
             } else {
                 None
             };
-            out.push(Dense { weight, bias, f });
+            out.push(FusedBlock { weight, bias, f });
         }
         Ok(Some(out))
     }
@@ -212,7 +212,7 @@ impl PredictiveCoding {
         batch: &Batch,
         loss: Loss,
         all: &[Block],
-        dense: &[Dense],
+        dense: &[FusedBlock],
     ) -> Result<StepOutput> {
         use rayon::prelude::*;
         let hidden = all.len() - 1;
@@ -325,7 +325,7 @@ impl PredictiveCoding {
     /// rows).
     fn relax_rows(
         &self,
-        dense: &[Dense],
+        dense: &[FusedBlock],
         x0: &Tensor,
         target: &Target,
         loss: Loss,
