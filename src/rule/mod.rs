@@ -479,7 +479,19 @@ pub fn forward_loss(
     batch: &Batch,
     loss: Loss,
 ) -> Result<(Trace, f64, Tensor)> {
-    let trace = model.forward_trace(params, &batch.x)?;
+    forward_loss_with(model, params, batch, loss, false)
+}
+
+/// [`forward_loss`] as the pass of an online rule when `online` (see
+/// [`Model::forward_trace_with`]).
+fn forward_loss_with(
+    model: &Model,
+    params: &Params,
+    batch: &Batch,
+    loss: Loss,
+    online: bool,
+) -> Result<(Trace, f64, Tensor)> {
+    let trace = model.forward_trace_with(params, &batch.x, online)?;
     let out = trace
         .output()
         .ok_or_else(|| Error::config("model", "has no layers"))?;
@@ -496,7 +508,19 @@ pub fn step_with_backward<R: Rule + ?Sized>(
     batch: &Batch,
     loss: Loss,
 ) -> Result<StepOutput> {
-    let (mut trace, value, d_out) = forward_loss(model, params, batch, loss)?;
+    step_with_backward_pass(rule, model, params, batch, loss, false)
+}
+
+/// [`step_with_backward`] whose forward pass is an online rule's when `online`.
+pub(crate) fn step_with_backward_pass<R: Rule + ?Sized>(
+    rule: &mut R,
+    model: &Model,
+    params: &Params,
+    batch: &Batch,
+    loss: Loss,
+    online: bool,
+) -> Result<StepOutput> {
+    let (mut trace, value, d_out) = forward_loss_with(model, params, batch, loss, online)?;
     let grads = rule.backward(model, params, &mut trace, batch, d_out)?;
     Ok(StepOutput {
         grads,

@@ -37,18 +37,7 @@ impl Rule for Uoro {
             }
         }
         // Online pass: the recurrent layer's estimate advances with its steps.
-        let mut trace = model.forward_trace_with(params, &batch.x, true)?;
-        let out = trace
-            .output()
-            .ok_or_else(|| crate::Error::config("model", "has no layers"))?;
-        let (value, d_out) = loss.eval(out, &batch.target)?;
-        let grads = self.backward(model, params, &mut trace, batch, d_out)?;
-        Ok(StepOutput {
-            grads,
-            trace,
-            loss: value,
-            prediction: None,
-        })
+        super::step_with_backward_pass(self, model, params, batch, loss, true)
     }
 
     fn backward(
