@@ -341,9 +341,12 @@ fn an_mlp_synthesizer_regression_gradient_matches_finite_differences() {
         x: rand_tensor(&[6, 5], 8, 1.0),
         target: Target::Classes(vec![0, 1, 2, 3, 1, 0]),
     };
-    for conditional in [false, true] {
+    // One hidden layer; two with batch norm (Jaderberg et al.'s synthesizer shape).
+    for (conditional, depth, batchnorm) in [(false, 1, false), (true, 1, false), (false, 2, true)] {
         let cfg = RuleConfig {
             synth_hidden: 3,
+            synth_depth: depth,
+            synth_batchnorm: batchnorm,
             synth_init: "xavier-normal".into(),
             ..Default::default()
         };
@@ -351,11 +354,23 @@ fn an_mlp_synthesizer_regression_gradient_matches_finite_differences() {
         use futureprop::rule::Rule;
         r.init(&m, &mut p, 1).unwrap();
         let g = r.step(&m, &p, &b, Loss::CrossEntropy).unwrap().grads;
-        for key in [
+        let mut keys = vec![
             "dni.syn0.hidden.weight",
             "dni.syn0.hidden.bias",
             "dni.syn0.weight",
-        ] {
+        ];
+        if depth == 2 {
+            keys.extend([
+                "dni.syn0.hidden1.weight",
+                "dni.syn0.bn0.weight",
+                "dni.syn0.bn1.bias",
+            ]);
+            assert!(
+                !p.contains("dni.syn0.bn0.running_mean"),
+                "synthesizer keeps no running stats"
+            );
+        }
+        for key in keys {
             let t = p.get(key).unwrap().clone();
             let an = g.get(key).unwrap().to_vec_f64();
             assert!(an.iter().any(|v| *v != 0.0), "{key}: zero gradient");

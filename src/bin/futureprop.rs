@@ -269,6 +269,14 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     synth_hidden: Option<usize>,
+    /// Synthetic gradients: hidden layers of an MLP synthesizer [default: 1].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    synth_depth: Option<usize>,
+    /// Synthetic gradients: batch norm after each hidden layer of an MLP synthesizer [default: false].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    synth_batchnorm: Option<bool>,
     /// Synthetic gradients: synthesizer initialiser [default: zeros].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

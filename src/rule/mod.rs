@@ -208,6 +208,11 @@ pub struct RuleConfig {
     pub relax_trace: bool,
     /// Synthetic gradients: hidden width of an MLP synthesizer (0: linear); default 0.
     pub synth_hidden: usize,
+    /// Synthetic gradients: hidden layers of an MLP synthesizer; default 1.
+    pub synth_depth: usize,
+    /// Synthetic gradients: batch norm after each hidden layer of an MLP synthesizer
+    /// (as Jaderberg et al.'s); default false.
+    pub synth_batchnorm: bool,
     /// Synthetic gradients: initialiser of the synthesizers (`--init` names); default
     /// `zeros`.
     pub synth_init: String,
@@ -241,6 +246,8 @@ impl Default for RuleConfig {
             dtp_schedule: "parallel".into(),
             synth_init: "zeros".into(),
             synth_hidden: 0,
+            synth_depth: 1,
+            synth_batchnorm: false,
             relax_trace: false,
             local_loss: "pred".into(),
             ff_threshold: 2.0,

@@ -4,16 +4,18 @@
 //! loss with respect to the block's output hₖ: ĝₖ = Mₖ(hₖ) (`dni`) or Mₖ([hₖ, onehot(y)])
 //! (`cdni`, conditioned on the label). Mₖ is linear and zero-initialised by default (the
 //! paper's choice, so training starts as if hidden layers were frozen); with
-//! `synth_hidden = H > 0` it is a small MLP, Mₖ(s) = W·relu(V s + c) + b, with V drawn
-//! He-uniform (`dni.syn{k}.hidden.weight`, `.bias`) and the output layer W initialised by
-//! `synth_init` (zeros). The block updates
+//! `synth_hidden = H > 0` it is an MLP of `synth_depth` hidden layers of width H,
+//! [linear → (batch norm, `synth_batchnorm`) → relu]ᵈ → linear, the hidden weights drawn
+//! He-uniform (`dni.syn{k}.hidden.weight`, then `.hidden1`, …) and the output layer
+//! (`dni.syn{k}.weight`, `.bias`) by `synth_init` (zeros). Jaderberg et al.'s MNIST/CIFAR
+//! FCN synthesizers are 2 hidden layers of 1024 with batch norm. The block updates
 //! at once from ĝₖ (divided by n to be in the mean loss's units), without waiting for
 //! the layers above. Mₖ learns by regression ½‖Mₖ(hₖ) − tₖ‖² (mean over the batch and
 //! units) toward the gradient that arrives from above: tₖ = Jₖ₊₁ᵀ ĝₖ₊₁ carried through
 //! block k+1 — itself synthetic (bootstrapping) except below the output layer, where it
-//! is the true gradient. Synthesizer weights live in the parameter store
-//! (`dni.syn{k}.weight`, `.bias`) and train with the run's optimizer; their loss is
-//! reported as the rule's `synth_loss`.
+//! is the true gradient. Synthesizer weights live in the parameter store and train with
+//! the run's optimizer; their loss is reported as the rule's `synth_loss`. A batch-norm
+//! synthesizer always normalises with the batch's statistics (it runs only in training).
 
 use super::blocks::{
     block_dtype, block_forward, block_input_grad, block_output, block_param_grads, free_block,
@@ -21,8 +23,10 @@ use super::blocks::{
 };
 use super::{Batch, Rule, RuleConfig, StepOutput};
 use crate::error::{Error, Result};
-use crate::nn::{Grads, Loss, Model, Params, Target};
-use crate::tensor::Tensor;
+use crate::nn::{
+    Activation, Grads, Layer, Linear, Loss, Model, Normalization, Params, Target, Trace,
+};
+use crate::tensor::{Tensor, Unary};
 
 /// Synthetic-gradient rule.
 #[derive(Debug)]
@@ -34,6 +38,8 @@ pub struct SyntheticGradients {
     /// Replace every synthesizer by the true backprop gradient (tests and ablations).
     pub oracle: bool,
     keep_trace: bool,
+    /// Mₖ for every hidden block, built by `init`.
+    synths: Vec<Model>,
 }
 
 impl SyntheticGradients {
@@ -45,18 +51,63 @@ impl SyntheticGradients {
             synth_loss: 0.0,
             oracle: false,
             keep_trace: true,
+            synths: Vec::new(),
         }
     }
 
-    fn key(k: usize) -> (String, String) {
-        (format!("dni.syn{k}.weight"), format!("dni.syn{k}.bias"))
+    /// Mₖ as a model from `inputs` to `outputs` features (names in the module doc).
+    fn build_synth(&self, k: usize, inputs: usize, outputs: usize) -> Result<Model> {
+        let mut layers: Vec<Box<dyn Layer>> = Vec::new();
+        let mut w = inputs;
+        let depth = if self.cfg.synth_hidden > 0 {
+            self.cfg.synth_depth
+        } else {
+            0
+        };
+        for j in 0..depth {
+            layers.push(Box::new(Linear::new(
+                Self::hidden_name(k, j),
+                w,
+                self.cfg.synth_hidden,
+                true,
+            )));
+            if self.cfg.synth_batchnorm {
+                layers.push(Box::new(Normalization::batch(
+                    format!("dni.syn{k}.bn{j}"),
+                    self.cfg.synth_hidden,
+                    1,
+                    true,
+                )?));
+            }
+            layers.push(Box::new(Activation::new(
+                format!("dni.syn{k}.relu{j}"),
+                Unary::Relu,
+            )));
+            w = self.cfg.synth_hidden;
+        }
+        layers.push(Box::new(Linear::new(
+            format!("dni.syn{k}"),
+            w,
+            outputs,
+            true,
+        )));
+        Model::from_layers(layers, inputs)
+    }
+
+    fn hidden_name(k: usize, j: usize) -> String {
+        if j == 0 {
+            format!("dni.syn{k}.hidden")
+        } else {
+            format!("dni.syn{k}.hidden{j}")
+        }
     }
 
     /// Regression of synthesizer k toward `target` (both in mean-loss units); adds its
     /// gradients and returns its loss ½ mean ‖n(ĝ − t)‖²/width.
     fn regress(
+        &self,
         k: usize,
-        (input, hidden): (&Tensor, Option<&Tensor>),
+        trace: &mut Trace,
         synth: &Tensor,
         target: &Tensor,
         params: &Params,
@@ -66,54 +117,31 @@ impl SyntheticGradients {
         let mut r = synth.sub(target)?;
         r.scale_in_place(n);
         let width = r.dims2()?.1.max(1) as f64;
-        let (wk, bk) = Self::key(k);
         let scale = 1.0 / (n * width);
         let loss = 0.5 * r.sum_sq() * scale;
-        let r = r.scale(scale);
-        grads.insert(bk, r.sum_rows()?);
-        match hidden {
-            None => grads.insert(wk, r.matmul(true, input, false)?),
-            Some(z) => {
-                // Through the output layer, then relu (z > 0 where it passed).
-                grads.insert(wk.clone(), r.matmul(true, z, false)?);
-                let dz = r
-                    .matmul(false, params.get(&wk)?, false)?
-                    .mul(&z.unary(crate::tensor::Unary::Sign))?;
-                let (hk, hb) = Self::hidden_key(k);
-                grads.insert(hk, dz.matmul(true, input, false)?);
-                grads.insert(hb, dz.sum_rows()?);
-            }
-        }
+        super::backward_chain(
+            &self.synths[k],
+            params,
+            trace,
+            r.scale(scale),
+            grads,
+            |_, l, rec, d| l.input_grad(params, rec, d),
+        )?;
         Ok(loss)
     }
 
-    fn hidden_key(k: usize) -> (String, String) {
-        (
-            format!("dni.syn{k}.hidden.weight"),
-            format!("dni.syn{k}.hidden.bias"),
-        )
-    }
-
-    /// Mₖ(s) (per-sample units) and the hidden activity of an MLP synthesizer.
-    fn synthesize(
-        &self,
-        k: usize,
-        si: &Tensor,
-        params: &Params,
-    ) -> Result<(Tensor, Option<Tensor>)> {
-        let (wk, bk) = Self::key(k);
-        let (z, hidden) = if self.cfg.synth_hidden > 0 {
-            let (hk, hb) = Self::hidden_key(k);
-            let mut a = si.matmul(false, params.get(&hk)?, true)?;
-            a.add_row(params.get(&hb)?)?;
-            let z = a.unary(crate::tensor::Unary::Relu);
-            (z.clone(), Some(z))
-        } else {
-            (si.clone(), None)
-        };
-        let mut g = z.matmul(false, params.get(&wk)?, true)?;
-        g.add_row(params.get(&bk)?)?;
-        Ok((g, hidden))
+    /// Mₖ(s) (per-sample units) and the synthesizer's trace (for its regression).
+    fn synthesize(&self, k: usize, si: &Tensor, params: &Params) -> Result<(Tensor, Trace)> {
+        let m = self.synths.get(k).ok_or_else(|| {
+            Error::config(self.name(), "the rule must be initialised before a step")
+        })?;
+        let trace = m.forward_trace(params, si)?;
+        m.discard_state();
+        let g = trace
+            .output()
+            .ok_or_else(|| Error::config(self.name(), "empty synthesizer"))?
+            .clone();
+        Ok((g, trace))
     }
 
     /// The step block by block: block k runs forward, updates from Mₖ(hₖ) at once, and
@@ -133,53 +161,39 @@ impl SyntheticGradients {
         let mut grads = Grads::new();
         let mut trace = scratch_trace(model, batch.x.dtype());
         let mut h = batch.x.clone();
-        // Synthesizer input, hidden activity and prediction of the block below, awaiting
-        // its target.
-        let mut below: Option<(Tensor, Option<Tensor>, Tensor)> = None;
+        // Synthesizer trace and prediction of the block below, awaiting its target.
+        let mut below: Option<(Trace, Tensor)> = None;
         let mut synth_loss = 0.0;
         for (k, b) in hidden.iter().enumerate() {
             block_forward(model, params, b, &h, &mut trace)?;
             let out = block_output(b, &trace).clone();
             let si = self.input(&out, &batch.target, classes)?;
-            let (mut g, z) = self.synthesize(k, &si, params)?;
+            let (mut g, st) = self.synthesize(k, &si, params)?;
             g.scale_in_place(1.0 / n);
             if let Some(o) = &oracle {
                 g = o[k].clone();
             }
-            if let Some((inp, hz, syn)) = below.take()
+            if let Some((mut st, syn)) = below.take()
                 && oracle.is_none()
             {
                 let target = block_input_grad(model, params, b, &trace, &g)?;
-                synth_loss += Self::regress(
-                    k - 1,
-                    (&inp, hz.as_ref()),
-                    &syn,
-                    &target,
-                    params,
-                    &mut grads,
-                )?;
+                synth_loss += self.regress(k - 1, &mut st, &syn, &target, params, &mut grads)?;
             }
             block_param_grads(model, params, b, &mut trace, g.clone(), &mut grads)?;
             if !self.keep_trace {
                 free_block(b, &mut trace);
             }
-            below = Some((si, z, g));
+            below = Some((st, g));
             h = out;
         }
         block_forward(model, params, last, &h, &mut trace)?;
         let (value, d_out) = loss.eval(block_output(last, &trace), &batch.target)?;
-        if let Some((inp, hz, syn)) = below.take()
+        if let Some((mut st, syn)) = below.take()
             && oracle.is_none()
         {
             let target = block_input_grad(model, params, last, &trace, &d_out)?;
-            synth_loss += Self::regress(
-                hidden.len() - 1,
-                (&inp, hz.as_ref()),
-                &syn,
-                &target,
-                params,
-                &mut grads,
-            )?;
+            synth_loss +=
+                self.regress(hidden.len() - 1, &mut st, &syn, &target, params, &mut grads)?;
         }
         block_param_grads(model, params, last, &mut trace, d_out, &mut grads)?;
         self.synth_loss = synth_loss / hidden.len().max(1) as f64;
@@ -218,21 +232,47 @@ impl Rule for SyntheticGradients {
         let init = crate::nn::Init::parse(&self.cfg.synth_init)?;
         let mut rng = <crate::Rng as rand::SeedableRng>::seed_from_u64(seed ^ 0x5e_7d);
         let classes = model.outputs();
+        if self.cfg.synth_hidden > 0 && self.cfg.synth_depth == 0 {
+            return Err(Error::config(
+                "synth-depth",
+                "an MLP synthesizer (synth-hidden > 0) needs at least one hidden layer",
+            ));
+        }
+        self.synths.clear();
         for (k, b) in hidden.iter().enumerate() {
-            let mut inputs = b.outputs + if self.conditional { classes } else { 0 };
+            let inputs = b.outputs + if self.conditional { classes } else { 0 };
             let dt = block_dtype(model, params, b)?;
-            let hsz = self.cfg.synth_hidden;
-            if hsz > 0 {
-                let v = crate::nn::Init::HeUniform.sample(inputs, hsz, &mut rng);
-                let (hk, hb) = Self::hidden_key(k);
-                params.insert(hk, Tensor::from_vec(&[hsz, inputs], v)?.to_dtype(dt));
-                params.insert(hb, Tensor::zeros(&[hsz], dt));
-                inputs = hsz;
+            let m = self.build_synth(k, inputs, b.outputs)?;
+            // Hidden layers He-uniform with zero bias, the output layer by `synth_init`
+            // (drawn in this order from one generator).
+            for l in m.layers() {
+                let name = l.name();
+                if let crate::nn::LayerKind::Linear {
+                    inputs: i,
+                    outputs: o,
+                    ..
+                } = l.kind()
+                {
+                    let w = if name == format!("dni.syn{k}") {
+                        init.sample(i, o, &mut rng)
+                    } else {
+                        crate::nn::Init::HeUniform.sample(i, o, &mut rng)
+                    };
+                    params.insert(
+                        format!("{name}.weight"),
+                        Tensor::from_vec(&[o, i], w)?.to_dtype(dt),
+                    );
+                    params.insert(format!("{name}.bias"), Tensor::zeros(&[o], dt));
+                } else {
+                    let mut own = Params::new();
+                    l.init_params(crate::nn::Init::Zeros, &mut rng, &mut own)?;
+                    // Batch statistics only: no running-statistics buffers.
+                    for (key, t) in own.iter().filter(|(key, _)| !crate::nn::is_buffer(key)) {
+                        params.insert(key, t.to_dtype(dt));
+                    }
+                }
             }
-            let w = init.sample(inputs, b.outputs, &mut rng);
-            let (wk, bk) = Self::key(k);
-            params.insert(wk, Tensor::from_vec(&[b.outputs, inputs], w)?.to_dtype(dt));
-            params.insert(bk, Tensor::zeros(&[b.outputs], dt));
+            self.synths.push(m);
         }
         Ok(())
     }
