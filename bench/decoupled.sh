@@ -3,8 +3,8 @@
 # difference target propagation and synthetic gradients, each beside BP on the same net
 # and budget. Writes runs/decoupled/<run>/ and reports/decoupled.md.
 #
-#   bench/decoupled.sh        (THREADS=1 DATA=../shared/datasets; about 2.5 h at 1 thread,
-#                              an hour of it the 300- and 1000-epoch DNI runs)
+#   bench/decoupled.sh        (THREADS=1 DATA=../shared/datasets; about 5 h at 1 thread,
+#                              most of it the 300- and 1000-epoch DNI and BP runs)
 #   REPORT_ONLY=1 bench/decoupled.sh    (rebuild the report from runs/decoupled)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +39,13 @@ if [ -z "${REPORT_ONLY:-}" ]; then
   run dni-300 "${LONG[@]}" --rule dni --param-group 'dni.*:lr_scale=10'
   run dni-300-bp "${LONG[@]}" --rule bp
   run dni-1000 "${LONG[@]/300/1000}" --rule dni --param-group 'dni.*:lr_scale=10'
+  BNL=(--model bench/models/mlp256x3-bn.toml --optimizer adam --lr 1e-4 --schedule cosine)
+  run dni-bn-cos100 "${BNL[@]}" --epochs 100 --rule dni --param-group 'dni.*:lr_scale=10'
+  run dni-bn-1000 "${BNL[@]}" --epochs 1000 --rule dni --param-group 'dni.*:lr_scale=10'
+  run dni-bn-1000-bp "${BNL[@]}" --epochs 1000 --rule bp
+  # Jaderberg et al.'s synthesizer: two hidden layers of 1024 with batch norm.
+  run dni-paper-synth --model bench/models/mlp256x3-bn.toml --optimizer adam --lr 1e-4 --epochs 30 \
+    --rule dni --synth-hidden 1024 --synth-depth 2 --synth-batchnorm true --param-group 'dni.*:lr_scale=10'
   SGD=(--model mlp:784-256-256-256-10 --activation relu --epochs 10 --rule dni)
   run dni-sgd "${SGD[@]}" --optimizer sgd --lr 0.05
   run dni-momentum "${SGD[@]}" --optimizer momentum --lr 0.01
@@ -80,6 +87,10 @@ rows = [
         ("BP, Adam 1e-4 cosine, 300 epochs", "dni-300-bp"),
         ("dni, Adam 1e-4 cosine, synthesizers at 10× lr, 300 epochs", "dni-300"),
         ("dni, the same over 1000 epochs", "dni-1000"),
+        ("dni, batch norm, Adam 1e-4 cosine, synthesizers at 10× lr, 100 epochs", "dni-bn-cos100"),
+        ("BP, batch norm, Adam 1e-4 cosine, 1000 epochs", "dni-bn-1000-bp"),
+        ("dni, batch norm, Adam 1e-4 cosine, synthesizers at 10× lr, 1000 epochs", "dni-bn-1000"),
+        ("dni, batch norm, synthesizers 2×1024 with batch norm (the paper's) at 10× lr, Adam 1e-4, 30 epochs", "dni-paper-synth"),
         ("dni, plain SGD lr 0.05 (diverges)", "dni-sgd"),
         ("dni, momentum 0.9 lr 0.01 (diverges)", "dni-momentum"),
         ("hidden layers frozen at init, readout trained by BP, cosine, 30 epochs", "frozen-hidden")]),

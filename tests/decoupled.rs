@@ -433,3 +433,46 @@ fn block_rules_take_batch_norm_inside_a_block_and_oracle_dni_stays_backprop() {
     m.commit_state(&mut p).unwrap();
     assert_ne!(p.get("bn2.running_mean").unwrap(), &before);
 }
+
+#[test]
+fn a_zero_linear_synthesizer_learns_along_the_readouts_own_gradient() {
+    // Top synthesizer M (zero, linear, input h = the last hidden output) regresses
+    // t = W_outᵀ ∂L/∂z. Its first gradient is −(1/width)·W_outᵀ·∂L/∂W_out (and the bias
+    // likewise): M learns only what the readout has not yet fit. At a readout optimum
+    // (∂L/∂W_out = 0) the zero synthesizer is a fixed point and no hidden layer learns —
+    // why label-free `dni` with linear synthesizers trails backprop.
+    let (m, p0, b) = setup();
+    let mut p = p0.clone();
+    let mut r = build_rule("dni").unwrap();
+    r.init(&m, &mut p, 0).unwrap();
+    let g = r.step(&m, &p, &b, Loss::CrossEntropy).unwrap().grads;
+    let bp = build_rule("bp")
+        .unwrap()
+        .step(&m, &p, &b, Loss::CrossEntropy)
+        .unwrap()
+        .grads;
+    let w_out = p.get("fc3.weight").unwrap(); // [4, 6]
+    let width = 6.0;
+    for (syn, readout) in [
+        ("dni.syn1.weight", "fc3.weight"),
+        ("dni.syn1.bias", "fc3.bias"),
+    ] {
+        let d = bp.get(readout).unwrap();
+        let d2 = if d.shape().len() == 1 {
+            d.reshape(&[d.len(), 1]).unwrap()
+        } else {
+            d.clone()
+        };
+        let want = w_out.matmul(true, &d2, false).unwrap().scale(-1.0 / width);
+        let got = g.get(syn).unwrap().to_vec_f64();
+        let want = want.to_vec_f64();
+        assert_eq!(got.len(), want.len(), "{syn}");
+        assert!(
+            want.iter().any(|v| v.abs() > 1e-6),
+            "{syn}: readout already at rest"
+        );
+        for (a, e) in got.iter().zip(&want) {
+            assert!((a - e).abs() < 1e-12 * (1.0 + e.abs()), "{syn}: {a} vs {e}");
+        }
+    }
+}
