@@ -117,16 +117,19 @@ fn resume_continues_exactly_where_the_run_stopped() {
     let (full, part) = (t.path().join("full"), t.path().join("part"));
     assert!(small_train(&full, &["--epochs", "3"]).status.success());
     assert!(small_train(&part, &["--epochs", "1"]).status.success());
+    // From the checkpoint file to epoch 2, then from the run directory to epoch 3.
     let ck = part.join("checkpoint.safetensors");
-    let o = run(&[
-        "train",
-        "--resume",
-        ck.to_str().unwrap(),
-        "--epochs",
-        "3",
-        "--quiet",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    for (from, epochs) in [(&ck, "2"), (&part, "3")] {
+        let o = run(&[
+            "train",
+            "--resume",
+            from.to_str().unwrap(),
+            "--epochs",
+            epochs,
+            "--quiet",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
     assert_eq!(
         metrics_without_timings(&full),
         metrics_without_timings(&part)

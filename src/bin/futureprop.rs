@@ -145,7 +145,7 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(skip)]
     config: Option<PathBuf>,
-    /// Continue from a checkpoint (its config is the base; flags and --config apply on top).
+    /// Continue from a checkpoint file or a run directory (its config is the base; flags and --config apply on top).
     #[arg(long)]
     #[serde(skip)]
     resume: Option<PathBuf>,

@@ -97,8 +97,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     res
 }
 
-/// Reads a checkpoint written by [`save`].
+/// A run directory's checkpoint file name.
+pub const FILE: &str = "checkpoint.safetensors";
+
+/// Reads a checkpoint written by [`save`]: the file, or a run directory's [`FILE`].
 pub fn load(path: &Path) -> Result<Checkpoint> {
+    let file;
+    let path = if path.is_dir() {
+        file = path.join(FILE);
+        file.as_path()
+    } else {
+        path
+    };
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let bad = |msg: String| Error::format(path, msg);
     let st = SafeTensors::deserialize(&bytes)

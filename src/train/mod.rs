@@ -426,7 +426,7 @@ pub fn run_with(
     }
     let out_dir: PathBuf = cfg.out_dir();
     std::fs::create_dir_all(&out_dir).map_err(|e| Error::io(&out_dir, e))?;
-    let ck_path = out_dir.join("checkpoint.safetensors");
+    let ck_path = out_dir.join(checkpoint::FILE);
     let metrics_path = out_dir.join("metrics.jsonl");
     let config_json =
         serde_json::to_value(cfg).map_err(|e| Error::config("config", e.to_string()))?;
