@@ -24,6 +24,8 @@ if [ -z "${REPORT_ONLY:-}" ]; then
   run dni-s10 "${L3[@]}" --rule dni --lr 1e-3 --param-group 'dni.*:lr_scale=10'
   run dni-bp3 "${L3[@]}" --rule bp --lr 3e-4
   run cdni "${L3[@]}" --rule cdni --lr 3e-4
+  run dni-ro01 "${L3[@]}" --rule dni --lr 1e-3 --param-group 'dni.*:lr_scale=10' --param-group 'fc4.*:lr_scale=0.1'
+  run dni-ro001 "${L3[@]}" --rule dni --lr 1e-3 --param-group 'dni.*:lr_scale=10' --param-group 'fc4.*:lr_scale=0.01'
   run dni-50 --model mlp:784-256-256-256-10 --activation relu --optimizer adam --epochs 50 \
     --rule dni --lr 1e-3 --param-group 'dni.*:lr_scale=10'
   BN=(--model bench/models/mlp256x3-bn.toml --optimizer adam --lr 1e-3 --epochs 10)
@@ -91,7 +93,10 @@ cpu = next((l.split(":")[1].strip() for l in open("/proc/cpuinfo") if l.startswi
 rows = [
     ("Synthetic gradients, 784-256×3-10 ReLU, Adam, 10 epochs unless said", [
         ("BP, lr 1e-3", "dni-bp"), ("dni (linear synthesizers, zero init), lr 1e-3", "dni"),
-        ("dni, synthesizers at 10× lr", "dni-s10"), ("BP, lr 3e-4", "dni-bp3"),
+        ("dni, synthesizers at 10× lr", "dni-s10"),
+        ("dni, synthesizers at 10× lr, readout at 0.1× lr", "dni-ro01"),
+        ("dni, synthesizers at 10× lr, readout at 0.01× lr", "dni-ro001"),
+        ("BP, lr 3e-4", "dni-bp3"),
         ("cdni (label-conditioned), lr 3e-4", "cdni"),
         ("dni, synthesizers at 10× lr, 50 epochs", "dni-50"),
         ("BP, batch norm before each ReLU", "dni-bn-bp"),
