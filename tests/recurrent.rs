@@ -241,4 +241,9 @@ fn online_uoro_keeps_no_history_and_gives_the_replayed_estimate() {
         .unwrap()
         .to_string();
     assert!(e.contains("first layer"), "{e}");
+    // And the model is refused when it is built for the rule.
+    let e = futureprop::rule::check_layers("uoro", &m)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("first layer"), "{e}");
 }

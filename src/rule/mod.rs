@@ -409,7 +409,16 @@ pub const RECURRENT_RULES: &[&str] = &["bp", "uoro"];
 /// [`RECURRENT_RULES`].
 pub fn check_layers(rule: &str, model: &Model) -> Result<()> {
     use crate::nn::LayerKind;
-    for l in model.layers() {
+    for (i, l) in model.layers().iter().enumerate() {
+        if rule == "uoro" && i > 0 && l.kind() == LayerKind::Recurrent {
+            return Err(Error::config(
+                "rule",
+                format!(
+                    "uoro: recurrent layer {} must be the model's first layer (UORO gives no gradient for the layers below it)",
+                    l.name()
+                ),
+            ));
+        }
         let (allowed, what) = match l.kind() {
             LayerKind::Conv2d { .. } | LayerKind::Pool2d { .. } => {
                 (CONV_RULES, "convolution and pooling layers")

@@ -245,7 +245,8 @@ impl Rule for SyntheticGradients {
             let m = self.build_synth(k, inputs, b.outputs)?;
             // Hidden layers He-uniform with zero bias, the output layer by `synth_init`
             // (drawn in this order from one generator).
-            for l in m.layers() {
+            let output = m.layers().len() - 1;
+            for (j, l) in m.layers().iter().enumerate() {
                 let name = l.name();
                 if let crate::nn::LayerKind::Linear {
                     inputs: i,
@@ -253,7 +254,7 @@ impl Rule for SyntheticGradients {
                     ..
                 } = l.kind()
                 {
-                    let w = if name == format!("dni.syn{k}") {
+                    let w = if j == output {
                         init.sample(i, o, &mut rng)
                     } else {
                         crate::nn::Init::HeUniform.sample(i, o, &mut rng)

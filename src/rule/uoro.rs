@@ -25,17 +25,6 @@ impl Rule for Uoro {
         batch: &Batch,
         loss: Loss,
     ) -> Result<StepOutput> {
-        for (i, l) in model.layers().iter().enumerate() {
-            if i > 0 && l.kind() == crate::nn::LayerKind::Recurrent {
-                return Err(crate::Error::config(
-                    "rule",
-                    format!(
-                        "uoro: recurrent layer {} must be the model's first layer (UORO gives no gradient for the layers below it)",
-                        l.name()
-                    ),
-                ));
-            }
-        }
         // Online pass: the recurrent layer's estimate advances with its steps.
         super::step_with_backward_pass(self, model, params, batch, loss, true)
     }
