@@ -75,6 +75,7 @@ pub mod mem;
 pub mod nn;
 pub mod optim;
 pub mod rule;
+pub mod settings;
 pub mod tensor;
 pub mod train;
 pub use error::{Error, Result};

@@ -96,8 +96,7 @@ pub fn run(entries: &[Entry], out: &Path, overrides: &[Value]) -> Result<Vec<Val
     });
     let mut records = Vec::new();
     for e in entries {
-        let recipe = serde_json::to_value(&e.recipe)
-            .map_err(|err| Error::config("recipe", err.to_string()))?;
+        let recipe = crate::settings::toml_layer(&format!("registry row {}", e.name), &e.recipe)?;
         let mut layers = vec![json!({"dataset": e.dataset}), recipe];
         layers.extend(overrides.iter().cloned());
         let dir: PathBuf = out.join(&e.name);

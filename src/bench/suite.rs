@@ -220,15 +220,22 @@ impl Suite {
 
     /// Override layers (lowest first) for an arm's `TrainConfig`.
     pub fn layers(&self, arm: &Arm) -> Result<Vec<serde_json::Value>> {
-        let to_json = |t: &toml::Table| {
-            serde_json::to_value(t).map_err(|e| Error::config("suite", e.to_string()))
-        };
-        let mut layers = vec![to_json(&self.defaults)?];
+        use crate::settings::toml_layer;
+        let mut layers = vec![toml_layer(
+            &format!("suite {} [defaults]", self.name),
+            &self.defaults,
+        )?];
         if let Some(t) = self.optimizer.get(&arm.optimizer) {
-            layers.push(to_json(t)?);
+            layers.push(toml_layer(
+                &format!("suite {} [optimizer.{}]", self.name, arm.optimizer),
+                t,
+            )?);
         }
         if let Some(t) = self.rule.get(&arm.rule) {
-            layers.push(to_json(t)?);
+            layers.push(toml_layer(
+                &format!("suite {} [rule.{}]", self.name, arm.rule),
+                t,
+            )?);
         }
         Ok(layers)
     }

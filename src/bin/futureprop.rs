@@ -10,6 +10,23 @@ use futureprop::data::{self, download};
 use futureprop::train::{self, TrainConfig};
 use futureprop::{Error, Result};
 
+/// `println!` that returns the write error instead of panicking (a closed pipe, a full
+/// disk): `out!(...)` is `emit(format_args!(...))?`.
+macro_rules! out {
+    ($($t:tt)*) => { emit(format_args!($($t)*))? };
+}
+
+/// The path named by errors writing standard output.
+const STDOUT: &str = "standard output";
+
+fn emit(args: std::fmt::Arguments) -> Result<()> {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    writeln!(o, "{args}")
+        .and_then(|_| o.flush())
+        .map_err(|e| Error::io(STDOUT, e))
+}
+
 #[global_allocator]
 static ALLOC: futureprop::mem::CountingAlloc = futureprop::mem::CountingAlloc;
 
@@ -140,6 +157,7 @@ enum DataCommand {
 
 /// Flags of `train`. Each one, when given, overrides the config file.
 #[derive(Args, Serialize, Default)]
+#[command(allow_negative_numbers = true)]
 struct TrainArgs {
     /// TOML file with any of the settings below (keys as the flags, with - or _).
     #[arg(long)]
@@ -583,8 +601,7 @@ fn train_cmd(args: &TrainArgs) -> Result<()> {
     if let Some(c) = &args.config {
         layers.push(TrainConfig::read_toml(c)?);
     }
-    let mut flags =
-        serde_json::to_value(args).map_err(|e| Error::config("flags", e.to_string()))?;
+    let mut flags = futureprop::settings::serialize_layer("the command line", args)?;
     if args.no_download {
         flags["download"] = false.into();
     }
@@ -602,7 +619,7 @@ fn train_cmd(args: &TrainArgs) -> Result<()> {
     // Reconstruction and regression (the adding problem) report the loss.
     if cfg.task == "autoencode" || futureprop::data::synthetic::adding_steps(&cfg.dataset).is_some()
     {
-        println!(
+        out!(
             "test loss {:.4} after {} epochs, {:.1}s; results in {}",
             f("test_loss"),
             summary["epochs"],
@@ -611,7 +628,7 @@ fn train_cmd(args: &TrainArgs) -> Result<()> {
         );
         return Ok(());
     }
-    println!(
+    out!(
         "test accuracy {:.4} (best {:.4}) after {} epochs, {:.1}s; results in {}",
         f("test_accuracy"),
         f("best_test_accuracy"),
@@ -637,12 +654,15 @@ fn reproduce_cmd(
     use futureprop::bench::reproduce;
     let reg = reproduce::registry()?;
     if list || (only.is_empty() && !all) {
-        println!(
+        out!(
             "{:<20} {:<14} {:>8}  {:<6} recipe",
-            "name", "dataset", "paper %", "budget"
+            "name",
+            "dataset",
+            "paper %",
+            "budget"
         );
         for e in &reg {
-            println!(
+            out!(
                 "{:<20} {:<14} {:>8.2}  {:<6} {}",
                 e.name,
                 e.dataset,
@@ -652,7 +672,7 @@ fn reproduce_cmd(
             );
         }
         if !list {
-            println!("\nrun with --only NAME or --all");
+            out!("\nrun with --only NAME or --all");
         }
         return Ok(());
     }
@@ -665,8 +685,8 @@ fn reproduce_cmd(
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs/reproduce"));
     let records = reproduce::run(&entries, &out, &[overrides])?;
-    println!("{}", reproduce::markdown(&records));
-    println!("results in {}", out.display());
+    out!("{}", reproduce::markdown(&records));
+    out!("results in {}", out.display());
     Ok(())
 }
 
@@ -681,8 +701,8 @@ fn bench_cmd(opts: &futureprop::bench::BenchOptions) -> Result<()> {
     };
     let report = std::fs::read_to_string(out.join("report.md"))
         .map_err(|e| Error::io(out.join("report.md"), e))?;
-    println!("{report}");
-    println!("results in {}", out.display());
+    out!("{report}");
+    out!("results in {}", out.display());
     Ok(())
 }
 
@@ -701,7 +721,7 @@ fn diagnose_cmd(
     cfg.quiet = true;
     let report =
         train::diagnose_checkpoint(&cfg, &ck, batch_size.unwrap_or(cfg.batch_size), curvature)?;
-    println!(
+    out!(
         "{}",
         serde_json::to_string_pretty(&report)
             .map_err(|e| Error::config("report", e.to_string()))?
@@ -729,13 +749,13 @@ fn data_cmd(cmd: &DataCommand) -> Result<()> {
             let remote = download::remote(name)?;
             let got = download::fetch(&root, remote, mirror.as_deref())?;
             if got.is_empty() {
-                println!(
+                out!(
                     "{name}: already present and verified in {}",
                     root.join(name).display()
                 );
             } else {
                 for p in got {
-                    println!("fetched and verified {}", p.display());
+                    out!("fetched and verified {}", p.display());
                 }
             }
             Ok(())
@@ -751,14 +771,14 @@ fn data_cmd(cmd: &DataCommand) -> Result<()> {
             for n in names {
                 for (p, st) in download::verify(&root, download::remote(n)?)? {
                     match st {
-                        download::FileStatus::Ok => println!("ok        {}", p.display()),
+                        download::FileStatus::Ok => out!("ok        {}", p.display()),
                         download::FileStatus::Missing => {
                             bad += 1;
-                            println!("missing   {}", p.display())
+                            out!("missing   {}", p.display())
                         }
                         download::FileStatus::Mismatch { actual } => {
                             bad += 1;
-                            println!("MISMATCH  {} (sha256 {actual})", p.display())
+                            out!("MISMATCH  {} (sha256 {actual})", p.display())
                         }
                     }
                 }
@@ -774,6 +794,13 @@ fn data_cmd(cmd: &DataCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn list_cmd(table: &[(&str, &str)]) -> Result<()> {
+    for (n, d) in table {
+        out!("{n:<10} {d}");
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -821,18 +848,8 @@ fn main() -> ExitCode {
             *threads,
             *quiet,
         ),
-        Command::Rules => {
-            for (n, d) in futureprop::rule::RULES {
-                println!("{n:<10} {d}");
-            }
-            Ok(())
-        }
-        Command::Optimizers => {
-            for (n, d) in futureprop::optim::OPTIMIZERS {
-                println!("{n:<10} {d}");
-            }
-            Ok(())
-        }
+        Command::Rules => list_cmd(futureprop::rule::RULES),
+        Command::Optimizers => list_cmd(futureprop::optim::OPTIMIZERS),
         Command::Data { command } => data_cmd(command),
         Command::Diagnose {
             checkpoint,
@@ -843,6 +860,13 @@ fn main() -> ExitCode {
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader closed the pipe (`futureprop rules | head -1`): stop quietly with the
+        // status a shell reports for a process ended by SIGPIPE.
+        Err(Error::Io { path, source })
+            if path.as_os_str() == STDOUT && source.kind() == std::io::ErrorKind::BrokenPipe =>
+        {
+            ExitCode::from(141)
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

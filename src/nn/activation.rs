@@ -88,6 +88,10 @@ impl Layer for Activation {
     fn output_width(&self, input: usize) -> Result<usize> {
         Ok(input)
     }
+    fn param_count(&self) -> usize {
+        0
+    }
+
     fn init_params(&self, _: Init, _: &mut crate::Rng, _: &mut Params) -> Result<()> {
         Ok(())
     }
@@ -158,6 +162,10 @@ impl Layer for PRelu {
     fn output_width(&self, input: usize) -> Result<usize> {
         Ok(input)
     }
+    fn param_count(&self) -> usize {
+        self.width
+    }
+
     fn init_params(&self, _: Init, _: &mut crate::Rng, p: &mut Params) -> Result<()> {
         p.insert(
             self.key.clone(),

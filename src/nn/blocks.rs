@@ -66,6 +66,10 @@ impl Layer for LayerNorm {
         Ok(input)
     }
 
+    fn param_count(&self) -> usize {
+        if self.affine { 2 * self.width } else { 0 }
+    }
+
     fn init_params(&self, _: Init, _: &mut crate::Rng, p: &mut Params) -> Result<()> {
         if self.affine {
             let (w, b) = self.keys();
@@ -165,6 +169,10 @@ impl Stack {
             w = l.output_width(w)?;
         }
         Ok((Stack { layers }, w))
+    }
+
+    fn param_count(&self) -> usize {
+        self.layers.iter().map(|l| l.param_count()).sum()
     }
 
     fn init_params(&self, init: Init, rng: &mut crate::Rng, p: &mut Params) -> Result<()> {
@@ -372,6 +380,10 @@ impl Layer for Residual {
         Ok(self.outputs)
     }
 
+    fn param_count(&self) -> usize {
+        self.inner.param_count() + self.shortcut.as_ref().map_or(0, |s| s.param_count())
+    }
+
     fn init_params(&self, init: Init, rng: &mut crate::Rng, p: &mut Params) -> Result<()> {
         self.inner.init_params(init, rng, p)?;
         if let Some(s) = &self.shortcut {
@@ -461,6 +473,10 @@ impl Layer for Highway {
     fn output_width(&self, input: usize) -> Result<usize> {
         check_width(&self.name, self.width, input)?;
         Ok(input)
+    }
+
+    fn param_count(&self) -> usize {
+        self.inner.param_count() + self.gate.param_count()
     }
 
     fn init_params(&self, init: Init, rng: &mut crate::Rng, p: &mut Params) -> Result<()> {
@@ -625,6 +641,10 @@ impl Layer for Dense {
     fn output_width(&self, input: usize) -> Result<usize> {
         check_width(&self.name, self.inputs, input)?;
         Ok(self.inputs + self.growth)
+    }
+
+    fn param_count(&self) -> usize {
+        self.inner.param_count()
     }
 
     fn init_params(&self, init: Init, rng: &mut crate::Rng, p: &mut Params) -> Result<()> {

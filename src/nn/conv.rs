@@ -184,6 +184,11 @@ impl Layer for Conv2d {
         Ok(self.out_channels * self.positions())
     }
 
+    fn param_count(&self) -> usize {
+        self.taps().saturating_mul(self.out_channels)
+            + if self.bias { self.out_channels } else { 0 }
+    }
+
     fn init_params(&self, init: Init, rng: &mut crate::Rng, p: &mut Params) -> Result<()> {
         let k = self.taps();
         let (kh, kw) = self.window.kernel;
@@ -410,6 +415,10 @@ impl Layer for Pool2d {
             ));
         }
         Ok(self.window.channels * self.out_hw.0 * self.out_hw.1)
+    }
+
+    fn param_count(&self) -> usize {
+        0
     }
 
     fn init_params(&self, _: Init, _: &mut crate::Rng, _: &mut Params) -> Result<()> {

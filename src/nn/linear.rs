@@ -79,6 +79,10 @@ impl Layer for Linear {
         Ok(self.outputs)
     }
 
+    fn param_count(&self) -> usize {
+        self.inputs.saturating_mul(self.outputs) + if self.bias { self.outputs } else { 0 }
+    }
+
     fn init_params(&self, init: Init, rng: &mut crate::Rng, p: &mut Params) -> Result<()> {
         let w = init.sample(self.inputs, self.outputs, rng);
         p.insert(

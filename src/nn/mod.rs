@@ -172,6 +172,10 @@ pub trait Layer: Send + Sync + std::fmt::Debug {
     /// Draws this layer's parameters into `p`.
     fn init_params(&self, init: Init, rng: &mut crate::Rng, p: &mut Params) -> Result<()>;
 
+    /// Number of elements `init_params` draws (parameters and buffers), known before
+    /// anything is allocated.
+    fn param_count(&self) -> usize;
+
     /// Forward map. `rec.input` is `x`; the layer may push tensors to `rec.saved`.
     fn forward(&self, p: &Params, x: &Tensor, rec: &mut Record) -> Result<Tensor>;
 

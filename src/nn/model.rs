@@ -557,8 +557,40 @@ impl Model {
         Ok((blocks[..blocks.len() - 1].to_vec(), last))
     }
 
-    /// Draws fresh parameters with `init` from `seed`.
+    /// Elements of every parameter and buffer the model draws (no allocation).
+    pub fn param_count(&self) -> usize {
+        self.layers
+            .iter()
+            .fold(0usize, |a, l| a.saturating_add(l.param_count()))
+    }
+
+    /// Per-sample elements of a forward pass: every layer's output width, summed.
+    pub fn activation_count(&self) -> Result<usize> {
+        let (mut w, mut total) = (self.inputs, 0usize);
+        for l in &self.layers {
+            w = l.output_width(w)?;
+            total = total.saturating_add(w);
+        }
+        Ok(total)
+    }
+
+    /// Draws fresh parameters with `init` from `seed`. The parameters' memory is
+    /// reserved fallibly first, so a model too large for the machine is an error, not an
+    /// abort.
     pub fn init_params(&self, init: Init, seed: u64) -> Result<Params> {
+        let n = self.param_count();
+        let mut probe: Vec<f32> = Vec::new();
+        probe.try_reserve_exact(n).map_err(|_| {
+            Error::config(
+                "model",
+                format!(
+                    "'{}' has {n} parameters ({}); that much memory cannot be allocated here",
+                    self.spec.spec,
+                    crate::mem::human((n as u64).saturating_mul(4))
+                ),
+            )
+        })?;
+        drop(probe);
         let init = match init {
             Init::Auto => match self.hidden_activation() {
                 Some(

@@ -389,6 +389,16 @@ impl Layer for Normalization {
         Ok(input)
     }
 
+    fn param_count(&self) -> usize {
+        let c = self.channels;
+        (if self.affine { 2 * c } else { 0 })
+            + if self.kind == NormKind::Batch {
+                2 * c
+            } else {
+                0
+            }
+    }
+
     fn init_params(&self, _: Init, _: &mut crate::Rng, p: &mut Params) -> Result<()> {
         let c = self.channels;
         if self.affine {
@@ -590,6 +600,10 @@ impl Layer for Dropout {
 
     fn output_width(&self, input: usize) -> Result<usize> {
         Ok(input)
+    }
+
+    fn param_count(&self) -> usize {
+        0
     }
 
     fn init_params(&self, _: Init, _: &mut crate::Rng, _: &mut Params) -> Result<()> {

@@ -451,6 +451,11 @@ impl Layer for Recurrent {
     /// Uniform(−1/√H, 1/√H) for every weight and bias (PyTorch's recurrent default,
     /// whatever `init` says), and the LSTM's forget-gate bias at 1 (Jozefowicz et al.
     /// 2015).
+    fn param_count(&self) -> usize {
+        let (d, h, _, gh) = self.dims();
+        gh.saturating_mul(d + h + 1)
+    }
+
     fn init_params(&self, _init: Init, rng: &mut crate::Rng, p: &mut Params) -> Result<()> {
         let (d, h, _, gh) = self.dims();
         let k = 1.0 / (h as f64).sqrt();

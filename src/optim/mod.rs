@@ -406,6 +406,42 @@ pub struct OptimizerConfig {
     pub kfac_adaptive: bool,
 }
 
+impl OptimizerConfig {
+    /// Every numeric setting in its range; the error names the setting and the value.
+    pub fn validate(&self) -> Result<()> {
+        use crate::settings::{Range::*, at_least, real, real_opt};
+        real("lr", self.lr, Positive)?;
+        real("momentum", self.momentum, Fraction)?;
+        real("beta1", self.beta1, Fraction)?;
+        real("beta2", self.beta2, Fraction)?;
+        real("eps", self.eps, NonNegative)?;
+        real("weight_decay", self.weight_decay, NonNegative)?;
+        real_opt("clip_norm", self.clip_norm, Positive)?;
+        real_opt("clip_value", self.clip_value, Positive)?;
+        real("rms_decay", self.rms_decay, Fraction)?;
+        real("rms_momentum", self.rms_momentum, Fraction)?;
+        real_opt("trust_coefficient", self.trust_coefficient, NonNegative)?;
+        real("lion_beta2", self.lion_beta2, Fraction)?;
+        real("sam_rho", self.sam_rho, Positive)?;
+        real("asam_eta", self.asam_eta, NonNegative)?;
+        at_least("lbfgs_history", self.lbfgs_history as u64, 1)?;
+        real("damping", self.damping, Positive)?;
+        real("natgrad_damping", self.natgrad_damping, Positive)?;
+        real("curvature_decay", self.curvature_decay, Fraction)?;
+        at_least("max_cg", self.max_cg as u64, 1)?;
+        real("sophia_gamma", self.sophia_gamma, Positive)?;
+        at_least("sophia_every", self.sophia_every, 1)?;
+        real("kfac_damping", self.kfac_damping, Positive)?;
+        at_least("kfac_cov_every", self.kfac_cov_every, 1)?;
+        at_least("kfac_inv_every", self.kfac_inv_every, 1)?;
+        real("kfac_kl_clip", self.kfac_kl_clip, NonNegative)?;
+        for g in &self.param_groups {
+            g.validate()?;
+        }
+        Ok(())
+    }
+}
+
 impl Default for OptimizerConfig {
     fn default() -> Self {
         OptimizerConfig {
@@ -524,9 +560,7 @@ pub const OPTIMIZERS: &[(&str, &str)] = &[
 
 /// Builds a named optimizer for a run of `total_steps` steps.
 pub fn build_optimizer(cfg: &OptimizerConfig, total_steps: u64) -> Result<Box<dyn Optimizer>> {
-    for g in &cfg.param_groups {
-        g.validate()?;
-    }
+    cfg.validate()?;
     if cfg.param_groups.iter().any(|g| g.weight_decay.is_some())
         && matches!(
             cfg.name.as_str(),
@@ -559,19 +593,7 @@ pub fn build_optimizer(cfg: &OptimizerConfig, total_steps: u64) -> Result<Box<dy
             groups: cfg.param_groups.clone(),
         }));
     }
-    if !(cfg.lr.is_finite() && cfg.lr > 0.0) {
-        return Err(Error::config(
-            "learning rate",
-            format!("{} must be a positive number", cfg.lr),
-        ));
-    }
-    if cfg.weight_decay < 0.0 {
-        return Err(Error::config("weight decay", "must be non-negative"));
-    }
     if cfg.name == "hf" {
-        if cfg.damping.is_nan() || cfg.damping <= 0.0 {
-            return Err(Error::config("damping", "must be positive"));
-        }
         return Ok(Box::new(HessianFree::new(cfg.lr, cfg.damping, cfg.max_cg)));
     }
     if cfg.name == "sophia" {
@@ -675,15 +697,9 @@ pub fn build_optimizer(cfg: &OptimizerConfig, total_steps: u64) -> Result<Box<dy
     };
     let mut chain: Vec<Box<dyn transform::Transform>> = Vec::new();
     if let Some(c) = cfg.clip_norm {
-        if c.is_nan() || c <= 0.0 {
-            return Err(Error::config("clip norm", "must be positive"));
-        }
         chain.push(Box::new(ClipByGlobalNorm { max_norm: c }));
     }
     if let Some(c) = cfg.clip_value {
-        if c.is_nan() || c <= 0.0 {
-            return Err(Error::config("clip value", "must be positive"));
-        }
         chain.push(Box::new(transform::ClipByValue { max_abs: c }));
     }
     let decoupled =

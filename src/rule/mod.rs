@@ -269,6 +269,27 @@ impl Default for RuleConfig {
 }
 
 impl RuleConfig {
+    /// Every numeric setting in its range; the error names the setting and the value.
+    pub fn validate(&self) -> Result<()> {
+        use crate::settings::{Range::*, at_least, real};
+        real("feedback_scale", self.feedback_scale, NonZero)?;
+        real("kp_decay", self.kp_decay, NonNegative)?;
+        at_least("pc_steps", self.pc_steps as u64, 1)?;
+        real("pc_gamma", self.pc_gamma, Positive)?;
+        at_least("eqprop_free_steps", self.eqprop_free_steps as u64, 1)?;
+        at_least("eqprop_nudge_steps", self.eqprop_nudge_steps as u64, 1)?;
+        real("eqprop_beta", self.eqprop_beta, NonZero)?;
+        real("eqprop_step", self.eqprop_step, Positive)?;
+        real("ff_threshold", self.ff_threshold, NonNegative)?;
+        real("local_beta", self.local_beta, Unit)?;
+        real("dsn_weight", self.dsn_weight, NonNegative)?;
+        at_least("synth_depth", self.synth_depth as u64, 1)?;
+        real("relax_tolerance", self.relax_tolerance, NonNegative)?;
+        real("dtp_target_step", self.dtp_target_step, Positive)?;
+        real("dtp_noise", self.dtp_noise, NonNegative)?;
+        Ok(())
+    }
+
     /// The parsed feedback initialiser (`auto` means Xavier uniform).
     pub fn feedback_init(&self) -> Result<crate::nn::Init> {
         Ok(match crate::nn::Init::parse(&self.feedback_init)? {
@@ -453,6 +474,7 @@ pub fn build_rule(name: &str) -> Result<Box<dyn Rule>> {
 
 /// Builds a rule by its CLI name.
 pub fn build_rule_with(name: &str, cfg: &RuleConfig) -> Result<Box<dyn Rule>> {
+    cfg.validate()?;
     cfg.feedback_init()?;
     let fa = |k| -> Result<Box<dyn Rule>> { Ok(Box::new(FeedbackAlignment::new(k, cfg.clone()))) };
     let direct = |k| -> Result<Box<dyn Rule>> { Ok(Box::new(DirectFeedback::new(k, cfg.clone()))) };

@@ -149,6 +149,25 @@ impl TrainConfig {
         })
     }
 
+    /// Every numeric setting in its range, including the rule's, the optimizer's and
+    /// the pretraining's; an error names the setting and the value. A run that would do
+    /// no work (0 epochs, 0 steps, no training or test samples) is an error too.
+    pub fn validate(&self) -> Result<()> {
+        use crate::settings::{Range::*, at_least, at_least_opt, real_opt};
+        at_least("epochs", self.epochs as u64, 1)?;
+        at_least("batch_size", self.batch_size as u64, 1)?;
+        at_least("eval_batch_size", self.eval_batch_size as u64, 1)?;
+        at_least("accumulate", self.accumulate as u64, 1)?;
+        at_least_opt("max_steps", self.max_steps, 1)?;
+        at_least_opt("train_limit", self.train_limit.map(|n| n as u64), 1)?;
+        at_least_opt("test_limit", self.test_limit.map(|n| n as u64), 1)?;
+        at_least_opt("threads", self.threads.map(|n| n as u64), 1)?;
+        real_opt("max_seconds", self.max_seconds, Positive)?;
+        self.rbm.validate()?;
+        self.rule_options.validate()?;
+        self.optim.validate()
+    }
+
     /// Merges override layers (JSON objects; `null` values are ignored) onto `self`,
     /// rejecting unknown keys and ill-typed values by name.
     pub fn merged(&self, layers: &[serde_json::Value]) -> Result<TrainConfig> {
@@ -176,7 +195,10 @@ impl TrainConfig {
                 }
             }
         }
-        serde_json::from_value(base).map_err(|e| Error::config("config", e.to_string()))
+        let cfg: TrainConfig =
+            serde_json::from_value(base).map_err(|e| Error::config("config", e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
     }
 
     /// Reads a TOML file as an override layer.
@@ -184,6 +206,6 @@ impl TrainConfig {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let table: toml::Table = toml::from_str(&text)
             .map_err(|e| Error::format(path, format!("invalid TOML: {}", e.message())))?;
-        serde_json::to_value(table).map_err(|e| Error::format(path, e.to_string()))
+        crate::settings::toml_layer(&path.display().to_string(), &table)
     }
 }

@@ -340,6 +340,55 @@ fn restore_params(params: &mut Params, saved: &Params, cfg: &TrainConfig) -> Res
     Ok(())
 }
 
+/// A lower bound on the bytes a run of `model` needs: parameters, their update, the
+/// optimizer's moment buffers, feedback matrices, gradient accumulation and weight
+/// averages (each one copy of the parameters, f32), and one step's activations
+/// (output, saved input and error signal per layer and sample).
+pub fn memory_needed(cfg: &TrainConfig, model: &Model) -> Result<u64> {
+    let slots: u64 = match cfg.optim.name.as_str() {
+        "sgd" => 0,
+        "momentum" | "nesterov" | "adagrad" | "lion" | "lars" => 1,
+        "rmsprop" => 1 + u64::from(cfg.optim.centered) + u64::from(cfg.optim.rms_momentum > 0.0),
+        "lbfgs" => 2 * cfg.optim.lbfgs_history as u64 + 2,
+        "sam" | "asam" => 3,
+        _ => 2 + u64::from(cfg.optim.amsgrad),
+    };
+    let feedback = u64::from(matches!(
+        cfg.rule.as_str(),
+        "fa" | "kp" | "usf" | "brsf" | "frsf"
+    ));
+    let copies =
+        2 + slots + feedback + u64::from(cfg.accumulate > 1) + u64::from(cfg.average != "none");
+    let params = (model.param_count() as u64).saturating_mul(4);
+    let activations = (model.activation_count()? as u64)
+        .saturating_mul(cfg.batch_size.max(cfg.eval_batch_size) as u64)
+        .saturating_mul(4 * 3);
+    Ok(params.saturating_mul(copies).saturating_add(activations))
+}
+
+/// Refuses a run whose [`memory_needed`] exceeds the memory available, before anything
+/// large is allocated.
+fn check_memory(cfg: &TrainConfig, model: &Model) -> Result<()> {
+    let need = memory_needed(cfg, model)?;
+    if let Some(avail) = crate::mem::available_bytes()
+        && need > avail
+    {
+        return Err(Error::config(
+            "model",
+            format!(
+                "'{}' with {} parameters needs at least {} to train ({} of parameters, their update and {} optimizer state), but {} is available; use a smaller model or batch",
+                cfg.model,
+                model.param_count(),
+                crate::mem::human(need),
+                crate::mem::human((model.param_count() as u64).saturating_mul(4)),
+                cfg.optim.name,
+                crate::mem::human(avail)
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Runs training as configured; `resume` continues from a checkpoint (its config is the
 /// base, `overrides` are applied on top). Returns the summary written to `summary.json`.
 pub fn train(cfg: &TrainConfig, resume: Option<&Path>) -> Result<Value> {
@@ -348,9 +397,7 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>) -> Result<Value> {
             .map(|n| n.get())
             .unwrap_or(1)
     });
-    if threads == 0 {
-        return Err(Error::config("threads", "must be at least 1"));
-    }
+    cfg.validate()?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
@@ -372,13 +419,12 @@ pub fn run_with(
     resume: Option<Checkpoint>,
     progress: Option<&MultiProgress>,
 ) -> Result<Value> {
-    if cfg.batch_size == 0 || cfg.eval_batch_size == 0 {
-        return Err(Error::config("batch size", "must be at least 1"));
-    }
+    cfg.validate()?;
     let loss = Loss::parse(&cfg.loss)?;
     let model = build_model(cfg, splits.train.features(), splits.train.outputs())?;
     let mut rule = build_rule_with(&cfg.rule, &cfg.rule_options)?;
     crate::rule::check_layers(rule.name(), &model)?;
+    check_memory(cfg, &model)?;
     let mut params = model.init_params(Init::parse(&cfg.init)?, cfg.seed)?;
     rule.init(&model, &mut params, cfg.seed)?;
     let averaging = Averaging::parse(&cfg.average)?;
@@ -388,9 +434,6 @@ pub fn run_with(
             let t = params.get(n)?.clone();
             params.insert(format!("avg.{n}"), t);
         }
-    }
-    if cfg.accumulate == 0 {
-        return Err(Error::config("accumulate", "must be at least 1"));
     }
     let steps_per_epoch = splits
         .train

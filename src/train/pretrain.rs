@@ -33,6 +33,17 @@ pub struct RbmConfig {
     pub rbm_momentum: f64,
 }
 
+impl RbmConfig {
+    /// Every numeric setting in its range; the error names the setting and the value.
+    pub fn validate(&self) -> Result<()> {
+        use crate::settings::{Range::*, at_least, real};
+        at_least("rbm_epochs", self.rbm_epochs as u64, 1)?;
+        real("rbm_lr", self.rbm_lr, Positive)?;
+        at_least("rbm_k", self.rbm_k as u64, 1)?;
+        real("rbm_momentum", self.rbm_momentum, Fraction)
+    }
+}
+
 impl Default for RbmConfig {
     fn default() -> Self {
         RbmConfig {
