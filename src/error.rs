@@ -50,10 +50,17 @@ pub enum Error {
     #[error("missing key '{key}' in {store}")]
     MissingKey { key: String, store: String },
     /// Training diverged.
-    #[error(
-        "loss became {value} at epoch {epoch}, step {step}; stopped (last good checkpoint kept)"
-    )]
-    NonFinite { value: f64, epoch: usize, step: u64 },
+    #[error("loss became {value} at epoch {epoch}, step {step}; stopped ({checkpoint})")]
+    NonFinite {
+        value: f64,
+        epoch: usize,
+        step: u64,
+        /// What is on disk: the last good checkpoint, or that there is none.
+        checkpoint: String,
+    },
+    /// A resumed run is already at or past its end: there is nothing to train.
+    #[error("nothing to do: {msg}")]
+    NothingToDo { msg: String },
     /// A configuration value is invalid.
     #[error("invalid {what}: {msg}")]
     Config { what: String, msg: String },

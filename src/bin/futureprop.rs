@@ -867,6 +867,11 @@ fn main() -> ExitCode {
         {
             ExitCode::from(141)
         }
+        // Resuming a finished run: say so, and succeed (a script may resume repeatedly).
+        Err(e @ Error::NothingToDo { .. }) => {
+            eprintln!("{e}");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

@@ -220,6 +220,9 @@ fn load_pair(
             ),
         ));
     }
+    if img.dims[0] == 0 {
+        return Err(Error::format(&ip, "holds no samples (0 images)"));
+    }
     let features = img.dims[1..].iter().product();
     let labels: Vec<usize> = lab.data.iter().map(|&l| l as usize).collect();
     if let Some(bad) = labels.iter().find(|&&l| l >= 10) {
@@ -311,6 +314,12 @@ pub(crate) fn splits(
 /// Train and test sets with the last `validation` training samples held out.
 fn hold_out(train_all: Dataset, test: Dataset, validation: usize) -> Result<Splits> {
     let n_tr = train_all.len();
+    if n_tr == 0 || test.is_empty() {
+        let which = if n_tr == 0 { "training" } else { "test" };
+        return Err(Error::MissingData {
+            msg: format!("the {which} set has no samples"),
+        });
+    }
     if validation >= n_tr {
         return Err(Error::config(
             "validation",

@@ -501,6 +501,16 @@ pub fn build_layers(
                 (Box::new(r), Shape::Flat(*hidden))
             }
         };
+        // Parameters are keyed by layer name: two layers of one name would share them.
+        if out.iter().any(|l| l.name() == layer.name()) {
+            return Err(Error::config(
+                "model description",
+                format!(
+                    "two layers are named '{}'; layer names must be unique",
+                    layer.name()
+                ),
+            ));
+        }
         out.push(layer);
         shape = next;
     }

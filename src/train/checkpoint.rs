@@ -3,7 +3,8 @@
 //! Tensors: `param/<name>` for every parameter (model and rule state) and
 //! `optim/<key>` for optimizer state. Metadata (string → string): `format`, `config`
 //! (the resolved run config as JSON), `epoch` (epochs completed), `step` (optimizer
-//! steps), `history` (the per-epoch metric records so far, JSON).
+//! steps), `history` (the per-epoch metric records so far, JSON), `sha256` (a digest of
+//! all of it, verified on load: a corrupted file is refused, naming it).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -16,7 +17,35 @@ use crate::nn::Params;
 use crate::optim::OptimizerState;
 use crate::tensor::{Storage, Tensor};
 
-const FORMAT: &str = "futureprop-checkpoint-1";
+/// Format 2 adds `sha256`: a digest of every tensor (name, dtype, shape, bytes) and of
+/// the metadata, checked on load. Format 1 files (no digest) still load.
+const FORMAT: &str = "futureprop-checkpoint-2";
+const FORMAT_1: &str = "futureprop-checkpoint-1";
+
+/// SHA-256 over the tensors in name order (name, dtype, shape, little-endian bytes) and
+/// the metadata values that define the run (config, epoch, step, history).
+fn digest<'a>(
+    tensors: impl Iterator<Item = (&'a str, Dtype, &'a [usize], &'a [u8])>,
+    meta: &HashMap<String, String>,
+) -> String {
+    use sha2::{Digest, Sha256};
+    let mut t: Vec<_> = tensors.collect();
+    t.sort_by(|a, b| a.0.cmp(b.0));
+    let mut h = Sha256::new();
+    for (name, dtype, shape, data) in t {
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update(format!("{dtype:?}{shape:?}").as_bytes());
+        h.update((data.len() as u64).to_le_bytes());
+        h.update(data);
+    }
+    for k in ["config", "epoch", "step", "history"] {
+        let v = meta.get(k).map_or("", String::as_str);
+        h.update((v.len() as u64).to_le_bytes());
+        h.update(v.as_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// Everything a run needs to continue.
 #[derive(Debug, Clone)]
@@ -68,6 +97,13 @@ pub fn save(path: &Path, ck: &Checkpoint) -> Result<()> {
         "history".to_string(),
         serde_json::Value::Array(ck.history.clone()).to_string(),
     );
+    let sum = digest(
+        owned
+            .iter()
+            .map(|(n, d, sh, b)| (n.as_str(), *d, sh.as_slice(), b.as_slice())),
+        &meta,
+    );
+    meta.insert("sha256".to_string(), sum);
     let bytes = safetensors::serialize(views, Some(meta))
         .map_err(|e| Error::format(path, format!("serialising checkpoint: {e}")))?;
     write_atomic(path, &bytes)
@@ -80,11 +116,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().and_then(|s| s.to_str()).unwrap_or("file"),
-        std::process::id()
-    ));
+    remove_stale_temps(path);
+    let tmp = dir.join(format!("{}{}", temp_prefix(path), std::process::id()));
     let res = (|| {
         let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
         f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
@@ -95,6 +128,43 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     res
+}
+
+/// `.NAME.tmp-`: the temporary files of [`write_atomic`] for `path` start so, followed by
+/// the writer's process id.
+fn temp_prefix(path: &Path) -> String {
+    format!(
+        ".{}.tmp-",
+        path.file_name().and_then(|s| s.to_str()).unwrap_or("file")
+    )
+}
+
+/// Removes temporary files that a killed writer of `path` left behind: those of
+/// processes no longer running (on Linux, no `/proc/PID`; elsewhere every one but this
+/// process's). Best effort: failures are ignored.
+pub fn remove_stale_temps(path: &Path) {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let prefix = temp_prefix(path);
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(prefix.as_str())) else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
+        let alive = pid == std::process::id()
+            || (cfg!(target_os = "linux") && Path::new(&format!("/proc/{pid}")).exists());
+        if !alive {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// A run directory's checkpoint file name.
@@ -109,6 +179,7 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     } else {
         path
     };
+    remove_stale_temps(path);
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let bad = |msg: String| Error::format(path, msg);
     let st = SafeTensors::deserialize(&bytes)
@@ -123,11 +194,26 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
             ))
         })
     };
-    if get("format")? != FORMAT {
-        return Err(bad(format!(
-            "unsupported checkpoint format '{}'",
-            get("format")?
-        )));
+    let format = get("format")?;
+    if format != FORMAT && format != FORMAT_1 {
+        return Err(bad(format!("unsupported checkpoint format '{format}'")));
+    }
+    if format == FORMAT {
+        let expected = get("sha256")?;
+        let tensors = st.tensors();
+        let actual = digest(
+            tensors
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.dtype(), v.shape(), v.data())),
+            &meta,
+        );
+        if actual != expected {
+            return Err(Error::Checksum {
+                path: path.to_path_buf(),
+                expected,
+                actual,
+            });
+        }
     }
     let config: serde_json::Value =
         serde_json::from_str(&get("config")?).map_err(|e| bad(format!("config: {e}")))?;

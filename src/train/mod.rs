@@ -420,6 +420,21 @@ pub fn run_with(
     progress: Option<&MultiProgress>,
 ) -> Result<Value> {
     cfg.validate()?;
+    if let Some(ck) = &resume {
+        let step = ck.optimizer.step;
+        if ck.epoch >= cfg.epochs || cfg.max_steps.is_some_and(|m| step >= m) {
+            return Err(Error::NothingToDo {
+                msg: format!(
+                    "the checkpoint is at epoch {} (step {step}) and the run ends at {}; raise --epochs or --max-steps to train further",
+                    ck.epoch,
+                    match cfg.max_steps {
+                        Some(m) if step >= m => format!("step {m}"),
+                        _ => format!("epoch {}", cfg.epochs),
+                    }
+                ),
+            });
+        }
+    }
     let loss = Loss::parse(&cfg.loss)?;
     let model = build_model(cfg, splits.train.features(), splits.train.outputs())?;
     let mut rule = build_rule_with(&cfg.rule, &cfg.rule_options)?;
@@ -476,6 +491,19 @@ pub fn run_with(
 
     let mut start_epoch = 0;
     let mut history: Vec<Value> = Vec::new();
+    let mut last_saved = if resume.is_some() {
+        Saved::ResumedFrom
+    } else {
+        Saved::Nothing
+    };
+    let kept = |s: &Saved| match s {
+        Saved::Written(e) => format!(
+            "last good checkpoint kept: {}, after epoch {e}",
+            ck_path.display()
+        ),
+        Saved::ResumedFrom => "the checkpoint it resumed from is unchanged".to_string(),
+        Saved::Nothing => "no checkpoint had been written".to_string(),
+    };
     if let Some(ck) = resume {
         restore_params(&mut params, &ck.params, cfg)?;
         optimizer.load_state(&ck.optimizer)?;
@@ -576,6 +604,7 @@ pub fn run_with(
                     value: out.loss,
                     epoch: epoch + 1,
                     step: step + 1,
+                    checkpoint: kept(&last_saved),
                 });
             }
             let rows = batch.target.len();
@@ -768,6 +797,7 @@ pub fn run_with(
                 value: test.loss,
                 epoch: epoch + 1,
                 step,
+                checkpoint: kept(&last_saved),
             });
         }
         append_line(&metrics_path, &rec)?;
@@ -787,6 +817,7 @@ pub fn run_with(
             epoch + 1 == cfg.epochs || cfg.max_steps.is_some_and(|m| step >= m) || out_of_time;
         if last || (cfg.checkpoint_every > 0 && (epoch + 1) % cfg.checkpoint_every == 0) {
             save(&params, optimizer.as_ref(), epoch + 1, &history)?;
+            last_saved = Saved::Written(epoch + 1);
         }
     }
     let total_seconds = run_start.elapsed().as_secs_f64();
@@ -842,6 +873,13 @@ pub fn run_with(
     });
     write_json(&out_dir.join("summary.json"), &summary)?;
     Ok(summary)
+}
+
+/// What a run has on disk to fall back on.
+enum Saved {
+    Nothing,
+    ResumedFrom,
+    Written(usize),
 }
 
 /// Per layer: the last diagnostics record and the mean angle to BP over the run.
