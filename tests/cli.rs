@@ -4,16 +4,12 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn data_dir() -> PathBuf {
-    let p = std::env::var_os("FUTUREPROP_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets"));
-    assert!(
-        p.join("mnist").is_dir(),
-        "MNIST not found at {}: set FUTUREPROP_DATA",
-        p.display()
-    );
-    p
+mod common;
+
+/// A folder with MNIST and Fashion-MNIST (see [`common::data_with`]); `None` skips the
+/// test.
+fn data_dir() -> Option<PathBuf> {
+    common::data_with(&["mnist", "fashion-mnist"])
 }
 
 fn run(args: &[&str]) -> Output {
@@ -30,7 +26,7 @@ fn stderr(o: &Output) -> String {
 
 /// A small MNIST run: 2000 training and 500 test samples.
 fn small_train(out: &Path, extra: &[&str]) -> Output {
-    let d = data_dir();
+    let d = data_dir().expect("the test checks for the data first");
     let mut args = vec![
         "train",
         "--data-dir",
@@ -72,6 +68,7 @@ fn metrics_without_timings(dir: &Path) -> Vec<serde_json::Value> {
 
 #[test]
 fn train_writes_metrics_summary_and_checkpoint_and_is_deterministic() {
+    let Some(_d) = data_dir() else { return };
     let t = tempfile::tempdir().unwrap();
     let (a, b) = (t.path().join("a"), t.path().join("b"));
     let oa = small_train(&a, &["--epochs", "2", "--seed", "3"]);
@@ -113,6 +110,7 @@ fn train_writes_metrics_summary_and_checkpoint_and_is_deterministic() {
 
 #[test]
 fn resume_continues_exactly_where_the_run_stopped() {
+    let Some(_d) = data_dir() else { return };
     let t = tempfile::tempdir().unwrap();
     let (full, part) = (t.path().join("full"), t.path().join("part"));
     assert!(small_train(&full, &["--epochs", "3"]).status.success());
@@ -138,6 +136,7 @@ fn resume_continues_exactly_where_the_run_stopped() {
 
 #[test]
 fn divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint() {
+    let Some(_d) = data_dir() else { return };
     let t = tempfile::tempdir().unwrap();
     let d = t.path().join("run");
     assert!(
@@ -160,7 +159,7 @@ fn divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint() {
     assert!(!o.status.success());
     let e = stderr(&o);
     assert!(
-        e.contains("loss became") && e.contains("last good checkpoint kept"),
+        e.contains("loss became") && e.contains("the checkpoint it resumed from is unchanged"),
         "{e}"
     );
     assert_eq!(
@@ -168,10 +167,21 @@ fn divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint() {
         before,
         "checkpoint must be the last good one"
     );
+    // A fresh run that diverges in its first epoch has written none, and says so.
+    let fresh = t.path().join("fresh");
+    let o = small_train(
+        &fresh,
+        &["--epochs", "2", "--optimizer", "sgd", "--lr", "1e12"],
+    );
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("no checkpoint had been written"), "{e}");
+    assert!(!fresh.join("checkpoint.safetensors").exists());
 }
 
 #[test]
 fn config_file_sets_values_and_flags_win() {
+    let Some(_d) = data_dir() else { return };
     let t = tempfile::tempdir().unwrap();
     let d = t.path().join("run");
     let cfg = t.path().join("c.toml");
@@ -212,7 +222,7 @@ fn one_line_error(args: &[&str], want: &[&str]) {
 
 #[test]
 fn bad_input_gives_one_line_errors() {
-    let d = data_dir();
+    let Some(d) = data_dir() else { return };
     let d = d.to_str().unwrap();
     let empty = tempfile::tempdir().unwrap();
     let e = empty.path().to_str().unwrap();
@@ -271,6 +281,7 @@ fn bad_input_gives_one_line_errors() {
 
 #[test]
 fn listings_and_data_verify() {
+    let Some(d) = data_dir() else { return };
     let o = run(&["rules"]);
     assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("bp"));
     let o = run(&["optimizers"]);
@@ -281,7 +292,6 @@ fn listings_and_data_verify() {
             "{n} not listed: {out}"
         );
     }
-    let d = data_dir();
     let o = run(&[
         "data",
         "verify",
@@ -305,6 +315,7 @@ fn listings_and_data_verify() {
 
 #[test]
 fn diagnostics_leave_the_trajectory_unchanged_and_diagnose_reads_checkpoints() {
+    let Some(d) = data_dir() else { return };
     let t = tempfile::tempdir().unwrap();
     let (plain, diag) = (t.path().join("plain"), t.path().join("diag"));
     // brsf draws random magnitudes every batch: the diagnostics must not disturb that stream.
@@ -341,7 +352,6 @@ fn diagnostics_leave_the_trajectory_unchanged_and_diagnose_reads_checkpoints() {
     let s: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(diag.join("summary.json")).unwrap()).unwrap();
     assert_eq!(s["diagnostics"]["records"], 12);
-    let d = data_dir();
     let o = run(&[
         "diagnose",
         "--checkpoint",
@@ -418,10 +428,10 @@ fn csv_without_timings(dir: &Path) -> Vec<Vec<String>> {
 
 #[test]
 fn bench_suite_writes_its_outputs_and_resume_gives_the_same_rows() {
+    let Some(d) = data_dir() else { return };
     let t = tempfile::tempdir().unwrap();
     let suite = t.path().join("tiny.toml");
     std::fs::write(&suite, TINY_SUITE).unwrap();
-    let d = data_dir();
     let bench = |out: &Path| {
         run(&[
             "bench",
@@ -541,6 +551,7 @@ fn bench_rejects_unknown_suites_and_bad_suite_files() {
 
 #[test]
 fn reproduce_lists_and_runs_registry_entries() {
+    let Some(d) = data_dir() else { return };
     let o = run(&["reproduce", "--list"]);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     for n in ["lillicrap2016-fa", "bartunov2018-dfa"] {
@@ -551,7 +562,6 @@ fn reproduce_lists_and_runs_registry_entries() {
         &["unknown result 'nobody2030'", "lillicrap2016-fa"],
     );
     let t = tempfile::tempdir().unwrap();
-    let d = data_dir();
     let o = run(&[
         "reproduce",
         "--only",
@@ -593,6 +603,7 @@ fn reproduce_lists_and_runs_registry_entries() {
 
 #[test]
 fn accumulation_and_weight_averaging() {
+    let Some(d) = data_dir() else { return };
     use futureprop::train::checkpoint;
     let t = tempfile::tempdir().unwrap();
     let (a, b) = (t.path().join("a"), t.path().join("b"));
@@ -656,7 +667,6 @@ fn accumulation_and_weight_averaging() {
     // SWA from epoch 1: after epoch 1 the average is the weights themselves.
     assert_eq!(field(&plain, "test_loss")[0], field(&swa, "test_loss")[0]);
     assert_ne!(field(&plain, "test_loss")[1], field(&swa, "test_loss")[1]);
-    let d = data_dir();
     one_line_error(
         &[
             "train",

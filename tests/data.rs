@@ -12,17 +12,11 @@ use futureprop::data::idx::{encode_idx, parse_idx, read_idx};
 use futureprop::data::{self, Batches, Normalize, shuffled_indices, synthetic};
 use sha2::{Digest, Sha256};
 
-/// The shared datasets folder: `FUTUREPROP_DATA`, else `../shared/datasets`.
-pub fn shared_data() -> PathBuf {
-    let p = std::env::var_os("FUTUREPROP_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets"));
-    assert!(
-        p.join("mnist").is_dir(),
-        "MNIST not found at {}: set FUTUREPROP_DATA to the datasets folder",
-        p.display()
-    );
-    p
+mod common;
+
+/// A folder with MNIST (see [`common::data_with`]); `None` skips the test.
+fn mnist() -> Option<PathBuf> {
+    common::data_with(&["mnist"])
 }
 
 fn gz(bytes: &[u8]) -> Vec<u8> {
@@ -145,7 +139,8 @@ fn loader_checks_counts_and_accepts_plain_files() {
 
 #[test]
 fn real_mnist_has_the_known_shape_and_mean() {
-    let s = data::load(&shared_data(), "mnist", Normalize::Unit, 0).unwrap();
+    let Some(d) = mnist() else { return };
+    let s = data::load(&d, "mnist", Normalize::Unit, 0).unwrap();
     assert_eq!(
         (
             s.train.len(),
@@ -157,7 +152,7 @@ fn real_mnist_has_the_known_shape_and_mean() {
     );
     let mean = s.train.x.sum() / s.train.x.len() as f64;
     assert!((mean - 0.1307).abs() < 1e-4, "train mean {mean}");
-    let st = data::load(&shared_data(), "mnist", Normalize::Standard, 0).unwrap();
+    let st = data::load(&d, "mnist", Normalize::Standard, 0).unwrap();
     let m = st.train.x.sum() / st.train.x.len() as f64;
     let var = st.train.x.sum_sq() / st.train.x.len() as f64 - m * m;
     assert!(
@@ -345,7 +340,8 @@ fn corrupted_download_is_rejected_and_leaves_nothing_behind() {
 
 #[test]
 fn shared_mnist_verifies_against_the_published_hashes() {
-    let st = download::verify(&shared_data(), download::remote("mnist").unwrap()).unwrap();
+    let Some(d) = mnist() else { return };
+    let st = download::verify(&d, download::remote("mnist").unwrap()).unwrap();
     assert!(
         st.iter().all(|(_, s)| *s == download::FileStatus::Ok),
         "{st:?}"

@@ -567,7 +567,40 @@ fn bad_hyperparameters_are_rejected_with_names() {
         .err()
         .unwrap()
         .to_string();
-    assert!(e.contains("learning rate"), "{e}");
+    assert!(e.contains("invalid lr: -1") && e.contains("> 0"), "{e}");
+    for (conf, want) in [
+        (
+            OptimizerConfig {
+                beta2: 1.0,
+                ..cfg("adam", 0.1)
+            },
+            "invalid beta2: 1",
+        ),
+        (
+            OptimizerConfig {
+                weight_decay: f64::NAN,
+                ..cfg("sgd", 0.1)
+            },
+            "invalid weight_decay (--weight-decay): NaN",
+        ),
+        (
+            OptimizerConfig {
+                clip_norm: Some(0.0),
+                ..cfg("sgd", 0.1)
+            },
+            "invalid clip_norm (--clip-norm): 0",
+        ),
+        (
+            OptimizerConfig {
+                kfac_inv_every: 0,
+                ..cfg("kfac", 0.1)
+            },
+            "invalid kfac_inv_every (--kfac-inv-every): 0",
+        ),
+    ] {
+        let e = build_optimizer(&conf, 1).err().unwrap().to_string();
+        assert!(e.contains(want), "{e}");
+    }
 }
 
 #[test]

@@ -158,19 +158,43 @@ pub fn run(opts: &BenchOptions) -> Result<Value> {
         bar.set_style(style.progress_chars("=> "));
     }
     bar.set_prefix(suite.name.clone());
+    // Every arm's settings are checked before the first one runs.
+    for arm in &arms {
+        arm_config(&suite, arm, 0, &arm_dir(&out, arm, 0), opts)?;
+    }
+    // The suite's time left: the mean time of the runs done in this invocation × the
+    // runs still to do (resumed runs cost nothing and are not counted).
+    let (suite_start, mut ran) = (std::time::Instant::now(), 0u32);
+    let mut remaining = total;
     let mut rows = Vec::new();
     let mut data: Option<(String, Splits)> = None;
     for arm in &arms {
         for seed in 0..suite.seeds {
             let dir = arm_dir(&out, arm, seed);
-            bar.set_message(format!("{} {} seed {seed}", arm.rule, arm.optimizer));
+            let left = if ran == 0 {
+                "suite time left: estimating".to_string()
+            } else {
+                let per = suite_start.elapsed().as_secs_f64() / f64::from(ran);
+                format!(
+                    "suite time left ~{}",
+                    indicatif::HumanDuration(std::time::Duration::from_secs_f64(
+                        per * remaining as f64
+                    ))
+                )
+            };
+            bar.set_message(format!(
+                "{} {} seed {seed} · {left}",
+                arm.rule, arm.optimizer
+            ));
             let done = dir.join("summary.json").is_file() || dir.join("failed.json").is_file();
             if !(opts.resume.is_some() && done) {
                 if dir.exists() {
                     std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
                 }
                 run_arm(&suite, arm, seed, &dir, opts, &mut data, &multi)?;
+                ran += 1;
             }
+            remaining -= 1;
             rows.push(collect_row(arm, seed, &dir)?);
             bar.inc(1);
         }
@@ -189,15 +213,14 @@ pub fn run(opts: &BenchOptions) -> Result<Value> {
     Ok(results)
 }
 
-fn run_arm(
+/// The training configuration of one arm and seed, from the suite's layers.
+fn arm_config(
     suite: &Suite,
     arm: &Arm,
     seed: u64,
     dir: &Path,
     opts: &BenchOptions,
-    data: &mut Option<(String, Splits)>,
-    multi: &MultiProgress,
-) -> Result<()> {
+) -> Result<TrainConfig> {
     let mut layers = suite.layers(arm)?;
     layers.push(json!({
         "dataset": arm.dataset,
@@ -214,7 +237,27 @@ fn run_arm(
         "mirror": opts.mirror,
         "threads": opts.threads,
     }));
-    let cfg = TrainConfig::default().merged(&layers)?;
+    TrainConfig::default().merged(&layers).map_err(|e| {
+        Error::config(
+            format!("suite {}", suite.name),
+            format!(
+                "arm {} {} {} {}: {e}",
+                arm.dataset, arm.model, arm.rule, arm.optimizer
+            ),
+        )
+    })
+}
+
+fn run_arm(
+    suite: &Suite,
+    arm: &Arm,
+    seed: u64,
+    dir: &Path,
+    opts: &BenchOptions,
+    data: &mut Option<(String, Splits)>,
+    multi: &MultiProgress,
+) -> Result<()> {
+    let cfg = arm_config(suite, arm, seed, dir, opts)?;
     if data.as_ref().is_none_or(|(d, _)| *d != arm.dataset) {
         *data = Some((arm.dataset.clone(), train::load_data(&cfg)?));
     }

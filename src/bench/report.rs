@@ -300,14 +300,20 @@ pub fn markdown(suite: &Suite, results: &Value) -> String {
     s
 }
 
-fn label(r: &Value) -> String {
+/// An arm's name in a chart: dataset, rule, optimizer, leaving out the fields every
+/// arm of `all` shares (a suite over one dataset and optimizer names its rules only).
+fn label_among(r: &Value, all: &[&Value]) -> String {
     let a = &r["arm"];
-    format!(
-        "{} {} {}",
-        a["dataset"].as_str().unwrap_or(""),
-        a["rule"].as_str().unwrap_or(""),
-        a["optimizer"].as_str().unwrap_or("")
-    )
+    let parts: Vec<&str> = ["dataset", "rule", "optimizer"]
+        .iter()
+        .filter(|k| all.len() < 2 || all.iter().any(|o| o["arm"][**k] != a[**k]))
+        .filter_map(|k| a[*k].as_str())
+        .collect();
+    if parts.is_empty() {
+        a["rule"].as_str().unwrap_or("").to_string()
+    } else {
+        parts.join(" ")
+    }
 }
 
 /// The SVG charts (seed 0 of every arm; memory of the first seed).
@@ -326,7 +332,7 @@ pub fn charts(out: &Path, rows: &[Value]) -> Result<()> {
                     .flatten()
                     .filter_map(|p| Some((f(&p[x])?, f(&p["test_accuracy"])? * 100.0)))
                     .collect();
-                (label(r), pts)
+                (label_among(r, &first), pts)
             })
             .collect()
     };
@@ -344,19 +350,30 @@ pub fn charts(out: &Path, rows: &[Value]) -> Result<()> {
         "test accuracy (%)",
         &series("elapsed_seconds"),
     )?;
-    let mem: Vec<(String, f64)> = first
+    const PARTS: [(&str, &str); 4] = [
+        ("parameters", "parameter_bytes"),
+        ("optimizer state", "optimizer_state_bytes"),
+        ("activations (one step)", "activation_bytes_per_step"),
+        ("rule state", "rule_state_bytes"),
+    ];
+    let mem: Vec<(String, Vec<f64>)> = first
         .iter()
         .filter_map(|r| {
+            let m = &r["summary"]["memory"];
             Some((
-                r["arm"]["rule"].as_str()?.to_string(),
-                memory_total(r)? / 1e6,
+                label_among(r, &first),
+                PARTS
+                    .iter()
+                    .map(|(_, k)| f(&m[*k]).map(|b| b / 1e6))
+                    .collect::<Option<Vec<f64>>>()?,
             ))
         })
         .collect();
-    plot::bars(
+    plot::stacked_bars(
         &out.join("memory.svg"),
-        "Memory: parameters + optimizer state + activations + rule state (seed 0)",
+        "Memory by part (seed 0)",
         "MB",
+        &PARTS.map(|p| p.0),
         &mem,
     )?;
     let align: Vec<(String, Vec<(f64, f64)>)> = first
@@ -369,7 +386,7 @@ pub fn charts(out: &Path, rows: &[Value]) -> Result<()> {
                 .flatten()
                 .filter_map(|p| Some((f(&p["step"])?, f(&p["mean_hidden_angle_deg"])?)))
                 .collect();
-            (label(r), pts)
+            (label_among(r, &first), pts)
         })
         .collect();
     plot::lines(

@@ -422,7 +422,7 @@ impl OptimizerConfig {
         real("rms_momentum", self.rms_momentum, Fraction)?;
         real_opt("trust_coefficient", self.trust_coefficient, NonNegative)?;
         real("lion_beta2", self.lion_beta2, Fraction)?;
-        real("sam_rho", self.sam_rho, Positive)?;
+        real("sam_rho", self.sam_rho, NonNegative)?;
         real("asam_eta", self.asam_eta, NonNegative)?;
         at_least("lbfgs_history", self.lbfgs_history as u64, 1)?;
         real("damping", self.damping, Positive)?;

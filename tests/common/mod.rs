@@ -5,6 +5,7 @@ use futureprop::tensor::{DType, Tensor};
 use rand::{Rng, SeedableRng};
 
 /// A tensor of uniform draws in (−scale, scale), f64, from `seed`.
+#[allow(dead_code)]
 pub fn rand_tensor(shape: &[usize], seed: u64, scale: f64) -> Tensor {
     let mut rng = futureprop::Rng::seed_from_u64(seed);
     let n = shape.iter().product();
@@ -148,4 +149,62 @@ pub fn layer_params(layer: &dyn futureprop::nn::Layer, seed: u64) -> Params {
         .init_params(futureprop::nn::Init::XavierNormal, &mut rng, &mut p)
         .unwrap();
     p.to_dtype(DType::F64)
+}
+
+/// A folder holding every dataset in `names` (`mnist`, `fashion-mnist`): `FUTUREPROP_DATA`,
+/// else `../shared/datasets`, else the per-user cache, else downloaded into the cache.
+/// `None` (after one line on stderr saying how to provide the data) when none of that
+/// works; under `CI=true` missing data fails the test instead, so CI never skips.
+#[allow(dead_code)]
+pub fn data_with(names: &[&str]) -> Option<std::path::PathBuf> {
+    use futureprop::data::{self, download};
+    use std::path::PathBuf;
+    static DOWNLOAD_FAILED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let has_all = |d: &PathBuf| {
+        names
+            .iter()
+            .all(|n| data::is_present(d, n).unwrap_or(false))
+    };
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(p) = std::env::var_os("FUTUREPROP_DATA").filter(|v| !v.is_empty()) {
+        candidates.push(PathBuf::from(p));
+    }
+    candidates.push(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets"));
+    let cache = data::cache_dir();
+    candidates.push(cache.clone());
+    if let Some(d) = candidates.iter().find(|d| has_all(d)) {
+        return Some(d.clone());
+    }
+    // One download attempt per dataset and test process.
+    let mut failed = DOWNLOAD_FAILED.lock().unwrap_or_else(|e| e.into_inner());
+    let mut why = Vec::new();
+    for n in names {
+        if data::is_present(&cache, n).unwrap_or(false) || failed.iter().any(|f| f == n) {
+            continue;
+        }
+        if let Err(e) = download::remote(n).and_then(|r| download::fetch(&cache, r, None)) {
+            failed.push(n.to_string());
+            why.push(format!("{n}: {e}"));
+        }
+    }
+    if has_all(&cache) {
+        return Some(cache);
+    }
+    let msg = format!(
+        "{} not found in FUTUREPROP_DATA, ../shared/datasets or {} and not downloadable ({}); set FUTUREPROP_DATA to a folder holding {}/ or run `cargo run --release -- data fetch {}`",
+        names.join(" and "),
+        cache.display(),
+        if why.is_empty() {
+            "tried earlier".to_string()
+        } else {
+            why.join("; ")
+        },
+        names.join("/, "),
+        names[0]
+    );
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI=true and {msg}");
+    }
+    eprintln!("skipped: {msg}");
+    None
 }
