@@ -450,6 +450,7 @@ fn gradient_noise_scale_vanishes_without_noise_and_grows_with_it() {
         0,
     )
     .unwrap();
+    let b0 = b0.b_noise.expect("resolvable: tr Σ is 0 up to rounding");
     assert!(b0.abs() < 1e-4, "no noise (f32 rounding only): {b0}");
     let moons = futureprop::data::synthetic::two_moons(2000, 0.3, 0).unwrap();
     let b1 = gradient_noise_scale(
@@ -462,6 +463,8 @@ fn gradient_noise_scale_vanishes_without_noise_and_grows_with_it() {
         40,
         0,
     )
+    .unwrap()
+    .b_noise
     .unwrap();
     assert!(b1 > 1.0, "noisy data: {b1}");
     assert!(

@@ -87,8 +87,25 @@ pub fn hessian_trace(
     Ok(sum / samples.max(1) as f64)
 }
 
+/// The simple gradient noise scale and the two estimates it is the ratio of.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct NoiseScale {
+    /// B_noise = tr(Σ)/‖G‖²; `None` when the estimate is not resolvable at these batch
+    /// sizes (the unbiased estimate of ‖G‖² is not positive, or that of tr(Σ) is
+    /// negative beyond rounding: noise dominates the difference between the batches).
+    pub b_noise: Option<f64>,
+    /// Unbiased estimate of ‖G‖², the squared norm of the full-data update.
+    pub gradient_sq_norm: f64,
+    /// Unbiased estimate of tr(Σ), the per-sample covariance's trace.
+    pub trace_covariance: f64,
+    /// The two batch sizes.
+    pub batch_sizes: (usize, usize),
+}
+
 /// The simple gradient noise scale B_noise = tr(Σ)/‖G‖² of `rule`'s update on `data`,
-/// from `repeats` batches of sizes `small` and `big` drawn with `seed`.
+/// from `repeats` batches of sizes `small` and `big` drawn with `seed` (McCandlish et
+/// al. 2018, App. A: |G|² ≈ (B_big|G_big|² − B_small|G_small|²)/(B_big − B_small),
+/// tr Σ ≈ (|G_small|² − |G_big|²)/(1/B_small − 1/B_big)).
 #[allow(clippy::too_many_arguments)]
 pub fn gradient_noise_scale(
     rule: &mut dyn Rule,
@@ -99,7 +116,7 @@ pub fn gradient_noise_scale(
     (small, big): (usize, usize),
     repeats: usize,
     seed: u64,
-) -> Result<f64> {
+) -> Result<NoiseScale> {
     if small == 0 || big <= small || big > data.len() {
         return Err(Error::config(
             "noise scale",
@@ -130,5 +147,13 @@ pub fn gradient_noise_scale(
     let (b, bb) = (small as f64, big as f64);
     let g2 = (bb * gb - b * gs) / (bb - b);
     let tr = (gs - gb) / (1.0 / b - 1.0 / bb);
-    Ok(tr / g2)
+    // tr Σ of noiseless data is 0 up to f32 rounding of the two norms.
+    let rounding = 1e-6 * gs.max(gb) / (1.0 / b - 1.0 / bb);
+    let resolvable = g2 > 0.0 && tr >= -rounding;
+    Ok(NoiseScale {
+        b_noise: resolvable.then(|| tr.max(0.0) / g2),
+        gradient_sq_norm: g2,
+        trace_covariance: tr,
+        batch_sizes: (small, big),
+    })
 }

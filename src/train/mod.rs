@@ -143,9 +143,11 @@ pub fn load_data(cfg: &TrainConfig) -> Result<Splits> {
         if !cfg.download {
             return Err(Error::MissingData {
                 msg: format!(
-                    "{} is not in {}; run `futureprop data fetch {}` or pass --data-dir",
+                    "{} is not in {} and --no-download is set; pass --data-dir DIR (a folder holding {}/), or fetch it first with `cargo run --release -- data fetch {}` (`futureprop data fetch {}` once installed; --mirror URL for another source)",
                     cfg.dataset,
                     root.display(),
+                    cfg.dataset,
+                    cfg.dataset,
                     cfg.dataset
                 ),
             });
@@ -159,7 +161,7 @@ pub fn load_data(cfg: &TrainConfig) -> Result<Splits> {
         }
         data::download::fetch(&root, remote, cfg.mirror.as_deref()).map_err(|e| Error::MissingData {
             msg: format!(
-                "{} is not in {} and downloading it failed ({e}); fetch it with `futureprop data fetch {}` or pass --data-dir to a folder holding {}/",
+                "{} is not in {} and downloading it failed ({e}); pass --data-dir DIR (a folder holding {}/) or --mirror URL (a server with the same files), or fetch it with `cargo run --release -- data fetch {} --mirror URL` (`futureprop data fetch` once installed)",
                 cfg.dataset,
                 root.display(),
                 cfg.dataset,
@@ -301,7 +303,7 @@ pub fn diagnose_checkpoint(
         )?);
         let big = 512.min(splits.train.len());
         let small = 32.min(big / 2).max(1);
-        report["gradient_noise_scale"] = json!(c::gradient_noise_scale(
+        let gns = c::gradient_noise_scale(
             rule.as_mut(),
             &model,
             &params,
@@ -309,8 +311,16 @@ pub fn diagnose_checkpoint(
             loss,
             (small, big),
             10,
-            cfg.seed
-        )?);
+            cfg.seed,
+        )?;
+        report["gradient_noise_scale"] = json!(gns.b_noise);
+        report["gradient_noise_scale_estimates"] = json!(gns);
+        if gns.b_noise.is_none() {
+            report["gradient_noise_scale_note"] = json!(format!(
+                "not resolvable at batch sizes {small} and {big} ({} repetitions): the estimate of |G|^2 ({:.3e}) or of tr(Sigma) ({:.3e}) is not positive: noise dominates the difference between batches of these sizes",
+                10, gns.gradient_sq_norm, gns.trace_covariance
+            ));
+        }
     }
     Ok(report)
 }
