@@ -41,6 +41,11 @@ pub fn locate(root: &Path) -> Option<PathBuf> {
 /// Reads one batch file: pixel bytes (record after record) and labels.
 pub fn read_batch(path: &Path) -> Result<(Vec<u8>, Vec<usize>)> {
     let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    parse_batch(&raw, path)
+}
+
+/// Parses the bytes of one batch file; `path` only names the source in errors.
+pub fn parse_batch(raw: &[u8], path: &Path) -> Result<(Vec<u8>, Vec<usize>)> {
     if raw.is_empty() || !raw.len().is_multiple_of(RECORD) {
         return Err(Error::format(
             path,

@@ -20,6 +20,12 @@ pub struct IdxArray {
 /// Reads a whole file, decompressing it when it starts with the gzip magic bytes.
 pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
     let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    gunzip_if_gz(raw, path)
+}
+
+/// `raw` decompressed when it starts with the gzip magic bytes, else `raw`; `path` only
+/// names the source in errors.
+pub fn gunzip_if_gz(raw: Vec<u8>, path: &Path) -> Result<Vec<u8>> {
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(raw.as_slice())

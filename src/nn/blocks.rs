@@ -67,7 +67,11 @@ impl Layer for LayerNorm {
     }
 
     fn param_count(&self) -> usize {
-        if self.affine { 2 * self.width } else { 0 }
+        if self.affine {
+            self.width.saturating_mul(2)
+        } else {
+            0
+        }
     }
 
     fn init_params(&self, _: Init, _: &mut crate::Rng, p: &mut Params) -> Result<()> {
@@ -172,7 +176,9 @@ impl Stack {
     }
 
     fn param_count(&self) -> usize {
-        self.layers.iter().map(|l| l.param_count()).sum()
+        self.layers
+            .iter()
+            .fold(0usize, |a, l| a.saturating_add(l.param_count()))
     }
 
     fn init_params(&self, init: Init, rng: &mut crate::Rng, p: &mut Params) -> Result<()> {
@@ -381,7 +387,9 @@ impl Layer for Residual {
     }
 
     fn param_count(&self) -> usize {
-        self.inner.param_count() + self.shortcut.as_ref().map_or(0, |s| s.param_count())
+        self.inner
+            .param_count()
+            .saturating_add(self.shortcut.as_ref().map_or(0, |s| s.param_count()))
     }
 
     fn init_params(&self, init: Init, rng: &mut crate::Rng, p: &mut Params) -> Result<()> {
@@ -476,7 +484,9 @@ impl Layer for Highway {
     }
 
     fn param_count(&self) -> usize {
-        self.inner.param_count() + self.gate.param_count()
+        self.inner
+            .param_count()
+            .saturating_add(self.gate.param_count())
     }
 
     fn init_params(&self, init: Init, rng: &mut crate::Rng, p: &mut Params) -> Result<()> {

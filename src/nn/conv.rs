@@ -185,8 +185,9 @@ impl Layer for Conv2d {
     }
 
     fn param_count(&self) -> usize {
-        self.taps().saturating_mul(self.out_channels)
-            + if self.bias { self.out_channels } else { 0 }
+        self.taps()
+            .saturating_mul(self.out_channels)
+            .saturating_add(if self.bias { self.out_channels } else { 0 })
     }
 
     fn init_params(&self, init: Init, rng: &mut crate::Rng, p: &mut Params) -> Result<()> {

@@ -227,6 +227,18 @@ impl ModelDesc {
 
     /// Builds the layers; returns them with the input width.
     pub fn build(&self, bias_default: bool) -> Result<(Vec<Box<dyn Layer>>, usize)> {
+        use super::{MAX_MAP_DIM, MAX_WIDTH, bounded};
+        match self.input {
+            InputDesc::Width(w) => {
+                bounded("model description", "input width", w, MAX_WIDTH)?;
+            }
+            InputDesc::Map(m) => {
+                for v in m {
+                    bounded("model description", "input map size", v, MAX_MAP_DIM)?;
+                }
+            }
+        }
+        check_sizes(&self.layers)?;
         let input = self.input_shape();
         if input.width() == 0 {
             return Err(Error::config("model description", "the input is empty"));
@@ -237,6 +249,79 @@ impl ModelDesc {
         }
         Ok((layers, input.width()))
     }
+}
+
+/// Every size in `descs` (recursively) within [`super::MAX_WIDTH`] (widths) or
+/// [`super::MAX_MAP_DIM`] (map sizes), so building the layers cannot overflow.
+fn check_sizes(descs: &[LayerDesc]) -> Result<()> {
+    use super::{MAX_MAP_DIM as M, MAX_WIDTH as W, bounded};
+    let at = "model description";
+    let size = |what: &str, s: &Option<Size>| -> Result<()> {
+        if let Some(s) = s {
+            let (a, b) = s.pair();
+            bounded(at, what, a.max(b), M)?;
+        }
+        Ok(())
+    };
+    for d in descs {
+        match d {
+            LayerDesc::Linear { out, .. } => {
+                bounded(at, "linear out", *out, W)?;
+            }
+            LayerDesc::Conv {
+                channels,
+                kernel,
+                stride,
+                padding,
+                dilation,
+                groups,
+                ..
+            } => {
+                bounded(at, "conv channels", *channels, M)?;
+                bounded(at, "conv groups", groups.unwrap_or(1), M)?;
+                size("conv kernel", &Some(*kernel))?;
+                size("conv stride", stride)?;
+                size("conv padding", padding)?;
+                size("conv dilation", dilation)?;
+            }
+            LayerDesc::Maxpool {
+                kernel,
+                stride,
+                padding,
+                ..
+            }
+            | LayerDesc::Avgpool {
+                kernel,
+                stride,
+                padding,
+                ..
+            } => {
+                size("pool kernel", &Some(*kernel))?;
+                size("pool stride", stride)?;
+                size("pool padding", padding)?;
+            }
+            LayerDesc::Groupnorm { groups, .. } => {
+                bounded(at, "groupnorm groups", *groups, M)?;
+            }
+            LayerDesc::Rnn { hidden, steps, .. } | LayerDesc::Lstm { hidden, steps, .. } => {
+                bounded(at, "recurrent hidden width", *hidden, W)?;
+                bounded(at, "recurrent steps", *steps, W)?;
+            }
+            LayerDesc::Residual {
+                layers, shortcut, ..
+            } => {
+                check_sizes(layers)?;
+                if let Some(s) = shortcut {
+                    check_sizes(s)?;
+                }
+            }
+            LayerDesc::Highway { layers, .. } | LayerDesc::Dense { layers, .. } => {
+                check_sizes(layers)?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Rewrites `{type = "relu"}` as `{type = "activation", fn = "relu"}`, recursively.

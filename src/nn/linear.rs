@@ -80,7 +80,9 @@ impl Layer for Linear {
     }
 
     fn param_count(&self) -> usize {
-        self.inputs.saturating_mul(self.outputs) + if self.bias { self.outputs } else { 0 }
+        self.inputs
+            .saturating_mul(self.outputs)
+            .saturating_add(if self.bias { self.outputs } else { 0 })
     }
 
     fn init_params(&self, init: Init, rng: &mut crate::Rng, p: &mut Params) -> Result<()> {

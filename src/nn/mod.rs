@@ -158,6 +158,25 @@ pub enum LayerKind {
     },
 }
 
+/// Largest per-sample feature width a layer may have (2⁴⁰): anything larger cannot be
+/// trained anywhere, and bounding it keeps every size product inside `usize`.
+pub const MAX_WIDTH: usize = 1 << 40;
+/// Largest channel count, height, width, kernel, stride, padding, dilation or group
+/// count of a feature map (2²⁰), so `channels × height × width` fits in `usize`.
+pub const MAX_MAP_DIM: usize = 1 << 20;
+
+/// `v` when it is at most `max`, else an error naming `what` in `model`.
+pub(crate) fn bounded(model: &str, what: &str, v: usize, max: usize) -> crate::Result<usize> {
+    if v <= max {
+        Ok(v)
+    } else {
+        Err(crate::Error::config(
+            "model",
+            format!("'{model}': {what} {v} is more than the largest allowed, {max}"),
+        ))
+    }
+}
+
 /// One layer: its forward map and the two halves of its backward map.
 pub trait Layer: Send + Sync + std::fmt::Debug {
     /// Unique name within the model; its parameters are `"{name}.{param}"`.

@@ -70,6 +70,10 @@ pub fn is_buffer(name: &str) -> bool {
     name.ends_with(".running_mean") || name.ends_with(".running_var")
 }
 
+/// Most blocks a generated model (`resmlp:IN-WxDEPTH-OUT`) may have: each is an object
+/// built before any parameter exists, so the depth is bounded here, not by memory.
+pub const MAX_DEPTH: usize = 100_000;
+
 impl Model {
     /// Builds a model from its spec.
     ///
@@ -120,7 +124,7 @@ impl Model {
                 };
                 own_act.push(act);
                 match w.parse::<usize>() {
-                    Ok(v) if v > 0 => Ok(v),
+                    Ok(v) if v > 0 => super::bounded(&spec.spec, "width", v, super::MAX_WIDTH),
                     _ => Err(Error::config(
                         "model",
                         format!("width '{w}' in '{}' is not a positive integer", spec.spec),
@@ -262,6 +266,20 @@ impl Model {
         let (t, d) = td.split_once('x').ok_or_else(bad)?;
         let num = |s: &str| s.parse::<usize>().ok().filter(|v| *v > 0).ok_or_else(bad);
         let (t, d, hid, out) = (num(t)?, num(d)?, num(hid)?, num(out)?);
+        for (what, v) in [
+            ("steps", t),
+            ("features", d),
+            ("hidden width", hid),
+            ("outputs", out),
+        ] {
+            super::bounded(&spec.spec, what, v, super::MAX_WIDTH)?;
+        }
+        super::bounded(
+            &spec.spec,
+            "input width (steps × features)",
+            t.saturating_mul(d),
+            super::MAX_WIDTH,
+        )?;
         let name = if cell == super::Cell::Lstm {
             "lstm"
         } else {
@@ -296,6 +314,18 @@ impl Model {
         let (w, d) = mid.split_once('x').ok_or_else(bad)?;
         let num = |t: &str| t.parse::<usize>().ok().filter(|v| *v > 0).ok_or_else(bad);
         let (inp, w, d, out) = (num(inp)?, num(w)?, num(d)?, num(out)?);
+        for (what, v) in [("input width", inp), ("width", w), ("outputs", out)] {
+            super::bounded(&spec.spec, what, v, super::MAX_WIDTH)?;
+        }
+        if d > MAX_DEPTH {
+            return Err(Error::config(
+                "model",
+                format!(
+                    "'{}': depth {d} is more than the {MAX_DEPTH} blocks a model may have",
+                    spec.spec
+                ),
+            ));
+        }
         let act = match parse_activation(&spec.activation)? {
             ActivationSpec::Fixed(f) => f,
             ActivationSpec::PRelu => {

@@ -391,12 +391,8 @@ impl Layer for Normalization {
 
     fn param_count(&self) -> usize {
         let c = self.channels;
-        (if self.affine { 2 * c } else { 0 })
-            + if self.kind == NormKind::Batch {
-                2 * c
-            } else {
-                0
-            }
+        let sets = 2 * (u64::from(self.affine) + u64::from(self.kind == NormKind::Batch));
+        c.saturating_mul(sets as usize)
     }
 
     fn init_params(&self, _: Init, _: &mut crate::Rng, p: &mut Params) -> Result<()> {

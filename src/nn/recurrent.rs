@@ -453,7 +453,7 @@ impl Layer for Recurrent {
     /// 2015).
     fn param_count(&self) -> usize {
         let (d, h, _, gh) = self.dims();
-        gh.saturating_mul(d + h + 1)
+        gh.saturating_mul(d.saturating_add(h).saturating_add(1))
     }
 
     fn init_params(&self, _init: Init, rng: &mut crate::Rng, p: &mut Params) -> Result<()> {

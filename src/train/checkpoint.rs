@@ -71,6 +71,11 @@ fn bytes_of(t: &Tensor) -> (Dtype, Vec<u8>) {
 
 /// Writes `ck` to `path` atomically: the file is either the old one or the new one.
 pub fn save(path: &Path, ck: &Checkpoint) -> Result<()> {
+    write_atomic(path, &to_bytes(ck, path)?)
+}
+
+/// The safetensors bytes of `ck`; `path` only names the destination in errors.
+pub fn to_bytes(ck: &Checkpoint, path: &Path) -> Result<Vec<u8>> {
     let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     for (n, t) in ck.params.iter() {
         let (d, b) = bytes_of(t);
@@ -104,9 +109,8 @@ pub fn save(path: &Path, ck: &Checkpoint) -> Result<()> {
         &meta,
     );
     meta.insert("sha256".to_string(), sum);
-    let bytes = safetensors::serialize(views, Some(meta))
-        .map_err(|e| Error::format(path, format!("serialising checkpoint: {e}")))?;
-    write_atomic(path, &bytes)
+    safetensors::serialize(views, Some(meta))
+        .map_err(|e| Error::format(path, format!("serialising checkpoint: {e}")))
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
@@ -181,11 +185,15 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     };
     remove_stale_temps(path);
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    from_bytes(&bytes, path)
+}
+
+/// Parses checkpoint bytes (see [`load`]); `path` only names the source in errors.
+pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Checkpoint> {
     let bad = |msg: String| Error::format(path, msg);
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
-    let (_, md) =
-        SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("bad header: {e}")))?;
+    let st =
+        SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+    let (_, md) = SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("bad header: {e}")))?;
     let meta = md.metadata().clone().unwrap_or_default();
     let get = |k: &str| {
         meta.get(k).cloned().ok_or_else(|| {

@@ -204,7 +204,12 @@ impl TrainConfig {
     /// Reads a TOML file as an override layer.
     pub fn read_toml(path: &std::path::Path) -> Result<serde_json::Value> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let table: toml::Table = toml::from_str(&text)
+        Self::parse_toml(&text, path)
+    }
+
+    /// TOML text as an override layer; `path` names the source in errors.
+    pub fn parse_toml(text: &str, path: &std::path::Path) -> Result<serde_json::Value> {
+        let table: toml::Table = toml::from_str(text)
             .map_err(|e| Error::format(path, format!("invalid TOML: {}", e.message())))?;
         crate::settings::toml_layer(&path.display().to_string(), &table)
     }
