@@ -413,6 +413,13 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>) -> Result<Value> {
         .build()
         .map_err(|e| Error::config("threads", e.to_string()))?;
     let ck = resume.map(checkpoint::load).transpose()?;
+    // A bad or too large model is refused before the data is read (or downloaded).
+    let model = Model::build(&ModelSpec {
+        spec: cfg.model.clone(),
+        activation: cfg.activation.clone(),
+        bias: cfg.bias,
+    })?;
+    check_memory(cfg, &model)?;
     let splits = load_data(cfg)?;
     pool.install(|| run(cfg, &splits, ck))
 }
