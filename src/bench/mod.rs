@@ -141,6 +141,10 @@ pub fn run(opts: &BenchOptions) -> Result<Value> {
         }
         suite.seeds = n;
     }
+    // Every arm's settings are checked before anything is written or run.
+    for arm in &suite.arms() {
+        arm_config(&suite, arm, 0, &arm_dir(&out, arm, 0), opts)?;
+    }
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
     let suite_text = toml::to_string(&suite).map_err(|e| Error::config("suite", e.to_string()))?;
     train::checkpoint::write_atomic(&out.join("suite.toml"), suite_text.as_bytes())?;
@@ -158,10 +162,6 @@ pub fn run(opts: &BenchOptions) -> Result<Value> {
         bar.set_style(style.progress_chars("=> "));
     }
     bar.set_prefix(suite.name.clone());
-    // Every arm's settings are checked before the first one runs.
-    for arm in &arms {
-        arm_config(&suite, arm, 0, &arm_dir(&out, arm, 0), opts)?;
-    }
     // The suite's time left: the mean time of the runs done in this invocation × the
     // runs still to do (resumed runs cost nothing and are not counted).
     let (suite_start, mut ran) = (std::time::Instant::now(), 0u32);
