@@ -61,6 +61,10 @@ fn quad(g: &Grads, d: &Grads, ad: &Grads) -> Result<f64> {
 }
 
 impl Optimizer for HessianFree {
+    fn needs_curvature(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &str {
         "hf"
     }

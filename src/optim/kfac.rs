@@ -480,7 +480,13 @@ impl Kfac {
         })?;
         let z = trace
             .output()
-            .ok_or_else(|| Error::config("model", "has no layers"))?;
+            .filter(|z| z.dims2().is_ok_and(|(n, c)| n > 0 && c > 0))
+            .ok_or_else(|| {
+                Error::config(
+                    "optimizer",
+                    "kfac's sampled and gauss-newton factors need the model's output in the rule's trace, which this rule does not record (Forward-Forward, EqProp and CHL keep their own states); use --kfac-fisher empirical or another optimizer",
+                )
+            })?;
         match self.cfg.fisher {
             FisherMode::Sampled => {
                 // One stream per step, so a resumed run draws what the original would.

@@ -134,6 +134,13 @@ pub trait Optimizer: Send {
     fn needs_trace(&self) -> bool {
         false
     }
+
+    /// Whether the optimizer takes curvature products (Hessian or Gauss–Newton times a
+    /// vector) of the loss in the model's parameters, so the rule's update must cover
+    /// exactly those parameters.
+    fn needs_curvature(&self) -> bool {
+        false
+    }
 }
 
 /// Settings for the parameters whose names match a pattern (PyTorch's parameter groups).
@@ -280,6 +287,10 @@ impl Optimizer for Grouped {
 
     fn needs_trace(&self) -> bool {
         self.inner.needs_trace()
+    }
+
+    fn needs_curvature(&self) -> bool {
+        self.inner.needs_curvature()
     }
 
     fn step(&mut self, params: &mut Params, grads: &Grads, ctx: &mut StepContext) -> Result<()> {

@@ -65,6 +65,10 @@ impl Sophia {
 }
 
 impl Optimizer for Sophia {
+    fn needs_curvature(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &str {
         "sophia"
     }

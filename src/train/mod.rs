@@ -350,6 +350,34 @@ fn restore_params(params: &mut Params, saved: &Params, cfg: &TrainConfig) -> Res
     Ok(())
 }
 
+/// An optimizer that takes curvature products in the model's parameters (Hessian-free,
+/// Sophia) composes only with a rule whose update is over exactly those parameters.
+fn check_curvature_covers(
+    model: &Model,
+    params: &Params,
+    grads: &Grads,
+    rule: &str,
+    optimizer: &str,
+) -> Result<()> {
+    let trainable: Vec<String> = model_param_names(model, params)
+        .into_iter()
+        .filter(|n| !crate::nn::is_buffer(n))
+        .collect();
+    let extra = grads.names().iter().find(|n| !trainable.contains(n));
+    let missing = trainable.iter().find(|n| !grads.contains(n));
+    let why = match (extra, missing) {
+        (Some(e), _) => format!("also trains its own '{e}'"),
+        (None, Some(m)) => format!("does not update '{m}'"),
+        (None, None) => return Ok(()),
+    };
+    Err(Error::config(
+        "optimizer",
+        format!(
+            "{optimizer} takes curvature products of the loss in the model's parameters, but rule {rule} {why}; use a first-order optimizer (sgd, adam, ...) with {rule}, or {optimizer} with bp"
+        ),
+    ))
+}
+
 /// A lower bound on the bytes a run of `model` needs: parameters, their update, the
 /// optimizer's moment buffers, feedback matrices, gradient accumulation and weight
 /// averages (each one copy of the parameters, f32), and one step's activations
@@ -612,6 +640,9 @@ pub fn run_with(
                     .wrapping_add(step),
             );
             let out = rule.step(&model, &params, &batch, loss)?;
+            if step == steps0 && epoch == start_epoch && optimizer.needs_curvature() {
+                check_curvature_covers(&model, &params, &out.grads, rule.name(), optimizer.name())?;
+            }
             step_peak = step_peak.max(crate::mem::peak().saturating_sub(live_before));
             update_bytes = update_bytes.max(out.grads.size_bytes());
             crate::mem::raise_peak(peak_before);
