@@ -3,7 +3,6 @@
 //! Header: two zero bytes, a type byte (0x08 = unsigned byte), the number of dimensions
 //! `d`, then `d` big-endian u32 sizes; then the data, row-major.
 
-use std::io::Read;
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -27,14 +26,92 @@ pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
 /// names the source in errors.
 pub fn gunzip_if_gz(raw: Vec<u8>, path: &Path) -> Result<Vec<u8>> {
     if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(raw.as_slice())
-            .read_to_end(&mut out)
-            .map_err(|e| Error::format(path, format!("corrupt gzip stream: {e}")))?;
-        Ok(out)
+        gunzip(&raw, path)
     } else {
         Ok(raw)
     }
+}
+
+/// Decodes every member of a gzip file (RFC 1952), checking each member's CRC-32 and
+/// length. The inflate loop stops with an error when a call makes no progress (flate2's
+/// reader retries such a call forever on some corrupt streams).
+pub fn gunzip(raw: &[u8], path: &Path) -> Result<Vec<u8>> {
+    use flate2::{Crc, Decompress, FlushDecompress, Status};
+    let bad = |msg: &str| Error::format(path, format!("corrupt gzip stream: {msg}"));
+    let mut out: Vec<u8> = Vec::new();
+    let mut at = 0usize;
+    while at < raw.len() {
+        let h = &raw[at..];
+        if h.len() < 10 || h[0] != 0x1f || h[1] != 0x8b {
+            return Err(bad("trailing bytes after the last member"));
+        }
+        if h[2] != 8 {
+            return Err(bad("compression method is not deflate"));
+        }
+        let flags = h[3];
+        if flags & 0xe0 != 0 {
+            return Err(bad("reserved header flags set"));
+        }
+        let mut i = 10usize;
+        if flags & 0x04 != 0 {
+            let n = h
+                .get(i..i + 2)
+                .ok_or_else(|| bad("truncated extra field"))?;
+            i += 2 + u16::from_le_bytes([n[0], n[1]]) as usize;
+        }
+        for flag in [0x08, 0x10] {
+            // File name and comment: zero-terminated.
+            if flags & flag != 0 {
+                let end = h
+                    .get(i..)
+                    .and_then(|r| r.iter().position(|&b| b == 0))
+                    .ok_or_else(|| bad("unterminated header string"))?;
+                i += end + 1;
+            }
+        }
+        if flags & 0x02 != 0 {
+            i += 2;
+        }
+        let body = h.get(i..).ok_or_else(|| bad("truncated header"))?;
+        let start = out.len();
+        let mut d = Decompress::new(false);
+        loop {
+            if out.capacity() - out.len() < 1 << 16 {
+                out.try_reserve(out.len().max(1 << 16))
+                    .map_err(|_| bad("decompressed data does not fit in memory"))?;
+            }
+            let (in0, out0) = (d.total_in(), d.total_out());
+            let rest = body.get(in0 as usize..).unwrap_or_default();
+            let status = d
+                .decompress_vec(rest, &mut out, FlushDecompress::None)
+                .map_err(|e| bad(&e.to_string()))?;
+            if status == Status::StreamEnd {
+                break;
+            }
+            if d.total_in() == in0 && d.total_out() == out0 {
+                return Err(bad(if rest.is_empty() {
+                    "truncated deflate data"
+                } else {
+                    "no progress decoding deflate data"
+                }));
+            }
+        }
+        let used = d.total_in() as usize;
+        let trailer = body
+            .get(used..used + 8)
+            .ok_or_else(|| bad("truncated trailer"))?;
+        let mut crc = Crc::new();
+        crc.update(&out[start..]);
+        let want_crc = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
+        let want_len = u32::from_le_bytes([trailer[4], trailer[5], trailer[6], trailer[7]]);
+        if crc.sum() != want_crc || (out.len() - start) as u32 != want_len {
+            return Err(bad(
+                "CRC-32 or length of the data does not match the trailer",
+            ));
+        }
+        at += i + used + 8;
+    }
+    Ok(out)
 }
 
 /// Parses IDX bytes; `path` only names the source in errors.
