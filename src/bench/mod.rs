@@ -237,7 +237,7 @@ fn arm_config(
         "mirror": opts.mirror,
         "threads": opts.threads,
     }));
-    TrainConfig::default().merged(&layers).map_err(|e| {
+    TrainConfig::fresh(&layers).map_err(|e| {
         Error::config(
             format!("suite {}", suite.name),
             format!(

@@ -101,7 +101,7 @@ pub fn run(entries: &[Entry], out: &Path, overrides: &[Value]) -> Result<Vec<Val
         layers.extend(overrides.iter().cloned());
         let dir: PathBuf = out.join(&e.name);
         layers.push(json!({"out": dir}));
-        let cfg = TrainConfig::default().merged(&layers)?;
+        let cfg = TrainConfig::fresh(&layers)?;
         let rec = match train::train(&cfg, None) {
             Ok(s) => {
                 let ours = 100.0 * (1.0 - s["test_accuracy"].as_f64().unwrap_or(f64::NAN));

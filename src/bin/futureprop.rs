@@ -383,7 +383,7 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     optimizer: Option<String>,
-    /// Learning rate [default: 0.01].
+    /// Learning rate [default: the optimizer's: 1e-3 adam/adamw/lamb/rmsprop, 2e-3 nadam, 1e-4 lion/sophia, 1 lars/lbfgs/hf, 0.01 others].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     lr: Option<f64>,
@@ -612,7 +612,12 @@ fn train_cmd(args: &TrainArgs) -> Result<()> {
         flags["quiet"] = true.into();
     }
     layers.push(flags);
-    let cfg = base.merged(&layers)?;
+    let cfg = if resume.is_some() {
+        base.merged(&layers)?
+    } else {
+        TrainConfig::fresh(&layers)?
+    };
+
     let summary = train::train(&cfg, resume.as_deref())?;
     let out = cfg.out_dir();
     let f = |k: &str| summary[k].as_f64().unwrap_or(f64::NAN);
@@ -796,6 +801,18 @@ fn data_cmd(cmd: &DataCommand) -> Result<()> {
     }
 }
 
+/// The optimizers with the learning rate each uses when none is given.
+fn optimizers_cmd() -> Result<()> {
+    for (n, d) in futureprop::optim::OPTIMIZERS {
+        let lr = match *n {
+            "sam" | "asam" => "inner's".to_string(),
+            _ => format!("{:e}", futureprop::optim::default_lr(n)),
+        };
+        out!("{n:<10} lr {lr:<8} {d}");
+    }
+    Ok(())
+}
+
 fn list_cmd(table: &[(&str, &str)]) -> Result<()> {
     for (n, d) in table {
         out!("{n:<10} {d}");
@@ -849,7 +866,7 @@ fn main() -> ExitCode {
             *quiet,
         ),
         Command::Rules => list_cmd(futureprop::rule::RULES),
-        Command::Optimizers => list_cmd(futureprop::optim::OPTIMIZERS),
+        Command::Optimizers => optimizers_cmd(),
         Command::Data { command } => data_cmd(command),
         Command::Diagnose {
             checkpoint,

@@ -329,7 +329,8 @@ pub struct OptimizerConfig {
     /// Name (see [`OPTIMIZERS`]); default `sgd`. Key `optimizer` in configs.
     #[serde(rename = "optimizer")]
     pub name: String,
-    /// Base learning rate η₀; default 0.01.
+    /// Base learning rate η₀; default: the optimizer's ([`default_lr`]: 1e-3 for Adam,
+    /// 0.01 for SGD, ...) when a run's settings give none.
     pub lr: f64,
     /// Momentum μ for `momentum`/`nesterov`; default 0.9.
     pub momentum: f64,
@@ -415,6 +416,26 @@ pub struct OptimizerConfig {
     /// K-FAC chooses its step size and momentum from the Gauss–Newton quadratic model
     /// and adapts its damping (Martens & Grosse §6.5, §7); default false.
     pub kfac_adaptive: bool,
+}
+
+/// The learning rate an optimizer uses when none is given: the value its paper or the
+/// reference implementation recommends (PyTorch's defaults where it has one).
+pub fn default_lr(name: &str) -> f64 {
+    match name {
+        // Adam and its relatives (Kingma & Ba 2015; PyTorch's NAdam default is 2e-3).
+        "adam" | "adamw" | "lamb" => 1e-3,
+        "nadam" => 2e-3,
+        "rmsprop" => 1e-3,
+        // Lion's update has unit size per coordinate: 3–10× below AdamW's (Chen et al. 2023).
+        "lion" => 1e-4,
+        // LARS scales each layer's step by trust × ‖w‖/‖g‖ (trust 0.001), so its base rate
+        // is large (You et al. 2017).
+        "lars" => 1.0,
+        // Curvature methods take (damped) Newton-like steps.
+        "lbfgs" | "hf" => 1.0,
+        "sophia" => 1e-4,
+        _ => 0.01,
+    }
 }
 
 impl OptimizerConfig {

@@ -168,6 +168,25 @@ impl TrainConfig {
         self.optim.validate()
     }
 
+    /// A fresh run's configuration: the defaults with `layers` merged on top, and the
+    /// learning rate the chosen optimizer recommends ([`crate::optim::default_lr`],
+    /// SAM's inner optimizer's for `sam`/`asam`) when no layer sets `lr`.
+    pub fn fresh(layers: &[serde_json::Value]) -> Result<TrainConfig> {
+        let mut cfg = TrainConfig::default().merged(layers)?;
+        let lr_given = layers
+            .iter()
+            .filter_map(|l| l.as_object())
+            .any(|o| o.get("lr").is_some_and(|v| !v.is_null()));
+        if !lr_given {
+            let name = match cfg.optim.name.as_str() {
+                "sam" | "asam" => cfg.optim.inner.clone(),
+                n => n.to_string(),
+            };
+            cfg.optim.lr = crate::optim::default_lr(&name);
+        }
+        Ok(cfg)
+    }
+
     /// Merges override layers (JSON objects; `null` values are ignored) onto `self`,
     /// rejecting unknown keys and ill-typed values by name.
     pub fn merged(&self, layers: &[serde_json::Value]) -> Result<TrainConfig> {

@@ -505,6 +505,18 @@ pub fn run_with(
         total_steps = total_steps.min(m);
     }
     let mut optimizer = build_optimizer(&cfg.optim, total_steps)?;
+    if !cfg.quiet {
+        // The resolved settings, once everything is built (defaults included).
+        eprintln!(
+            "{} with {} at lr {}, batch {}, {} epochs, seed {}",
+            rule.name(),
+            optimizer.name(),
+            cfg.optim.lr,
+            cfg.batch_size,
+            cfg.epochs,
+            cfg.seed
+        );
+    }
     rule.keep_trace(optimizer.needs_trace());
     let mut pretrain_summary = Value::Null;
     match cfg.pretrain.as_str() {
