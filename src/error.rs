@@ -95,14 +95,42 @@ impl Error {
             msg: msg.into(),
         }
     }
-    /// Shorthand for [`Error::UnknownName`].
+    /// Shorthand for [`Error::UnknownName`]; the closest known name is suggested.
     pub fn unknown(kind: &'static str, name: &str, known: &[&str]) -> Self {
+        let known_list = known.join(", ");
         Error::UnknownName {
             kind,
             name: name.to_string(),
-            known: known.join(", "),
+            known: match closest(name, known) {
+                Some(c) => format!("{known_list} (did you mean '{c}'?)"),
+                None => known_list,
+            },
         }
     }
+}
+
+/// The name in `known` nearest to `name` by edit distance, when it is near: at most a
+/// third of the longer name's characters differ.
+pub fn closest<'a>(name: &str, known: &[&'a str]) -> Option<&'a str> {
+    fn distance(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut prev: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut cur = vec![i + 1];
+            for (j, cb) in b.iter().enumerate() {
+                let sub = prev[j] + usize::from(ca != *cb);
+                cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+            }
+            prev = cur;
+        }
+        prev[b.len()]
+    }
+    known
+        .iter()
+        .map(|k| (distance(name, k), *k))
+        .filter(|(d, k)| *d > 0 && *d * 3 <= name.chars().count().max(k.chars().count()))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
 }
 
 /// `Result` with the crate's [`Error`].

@@ -10,6 +10,92 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 
+/// One setting of a settings struct, as the CLI and `rules show` describe it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Field {
+    /// Its key in config files (`pc_steps`); the flag is `--pc-steps`.
+    pub key: &'static str,
+    /// Its Rust type as written (`usize`, `Option<f64>`, `String`).
+    pub ty: &'static str,
+    /// Its doc comment, lines joined.
+    pub doc: String,
+    /// Its default value.
+    pub default: serde_json::Value,
+}
+
+impl Field {
+    /// The command-line flag.
+    pub fn flag(&self) -> String {
+        format!("--{}", self.key.replace('_', "-"))
+    }
+}
+
+/// A settings struct that lists its settings: the single place each is declared.
+pub trait Described {
+    /// Every setting, in declaration order.
+    fn fields() -> Vec<Field>;
+}
+
+/// Declares a settings struct: each field with its doc comment, type and default, once.
+/// Generates the struct, its `Default` and [`Described`] (keys, types, docs, defaults),
+/// from which the CLI flags and `rules show` / `optimizers show` are derived.
+///
+/// ```
+/// futureprop::settings_struct! {
+///     /// Example settings.
+///     #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+///     pub struct Example {
+///         /// Inference steps.
+///         pub steps: usize = 20,
+///     }
+/// }
+/// use futureprop::settings::Described;
+/// assert_eq!(Example::default().steps, 20);
+/// assert_eq!(Example::fields()[0].doc, "Inference steps.");
+/// ```
+#[macro_export]
+macro_rules! settings_struct {
+    (
+        $(#[$smeta:meta])*
+        pub struct $name:ident {
+            $(
+                $(#[doc = $doc:literal])+
+                $(#[serde(rename = $rename:literal)])?
+                pub $field:ident : $ty:ty = $default:expr
+            ),* $(,)?
+        }
+    ) => {
+        $(#[$smeta])*
+        pub struct $name {
+            $(
+                $(#[doc = $doc])+
+                $(#[serde(rename = $rename)])?
+                pub $field: $ty,
+            )*
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                $name { $( $field: $default, )* }
+            }
+        }
+
+        impl $crate::settings::Described for $name {
+            fn fields() -> Vec<$crate::settings::Field> {
+                let d = Self::default();
+                vec![$(
+                    $crate::settings::Field {
+                        key: { let _k = stringify!($field); $( let _k = $rename; )? _k },
+                        ty: stringify!($ty),
+                        doc: [$($doc),+].iter().map(|l| l.trim()).collect::<Vec<_>>().join(" "),
+                        default: serde_json::to_value(&d.$field).unwrap_or_default(),
+                    },
+                )*]
+            }
+        }
+    };
+}
+
 /// The values a real-valued setting may take.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Range {

@@ -279,3 +279,78 @@ fn a_closed_or_full_stdout_is_no_panic() {
         fails_with(&o, &["standard output", "No space left on device"]);
     }
 }
+
+#[test]
+fn technique_flags_are_derived_from_the_settings_structs() {
+    use futureprop::settings::Described;
+    // Every setting of the rule, optimizer and pretraining structs has its flag in
+    // `train --help`, with its default.
+    let help = String::from_utf8_lossy(&run(&["train", "--help"]).stdout).into_owned();
+    for f in futureprop::rule::RuleConfig::fields()
+        .into_iter()
+        .chain(futureprop::train::pretrain::RbmConfig::fields())
+    {
+        assert!(
+            help.contains(&format!("{} ", f.flag())),
+            "{} missing",
+            f.flag()
+        );
+    }
+    assert!(help.contains("--kfac-damping <KFAC_DAMPING>"));
+    // `rules show` / `optimizers show` list a technique's own settings.
+    let o = run(&["rules", "show", "pc"]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success());
+    assert!(
+        out.contains("--pc-steps") && out.contains("[default: 20]"),
+        "{out}"
+    );
+    assert!(!out.contains("--ff-threshold"), "{out}");
+    let out = String::from_utf8_lossy(&run(&["optimizers", "show", "adam"]).stdout).into_owned();
+    assert!(
+        out.contains("default learning rate 1e-3") && out.contains("--beta2"),
+        "{out}"
+    );
+    fails_with(
+        &run(&["rules", "show", "pcx"]),
+        &["unknown rule 'pcx'", "did you mean 'pc'"],
+    );
+    // Typed values: a switch alone, a boolean with a value, a bad number.
+    let t = tempfile::tempdir().unwrap();
+    let data = tiny_mnist(t.path(), 100, 20);
+    let out = t.path().join("run");
+    let o = train(
+        &data,
+        &out,
+        &[
+            "--optimizer",
+            "adam",
+            "--amsgrad",
+            "--ff-skip-first",
+            "false",
+            "--pc-steps",
+            "3",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let c = &s["config"];
+    assert_eq!(
+        (c["amsgrad"].as_bool(), c["ff_skip_first"].as_bool()),
+        (Some(true), Some(false))
+    );
+    assert_eq!(
+        (c["pc_steps"].as_u64(), c["lr"].as_f64()),
+        (Some(3), Some(1e-3))
+    );
+    let o = run(&["train", "--pc-steps", "x"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--pc-steps"), "{}", stderr(&o));
+    let cfg = t.path().join("c.toml");
+    std::fs::write(&cfg, "pc_stepz = 3\n").unwrap();
+    fails_with(
+        &train(&data, &out, &["--config", cfg.to_str().unwrap()]),
+        &["unknown key 'pc_stepz'", "did you mean 'pc_steps'"],
+    );
+}

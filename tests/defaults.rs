@@ -19,5 +19,8 @@ fn the_learning_rate_default_belongs_to_the_optimizer() {
     assert_eq!(two.optim.lr, 0.2);
     // Merging onto a resumed run's config keeps its rate.
     let resumed = TrainConfig::fresh(&[json!({"optimizer": "sgd", "lr": 0.3})]).unwrap();
-    assert_eq!(resumed.merged(&[json!({"epochs": 5})]).unwrap().optim.lr, 0.3);
+    assert_eq!(
+        resumed.merged(&[json!({"epochs": 5})]).unwrap().optim.lr,
+        0.3
+    );
 }

@@ -104,10 +104,16 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
-    /// List the credit-assignment rules.
-    Rules,
-    /// List the optimizers.
-    Optimizers,
+    /// List the credit-assignment rules; `rules show NAME` lists one rule's settings.
+    Rules {
+        #[command(subcommand)]
+        command: Option<ShowCommand>,
+    },
+    /// List the optimizers; `optimizers show NAME` lists one optimizer's settings.
+    Optimizers {
+        #[command(subcommand)]
+        command: Option<ShowCommand>,
+    },
     /// Per-layer diagnostics of a saved model on one batch of its dataset: angle between
     /// the rule's update and the backprop gradient, feedback angles and norms (JSON).
     Diagnose {
@@ -129,6 +135,15 @@ enum Command {
     Data {
         #[command(subcommand)]
         command: DataCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ShowCommand {
+    /// Each setting with its flag, type, default and meaning.
+    Show {
+        /// The technique's name.
+        name: String,
     },
 }
 
@@ -227,22 +242,6 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pretrain: Option<String>,
-    /// RBM pretraining epochs per layer [default: 5].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    rbm_epochs: Option<usize>,
-    /// RBM learning rate [default: 0.05].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    rbm_lr: Option<f64>,
-    /// Gibbs steps of CD-k [default: 1].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    rbm_k: Option<usize>,
-    /// RBM momentum [default: 0.5].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    rbm_momentum: Option<f64>,
     /// Log the minibatch loss every N optimizer steps to metrics.jsonl (0: off) [default: 0].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -251,130 +250,6 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     rule: Option<String>,
-    /// Initialiser of feedback matrices (fa, dfa, ...; names as --init) [default: xavier-uniform].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    feedback_init: Option<String>,
-    /// Multiplier of feedback matrices [default: 1].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    feedback_scale: Option<f64>,
-    /// Seed of feedback matrices [default: --seed].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    feedback_seed: Option<u64>,
-    /// Kolen–Pollack weight decay on W and its feedback [default: 1e-3].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    kp_decay: Option<f64>,
-    /// Predictive coding: inference steps per batch [default: 20].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pc_steps: Option<usize>,
-    /// Predictive coding: inference step size γ [default: 0.05].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pc_gamma: Option<f64>,
-    /// Predictive coding: standard, fixed-prediction [default: standard].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pc_variant: Option<String>,
-    /// Energy-based rules: stop relaxing below this residual, 0 = never [default: 0].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    relax_tolerance: Option<f64>,
-    /// Synthetic gradients: hidden width of an MLP synthesizer, 0 = linear [default: 0].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    synth_hidden: Option<usize>,
-    /// Synthetic gradients: hidden layers of an MLP synthesizer [default: 1].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    synth_depth: Option<usize>,
-    /// Synthetic gradients: batch norm after each hidden layer of an MLP synthesizer [default: false].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    synth_batchnorm: Option<bool>,
-    /// Synthetic gradients: synthesizer initialiser [default: zeros].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    synth_init: Option<String>,
-    /// EqProp/CHL: record the energy at every relaxation step [default: false].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    relax_trace: Option<bool>,
-    /// Local losses: head loss pred, sim, predsim [default: pred].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    local_loss: Option<String>,
-    /// Local losses: similarity weight β of predsim [default: 0.99].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    local_beta: Option<f64>,
-    /// Deeply-supervised nets: weight of each auxiliary head loss [default: 0.3].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    dsn_weight: Option<f64>,
-    /// Difference target propagation: step η̂ of the top target [default: 0.1].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    dtp_target_step: Option<f64>,
-    /// Difference target propagation: noise σ of the inverse loss [default: 0.1].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    dtp_noise: Option<f64>,
-    /// Difference target propagation: parallel, alternating [default: parallel].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    dtp_schedule: Option<String>,
-    /// Forward-Forward per-unit goodness threshold (θ; × width for the sum goodness) [default: 2].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ff_threshold: Option<f64>,
-    /// Forward-Forward goodness: mean (of h² over units), sum [default: mean].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ff_goodness: Option<String>,
-    /// Forward-Forward layer loss: separate, symmetric [default: separate].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ff_loss: Option<String>,
-    /// Forward-Forward negative labels: random, hard [default: random].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ff_negative: Option<String>,
-    /// Forward-Forward prediction: goodness, readout [default: goodness].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ff_predict: Option<String>,
-    /// Forward-Forward: leave the first hidden layer out of the goodness predictor [default: true].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ff_skip_first: Option<bool>,
-    /// EqProp/CHL free-phase steps T₁ [default: 20].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    eqprop_free_steps: Option<usize>,
-    /// EqProp/CHL nudged-phase steps T₂ [default: 4].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    eqprop_nudge_steps: Option<usize>,
-    /// EqProp nudging strength β [default: 1].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    eqprop_beta: Option<f64>,
-    /// EqProp/CHL relaxation step ε [default: 0.5].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    eqprop_step: Option<f64>,
-    /// EqProp nudging: one-sided, random-sign, symmetric [default: one-sided].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    eqprop_nudge: Option<String>,
-    /// EqProp/CHL state nonlinearity: hard-sigmoid, sigmoid, tanh [default: hard-sigmoid].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    eqprop_rho: Option<String>,
     /// Every N steps, compare each layer's update with the backprop gradient (0: never) [default: 0].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -383,160 +258,12 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     optimizer: Option<String>,
-    /// Learning rate [default: the optimizer's: 1e-3 adam/adamw/lamb/rmsprop, 2e-3 nadam, 1e-4 lion/sophia, 1 lars/lbfgs/hf, 0.01 others].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    lr: Option<f64>,
-    /// Momentum for momentum/nesterov [default: 0.9].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    momentum: Option<f64>,
-    /// Adam β₁ [default: 0.9].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    beta1: Option<f64>,
-    /// Adam β₂ [default: 0.999].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    beta2: Option<f64>,
-    /// Adam ε [default: 1e-8].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    eps: Option<f64>,
-    /// Weight decay (coupled L2; decoupled for adamw) [default: 0].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    weight_decay: Option<f64>,
-    /// Clip the update's global norm to this value.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    clip_norm: Option<f64>,
-    /// Clip every update element to ±this value.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    clip_value: Option<f64>,
-    /// Decouple weight decay from the moments (always on for adamw, lamb, lion).
-    #[arg(long)]
-    #[serde(skip_serializing_if = "is_false")]
-    decoupled_weight_decay: bool,
-    /// Exempt biases from weight decay and trust ratios.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "is_false")]
-    no_decay_on_bias: bool,
-    /// AMSGrad variant of adam/adamw.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "is_false")]
-    amsgrad: bool,
-    /// RMSProp decay α [default: 0.99].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    rms_decay: Option<f64>,
-    /// Centred RMSProp.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "is_false")]
-    centered: bool,
-    /// RMSProp momentum [default: 0].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    rms_momentum: Option<f64>,
-    /// LARS/LAMB trust coefficient (0 disables) [default: 0.001 lars, 1 lamb].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    trust_coefficient: Option<f64>,
-    /// Lion β₂ [default: 0.99].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    lion_beta2: Option<f64>,
-    /// SAM/ASAM radius ρ [default: 0.05].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    sam_rho: Option<f64>,
-    /// ASAM η [default: 0.01].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    asam_eta: Option<f64>,
-    /// Optimizer wrapped by sam/asam [default: momentum].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    inner: Option<String>,
-    /// L-BFGS history length [default: 10].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    lbfgs_history: Option<usize>,
-    /// Hessian-free initial damping λ [default: 1].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    damping: Option<f64>,
-    /// Hessian-free CG iterations per step [default: 50].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_cg: Option<usize>,
-    /// Sophia curvature estimator: hutchinson, gauss-newton [default: hutchinson].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    sophia_estimator: Option<String>,
-    /// Sophia γ [default: 0.01].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    sophia_gamma: Option<f64>,
-    /// Steps between Sophia's curvature estimates [default: 10].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    sophia_every: Option<u64>,
-    /// K-FAC Tikhonov damping λ (factored, π-corrected) [default: 0.03].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    kfac_damping: Option<f64>,
-    /// Natural-gradient damping λ [default: 1e-4].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    natgrad_damping: Option<f64>,
-    /// Natural-gradient Fisher shape: diagonal, layer [default: diagonal].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    natgrad_blocks: Option<String>,
     /// Parameter-group settings PATTERN:key=value,... (keys lr_scale, weight_decay; `*`
     /// globs over parameter names, e.g. '*.bias:weight_decay=0'); repeatable; replaces a
     /// config file's [[param_groups]].
     #[arg(long = "param-group")]
     #[serde(rename = "param_groups", skip_serializing_if = "Vec::is_empty")]
     param_group: Vec<futureprop::optim::ParamGroup>,
-    /// EMA decay of curvature estimates (natgrad, kfac) [default: 0.95].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    curvature_decay: Option<f64>,
-    /// K-FAC G factor: sampled, empirical, gauss-newton [default: sampled].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    kfac_fisher: Option<String>,
-    /// K-FAC factor inversion: cholesky, eigen [default: cholesky].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    kfac_inverse: Option<String>,
-    /// Steps between K-FAC factor updates [default: 1].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    kfac_cov_every: Option<u64>,
-    /// Steps between K-FAC inverse refreshes [default: 20].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    kfac_inv_every: Option<u64>,
-    /// K-FAC KL-clipping bound κ, 0 = off [default: 0].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    kfac_kl_clip: Option<f64>,
-    /// Seed of K-FAC's sampled targets [default: 0].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    kfac_seed: Option<u64>,
-    /// K-FAC: step size and momentum from the Gauss–Newton quadratic model, adaptive damping [default: false].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    kfac_adaptive: Option<bool>,
-    /// Schedule: constant, step:EVERY:GAMMA, cosine[:FLOOR], robbins-monro:TAU, warmup:N,<schedule> [default: constant].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    schedule: Option<String>,
     /// Average the update over N minibatches per optimizer step [default: 1].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -581,10 +308,108 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(skip)]
     quiet: bool,
+    /// The rule's, the optimizer's and the pretraining's own settings: one flag per
+    /// field of their settings structs, generated from them.
+    #[command(flatten)]
+    #[serde(flatten)]
+    techniques: TechniqueArgs,
 }
 
-fn is_false(b: &bool) -> bool {
-    !b
+/// The settings with a generated flag each: every field of the rule, optimizer and
+/// pretraining settings structs except the optimizer's name (`--optimizer`) and its
+/// parameter groups (`--param-group`).
+fn technique_fields() -> Vec<futureprop::settings::Field> {
+    use futureprop::settings::Described;
+    let mut f = futureprop::rule::RuleConfig::fields();
+    f.extend(
+        futureprop::optim::OptimizerConfig::fields()
+            .into_iter()
+            .filter(|f| f.key != "optimizer" && f.key != "param_groups"),
+    );
+    f.extend(futureprop::train::pretrain::RbmConfig::fields());
+    f
+}
+
+/// The generated flags' values, as the TOML table of the settings they set.
+#[derive(Default, Serialize)]
+#[serde(transparent)]
+struct TechniqueArgs(toml::Table);
+
+/// A doc comment as a help line: rustdoc links and code marks dropped.
+fn help_text(f: &futureprop::settings::Field) -> String {
+    let doc = f.doc.replace("[`", "").replace("`]", "").replace('`', "");
+    if f.key == "lr" {
+        // A fresh run without one takes its optimizer's (`futureprop optimizers`).
+        return format!("{doc} [default: the optimizer's]");
+    }
+    let default = match &f.default {
+        serde_json::Value::Null => "none".to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        v => v.to_string(),
+    };
+    format!("{doc} [default: {default}]")
+}
+
+impl clap::FromArgMatches for TechniqueArgs {
+    fn from_arg_matches(m: &clap::ArgMatches) -> std::result::Result<Self, clap::Error> {
+        let mut s = TechniqueArgs::default();
+        s.update_from_arg_matches(m)?;
+        Ok(s)
+    }
+
+    fn update_from_arg_matches(
+        &mut self,
+        m: &clap::ArgMatches,
+    ) -> std::result::Result<(), clap::Error> {
+        for f in technique_fields() {
+            let v = match f.ty {
+                "usize" | "u64" | "Option<u64>" => m
+                    .get_one::<u64>(f.key)
+                    .map(|v| toml::Value::Integer(*v as i64)),
+                "f64" | "Option<f64>" => m.get_one::<f64>(f.key).map(|v| toml::Value::Float(*v)),
+                "bool" => m.get_one::<bool>(f.key).map(|v| toml::Value::Boolean(*v)),
+                _ => m
+                    .get_one::<String>(f.key)
+                    .map(|v| toml::Value::String(v.clone())),
+            };
+            if let Some(v) = v {
+                self.0.insert(f.key.to_string(), v);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl clap::Args for TechniqueArgs {
+    fn augment_args(mut cmd: clap::Command) -> clap::Command {
+        use clap::{Arg, ArgAction, value_parser};
+        for f in technique_fields() {
+            let arg = Arg::new(f.key)
+                .long(f.key.replace('_', "-"))
+                .value_name(f.key.to_uppercase())
+                .help(help_text(&f))
+                .help_heading("Rule, optimizer and pretraining settings");
+            let arg = match f.ty {
+                "usize" | "u64" | "Option<u64>" => arg.value_parser(value_parser!(u64)),
+                "f64" | "Option<f64>" => arg
+                    .value_parser(value_parser!(f64))
+                    .allow_negative_numbers(true),
+                // `--amsgrad` alone, or `--ff-skip-first false`.
+                "bool" => arg
+                    .value_parser(value_parser!(bool))
+                    .num_args(0..=1)
+                    .default_missing_value("true")
+                    .action(ArgAction::Set),
+                _ => arg.value_parser(value_parser!(String)),
+            };
+            cmd = cmd.arg(arg);
+        }
+        cmd
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
 }
 
 fn train_cmd(args: &TrainArgs) -> Result<()> {
@@ -813,6 +638,33 @@ fn optimizers_cmd() -> Result<()> {
     Ok(())
 }
 
+/// One technique: its line, then each of its settings with flag, type, default and doc.
+fn show_cmd(
+    kind: &'static str,
+    name: &str,
+    table: &[(&str, &str)],
+    fields: &[futureprop::settings::Field],
+) -> Result<()> {
+    let Some((n, summary)) = table.iter().find(|(n, _)| *n == name) else {
+        let known: Vec<&str> = table.iter().map(|(n, _)| *n).collect();
+        return Err(Error::unknown(kind, name, &known));
+    };
+    out!("{n}: {summary}");
+    if kind == "optimizer" && !matches!(*n, "sam" | "asam") {
+        out!(
+            "  default learning rate {:e}",
+            futureprop::optim::default_lr(n)
+        );
+    }
+    if fields.is_empty() {
+        out!("  no settings of its own");
+    }
+    for f in fields {
+        out!("  {:<26} {:<12} {}", f.flag(), f.ty, help_text(f));
+    }
+    Ok(())
+}
+
 fn list_cmd(table: &[(&str, &str)]) -> Result<()> {
     for (n, d) in table {
         out!("{n:<10} {d}");
@@ -865,8 +717,24 @@ fn main() -> ExitCode {
             *threads,
             *quiet,
         ),
-        Command::Rules => list_cmd(futureprop::rule::RULES),
-        Command::Optimizers => optimizers_cmd(),
+        Command::Rules { command: None } => list_cmd(futureprop::rule::RULES),
+        Command::Optimizers { command: None } => optimizers_cmd(),
+        Command::Rules {
+            command: Some(ShowCommand::Show { name }),
+        } => show_cmd(
+            "rule",
+            name,
+            futureprop::rule::RULES,
+            &futureprop::rule::settings_of(name),
+        ),
+        Command::Optimizers {
+            command: Some(ShowCommand::Show { name }),
+        } => show_cmd(
+            "optimizer",
+            name,
+            futureprop::optim::OPTIMIZERS,
+            &futureprop::optim::settings_of(name),
+        ),
         Command::Data { command } => data_cmd(command),
         Command::Diagnose {
             checkpoint,

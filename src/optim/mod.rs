@@ -322,100 +322,160 @@ impl Optimizer for Grouped {
     }
 }
 
-/// Hyperparameters of the first-order optimizers. Every field has a default.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct OptimizerConfig {
-    /// Name (see [`OPTIMIZERS`]); default `sgd`. Key `optimizer` in configs.
-    #[serde(rename = "optimizer")]
-    pub name: String,
-    /// Base learning rate η₀; default: the optimizer's ([`default_lr`]: 1e-3 for Adam,
-    /// 0.01 for SGD, ...) when a run's settings give none.
-    pub lr: f64,
-    /// Momentum μ for `momentum`/`nesterov`; default 0.9.
-    pub momentum: f64,
-    /// Adam β₁; default 0.9.
-    pub beta1: f64,
-    /// Adam β₂; default 0.999.
-    pub beta2: f64,
-    /// Adam ε; default 1e-8.
-    pub eps: f64,
-    /// Weight decay; default 0. Coupled (L2) except for `adamw`.
-    pub weight_decay: f64,
-    /// Apply decay decoupled from the moments (`adamw` always does); default false.
-    pub decoupled_weight_decay: bool,
-    /// Exempt biases from weight decay; default false (as PyTorch).
-    pub no_decay_on_bias: bool,
-    /// Per-parameter-group settings (see [`ParamGroup`]); default none. Config files:
-    /// `[[param_groups]]` tables; CLI: `--param-group PATTERN:key=value,...`.
-    pub param_groups: Vec<ParamGroup>,
-    /// Clip the update's global norm to this value before anything else; default none.
-    pub clip_norm: Option<f64>,
-    /// Learning-rate schedule (see [`SCHEDULE_NAMES`]); default `constant`.
-    pub schedule: String,
-    /// Clip every update element to ±this value; default none.
-    pub clip_value: Option<f64>,
-    /// AMSGrad variant of `adam`/`adamw`; default false.
-    pub amsgrad: bool,
-    /// RMSProp decay α; default 0.99.
-    pub rms_decay: f64,
-    /// Centred RMSProp; default false.
-    pub centered: bool,
-    /// RMSProp momentum; default 0.
-    pub rms_momentum: f64,
-    /// Trust coefficient of `lars` (default 0.001) and `lamb` (default 1); 0 disables the
-    /// trust ratio.
-    pub trust_coefficient: Option<f64>,
-    /// Lion's β₂ (β₁ is `beta1`); default 0.99.
-    pub lion_beta2: f64,
-    /// SAM/ASAM neighbourhood radius ρ; default 0.05 (SAM) — use about 0.5 for ASAM.
-    pub sam_rho: f64,
-    /// ASAM's η in T = |θ| + η; default 0.01.
-    pub asam_eta: f64,
-    /// The optimizer SAM/ASAM wraps; default `momentum`.
-    pub inner: String,
-    /// L-BFGS history length m; default 10.
-    pub lbfgs_history: usize,
-    /// Damping λ: initial Tikhonov damping of `hf` (default 1); `natgrad` uses
-    /// `natgrad_damping`.
-    pub damping: f64,
-    /// Damping λ of `natgrad`; default 1e-4.
-    pub natgrad_damping: f64,
-    /// Shape of `natgrad`'s Fisher: `diagonal` or `layer` (full per-layer blocks of the
-    /// minibatch Fisher, solved by Woodbury); default `diagonal`.
-    pub natgrad_blocks: String,
-    /// EMA decay of curvature estimates (`natgrad`); default 0.95.
-    pub curvature_decay: f64,
-    /// Maximum CG iterations per `hf` step; default 50.
-    pub max_cg: usize,
-    /// Sophia's curvature estimator: `hutchinson` (Hessian) or `gauss-newton`; default
-    /// `hutchinson`.
-    pub sophia_estimator: String,
-    /// Sophia's γ; default 0.01.
-    pub sophia_gamma: f64,
-    /// Steps between Sophia's curvature estimates; default 10.
-    pub sophia_every: u64,
-    /// K-FAC Tikhonov damping λ (factored, π-corrected); default 0.03 (1e-3 diverged
-    /// in the first MNIST steps, when the factors come from one batch).
-    pub kfac_damping: f64,
-    /// K-FAC's G factor: `sampled` (targets from the model, Martens & Grosse),
-    /// `empirical` or `gauss-newton` (exact, one backward pass per output); default
-    /// `sampled`.
-    pub kfac_fisher: String,
-    /// K-FAC factor inversion: `cholesky` or `eigen`; default `cholesky` (1.4× faster
-    /// per refresh here; `eigen` clamps negative eigenvalues of rank-deficient factors).
-    pub kfac_inverse: String,
-    /// Steps between K-FAC factor updates; default 1.
-    pub kfac_cov_every: u64,
-    /// Steps between K-FAC inverse refreshes; default 20.
-    pub kfac_inv_every: u64,
-    /// K-FAC KL-clipping bound κ (Ba et al. 2017); default 0 (off).
-    pub kfac_kl_clip: f64,
-    /// Seed of K-FAC's sampled targets; default 0.
-    pub kfac_seed: u64,
-    /// K-FAC chooses its step size and momentum from the Gauss–Newton quadratic model
-    /// and adapts its damping (Martens & Grosse §6.5, §7); default false.
-    pub kfac_adaptive: bool,
+crate::settings_struct! {
+    /// Hyperparameters of the first-order optimizers. Every field has a default.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(default)]
+    pub struct OptimizerConfig {
+        /// Name (see [`OPTIMIZERS`]). Key `optimizer` in configs.
+        #[serde(rename = "optimizer")]
+        pub name: String = "sgd".into(),
+        /// Base learning rate η₀; a fresh run that gives none takes the optimizer's
+        /// ([`default_lr`]: 1e-3 for Adam, 0.01 for SGD, ...).
+        pub lr: f64 = 0.01,
+        /// Momentum μ for `momentum`/`nesterov`.
+        pub momentum: f64 = 0.9,
+        /// Adam β₁.
+        pub beta1: f64 = 0.9,
+        /// Adam β₂.
+        pub beta2: f64 = 0.999,
+        /// Adam ε.
+        pub eps: f64 = 1e-8,
+        /// Weight decay. Coupled (L2) except for `adamw`.
+        pub weight_decay: f64 = 0.0,
+        /// Apply decay decoupled from the moments (`adamw` always does).
+        pub decoupled_weight_decay: bool = false,
+        /// Exempt biases from weight decay (as PyTorch).
+        pub no_decay_on_bias: bool = false,
+        /// Per-parameter-group settings (see [`ParamGroup`]). Config files:
+        /// `[[param_groups]]` tables; CLI: `--param-group PATTERN:key=value,...`.
+        pub param_groups: Vec<ParamGroup> = Vec::new(),
+        /// Clip the update's global norm to this value before anything else.
+        pub clip_norm: Option<f64> = None,
+        /// Learning-rate schedule (see [`SCHEDULE_NAMES`]).
+        pub schedule: String = "constant".into(),
+        /// Clip every update element to ±this value.
+        pub clip_value: Option<f64> = None,
+        /// AMSGrad variant of `adam`/`adamw`.
+        pub amsgrad: bool = false,
+        /// RMSProp decay α.
+        pub rms_decay: f64 = 0.99,
+        /// Centred RMSProp.
+        pub centered: bool = false,
+        /// RMSProp momentum.
+        pub rms_momentum: f64 = 0.0,
+        /// Trust coefficient of `lars` (none: 0.001) and `lamb` (none: 1); 0 disables the
+        /// trust ratio.
+        pub trust_coefficient: Option<f64> = None,
+        /// Lion's β₂ (β₁ is `beta1`).
+        pub lion_beta2: f64 = 0.99,
+        /// SAM/ASAM neighbourhood radius ρ (about 0.5 suits ASAM).
+        pub sam_rho: f64 = 0.05,
+        /// ASAM's η in T = |θ| + η.
+        pub asam_eta: f64 = 0.01,
+        /// The optimizer SAM/ASAM wraps.
+        pub inner: String = "momentum".into(),
+        /// L-BFGS history length m.
+        pub lbfgs_history: usize = 10,
+        /// Damping λ: initial Tikhonov damping of `hf`; `natgrad` uses
+        /// `natgrad_damping`.
+        pub damping: f64 = 1.0,
+        /// Damping λ of `natgrad`.
+        pub natgrad_damping: f64 = 1e-4,
+        /// Shape of `natgrad`'s Fisher: `diagonal` or `layer` (full per-layer blocks of the
+        /// minibatch Fisher, solved by Woodbury).
+        pub natgrad_blocks: String = "diagonal".into(),
+        /// EMA decay of curvature estimates (`natgrad`, `kfac`).
+        pub curvature_decay: f64 = 0.95,
+        /// Maximum CG iterations per `hf` step.
+        pub max_cg: usize = 50,
+        /// Sophia's curvature estimator: `hutchinson` (Hessian) or `gauss-newton`.
+        pub sophia_estimator: String = "hutchinson".into(),
+        /// Sophia's γ.
+        pub sophia_gamma: f64 = 0.01,
+        /// Steps between Sophia's curvature estimates.
+        pub sophia_every: u64 = 10,
+        /// K-FAC Tikhonov damping λ (factored, π-corrected); 1e-3 diverged in the first
+        /// MNIST steps, when the factors come from one batch.
+        pub kfac_damping: f64 = 0.03,
+        /// K-FAC's G factor: `sampled` (targets from the model, Martens & Grosse),
+        /// `empirical` or `gauss-newton` (exact, one backward pass per output).
+        pub kfac_fisher: String = "sampled".into(),
+        /// K-FAC factor inversion: `cholesky` or `eigen` (1.4× faster per refresh here;
+        /// `eigen` clamps negative eigenvalues of rank-deficient factors).
+        pub kfac_inverse: String = "cholesky".into(),
+        /// Steps between K-FAC factor updates.
+        pub kfac_cov_every: u64 = 1,
+        /// Steps between K-FAC inverse refreshes.
+        pub kfac_inv_every: u64 = 20,
+        /// K-FAC KL-clipping bound κ (Ba et al. 2017); 0: off.
+        pub kfac_kl_clip: f64 = 0.0,
+        /// Seed of K-FAC's sampled targets.
+        pub kfac_seed: u64 = 0,
+        /// K-FAC chooses its step size and momentum from the Gauss–Newton quadratic model
+        /// and adapts its damping (Martens & Grosse §6.5, §7).
+        pub kfac_adaptive: bool = false,
+    }
+}
+
+/// The settings (keys of [`OptimizerConfig`]) optimizer `name` reads, for `futureprop
+/// optimizers show`; the first-order ones also take `param_groups`.
+pub fn settings_of(name: &str) -> Vec<crate::settings::Field> {
+    use crate::settings::Described;
+    const FIRST_ORDER: &[&str] = &[
+        "lr",
+        "schedule",
+        "weight_decay",
+        "decoupled_weight_decay",
+        "no_decay_on_bias",
+        "clip_norm",
+        "clip_value",
+    ];
+    let own: &[&str] = match name {
+        "momentum" | "nesterov" => &["momentum"],
+        "adam" | "adamw" => &["beta1", "beta2", "eps", "amsgrad"],
+        "nadam" => &["beta1", "beta2", "eps"],
+        "rmsprop" => &["rms_decay", "centered", "rms_momentum", "eps"],
+        "adagrad" => &["eps"],
+        "lars" => &["momentum", "trust_coefficient"],
+        "lamb" => &["beta1", "beta2", "eps", "amsgrad", "trust_coefficient"],
+        "lion" => &["beta1", "lion_beta2"],
+        "sam" => &["sam_rho", "inner"],
+        "asam" => &["sam_rho", "asam_eta", "inner"],
+        "lbfgs" => &["lbfgs_history"],
+        "hf" => &["damping", "max_cg"],
+        "natgrad" => &["natgrad_damping", "natgrad_blocks", "curvature_decay"],
+        "kfac" => &[
+            "momentum",
+            "curvature_decay",
+            "kfac_damping",
+            "kfac_fisher",
+            "kfac_inverse",
+            "kfac_cov_every",
+            "kfac_inv_every",
+            "kfac_kl_clip",
+            "kfac_seed",
+            "kfac_adaptive",
+        ],
+        "sophia" => &[
+            "beta1",
+            "beta2",
+            "sophia_estimator",
+            "sophia_gamma",
+            "sophia_every",
+        ],
+        _ => &[],
+    };
+    let common: &[&str] = match name {
+        "lbfgs" | "hf" => &["lr"],
+        "natgrad" => &["lr", "schedule"],
+        "kfac" | "sophia" => &["lr", "schedule", "weight_decay"],
+        _ => FIRST_ORDER,
+    };
+    OptimizerConfig::fields()
+        .into_iter()
+        .filter(|f| own.contains(&f.key) || common.contains(&f.key))
+        .collect()
 }
 
 /// The learning rate an optimizer uses when none is given: the value its paper or the
@@ -471,52 +531,6 @@ impl OptimizerConfig {
             g.validate()?;
         }
         Ok(())
-    }
-}
-
-impl Default for OptimizerConfig {
-    fn default() -> Self {
-        OptimizerConfig {
-            name: "sgd".into(),
-            lr: 0.01,
-            momentum: 0.9,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-            decoupled_weight_decay: false,
-            no_decay_on_bias: false,
-            param_groups: Vec::new(),
-            clip_norm: None,
-            schedule: "constant".into(),
-            clip_value: None,
-            amsgrad: false,
-            rms_decay: 0.99,
-            centered: false,
-            rms_momentum: 0.0,
-            trust_coefficient: None,
-            lion_beta2: 0.99,
-            sam_rho: 0.05,
-            asam_eta: 0.01,
-            inner: "momentum".into(),
-            lbfgs_history: 10,
-            damping: 1.0,
-            natgrad_damping: 1e-4,
-            natgrad_blocks: "diagonal".into(),
-            curvature_decay: 0.95,
-            max_cg: 50,
-            sophia_estimator: "hutchinson".into(),
-            sophia_gamma: 0.01,
-            sophia_every: 10,
-            kfac_damping: 0.03,
-            kfac_fisher: "sampled".into(),
-            kfac_inverse: "cholesky".into(),
-            kfac_cov_every: 1,
-            kfac_inv_every: 20,
-            kfac_kl_clip: 0.0,
-            kfac_seed: 0,
-            kfac_adaptive: false,
-        }
     }
 }
 

@@ -150,121 +150,83 @@ pub trait Rule: Send {
     }
 }
 
-/// Options of the rules. Every field has a default; rules ignore what they do not use.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct RuleConfig {
-    /// Initialiser of feedback matrices (names as `--init`); default `xavier-uniform`.
-    pub feedback_init: String,
-    /// Multiplier of the drawn feedback matrices; default 1.
-    pub feedback_scale: f64,
-    /// Seed of feedback matrices; default: the run's seed.
-    pub feedback_seed: Option<u64>,
-    /// Kolen–Pollack weight decay λ on W and its feedback; default 1e-3.
-    pub kp_decay: f64,
-    /// Predictive coding: inference steps T per batch; default 20.
-    pub pc_steps: usize,
-    /// Predictive coding: inference step size γ (per sample); default 0.05 (0.1 diverged
-    /// after ~11 MNIST epochs with ReLU as the weights grew).
-    pub pc_gamma: f64,
-    /// Predictive coding: `standard` or `fixed-prediction`; default `standard`.
-    pub pc_variant: String,
-    /// EqProp/CHL: free-phase steps T₁; default 20.
-    pub eqprop_free_steps: usize,
-    /// EqProp/CHL: nudged (or clamped) phase steps T₂; default 4.
-    pub eqprop_nudge_steps: usize,
-    /// EqProp: nudging strength β; default 1.
-    pub eqprop_beta: f64,
-    /// EqProp/CHL: relaxation step ε; default 0.5.
-    pub eqprop_step: f64,
-    /// EqProp: `one-sided`, `random-sign` or `symmetric`; default `one-sided`.
-    pub eqprop_nudge: String,
-    /// EqProp/CHL state nonlinearity: `hard-sigmoid` (clip to [0, 1]), `sigmoid`, `tanh`;
-    /// default `hard-sigmoid`.
-    pub eqprop_rho: String,
-    /// Forward-Forward: per-unit goodness threshold (θ; × width for the `sum` goodness); default 2.
-    pub ff_threshold: f64,
-    /// Forward-Forward: goodness `mean` (of h² over units, as pytorch_forward_forward) or
-    /// `sum` (Hinton 2022); default `mean`.
-    pub ff_goodness: String,
-    /// Forward-Forward: layer loss `separate` or `symmetric`; default `separate`.
-    pub ff_loss: String,
-    /// Forward-Forward: negative labels `random` or `hard`; default `random`.
-    pub ff_negative: String,
-    /// Forward-Forward: prediction by `goodness` (every label tried) or `readout`;
-    /// default `goodness`.
-    pub ff_predict: String,
-    /// Forward-Forward: leave the first hidden layer out of the goodness predictor (the
-    /// paper's choice); default true.
-    pub ff_skip_first: bool,
-    /// Local losses: head loss `pred`, `sim` or `predsim`; default `pred`.
-    pub local_loss: String,
-    /// Local losses: weight β of the similarity term in `predsim`; default 0.99.
-    pub local_beta: f64,
-    /// Deeply-supervised nets: weight of every auxiliary head's loss; default 0.3.
-    pub dsn_weight: f64,
-    /// EqProp/CHL: record the energy at every relaxation step (two extra passes per
-    /// layer and step); default false: before the first step and at the last.
-    pub relax_trace: bool,
-    /// Synthetic gradients: hidden width of an MLP synthesizer (0: linear); default 0.
-    pub synth_hidden: usize,
-    /// Synthetic gradients: hidden layers of an MLP synthesizer; default 1.
-    pub synth_depth: usize,
-    /// Synthetic gradients: batch norm after each hidden layer of an MLP synthesizer
-    /// (as Jaderberg et al.'s); default false.
-    pub synth_batchnorm: bool,
-    /// Synthetic gradients: initialiser of the synthesizers (`--init` names); default
-    /// `zeros`.
-    pub synth_init: String,
-    /// Energy-based rules: stop relaxing when the residual ‖∂E/∂state‖ per sample falls
-    /// below this; default 0 (always run every step).
-    pub relax_tolerance: f64,
-    /// Difference target propagation: step η̂ of the top target
-    /// τ = h − η̂·∂ℓ/∂h (per-sample loss ℓ); default 0.1.
-    pub dtp_target_step: f64,
-    /// Difference target propagation: σ of the Gaussian noise in the inverses'
-    /// reconstruction loss; default 0.1.
-    pub dtp_noise: f64,
-    /// Difference target propagation: `parallel` or `alternating` inverse training;
-    /// default `parallel`.
-    pub dtp_schedule: String,
-}
-
-impl Default for RuleConfig {
-    fn default() -> Self {
-        RuleConfig {
-            feedback_init: "xavier-uniform".into(),
-            feedback_scale: 1.0,
-            feedback_seed: None,
-            kp_decay: 1e-3,
-            pc_steps: 20,
-            pc_gamma: 0.05,
-            pc_variant: "standard".into(),
-            relax_tolerance: 0.0,
-            dtp_target_step: 0.1,
-            dtp_noise: 0.1,
-            dtp_schedule: "parallel".into(),
-            synth_init: "zeros".into(),
-            synth_hidden: 0,
-            synth_depth: 1,
-            synth_batchnorm: false,
-            relax_trace: false,
-            local_loss: "pred".into(),
-            ff_threshold: 2.0,
-            ff_loss: "separate".into(),
-            ff_goodness: "mean".into(),
-            ff_negative: "random".into(),
-            ff_predict: "goodness".into(),
-            ff_skip_first: true,
-            local_beta: 0.99,
-            dsn_weight: 0.3,
-            eqprop_free_steps: 20,
-            eqprop_nudge_steps: 4,
-            eqprop_beta: 1.0,
-            eqprop_step: 0.5,
-            eqprop_nudge: "one-sided".into(),
-            eqprop_rho: "hard-sigmoid".into(),
-        }
+crate::settings_struct! {
+    /// Options of the rules. Every field has a default; rules ignore what they do not use.
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[serde(default)]
+    pub struct RuleConfig {
+        /// Initialiser of feedback matrices (names as `--init`).
+        pub feedback_init: String = "xavier-uniform".into(),
+        /// Multiplier of the drawn feedback matrices.
+        pub feedback_scale: f64 = 1.0,
+        /// Seed of feedback matrices; none: the run's seed.
+        pub feedback_seed: Option<u64> = None,
+        /// Kolen–Pollack weight decay λ on W and its feedback.
+        pub kp_decay: f64 = 1e-3,
+        /// Predictive coding: inference steps T per batch.
+        pub pc_steps: usize = 20,
+        /// Predictive coding: inference step size γ (per sample); 0.1 diverged after ~11
+        /// MNIST epochs with ReLU as the weights grew.
+        pub pc_gamma: f64 = 0.05,
+        /// Predictive coding: `standard` or `fixed-prediction`.
+        pub pc_variant: String = "standard".into(),
+        /// EqProp/CHL: free-phase steps T₁.
+        pub eqprop_free_steps: usize = 20,
+        /// EqProp/CHL: nudged (or clamped) phase steps T₂.
+        pub eqprop_nudge_steps: usize = 4,
+        /// EqProp: nudging strength β.
+        pub eqprop_beta: f64 = 1.0,
+        /// EqProp/CHL: relaxation step ε.
+        pub eqprop_step: f64 = 0.5,
+        /// EqProp: `one-sided`, `random-sign` or `symmetric`.
+        pub eqprop_nudge: String = "one-sided".into(),
+        /// EqProp/CHL state nonlinearity: `hard-sigmoid` (clip to [0, 1]), `sigmoid`,
+        /// `tanh`.
+        pub eqprop_rho: String = "hard-sigmoid".into(),
+        /// Forward-Forward: per-unit goodness threshold (θ; × width for the `sum`
+        /// goodness).
+        pub ff_threshold: f64 = 2.0,
+        /// Forward-Forward: goodness `mean` (of h² over units, as pytorch_forward_forward)
+        /// or `sum` (Hinton 2022).
+        pub ff_goodness: String = "mean".into(),
+        /// Forward-Forward: layer loss `separate` or `symmetric`.
+        pub ff_loss: String = "separate".into(),
+        /// Forward-Forward: negative labels `random` or `hard`.
+        pub ff_negative: String = "random".into(),
+        /// Forward-Forward: prediction by `goodness` (every label tried) or `readout`.
+        pub ff_predict: String = "goodness".into(),
+        /// Forward-Forward: leave the first hidden layer out of the goodness predictor (the
+        /// paper's choice).
+        pub ff_skip_first: bool = true,
+        /// Local losses: head loss `pred`, `sim` or `predsim`.
+        pub local_loss: String = "pred".into(),
+        /// Local losses: weight β of the similarity term in `predsim`.
+        pub local_beta: f64 = 0.99,
+        /// Deeply-supervised nets: weight of every auxiliary head's loss.
+        pub dsn_weight: f64 = 0.3,
+        /// EqProp/CHL: record the energy at every relaxation step (two extra passes per
+        /// layer and step).
+        pub relax_trace: bool = false,
+        /// Synthetic gradients: hidden width of an MLP synthesizer (0: linear).
+        pub synth_hidden: usize = 0,
+        /// Synthetic gradients: hidden layers of an MLP synthesizer.
+        pub synth_depth: usize = 1,
+        /// Synthetic gradients: batch norm after each hidden layer of an MLP synthesizer
+        /// (as Jaderberg et al.'s).
+        pub synth_batchnorm: bool = false,
+        /// Synthetic gradients: initialiser of the synthesizers (`--init` names).
+        pub synth_init: String = "zeros".into(),
+        /// Energy-based rules: stop relaxing when the residual ‖∂E/∂state‖ per sample falls
+        /// below this; 0: always run every step.
+        pub relax_tolerance: f64 = 0.0,
+        /// Difference target propagation: step η̂ of the top target τ = h − η̂·∂ℓ/∂h
+        /// (per-sample loss ℓ).
+        pub dtp_target_step: f64 = 0.1,
+        /// Difference target propagation: σ of the Gaussian noise in the inverses'
+        /// reconstruction loss.
+        pub dtp_noise: f64 = 0.1,
+        /// Difference target propagation: `parallel` or `alternating` inverse training.
+        pub dtp_schedule: String = "parallel".into(),
     }
 }
 
@@ -297,6 +259,34 @@ impl RuleConfig {
             i => i,
         })
     }
+}
+
+/// The settings (keys of [`RuleConfig`]) rule `name` reads, for `futureprop rules show`.
+pub fn settings_of(name: &str) -> Vec<crate::settings::Field> {
+    use crate::settings::Described;
+    let prefixes: &[&str] = match name {
+        "fa" | "usf" | "brsf" | "frsf" | "dfa" | "bfa" | "drtp" => &["feedback_"],
+        "kp" => &["feedback_", "kp_"],
+        "pc" => &["pc_", "relax_tolerance"],
+        "eqprop" => &["eqprop_", "relax_"],
+        "chl" => &[
+            "eqprop_free_steps",
+            "eqprop_nudge_steps",
+            "eqprop_step",
+            "eqprop_rho",
+            "relax_",
+        ],
+        "ff" => &["ff_"],
+        "local" => &["local_"],
+        "dsn" => &["dsn_"],
+        "dni" | "cdni" => &["synth_"],
+        "dtp" => &["dtp_"],
+        _ => &[],
+    };
+    RuleConfig::fields()
+        .into_iter()
+        .filter(|f| prefixes.iter().any(|p| f.key.starts_with(p)))
+        .collect()
 }
 
 /// Names accepted by [`build_rule`], with one line each.

@@ -204,9 +204,12 @@ impl TrainConfig {
                 if !obj.contains_key(&key) {
                     let mut known: Vec<&str> = obj.keys().map(String::as_str).collect();
                     known.sort();
+                    let hint = crate::error::closest(&key, &known)
+                        .map(|c| format!(" (did you mean '{c}'?)"))
+                        .unwrap_or_default();
                     return Err(Error::config(
                         "config",
-                        format!("unknown key '{k}'; known keys: {}", known.join(", ")),
+                        format!("unknown key '{k}'{hint}; known keys: {}", known.join(", ")),
                     ));
                 }
                 if !v.is_null() {

@@ -19,18 +19,20 @@ use crate::error::{Error, Result};
 use crate::nn::{LayerKind, Model, Params};
 use crate::tensor::{Tensor, Unary};
 
-/// RBM pretraining settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct RbmConfig {
-    /// Epochs per layer; default 5.
-    pub rbm_epochs: usize,
-    /// Learning rate η; default 0.05.
-    pub rbm_lr: f64,
-    /// Gibbs steps k; default 1.
-    pub rbm_k: usize,
-    /// Momentum μ; default 0.5.
-    pub rbm_momentum: f64,
+crate::settings_struct! {
+    /// RBM pretraining settings.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(default)]
+    pub struct RbmConfig {
+        /// RBM pretraining epochs per layer.
+        pub rbm_epochs: usize = 5,
+        /// RBM learning rate η.
+        pub rbm_lr: f64 = 0.05,
+        /// Gibbs steps k of CD-k.
+        pub rbm_k: usize = 1,
+        /// RBM momentum μ.
+        pub rbm_momentum: f64 = 0.5,
+    }
 }
 
 impl RbmConfig {
@@ -41,17 +43,6 @@ impl RbmConfig {
         real("rbm_lr", self.rbm_lr, Positive)?;
         at_least("rbm_k", self.rbm_k as u64, 1)?;
         real("rbm_momentum", self.rbm_momentum, Fraction)
-    }
-}
-
-impl Default for RbmConfig {
-    fn default() -> Self {
-        RbmConfig {
-            rbm_epochs: 5,
-            rbm_lr: 0.05,
-            rbm_k: 1,
-            rbm_momentum: 0.5,
-        }
     }
 }
 
