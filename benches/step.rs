@@ -14,8 +14,9 @@ use futureprop::nn::{Init, Loss, Model, ModelSpec, Target};
 use futureprop::optim::{OptimizerConfig, StepContext, build_optimizer};
 mod common;
 use common::{arg, arg_str};
-use futureprop::rule::{Batch, RuleObjective, build_rule};
+use futureprop::rule::{Batch, build_rule};
 use futureprop::tensor::Tensor;
+use futureprop::train::RuleObjective;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));

@@ -9,8 +9,9 @@ use futureprop::optim::curvature::gauss_newton_vector;
 use futureprop::optim::{
     FisherMode, InverseMethod, Kfac, KfacConfig, Optimizer, Schedule, StepContext,
 };
-use futureprop::rule::{Batch, Rule, RuleObjective, build_rule};
+use futureprop::rule::{Batch, Rule, build_rule};
 use futureprop::tensor::Tensor;
+use futureprop::train::RuleObjective;
 
 fn config(fisher: FisherMode, inverse: InverseMethod, damping: f64) -> KfacConfig {
     KfacConfig {

@@ -5,7 +5,8 @@
 //! (each arm's training run), `results.json` (everything), `results.csv` (one row per
 //! arm and seed), `report.md` (the comparison table), and SVG charts.
 
-pub mod energy;
+/// Energy metering lives with the trainer that meters each epoch.
+pub use crate::train::energy;
 pub mod plot;
 mod report;
 pub mod reproduce;

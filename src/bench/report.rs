@@ -210,7 +210,7 @@ pub fn markdown(suite: &Suite, results: &Value) -> String {
     let arms = results["arms"].as_array().cloned().unwrap_or_default();
     let estimated = arms.iter().any(|a| a["energy_source"] == "estimated");
     if estimated {
-        s += "Energy is **estimated** from counted FLOPs and bytes moved (no RAPL meter readable here; constants in `src/bench/energy.rs`).\n\n";
+        s += "Energy is **estimated** from counted FLOPs and bytes moved (no RAPL meter readable here; constants in `src/train/energy.rs`).\n\n";
     }
     let mut groups: BTreeMap<(String, String, String), Vec<&Value>> = BTreeMap::new();
     for a in &arms {

@@ -4,9 +4,8 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 
 use super::Dataset;
+use super::{Batch, Target};
 use crate::error::Result;
-use crate::nn::Target;
-use crate::rule::Batch;
 
 /// A permutation of `0..n` determined by `(seed, epoch)` alone.
 pub fn shuffled_indices(n: usize, seed: u64, epoch: u64) -> Vec<usize> {

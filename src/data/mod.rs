@@ -5,6 +5,7 @@
 //! (`$XDG_CACHE_HOME/futureprop` or `~/.cache/futureprop`). Each dataset is a folder of
 //! that directory named like the dataset (`mnist/`, `fashion-mnist/`).
 
+mod batch;
 pub mod cifar;
 pub mod download;
 pub mod idx;
@@ -16,8 +17,9 @@ use std::path::{Path, PathBuf};
 pub use loader::{Batches, shuffled_indices};
 
 use crate::error::{Error, Result};
-use crate::nn::Target;
 use crate::tensor::Tensor;
+
+pub use batch::{Batch, Target};
 
 /// A labelled classification set: one row of features per sample.
 #[derive(Debug, Clone)]

@@ -12,8 +12,8 @@ use rand::{Rng, SeedableRng};
 
 use crate::data::{Dataset, shuffled_indices};
 use crate::error::{Error, Result};
+use crate::nn::curvature::hessian_vector;
 use crate::nn::{Loss, Model, Params};
-use crate::optim::curvature::hessian_vector;
 use crate::rule::{Batch, Rule};
 use crate::tensor::Tensor;
 

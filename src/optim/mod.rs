@@ -25,7 +25,8 @@
 //! [`Objective`] that re-evaluates the rule's update at other parameters (SAM, L-BFGS
 //! line searches, Hessian-free).
 
-pub mod curvature;
+/// The curvature–vector products live with the model ([`crate::nn::curvature`]).
+pub use crate::nn::curvature;
 mod hessian_free;
 pub mod kfac;
 mod lbfgs;

@@ -20,6 +20,8 @@ mod synthetic_gradients;
 mod target_propagation;
 mod uoro;
 
+pub use crate::data::Batch;
+pub use crate::nn::{backward_chain, backward_layers};
 pub use backprop::Backprop;
 pub use classic::{Classic, ClassicKind};
 pub use direct_feedback::{DirectFeedback, DirectKind};
@@ -33,17 +35,8 @@ pub use target_propagation::TargetPropagation;
 pub use uoro::Uoro;
 
 use crate::error::{Error, Result};
-use crate::nn::{Grads, Layer, Loss, Model, Params, Record, Target, Trace};
+use crate::nn::{Grads, Loss, Model, Params, Trace};
 use crate::tensor::Tensor;
-
-/// A minibatch: inputs `x[n × features]` and their targets.
-#[derive(Debug, Clone)]
-pub struct Batch {
-    /// Inputs, one row per sample.
-    pub x: Tensor,
-    /// Targets.
-    pub target: Target,
-}
 
 /// What the last relaxation (inference) of an energy-based rule did: the energy and the
 /// residual ‖∂E/∂state‖ (per sample) before each step, and the steps taken (fewer than
@@ -556,110 +549,4 @@ pub(crate) fn step_with_backward_pass<R: Rule + ?Sized>(
         loss: value,
         prediction: None,
     })
-}
-
-/// Carries the error `d_out` (∂L/∂output of the last layer) down the model, giving each
-/// layer its parameter gradient and recording the signal in `trace.errors`.
-///
-/// `transport(i, layer, record, d)` maps the error at layer `i`'s output to its input:
-/// backprop passes [`Layer::input_grad`]; feedback alignment swaps in a fixed matrix for
-/// Linear layers. The input error of layer 0 is never computed.
-pub fn backward_chain<F>(
-    model: &Model,
-    params: &Params,
-    trace: &mut Trace,
-    d_out: Tensor,
-    grads: &mut Grads,
-    mut transport: F,
-) -> Result<()>
-where
-    F: FnMut(usize, &dyn Layer, &Record, &Tensor) -> Result<Tensor>,
-{
-    backward_layers(model, trace, d_out, grads, |i, layer, rec, d, g, input| {
-        layer.param_grads(params, rec, d, g)?;
-        input.then(|| transport(i, layer, rec, d)).transpose()
-    })
-}
-
-/// The loop under [`backward_chain`]: from the top layer down, `step(i, layer, record,
-/// d, grads, input)` adds layer i's update for the error `d` at its output and, when
-/// `input` (every layer but the first), returns the error at its input; each layer's
-/// signal is recorded in `trace.errors`.
-pub fn backward_layers<F>(
-    model: &Model,
-    trace: &mut Trace,
-    d_out: Tensor,
-    grads: &mut Grads,
-    mut step: F,
-) -> Result<()>
-where
-    F: FnMut(usize, &dyn Layer, &Record, &Tensor, &mut Grads, bool) -> Result<Option<Tensor>>,
-{
-    let mut d = d_out;
-    for (i, layer) in model.layers().iter().enumerate().rev() {
-        let next = step(i, layer.as_ref(), &trace.records[i], &d, grads, i > 0)?;
-        trace.errors[i] = Some(d);
-        match next {
-            Some(n) => d = n,
-            None => break,
-        }
-    }
-    Ok(())
-}
-
-/// The rule's update on one batch as an [`Objective`](crate::optim::Objective): what
-/// SAM, L-BFGS, Hessian-free and K-FAC re-evaluate.
-pub struct RuleObjective<'a> {
-    /// The rule.
-    pub rule: &'a mut dyn Rule,
-    /// The model.
-    pub model: &'a Model,
-    /// The batch.
-    pub batch: &'a Batch,
-    /// The loss.
-    pub loss: Loss,
-}
-
-impl crate::optim::Objective for RuleObjective<'_> {
-    fn evaluate(&mut self, params: &Params) -> Result<(f64, Grads)> {
-        let out = self.rule.step(self.model, params, self.batch, self.loss)?;
-        Ok((out.loss, out.grads))
-    }
-
-    fn gauss_newton_vector(&mut self, params: &Params, v: &Params) -> Result<Grads> {
-        crate::optim::curvature::gauss_newton_vector(
-            self.model,
-            params,
-            &self.batch.x,
-            self.loss,
-            v,
-        )
-    }
-
-    fn loss(&self) -> Option<Loss> {
-        Some(self.loss)
-    }
-
-    fn assign_errors(
-        &mut self,
-        params: &Params,
-        trace: &crate::nn::Trace,
-        d_out: crate::tensor::Tensor,
-    ) -> Result<Vec<Option<crate::tensor::Tensor>>> {
-        let mut t = trace.clone();
-        self.rule
-            .backward(self.model, params, &mut t, self.batch, d_out)?;
-        Ok(t.errors)
-    }
-
-    fn hessian_vector(&mut self, params: &Params, v: &Params) -> Result<Grads> {
-        crate::optim::curvature::hessian_vector(
-            self.model,
-            params,
-            &self.batch.x,
-            &self.batch.target,
-            self.loss,
-            v,
-        )
-    }
 }

@@ -7,6 +7,8 @@
 
 pub mod checkpoint;
 mod config;
+pub mod energy;
+mod objective;
 pub mod pretrain;
 
 use std::io::{IsTerminal, Write};
@@ -18,12 +20,13 @@ use serde_json::{Value, json};
 
 pub use checkpoint::Checkpoint;
 pub use config::TrainConfig;
+pub use objective::RuleObjective;
 
 use crate::data::{self, Batches, Dataset, Normalize, Splits};
 use crate::error::{Error, Result};
 use crate::nn::{Grads, Init, Loss, Model, ModelSpec, Params};
 use crate::optim::{StepContext, build_optimizer};
-use crate::rule::{Backprop, Batch, Rule, RuleObjective, build_rule_with};
+use crate::rule::{Backprop, Batch, Rule, build_rule_with};
 
 /// Loss and accuracy of a model on a dataset.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -599,7 +602,7 @@ pub fn run_with(
     let (mut step_peak, mut update_bytes) = (0usize, 0usize);
     let (mut train_work, mut train_steps) = (crate::tensor::counters::Work::default(), 0u64);
     let mut energy_total = 0.0;
-    let mut energy_source = crate::bench::energy::Source::Estimated;
+    let mut energy_source = energy::Source::Estimated;
     let mut out_of_time = false;
     // Evaluation and diagnostics of finished epochs (the step log's clock skips them).
     let mut not_training_seconds = 0.0;
@@ -611,7 +614,7 @@ pub fn run_with(
             break;
         }
         let t0 = Instant::now();
-        let meter = crate::bench::energy::Meter::start();
+        let meter = energy::Meter::start();
         let work0 = crate::tensor::counters::read();
         let steps0 = step;
         crate::mem::reset_peak();
@@ -777,7 +780,7 @@ pub fn run_with(
         pb.finish_and_clear();
         let train_seconds = t0.elapsed().as_secs_f64() - diag_seconds;
         let work = crate::tensor::counters::read() - work0 - diag_work;
-        let (joules, source) = crate::bench::energy::energy(meter.as_ref(), work);
+        let (joules, source) = energy::energy(meter.as_ref(), work);
         energy_total += joules;
         energy_source = source;
         train_work = train_work + work;

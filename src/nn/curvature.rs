@@ -9,8 +9,8 @@
 //!   needs each activation's f″.
 
 use crate::error::{Error, Result};
+use crate::nn::backward_chain;
 use crate::nn::{Grads, Loss, Model, Params, Target};
-use crate::rule::backward_chain;
 use crate::tensor::Tensor;
 
 /// Forward pass with R{·}: the trace and R{input} of every layer, plus R{output}.
