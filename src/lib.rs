@@ -60,7 +60,9 @@
 //!    layers. Direct methods (DFA, DRTP) compute the signal per [`nn::Block`] and call
 //!    the activation's `input_grad` then the Linear layer's `param_grads`.
 //! 3. Register the CLI name and a one-line description in [`rule::RULES`] and
-//!    [`rule::build_rule`].
+//!    [`rule::build_rule`]. Its settings are fields of [`rule::RuleConfig`], declared
+//!    once with their doc and default through [`settings_struct!`]; the `train` flags and
+//!    `futureprop rules show NAME` (with [`rule::settings_of`]) are generated from them.
 //! 4. Test it against the backprop oracle where theory gives an equivalence (e.g. FA with
 //!    B = Wᵀ must equal BP), as `tests/gradcheck.rs` does for backprop itself.
 //!

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Every rule with its defaults only: `futureprop train --rule X --epochs 3 --dataset D`,
+# nothing else (the default model mlp:784-1000-1000-10, the default optimizer and its
+# learning rate, seed 0), on MNIST and Fashion-MNIST; the single-layer classics on
+# linear:784-10 (the one flag they need). Writes reports/defaults.md.
+#
+#   bench/defaults.sh          (DATASETS="mnist fashion-mnist" EPOCHS=3 THREADS=2
+#                               DATA=../shared/datasets RULES="all")
+# Finished runs are kept in runs/defaults/ and skipped when the script is run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATASETS=${DATASETS:-mnist fashion-mnist}
+EPOCHS=${EPOCHS:-3}
+THREADS=${THREADS:-2}
+DATA=${DATA:-../shared/datasets}
+cargo build --release -q
+BIN=target/release/futureprop
+RULES=${RULES:-$($BIN rules | awk '{print $1}' | tr '\n' ' ')}
+for d in $DATASETS; do
+  for r in $RULES; do
+    out=runs/defaults/$d-$r
+    [ -f "$out/summary.json" ] && continue
+    extra=()
+    case $r in perceptron|lms|hebbian) extra=(--model linear:784-10) ;; uoro) extra=(--model rnn:28x28-128-10) ;; esac
+    echo "$d $r" >&2
+    mkdir -p runs/defaults
+    $BIN train --rule "$r" --epochs "$EPOCHS" --dataset "$d" --data-dir "$DATA" \
+      --threads "$THREADS" --quiet --out "$out" "${extra[@]}" > /dev/null 2> "$out.err" || true
+  done
+done
+python3 - "$DATASETS" "$RULES" "$EPOCHS" <<'PY'
+import json, os, sys
+datasets, rules, epochs = sys.argv[1].split(), sys.argv[2].split(), sys.argv[3]
+rows = []
+for r in rules:
+    cells = []
+    for d in datasets:
+        p = f"runs/defaults/{d}-{r}/summary.json"
+        if os.path.exists(p):
+            s = json.load(open(p))
+            cells.append(f"{100 * s['test_accuracy']:.2f}")
+        else:
+            err = open(f"runs/defaults/{d}-{r}.err").read().strip().splitlines()
+            cells.append("failed: " + (err[-1][:80] if err else "?"))
+    rows.append(f"| {r} | " + " | ".join(cells) + " |")
+cfg = None
+for d in datasets:
+    p = f"runs/defaults/{d}-bp/summary.json"
+    if os.path.exists(p):
+        cfg = json.load(open(p))["config"]
+        break
+with open("reports/defaults.md", "w") as f:
+    f.write("# Every rule with its defaults only\n\n")
+    f.write(f"`futureprop train --rule X --epochs {epochs} --dataset D` and nothing else "
+            "(`bench/defaults.sh`): model `mlp:784-1000-1000-10` (ReLU), ")
+    if cfg:
+        f.write(f"optimizer `{cfg['optimizer']}` at lr {cfg['lr']}, batch {cfg['batch_size']}, seed {cfg['seed']}; ")
+    f.write("the single-layer classics on `linear:784-10`, UORO on `rnn:28x28-128-10`. "
+            "Final test accuracy (%).\n\n")
+    f.write("| rule | " + " | ".join(datasets) + " |\n|---|" + "---|" * len(datasets) + "\n")
+    f.write("\n".join(rows) + "\n")
+print(open("reports/defaults.md").read())
+PY
