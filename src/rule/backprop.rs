@@ -1,8 +1,8 @@
 //! Backpropagation.
 
-use super::{Batch, Rule, StepOutput};
+use super::{Batch, Rule};
 use crate::error::Result;
-use crate::nn::{Grads, Loss, Model, Params, Trace};
+use crate::nn::{Grads, Model, Params, Trace};
 use crate::tensor::Tensor;
 
 /// Backpropagation (Rumelhart, Hinton & Williams 1986): δ_L = ∂L/∂z_L and
@@ -14,16 +14,6 @@ pub struct Backprop;
 impl Rule for Backprop {
     fn name(&self) -> &'static str {
         "bp"
-    }
-
-    fn step(
-        &mut self,
-        model: &Model,
-        params: &Params,
-        batch: &Batch,
-        loss: Loss,
-    ) -> Result<StepOutput> {
-        super::step_with_backward(self, model, params, batch, loss)
     }
 
     fn backward(

@@ -18,9 +18,9 @@ use std::collections::HashMap;
 
 use rand::SeedableRng;
 
-use super::{Batch, Rule, RuleConfig, StepOutput};
+use super::{Batch, Rule, RuleConfig};
 use crate::error::{Error, Result};
-use crate::nn::{Block, Grads, Loss, Model, Params, Trace};
+use crate::nn::{Block, Grads, Model, Params, Trace};
 use crate::tensor::Tensor;
 
 /// Which global signal is projected, and whether matrices are shared.
@@ -132,16 +132,6 @@ impl Rule for DirectFeedback {
             self.matrices.insert(k, m);
         }
         Ok(())
-    }
-
-    fn step(
-        &mut self,
-        model: &Model,
-        params: &Params,
-        batch: &Batch,
-        loss: Loss,
-    ) -> Result<StepOutput> {
-        super::step_with_backward(self, model, params, batch, loss)
     }
 
     fn backward(

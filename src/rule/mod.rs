@@ -77,14 +77,19 @@ pub trait Rule: Send {
         Ok(())
     }
 
-    /// One step: the update direction for `batch` at `params`.
+    /// One step: the update direction for `batch` at `params`. The default is a rule
+    /// built on the ordinary backward pass: the forward pass, the loss, then
+    /// [`Rule::backward`] from the output error ([`step_with_backward`]). Rules with
+    /// their own dynamics (relaxation, local losses, Forward-Forward) implement it.
     fn step(
         &mut self,
         model: &Model,
         params: &Params,
         batch: &Batch,
         loss: Loss,
-    ) -> Result<StepOutput>;
+    ) -> Result<StepOutput> {
+        step_with_backward(self, model, params, batch, loss)
+    }
 
     /// Carries an arbitrary output error `d_out` down a recorded forward pass the way
     /// this rule assigns credit, filling `trace.errors` and returning the update
