@@ -12,6 +12,10 @@ use crate::tensor::Tensor;
 pub struct Backprop;
 
 impl Rule for Backprop {
+    fn trains(&self) -> super::Trains {
+        super::Trains::ALL
+    }
+
     fn name(&self) -> &'static str {
         "bp"
     }

@@ -98,6 +98,14 @@ impl DirectFeedback {
 }
 
 impl Rule for DirectFeedback {
+    fn trains(&self) -> super::Trains {
+        // Projections onto whole feature maps.
+        super::Trains {
+            conv: true,
+            ..super::Trains::DENSE
+        }
+    }
+
     fn name(&self) -> &'static str {
         match self.kind {
             DirectKind::Dfa => "dfa",

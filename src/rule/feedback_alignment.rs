@@ -137,6 +137,15 @@ impl FeedbackAlignment {
 }
 
 impl Rule for FeedbackAlignment {
+    fn trains(&self) -> super::Trains {
+        // Feedback kernels in the transposed convolution; norms by their input gradient.
+        super::Trains {
+            conv: true,
+            norm: true,
+            ..super::Trains::DENSE
+        }
+    }
+
     fn name(&self) -> &'static str {
         match self.kind {
             FeedbackKind::Random => "fa",

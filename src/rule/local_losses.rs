@@ -181,6 +181,15 @@ pub fn sim_loss(h: &Tensor, target: &Target, classes: usize) -> Result<(f64, Ten
 }
 
 impl Rule for LocalLosses {
+    fn trains(&self) -> super::Trains {
+        // Per convolutional block; a block may hold a normalisation layer.
+        super::Trains {
+            conv: true,
+            norm: true,
+            ..super::Trains::DENSE
+        }
+    }
+
     fn name(&self) -> &'static str {
         if self.deeply_supervised {
             "dsn"

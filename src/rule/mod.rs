@@ -91,6 +91,13 @@ pub trait Rule: Send {
         step_with_backward(self, model, params, batch, loss)
     }
 
+    /// The layer families this rule can train beyond dense ones (Linear layers and
+    /// element-wise activations, which every rule trains). Checked when the model is
+    /// built ([`check_layers`]).
+    fn trains(&self) -> Trains {
+        Trains::DENSE
+    }
+
     /// Carries an arbitrary output error `d_out` down a recorded forward pass the way
     /// this rule assigns credit, filling `trace.errors` and returning the update
     /// directions. K-FAC uses it for sampled-target factors. Rules without a backward
@@ -386,38 +393,59 @@ pub const SINGLE_LAYER_RULES: &[&str] = &["perceptron", "lms", "hebbian"];
 /// (UORO on recurrent layers); the suites' `all` leaves them out.
 pub const SEQUENCE_RULES: &[&str] = &["uoro"];
 
-/// Rules defined on convolution and pooling layers today: backprop, the
-/// feedback-alignment family (feedback kernels in the transposed convolution), the
-/// direct-feedback family (the output error or target projected onto each block's whole
-/// feature map), and local losses and synthetic gradients per convolutional block
-/// (convolution, activation, pooling; heads and synthesizers are linear maps of the
-/// block's flattened feature map). Not defined there: PC, DTP, Forward-Forward,
-/// EqProp/CHL (their formulations here are for dense layers).
-pub const CONV_RULES: &[&str] = &[
-    "bp", "fa", "usf", "brsf", "frsf", "kp", "dfa", "bfa", "drtp", "local", "dsn", "dni", "cdni",
-];
+/// The layer families a rule trains besides dense layers (its [`Rule::trains`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Trains {
+    /// Convolution and pooling layers.
+    pub conv: bool,
+    /// Normalisation and dropout layers: the rule's training pass is the model's
+    /// recorded forward pass and its error passes through every layer without a weight
+    /// by that layer's input gradient (backprop, the feedback-alignment family), or its
+    /// blocks may hold a normalisation layer (the block-local rules).
+    pub norm: bool,
+    /// Residual, highway and dense blocks.
+    pub blocks: bool,
+    /// Recurrent layers.
+    pub recurrent: bool,
+}
 
-/// Rules defined on normalisation and dropout layers: those whose training pass is the
-/// model's recorded forward pass and whose error passes through every layer that has
-/// no weight by its own input gradient (backprop and the feedback-alignment family),
-/// and the block-local rules, whose blocks may hold a normalisation layer between the
-/// weight layer and the activation (dropout is refused by their block structure).
-pub const NORM_RULES: &[&str] = &[
-    "bp", "fa", "usf", "brsf", "frsf", "kp", "local", "dsn", "dni", "cdni",
-];
+impl Trains {
+    /// Dense layers only.
+    pub const DENSE: Trains = Trains {
+        conv: false,
+        norm: false,
+        blocks: false,
+        recurrent: false,
+    };
+    /// Every layer family.
+    pub const ALL: Trains = Trains {
+        conv: true,
+        norm: true,
+        blocks: true,
+        recurrent: true,
+    };
+}
 
-/// Rules defined on residual, highway and dense blocks and recurrent layers today.
-pub const BLOCK_RULES: &[&str] = &["bp"];
-
-/// Rules defined on recurrent layers: backprop through time and UORO.
-pub const RECURRENT_RULES: &[&str] = &["bp", "uoro"];
-
-/// Fails at build time, naming the layer, when `rule` is not defined for a layer of
-/// `model`: convolution and pooling layers take [`CONV_RULES`], normalisation and
-/// dropout [`NORM_RULES`], blocks [`BLOCK_RULES`], recurrent layers
-/// [`RECURRENT_RULES`].
+/// Fails at build time, naming the layer and the rules that can train it, when `rule`
+/// does not train a layer of `model` (its [`Rule::trains`]).
 pub fn check_layers(rule: &str, model: &Model) -> Result<()> {
     use crate::nn::LayerKind;
+    let family = |t: Trains, k: &LayerKind| -> Option<(bool, &'static str)> {
+        Some(match k {
+            LayerKind::Conv2d { .. } | LayerKind::Pool2d { .. } => {
+                (t.conv, "convolution and pooling layers")
+            }
+            LayerKind::Norm | LayerKind::BatchNorm | LayerKind::Dropout => {
+                (t.norm, "normalisation and dropout layers")
+            }
+            LayerKind::Residual | LayerKind::Highway | LayerKind::Dense => {
+                (t.blocks, "residual, highway and dense blocks")
+            }
+            LayerKind::Recurrent => (t.recurrent, "recurrent layers"),
+            _ => return None,
+        })
+    };
+    let trains = build_rule(rule)?.trains();
     for (i, l) in model.layers().iter().enumerate() {
         if rule == "uoro" && i > 0 && l.kind() == LayerKind::Recurrent {
             return Err(Error::config(
@@ -428,26 +456,24 @@ pub fn check_layers(rule: &str, model: &Model) -> Result<()> {
                 ),
             ));
         }
-        let (allowed, what) = match l.kind() {
-            LayerKind::Conv2d { .. } | LayerKind::Pool2d { .. } => {
-                (CONV_RULES, "convolution and pooling layers")
-            }
-            LayerKind::Norm | LayerKind::BatchNorm | LayerKind::Dropout => {
-                (NORM_RULES, "normalisation and dropout layers")
-            }
-            LayerKind::Residual | LayerKind::Highway | LayerKind::Dense => {
-                (BLOCK_RULES, "residual, highway and dense blocks")
-            }
-            LayerKind::Recurrent => (RECURRENT_RULES, "recurrent layers"),
-            _ => continue,
+        let kind = l.kind();
+        let Some((ok, what)) = family(trains, &kind) else {
+            continue;
         };
-        if !allowed.contains(&rule) {
+        if !ok {
+            let able: Vec<&str> = RULES
+                .iter()
+                .map(|(n, _)| *n)
+                .filter(|n| {
+                    build_rule(n).is_ok_and(|r| family(r.trains(), &kind).is_some_and(|(ok, _)| ok))
+                })
+                .collect();
             return Err(Error::config(
                 "rule",
                 format!(
                     "{rule} is not defined for {what} yet (layer {}); rules for them: {}",
                     l.name(),
-                    allowed.join(", ")
+                    able.join(", ")
                 ),
             ));
         }

@@ -223,6 +223,15 @@ impl SyntheticGradients {
 }
 
 impl Rule for SyntheticGradients {
+    fn trains(&self) -> super::Trains {
+        // Per convolutional block; a block may hold a normalisation layer.
+        super::Trains {
+            conv: true,
+            norm: true,
+            ..super::Trains::DENSE
+        }
+    }
+
     fn name(&self) -> &'static str {
         if self.conditional { "cdni" } else { "dni" }
     }

@@ -14,6 +14,13 @@ use crate::tensor::Tensor;
 pub struct Uoro;
 
 impl Rule for Uoro {
+    fn trains(&self) -> super::Trains {
+        super::Trains {
+            recurrent: true,
+            ..super::Trains::DENSE
+        }
+    }
+
     fn name(&self) -> &'static str {
         "uoro"
     }
