@@ -8,6 +8,9 @@ use std::process::{Command, Output};
 
 use futureprop::data::idx::encode_idx;
 
+mod common;
+use common::{run, stderr};
+
 const BIN: &str = env!("CARGO_BIN_EXE_futureprop");
 
 /// `DIR/mnist/` with `train` training and `test` test images (28×28, labels 0..9).
@@ -30,18 +33,6 @@ fn tiny_mnist(dir: &Path, train: usize, test: usize) -> PathBuf {
     );
     write("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", test, 2);
     dir.to_path_buf()
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env_remove("FUTUREPROP_DATA")
-        .output()
-        .unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// A failed run whose stderr is one line starting `error:` containing every `want`.

@@ -2,26 +2,15 @@
 //! divergence, config files, and one-line errors for bad input.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 mod common;
+use common::{run, stderr};
 
 /// A folder with MNIST and Fashion-MNIST (see [`common::data_with`]); `None` skips the
 /// test.
 fn data_dir() -> Option<PathBuf> {
     common::data_with(&["mnist", "fashion-mnist"])
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_futureprop"))
-        .args(args)
-        .env_remove("FUTUREPROP_DATA")
-        .output()
-        .unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// A small MNIST run: 2000 training and 500 test samples.

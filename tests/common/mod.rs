@@ -208,3 +208,19 @@ pub fn data_with(names: &[&str]) -> Option<std::path::PathBuf> {
     eprintln!("skipped: {msg}");
     None
 }
+
+/// Runs the `futureprop` binary with `args` (and without `FUTUREPROP_DATA`).
+#[allow(dead_code)]
+pub fn run(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_futureprop"))
+        .args(args)
+        .env_remove("FUTUREPROP_DATA")
+        .output()
+        .unwrap()
+}
+
+/// A finished command's standard error as text.
+#[allow(dead_code)]
+pub fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
