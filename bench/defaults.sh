@@ -5,7 +5,8 @@
 # linear:784-10 (the one flag they need). Writes reports/defaults.md.
 #
 #   bench/defaults.sh          (DATASETS="mnist fashion-mnist" EPOCHS=3 THREADS=2
-#                               DATA=../shared/datasets RULES="all")
+#                               DATA=../shared/datasets RULES="all"; REPORT_ONLY=1
+#                               rewrites the report from the runs so far)
 # Finished runs are kept in runs/defaults/ and skipped when the script is run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,7 @@ cargo build --release -q
 BIN=target/release/futureprop
 RULES=${RULES:-$($BIN rules | awk '{print $1}' | tr '\n' ' ')}
 for d in $DATASETS; do
+  [ -n "${REPORT_ONLY:-}" ] && break
   for r in $RULES; do
     out=runs/defaults/$d-$r
     [ -f "$out/summary.json" ] && continue
@@ -39,9 +41,11 @@ for r in rules:
         if os.path.exists(p):
             s = json.load(open(p))
             cells.append(f"{100 * s['test_accuracy']:.2f}")
-        else:
+        elif os.path.exists(f"runs/defaults/{d}-{r}.err") and os.path.exists(f"runs/defaults/{d}-{r}/metrics.jsonl"):
             err = open(f"runs/defaults/{d}-{r}.err").read().strip().splitlines()
             cells.append("failed: " + (err[-1][:80] if err else "?"))
+        else:
+            cells.append("not run yet")
     rows.append(f"| {r} | " + " | ".join(cells) + " |")
 cfg = None
 for d in datasets:
