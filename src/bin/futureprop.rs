@@ -643,13 +643,14 @@ fn show_cmd(
     kind: &'static str,
     name: &str,
     table: &[(&str, &str)],
-    fields: &[futureprop::settings::Field],
+    settings_of: fn(&str) -> Vec<futureprop::settings::Field>,
 ) -> Result<()> {
     let Some((n, summary)) = table.iter().find(|(n, _)| *n == name) else {
         let known: Vec<&str> = table.iter().map(|(n, _)| *n).collect();
         return Err(Error::unknown(kind, name, &known));
     };
     out!("{n}: {summary}");
+    let fields = settings_of(n);
     if kind == "optimizer" && !matches!(*n, "sam" | "asam") {
         out!(
             "  default learning rate {:e}",
@@ -659,7 +660,7 @@ fn show_cmd(
     if fields.is_empty() {
         out!("  no settings of its own");
     }
-    for f in fields {
+    for f in &fields {
         out!("  {:<26} {:<12} {}", f.flag(), f.ty, help_text(f));
     }
     Ok(())
@@ -725,7 +726,7 @@ fn main() -> ExitCode {
             "rule",
             name,
             futureprop::rule::RULES,
-            &futureprop::rule::settings_of(name),
+            futureprop::rule::settings_of,
         ),
         Command::Optimizers {
             command: Some(ShowCommand::Show { name }),
@@ -733,7 +734,7 @@ fn main() -> ExitCode {
             "optimizer",
             name,
             futureprop::optim::OPTIMIZERS,
-            &futureprop::optim::settings_of(name),
+            futureprop::optim::settings_of,
         ),
         Command::Data { command } => data_cmd(command),
         Command::Diagnose {

@@ -426,9 +426,14 @@ impl Trains {
     };
 }
 
+/// [`check_rule_layers`] for the rule named `rule` (default settings).
+pub fn check_layers(rule: &str, model: &Model) -> Result<()> {
+    check_rule_layers(build_rule(rule)?.as_ref(), model)
+}
+
 /// Fails at build time, naming the layer and the rules that can train it, when `rule`
 /// does not train a layer of `model` (its [`Rule::trains`]).
-pub fn check_layers(rule: &str, model: &Model) -> Result<()> {
+pub fn check_rule_layers(rule: &dyn Rule, model: &Model) -> Result<()> {
     use crate::nn::LayerKind;
     let family = |t: Trains, k: &LayerKind| -> Option<(bool, &'static str)> {
         Some(match k {
@@ -445,7 +450,8 @@ pub fn check_layers(rule: &str, model: &Model) -> Result<()> {
             _ => return None,
         })
     };
-    let trains = build_rule(rule)?.trains();
+    let trains = rule.trains();
+    let rule = rule.name();
     for (i, l) in model.layers().iter().enumerate() {
         if rule == "uoro" && i > 0 && l.kind() == LayerKind::Recurrent {
             return Err(Error::config(

@@ -286,7 +286,7 @@ pub fn diagnose_checkpoint(
     let loss = Loss::parse(&cfg.loss)?;
     let model = build_model(cfg, splits.train.features(), splits.train.outputs())?;
     let mut rule = build_rule_with(&cfg.rule, &cfg.rule_options)?;
-    crate::rule::check_layers(rule.name(), &model)?;
+    crate::rule::check_rule_layers(rule.as_ref(), &model)?;
     let mut params = model.init_params(Init::parse(&cfg.init)?, cfg.seed)?;
     rule.init(&model, &mut params, cfg.seed)?;
     restore_params(&mut params, &ck.params, cfg)?;
@@ -486,7 +486,7 @@ pub fn run_with(
     let loss = Loss::parse(&cfg.loss)?;
     let model = build_model(cfg, splits.train.features(), splits.train.outputs())?;
     let mut rule = build_rule_with(&cfg.rule, &cfg.rule_options)?;
-    crate::rule::check_layers(rule.name(), &model)?;
+    crate::rule::check_rule_layers(rule.as_ref(), &model)?;
     check_memory(cfg, &model)?;
     let mut params = model.init_params(Init::parse(&cfg.init)?, cfg.seed)?;
     rule.init(&model, &mut params, cfg.seed)?;
