@@ -328,12 +328,14 @@ crate::settings_struct! {
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     #[serde(default)]
     pub struct OptimizerConfig {
-        /// Name (see [`OPTIMIZERS`]). Key `optimizer` in configs.
+        /// Name (see [`OPTIMIZERS`]). Key `optimizer` in configs. Adam (Kingma & Ba
+        /// 2015): it trains every rule here at its own default rate, where SGD's best
+        /// rate differs by rule.
         #[serde(rename = "optimizer")]
-        pub name: String = "sgd".into(),
+        pub name: String = "adam".into(),
         /// Base learning rate η₀; a fresh run that gives none takes the optimizer's
         /// ([`default_lr`]: 1e-3 for Adam, 0.01 for SGD, ...).
-        pub lr: f64 = 0.01,
+        pub lr: f64 = 1e-3,
         /// Momentum μ for `momentum`/`nesterov`.
         pub momentum: f64 = 0.9,
         /// Adam β₁.

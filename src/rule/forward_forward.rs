@@ -4,8 +4,9 @@
 //! for the others). Positive data carry the true label, negative data a wrong one —
 //! drawn uniformly (`ff_negative = random`) or the wrong label the network currently
 //! finds best (`hard`, one forward pass per label). Each hidden block (Linear → ReLU)
-//! sees its input length-normalised, x/‖x‖, so only the direction of the layer below
-//! is passed on, and is trained by its own loss on its goodness G, the mean of hⱼ² over
+//! sees its input normalised to root-mean-square 1, x·√d/‖x‖ (as loeweX/Forward-Forward;
+//! the paper's length normalisation at the scale the initialiser expects), so only the
+//! direction of the layer below is passed on, and is trained by its own loss on its goodness G, the mean of hⱼ² over
 //! the layer's units (`ff_goodness = mean`, as pytorch_forward_forward) or their sum
 //! (`sum`, Hinton's σ(Σⱼyⱼ² − θ)):
 //!
@@ -129,12 +130,22 @@ pub fn overlay(x: &Tensor, labels: Option<&[usize]>, classes: usize) -> Result<T
     Ok(out)
 }
 
-/// Rows scaled to unit length (ε = 1e-8 guards zero rows); returns the norms too.
+/// Rows scaled to root-mean-square 1, x/√(mean x²) (length √d; ε = 1e-8 guards zero
+/// rows); returns the divisors too.
+///
+/// Unit length instead makes every unit's input √d times smaller than the initialiser
+/// assumes: the per-unit threshold is then reached only after the weights have grown
+/// √d-fold, and meanwhile goodness saturates for every label alike. Measured on
+/// `mlp:784-500-500-10`, Adam 1e-3, one MNIST epoch: unit length ranks the true label
+/// 7th of 10 in layer 2 (0.6–2 % accuracy, below chance), RMS 1 scores 82 % (separate
+/// loss) and 91 % (symmetric).
 fn normalise(x: &Tensor) -> Result<(Tensor, Vec<f64>)> {
+    let (_, f) = x.dims2()?;
+    let d = f.max(1) as f64;
     let norms: Vec<f64> = x
         .row_sum_sq()?
         .into_iter()
-        .map(|s| s.sqrt() + 1e-8)
+        .map(|s| (s / d).sqrt() + 1e-8)
         .collect();
     let inv: Vec<f64> = norms.iter().map(|n| 1.0 / n).collect();
     Ok((x.scale_rows(&inv)?, norms))

@@ -189,13 +189,16 @@ crate::settings_struct! {
         /// `tanh`.
         pub eqprop_rho: String = "hard-sigmoid".into(),
         /// Forward-Forward: per-unit goodness threshold (θ; × width for the `sum`
-        /// goodness).
-        pub ff_threshold: f64 = 2.0,
+        /// goodness; as loeweX/Forward-Forward's Σh² − width). The `symmetric` loss
+        /// does not use it.
+        pub ff_threshold: f64 = 1.0,
         /// Forward-Forward: goodness `mean` (of h² over units, as pytorch_forward_forward)
         /// or `sum` (Hinton 2022).
-        pub ff_goodness: String = "mean".into(),
-        /// Forward-Forward: layer loss `separate` or `symmetric`.
-        pub ff_loss: String = "separate".into(),
+        pub ff_goodness: String = "sum".into(),
+        /// Forward-Forward: layer loss `separate` (Hinton 2022) or `symmetric`
+        /// (softplus(G⁻ − G⁺), Lee & Song 2023 "SymBa"; 91 % vs 82 % after one MNIST
+        /// epoch on 784-500-500-10 with Adam 1e-3).
+        pub ff_loss: String = "symmetric".into(),
         /// Forward-Forward: negative labels `random` or `hard`.
         pub ff_negative: String = "random".into(),
         /// Forward-Forward: prediction by `goodness` (every label tried) or `readout`.
