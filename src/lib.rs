@@ -59,10 +59,13 @@
 //!    [`nn::Layer::input_grad`], feedback alignment substitutes its matrix for Linear
 //!    layers. Direct methods (DFA, DRTP) compute the signal per [`nn::Block`] and call
 //!    the activation's `input_grad` then the Linear layer's `param_grads`.
-//! 3. Register the CLI name and a one-line description in [`rule::RULES`] and
-//!    [`rule::build_rule`]. Its settings are fields of [`rule::RuleConfig`], declared
-//!    once with their doc and default through [`settings_struct!`]; the `train` flags and
-//!    `futureprop rules show NAME` (with [`rule::settings_of`]) are generated from them.
+//! 3. Describe it in its own file: a settings struct declared with [`settings_struct!`]
+//!    (each field once, with its doc and default; a [`settings::Settings`] impl checks
+//!    ranges) and a [`rule::RuleSpec`] const (name, one-line summary, paper, settings,
+//!    recommended input scaling, how it is built). Add the const to
+//!    [`rule::REGISTRY`], one line. `--rule-opt KEY=VALUE`, the `[rule]` table of
+//!    config files and `futureprop rules show NAME` are derived from the spec, and the
+//!    combination harness (`tests/combinations.rs`) covers the rule from then on.
 //! 4. Test it against the backprop oracle where theory gives an equivalence (e.g. FA with
 //!    B = Wᵀ must equal BP), as `tests/gradcheck.rs` does for backprop itself.
 //!

@@ -10,11 +10,66 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 
+/// A technique's table of settings (JSON object).
+pub type Table = serde_json::Map<String, serde_json::Value>;
+
+/// A chosen technique in a run's configuration: its name and its own settings, a tagged
+/// table (`[rule]` with `name = "pc"` and `steps = 8`). Reads a bare name too
+/// (`rule = "pc"`: every setting at its default).
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(from = "ChoiceRepr")]
+pub struct Choice {
+    /// The technique's name.
+    pub name: String,
+    /// Its settings; after a configuration is resolved, every one of them.
+    #[serde(flatten)]
+    pub settings: Table,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum ChoiceRepr {
+    Name(String),
+    Table {
+        name: String,
+        #[serde(flatten)]
+        settings: Table,
+    },
+}
+
+impl From<ChoiceRepr> for Choice {
+    fn from(r: ChoiceRepr) -> Choice {
+        match r {
+            ChoiceRepr::Name(name) => Choice::named(&name),
+            ChoiceRepr::Table { name, settings } => Choice { name, settings },
+        }
+    }
+}
+
+impl From<&str> for Choice {
+    fn from(name: &str) -> Choice {
+        Choice::named(name)
+    }
+}
+
+impl Choice {
+    /// `name` with every setting at its default.
+    pub fn named(name: &str) -> Choice {
+        Choice {
+            name: name.to_string(),
+            settings: Table::new(),
+        }
+    }
+}
+
 /// One setting of a settings struct, as the CLI and `rules show` describe it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Field {
-    /// Its key in config files (`pc_steps`); the flag is `--pc-steps`.
+    /// Its key in its technique's table (`steps` in `[rule]` when the rule is `pc`).
     pub key: &'static str,
+    /// Its flat key (`pc_steps`): the key in configs written before techniques had
+    /// tables, still read, and the flag (`--pc-steps`).
+    pub legacy: String,
     /// Its Rust type as written (`usize`, `Option<f64>`, `String`).
     pub ty: &'static str,
     /// Its doc comment, lines joined.
@@ -26,7 +81,7 @@ pub struct Field {
 impl Field {
     /// The command-line flag.
     pub fn flag(&self) -> String {
-        format!("--{}", self.key.replace('_', "-"))
+        format!("--{}", self.legacy.replace('_', "-"))
     }
 }
 
@@ -36,9 +91,97 @@ pub trait Described {
     fn fields() -> Vec<Field>;
 }
 
+/// A technique's settings struct: described, (de)serialisable, range-checked.
+pub trait Settings: Described + Default + Serialize + serde::de::DeserializeOwned {
+    /// Every numeric setting in its range; the error names the setting and the value.
+    fn validate(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The settings struct `S` read from a technique's table (keys it does not have are
+/// left to the other structs of the technique; [`check_keys`] refuses strangers) and
+/// range-checked.
+pub fn parse<S: Settings>(what: &str, table: &Table) -> Result<S> {
+    let keys: Vec<&str> = S::fields().iter().map(|f| f.key).collect();
+    let own: serde_json::Map<_, _> = table
+        .iter()
+        .filter(|(k, _)| keys.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let s: S = serde_json::from_value(serde_json::Value::Object(own))
+        .map_err(|e| Error::config(what, e.to_string()))?;
+    s.validate()?;
+    Ok(s)
+}
+
+/// Refuses a key of `table` that is not one of `fields`, naming the closest and the
+/// valid ones.
+pub fn check_keys(what: &str, table: &Table, fields: &[Field]) -> Result<()> {
+    let known: Vec<&str> = fields.iter().map(|f| f.key).collect();
+    for k in table.keys() {
+        if !known.contains(&k.as_str()) {
+            let hint = crate::error::closest(k, &known)
+                .map(|c| format!(" (did you mean '{c}'?)"))
+                .unwrap_or_default();
+            let valid = if known.is_empty() {
+                "it has no settings".to_string()
+            } else {
+                format!("its settings: {}", known.join(", "))
+            };
+            return Err(Error::config(
+                what,
+                format!("unknown setting '{k}'{hint}; {valid}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `table` with every setting of `fields` that it lacks at its default.
+pub fn resolved(table: &Table, fields: &[Field]) -> Table {
+    let mut out = serde_json::Map::new();
+    for f in fields {
+        let v = table
+            .get(f.key)
+            .cloned()
+            .unwrap_or_else(|| f.default.clone());
+        out.insert(f.key.to_string(), v);
+    }
+    out
+}
+
+/// A `KEY=VALUE` setting from the command line as a JSON value: a TOML scalar when it
+/// reads as one (`8`, `1e-3`, `true`), else a string (`standard`).
+pub fn parse_assignment(s: &str) -> Result<(String, serde_json::Value)> {
+    let Some((k, v)) = s.split_once('=') else {
+        return Err(Error::config("setting", format!("'{s}' is not KEY=VALUE")));
+    };
+    let (k, v) = (k.trim().replace('-', "_"), v.trim());
+    if k.is_empty() {
+        return Err(Error::config("setting", format!("'{s}' has no key")));
+    }
+    let value = match toml::from_str::<toml::Table>(&format!("v = {v}")) {
+        Ok(t) => t.get("v").cloned().unwrap_or(toml::Value::String(v.into())),
+        Err(_) => toml::Value::String(v.into()),
+    };
+    if let toml::Value::Float(f) = value
+        && !f.is_finite()
+    {
+        return Err(Error::config(
+            label(&k),
+            format!("{f} in the command line (must be a finite number)"),
+        ));
+    }
+    let json = serde_json::to_value(value).map_err(|e| Error::config(&k, e.to_string()))?;
+    Ok((k, json))
+}
+
 /// Declares a settings struct: each field with its doc comment, type and default, once.
 /// Generates the struct, its `Default` and [`Described`] (keys, types, docs, defaults),
-/// from which the CLI flags and `rules show` / `optimizers show` are derived.
+/// from which the CLI flags and `rules show` / `optimizers show` are derived. An
+/// optional `: "prefix"` after the name gives the fields' flat keys and flags
+/// (`prefix_field`, `--prefix-field`); `#[legacy = "key"]` on a field names another.
 ///
 /// ```
 /// futureprop::settings_struct! {
@@ -57,9 +200,10 @@ pub trait Described {
 macro_rules! settings_struct {
     (
         $(#[$smeta:meta])*
-        pub struct $name:ident {
+        pub struct $name:ident $(: $prefix:literal)? {
             $(
                 $(#[doc = $doc:literal])+
+                $(#[legacy = $legacy:literal])?
                 $(#[serde(rename = $rename:literal)])?
                 pub $field:ident : $ty:ty = $default:expr
             ),* $(,)?
@@ -83,9 +227,19 @@ macro_rules! settings_struct {
         impl $crate::settings::Described for $name {
             fn fields() -> Vec<$crate::settings::Field> {
                 let d = Self::default();
+                let prefix: Option<&str> = None $( .or(Some($prefix)) )?;
                 vec![$(
                     $crate::settings::Field {
                         key: { let _k = stringify!($field); $( let _k = $rename; )? _k },
+                        legacy: {
+                            let _k = { let _k = stringify!($field); $( let _k = $rename; )? _k };
+                            let _l = match prefix {
+                                Some(p) => format!("{p}_{_k}"),
+                                None => _k.to_string(),
+                            };
+                            $( let _l = $legacy.to_string(); )?
+                            _l
+                        },
                         ty: stringify!($ty),
                         doc: [$($doc),+].iter().map(|l| l.trim()).collect::<Vec<_>>().join(" "),
                         default: serde_json::to_value(&d.$field).unwrap_or_default(),

@@ -87,10 +87,19 @@ fn non_finite_and_out_of_range_settings_are_refused_by_name() {
         ("--clip-norm", "nan", "clip_norm (--clip-norm): NaN"),
         ("--max-seconds", "nan", "max_seconds (--max-seconds): NaN"),
         ("--beta2", "1", "invalid beta2: 1 (must be in [0, 1))"),
-        ("--pc-gamma", "0", "pc_gamma (--pc-gamma): 0"),
     ] {
         fails_with(&train(&data, &out, &[flag, value]), &[want]);
     }
+    // A rule's own setting, as a flat flag and in its table.
+    for extra in [["--pc-gamma", "0"], ["--rule-opt", "gamma=0"]] {
+        let mut args = vec!["--rule", "pc"];
+        args.extend(extra);
+        fails_with(&train(&data, &out, &args), &["pc_gamma (--pc-gamma): 0"]);
+    }
+    fails_with(
+        &train(&data, &out, &["--rule", "pc", "--rule-opt", "gamma=nan"]),
+        &["gamma", "NaN", "must be a finite number"],
+    );
     // Nothing was started: no run folder.
     assert!(!out.exists());
     for text in [
@@ -274,13 +283,12 @@ fn a_closed_or_full_stdout_is_no_panic() {
 #[test]
 fn technique_flags_are_derived_from_the_settings_structs() {
     use futureprop::settings::Described;
-    // Every setting of the rule, optimizer and pretraining structs has its flag in
-    // `train --help`, with its default.
+    // Every setting of the optimizer and pretraining structs has its flag in `train
+    // --help`, with its default; the rules' settings are described by `rules show` and
+    // set with `--rule-opt`.
     let help = String::from_utf8_lossy(&run(&["train", "--help"]).stdout).into_owned();
-    for f in futureprop::rule::RuleConfig::fields()
-        .into_iter()
-        .chain(futureprop::train::pretrain::RbmConfig::fields())
-    {
+    assert!(help.contains("--rule-opt"), "{help}");
+    for f in futureprop::train::pretrain::RbmConfig::fields() {
         assert!(
             help.contains(&format!("{} ", f.flag())),
             "{} missing",
@@ -317,22 +325,29 @@ fn technique_flags_are_derived_from_the_settings_structs() {
             "--optimizer",
             "adam",
             "--amsgrad",
+            "--rule",
+            "ff",
             "--ff-skip-first",
             "false",
-            "--pc-steps",
-            "3",
         ],
     );
     assert!(o.status.success(), "{}", stderr(&o));
-    let s: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
-    let c = &s["config"];
+    let config = || -> serde_json::Value {
+        let s: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap())
+                .unwrap();
+        s["config"].clone()
+    };
+    let c = config();
     assert_eq!(
-        (c["amsgrad"].as_bool(), c["ff_skip_first"].as_bool()),
+        (c["amsgrad"].as_bool(), c["rule"]["skip_first"].as_bool()),
         (Some(true), Some(false))
     );
+    let o = train(&data, &out, &["--rule", "pc", "--rule-opt", "steps=3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let c = config();
     assert_eq!(
-        (c["pc_steps"].as_u64(), c["lr"].as_f64()),
+        (c["rule"]["steps"].as_u64(), c["lr"].as_f64()),
         (Some(3), Some(1e-3))
     );
     let o = run(&["train", "--pc-steps", "x"]);

@@ -686,8 +686,7 @@ fn every_registry_recipe_is_a_valid_training_configuration() {
         let cfg = TrainConfig::default()
             .merged(&[serde_json::json!({"dataset": e.dataset}), recipe])
             .unwrap_or_else(|err| panic!("{}: {err}", e.name));
-        futureprop::rule::build_rule_with(&cfg.rule, &cfg.rule_options)
-            .unwrap_or_else(|err| panic!("{}: {err}", e.name));
+        futureprop::rule::build_choice(&cfg.rule).unwrap_or_else(|err| panic!("{}: {err}", e.name));
         futureprop::optim::build_optimizer(&cfg.optim, 100)
             .unwrap_or_else(|err| panic!("{}: {err}", e.name));
     }

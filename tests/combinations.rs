@@ -8,7 +8,6 @@ use std::path::Path;
 
 use futureprop::data::{Dataset, Splits};
 use futureprop::optim::OPTIMIZERS;
-use futureprop::rule::RULES;
 use futureprop::tensor::Tensor;
 use futureprop::train::{self, TrainConfig};
 use rand::{Rng, SeedableRng};
@@ -135,7 +134,7 @@ fn every_rule_optimizer_and_layer_kind_trains_or_is_refused_by_name() {
         .build()
         .unwrap();
     for (kind, model) in models(t.path()) {
-        for (rule, _) in RULES {
+        for rule in &futureprop::rule::names() {
             for (opt, _) in OPTIMIZERS {
                 let out = t.path().join(format!("{kind}-{rule}-{opt}"));
                 let o = pool.install(|| run(rule, opt, &model, &splits, &out));

@@ -300,7 +300,7 @@ fn small_conv_net(act1: Unary) -> Model {
 
 #[test]
 fn feedback_alignment_on_convolutions_is_backprop_when_the_kernels_are_transported() {
-    use futureprop::rule::{FeedbackAlignment, FeedbackKind, Rule, RuleConfig};
+    use futureprop::rule::{FeedbackAlignment, FeedbackKind, Rule};
     let m = small_conv_net(Unary::Relu);
     let p = m
         .init_params(Init::XavierNormal, 2)
@@ -315,7 +315,7 @@ fn feedback_alignment_on_convolutions_is_backprop_when_the_kernels_are_transport
         .step(&m, &p, &b, Loss::CrossEntropy)
         .unwrap();
     // F = W on every layer with a weight: backprop exactly.
-    let mut fa = FeedbackAlignment::new(FeedbackKind::Random, RuleConfig::default());
+    let mut fa = FeedbackAlignment::new(FeedbackKind::Random, Default::default(), 1e-3);
     let mut q = p.clone();
     fa.init(&m, &mut q, 0).unwrap();
     for name in ["conv2", "fc1"] {
@@ -330,7 +330,7 @@ fn feedback_alignment_on_convolutions_is_backprop_when_the_kernels_are_transport
         }
     }
     // Random feedback kernels: the output layer still gets backprop's update, conv1 not.
-    let mut fa = FeedbackAlignment::new(FeedbackKind::Random, RuleConfig::default());
+    let mut fa = FeedbackAlignment::new(FeedbackKind::Random, Default::default(), 1e-3);
     let mut q = p.clone();
     fa.init(&m, &mut q, 7).unwrap();
     let out = fa.step(&m, &p, &b, Loss::CrossEntropy).unwrap();
@@ -367,7 +367,7 @@ fn feedback_alignment_on_convolutions_is_backprop_when_the_kernels_are_transport
 
 #[test]
 fn dfa_on_a_convolutional_block_is_backprop_when_its_projection_is_the_output_weight() {
-    use futureprop::rule::{DirectFeedback, DirectKind, Rule, RuleConfig};
+    use futureprop::rule::{DirectFeedback, DirectKind, Rule};
     // One hidden conv block, then the output layer: backprop's error at the block's
     // feature map is e·W_out, which DFA gives with B = W_out.
     let c1 = Conv2d::new("conv1", (1, 5, 5), 2, (3, 3), ConvOptions::default()).unwrap();
@@ -389,7 +389,7 @@ fn dfa_on_a_convolutional_block_is_backprop_when_its_projection_is_the_output_we
         .unwrap()
         .step(&m, &p, &b, Loss::CrossEntropy)
         .unwrap();
-    let mut dfa = DirectFeedback::new(DirectKind::Dfa, RuleConfig::default());
+    let mut dfa = DirectFeedback::new(DirectKind::Dfa, Default::default());
     let mut q = p.clone();
     dfa.init(&m, &mut q, 0).unwrap();
     assert_eq!(dfa.matrix(&m, 0).unwrap().shape(), &[3, 18]);
@@ -433,7 +433,7 @@ fn dfa_on_a_convolutional_block_is_backprop_when_its_projection_is_the_output_we
 
 #[test]
 fn block_local_rules_on_convolutional_blocks_match_their_oracles() {
-    use futureprop::rule::{Rule, RuleConfig, SyntheticGradients, build_rule, build_rule_with};
+    use futureprop::rule::{Rule, SyntheticGradients, build_rule, build_rule_with};
     // Blocks: conv1→act1→pool1, conv2→act2, then the Linear output layer.
     let m = small_conv_net(Unary::Tanh);
     let (hidden, last) = m.chain_blocks("local").unwrap();
@@ -470,7 +470,7 @@ fn block_local_rules_on_convolutional_blocks_match_their_oracles() {
     };
     // DNI whose synthesizers return the true gradient is backprop.
     let mut p = p0.clone();
-    let mut dni = SyntheticGradients::new(false, RuleConfig::default());
+    let mut dni = SyntheticGradients::new(false, Default::default());
     dni.init(&m, &mut p, 0).unwrap();
     assert_eq!(p.get("dni.syn0.weight").unwrap().shape(), &[18, 18]);
     assert_eq!(p.get("dni.syn1.weight").unwrap().shape(), &[12, 12]);
@@ -483,10 +483,9 @@ fn block_local_rules_on_convolutional_blocks_match_their_oracles() {
     let mut p = p0.clone();
     let mut dsn = build_rule_with(
         "dsn",
-        &RuleConfig {
-            dsn_weight: 0.0,
-            ..Default::default()
-        },
+        &serde_json::json!({
+            "weight": 0.0,
+        }),
     )
     .unwrap();
     dsn.init(&m, &mut p, 0).unwrap();

@@ -7,9 +7,7 @@ mod common;
 use common::rand_tensor;
 use futureprop::nn::{Init, Loss, Model, ModelSpec, Params, Target};
 use futureprop::optim::{OptimizerConfig, StepContext, build_optimizer};
-use futureprop::rule::{
-    Batch, RuleConfig, SyntheticGradients, build_rule, build_rule_with, sim_loss,
-};
+use futureprop::rule::{Batch, SyntheticGradients, build_rule, build_rule_with, sim_loss};
 use futureprop::tensor::{DType, Tensor};
 
 fn setup() -> (Model, Params, Batch) {
@@ -64,7 +62,7 @@ fn dni_with_an_oracle_synthesizer_is_backprop() {
         .unwrap()
         .step(&m, &p, &b, Loss::CrossEntropy)
         .unwrap();
-    let mut dni = SyntheticGradients::new(false, RuleConfig::default());
+    let mut dni = SyntheticGradients::new(false, Default::default());
     use futureprop::rule::Rule;
     dni.init(&m, &mut p, 0).unwrap();
     dni.oracle = true;
@@ -177,10 +175,9 @@ fn deeply_supervised_with_weight_zero_is_backprop() {
         .unwrap();
     let mut dsn = build_rule_with(
         "dsn",
-        &RuleConfig {
-            dsn_weight: 0.0,
-            ..Default::default()
-        },
+        &serde_json::json!({
+            "weight": 0.0,
+        }),
     )
     .unwrap();
     dsn.init(&m, &mut p, 0).unwrap();
@@ -188,10 +185,9 @@ fn deeply_supervised_with_weight_zero_is_backprop() {
     assert_same(&g, &bp.grads, &model_keys(&m, &p), 1e-12, "dsn(0)");
     let mut dsn = build_rule_with(
         "dsn",
-        &RuleConfig {
-            dsn_weight: 0.5,
-            ..Default::default()
-        },
+        &serde_json::json!({
+            "weight": 0.5,
+        }),
     )
     .unwrap();
     let g = dsn.step(&m, &p, &b, Loss::CrossEntropy).unwrap().grads;
@@ -257,14 +253,15 @@ fn forward_forward_layer_loss_gradient_matches_finite_differences() {
         ("symmetric", "mean"),
         ("symmetric", "sum"),
     ] {
-        let cfg = RuleConfig {
-            ff_negative: "hard".into(),
-            ff_loss: loss_kind.into(),
-            ff_goodness: goodness.into(),
-            ff_threshold: 0.1,
+        let cfg = futureprop::rule::FfSettings {
+            negative: "hard".into(),
+            loss: loss_kind.into(),
+            goodness: goodness.into(),
+            threshold: 0.1,
             ..Default::default()
         };
-        let mut ff = build_rule_with("ff", &cfg).unwrap();
+        let mut ff: Box<dyn futureprop::rule::Rule> =
+            Box::new(futureprop::rule::ForwardForward::new(&cfg).unwrap());
         let out = ff.step(&m, &p, &b, Loss::CrossEntropy).unwrap();
         let e = 1e-6;
         for key in ["fc1.weight", "fc1.bias"] {
@@ -316,7 +313,7 @@ fn forward_forward_is_layer_local_and_its_predictor_ignores_label_order() {
             "{k}"
         );
     }
-    let ff = ForwardForward::new(&RuleConfig::default()).unwrap();
+    let ff = ForwardForward::new(&Default::default()).unwrap();
     let a = ff.scores_in_order(&m, &p, &b.x, &[0, 1, 2]).unwrap();
     let z = ff.scores_in_order(&m, &p, &b.x, &[2, 0, 1]).unwrap();
     assert_eq!(a.to_vec_f64(), z.to_vec_f64());
@@ -343,12 +340,11 @@ fn an_mlp_synthesizer_regression_gradient_matches_finite_differences() {
     };
     // One hidden layer; two with batch norm (Jaderberg et al.'s synthesizer shape).
     for (conditional, depth, batchnorm) in [(false, 1, false), (true, 1, false), (false, 2, true)] {
-        let cfg = RuleConfig {
-            synth_hidden: 3,
-            synth_depth: depth,
-            synth_batchnorm: batchnorm,
-            synth_init: "xavier-normal".into(),
-            ..Default::default()
+        let cfg = futureprop::rule::SynthSettings {
+            hidden: 3,
+            depth,
+            batchnorm,
+            init: "xavier-normal".into(),
         };
         let mut r = SyntheticGradients::new(conditional, cfg);
         use futureprop::rule::Rule;
@@ -416,7 +412,7 @@ fn block_rules_take_batch_norm_inside_a_block_and_oracle_dni_stays_backprop() {
         .step(&m, &p, &b, Loss::CrossEntropy)
         .unwrap();
     m.discard_state();
-    let mut dni = SyntheticGradients::new(false, RuleConfig::default());
+    let mut dni = SyntheticGradients::new(false, Default::default());
     use futureprop::rule::Rule;
     dni.init(&m, &mut p, 0).unwrap();
     dni.oracle = true;
@@ -507,18 +503,19 @@ fn forward_forward_ranks_the_true_label_first() {
         bias: true,
     })
     .unwrap();
-    let pytorch_ff = RuleConfig {
-        ff_goodness: "mean".into(),
-        ff_threshold: 2.0,
-        ff_loss: "separate".into(),
+    let pytorch_ff = futureprop::rule::FfSettings {
+        goodness: "mean".into(),
+        threshold: 2.0,
+        loss: "separate".into(),
         ..Default::default()
     };
     for (name, cfg) in [
-        ("defaults", RuleConfig::default()),
+        ("defaults", futureprop::rule::FfSettings::default()),
         ("pytorch_ff", pytorch_ff),
     ] {
         let mut p = m.init_params(Init::Torch, 1).unwrap().to_dtype(DType::F64);
-        let mut ff = build_rule_with("ff", &cfg).unwrap();
+        let mut ff: Box<dyn futureprop::rule::Rule> =
+            Box::new(futureprop::rule::ForwardForward::new(&cfg).unwrap());
         ff.init(&m, &mut p, 1).unwrap();
         let mut opt = build_optimizer(
             &OptimizerConfig {

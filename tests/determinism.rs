@@ -5,7 +5,7 @@
 //! threshold: GEMM work 2¹⁹, element-wise 2¹⁶, predictive coding's 64-row split.
 
 use futureprop::nn::{Init, Loss, Model, ModelSpec, Target};
-use futureprop::rule::{Batch, RULES, build_rule, check_layers};
+use futureprop::rule::{Batch, build_rule, check_layers};
 use futureprop::tensor::DType;
 
 mod common;
@@ -63,7 +63,7 @@ fn model_for(rule: &str) -> &'static str {
 
 #[test]
 fn every_rule_repeats_bit_for_bit_and_agrees_across_thread_counts() {
-    for (rule, _) in RULES {
+    for rule in &futureprop::rule::names() {
         let spec = model_for(rule);
         let one = update(rule, spec, 1);
         assert_eq!(one, update(rule, spec, 1), "{rule}: 1 thread, run twice");

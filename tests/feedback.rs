@@ -4,8 +4,8 @@ use futureprop::data::{Batches, synthetic};
 use futureprop::nn::{Grads, Init, Loss, Model, ModelSpec, Params, Target};
 use futureprop::optim::{OptimizerConfig, StepContext, build_optimizer};
 use futureprop::rule::{
-    Batch, DirectFeedback, DirectKind, FeedbackAlignment, FeedbackKind, Rule, RuleConfig,
-    build_rule, build_rule_with,
+    Batch, DirectFeedback, DirectKind, FeedbackAlignment, FeedbackKind, Rule, build_rule,
+    build_rule_with,
 };
 use futureprop::tensor::{Tensor, Unary};
 use rand::{Rng, SeedableRng};
@@ -66,7 +66,7 @@ fn bp(model: &Model, p: &Params, b: &Batch, loss: Loss) -> Grads {
 fn fa_with_feedback_equal_to_w_is_backprop() {
     let model = mlp("mlp:7-17-9-3", "tanh");
     let mut p = model.init_params(Init::XavierUniform, 1).unwrap();
-    let mut fa = FeedbackAlignment::new(FeedbackKind::Random, RuleConfig::default());
+    let mut fa = FeedbackAlignment::new(FeedbackKind::Random, Default::default(), 1e-3);
     fa.init(&model, &mut p, 1).unwrap();
     for l in ["fc2", "fc3"] {
         fa.set_feedback(l, p.get(&format!("{l}.weight")).unwrap().clone())
@@ -122,7 +122,7 @@ fn dfa_with_one_hidden_layer_and_b_equal_to_w_out_is_backprop() {
     // One hidden block: BP's δ₁ = (e·W₂) ⊙ f′(a₁), DFA's δ₁ = (e·B₁) ⊙ f′(a₁); B₁ = W₂ makes them equal.
     let model = mlp("mlp:5-13-4", "sigmoid");
     let mut p = model.init_params(Init::XavierUniform, 5).unwrap();
-    let mut dfa = DirectFeedback::new(DirectKind::Dfa, RuleConfig::default());
+    let mut dfa = DirectFeedback::new(DirectKind::Dfa, Default::default());
     dfa.init(&model, &mut p, 0).unwrap();
     dfa.set_matrix(&model, 0, p.get("fc2.weight").unwrap().clone())
         .unwrap();
@@ -154,7 +154,7 @@ fn last_layer_update_is_backprops_for_every_rule() {
         "dsn",
     ];
     for name in &rules {
-        assert!(futureprop::rule::RULES.iter().any(|(n, _)| n == name));
+        assert!(futureprop::rule::names().contains(name));
         let mut p = model.init_params(Init::XavierUniform, 9).unwrap();
         let mut r = build_rule(name).unwrap();
         r.init(&model, &mut p, 9).unwrap();
@@ -235,11 +235,7 @@ fn angle_deg(a: &Tensor, b: &Tensor) -> f64 {
 fn kolen_pollack_feedback_converges_to_w() {
     let data = synthetic::two_moons(256, 0.1, 0).unwrap();
     let model = mlp("mlp:2-32-32-2", "tanh");
-    let cfg = RuleConfig {
-        kp_decay: 0.1,
-        ..Default::default()
-    };
-    let mut r = build_rule_with("kp", &cfg).unwrap();
+    let mut r = build_rule_with("kp", &serde_json::json!({"decay": 0.1})).unwrap();
     let mut p = model.init_params(Init::XavierUniform, 0).unwrap();
     r.init(&model, &mut p, 0).unwrap();
     let key = FeedbackAlignment::kp_key("fc2");
@@ -293,10 +289,9 @@ fn direct_rules_reject_models_they_cannot_address() {
     assert!(
         build_rule_with(
             "fa",
-            &RuleConfig {
-                feedback_init: "bogus".into(),
-                ..Default::default()
-            }
+            &serde_json::json!({
+                "init": "bogus",
+            })
         )
         .is_err()
     );
@@ -306,14 +301,14 @@ fn direct_rules_reject_models_they_cannot_address() {
 fn bfa_shares_one_matrix_per_width() {
     let model = mlp("mlp:5-8-8-6-3", "tanh");
     let mut p = model.init_params(Init::XavierUniform, 1).unwrap();
-    let mut bfa = DirectFeedback::new(DirectKind::Bfa, RuleConfig::default());
+    let mut bfa = DirectFeedback::new(DirectKind::Bfa, Default::default());
     bfa.init(&model, &mut p, 1).unwrap();
     assert_eq!(bfa.matrix(&model, 0), bfa.matrix(&model, 1));
     assert_ne!(
         bfa.matrix(&model, 1).unwrap().shape(),
         bfa.matrix(&model, 2).unwrap().shape()
     );
-    let mut dfa = DirectFeedback::new(DirectKind::Dfa, RuleConfig::default());
+    let mut dfa = DirectFeedback::new(DirectKind::Dfa, Default::default());
     dfa.init(&model, &mut p, 1).unwrap();
     assert_ne!(dfa.matrix(&model, 0), dfa.matrix(&model, 1));
 }
@@ -333,7 +328,7 @@ fn diagnostics_measure_angles_by_their_definition() {
     // BP against itself: every angle is zero; FA with F = W reports a zero feedback angle.
     let model = mlp("mlp:4-6-3", "tanh");
     let mut p = model.init_params(Init::XavierUniform, 2).unwrap();
-    let mut fa = FeedbackAlignment::new(FeedbackKind::Random, RuleConfig::default());
+    let mut fa = FeedbackAlignment::new(FeedbackKind::Random, Default::default(), 1e-3);
     fa.init(&model, &mut p, 2).unwrap();
     fa.set_feedback("fc2", p.get("fc2.weight").unwrap().clone())
         .unwrap();

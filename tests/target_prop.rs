@@ -6,7 +6,7 @@
 mod common;
 use common::{model, rand_tensor};
 use futureprop::nn::{Loss, Model, Params, Target};
-use futureprop::rule::{Batch, Rule, RuleConfig, TargetPropagation, build_rule};
+use futureprop::rule::{Batch, Rule, TargetPropagation, build_rule};
 use futureprop::tensor::{Tensor, Unary};
 
 fn batch(n: usize, inputs: usize, classes: usize, seed: u64) -> Batch {
@@ -17,11 +17,10 @@ fn batch(n: usize, inputs: usize, classes: usize, seed: u64) -> Batch {
 }
 
 fn dtp(step: f64, noise: f64, schedule: &str) -> TargetPropagation {
-    TargetPropagation::new(&RuleConfig {
-        dtp_target_step: step,
-        dtp_noise: noise,
-        dtp_schedule: schedule.into(),
-        ..Default::default()
+    TargetPropagation::new(&futureprop::rule::DtpSettings {
+        target_step: step,
+        noise,
+        schedule: schedule.into(),
     })
     .unwrap()
 }
@@ -262,8 +261,8 @@ fn inverses_learn_to_reconstruct_and_alternating_alternates() {
 
 #[test]
 fn bad_options_and_models_are_named() {
-    let e = TargetPropagation::new(&RuleConfig {
-        dtp_schedule: "sometimes".into(),
+    let e = TargetPropagation::new(&futureprop::rule::DtpSettings {
+        schedule: "sometimes".into(),
         ..Default::default()
     })
     .unwrap_err()
@@ -272,13 +271,13 @@ fn bad_options_and_models_are_named() {
         e.contains("dtp schedule") && e.contains("alternating"),
         "{e}"
     );
-    let e = TargetPropagation::new(&RuleConfig {
-        dtp_noise: -1.0,
+    let e = TargetPropagation::new(&futureprop::rule::DtpSettings {
+        noise: -1.0,
         ..Default::default()
     })
     .unwrap_err()
     .to_string();
-    assert!(e.contains("dtp noise"), "{e}");
+    assert!(e.contains("dtp_noise"), "{e}");
     let m = Model::build(&futureprop::nn::ModelSpec {
         spec: "linear:4-3".into(),
         ..Default::default()

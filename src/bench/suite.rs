@@ -79,7 +79,7 @@ fn one_usize() -> usize {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum RuleList {
-    /// Every rule of [`crate::rule::RULES`] defined for multi-layer models.
+    /// Every rule of [`crate::rule::REGISTRY`] defined for multi-layer feed-forward models.
     All(String),
     /// These rules.
     List(Vec<String>),
@@ -186,13 +186,10 @@ impl Suite {
     pub fn rule_names(&self) -> Vec<String> {
         match &self.rules {
             // The single-layer classics are not defined for the suites' MLPs; name them.
-            RuleList::All(_) => crate::rule::RULES
+            RuleList::All(_) => crate::rule::REGISTRY
                 .iter()
-                .map(|(n, _)| n.to_string())
-                .filter(|n| {
-                    !crate::rule::SINGLE_LAYER_RULES.contains(&n.as_str())
-                        && !crate::rule::SEQUENCE_RULES.contains(&n.as_str())
-                })
+                .filter(|s| !s.single_layer && !s.sequence)
+                .map(|s| s.name.to_string())
                 .collect(),
             RuleList::List(l) => l.clone(),
         }

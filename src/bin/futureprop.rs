@@ -248,13 +248,20 @@ struct TrainArgs {
     log_every: Option<u64>,
     /// Credit-assignment rule (see `futureprop rules`) [default: bp].
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip)]
     rule: Option<String>,
+    /// The rule's own settings KEY=VALUE[,KEY=VALUE...], repeatable: `--rule pc
+    /// --rule-opt steps=8,gamma=0.1` (`futureprop rules show NAME` lists them; a config
+    /// file's [rule] table takes the same keys). Unknown keys are an error that lists the
+    /// valid ones. The flat flags of earlier versions (`--pc-steps 8`) still work.
+    #[arg(long = "rule-opt", value_name = "KEY=VALUE,...")]
+    #[serde(skip)]
+    rule_opt: Vec<String>,
     /// Every N steps, compare each layer's update with the backprop gradient (0: never) [default: 0].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     diag_every: Option<u64>,
-    /// Optimizer (see `futureprop optimizers`) [default: sgd].
+    /// Optimizer (see `futureprop optimizers`) [default: adam].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     optimizer: Option<String>,
@@ -315,12 +322,46 @@ struct TrainArgs {
     techniques: TechniqueArgs,
 }
 
+/// `--rule NAME` and `--rule-opt KEY=VALUE,...` as the layer's `rule` table.
+fn rule_layer(name: Option<&str>, opts: &[String]) -> Result<Option<serde_json::Value>> {
+    if name.is_none() && opts.is_empty() {
+        return Ok(None);
+    }
+    let mut t = futureprop::settings::Table::new();
+    if let Some(n) = name {
+        t.insert("name".into(), n.into());
+    }
+    for o in opts
+        .iter()
+        .flat_map(|o| o.split(','))
+        .filter(|o| !o.trim().is_empty())
+    {
+        let (k, v) = futureprop::settings::parse_assignment(o)?;
+        t.insert(k, v);
+    }
+    Ok(Some(serde_json::Value::Object(t)))
+}
+
+/// The flat flags of the rules' settings (`--pc-steps`), one per flat key, as
+/// earlier versions had them: accepted, not shown in `--help` (`--rule-opt` is).
+fn rule_fields() -> Vec<futureprop::settings::Field> {
+    let mut out: Vec<futureprop::settings::Field> = Vec::new();
+    for s in futureprop::rule::REGISTRY {
+        for f in (s.settings)() {
+            if !out.iter().any(|o| o.legacy == f.legacy) {
+                out.push(f);
+            }
+        }
+    }
+    out
+}
+
 /// The settings with a generated flag each: every field of the rule, optimizer and
 /// pretraining settings structs except the optimizer's name (`--optimizer`) and its
 /// parameter groups (`--param-group`).
 fn technique_fields() -> Vec<futureprop::settings::Field> {
     use futureprop::settings::Described;
-    let mut f = futureprop::rule::RuleConfig::fields();
+    let mut f = rule_fields();
     f.extend(
         futureprop::optim::OptimizerConfig::fields()
             .into_iter()
@@ -364,16 +405,20 @@ impl clap::FromArgMatches for TechniqueArgs {
         for f in technique_fields() {
             let v = match f.ty {
                 "usize" | "u64" | "Option<u64>" => m
-                    .get_one::<u64>(f.key)
+                    .get_one::<u64>(&f.legacy)
                     .map(|v| toml::Value::Integer(*v as i64)),
-                "f64" | "Option<f64>" => m.get_one::<f64>(f.key).map(|v| toml::Value::Float(*v)),
-                "bool" => m.get_one::<bool>(f.key).map(|v| toml::Value::Boolean(*v)),
+                "f64" | "Option<f64>" => {
+                    m.get_one::<f64>(&f.legacy).map(|v| toml::Value::Float(*v))
+                }
+                "bool" => m
+                    .get_one::<bool>(&f.legacy)
+                    .map(|v| toml::Value::Boolean(*v)),
                 _ => m
-                    .get_one::<String>(f.key)
+                    .get_one::<String>(&f.legacy)
                     .map(|v| toml::Value::String(v.clone())),
             };
             if let Some(v) = v {
-                self.0.insert(f.key.to_string(), v);
+                self.0.insert(f.legacy.clone(), v);
             }
         }
         Ok(())
@@ -383,12 +428,14 @@ impl clap::FromArgMatches for TechniqueArgs {
 impl clap::Args for TechniqueArgs {
     fn augment_args(mut cmd: clap::Command) -> clap::Command {
         use clap::{Arg, ArgAction, value_parser};
+        let rule_flags: Vec<String> = rule_fields().into_iter().map(|f| f.legacy).collect();
         for f in technique_fields() {
-            let arg = Arg::new(f.key)
-                .long(f.key.replace('_', "-"))
-                .value_name(f.key.to_uppercase())
+            let arg = Arg::new(f.legacy.clone())
+                .long(f.legacy.replace('_', "-"))
+                .value_name(f.legacy.to_uppercase())
                 .help(help_text(&f))
-                .help_heading("Rule, optimizer and pretraining settings");
+                .hide(rule_flags.contains(&f.legacy))
+                .help_heading("Optimizer and pretraining settings");
             let arg = match f.ty {
                 "usize" | "u64" | "Option<u64>" => arg.value_parser(value_parser!(u64)),
                 "f64" | "Option<f64>" => arg
@@ -416,7 +463,7 @@ fn train_cmd(args: &TrainArgs) -> Result<()> {
     let (base, resume) = match &args.resume {
         Some(p) => {
             let ck = train::checkpoint::load(p)?;
-            let base: TrainConfig = serde_json::from_value(ck.config)
+            let base = TrainConfig::from_stored(&ck.config)
                 .map_err(|e| Error::format(p, format!("config in checkpoint: {e}")))?;
             (base, Some(p.clone()))
         }
@@ -435,6 +482,9 @@ fn train_cmd(args: &TrainArgs) -> Result<()> {
     }
     if args.quiet {
         flags["quiet"] = true.into();
+    }
+    if let Some(rule) = rule_layer(args.rule.as_deref(), &args.rule_opt)? {
+        flags["rule"] = rule;
     }
     layers.push(flags);
     let cfg = if resume.is_some() {
@@ -543,7 +593,7 @@ fn diagnose_cmd(
     curvature: bool,
 ) -> Result<()> {
     let ck = train::checkpoint::load(checkpoint)?;
-    let mut cfg: TrainConfig = serde_json::from_value(ck.config.clone())
+    let mut cfg = TrainConfig::from_stored(&ck.config)
         .map_err(|e| Error::format(checkpoint, format!("config in checkpoint: {e}")))?;
     if let Some(d) = data_dir {
         cfg.data_dir = Some(d.to_path_buf());
@@ -666,9 +716,42 @@ fn show_cmd(
     Ok(())
 }
 
-fn list_cmd(table: &[(&str, &str)]) -> Result<()> {
-    for (n, d) in table {
-        out!("{n:<10} {d}");
+/// The rules, a line each.
+fn rules_cmd() -> Result<()> {
+    for s in futureprop::rule::REGISTRY {
+        out!("{:<10} {} ({})", s.name, s.summary, s.paper);
+    }
+    Ok(())
+}
+
+/// One rule: its line, what it recommends, then each of its settings with key, flat
+/// flag, type, default and doc.
+fn rule_show_cmd(name: &str) -> Result<()> {
+    let s = futureprop::rule::spec(name)?;
+    out!("{}: {} ({})", s.name, s.summary, s.paper);
+    if let Some(n) = s.normalize {
+        out!("  recommends --normalize {n} (a run that sets none takes it)");
+    }
+    if let Some(a) = s.activation {
+        out!("  recommends --activation {a} (a run that sets none takes it)");
+    }
+    if s.single_layer {
+        out!("  trains a single Linear layer: --model linear:IN-OUT");
+    }
+    let fields = (s.settings)();
+    if fields.is_empty() {
+        out!("  no settings of its own");
+    } else {
+        out!("  settings (--rule-opt KEY=VALUE, or [rule] in a config file):");
+    }
+    for f in &fields {
+        out!(
+            "  {:<14} {:<20} {:<12} {}",
+            f.key,
+            f.flag(),
+            f.ty,
+            help_text(f)
+        );
     }
     Ok(())
 }
@@ -718,16 +801,11 @@ fn main() -> ExitCode {
             *threads,
             *quiet,
         ),
-        Command::Rules { command: None } => list_cmd(futureprop::rule::RULES),
+        Command::Rules { command: None } => rules_cmd(),
         Command::Optimizers { command: None } => optimizers_cmd(),
         Command::Rules {
             command: Some(ShowCommand::Show { name }),
-        } => show_cmd(
-            "rule",
-            name,
-            futureprop::rule::RULES,
-            futureprop::rule::settings_of,
-        ),
+        } => rule_show_cmd(name),
         Command::Optimizers {
             command: Some(ShowCommand::Show { name }),
         } => show_cmd(

@@ -1,6 +1,15 @@
 //! Backpropagation.
 
-use super::{Batch, Rule};
+use super::{Batch, Rule, RuleSpec};
+
+pub(super) const BP: RuleSpec = RuleSpec {
+    name: "bp",
+    aliases: &["backprop"],
+    summary: "backpropagation: exact gradient through transposed Jacobians",
+    paper: "Rumelhart et al. 1986",
+    build: |_| Ok(Box::new(Backprop)),
+    ..RuleSpec::DEFAULT
+};
 use crate::error::Result;
 use crate::nn::{Grads, Model, Params, Trace};
 use crate::tensor::Tensor;

@@ -13,7 +13,35 @@
 //!   inputs' principal subspace (one output: the first principal component, unit norm).
 //!   Biases are not trained.
 
-use super::{Batch, Rule, StepOutput};
+use super::{Batch, Rule, RuleSpec, StepOutput};
+
+pub(super) const PERCEPTRON: RuleSpec = RuleSpec {
+    name: "perceptron",
+    summary: "Rosenblatt's perceptron rule, multi-class, single Linear layer",
+    paper: "Rosenblatt 1958",
+    single_layer: true,
+    build: |_| Ok(Box::new(Classic::new(ClassicKind::Perceptron))),
+    ..RuleSpec::DEFAULT
+};
+
+pub(super) const LMS: RuleSpec = RuleSpec {
+    name: "lms",
+    summary: "least mean squares / ADALINE: Δw = η(t − z)x, single Linear layer",
+    paper: "Widrow & Hoff 1960",
+    single_layer: true,
+    build: |_| Ok(Box::new(Classic::new(ClassicKind::Lms))),
+    ..RuleSpec::DEFAULT
+};
+
+pub(super) const HEBBIAN: RuleSpec = RuleSpec {
+    name: "hebbian",
+    aliases: &["oja"],
+    summary: "Oja's normalised Hebbian rule (subspace form), unsupervised, single Linear layer",
+    paper: "Oja 1982",
+    single_layer: true,
+    build: |_| Ok(Box::new(Classic::new(ClassicKind::Hebbian))),
+    ..RuleSpec::DEFAULT
+};
 use crate::error::{Error, Result};
 use crate::nn::{Grads, LayerKind, Loss, Model, Params, Target};
 use crate::tensor::Tensor;

@@ -18,10 +18,47 @@ use std::collections::HashMap;
 
 use rand::SeedableRng;
 
-use super::{Batch, Rule, RuleConfig};
+use super::feedback_alignment::FeedbackSettings;
+use super::{Batch, Rule, RuleSpec};
 use crate::error::{Error, Result};
 use crate::nn::{Block, Grads, Model, Params, Trace};
+use crate::settings::{Described, parse};
 use crate::tensor::Tensor;
+
+fn direct_rule(kind: DirectKind, t: &crate::settings::Table) -> Result<Box<dyn Rule>> {
+    Ok(Box::new(DirectFeedback::new(kind, parse("rule", t)?)))
+}
+
+pub(super) const DFA: RuleSpec = RuleSpec {
+    name: "dfa",
+    summary: "direct feedback alignment: output error projected to every hidden block",
+    paper: "Nøkland 2016",
+    settings: FeedbackSettings::fields,
+    build: |t| direct_rule(DirectKind::Dfa, t),
+    ..RuleSpec::DEFAULT
+};
+
+pub(super) const BFA: RuleSpec = RuleSpec {
+    name: "bfa",
+    summary: "broadcast feedback alignment: DFA with one matrix shared per hidden width",
+    paper: "Nøkland 2016, shared",
+    settings: FeedbackSettings::fields,
+    build: |t| direct_rule(DirectKind::Bfa, t),
+    ..RuleSpec::DEFAULT
+};
+
+pub(super) const DRTP: RuleSpec = RuleSpec {
+    name: "drtp",
+    summary: "direct random target projection: one-hot target projected to hidden blocks",
+    paper: "Frenkel et al. 2021",
+    settings: FeedbackSettings::fields,
+    // The paper's hidden units are tanh. With ReLU the projected target's sign pushes
+    // units that the target switches off into the dead zone: one MNIST epoch with Adam
+    // 1e-3 scores 68 % on ReLU, 93 % on tanh.
+    activation: Some("tanh"),
+    build: |t| direct_rule(DirectKind::Drtp, t),
+    ..RuleSpec::DEFAULT
+};
 
 /// Which global signal is projected, and whether matrices are shared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,17 +75,17 @@ pub enum DirectKind {
 #[derive(Debug)]
 pub struct DirectFeedback {
     kind: DirectKind,
-    cfg: RuleConfig,
+    feedback: FeedbackSettings,
     /// Projection matrices (outputs × width), keyed by block index or, for `bfa`, width.
     matrices: HashMap<usize, Tensor>,
 }
 
 impl DirectFeedback {
     /// A direct-feedback rule.
-    pub fn new(kind: DirectKind, cfg: RuleConfig) -> Self {
+    pub fn new(kind: DirectKind, feedback: FeedbackSettings) -> Self {
         DirectFeedback {
             kind,
-            cfg,
+            feedback,
             matrices: HashMap::new(),
         }
     }
@@ -122,9 +159,8 @@ impl Rule for DirectFeedback {
         let (hidden, last) = Self::blocks(model)?;
         // Projections take the dtype of the model's weights.
         let dt = super::blocks::block_dtype(model, params, &last)?;
-        let mut rng =
-            crate::Rng::seed_from_u64(self.cfg.feedback_seed.unwrap_or(seed) ^ 0x0d1e_c7fb);
-        let init = self.cfg.feedback_init()?;
+        let mut rng = crate::Rng::seed_from_u64(self.feedback.seed.unwrap_or(seed) ^ 0x0d1e_c7fb);
+        let init = self.feedback.initialiser()?;
         self.matrices.clear();
         for (i, b) in hidden.iter().enumerate() {
             let width = b.outputs;
@@ -135,7 +171,7 @@ impl Rule for DirectFeedback {
             // Drawn like a (width → outputs) weight, stored as outputs × width.
             let v = init.sample(width, model.outputs(), &mut rng);
             let m = Tensor::from_vec(&[model.outputs(), width], v)?
-                .scale(self.cfg.feedback_scale)
+                .scale(self.feedback.scale)
                 .to_dtype(dt);
             self.matrices.insert(k, m);
         }

@@ -25,10 +25,118 @@ use std::collections::HashMap;
 
 use rand::SeedableRng;
 
-use super::{Batch, Rule, RuleConfig, StepOutput, backward_chain};
+use super::{Batch, Rule, RuleSpec, StepOutput, backward_chain};
 use crate::error::{Error, Result};
 use crate::nn::{Grads, LayerKind, Loss, Model, Params, Trace};
+use crate::settings::{Described, Settings, parse};
 use crate::tensor::{Tensor, Unary};
+
+crate::settings_struct! {
+    /// How the fixed feedback matrices are drawn (every rule of the feedback-alignment
+    /// and direct-feedback families).
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[serde(default)]
+    pub struct FeedbackSettings: "feedback" {
+        /// Initialiser of the feedback matrices (names as `--init`; `auto`: Xavier
+        /// uniform).
+        pub init: String = "xavier-uniform".into(),
+        /// Multiplier of the drawn feedback matrices.
+        pub scale: f64 = 1.0,
+        /// Seed of the feedback matrices; none: the run's seed.
+        pub seed: Option<u64> = None,
+    }
+}
+
+impl Settings for FeedbackSettings {
+    fn validate(&self) -> Result<()> {
+        crate::settings::real(
+            "feedback_scale",
+            self.scale,
+            crate::settings::Range::NonZero,
+        )?;
+        self.initialiser().map(|_| ())
+    }
+}
+
+impl FeedbackSettings {
+    /// The parsed initialiser (`auto` means Xavier uniform).
+    pub fn initialiser(&self) -> Result<crate::nn::Init> {
+        Ok(match crate::nn::Init::parse(&self.init)? {
+            crate::nn::Init::Auto => crate::nn::Init::XavierUniform,
+            i => i,
+        })
+    }
+}
+
+crate::settings_struct! {
+    /// Kolen–Pollack's own setting.
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[serde(default)]
+    pub struct KpSettings: "kp" {
+        /// Weight decay λ on W and its feedback (the decay makes F converge to Wᵀ).
+        pub decay: f64 = 1e-3,
+    }
+}
+
+impl Settings for KpSettings {
+    fn validate(&self) -> Result<()> {
+        crate::settings::real("kp_decay", self.decay, crate::settings::Range::NonNegative)
+    }
+}
+
+fn feedback_rule(kind: FeedbackKind, t: &crate::settings::Table) -> Result<Box<dyn Rule>> {
+    let decay = parse::<KpSettings>("rule kp", t)?.decay;
+    Ok(Box::new(FeedbackAlignment::new(
+        kind,
+        parse("rule", t)?,
+        decay,
+    )))
+}
+
+pub(super) const FA: RuleSpec = RuleSpec {
+    name: "fa",
+    summary: "feedback alignment: fixed random matrices replace Wᵀ",
+    paper: "Lillicrap et al. 2016",
+    settings: FeedbackSettings::fields,
+    build: |t| feedback_rule(FeedbackKind::Random, t),
+    ..RuleSpec::DEFAULT
+};
+
+pub(super) const USF: RuleSpec = RuleSpec {
+    name: "usf",
+    summary: "uniform sign-concordant feedback: sign(W)·mean|W| replaces Wᵀ",
+    paper: "Liao et al. 2016",
+    settings: FeedbackSettings::fields,
+    build: |t| feedback_rule(FeedbackKind::SignUniform, t),
+    ..RuleSpec::DEFAULT
+};
+
+pub(super) const BRSF: RuleSpec = RuleSpec {
+    name: "brsf",
+    summary: "batch-random-magnitude sign-concordant feedback",
+    paper: "Moskovitz et al. 2018",
+    settings: FeedbackSettings::fields,
+    build: |t| feedback_rule(FeedbackKind::SignBatchRandom, t),
+    ..RuleSpec::DEFAULT
+};
+
+pub(super) const FRSF: RuleSpec = RuleSpec {
+    name: "frsf",
+    summary: "fixed-random-magnitude sign-concordant feedback",
+    paper: "Moskovitz et al. 2018",
+    settings: FeedbackSettings::fields,
+    build: |t| feedback_rule(FeedbackKind::SignFixedRandom, t),
+    ..RuleSpec::DEFAULT
+};
+
+pub(super) const KP: RuleSpec = RuleSpec {
+    name: "kp",
+    summary: "Kolen–Pollack: feedback learned with W's update plus decay, converges to Wᵀ",
+    paper: "Akrout et al. 2019",
+    settings: || [FeedbackSettings::fields(), KpSettings::fields()].concat(),
+    build: |t| feedback_rule(FeedbackKind::KolenPollack, t),
+    ..RuleSpec::DEFAULT
+};
 
 /// Which feedback matrix replaces W.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +157,9 @@ pub enum FeedbackKind {
 #[derive(Debug)]
 pub struct FeedbackAlignment {
     kind: FeedbackKind,
-    cfg: RuleConfig,
+    feedback: FeedbackSettings,
+    /// Kolen–Pollack's decay λ.
+    decay: f64,
     /// Per Linear layer (by layer name): F for `fa`, R for `frsf`.
     fixed: HashMap<String, Tensor>,
     /// Per layer, the magnitudes drawn for the current batch (`brsf`).
@@ -58,11 +168,12 @@ pub struct FeedbackAlignment {
 }
 
 impl FeedbackAlignment {
-    /// A rule of the given kind.
-    pub fn new(kind: FeedbackKind, cfg: RuleConfig) -> Self {
+    /// A rule of the given kind; `decay` is Kolen–Pollack's λ (ignored by the others).
+    pub fn new(kind: FeedbackKind, feedback: FeedbackSettings, decay: f64) -> Self {
         FeedbackAlignment {
             kind,
-            cfg,
+            feedback,
+            decay,
             fixed: HashMap::new(),
             batch_magnitudes: HashMap::new(),
             rng: crate::Rng::seed_from_u64(0),
@@ -92,8 +203,11 @@ impl FeedbackAlignment {
     fn draw(&mut self, shape: &[usize]) -> Result<Tensor> {
         let rows = shape.first().copied().unwrap_or(1);
         let cols = shape.iter().skip(1).product::<usize>();
-        let v = self.cfg.feedback_init()?.sample(cols, rows, &mut self.rng);
-        Ok(Tensor::from_vec(shape, v)?.scale(self.cfg.feedback_scale))
+        let v = self
+            .feedback
+            .initialiser()?
+            .sample(cols, rows, &mut self.rng);
+        Ok(Tensor::from_vec(shape, v)?.scale(self.feedback.scale))
     }
 
     /// The feedback F used for layer `name` with weight `w` (W's layout).
@@ -166,7 +280,7 @@ impl Rule for FeedbackAlignment {
     }
 
     fn init(&mut self, model: &Model, params: &mut Params, seed: u64) -> Result<()> {
-        self.rng = crate::Rng::seed_from_u64(self.cfg.feedback_seed.unwrap_or(seed) ^ 0x0fee_dbac);
+        self.rng = crate::Rng::seed_from_u64(self.feedback.seed.unwrap_or(seed) ^ 0x0fee_dbac);
         self.fixed.clear();
         for (_, name) in Self::feedback_layers(model) {
             // Feedback matrices take the shape and dtype of the weights they stand in for.
@@ -238,7 +352,7 @@ impl Rule for FeedbackAlignment {
         )?;
         if self.kind == FeedbackKind::KolenPollack {
             // Akrout et al. 2019: ΔW = −η(∇W + λW), ΔF = −η(∇W + λF), so W − F decays.
-            let lambda = self.cfg.kp_decay;
+            let lambda = self.decay;
             for (_, name) in &layers {
                 let wk = format!("{name}.weight");
                 let fk = Self::kp_key(name);

@@ -20,10 +20,67 @@ use super::blocks::{
     block_dtype, block_forward, block_input_grad, block_output, block_param_grads, free_block,
     scratch_trace,
 };
-use super::{Batch, Rule, RuleConfig, StepOutput};
+use super::{Batch, Rule, RuleSpec, StepOutput};
 use crate::error::{Error, Result};
 use crate::nn::{Grads, Loss, Model, Params, Target};
+use crate::settings::{Described, Range, Settings, parse, real};
 use crate::tensor::Tensor;
+
+crate::settings_struct! {
+    /// The auxiliary heads' loss (`local` and `dsn`).
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[serde(default)]
+    pub struct LocalSettings: "local" {
+        /// Head loss `pred`, `sim` or `predsim`.
+        pub loss: String = "pred".into(),
+        /// Weight β of the similarity term in `predsim`.
+        pub beta: f64 = 0.99,
+    }
+}
+
+impl Settings for LocalSettings {
+    fn validate(&self) -> Result<()> {
+        real("local_beta", self.beta, Range::Unit)?;
+        HeadLoss::parse(&self.loss, self.beta).map(|_| ())
+    }
+}
+
+crate::settings_struct! {
+    /// Deeply-supervised nets' own setting.
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[serde(default)]
+    pub struct DsnSettings: "dsn" {
+        /// Weight of every auxiliary head's loss.
+        pub weight: f64 = 0.3,
+    }
+}
+
+impl Settings for DsnSettings {
+    fn validate(&self) -> Result<()> {
+        real("dsn_weight", self.weight, Range::NonNegative)
+    }
+}
+
+pub(super) const LOCAL: RuleSpec = RuleSpec {
+    name: "local",
+    summary: "local losses: each block learns from its own auxiliary head, no gradient crosses blocks",
+    paper: "Belilovsky et al. 2019; Nøkland & Eidnes 2019",
+    settings: LocalSettings::fields,
+    build: |t| Ok(Box::new(LocalLosses::new(parse("rule local", t)?, None)?)),
+    ..RuleSpec::DEFAULT
+};
+
+pub(super) const DSN: RuleSpec = RuleSpec {
+    name: "dsn",
+    summary: "deeply-supervised nets: auxiliary head losses added to the global backprop loss",
+    paper: "Lee et al. 2015",
+    settings: || [LocalSettings::fields(), DsnSettings::fields()].concat(),
+    build: |t| {
+        let d: DsnSettings = parse("rule dsn", t)?;
+        Ok(Box::new(LocalLosses::new(parse("rule dsn", t)?, Some(d))?))
+    },
+    ..RuleSpec::DEFAULT
+};
 
 /// Which head loss.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -31,6 +88,21 @@ enum HeadLoss {
     Pred,
     Sim,
     PredSim(f64),
+}
+
+impl HeadLoss {
+    fn parse(s: &str, beta: f64) -> Result<HeadLoss> {
+        match s {
+            "pred" => Ok(HeadLoss::Pred),
+            "sim" => Ok(HeadLoss::Sim),
+            "predsim" => Ok(HeadLoss::PredSim(beta)),
+            other => Err(Error::unknown(
+                "local loss",
+                other,
+                &["pred", "sim", "predsim"],
+            )),
+        }
+    }
 }
 
 /// Local-loss or deeply-supervised training.
@@ -43,32 +115,17 @@ pub struct LocalLosses {
 }
 
 impl LocalLosses {
-    /// `local` (`deeply_supervised` false) or `dsn`, with options from `cfg`.
-    pub fn new(deeply_supervised: bool, cfg: &RuleConfig) -> Result<Self> {
-        let head_loss = match cfg.local_loss.as_str() {
-            "pred" => HeadLoss::Pred,
-            "sim" => HeadLoss::Sim,
-            "predsim" => {
-                if !(0.0..=1.0).contains(&cfg.local_beta) {
-                    return Err(Error::config("local beta", "must be in [0, 1]"));
-                }
-                HeadLoss::PredSim(cfg.local_beta)
-            }
-            other => {
-                return Err(Error::unknown(
-                    "local loss",
-                    other,
-                    &["pred", "sim", "predsim"],
-                ));
-            }
-        };
-        if !(cfg.dsn_weight.is_finite() && cfg.dsn_weight >= 0.0) {
-            return Err(Error::config("dsn weight", "must be a non-negative number"));
+    /// `local` (`dsn` none) or deeply-supervised nets (`dsn`).
+    pub fn new(cfg: LocalSettings, dsn: Option<DsnSettings>) -> Result<Self> {
+        cfg.validate()?;
+        let head_loss = HeadLoss::parse(&cfg.loss, cfg.beta)?;
+        if let Some(d) = &dsn {
+            d.validate()?;
         }
         Ok(LocalLosses {
-            deeply_supervised,
+            deeply_supervised: dsn.is_some(),
             head_loss,
-            dsn_weight: cfg.dsn_weight,
+            dsn_weight: dsn.map_or(0.0, |d| d.weight),
             keep_trace: true,
         })
     }

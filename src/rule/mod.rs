@@ -25,17 +25,18 @@ pub use crate::nn::{backward_chain, backward_layers};
 pub use backprop::Backprop;
 pub use classic::{Classic, ClassicKind};
 pub use direct_feedback::{DirectFeedback, DirectKind};
-pub use equilibrium::{Equilibrium, Nudge};
-pub use feedback_alignment::{FeedbackAlignment, FeedbackKind};
-pub use forward_forward::{ForwardForward, overlay};
-pub use local_losses::{LocalLosses, sim_loss};
-pub use predictive_coding::PredictiveCoding;
-pub use synthetic_gradients::SyntheticGradients;
-pub use target_propagation::TargetPropagation;
+pub use equilibrium::{Equilibrium, Nudge, NudgeSettings, RelaxSettings};
+pub use feedback_alignment::{FeedbackAlignment, FeedbackKind, FeedbackSettings, KpSettings};
+pub use forward_forward::{FfSettings, ForwardForward, overlay};
+pub use local_losses::{DsnSettings, LocalLosses, LocalSettings, sim_loss};
+pub use predictive_coding::{PcSettings, PredictiveCoding};
+pub use synthetic_gradients::{SynthSettings, SyntheticGradients};
+pub use target_propagation::{DtpSettings, TargetPropagation};
 pub use uoro::Uoro;
 
 use crate::error::{Error, Result};
 use crate::nn::{Grads, Loss, Model, Params, Trace};
+use crate::settings::{Choice, Field, Table};
 use crate::tensor::Tensor;
 
 /// What the last relaxation (inference) of an energy-based rule did: the energy and the
@@ -155,246 +156,113 @@ pub trait Rule: Send {
     }
 }
 
-crate::settings_struct! {
-    /// Options of the rules. Every field has a default; rules ignore what they do not use.
-    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-    #[serde(default)]
-    pub struct RuleConfig {
-        /// Initialiser of feedback matrices (names as `--init`).
-        pub feedback_init: String = "xavier-uniform".into(),
-        /// Multiplier of the drawn feedback matrices.
-        pub feedback_scale: f64 = 1.0,
-        /// Seed of feedback matrices; none: the run's seed.
-        pub feedback_seed: Option<u64> = None,
-        /// Kolen–Pollack weight decay λ on W and its feedback.
-        pub kp_decay: f64 = 1e-3,
-        /// Predictive coding: inference steps T per batch.
-        pub pc_steps: usize = 20,
-        /// Predictive coding: inference step size γ (per sample); 0.1 diverged after ~11
-        /// MNIST epochs with ReLU as the weights grew.
-        pub pc_gamma: f64 = 0.05,
-        /// Predictive coding: `standard` or `fixed-prediction`.
-        pub pc_variant: String = "standard".into(),
-        /// EqProp/CHL: free-phase steps T₁.
-        pub eqprop_free_steps: usize = 20,
-        /// EqProp/CHL: nudged (or clamped) phase steps T₂.
-        pub eqprop_nudge_steps: usize = 4,
-        /// EqProp: nudging strength β.
-        pub eqprop_beta: f64 = 1.0,
-        /// EqProp/CHL: relaxation step ε.
-        pub eqprop_step: f64 = 0.5,
-        /// EqProp: `one-sided`, `random-sign` or `symmetric`.
-        pub eqprop_nudge: String = "one-sided".into(),
-        /// EqProp/CHL state nonlinearity: `hard-sigmoid` (clip to [0, 1]), `sigmoid`,
-        /// `tanh`.
-        pub eqprop_rho: String = "hard-sigmoid".into(),
-        /// Forward-Forward: per-unit goodness threshold (θ; × width for the `sum`
-        /// goodness; as loeweX/Forward-Forward's Σh² − width). The `symmetric` loss
-        /// does not use it.
-        pub ff_threshold: f64 = 1.0,
-        /// Forward-Forward: goodness `mean` (of h² over units, as pytorch_forward_forward)
-        /// or `sum` (Hinton 2022).
-        pub ff_goodness: String = "sum".into(),
-        /// Forward-Forward: layer loss `separate` (Hinton 2022) or `symmetric`
-        /// (softplus(G⁻ − G⁺), Lee & Song 2023 "SymBa"; 91 % vs 82 % after one MNIST
-        /// epoch on 784-500-500-10 with Adam 1e-3).
-        pub ff_loss: String = "symmetric".into(),
-        /// Forward-Forward: negative labels `random` or `hard`.
-        pub ff_negative: String = "random".into(),
-        /// Forward-Forward: prediction by `goodness` (every label tried) or `readout`.
-        pub ff_predict: String = "goodness".into(),
-        /// Forward-Forward: leave the first hidden layer out of the goodness predictor (the
-        /// paper's choice).
-        pub ff_skip_first: bool = true,
-        /// Local losses: head loss `pred`, `sim` or `predsim`.
-        pub local_loss: String = "pred".into(),
-        /// Local losses: weight β of the similarity term in `predsim`.
-        pub local_beta: f64 = 0.99,
-        /// Deeply-supervised nets: weight of every auxiliary head's loss.
-        pub dsn_weight: f64 = 0.3,
-        /// EqProp/CHL: record the energy at every relaxation step (two extra passes per
-        /// layer and step).
-        pub relax_trace: bool = false,
-        /// Synthetic gradients: hidden width of an MLP synthesizer (0: linear).
-        pub synth_hidden: usize = 0,
-        /// Synthetic gradients: hidden layers of an MLP synthesizer.
-        pub synth_depth: usize = 1,
-        /// Synthetic gradients: batch norm after each hidden layer of an MLP synthesizer
-        /// (as Jaderberg et al.'s).
-        pub synth_batchnorm: bool = false,
-        /// Synthetic gradients: initialiser of the synthesizers (`--init` names).
-        pub synth_init: String = "zeros".into(),
-        /// Energy-based rules: stop relaxing when the residual ‖∂E/∂state‖ per sample falls
-        /// below this; 0: always run every step.
-        pub relax_tolerance: f64 = 0.0,
-        /// Difference target propagation: step η̂ of the top target τ = h − η̂·∂ℓ/∂h
-        /// (per-sample loss ℓ).
-        pub dtp_target_step: f64 = 0.1,
-        /// Difference target propagation: σ of the Gaussian noise in the inverses'
-        /// reconstruction loss.
-        pub dtp_noise: f64 = 0.1,
-        /// Difference target propagation: `parallel` or `alternating` inverse training.
-        pub dtp_schedule: String = "parallel".into(),
-    }
+/// A rule's description, declared in the rule's own file; [`REGISTRY`] lists them.
+#[derive(Clone, Copy)]
+pub struct RuleSpec {
+    /// The CLI name.
+    pub name: &'static str,
+    /// Other names it answers to.
+    pub aliases: &'static [&'static str],
+    /// One line: what it does.
+    pub summary: &'static str,
+    /// The paper it comes from.
+    pub paper: &'static str,
+    /// Every setting of its table (the fields of its settings structs).
+    pub settings: fn() -> Vec<Field>,
+    /// The input scaling it recommends; a fresh run that sets none takes it.
+    pub normalize: Option<&'static str>,
+    /// The hidden activation it recommends (the one its paper trains); a fresh run that
+    /// sets none takes it.
+    pub activation: Option<&'static str>,
+    /// Defined for one Linear layer only (`linear:IN-OUT`).
+    pub single_layer: bool,
+    /// Differs from backprop only on recurrent layers (the feed-forward suites'
+    /// `all` leaves it out).
+    pub sequence: bool,
+    /// Builds the rule from its table (keys already checked).
+    pub build: fn(&Table) -> Result<Box<dyn Rule>>,
 }
 
-impl RuleConfig {
-    /// Every numeric setting in its range; the error names the setting and the value.
-    pub fn validate(&self) -> Result<()> {
-        use crate::settings::{Range::*, at_least, real};
-        real("feedback_scale", self.feedback_scale, NonZero)?;
-        real("kp_decay", self.kp_decay, NonNegative)?;
-        at_least("pc_steps", self.pc_steps as u64, 1)?;
-        real("pc_gamma", self.pc_gamma, Positive)?;
-        at_least("eqprop_free_steps", self.eqprop_free_steps as u64, 1)?;
-        at_least("eqprop_nudge_steps", self.eqprop_nudge_steps as u64, 1)?;
-        real("eqprop_beta", self.eqprop_beta, NonZero)?;
-        real("eqprop_step", self.eqprop_step, Positive)?;
-        real("ff_threshold", self.ff_threshold, NonNegative)?;
-        real("local_beta", self.local_beta, Unit)?;
-        real("dsn_weight", self.dsn_weight, NonNegative)?;
-        at_least("synth_depth", self.synth_depth as u64, 1)?;
-        real("relax_tolerance", self.relax_tolerance, NonNegative)?;
-        real("dtp_target_step", self.dtp_target_step, Positive)?;
-        real("dtp_noise", self.dtp_noise, NonNegative)?;
-        Ok(())
-    }
-
-    /// The parsed feedback initialiser (`auto` means Xavier uniform).
-    pub fn feedback_init(&self) -> Result<crate::nn::Init> {
-        Ok(match crate::nn::Init::parse(&self.feedback_init)? {
-            crate::nn::Init::Auto => crate::nn::Init::XavierUniform,
-            i => i,
-        })
-    }
-}
-
-/// The settings (keys of [`RuleConfig`]) rule `name` reads, for `futureprop rules show`.
-pub fn settings_of(name: &str) -> Vec<crate::settings::Field> {
-    use crate::settings::Described;
-    let prefixes: &[&str] = match name {
-        "fa" | "usf" | "brsf" | "frsf" | "dfa" | "bfa" | "drtp" => &["feedback_"],
-        "kp" => &["feedback_", "kp_"],
-        "pc" => &["pc_", "relax_tolerance"],
-        "eqprop" => &["eqprop_", "relax_"],
-        "chl" => &[
-            "eqprop_free_steps",
-            "eqprop_nudge_steps",
-            "eqprop_step",
-            "eqprop_rho",
-            "relax_",
-        ],
-        "ff" => &["ff_"],
-        "local" => &["local_"],
-        "dsn" => &["dsn_"],
-        "dni" | "cdni" => &["synth_"],
-        "dtp" => &["dtp_"],
-        _ => &[],
+impl RuleSpec {
+    /// The base the specs fill in: no settings, no recommendation.
+    pub const DEFAULT: RuleSpec = RuleSpec {
+        name: "",
+        aliases: &[],
+        summary: "",
+        paper: "",
+        settings: Vec::new,
+        normalize: None,
+        activation: None,
+        single_layer: false,
+        sequence: false,
+        build: |_| Err(Error::config("rule", "no rule")),
     };
-    RuleConfig::fields()
-        .into_iter()
-        .filter(|f| prefixes.iter().any(|p| f.key.starts_with(p)))
-        .collect()
+
+    /// Builds the rule from `table`, refusing keys that are not its settings.
+    pub fn build_with(&self, table: &Table) -> Result<Box<dyn Rule>> {
+        crate::settings::check_keys(&format!("rule {}", self.name), table, &(self.settings)())?;
+        (self.build)(table)
+    }
+
+    /// `table` with every setting filled in, checked by building the rule once.
+    pub fn resolve(&self, table: &Table) -> Result<Table> {
+        let fields = (self.settings)();
+        crate::settings::check_keys(&format!("rule {}", self.name), table, &fields)?;
+        let full = crate::settings::resolved(table, &fields);
+        (self.build)(&full)?;
+        Ok(full)
+    }
 }
 
-/// Names accepted by [`build_rule`], with one line each.
-pub const RULES: &[(&str, &str)] = &[
-    (
-        "bp",
-        "backpropagation: exact gradient through transposed Jacobians (Rumelhart et al. 1986)",
-    ),
-    (
-        "fa",
-        "feedback alignment: fixed random matrices replace Wᵀ (Lillicrap et al. 2016)",
-    ),
-    (
-        "dfa",
-        "direct feedback alignment: output error projected to every hidden block (Nøkland 2016)",
-    ),
-    (
-        "bfa",
-        "broadcast feedback alignment: DFA with one matrix shared per hidden width",
-    ),
-    (
-        "usf",
-        "uniform sign-concordant feedback: sign(W)·mean|W| replaces Wᵀ (Liao et al. 2016)",
-    ),
-    (
-        "brsf",
-        "batch-random-magnitude sign-concordant feedback (Moskovitz et al. 2018)",
-    ),
-    (
-        "frsf",
-        "fixed-random-magnitude sign-concordant feedback (Moskovitz et al. 2018)",
-    ),
-    (
-        "kp",
-        "Kolen–Pollack: feedback learned with W's update plus decay, converges to Wᵀ (Akrout et al. 2019)",
-    ),
-    (
-        "drtp",
-        "direct random target projection: one-hot target projected to hidden blocks (Frenkel et al. 2021)",
-    ),
-    (
-        "pc",
-        "predictive coding: relax value nodes on the prediction-error energy, local updates (Whittington & Bogacz 2017)",
-    ),
-    (
-        "eqprop",
-        "equilibrium propagation: free and β-nudged relaxations of a symmetric energy network (Scellier & Bengio 2017)",
-    ),
-    (
-        "chl",
-        "contrastive Hebbian learning: free vs output-clamped relaxations (Movellan 1991)",
-    ),
-    (
-        "ff",
-        "Forward-Forward: per-layer goodness of positive vs negative (wrong-label) data (Hinton 2022)",
-    ),
-    (
-        "local",
-        "local losses: each block learns from its own auxiliary head, no gradient crosses blocks (Belilovsky et al. 2019; Nøkland & Eidnes 2019)",
-    ),
-    (
-        "dsn",
-        "deeply-supervised nets: auxiliary head losses added to the global backprop loss (Lee et al. 2015)",
-    ),
-    (
-        "dni",
-        "synthetic gradients: each hidden block updates from a learned gradient predictor (Jaderberg et al. 2016)",
-    ),
-    (
-        "cdni",
-        "synthetic gradients conditioned on the label (Jaderberg et al. 2016)",
-    ),
-    (
-        "dtp",
-        "difference target propagation: layer-local targets through learned inverses (Lee et al. 2015)",
-    ),
-    (
-        "perceptron",
-        "Rosenblatt's perceptron rule, multi-class, single Linear layer (Rosenblatt 1958)",
-    ),
-    (
-        "lms",
-        "least mean squares / ADALINE: Δw = η(t − z)x, single Linear layer (Widrow & Hoff 1960)",
-    ),
-    (
-        "hebbian",
-        "Oja's normalised Hebbian rule (subspace form), unsupervised, single Linear layer (Oja 1982)",
-    ),
-    (
-        "uoro",
-        "unbiased online recurrent optimisation: rank-one forward-mode estimate for recurrent layers, backprop elsewhere (Tallec & Ollivier 2017)",
-    ),
+/// Every rule, one line each.
+pub const REGISTRY: &[RuleSpec] = &[
+    backprop::BP,
+    feedback_alignment::FA,
+    direct_feedback::DFA,
+    direct_feedback::BFA,
+    feedback_alignment::USF,
+    feedback_alignment::BRSF,
+    feedback_alignment::FRSF,
+    feedback_alignment::KP,
+    direct_feedback::DRTP,
+    predictive_coding::PC,
+    equilibrium::EQPROP,
+    equilibrium::CHL,
+    forward_forward::FF,
+    local_losses::LOCAL,
+    local_losses::DSN,
+    synthetic_gradients::DNI,
+    synthetic_gradients::CDNI,
+    target_propagation::DTP,
+    classic::PERCEPTRON,
+    classic::LMS,
+    classic::HEBBIAN,
+    uoro::UORO,
 ];
 
-/// Rules defined only for one Linear layer (`linear:IN-OUT`).
-pub const SINGLE_LAYER_RULES: &[&str] = &["perceptron", "lms", "hebbian"];
+/// The rule called `name` (or one of its aliases); an unknown name is an error that
+/// lists the rules.
+pub fn spec(name: &str) -> Result<&'static RuleSpec> {
+    REGISTRY
+        .iter()
+        .find(|s| s.name == name || s.aliases.contains(&name))
+        .ok_or_else(|| Error::unknown("rule", name, &names()))
+}
 
-/// Rules that differ from backprop only on layers the feed-forward suites do not have
-/// (UORO on recurrent layers); the suites' `all` leaves them out.
-pub const SEQUENCE_RULES: &[&str] = &["uoro"];
+/// The rules' names, in registry order.
+pub fn names() -> Vec<&'static str> {
+    REGISTRY.iter().map(|s| s.name).collect()
+}
+
+/// A run's rule choice with every setting filled in (unknown or ill-typed settings and
+/// values out of range are errors naming them).
+pub fn resolve(choice: &Choice) -> Result<Choice> {
+    let s = spec(&choice.name)?;
+    Ok(Choice {
+        name: s.name.to_string(),
+        settings: s.resolve(&choice.settings)?,
+    })
+}
 
 /// The layer families a rule trains besides dense layers (its [`Rule::trains`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -470,9 +338,8 @@ pub fn check_rule_layers(rule: &dyn Rule, model: &Model) -> Result<()> {
             continue;
         };
         if !ok {
-            let able: Vec<&str> = RULES
-                .iter()
-                .map(|(n, _)| *n)
+            let able: Vec<&str> = names()
+                .into_iter()
                 .filter(|n| {
                     build_rule(n).is_ok_and(|r| family(r.trains(), &kind).is_some_and(|(ok, _)| ok))
                 })
@@ -490,46 +357,30 @@ pub fn check_rule_layers(rule: &dyn Rule, model: &Model) -> Result<()> {
     Ok(())
 }
 
-/// Builds a rule by its CLI name with default options.
+/// Builds a rule by its CLI name with default settings.
 pub fn build_rule(name: &str) -> Result<Box<dyn Rule>> {
-    build_rule_with(name, &RuleConfig::default())
+    spec(name)?.build_with(&Table::new())
 }
 
-/// Builds a rule by its CLI name.
-pub fn build_rule_with(name: &str, cfg: &RuleConfig) -> Result<Box<dyn Rule>> {
-    cfg.validate()?;
-    cfg.feedback_init()?;
-    let fa = |k| -> Result<Box<dyn Rule>> { Ok(Box::new(FeedbackAlignment::new(k, cfg.clone()))) };
-    let direct = |k| -> Result<Box<dyn Rule>> { Ok(Box::new(DirectFeedback::new(k, cfg.clone()))) };
-    match name {
-        "bp" | "backprop" => Ok(Box::new(Backprop)),
-        "uoro" => Ok(Box::new(Uoro)),
-        "fa" => fa(FeedbackKind::Random),
-        "usf" => fa(FeedbackKind::SignUniform),
-        "brsf" => fa(FeedbackKind::SignBatchRandom),
-        "frsf" => fa(FeedbackKind::SignFixedRandom),
-        "kp" => fa(FeedbackKind::KolenPollack),
-        "dfa" => direct(DirectKind::Dfa),
-        "bfa" => direct(DirectKind::Bfa),
-        "drtp" => direct(DirectKind::Drtp),
-        "pc" => Ok(Box::new(PredictiveCoding::new(cfg.clone())?)),
-        "ff" => Ok(Box::new(ForwardForward::new(cfg)?)),
-        "local" => Ok(Box::new(LocalLosses::new(false, cfg)?)),
-        "dsn" => Ok(Box::new(LocalLosses::new(true, cfg)?)),
-        "dni" => Ok(Box::new(SyntheticGradients::new(false, cfg.clone()))),
-        "cdni" => Ok(Box::new(SyntheticGradients::new(true, cfg.clone()))),
-        "dtp" => Ok(Box::new(TargetPropagation::new(cfg)?)),
-        "eqprop" => Ok(Box::new(Equilibrium::new(cfg.clone(), false)?)),
-        "chl" => Ok(Box::new(Equilibrium::new(cfg.clone(), true)?)),
-        "perceptron" => Ok(Box::new(Classic::new(ClassicKind::Perceptron))),
-        "lms" => Ok(Box::new(Classic::new(ClassicKind::Lms))),
-        "hebbian" | "oja" => Ok(Box::new(Classic::new(ClassicKind::Hebbian))),
-        _ => Err(Error::unknown(
-            "rule",
-            name,
-            &RULES.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
-        )),
-    }
+/// Builds a rule by its CLI name with the settings in `settings`, a JSON object of its
+/// table's keys (`json!({"steps": 8})`; the others at their defaults).
+pub fn build_rule_with(name: &str, settings: &serde_json::Value) -> Result<Box<dyn Rule>> {
+    let table = match settings {
+        serde_json::Value::Object(o) => o.clone(),
+        serde_json::Value::Null => Table::new(),
+        other => {
+            return Err(Error::config(
+                format!("rule {name}"),
+                format!("settings {other} are not a table"),
+            ));
+        }
+    };
+    spec(name)?.build_with(&table)
+}
+
+/// Builds a run's rule.
+pub fn build_choice(choice: &Choice) -> Result<Box<dyn Rule>> {
+    spec(&choice.name)?.build_with(&choice.settings)
 }
 
 /// The forward pass every rule starts with: the trace, the batch's mean loss and

@@ -21,18 +21,71 @@ use super::blocks::{
     block_dtype, block_forward, block_input_grad, block_output, block_param_grads, free_block,
     scratch_trace,
 };
-use super::{Batch, Rule, RuleConfig, StepOutput};
+use super::{Batch, Rule, RuleSpec, StepOutput};
 use crate::error::{Error, Result};
 use crate::nn::{
     Activation, Grads, Layer, Linear, Loss, Model, Normalization, Params, Target, Trace,
 };
+use crate::settings::{Described, Settings, at_least, parse};
 use crate::tensor::{Tensor, Unary};
+
+crate::settings_struct! {
+    /// The synthesizers of `dni` and `cdni`.
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[serde(default)]
+    pub struct SynthSettings: "synth" {
+        /// Hidden width of an MLP synthesizer (0: linear).
+        pub hidden: usize = 0,
+        /// Hidden layers of an MLP synthesizer.
+        pub depth: usize = 1,
+        /// Batch norm after each hidden layer of an MLP synthesizer (as Jaderberg et
+        /// al.'s).
+        pub batchnorm: bool = false,
+        /// Initialiser of the synthesizers (`--init` names).
+        pub init: String = "zeros".into(),
+    }
+}
+
+impl Settings for SynthSettings {
+    fn validate(&self) -> Result<()> {
+        at_least("synth_depth", self.depth as u64, 1)?;
+        crate::nn::Init::parse(&self.init).map(|_| ())
+    }
+}
+
+pub(super) const DNI: RuleSpec = RuleSpec {
+    name: "dni",
+    summary: "synthetic gradients: each hidden block updates from a learned gradient predictor",
+    paper: "Jaderberg et al. 2016",
+    settings: SynthSettings::fields,
+    build: |t| {
+        Ok(Box::new(SyntheticGradients::new(
+            false,
+            parse("rule dni", t)?,
+        )))
+    },
+    ..RuleSpec::DEFAULT
+};
+
+pub(super) const CDNI: RuleSpec = RuleSpec {
+    name: "cdni",
+    summary: "synthetic gradients conditioned on the label",
+    paper: "Jaderberg et al. 2016",
+    settings: SynthSettings::fields,
+    build: |t| {
+        Ok(Box::new(SyntheticGradients::new(
+            true,
+            parse("rule cdni", t)?,
+        )))
+    },
+    ..RuleSpec::DEFAULT
+};
 
 /// Synthetic-gradient rule.
 #[derive(Debug)]
 pub struct SyntheticGradients {
     conditional: bool,
-    cfg: RuleConfig,
+    cfg: SynthSettings,
     /// Last step's synthesizer regression loss (mean over synthesizers).
     pub synth_loss: f64,
     /// Replace every synthesizer by the true backprop gradient (tests and ablations).
@@ -44,7 +97,7 @@ pub struct SyntheticGradients {
 
 impl SyntheticGradients {
     /// `dni`, or `cdni` when `conditional`.
-    pub fn new(conditional: bool, cfg: RuleConfig) -> Self {
+    pub fn new(conditional: bool, cfg: SynthSettings) -> Self {
         SyntheticGradients {
             conditional,
             cfg,
@@ -59,8 +112,8 @@ impl SyntheticGradients {
     fn build_synth(&self, k: usize, inputs: usize, outputs: usize) -> Result<Model> {
         let mut layers: Vec<Box<dyn Layer>> = Vec::new();
         let mut w = inputs;
-        let depth = if self.cfg.synth_hidden > 0 {
-            self.cfg.synth_depth
+        let depth = if self.cfg.hidden > 0 {
+            self.cfg.depth
         } else {
             0
         };
@@ -68,13 +121,13 @@ impl SyntheticGradients {
             layers.push(Box::new(Linear::new(
                 Self::hidden_name(k, j),
                 w,
-                self.cfg.synth_hidden,
+                self.cfg.hidden,
                 true,
             )));
-            if self.cfg.synth_batchnorm {
+            if self.cfg.batchnorm {
                 layers.push(Box::new(Normalization::batch(
                     format!("dni.syn{k}.bn{j}"),
-                    self.cfg.synth_hidden,
+                    self.cfg.hidden,
                     1,
                     true,
                 )?));
@@ -83,7 +136,7 @@ impl SyntheticGradients {
                 format!("dni.syn{k}.relu{j}"),
                 Unary::Relu,
             )));
-            w = self.cfg.synth_hidden;
+            w = self.cfg.hidden;
         }
         layers.push(Box::new(Linear::new(
             format!("dni.syn{k}"),
@@ -238,10 +291,10 @@ impl Rule for SyntheticGradients {
 
     fn init(&mut self, model: &Model, params: &mut Params, seed: u64) -> Result<()> {
         let (hidden, _) = model.chain_blocks(self.name())?;
-        let init = crate::nn::Init::parse(&self.cfg.synth_init)?;
+        let init = crate::nn::Init::parse(&self.cfg.init)?;
         let mut rng = <crate::Rng as rand::SeedableRng>::seed_from_u64(seed ^ 0x5e_7d);
         let classes = model.outputs();
-        if self.cfg.synth_hidden > 0 && self.cfg.synth_depth == 0 {
+        if self.cfg.hidden > 0 && self.cfg.depth == 0 {
             return Err(Error::config(
                 "synth-depth",
                 "an MLP synthesizer (synth-hidden > 0) needs at least one hidden layer",

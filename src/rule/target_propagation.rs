@@ -22,10 +22,41 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 
 use super::blocks::{block_dtype, block_input_grad, block_output, block_param_grads};
-use super::{Batch, Rule, RuleConfig, StepOutput};
+use super::{Batch, Rule, RuleSpec, StepOutput};
 use crate::error::{Error, Result};
 use crate::nn::{Block, Grads, Loss, Model, Params, Record};
+use crate::settings::{Described, Range, Settings, parse, real};
 use crate::tensor::Tensor;
+
+crate::settings_struct! {
+    /// Difference target propagation's settings.
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[serde(default)]
+    pub struct DtpSettings: "dtp" {
+        /// Step η̂ of the top target τ = h − η̂·∂ℓ/∂h (per-sample loss ℓ).
+        pub target_step: f64 = 0.1,
+        /// σ of the Gaussian noise in the inverses' reconstruction loss.
+        pub noise: f64 = 0.1,
+        /// `parallel` or `alternating` inverse training.
+        pub schedule: String = "parallel".into(),
+    }
+}
+
+impl Settings for DtpSettings {
+    fn validate(&self) -> Result<()> {
+        real("dtp_target_step", self.target_step, Range::NonNegative)?;
+        real("dtp_noise", self.noise, Range::NonNegative)
+    }
+}
+
+pub(super) const DTP: RuleSpec = RuleSpec {
+    name: "dtp",
+    summary: "difference target propagation: layer-local targets through learned inverses",
+    paper: "Lee et al. 2015",
+    settings: DtpSettings::fields,
+    build: |t| Ok(Box::new(TargetPropagation::new(&parse("rule dtp", t)?)?)),
+    ..RuleSpec::DEFAULT
+};
 
 /// Difference target propagation.
 #[derive(Debug)]
@@ -40,18 +71,10 @@ pub struct TargetPropagation {
 }
 
 impl TargetPropagation {
-    /// DTP with options from `cfg`.
-    pub fn new(cfg: &RuleConfig) -> Result<Self> {
-        if !(cfg.dtp_target_step.is_finite() && cfg.dtp_target_step >= 0.0) {
-            return Err(Error::config(
-                "dtp target step",
-                "must be a non-negative number",
-            ));
-        }
-        if !(cfg.dtp_noise.is_finite() && cfg.dtp_noise >= 0.0) {
-            return Err(Error::config("dtp noise", "must be a non-negative number"));
-        }
-        let alternating = match cfg.dtp_schedule.as_str() {
+    /// DTP with the settings `cfg`.
+    pub fn new(cfg: &DtpSettings) -> Result<Self> {
+        cfg.validate()?;
+        let alternating = match cfg.schedule.as_str() {
             "parallel" => false,
             "alternating" => true,
             other => {
@@ -63,8 +86,8 @@ impl TargetPropagation {
             }
         };
         Ok(TargetPropagation {
-            target_step: cfg.dtp_target_step,
-            noise: cfg.dtp_noise,
+            target_step: cfg.target_step,
+            noise: cfg.noise,
             alternating,
             steps: 0,
             rng: crate::Rng::seed_from_u64(0),

@@ -1,6 +1,15 @@
 //! UORO for recurrent layers (Tallec & Ollivier 2017); backprop elsewhere.
 
-use super::{Batch, Rule, StepOutput};
+use super::{Batch, Rule, RuleSpec, StepOutput};
+
+pub(super) const UORO: RuleSpec = RuleSpec {
+    name: "uoro",
+    summary: "unbiased online recurrent optimisation: rank-one forward-mode estimate for recurrent layers, backprop elsewhere",
+    paper: "Tallec & Ollivier 2017",
+    sequence: true,
+    build: |_| Ok(Box::new(Uoro)),
+    ..RuleSpec::DEFAULT
+};
 use crate::error::Result;
 use crate::nn::{Grads, Loss, Model, Params, Trace};
 use crate::tensor::Tensor;

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::optim::OptimizerConfig;
-use crate::rule::RuleConfig;
+use crate::settings::{Choice, Table};
 
 /// Everything that defines a training run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,12 +51,12 @@ pub struct TrainConfig {
     /// a model whose output width is the input width, `--loss bce` with
     /// `--normalize unit`, or `mse`); default `classify`.
     pub task: String,
-    /// Credit-assignment rule; default `bp`.
-    pub rule: String,
-    /// Options of the rule (`feedback_init`, `feedback_scale`, `feedback_seed`,
-    /// `kp_decay`; see [`RuleConfig`]), flattened into the same keys.
-    #[serde(flatten)]
-    pub rule_options: RuleConfig,
+    /// Credit-assignment rule and its own settings, a tagged table (`[rule]` with
+    /// `name = "pc"`, `steps = 8`; `rule = "pc"` alone takes the defaults); default
+    /// `bp`. Resolved configurations hold every setting of the rule
+    /// (`futureprop rules show NAME`). Flat keys of earlier versions (`pc_steps = 8`)
+    /// are read into the table.
+    pub rule: Choice,
     /// Compute per-layer diagnostics every N steps (0: never); default 0.
     pub diag_every: u64,
     /// The optimizer: `optimizer` (its name) and its hyperparameters (`lr`, `momentum`,
@@ -117,8 +117,7 @@ impl Default for TrainConfig {
             init: "torch".into(),
             bias: true,
             loss: "cross-entropy".into(),
-            rule: "bp".into(),
-            rule_options: RuleConfig::default(),
+            rule: Choice::named("bp"),
             diag_every: 0,
             optim: OptimizerConfig::default(),
             accumulate: 1,
@@ -144,7 +143,7 @@ impl TrainConfig {
         self.out.clone().unwrap_or_else(|| {
             PathBuf::from("runs").join(format!(
                 "{}-{}-{}-s{}",
-                self.dataset, self.rule, self.optim.name, self.seed
+                self.dataset, self.rule.name, self.optim.name, self.seed
             ))
         })
     }
@@ -164,59 +163,114 @@ impl TrainConfig {
         at_least_opt("threads", self.threads.map(|n| n as u64), 1)?;
         real_opt("max_seconds", self.max_seconds, Positive)?;
         self.rbm.validate()?;
-        self.rule_options.validate()?;
+        crate::rule::resolve(&self.rule)?;
         self.optim.validate()
     }
 
-    /// A fresh run's configuration: the defaults with `layers` merged on top, and the
-    /// learning rate the chosen optimizer recommends ([`crate::optim::default_lr`],
-    /// SAM's inner optimizer's for `sam`/`asam`) when no layer sets `lr`.
+    /// A fresh run's configuration: the defaults with `layers` merged on top; when no
+    /// layer sets them, the learning rate the chosen optimizer recommends
+    /// ([`crate::optim::default_lr`], SAM's inner optimizer's for `sam`/`asam`), and the
+    /// input scaling and hidden activation the rule recommends
+    /// ([`crate::rule::RuleSpec::normalize`], [`crate::rule::RuleSpec::activation`]).
     pub fn fresh(layers: &[serde_json::Value]) -> Result<TrainConfig> {
         let mut cfg = TrainConfig::default().merged(layers)?;
-        let lr_given = layers
-            .iter()
-            .filter_map(|l| l.as_object())
-            .any(|o| o.get("lr").is_some_and(|v| !v.is_null()));
-        if !lr_given {
+        let given = |key: &str| {
+            layers
+                .iter()
+                .filter_map(|l| l.as_object())
+                .any(|o| o.get(key).is_some_and(|v| !v.is_null()))
+        };
+        if !given("lr") {
             let name = match cfg.optim.name.as_str() {
                 "sam" | "asam" => cfg.optim.inner.clone(),
                 n => n.to_string(),
             };
             cfg.optim.lr = crate::optim::default_lr(&name);
         }
+        let spec = crate::rule::spec(&cfg.rule.name)?;
+        if !given("normalize")
+            && let Some(n) = spec.normalize
+        {
+            cfg.normalize = n.to_string();
+        }
+        if !given("activation")
+            && let Some(a) = spec.activation
+        {
+            cfg.activation = a.to_string();
+        }
         Ok(cfg)
     }
 
+    /// A configuration as stored in a summary or checkpoint, including those written
+    /// with the flat rule keys of earlier versions.
+    pub fn from_stored(v: &serde_json::Value) -> Result<TrainConfig> {
+        TrainConfig::default().merged(std::slice::from_ref(v))
+    }
+
     /// Merges override layers (JSON objects; `null` values are ignored) onto `self`,
-    /// rejecting unknown keys and ill-typed values by name.
+    /// rejecting unknown keys and ill-typed values by name. The rule's table is merged
+    /// key by key (a layer that names another rule starts a new table); flat rule keys
+    /// (`pc_steps`) are read as settings of the final rule when it has them, ignored
+    /// at their default value otherwise (configs of earlier versions hold every one),
+    /// and refused with another value.
     pub fn merged(&self, layers: &[serde_json::Value]) -> Result<TrainConfig> {
         let mut base =
             serde_json::to_value(self).map_err(|e| Error::config("config", e.to_string()))?;
         let obj = base
             .as_object_mut()
             .ok_or_else(|| Error::config("config", "not an object"))?;
+        let mut rule = self.rule.clone();
+        let mut flat: Vec<(String, serde_json::Value)> = Vec::new();
         for layer in layers {
             let Some(l) = layer.as_object() else {
                 return Err(Error::config("config", "override is not a table"));
             };
             for (k, v) in l {
                 let key = k.replace('-', "_");
-                if !obj.contains_key(&key) {
+                if v.is_null() {
+                    continue;
+                }
+                if key == "rule" {
+                    merge_choice(&mut rule, v)?;
+                } else if obj.contains_key(&key) {
+                    obj.insert(key, v.clone());
+                } else if crate::rule::REGISTRY
+                    .iter()
+                    .any(|s| (s.settings)().iter().any(|f| f.legacy == key))
+                {
+                    flat.push((key, v.clone()));
+                } else {
                     let mut known: Vec<&str> = obj.keys().map(String::as_str).collect();
                     known.sort();
-                    let hint = crate::error::closest(&key, &known)
+                    let flat: Vec<String> = crate::rule::REGISTRY
+                        .iter()
+                        .flat_map(|s| (s.settings)())
+                        .map(|f| f.legacy)
+                        .collect();
+                    let candidates: Vec<&str> = known
+                        .iter()
+                        .copied()
+                        .chain(flat.iter().map(String::as_str))
+                        .collect();
+                    let hint = crate::error::closest(&key, &candidates)
                         .map(|c| format!(" (did you mean '{c}'?)"))
                         .unwrap_or_default();
                     return Err(Error::config(
                         "config",
-                        format!("unknown key '{k}'{hint}; known keys: {}", known.join(", ")),
+                        format!(
+                            "unknown key '{k}'{hint}; known keys: {} (a rule's own settings go in its [rule] table: futureprop rules show NAME)",
+                            known.join(", ")
+                        ),
                     ));
-                }
-                if !v.is_null() {
-                    obj.insert(key, v.clone());
                 }
             }
         }
+        read_flat_rule_keys(&mut rule, flat)?;
+        obj.insert(
+            "rule".into(),
+            serde_json::to_value(crate::rule::resolve(&rule)?)
+                .map_err(|e| Error::config("rule", e.to_string()))?,
+        );
         let cfg: TrainConfig =
             serde_json::from_value(base).map_err(|e| Error::config("config", e.to_string()))?;
         cfg.validate()?;
@@ -235,4 +289,78 @@ impl TrainConfig {
             .map_err(|e| Error::format(path, format!("invalid TOML: {}", e.message())))?;
         crate::settings::toml_layer(&path.display().to_string(), &table)
     }
+}
+
+/// Merges a layer's `rule` value (a name, or a table with or without `name`) onto
+/// `rule`: another name starts a fresh table.
+fn merge_choice(rule: &mut Choice, v: &serde_json::Value) -> Result<()> {
+    let (name, settings) = match v {
+        serde_json::Value::String(n) => (Some(n.as_str()), None),
+        serde_json::Value::Object(o) => (o.get("name").and_then(|n| n.as_str()), Some(o)),
+        other => {
+            return Err(Error::config(
+                "rule",
+                format!("{other} is neither a rule name nor a table"),
+            ));
+        }
+    };
+    if let Some(n) = name {
+        let canonical = crate::rule::spec(n)?.name;
+        if canonical != rule.name {
+            *rule = Choice::named(canonical);
+        }
+    }
+    for (k, v) in settings.into_iter().flatten() {
+        if k != "name" && !v.is_null() {
+            rule.settings.insert(k.replace('-', "_"), v.clone());
+        }
+    }
+    Ok(())
+}
+
+/// Flat rule keys (`pc_steps`, `feedback_init`) as settings of `rule` (see
+/// [`TrainConfig::merged`]).
+fn read_flat_rule_keys(rule: &mut Choice, flat: Vec<(String, serde_json::Value)>) -> Result<()> {
+    let spec = crate::rule::spec(&rule.name)?;
+    let own = (spec.settings)();
+    for (key, v) in flat {
+        if let Some(f) = own.iter().find(|f| f.legacy == key) {
+            rule.settings.insert(f.key.to_string(), v);
+            continue;
+        }
+        let owners: Vec<&str> = crate::rule::REGISTRY
+            .iter()
+            .filter(|s| {
+                (s.settings)()
+                    .iter()
+                    .any(|f| f.legacy == key && f.default == v)
+            })
+            .map(|s| s.name)
+            .collect();
+        if owners.is_empty() {
+            let of: Vec<&str> = crate::rule::REGISTRY
+                .iter()
+                .filter(|s| (s.settings)().iter().any(|f| f.legacy == key))
+                .map(|s| s.name)
+                .collect();
+            return Err(Error::config(
+                key.as_str(),
+                format!(
+                    "{v} is a setting of {} but the rule is {} (whose settings are: {}); drop it or choose that rule",
+                    of.join("/"),
+                    rule.name,
+                    if own.is_empty() {
+                        "none".to_string()
+                    } else {
+                        own.iter()
+                            .map(|f| f.legacy.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
+                ),
+            ));
+        }
+    }
+    let _: &Table = &rule.settings;
+    Ok(())
 }

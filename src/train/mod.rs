@@ -26,7 +26,7 @@ use crate::data::{self, Batches, Dataset, Normalize, Splits};
 use crate::error::{Error, Result};
 use crate::nn::{Grads, Init, Loss, Model, ModelSpec, Params};
 use crate::optim::{StepContext, build_optimizer};
-use crate::rule::{Backprop, Batch, Rule, build_rule_with};
+use crate::rule::{Backprop, Batch, Rule};
 
 /// Loss and accuracy of a model on a dataset.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -285,7 +285,7 @@ pub fn diagnose_checkpoint(
     let splits = load_data(cfg)?;
     let loss = Loss::parse(&cfg.loss)?;
     let model = build_model(cfg, splits.train.features(), splits.train.outputs())?;
-    let mut rule = build_rule_with(&cfg.rule, &cfg.rule_options)?;
+    let mut rule = crate::rule::build_choice(&cfg.rule)?;
     crate::rule::check_rule_layers(rule.as_ref(), &model)?;
     let mut params = model.init_params(Init::parse(&cfg.init)?, cfg.seed)?;
     rule.init(&model, &mut params, cfg.seed)?;
@@ -336,7 +336,7 @@ fn restore_params(params: &mut Params, saved: &Params, cfg: &TrainConfig) -> Res
                 "checkpoint",
                 format!(
                     "parameter '{n}' does not belong to model '{}' with rule '{}'",
-                    cfg.model, cfg.rule
+                    cfg.model, cfg.rule.name
                 ),
             )
         })?;
@@ -395,7 +395,7 @@ pub fn memory_needed(cfg: &TrainConfig, model: &Model) -> Result<u64> {
         _ => 2 + u64::from(cfg.optim.amsgrad),
     };
     let feedback = u64::from(matches!(
-        cfg.rule.as_str(),
+        cfg.rule.name.as_str(),
         "fa" | "kp" | "usf" | "brsf" | "frsf"
     ));
     let copies =
@@ -485,7 +485,7 @@ pub fn run_with(
     }
     let loss = Loss::parse(&cfg.loss)?;
     let model = build_model(cfg, splits.train.features(), splits.train.outputs())?;
-    let mut rule = build_rule_with(&cfg.rule, &cfg.rule_options)?;
+    let mut rule = crate::rule::build_choice(&cfg.rule)?;
     crate::rule::check_rule_layers(rule.as_ref(), &model)?;
     check_memory(cfg, &model)?;
     let mut params = model.init_params(Init::parse(&cfg.init)?, cfg.seed)?;
@@ -510,14 +510,27 @@ pub fn run_with(
     let mut optimizer = build_optimizer(&cfg.optim, total_steps)?;
     if !cfg.quiet {
         // The resolved settings, once everything is built (defaults included).
+        let own: Vec<String> = cfg
+            .rule
+            .settings
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         eprintln!(
-            "{} with {} at lr {}, batch {}, {} epochs, seed {}",
+            "{}{} with {} at lr {}, batch {}, {} epochs, seed {}; {} inputs, {} hidden units",
             rule.name(),
+            if own.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", own.join(", "))
+            },
             optimizer.name(),
             cfg.optim.lr,
             cfg.batch_size,
             cfg.epochs,
-            cfg.seed
+            cfg.seed,
+            cfg.normalize,
+            cfg.activation
         );
     }
     rule.keep_trace(optimizer.needs_trace());
