@@ -7,18 +7,7 @@
 //! the shared [`Params`] store under the rule's name, so one optimizer and one checkpoint
 //! cover it.
 
-mod backprop;
 mod blocks;
-mod classic;
-mod direct_feedback;
-mod equilibrium;
-mod feedback_alignment;
-mod forward_forward;
-mod local_losses;
-mod predictive_coding;
-mod synthetic_gradients;
-mod target_propagation;
-mod uoro;
 
 pub use crate::data::Batch;
 pub use crate::nn::{backward_chain, backward_layers};
@@ -214,31 +203,28 @@ impl RuleSpec {
     }
 }
 
-/// Every rule, one line each.
-pub const REGISTRY: &[RuleSpec] = &[
-    backprop::BP,
-    feedback_alignment::FA,
-    direct_feedback::DFA,
-    direct_feedback::BFA,
-    feedback_alignment::USF,
-    feedback_alignment::BRSF,
-    feedback_alignment::FRSF,
-    feedback_alignment::KP,
-    direct_feedback::DRTP,
-    predictive_coding::PC,
-    equilibrium::EQPROP,
-    equilibrium::CHL,
-    forward_forward::FF,
-    local_losses::LOCAL,
-    local_losses::DSN,
-    synthetic_gradients::DNI,
-    synthetic_gradients::CDNI,
-    target_propagation::DTP,
-    classic::PERCEPTRON,
-    classic::LMS,
-    classic::HEBBIAN,
-    uoro::UORO,
-];
+/// Declares the rule modules and [`REGISTRY`]: one line per file, naming its specs.
+macro_rules! registry {
+    ($($module:ident: [$($spec:ident),+]),+ $(,)?) => {
+        $(mod $module;)+
+        /// Every rule, in listing order.
+        pub const REGISTRY: &[RuleSpec] = &[$($($module::$spec,)+)+];
+    };
+}
+
+registry! {
+    backprop: [BP],
+    feedback_alignment: [FA, USF, BRSF, FRSF, KP],
+    direct_feedback: [DFA, BFA, DRTP],
+    predictive_coding: [PC],
+    equilibrium: [EQPROP, CHL],
+    forward_forward: [FF],
+    local_losses: [LOCAL, DSN],
+    synthetic_gradients: [DNI, CDNI],
+    target_propagation: [DTP],
+    classic: [PERCEPTRON, LMS, HEBBIAN],
+    uoro: [UORO],
+}
 
 /// The rule called `name` (or one of its aliases); an unknown name is an error that
 /// lists the rules.
