@@ -224,6 +224,7 @@ registry! {
     target_propagation: [DTP],
     classic: [PERCEPTRON, LMS, HEBBIAN],
     uoro: [UORO],
+    error_pc: [EPC],
 }
 
 /// The rule called `name` (or one of its aliases); an unknown name is an error that

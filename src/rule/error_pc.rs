@@ -1,0 +1,179 @@
+//! Error-based predictive coding, ePC (Goemaere, Oliviers, Bogacz & Demeester 2025,
+//! "Error Optimization: Overcoming Exponential Signal Decay in Deep Predictive Coding
+//! Networks").
+//!
+//! The energy is predictive coding's (see `pc`), in the units of the mean loss,
+//!
+//!   F = (1/n) Σₖ ½‖εₖ‖² + L(μ_out, y),
+//!
+//! but inference runs over the prediction errors εₖ instead of the value nodes: the
+//! states are a function of the errors, xₖ = fₖ(Wₖxₖ₋₁ + bₖ) + εₖ (x₀ the input), so
+//! one forward pass with the errors added gives every state, and one backward pass from
+//! the loss gives every ∂F/∂εₖ = εₖ/n + ∂L/∂xₖ. The output error reaches every layer at
+//! every step, where state-based PC moves it one layer down per step, each time scaled
+//! by about γ: its signal decays exponentially with depth, ePC's does not. Per-sample
+//! step γ: εₖ ← εₖ − γ(εₖ + n·∂L/∂xₖ), from ε = 0 (the feed-forward pass). The change of
+//! variables keeps PC's minima, so at convergence ePC's states, and its updates, are
+//! PC's.
+//!
+//! After inference each block's update is PC's local ∂F/∂θₖ at the inferred states:
+//! −εₖ/n through the block's activation derivative, times its input xₖ₋₁; the output
+//! block's is the training loss's gradient at its input. Prediction is the plain
+//! forward pass.
+
+use super::blocks::{
+    block_forward, block_input_grad, block_output, block_param_grads, scratch_trace,
+};
+use super::{Batch, Relaxation, Rule, RuleSpec, StepOutput};
+use crate::error::Result;
+use crate::nn::{Block, Grads, Loss, Model, Params, Trace};
+use crate::settings::{Described, Range, Settings, at_least, parse, real};
+use crate::tensor::Tensor;
+
+crate::settings_struct! {
+    /// ePC's settings.
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[serde(default)]
+    pub struct EpcSettings: "epc" {
+        /// Inference steps T per batch (each a forward and a backward pass).
+        pub steps: usize = 20,
+        /// Inference step size γ on the errors (per sample).
+        pub gamma: f64 = 0.1,
+        /// Stop when the residual ‖∂F/∂ε‖ per sample falls below this; 0: run every
+        /// step.
+        pub tolerance: f64 = 0.0,
+    }
+}
+
+impl Settings for EpcSettings {
+    fn validate(&self) -> Result<()> {
+        at_least("epc_steps", self.steps as u64, 1)?;
+        real("epc_gamma", self.gamma, Range::Positive)?;
+        real("epc_tolerance", self.tolerance, Range::NonNegative)
+    }
+}
+
+pub(super) const EPC: RuleSpec = RuleSpec {
+    name: "epc",
+    summary: "error-based predictive coding: PC's energy relaxed over the prediction errors, one forward and backward pass per step",
+    paper: "Goemaere et al. 2025",
+    settings: EpcSettings::fields,
+    build: |t| Ok(Box::new(ErrorPc::new(parse("rule epc", t)?)?)),
+    ..RuleSpec::DEFAULT
+};
+
+/// Error-based predictive coding.
+#[derive(Debug)]
+pub struct ErrorPc {
+    cfg: EpcSettings,
+    relaxation: Relaxation,
+}
+
+impl ErrorPc {
+    /// ePC with the settings `cfg`.
+    pub fn new(cfg: EpcSettings) -> Result<Self> {
+        cfg.validate()?;
+        Ok(ErrorPc {
+            cfg,
+            relaxation: Relaxation::default(),
+        })
+    }
+}
+
+/// The states xₖ = μₖ + εₖ block by block into `trace`; returns the output.
+fn forward_with_errors(
+    model: &Model,
+    params: &Params,
+    (hidden, last): (&[Block], &Block),
+    x: &Tensor,
+    eps: &[Tensor],
+    trace: &mut Trace,
+) -> Result<Tensor> {
+    let mut h = x.clone();
+    for (b, e) in hidden.iter().zip(eps) {
+        block_forward(model, params, b, &h, trace)?;
+        h = block_output(b, trace).add(e)?;
+    }
+    block_forward(model, params, last, &h, trace)?;
+    Ok(block_output(last, trace).clone())
+}
+
+impl Rule for ErrorPc {
+    fn name(&self) -> &'static str {
+        "epc"
+    }
+
+    fn step(
+        &mut self,
+        model: &Model,
+        params: &Params,
+        batch: &Batch,
+        loss: Loss,
+    ) -> Result<StepOutput> {
+        let (hidden, last) = model.layered_blocks("epc")?;
+        let n = batch.x.dims2()?.0.max(1) as f64;
+        let mut trace = scratch_trace(model, batch.x.dtype());
+        let mut eps: Vec<Tensor> = Vec::with_capacity(hidden.len());
+        {
+            // ε = 0: the feed-forward pass sizes the errors.
+            let mut h = batch.x.clone();
+            for b in &hidden {
+                block_forward(model, params, b, &h, &mut trace)?;
+                h = block_output(b, &trace).clone();
+                eps.push(Tensor::zeros(h.shape(), h.dtype()));
+            }
+        }
+        let blocks = (hidden.as_slice(), &last);
+        let mut out = forward_with_errors(model, params, blocks, &batch.x, &eps, &mut trace)?;
+        let prediction = out.clone();
+        let (first_loss, mut g_top) = loss.eval(&out, &batch.target)?;
+        let mut top_loss = first_loss;
+        self.relaxation = Relaxation::default();
+        for t in 0..=self.cfg.steps {
+            let eps_sq: f64 = eps.iter().map(Tensor::sum_sq).sum();
+            self.relaxation.energy.push(0.5 * eps_sq / n + top_loss);
+            if t == self.cfg.steps || hidden.is_empty() {
+                break;
+            }
+            // One backward pass: g = ∂L/∂xₖ from the top down; d = n·∂F/∂εₖ = εₖ + n·g.
+            let mut g = block_input_grad(model, params, &last, &trace, &g_top)?;
+            let mut ds: Vec<Tensor> = Vec::with_capacity(hidden.len());
+            for k in (0..hidden.len()).rev() {
+                let mut d = g.scale(n);
+                d.axpy(1.0, &eps[k])?;
+                if k > 0 {
+                    g = block_input_grad(model, params, &hidden[k], &trace, &g)?;
+                }
+                ds.push(d);
+            }
+            ds.reverse();
+            let res_sq: f64 = ds.iter().map(Tensor::sum_sq).sum();
+            self.relaxation.residual.push(res_sq.sqrt() / n);
+            if self.cfg.tolerance > 0.0 && res_sq.sqrt() / n < self.cfg.tolerance {
+                break;
+            }
+            for (e, d) in eps.iter_mut().zip(&ds) {
+                e.axpy(-self.cfg.gamma, d)?;
+            }
+            self.relaxation.steps += 1;
+            out = forward_with_errors(model, params, blocks, &batch.x, &eps, &mut trace)?;
+            (top_loss, g_top) = loss.eval(&out, &batch.target)?;
+        }
+        // PC's local updates at the inferred states: ∂F/∂μₖ = −εₖ/n.
+        let mut grads = Grads::new();
+        for (b, e) in hidden.iter().zip(&eps) {
+            block_param_grads(model, params, b, &mut trace, e.scale(-1.0 / n), &mut grads)?;
+        }
+        block_param_grads(model, params, &last, &mut trace, g_top, &mut grads)?;
+        Ok(StepOutput {
+            grads,
+            trace,
+            loss: first_loss,
+            prediction: Some(prediction),
+        })
+    }
+
+    fn relaxation(&self) -> Option<&Relaxation> {
+        Some(&self.relaxation)
+    }
+}
