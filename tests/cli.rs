@@ -765,3 +765,76 @@ fn a_described_model_with_batch_norm_and_dropout_resumes_exactly() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("normalisation"), "{}", stderr(&o));
 }
+
+#[test]
+fn a_rule_is_a_tagged_table_and_flat_keys_of_earlier_versions_still_load() {
+    use futureprop::train::TrainConfig;
+    use serde_json::json;
+    // A stored config of the earlier layout holds every rule's flat keys (at the defaults
+    // of its time: ff_threshold was 2, eqprop_nudge one-sided); the stored rule's are
+    // read into its table, the others dropped.
+    let old = json!({
+        "rule": "pc", "pc_steps": 8, "pc_gamma": 0.02, "relax_tolerance": 0.0,
+        "ff_threshold": 2.0, "eqprop_nudge": "one-sided", "feedback_init": "xavier-uniform",
+        "optimizer": "sgd", "lr": 0.01,
+    });
+    let cfg = TrainConfig::from_stored(&old).unwrap();
+    assert_eq!(cfg.rule.name, "pc");
+    assert_eq!(cfg.rule.settings["steps"], 8);
+    assert_eq!(cfg.rule.settings["gamma"], 0.02);
+    assert_eq!(
+        cfg.rule.settings["variant"], "standard",
+        "resolved: every setting"
+    );
+    assert!(cfg.rule.settings.get("threshold").is_none());
+    assert_eq!((cfg.optim.name.as_str(), cfg.optim.lr), ("sgd", 0.01));
+    // From a user's layer, another rule's flat key is refused unless at its default.
+    let e = TrainConfig::default()
+        .merged(&[json!({"rule": "bp", "pc_steps": 8})])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("pc_steps") && e.contains("pc") && e.contains("bp"),
+        "{e}"
+    );
+    assert!(
+        TrainConfig::default()
+            .merged(&[json!({"rule": "bp", "pc_steps": 20})])
+            .is_ok()
+    );
+    // The table in TOML; a summary stores it resolved.
+    let path = std::path::Path::new("run.toml");
+    let layer = TrainConfig::parse_toml("[rule]\nname = \"pc\"\nsteps = 8\n", path).unwrap();
+    let cfg = TrainConfig::fresh(&[layer]).unwrap();
+    let stored = serde_json::to_value(&cfg).unwrap();
+    assert_eq!(stored["rule"]["name"], "pc");
+    assert_eq!(stored["rule"]["steps"], 8);
+    assert_eq!(stored["rule"]["gamma"], 0.05);
+    assert_eq!(
+        TrainConfig::from_stored(&stored).unwrap(),
+        cfg,
+        "round trip"
+    );
+    // Unknown keys in the table are named with the closest and the valid ones.
+    let bad = TrainConfig::parse_toml("[rule]\nname = \"pc\"\nstepz = 8\n", path).unwrap();
+    let e = TrainConfig::fresh(&[bad]).unwrap_err().to_string();
+    assert!(
+        e.contains("unknown setting 'stepz'") && e.contains("did you mean 'steps'"),
+        "{e}"
+    );
+    // A later layer naming another rule starts a fresh table.
+    let cfg = TrainConfig::fresh(&[
+        json!({"rule": {"name": "pc", "steps": 8}}),
+        json!({"rule": "dfa"}),
+    ])
+    .unwrap();
+    assert_eq!(cfg.rule.name, "dfa");
+    assert_eq!(cfg.rule.settings["init"], "xavier-uniform");
+    assert!(cfg.rule.settings.get("steps").is_none());
+    // A rule's recommendation applies to a fresh run that sets nothing, and yields to a
+    // setting.
+    let cfg = TrainConfig::fresh(&[json!({"rule": "eqprop"})]).unwrap();
+    assert_eq!(cfg.normalize, "unit");
+    let cfg = TrainConfig::fresh(&[json!({"rule": "eqprop", "normalize": "standard"})]).unwrap();
+    assert_eq!(cfg.normalize, "standard");
+}

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::optim::OptimizerConfig;
-use crate::settings::{Choice, Table};
+use crate::settings::Choice;
 
 /// Everything that defines a training run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -202,9 +202,10 @@ impl TrainConfig {
     }
 
     /// A configuration as stored in a summary or checkpoint, including those written
-    /// with the flat rule keys of earlier versions.
+    /// with the flat rule keys of earlier versions: they held every rule's keys, so the
+    /// keys of rules other than the stored one are dropped whatever their value.
     pub fn from_stored(v: &serde_json::Value) -> Result<TrainConfig> {
-        TrainConfig::default().merged(std::slice::from_ref(v))
+        TrainConfig::default().merge(std::slice::from_ref(v), true)
     }
 
     /// Merges override layers (JSON objects; `null` values are ignored) onto `self`,
@@ -214,6 +215,11 @@ impl TrainConfig {
     /// at their default value otherwise (configs of earlier versions hold every one),
     /// and refused with another value.
     pub fn merged(&self, layers: &[serde_json::Value]) -> Result<TrainConfig> {
+        self.merge(layers, false)
+    }
+
+    /// [`TrainConfig::merged`]; `stored`: flat keys of other rules are dropped.
+    fn merge(&self, layers: &[serde_json::Value], stored: bool) -> Result<TrainConfig> {
         let mut base =
             serde_json::to_value(self).map_err(|e| Error::config("config", e.to_string()))?;
         let obj = base
@@ -265,7 +271,7 @@ impl TrainConfig {
                 }
             }
         }
-        read_flat_rule_keys(&mut rule, flat)?;
+        read_flat_rule_keys(&mut rule, flat, stored)?;
         obj.insert(
             "rule".into(),
             serde_json::to_value(crate::rule::resolve(&rule)?)
@@ -320,12 +326,19 @@ fn merge_choice(rule: &mut Choice, v: &serde_json::Value) -> Result<()> {
 
 /// Flat rule keys (`pc_steps`, `feedback_init`) as settings of `rule` (see
 /// [`TrainConfig::merged`]).
-fn read_flat_rule_keys(rule: &mut Choice, flat: Vec<(String, serde_json::Value)>) -> Result<()> {
+fn read_flat_rule_keys(
+    rule: &mut Choice,
+    flat: Vec<(String, serde_json::Value)>,
+    stored: bool,
+) -> Result<()> {
     let spec = crate::rule::spec(&rule.name)?;
     let own = (spec.settings)();
     for (key, v) in flat {
         if let Some(f) = own.iter().find(|f| f.legacy == key) {
             rule.settings.insert(f.key.to_string(), v);
+            continue;
+        }
+        if stored {
             continue;
         }
         let owners: Vec<&str> = crate::rule::REGISTRY
@@ -361,6 +374,5 @@ fn read_flat_rule_keys(rule: &mut Choice, flat: Vec<(String, serde_json::Value)>
             ));
         }
     }
-    let _: &Table = &rule.settings;
     Ok(())
 }
