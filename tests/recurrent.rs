@@ -5,7 +5,7 @@
 
 mod common;
 use common::{check_layer_gradients, layer_forward, rand_tensor};
-use futureprop::nn::{Cell, Grads, Layer, Model, ModelSpec, Params, Recurrent};
+use futureprop::nn::{Cell, Grads, Layer, Model, ModelSpec, OnlineGrads, Params, Recurrent};
 
 fn params(layer: &dyn Layer, seed: u64) -> Params {
     // Weights scaled up so the nonlinearities are exercised.

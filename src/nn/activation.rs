@@ -1,6 +1,6 @@
 //! Element-wise activation layers.
 
-use super::{Grads, Init, Layer, LayerKind, Params, Record};
+use super::{Grads, Init, Layer, LayerKind, Params, ROperator, Record};
 use crate::error::{Error, Result};
 use crate::tensor::{Tensor, Unary};
 
@@ -110,6 +110,12 @@ impl Layer for Activation {
         }
     }
 
+    fn r_operator(&self) -> Option<&dyn ROperator> {
+        Some(self)
+    }
+}
+
+impl ROperator for Activation {
     /// R{y} = f′(x) ⊙ R{x}.
     fn r_forward(&self, _p: &Params, _v: &Params, rec: &Record, rx: &Tensor) -> Result<Tensor> {
         rec.input.unary_backward(self.f, rx)

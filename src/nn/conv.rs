@@ -6,7 +6,7 @@
 //! positions, K = C_in/groups·kh·kw taps) and W_g its `[C_out/groups, K]` weights,
 //! Y = X·W_gᵀ; ∂L/∂W_g = δᵀX; ∂L/∂b = Σ δ; ∂L/∂X = δ·W_g, folded back by col2im.
 
-use super::{Grads, Init, Layer, LayerKind, Params, Record};
+use super::{Grads, Init, Layer, LayerKind, Params, Record, Transport};
 use crate::error::{Error, Result};
 use crate::tensor::{Tensor, Window};
 
@@ -298,6 +298,12 @@ impl Layer for Conv2d {
         self.input_grad_with_weight(p, rec, d_out, w)
     }
 
+    fn transport(&self) -> Option<&dyn Transport> {
+        Some(self)
+    }
+}
+
+impl Transport for Conv2d {
     /// The transposed convolution of `d_out` with `weight` (W's shape) in place of W.
     fn input_grad_with_weight(
         &self,

@@ -24,7 +24,10 @@ fn r_forward(
     let mut rx = Tensor::zeros(x.shape(), x.dtype());
     let mut r_inputs = Vec::with_capacity(model.layers().len());
     for (l, rec) in model.layers().iter().zip(&trace.records) {
-        let ry = l.r_forward(params, v, rec, &rx)?;
+        let ry = l
+            .r_operator()
+            .ok_or_else(|| super::no_r_operator(l.name()))?
+            .r_forward(params, v, rec, &rx)?;
         r_inputs.push(std::mem::replace(&mut rx, ry));
     }
     Ok((trace, r_inputs, rx))
@@ -76,7 +79,10 @@ pub fn hessian_vector(
     let mut hv = Grads::new();
     for (i, l) in model.layers().iter().enumerate().rev() {
         let rec = &trace.records[i];
-        let r_in = l.r_backward(params, v, rec, &r_inputs[i], &d, &rd, &mut hv)?;
+        let r_in = l
+            .r_operator()
+            .ok_or_else(|| super::no_r_operator(l.name()))?
+            .r_backward(params, v, rec, &r_inputs[i], &d, &rd, &mut hv)?;
         if i > 0 {
             d = l.input_grad(params, rec, &d)?;
             rd = r_in;

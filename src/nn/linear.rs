@@ -1,6 +1,6 @@
 //! Fully connected layer.
 
-use super::{Grads, Init, Layer, LayerKind, Params, Record};
+use super::{Grads, Init, Layer, LayerKind, Params, ROperator, Record, Transport};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -133,6 +133,16 @@ impl Layer for Linear {
         d_out.matmul(false, p.get(&self.weight_key)?, false)
     }
 
+    fn transport(&self) -> Option<&dyn Transport> {
+        Some(self)
+    }
+
+    fn r_operator(&self) -> Option<&dyn ROperator> {
+        Some(self)
+    }
+}
+
+impl Transport for Linear {
     fn input_grad_with_weight(
         &self,
         _p: &Params,
@@ -142,7 +152,9 @@ impl Layer for Linear {
     ) -> Result<Tensor> {
         d_out.matmul(false, weight, false)
     }
+}
 
+impl ROperator for Linear {
     /// R{y} = R{x}Wᵀ + x·V_Wᵀ + V_b.
     fn r_forward(&self, p: &Params, v: &Params, rec: &Record, rx: &Tensor) -> Result<Tensor> {
         let mut ry = rx.matmul(false, p.get(&self.weight_key)?, true)?;

@@ -225,32 +225,20 @@ pub trait Layer: Send + Sync + std::fmt::Debug {
         input.then(|| self.input_grad(p, rec, d_out)).transpose()
     }
 
-    /// The input error with the layer's weight replaced by `weight` (same shape): the
-    /// transport feedback-alignment rules use (F in place of W). Defined for layers with a
+    /// Its weight transport with the weight swapped ([`Transport`]): layers with a
     /// weight (Linear, Conv2d).
-    fn input_grad_with_weight(
-        &self,
-        _p: &Params,
-        _rec: &Record,
-        _d_out: &Tensor,
-        _weight: &Tensor,
-    ) -> Result<Tensor> {
-        Err(crate::Error::config(
-            "feedback",
-            format!("layer {} has no weight to replace", self.name()),
-        ))
+    fn transport(&self) -> Option<&dyn Transport> {
+        None
     }
 
-    /// The parameter update of an online credit-assignment rule for this layer (UORO's
-    /// estimate for a recurrent layer); default: the exact gradient, [`Layer::param_grads`].
-    fn online_param_grads(
-        &self,
-        p: &Params,
-        rec: &Record,
-        d_out: &Tensor,
-        g: &mut Grads,
-    ) -> Result<()> {
-        self.param_grads(p, rec, d_out, g)
+    /// Its R-operator ([`ROperator`]): Linear and fixed activations.
+    fn r_operator(&self) -> Option<&dyn ROperator> {
+        None
+    }
+
+    /// Its online update ([`OnlineGrads`]): recurrent layers.
+    fn online(&self) -> Option<&dyn OnlineGrads> {
+        None
     }
 
     /// Folds what training passes since the last call measured into the parameter
@@ -262,28 +250,52 @@ pub trait Layer: Send + Sync + std::fmt::Debug {
     /// Forgets what training passes since the last commit measured (passes run for
     /// diagnostics only). Default: nothing.
     fn discard_state(&self) {}
+}
 
-    /// Pearlmutter's R-operator of the forward map: R{y} = ∂y/∂r at θ + rV, input x + r·R{x}
-    /// (`v` holds V; missing entries are zero). Used for Gauss–Newton and Hessian products.
-    fn r_forward(&self, _p: &Params, _v: &Params, _rec: &Record, _rx: &Tensor) -> Result<Tensor> {
-        Err(no_r_operator(self.name()))
-    }
+/// A layer whose weight a rule may replace in the backward pass: feedback alignment's F
+/// in place of W.
+pub trait Transport {
+    /// The input error with the layer's weight replaced by `weight` (same shape).
+    fn input_grad_with_weight(
+        &self,
+        p: &Params,
+        rec: &Record,
+        d_out: &Tensor,
+        weight: &Tensor,
+    ) -> Result<Tensor>;
+}
+
+/// Pearlmutter's R-operator of a layer, for Gauss–Newton and Hessian–vector products.
+pub trait ROperator {
+    /// R{y} = ∂y/∂r at θ + rV, input x + r·R{x} (`v` holds V; missing entries are zero).
+    fn r_forward(&self, p: &Params, v: &Params, rec: &Record, rx: &Tensor) -> Result<Tensor>;
 
     /// R-operator of the backward maps: given R{x}, δ = ∂L/∂y and R{δ}, adds R{∂L/∂θ} to
     /// `rg` and returns R{∂L/∂x}.
     #[allow(clippy::too_many_arguments)]
     fn r_backward(
         &self,
-        _p: &Params,
-        _v: &Params,
-        _rec: &Record,
-        _rx: &Tensor,
-        _d_out: &Tensor,
-        _rd_out: &Tensor,
-        _rg: &mut Grads,
-    ) -> Result<Tensor> {
-        Err(no_r_operator(self.name()))
-    }
+        p: &Params,
+        v: &Params,
+        rec: &Record,
+        rx: &Tensor,
+        d_out: &Tensor,
+        rd_out: &Tensor,
+        rg: &mut Grads,
+    ) -> Result<Tensor>;
+}
+
+/// A layer with an online credit-assignment update (UORO's estimate for a recurrent
+/// layer) in place of its exact gradient.
+pub trait OnlineGrads {
+    /// Adds the online update for this layer's parameters to `g`.
+    fn online_param_grads(
+        &self,
+        p: &Params,
+        rec: &Record,
+        d_out: &Tensor,
+        g: &mut Grads,
+    ) -> Result<()>;
 }
 
 /// The error for a record that lacks what the layer's forward pass saved.
@@ -294,7 +306,7 @@ pub(crate) fn missing(name: &str) -> crate::Error {
     )
 }
 
-fn no_r_operator(layer: &str) -> crate::Error {
+pub(crate) fn no_r_operator(layer: &str) -> crate::Error {
     crate::Error::config(
         "curvature",
         format!(

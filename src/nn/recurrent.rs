@@ -22,7 +22,7 @@
 use rand::{Rng as _, SeedableRng};
 use rayon::prelude::*;
 
-use super::{Grads, Init, Layer, LayerKind, Params, Record, missing};
+use super::{Grads, Init, Layer, LayerKind, OnlineGrads, Params, Record, missing};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -576,6 +576,12 @@ impl Layer for Recurrent {
         self.bptt(p, rec, d_out, Some(g), input)
     }
 
+    fn online(&self) -> Option<&dyn OnlineGrads> {
+        Some(self)
+    }
+}
+
+impl OnlineGrads for Recurrent {
     fn online_param_grads(
         &self,
         p: &Params,

@@ -346,7 +346,15 @@ impl Rule for FeedbackAlignment {
             e,
             &mut grads,
             |i, layer, rec, d| match feedback.get(&i) {
-                Some(f) => layer.input_grad_with_weight(params, rec, d, f),
+                Some(f) => layer
+                    .transport()
+                    .ok_or_else(|| {
+                        Error::config(
+                            "feedback",
+                            format!("layer {} has no weight to replace", layer.name()),
+                        )
+                    })?
+                    .input_grad_with_weight(params, rec, d, f),
                 None => layer.input_grad(params, rec, d),
             },
         )?;

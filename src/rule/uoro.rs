@@ -60,7 +60,10 @@ impl Rule for Uoro {
             d_out,
             &mut grads,
             |_, layer, rec, d, g, input| {
-                layer.online_param_grads(params, rec, d, g)?;
+                match layer.online() {
+                    Some(o) => o.online_param_grads(params, rec, d, g)?,
+                    None => layer.param_grads(params, rec, d, g)?,
+                }
                 input.then(|| layer.input_grad(params, rec, d)).transpose()
             },
         )?;
