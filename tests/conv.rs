@@ -436,7 +436,9 @@ fn block_local_rules_on_convolutional_blocks_match_their_oracles() {
     use futureprop::rule::{Rule, SyntheticGradients, build_rule, build_rule_with};
     // Blocks: conv1→act1→pool1, conv2→act2, then the Linear output layer.
     let m = small_conv_net(Unary::Tanh);
-    let (hidden, last) = m.chain_blocks("local").unwrap();
+    let (hidden, last) = m
+        .block_walk("local", futureprop::nn::BlockShape::CHAIN)
+        .unwrap();
     assert_eq!(hidden.len(), 2);
     assert_eq!((hidden[0].pool, hidden[0].outputs), (Some(2), 18));
     assert_eq!((hidden[1].pool, hidden[1].outputs), (None, 12));

@@ -400,7 +400,9 @@ fn block_rules_take_batch_norm_inside_a_block_and_oracle_dni_stays_backprop() {
     )
     .unwrap();
     let m = Model::from_desc(&ModelSpec::default(), &desc).unwrap();
-    let (hidden, _) = m.chain_blocks("dni").unwrap();
+    let (hidden, _) = m
+        .block_walk("dni", futureprop::nn::BlockShape::CHAIN)
+        .unwrap();
     assert_eq!(hidden[0].norm, Some(1));
     let (_, _, b) = setup();
     let mut p = m

@@ -191,7 +191,12 @@ fn the_top_block_update_is_eta_times_backprop() {
             .step(&m, &p, &b, Loss::CrossEntropy)
             .unwrap();
         let out = r.step(&m, &p, &b, Loss::CrossEntropy).unwrap();
-        let depth = m.blocks().len();
+        let depth = m
+            .block_walk("dtp", futureprop::nn::BlockShape::LAYERED)
+            .unwrap()
+            .0
+            .len()
+            + 1;
         let (top, outl) = (format!("fc{}", depth - 1), format!("fc{depth}"));
         for suffix in ["weight", "bias"] {
             let k = format!("{outl}.{suffix}");

@@ -27,7 +27,7 @@ pub use describe::{LayerDesc, ModelDesc, Shape};
 pub use init::{INIT_NAMES, Init};
 pub use linear::Linear;
 pub use loss::{LOSS_NAMES, Loss, Target};
-pub use model::{Block, Model, ModelSpec, is_buffer};
+pub use model::{Block, BlockShape, Model, ModelSpec, Pooling, is_buffer};
 pub use norm::{Dropout, NormKind, Normalization};
 pub use params::{Grads, Params};
 pub use recurrent::{Cell, Recurrent};

@@ -46,11 +46,67 @@ pub struct Block {
     /// block ends in one.
     pub outputs: usize,
     /// Index of a pooling layer after the activation that belongs to the block
-    /// ([`Model::chain_blocks`] only).
+    /// ([`BlockShape::CHAIN`] only).
     pub pool: Option<usize>,
     /// Index of a normalisation layer between the weight layer and the activation
-    /// ([`Model::chain_blocks`] only).
+    /// ([`BlockShape::CHAIN`] only).
     pub norm: Option<usize>,
+}
+
+/// Where pooling layers may sit in a [`Model::block_walk`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// Nowhere.
+    Refused,
+    /// Between blocks, belonging to none (direct feedback projects onto each weight
+    /// layer's output).
+    Between,
+    /// At the end of a block, after its activation (block-local rules).
+    Inside,
+}
+
+/// The blocks a rule can address: what may start a block and what it may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockShape {
+    /// A convolution starts a block as a Linear layer does.
+    pub conv: bool,
+    /// A normalisation layer may sit between the weight layer and the activation.
+    pub norm: bool,
+    /// Where pooling layers may sit.
+    pub pool: Pooling,
+}
+
+impl BlockShape {
+    /// Linear → activation blocks only: the energy-based rules, Forward-Forward,
+    /// target propagation.
+    pub const LAYERED: BlockShape = BlockShape {
+        conv: false,
+        norm: false,
+        pool: Pooling::Refused,
+    };
+    /// Weight layers with their activation, pooling between them (direct feedback).
+    pub const WEIGHTS: BlockShape = BlockShape {
+        conv: true,
+        norm: false,
+        pool: Pooling::Between,
+    };
+    /// Weight layer, normalisation, activation and pooling per block (local losses,
+    /// synthetic gradients).
+    pub const CHAIN: BlockShape = BlockShape {
+        conv: true,
+        norm: true,
+        pool: Pooling::Inside,
+    };
+
+    fn describe(self) -> &'static str {
+        match (self.conv, self.norm, self.pool) {
+            (false, false, Pooling::Refused) => "a stack of Linear→activation blocks",
+            (true, false, Pooling::Between) => {
+                "Linear or Conv2d layers, each with its activation, pooling between them"
+            }
+            _ => "a Linear or Conv2d layer, its normalisation, its activation, then pooling",
+        }
+    }
 }
 
 /// A sequence of layers.
@@ -350,106 +406,53 @@ impl Model {
         Ok(m)
     }
 
-    /// Layers with a weight (Linear, Conv2d), each with the activation right after it,
-    /// for rules that address hidden blocks directly (DFA): pooling layers may sit
-    /// between blocks; the last layer must be a Linear output layer without activation.
-    /// `outputs` is the layer's per-sample output width (C·H·W for a convolution).
-    pub fn weight_blocks(&self, rule: &str) -> Result<(Vec<Block>, Block)> {
+    /// The model as hidden blocks and a Linear output block, in the shape a rule
+    /// accepts ([`BlockShape`]): one walk for every block-wise rule. A block is a weight
+    /// layer (Linear, or Conv2d where the shape allows), then a normalisation layer
+    /// (where allowed), the activation and a pooling layer (inside the block, or
+    /// skipped between blocks, where allowed), each optional but the first. The last
+    /// block is a Linear layer with nothing after it. `rule` names the rule in errors.
+    pub fn block_walk(&self, rule: &str, shape: BlockShape) -> Result<(Vec<Block>, Block)> {
         let bad = |why: String| Error::config("model", format!("{rule}: {why}"));
-        let mut blocks = Vec::new();
-        let mut width = self.inputs;
-        let mut i = 0;
-        while i < self.layers.len() {
-            let l = &self.layers[i];
-            let out = l.output_width(width)?;
-            match l.kind() {
-                LayerKind::Linear { .. } | LayerKind::Conv2d { .. } => {
-                    let activation = match self.layers.get(i + 1).map(|n| n.kind()) {
-                        Some(LayerKind::Activation(_)) | Some(LayerKind::ParametricActivation) => {
-                            Some(i + 1)
-                        }
-                        _ => None,
-                    };
-                    blocks.push(Block {
-                        linear: i,
-                        activation,
-                        inputs: width,
-                        outputs: out,
-                        pool: None,
-                        norm: None,
-                    });
-                    i += 1 + activation.is_some() as usize;
-                }
-                LayerKind::Pool2d { .. } => i += 1,
-                _ => {
-                    return Err(bad(format!(
-                        "layer {} is not a weight layer (Linear, Conv2d), an activation after one, or pooling",
-                        l.name()
-                    )));
-                }
-            }
-            // (An activation after a weight layer keeps its width.)
-            width = out;
-        }
-        let last = blocks
-            .pop()
-            .ok_or_else(|| bad("the model has no weight layer".into()))?;
-        if last.activation.is_some()
-            || last.linear + 1 != self.layers.len()
-            || !matches!(self.layers[last.linear].kind(), LayerKind::Linear { .. })
-        {
-            return Err(bad("the model must end in a Linear output layer".into()));
-        }
-        Ok((blocks, last))
-    }
-
-    /// The model as a chain of blocks — a weight layer (Linear, Conv2d), a normalisation
-    /// layer, the activation and a pooling layer, each optional but the first — ending in
-    /// a Linear output block, for rules that learn block by block (local losses,
-    /// synthetic gradients). On an MLP these are [`Model::layered_blocks`].
-    pub fn chain_blocks(&self, rule: &str) -> Result<(Vec<Block>, Block)> {
-        let bad = |why: String| Error::config("model", format!("{rule}: {why}"));
+        let kind = |i: usize| self.layers.get(i).map(|l| l.kind());
         let is_act = |i: usize| {
             matches!(
-                self.layers.get(i).map(|l| l.kind()),
+                kind(i),
                 Some(LayerKind::Activation(_) | LayerKind::ParametricActivation)
             )
         };
-        let is_pool = |i: usize| {
-            matches!(
-                self.layers.get(i).map(|l| l.kind()),
-                Some(LayerKind::Pool2d { .. })
-            )
+        let is_pool = |i: usize| matches!(kind(i), Some(LayerKind::Pool2d { .. }));
+        let starts = |k: &LayerKind| match k {
+            LayerKind::Linear { .. } => true,
+            LayerKind::Conv2d { .. } => shape.conv,
+            _ => false,
         };
         let mut blocks = Vec::new();
         let (mut width, mut i) = (self.inputs, 0);
         while i < self.layers.len() {
             let l = &self.layers[i];
-            if !matches!(
-                l.kind(),
-                LayerKind::Linear { .. } | LayerKind::Conv2d { .. }
-            ) {
+            if shape.pool == Pooling::Between && is_pool(i) {
+                width = l.output_width(width)?;
+                i += 1;
+                continue;
+            }
+            if !starts(&l.kind()) {
                 return Err(bad(format!(
-                    "layer {} does not start a block (a Linear or Conv2d layer, its activation, then pooling)",
-                    l.name()
+                    "layer {} does not start a block ({})",
+                    l.name(),
+                    shape.describe()
                 )));
             }
             let start = i;
             let mut out = l.output_width(width)?;
             i += 1;
-            let norm = matches!(
-                self.layers.get(i).map(|l| l.kind()),
-                Some(LayerKind::Norm | LayerKind::BatchNorm)
-            )
+            let norm = (shape.norm
+                && matches!(kind(i), Some(LayerKind::Norm | LayerKind::BatchNorm)))
             .then_some(i);
-            if norm.is_some() {
-                i += 1;
-            }
+            i += usize::from(norm.is_some());
             let activation = is_act(i).then_some(i);
-            if activation.is_some() {
-                i += 1;
-            }
-            let pool = is_pool(i).then_some(i);
+            i += usize::from(activation.is_some());
+            let pool = (shape.pool == Pooling::Inside && is_pool(i)).then_some(i);
             if let Some(p) = pool {
                 out = self.layers[p].output_width(out)?;
                 i += 1;
@@ -470,9 +473,13 @@ impl Model {
         if last.activation.is_some()
             || last.pool.is_some()
             || last.norm.is_some()
+            || last.linear + 1 != self.layers.len()
             || !matches!(self.layers[last.linear].kind(), LayerKind::Linear { .. })
         {
-            return Err(bad("the model must end in a Linear output layer".into()));
+            return Err(bad(format!(
+                "the model must end in a Linear output layer ({})",
+                shape.describe()
+            )));
         }
         Ok((blocks, last))
     }
@@ -531,60 +538,6 @@ impl Model {
             LayerKind::Activation(f) => Some(f),
             _ => None,
         })
-    }
-
-    /// Linear layers with the activation that follows each.
-    pub fn blocks(&self) -> Vec<Block> {
-        let mut out = Vec::new();
-        for (i, l) in self.layers.iter().enumerate() {
-            if let LayerKind::Linear {
-                inputs, outputs, ..
-            } = l.kind()
-            {
-                let next = self.layers.get(i + 1).map(|n| n.kind());
-                let activation = match next {
-                    Some(LayerKind::Activation(_)) | Some(LayerKind::ParametricActivation) => {
-                        Some(i + 1)
-                    }
-                    _ => None,
-                };
-                out.push(Block {
-                    linear: i,
-                    activation,
-                    inputs,
-                    outputs,
-                    pool: None,
-                    norm: None,
-                });
-            }
-        }
-        out
-    }
-
-    /// The hidden Linear→activation blocks and the Linear output block, for rules that
-    /// need that shape (`rule` names the rule in the error when the model is not a stack
-    /// of Linear→activation blocks ending in a Linear output layer).
-    pub fn layered_blocks(&self, rule: &str) -> Result<(Vec<Block>, Block)> {
-        let blocks = self.blocks();
-        let covered: usize = blocks
-            .iter()
-            .map(|b| 1 + b.activation.is_some() as usize)
-            .sum();
-        let last = *blocks
-            .last()
-            .ok_or_else(|| Error::config("model", "has no Linear layer"))?;
-        if covered != self.layers.len()
-            || last.activation.is_some()
-            || last.linear + 1 != self.layers.len()
-        {
-            return Err(Error::config(
-                "model",
-                format!(
-                    "{rule} needs a stack of Linear→activation blocks ending in a Linear output layer"
-                ),
-            ));
-        }
-        Ok((blocks[..blocks.len() - 1].to_vec(), last))
     }
 
     /// Elements of every parameter and buffer the model draws (no allocation).

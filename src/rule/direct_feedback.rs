@@ -94,7 +94,7 @@ impl DirectFeedback {
     /// and the output layer. On a convolution the projection reaches the whole feature
     /// map: B is outputs × (C·H·W).
     fn blocks(model: &Model) -> Result<(Vec<Block>, Block)> {
-        model.weight_blocks("direct feedback")
+        model.block_walk("direct feedback", crate::nn::BlockShape::WEIGHTS)
     }
 
     fn key(&self, index: usize, width: usize) -> usize {

@@ -340,7 +340,7 @@ struct Net {
 
 impl Net {
     fn new(model: &Model, params: &Params, rule: &str) -> Result<Net> {
-        let (hidden, last) = model.layered_blocks(rule)?;
+        let (hidden, last) = model.block_walk(rule, crate::nn::BlockShape::LAYERED)?;
         let mut net = Net {
             w: Vec::new(),
             b: Vec::new(),

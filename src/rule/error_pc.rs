@@ -110,7 +110,7 @@ impl Rule for ErrorPc {
         batch: &Batch,
         loss: Loss,
     ) -> Result<StepOutput> {
-        let (hidden, last) = model.layered_blocks("epc")?;
+        let (hidden, last) = model.block_walk("epc", crate::nn::BlockShape::LAYERED)?;
         let n = batch.x.dims2()?.0.max(1) as f64;
         let mut trace = scratch_trace(model, batch.x.dtype());
         let mut eps: Vec<Tensor> = Vec::with_capacity(hidden.len());

@@ -133,7 +133,7 @@ impl ForwardForward {
     }
 
     fn blocks(model: &Model) -> Result<(Vec<Block>, Block)> {
-        let (hidden, last) = model.layered_blocks("ff")?;
+        let (hidden, last) = model.block_walk("ff", crate::nn::BlockShape::LAYERED)?;
         if hidden.is_empty() {
             return Err(Error::config(
                 "model",

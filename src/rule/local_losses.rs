@@ -256,7 +256,7 @@ impl Rule for LocalLosses {
     }
 
     fn init(&mut self, model: &Model, params: &mut Params, seed: u64) -> Result<()> {
-        let (hidden, _) = model.chain_blocks(self.name())?;
+        let (hidden, _) = model.block_walk(self.name(), crate::nn::BlockShape::CHAIN)?;
         let mut rng = <crate::Rng as rand::SeedableRng>::seed_from_u64(seed ^ 0x10ca1);
         let classes = model.outputs();
         for (k, b) in hidden.iter().enumerate() {
@@ -280,7 +280,7 @@ impl Rule for LocalLosses {
         batch: &Batch,
         loss: Loss,
     ) -> Result<StepOutput> {
-        let (hidden, last) = model.chain_blocks(self.name())?;
+        let (hidden, last) = model.block_walk(self.name(), crate::nn::BlockShape::CHAIN)?;
         let mut grads = Grads::new();
         if self.deeply_supervised {
             // Backprop of the global loss with each head's gradient joining at its block.

@@ -523,7 +523,7 @@ impl Rule for PredictiveCoding {
         batch: &Batch,
         loss: Loss,
     ) -> Result<StepOutput> {
-        let (hidden, last) = model.layered_blocks("pc")?;
+        let (hidden, last) = model.block_walk("pc", crate::nn::BlockShape::LAYERED)?;
         let mut all_blocks = hidden.clone();
         all_blocks.push(last);
         if let Some(dense) = self.dense_blocks(model, params, &all_blocks, &batch.x)?

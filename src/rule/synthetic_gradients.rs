@@ -290,7 +290,7 @@ impl Rule for SyntheticGradients {
     }
 
     fn init(&mut self, model: &Model, params: &mut Params, seed: u64) -> Result<()> {
-        let (hidden, _) = model.chain_blocks(self.name())?;
+        let (hidden, _) = model.block_walk(self.name(), crate::nn::BlockShape::CHAIN)?;
         let init = crate::nn::Init::parse(&self.cfg.init)?;
         let mut rng = <crate::Rng as rand::SeedableRng>::seed_from_u64(seed ^ 0x5e_7d);
         let classes = model.outputs();
@@ -347,7 +347,7 @@ impl Rule for SyntheticGradients {
         batch: &Batch,
         loss: Loss,
     ) -> Result<StepOutput> {
-        let (hidden, last) = model.chain_blocks(self.name())?;
+        let (hidden, last) = model.block_walk(self.name(), crate::nn::BlockShape::CHAIN)?;
         // The oracle: the true backprop error at every block output replaces Mₖ(hₖ).
         let oracle = if self.oracle {
             let (mut t, _, d_out) = super::forward_loss(model, params, batch, loss)?;

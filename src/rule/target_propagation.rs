@@ -132,7 +132,7 @@ impl TargetPropagation {
         batch: &Batch,
         loss: Loss,
     ) -> Result<Vec<Tensor>> {
-        let (hidden, last) = model.layered_blocks("dtp")?;
+        let (hidden, last) = model.block_walk("dtp", crate::nn::BlockShape::LAYERED)?;
         let (trace, _, d_out) = super::forward_loss(model, params, batch, loss)?;
         self.targets_from(model, params, &hidden, &last, &trace, &d_out)
     }
@@ -227,7 +227,7 @@ impl Rule for TargetPropagation {
     }
 
     fn init(&mut self, model: &Model, params: &mut Params, seed: u64) -> Result<()> {
-        let (hidden, _) = model.layered_blocks("dtp")?;
+        let (hidden, _) = model.block_walk("dtp", crate::nn::BlockShape::LAYERED)?;
         self.rng = crate::Rng::seed_from_u64(seed ^ 0x0d79);
         let mut rng = crate::Rng::seed_from_u64(seed ^ 0x0001_27e5);
         for k in 1..hidden.len() {
@@ -251,7 +251,7 @@ impl Rule for TargetPropagation {
         batch: &Batch,
         loss: Loss,
     ) -> Result<StepOutput> {
-        let (hidden, last) = model.layered_blocks("dtp")?;
+        let (hidden, last) = model.block_walk("dtp", crate::nn::BlockShape::LAYERED)?;
         let (mut trace, value, d_out) = super::forward_loss(model, params, batch, loss)?;
         self.steps += 1;
         let (train_forward, train_inverse) = if self.alternating {

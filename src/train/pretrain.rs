@@ -120,7 +120,8 @@ pub fn pretrain_rbm(
             _ => None,
         })
         .collect();
-    if linears.len() < 2 || linears.len() != model.blocks().len() {
+    let stack = model.block_walk("rbm", crate::nn::BlockShape::LAYERED);
+    if linears.len() < 2 || !stack.is_ok_and(|(hidden, _)| hidden.len() + 1 == linears.len()) {
         return Err(Error::config(
             "pretrain",
             "rbm pretraining needs an MLP with at least one hidden layer, all with biases",
