@@ -3,7 +3,7 @@
 //! output errors; relaxation converges.
 
 mod common;
-use common::{model, rand_tensor};
+use common::{cosine, model, rand_tensor};
 use futureprop::nn::{Init, Loss, Model, ModelSpec, Params, Target};
 use futureprop::rule::{Batch, Rule, build_rule, build_rule_with};
 use futureprop::tensor::{DType, Tensor};
@@ -19,13 +19,6 @@ fn pc(steps: usize, gamma: f64, variant: &str) -> Box<dyn Rule> {
         }),
     )
     .unwrap()
-}
-
-fn cosine(a: &[f64], b: &[f64]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let na: f64 = a.iter().map(|x| x * x).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| x * x).sum::<f64>().sqrt();
-    dot / (na * nb)
 }
 
 fn class_batch(rows: usize, inputs: usize, classes: usize, seed: u64) -> Batch {

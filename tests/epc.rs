@@ -4,20 +4,13 @@
 //! every layer at the first inference step, where state-based PC's reaches only the top.
 
 mod common;
-use common::{model, rand_tensor};
+use common::{cosine, model, rand_tensor};
 use futureprop::nn::{Loss, Target};
 use futureprop::rule::{Batch, Rule, build_rule, build_rule_with};
 use serde_json::json;
 
 fn rule(name: &str, settings: serde_json::Value) -> Box<dyn Rule> {
     build_rule_with(name, &settings).unwrap()
-}
-
-fn cosine(a: &[f64], b: &[f64]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let na: f64 = a.iter().map(|x| x * x).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| x * x).sum::<f64>().sqrt();
-    dot / (na * nb)
 }
 
 fn classes(rows: usize, inputs: usize, k: usize, seed: u64) -> Batch {

@@ -17,6 +17,15 @@ pub fn rand_tensor(shape: &[usize], seed: u64, scale: f64) -> Tensor {
 }
 
 /// An MLP from `spec` with biases and Xavier-normal f64 parameters from `seed`.
+/// cos∠(a, b).
+#[allow(dead_code)]
+pub fn cosine(a: &[f64], b: &[f64]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f64 = a.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| x * x).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
 #[allow(dead_code)] // not every test binary uses it
 pub fn model(spec: &str, act: &str, seed: u64) -> (Model, Params) {
     let m = Model::build(&ModelSpec {
