@@ -5,14 +5,16 @@
 //! time-valued field is named `*_seconds` or `*_per_second`), `summary.json` (final
 //! figures and the resolved config) and `checkpoint.safetensors`.
 
+mod averaging;
 pub mod checkpoint;
 mod config;
 pub mod energy;
 mod objective;
 pub mod pretrain;
+mod records;
 
 use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -27,6 +29,8 @@ use crate::error::{Error, Result};
 use crate::nn::{Grads, Init, Loss, Model, ModelSpec, Params};
 use crate::optim::{StepContext, build_optimizer};
 use crate::rule::{Backprop, Batch, Rule};
+use averaging::WeightAverage;
+use records::Records;
 
 /// Loss and accuracy of a model on a dataset.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -82,36 +86,8 @@ fn count_correct(out: &crate::tensor::Tensor, b: &Batch) -> Result<Option<usize>
     }
 }
 
-/// Weight averaging for evaluation.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Averaging {
-    None,
-    Ema(f64),
-    Swa(usize),
-}
-
-impl Averaging {
-    fn parse(s: &str) -> Result<Averaging> {
-        let bad = || {
-            Error::config(
-                "average",
-                format!("'{s}'; expected none, ema:DECAY (0 < DECAY < 1) or swa:START_EPOCH"),
-            )
-        };
-        match s.split_once(':') {
-            None if s == "none" => Ok(Averaging::None),
-            Some(("ema", d)) => match d.parse::<f64>() {
-                Ok(d) if d > 0.0 && d < 1.0 => Ok(Averaging::Ema(d)),
-                _ => Err(bad()),
-            },
-            Some(("swa", e)) => e.parse().map(Averaging::Swa).map_err(|_| bad()),
-            _ => Err(bad()),
-        }
-    }
-}
-
 /// Names of the model's own parameters (not rule state, not averages).
-fn model_param_names(model: &Model, params: &Params) -> Vec<String> {
+pub(crate) fn model_param_names(model: &Model, params: &Params) -> Vec<String> {
     let prefixes: Vec<String> = model
         .layers()
         .iter()
@@ -123,15 +99,6 @@ fn model_param_names(model: &Model, params: &Params) -> Vec<String> {
         .filter(|n| prefixes.iter().any(|p| n.starts_with(p.as_str())))
         .cloned()
         .collect()
-}
-
-/// The parameters to evaluate: the averaged weights in place of the model's.
-fn averaged_view(params: &Params, names: &[String]) -> Result<Params> {
-    let mut p = params.clone();
-    for n in names {
-        p.insert(n.clone(), params.get(&format!("avg.{n}"))?.clone());
-    }
-    Ok(p)
 }
 
 /// The rule's update on one batch, as an [`Objective`] optimizers can re-evaluate.
@@ -490,14 +457,7 @@ pub fn run_with(
     check_memory(cfg, &model)?;
     let mut params = model.init_params(Init::parse(&cfg.init)?, cfg.seed)?;
     rule.init(&model, &mut params, cfg.seed)?;
-    let averaging = Averaging::parse(&cfg.average)?;
-    let model_names = model_param_names(&model, &params);
-    if averaging != Averaging::None {
-        for n in &model_names {
-            let t = params.get(n)?.clone();
-            params.insert(format!("avg.{n}"), t);
-        }
-    }
+    let average = WeightAverage::new(&cfg.average, &model, &mut params)?;
     let steps_per_epoch = splits
         .train
         .len()
@@ -509,29 +469,7 @@ pub fn run_with(
     }
     let mut optimizer = build_optimizer(&cfg.optim, total_steps)?;
     if !cfg.quiet {
-        // The resolved settings, once everything is built (defaults included).
-        let own: Vec<String> = cfg
-            .rule
-            .settings
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        eprintln!(
-            "{}{} with {} at lr {}, batch {}, {} epochs, seed {}; {} inputs, {} hidden units",
-            rule.name(),
-            if own.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", own.join(", "))
-            },
-            optimizer.name(),
-            cfg.optim.lr,
-            cfg.batch_size,
-            cfg.epochs,
-            cfg.seed,
-            cfg.normalize,
-            cfg.activation
-        );
+        eprintln!("{}", resolved_line(cfg, rule.name(), optimizer.name()));
     }
     rule.keep_trace(optimizer.needs_trace());
     let mut pretrain_summary = Value::Null;
@@ -555,55 +493,17 @@ pub fn run_with(
         "rbm" => {}
         other => return Err(Error::unknown("pretrain", other, &["none", "rbm"])),
     }
-    let out_dir: PathBuf = cfg.out_dir();
-    std::fs::create_dir_all(&out_dir).map_err(|e| Error::io(&out_dir, e))?;
-    let ck_path = out_dir.join(checkpoint::FILE);
-    let metrics_path = out_dir.join("metrics.jsonl");
-    let config_json =
-        serde_json::to_value(cfg).map_err(|e| Error::config("config", e.to_string()))?;
-
     let mut start_epoch = 0;
-    let mut history: Vec<Value> = Vec::new();
-    let mut last_saved = if resume.is_some() {
-        Saved::ResumedFrom
-    } else {
-        Saved::Nothing
-    };
-    let kept = |s: &Saved| match s {
-        Saved::Written(e) => format!(
-            "last good checkpoint kept: {}, after epoch {e}",
-            ck_path.display()
-        ),
-        Saved::ResumedFrom => "the checkpoint it resumed from is unchanged".to_string(),
-        Saved::Nothing => "no checkpoint had been written".to_string(),
-    };
-    if let Some(ck) = resume {
-        restore_params(&mut params, &ck.params, cfg)?;
-        optimizer.load_state(&ck.optimizer)?;
-        start_epoch = ck.epoch;
-        history = ck.history;
-    }
-    // metrics.jsonl always holds exactly the epochs of this run's history.
-    {
-        let mut f =
-            std::fs::File::create(&metrics_path).map_err(|e| Error::io(&metrics_path, e))?;
-        for h in &history {
-            writeln!(f, "{h}").map_err(|e| Error::io(&metrics_path, e))?;
+    let resumed_history = match resume {
+        Some(ck) => {
+            restore_params(&mut params, &ck.params, cfg)?;
+            optimizer.load_state(&ck.optimizer)?;
+            start_epoch = ck.epoch;
+            Some(ck.history)
         }
-    }
-    let save =
-        |params: &Params, opt: &dyn crate::optim::Optimizer, epoch: usize, history: &[Value]| {
-            checkpoint::save(
-                &ck_path,
-                &Checkpoint {
-                    params: params.clone(),
-                    optimizer: opt.state(),
-                    config: config_json.clone(),
-                    epoch,
-                    history: history.to_vec(),
-                },
-            )
-        };
+        None => None,
+    };
+    let mut records = Records::open(cfg, resumed_history)?;
 
     let progress_multi = progress;
     let run_start = Instant::now();
@@ -680,7 +580,7 @@ pub fn run_with(
                     value: out.loss,
                     epoch: epoch + 1,
                     step: step + 1,
-                    checkpoint: kept(&last_saved),
+                    checkpoint: records.kept(),
                 });
             }
             let rows = batch.target.len();
@@ -757,12 +657,7 @@ pub fn run_with(
                 None => &out.grads,
             };
             optimizer.step(&mut params, grads, &mut ctx)?;
-            if let Averaging::Ema(d) = averaging {
-                for n in &model_names {
-                    let t = params.get(n)?.clone();
-                    params.get_mut(&format!("avg.{n}"))?.axpby(d, 1.0 - d, &t)?;
-                }
-            }
+            average.after_step(&mut params)?;
             if let Some((bp, fb, before)) = diag {
                 let (t, w) = (Instant::now(), crate::tensor::counters::read());
                 let layers =
@@ -770,8 +665,7 @@ pub fn run_with(
                 diag_seconds += t.elapsed().as_secs_f64();
                 diag_work = diag_work + (crate::tensor::counters::read() - w);
                 let rec = json!({"type": "diagnostics", "epoch": epoch + 1, "step": step, "loss": out.loss, "layers": layers});
-                append_line(&metrics_path, &rec)?;
-                history.push(rec);
+                records.record(rec)?;
             }
             step += 1;
             if cfg.log_every > 0 && step.is_multiple_of(cfg.log_every) {
@@ -783,7 +677,7 @@ pub fn run_with(
                     rec["relax_energy_first"] = json!(r.energy.first());
                     rec["relax_energy_last"] = json!(r.energy.last());
                 }
-                append_line(&metrics_path, &rec)?;
+                records.log(&rec)?;
             }
             pb.inc(1);
             if step % 20 == 0 {
@@ -800,28 +694,8 @@ pub fn run_with(
         train_steps += step - steps0;
         peak_above_baseline = peak_above_baseline.max(crate::mem::peak().saturating_sub(live0));
         let te = Instant::now();
-        if let Averaging::Swa(start) = averaging
-            && epoch + 1 >= start.max(1)
-        {
-            // Running mean of the end-of-epoch weights: avg ← avg + (θ − avg)/k.
-            let k = (epoch + 2 - start.max(1)) as f64;
-            for n in &model_names {
-                let t = params.get(n)?.clone();
-                params
-                    .get_mut(&format!("avg.{n}"))?
-                    .axpby(1.0 - 1.0 / k, 1.0 / k, &t)?;
-            }
-        }
-        let use_average = match averaging {
-            Averaging::None => false,
-            Averaging::Ema(_) => true,
-            Averaging::Swa(start) => epoch + 1 >= start.max(1),
-        };
-        let eval_params = if use_average {
-            averaged_view(&params, &model_names)?
-        } else {
-            params.clone()
-        };
+        average.end_of_epoch(epoch, &mut params)?;
+        let eval_params = average.for_evaluation(epoch, &params)?;
         let test = evaluate(
             rule.as_ref(),
             &model,
@@ -873,10 +747,9 @@ pub fn run_with(
                 value: test.loss,
                 epoch: epoch + 1,
                 step,
-                checkpoint: kept(&last_saved),
+                checkpoint: records.kept(),
             });
         }
-        append_line(&metrics_path, &rec)?;
         if !cfg.quiet {
             eprintln!(
                 "epoch {:>3}  train loss {:.4} acc {:.4}  test loss {:.4} acc {:.4}  {:.1}s",
@@ -888,18 +761,18 @@ pub fn run_with(
                 train_seconds
             );
         }
-        history.push(rec);
+        records.record(rec)?;
         let last =
             epoch + 1 == cfg.epochs || cfg.max_steps.is_some_and(|m| step >= m) || out_of_time;
         if last || (cfg.checkpoint_every > 0 && (epoch + 1) % cfg.checkpoint_every == 0) {
-            save(&params, optimizer.as_ref(), epoch + 1, &history)?;
-            last_saved = Saved::Written(epoch + 1);
+            records.checkpoint(&params, optimizer.as_ref(), epoch + 1)?;
         }
     }
     let total_seconds = run_start.elapsed().as_secs_f64();
     let acc = |r: &Value, k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+    let history = &records.history;
     let epochs: Vec<&Value> = history.iter().filter(|r| r["type"] == "epoch").collect();
-    let diagnostics = summarise_diagnostics(&history);
+    let diagnostics = summarise_diagnostics(history);
     let last = epochs.last().copied();
     let (best_epoch, best) = epochs
         .iter()
@@ -945,17 +818,36 @@ pub fn run_with(
         "energy_source": energy_source,
         "total_seconds": total_seconds,
         "seconds_per_epoch": if epoch_secs.is_empty() { Value::Null } else { json!(epoch_secs.iter().sum::<f64>() / epoch_secs.len() as f64) },
-        "config": config_json,
+        "config": records.config,
     });
-    write_json(&out_dir.join("summary.json"), &summary)?;
+    write_json(&records.dir.join("summary.json"), &summary)?;
     Ok(summary)
 }
 
-/// What a run has on disk to fall back on.
-enum Saved {
-    Nothing,
-    ResumedFrom,
-    Written(usize),
+/// The resolved settings of a run, once everything is built (defaults included): the
+/// rule with each of its settings, the optimizer, rate, batch, epochs, seed, inputs and
+/// hidden units.
+fn resolved_line(cfg: &TrainConfig, rule: &str, optimizer: &str) -> String {
+    let own: Vec<String> = cfg
+        .rule
+        .settings
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    format!(
+        "{rule}{} with {optimizer} at lr {}, batch {}, {} epochs, seed {}; {} inputs, {} hidden units",
+        if own.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", own.join(", "))
+        },
+        cfg.optim.lr,
+        cfg.batch_size,
+        cfg.epochs,
+        cfg.seed,
+        cfg.normalize,
+        cfg.activation
+    )
 }
 
 /// Per layer: the last diagnostics record and the mean angle to BP over the run.
