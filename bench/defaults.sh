@@ -71,7 +71,7 @@ with open("reports/defaults.md", "w") as f:
     f.write("""
 Goal: at least 95 % on MNIST in 3 epochs for every rule but the single-layer classics
 (`perceptron`, `lms`, `hebbian`; `hebbian` is unsupervised, its accuracy is no target).
-Below it at the time of writing: `ff` (Hinton 2022 trains 60 epochs for 98.6 %), `drtp`
+Below it at the time of writing: `drtp`
 (Frenkel et al. 2021 report DRTP several points below BP and DFA on MNIST), `chl`
 (unit inputs, 8 clamped steps and lr 3e-4 were tried: none helped), `uoro` (Tallec &
 Ollivier 2017: UORO's rank-one estimate learns far slower than truncated BPTT). `epc`

@@ -328,7 +328,7 @@ fn technique_flags_are_derived_from_the_settings_structs() {
             "--rule",
             "ff",
             "--ff-skip-first",
-            "false",
+            "true",
         ],
     );
     assert!(o.status.success(), "{}", stderr(&o));
@@ -341,7 +341,7 @@ fn technique_flags_are_derived_from_the_settings_structs() {
     let c = config();
     assert_eq!(
         (c["amsgrad"].as_bool(), c["rule"]["skip_first"].as_bool()),
-        (Some(true), Some(false))
+        (Some(true), Some(true))
     );
     let o = train(&data, &out, &["--rule", "pc", "--rule-opt", "steps=3"]);
     assert!(o.status.success(), "{}", stderr(&o));

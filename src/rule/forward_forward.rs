@@ -21,10 +21,9 @@
 //! (every label feature 1/C), detached from the FF layers.
 //!
 //! Prediction (`ff_predict`): `goodness` writes each label in turn and picks the one
-//! with the largest goodness summed over the hidden layers (the first hidden layer is
-//! skipped when there are several, as in the paper; `ff_skip_first = false` keeps it:
-//! early in training the deeper layers' goodness can rank labels worse than chance
-//! until they have learned, which the first layer does not); `readout` uses the
+//! with the largest goodness summed over the hidden layers (`skip_first = true` leaves
+//! the first out when there are several, as the paper does after 60 epochs; early in
+//! training the first layer ranks labels best, so the default keeps it); `readout` uses the
 //! softmax readout, trained (and giving the train accuracy) only in this mode; with
 //! `goodness` no train accuracy is reported.
 
@@ -57,8 +56,9 @@ crate::settings_struct! {
         /// Prediction by `goodness` (every label tried) or `readout`.
         pub predict: String = "goodness".into(),
         /// Leave the first hidden layer out of the goodness predictor (the paper's
-        /// choice).
-        pub skip_first: bool = true,
+        /// choice, for 60 epochs). Off by default: after 3 MNIST epochs on the default
+        /// model every layer's goodness scores 95.6 %, all but the first 94.7 %.
+        pub skip_first: bool = false,
     }
 }
 
