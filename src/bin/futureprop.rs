@@ -346,11 +346,9 @@ fn rule_layer(name: Option<&str>, opts: &[String]) -> Result<Option<serde_json::
 /// earlier versions had them: accepted, not shown in `--help` (`--rule-opt` is).
 fn rule_fields() -> Vec<futureprop::settings::Field> {
     let mut out: Vec<futureprop::settings::Field> = Vec::new();
-    for s in futureprop::rule::REGISTRY {
-        for f in (s.settings)() {
-            if !out.iter().any(|o| o.legacy == f.legacy) {
-                out.push(f);
-            }
+    for (_, f) in futureprop::rule::all_settings() {
+        if !out.iter().any(|o| o.legacy == f.legacy) {
+            out.push(f);
         }
     }
     out

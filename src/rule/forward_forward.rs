@@ -63,8 +63,8 @@ crate::settings_struct! {
 }
 
 impl Settings for FfSettings {
+    /// The checks of [`ForwardForward::new`].
     fn validate(&self) -> Result<()> {
-        real("ff_threshold", self.threshold, Range::NonNegative)?;
         ForwardForward::new(self).map(|_| ())
     }
 }
@@ -114,12 +114,7 @@ impl ForwardForward {
             "sum" => false,
             o => return Err(Error::unknown("ff goodness", o, &["mean", "sum"])),
         };
-        if !(cfg.threshold.is_finite() && cfg.threshold >= 0.0) {
-            return Err(Error::config(
-                "ff threshold",
-                "must be a non-negative number",
-            ));
-        }
+        real("ff_threshold", cfg.threshold, Range::NonNegative)?;
         Ok(ForwardForward {
             threshold: cfg.threshold,
             symmetric,

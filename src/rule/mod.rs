@@ -236,6 +236,15 @@ pub fn spec(name: &str) -> Result<&'static RuleSpec> {
         .ok_or_else(|| Error::unknown("rule", name, &names()))
 }
 
+/// Every rule's every setting, as (rule name, setting): where flat keys (`pc_steps`)
+/// and their flags are looked up.
+pub fn all_settings() -> Vec<(&'static str, Field)> {
+    REGISTRY
+        .iter()
+        .flat_map(|s| (s.settings)().into_iter().map(move |f| (s.name, f)))
+        .collect()
+}
+
 /// The rules' names, in registry order.
 pub fn names() -> Vec<&'static str> {
     REGISTRY.iter().map(|s| s.name).collect()

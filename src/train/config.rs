@@ -226,6 +226,7 @@ impl TrainConfig {
             .as_object_mut()
             .ok_or_else(|| Error::config("config", "not an object"))?;
         let mut rule = self.rule.clone();
+        let all = crate::rule::all_settings();
         let mut flat: Vec<(String, serde_json::Value)> = Vec::new();
         for layer in layers {
             let Some(l) = layer.as_object() else {
@@ -240,23 +241,15 @@ impl TrainConfig {
                     merge_choice(&mut rule, v)?;
                 } else if obj.contains_key(&key) {
                     obj.insert(key, v.clone());
-                } else if crate::rule::REGISTRY
-                    .iter()
-                    .any(|s| (s.settings)().iter().any(|f| f.legacy == key))
-                {
+                } else if all.iter().any(|(_, f)| f.legacy == key) {
                     flat.push((key, v.clone()));
                 } else {
                     let mut known: Vec<&str> = obj.keys().map(String::as_str).collect();
                     known.sort();
-                    let flat: Vec<String> = crate::rule::REGISTRY
-                        .iter()
-                        .flat_map(|s| (s.settings)())
-                        .map(|f| f.legacy)
-                        .collect();
                     let candidates: Vec<&str> = known
                         .iter()
                         .copied()
-                        .chain(flat.iter().map(String::as_str))
+                        .chain(all.iter().map(|(_, f)| f.legacy.as_str()))
                         .collect();
                     let hint = crate::error::closest(&key, &candidates)
                         .map(|c| format!(" (did you mean '{c}'?)"))
@@ -271,7 +264,7 @@ impl TrainConfig {
                 }
             }
         }
-        read_flat_rule_keys(&mut rule, flat, stored)?;
+        read_flat_rule_keys(&mut rule, flat, &all, stored)?;
         obj.insert(
             "rule".into(),
             serde_json::to_value(crate::rule::resolve(&rule)?)
@@ -329,6 +322,7 @@ fn merge_choice(rule: &mut Choice, v: &serde_json::Value) -> Result<()> {
 fn read_flat_rule_keys(
     rule: &mut Choice,
     flat: Vec<(String, serde_json::Value)>,
+    all: &[(&'static str, crate::settings::Field)],
     stored: bool,
 ) -> Result<()> {
     let spec = crate::rule::spec(&rule.name)?;
@@ -341,21 +335,9 @@ fn read_flat_rule_keys(
         if stored {
             continue;
         }
-        let owners: Vec<&str> = crate::rule::REGISTRY
-            .iter()
-            .filter(|s| {
-                (s.settings)()
-                    .iter()
-                    .any(|f| f.legacy == key && f.default == v)
-            })
-            .map(|s| s.name)
-            .collect();
-        if owners.is_empty() {
-            let of: Vec<&str> = crate::rule::REGISTRY
-                .iter()
-                .filter(|s| (s.settings)().iter().any(|f| f.legacy == key))
-                .map(|s| s.name)
-                .collect();
+        let owners = all.iter().filter(|(_, f)| f.legacy == key);
+        if !owners.clone().any(|(_, f)| f.default == v) {
+            let of: Vec<&str> = owners.map(|(r, _)| *r).collect();
             return Err(Error::config(
                 key.as_str(),
                 format!(
