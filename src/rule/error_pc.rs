@@ -114,17 +114,16 @@ impl Rule for ErrorPc {
         let n = batch.x.dims2()?.0.max(1) as f64;
         let mut trace = scratch_trace(model, batch.x.dtype());
         let mut eps: Vec<Tensor> = Vec::with_capacity(hidden.len());
-        {
-            // ε = 0: the feed-forward pass sizes the errors.
-            let mut h = batch.x.clone();
-            for b in &hidden {
-                block_forward(model, params, b, &h, &mut trace)?;
-                h = block_output(b, &trace).clone();
-                eps.push(Tensor::zeros(h.shape(), h.dtype()));
-            }
+        // ε = 0: the feed-forward pass, which also sizes the errors.
+        let mut h = batch.x.clone();
+        for b in &hidden {
+            block_forward(model, params, b, &h, &mut trace)?;
+            h = block_output(b, &trace).clone();
+            eps.push(Tensor::zeros(h.shape(), h.dtype()));
         }
+        block_forward(model, params, &last, &h, &mut trace)?;
+        let mut out = block_output(&last, &trace).clone();
         let blocks = (hidden.as_slice(), &last);
-        let mut out = forward_with_errors(model, params, blocks, &batch.x, &eps, &mut trace)?;
         let prediction = out.clone();
         let (first_loss, mut g_top) = loss.eval(&out, &batch.target)?;
         let mut top_loss = first_loss;
