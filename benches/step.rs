@@ -81,11 +81,7 @@ fn main() -> futureprop::Result<()> {
                 rule.init(&model, &mut params, 0)?;
                 let lr = if matches!(o.as_str(), "hf" | "lbfgs") { 1.0 } else { 0.01 };
                 let opt = build_optimizer(
-                    &OptimizerConfig {
-                        name: o.clone(),
-                        lr,
-                        ..Default::default()
-                    },
+                    &OptimizerConfig::new(o, lr),
                     1 << 30,
                 )?;
                 // As the trainer: block-wise rules free activations unless the optimizer reads them.

@@ -90,14 +90,7 @@ fn main() -> futureprop::Result<()> {
         let before = layer_norms(&model, &params, &probe)?;
         let mut rule = build_rule("bp")?;
         let steps = splits.train.len().div_ceil(128) as u64;
-        let mut opt = build_optimizer(
-            &OptimizerConfig {
-                name: "adam".into(),
-                lr: 1e-3,
-                ..Default::default()
-            },
-            steps,
-        )?;
+        let mut opt = build_optimizer(&OptimizerConfig::new("adam", 1e-3), steps)?;
         for b in Batches::new(&splits.train, 128, true, 0, 0) {
             let step = rule.step(&model, &params, &b?, Loss::CrossEntropy)?;
             opt.step(&mut params, &step.grads, &mut StepContext::empty())?;

@@ -18,11 +18,7 @@ fn main() -> futureprop::Result<()> {
     })?;
     let mut params = model.init_params(Init::Auto, 0)?;
     let mut rule = build_rule("bp")?;
-    let cfg = OptimizerConfig {
-        name: "adam".into(),
-        lr: 0.01,
-        ..Default::default()
-    };
+    let cfg = OptimizerConfig::new("adam", 0.01);
     let epochs = 50;
     let mut opt = build_optimizer(&cfg, epochs * 16)?;
     for epoch in 0..epochs {

@@ -21,14 +21,7 @@ fn fit(spec: &str, rule: &str, opt: &str, lr: f64, steps: usize) -> futureprop::
     let mut params: Params = model.init_params(Init::XavierUniform, 1)?;
     let mut r = build_rule(rule)?;
     r.init(&model, &mut params, 1)?;
-    let mut o = build_optimizer(
-        &OptimizerConfig {
-            name: opt.into(),
-            lr,
-            ..Default::default()
-        },
-        steps as u64,
-    )?;
+    let mut o = build_optimizer(&OptimizerConfig::new(opt, lr), steps as u64)?;
     for _ in 0..steps {
         let out = r.step(&model, &params, &batch, Loss::CrossEntropy)?;
         o.step(&mut params, &out.grads, &mut StepContext::empty())?;

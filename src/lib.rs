@@ -27,7 +27,7 @@
 //! let model = Model::build(&ModelSpec { spec: "mlp:2-32-2".into(), activation: "tanh".into(), bias: true })?;
 //! let mut params = model.init_params(Init::Auto, 0)?;
 //! let mut rule = build_rule("bp")?;
-//! let opt_cfg = OptimizerConfig { name: "adam".into(), lr: 0.01, ..Default::default() };
+//! let opt_cfg = OptimizerConfig::new("adam", 0.01);
 //! let mut opt = build_optimizer(&opt_cfg, 1600)?;
 //! for epoch in 0..200 {
 //!     for batch in Batches::new(&data, 64, true, 0, epoch) {

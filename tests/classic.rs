@@ -44,15 +44,7 @@ fn train(
 ) -> f64 {
     let mut r = build_rule(rule).unwrap();
     r.init(m, p, 0).unwrap();
-    let mut o = build_optimizer(
-        &OptimizerConfig {
-            name: opt.into(),
-            lr,
-            ..Default::default()
-        },
-        steps as u64,
-    )
-    .unwrap();
+    let mut o = build_optimizer(&OptimizerConfig::new(opt, lr), steps as u64).unwrap();
     let mut best: f64 = 0.0;
     for _ in 0..steps {
         let out = r.step(m, p, b, Loss::CrossEntropy).unwrap();
@@ -175,15 +167,7 @@ fn oja_finds_the_first_principal_component_with_unit_norm() {
         .unwrap()
         .to_dtype(futureprop::tensor::DType::F64);
     let mut rule = build_rule("hebbian").unwrap();
-    let mut opt = build_optimizer(
-        &OptimizerConfig {
-            name: "sgd".into(),
-            lr: 0.01,
-            ..Default::default()
-        },
-        1,
-    )
-    .unwrap();
+    let mut opt = build_optimizer(&OptimizerConfig::new("sgd", 0.01), 1).unwrap();
     for epoch in 0..5 {
         for k in 0..(n / 50) {
             let idx: Vec<usize> = (k * 50..(k + 1) * 50).collect();

@@ -787,7 +787,7 @@ fn a_rule_is_a_tagged_table_and_flat_keys_of_earlier_versions_still_load() {
         "resolved: every setting"
     );
     assert!(cfg.rule.settings.get("threshold").is_none());
-    assert_eq!((cfg.optim.name.as_str(), cfg.optim.lr), ("sgd", 0.01));
+    assert_eq!((cfg.optim.name(), cfg.optim.lr), ("sgd", 0.01));
     // From a user's layer, another rule's flat key is refused unless at its default.
     let e = TrainConfig::default()
         .merged(&[json!({"rule": "bp", "pc_steps": 8})])
@@ -837,4 +837,117 @@ fn a_rule_is_a_tagged_table_and_flat_keys_of_earlier_versions_still_load() {
     assert_eq!(cfg.normalize, "unit");
     let cfg = TrainConfig::fresh(&[json!({"rule": "eqprop", "normalize": "standard"})]).unwrap();
     assert_eq!(cfg.normalize, "standard");
+}
+
+#[test]
+fn an_optimizer_is_a_tagged_table_and_flat_keys_of_earlier_versions_still_load() {
+    use futureprop::train::TrainConfig;
+    use serde_json::json;
+    // A stored config of the earlier layout: every optimizer's flat keys beside the name.
+    let old = json!({
+        "optimizer": "kfac", "lr": 0.003, "momentum": 0.8, "kfac_damping": 0.01,
+        "kfac_fisher": "empirical", "curvature_decay": 0.9, "beta1": 0.5,
+        "sam_rho": 0.05, "inner": "momentum", "lbfgs_history": 10, "trust_coefficient": null,
+    });
+    let cfg = TrainConfig::from_stored(&old).unwrap();
+    let o = &cfg.optim.optimizer;
+    assert_eq!((o.name.as_str(), cfg.optim.lr), ("kfac", 0.003));
+    assert_eq!(o.settings["momentum"], 0.8);
+    assert_eq!(o.settings["damping"], 0.01);
+    assert_eq!(o.settings["fisher"], "empirical");
+    assert_eq!(o.settings["decay"], 0.9);
+    assert_eq!(o.settings["inv_every"], 20, "resolved: every setting");
+    assert!(o.settings.get("beta1").is_none() && o.settings.get("rho").is_none());
+    // A wrapper's flat keys: its own, then its inner optimizer's.
+    let old =
+        json!({"optimizer": "sam", "sam_rho": 0.1, "inner": "adam", "beta1": 0.8, "momentum": 0.9});
+    let o = TrainConfig::from_stored(&old).unwrap().optim.optimizer;
+    assert_eq!(o.settings["rho"], 0.1);
+    assert_eq!(o.settings["inner"]["name"], "adam");
+    assert_eq!(o.settings["inner"]["beta1"], 0.8);
+    assert_eq!(o.settings["inner"]["beta2"], 0.999);
+    // From a user's layer, another optimizer's flat key is refused unless at a default.
+    let e = TrainConfig::default()
+        .merged(&[json!({"optimizer": "sgd", "kfac_damping": 0.5})])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("kfac_damping") && e.contains("kfac") && e.contains("sgd"),
+        "{e}"
+    );
+    // The table in TOML, a wrapper's inner one nested; a summary stores it resolved.
+    let path = std::path::Path::new("run.toml");
+    let layer = TrainConfig::parse_toml(
+        "[optimizer]\nname = \"sam\"\nrho = 0.2\ninner = { name = \"adam\", beta1 = 0.95 }\n",
+        path,
+    )
+    .unwrap();
+    let cfg = TrainConfig::fresh(&[layer]).unwrap();
+    assert_eq!(cfg.optim.lr, 1e-3, "the inner optimizer's rate");
+    let stored = serde_json::to_value(&cfg).unwrap();
+    assert_eq!(stored["optimizer"]["name"], "sam");
+    assert_eq!(stored["optimizer"]["inner"]["beta1"], 0.95);
+    assert_eq!(stored["optimizer"]["inner"]["eps"], 1e-8);
+    assert_eq!(
+        TrainConfig::from_stored(&stored).unwrap(),
+        cfg,
+        "round trip"
+    );
+    // Unknown settings are named with the closest and the valid ones; so are a
+    // wrapper's inner ones, and a shared setting the optimizer does not read.
+    for (layer, want) in [
+        (
+            json!({"optimizer": {"name": "kfac", "dampin": 0.1}}),
+            vec![
+                "unknown setting 'dampin'",
+                "did you mean 'damping'",
+                "inv_every",
+            ],
+        ),
+        (
+            json!({"optimizer": {"name": "sam", "inner": {"name": "adam", "beta3": 0.1}}}),
+            vec!["optimizer adam", "unknown setting 'beta3'", "beta2"],
+        ),
+        (
+            json!({"optimizer": {"name": "sam", "inner": "asam"}}),
+            vec!["cannot wrap a wrapper"],
+        ),
+        (
+            json!({"optimizer": "lbfgs", "schedule": "cosine"}),
+            vec!["schedule", "not read by lbfgs"],
+        ),
+        (
+            json!({"optimizer": {"name": "kfac", "fisher": "exact"}}),
+            vec!["optimizer kfac", "exact", "gauss-newton"],
+        ),
+    ] {
+        let e = TrainConfig::fresh(&[layer]).unwrap_err().to_string();
+        for w in want {
+            assert!(e.contains(w), "{w} not in: {e}");
+        }
+    }
+    // A later layer naming another optimizer starts a fresh table.
+    let cfg = TrainConfig::fresh(&[
+        json!({"optimizer": {"name": "kfac", "damping": 0.1}}),
+        json!({"optimizer": "adam"}),
+    ])
+    .unwrap();
+    assert_eq!(cfg.optim.optimizer.name, "adam");
+    assert!(cfg.optim.optimizer.settings.get("damping").is_none());
+    // The flat keys of rules and optimizers are distinct, and optimizers that share one
+    // (`momentum`, `eps`) give it one type (one flag each).
+    let rules = futureprop::rule::all_settings();
+    let all = futureprop::optim::all_settings();
+    for (o, f) in &all {
+        for (p, g) in all.iter().filter(|(_, g)| g.legacy == f.legacy) {
+            assert_eq!(f.ty, g.ty, "{o} and {p} type {} differently", f.legacy);
+        }
+    }
+    for (o, f) in all {
+        assert!(
+            !rules.iter().any(|(_, r)| r.legacy == f.legacy),
+            "{o}'s {} is also a rule's flat key",
+            f.legacy
+        );
+    }
 }

@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use futureprop::data::{Dataset, Splits};
-use futureprop::optim::OPTIMIZERS;
+use futureprop::optim::REGISTRY as OPTIMIZERS;
 use futureprop::tensor::Tensor;
 use futureprop::train::{self, TrainConfig};
 use rand::{Rng, SeedableRng};
@@ -87,11 +87,7 @@ fn run(rule: &str, optimizer: &str, model: &str, splits: &Splits, out: &Path) ->
         batch_size: 32,
         quiet: true,
         out: Some(out.to_path_buf()),
-        optim: futureprop::optim::OptimizerConfig {
-            name: optimizer.into(),
-            lr: lr(optimizer),
-            ..Default::default()
-        },
+        optim: futureprop::optim::OptimizerConfig::new(optimizer, lr(optimizer)),
         ..TrainConfig::default()
     };
     let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -135,7 +131,7 @@ fn every_rule_optimizer_and_layer_kind_trains_or_is_refused_by_name() {
         .unwrap();
     for (kind, model) in models(t.path()) {
         for rule in &futureprop::rule::names() {
-            for (opt, _) in OPTIMIZERS {
+            for opt in OPTIMIZERS.iter().map(|s| s.name) {
                 let out = t.path().join(format!("{kind}-{rule}-{opt}"));
                 let o = pool.install(|| run(rule, opt, &model, &splits, &out));
                 let _ = std::fs::remove_dir_all(&out);
@@ -147,7 +143,7 @@ fn every_rule_optimizer_and_layer_kind_trains_or_is_refused_by_name() {
                     // with it; Adam is the optimizer every rule is benchmarked with.
                     // Elsewhere an approximate update need not lower the loss in three
                     // epochs (DRTP at SGD's step, FA under natural gradient): counted.
-                    Outcome::Trained(a, b) if *rule == "bp" || *opt == "adam" => {
+                    Outcome::Trained(a, b) if *rule == "bp" || opt == "adam" => {
                         flat.push(format!("{what}: {a} -> {b}"))
                     }
                     Outcome::Trained(..) => not_falling += 1,

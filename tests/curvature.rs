@@ -181,15 +181,7 @@ fn hessian_free_fits_a_teacher_network_in_a_few_steps() {
         loss: Loss::Mse,
     };
     let (f0, _) = net.evaluate(&p).unwrap();
-    let mut hf = build_optimizer(
-        &OptimizerConfig {
-            name: "hf".into(),
-            lr: 1.0,
-            ..Default::default()
-        },
-        30,
-    )
-    .unwrap();
+    let mut hf = build_optimizer(&OptimizerConfig::new("hf", 1.0), 30).unwrap();
     for _ in 0..30 {
         let (_, g) = net.evaluate(&p).unwrap();
         hf.step(
@@ -350,13 +342,9 @@ fn natural_gradient_trains_a_classifier() {
     .unwrap();
     let p = m.init_params(Init::XavierUniform, 0).unwrap();
     for blocks in ["diagonal", "layer"] {
-        let conf = OptimizerConfig {
-            name: "natgrad".into(),
-            lr: 0.01,
-            natgrad_blocks: blocks.into(),
-            natgrad_damping: if blocks == "layer" { 1e-2 } else { 1e-4 },
-            ..Default::default()
-        };
+        let conf = OptimizerConfig::new("natgrad", 0.01)
+            .with("blocks", blocks)
+            .with("damping", if blocks == "layer" { 1e-2 } else { 1e-4 });
         let mut p = p.clone();
         let mut opt = build_optimizer(&conf, 1000).unwrap();
         for epoch in 0..60 {

@@ -83,15 +83,7 @@ fn dni_with_a_zero_synthesizer_leaves_hidden_layers_unchanged_and_trains_the_syn
         let mut p = p0.clone();
         let mut r = build_rule(rule).unwrap();
         r.init(&m, &mut p, 0).unwrap();
-        let mut opt = build_optimizer(
-            &OptimizerConfig {
-                name: "sgd".into(),
-                lr: 0.1,
-                ..Default::default()
-            },
-            1,
-        )
-        .unwrap();
+        let mut opt = build_optimizer(&OptimizerConfig::new("sgd", 0.1), 1).unwrap();
         let out = r.step(&m, &p, &b, Loss::CrossEntropy).unwrap();
         let before = p.clone();
         opt.step(&mut p, &out.grads, &mut StepContext::empty())
@@ -519,15 +511,7 @@ fn forward_forward_ranks_the_true_label_first() {
         let mut ff: Box<dyn futureprop::rule::Rule> =
             Box::new(futureprop::rule::ForwardForward::new(&cfg).unwrap());
         ff.init(&m, &mut p, 1).unwrap();
-        let mut opt = build_optimizer(
-            &OptimizerConfig {
-                name: "adam".into(),
-                lr: 1e-3,
-                ..Default::default()
-            },
-            300,
-        )
-        .unwrap();
+        let mut opt = build_optimizer(&OptimizerConfig::new("adam", 1e-3), 300).unwrap();
         for s in 0..300 {
             let (x, y) = prototype_data(32, f, classes, s);
             let b = Batch {

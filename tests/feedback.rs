@@ -244,15 +244,7 @@ fn kolen_pollack_feedback_converges_to_w() {
         start > 60.0,
         "independent random matrices start near 90°: {start}"
     );
-    let mut opt = build_optimizer(
-        &OptimizerConfig {
-            name: "sgd".into(),
-            lr: 0.1,
-            ..Default::default()
-        },
-        1,
-    )
-    .unwrap();
+    let mut opt = build_optimizer(&OptimizerConfig::new("sgd", 0.1), 1).unwrap();
     for epoch in 0..250 {
         for b in Batches::new(&data, 32, true, 0, epoch) {
             let out = r.step(&model, &p, &b.unwrap(), Loss::CrossEntropy).unwrap();

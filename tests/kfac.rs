@@ -15,10 +15,8 @@ use futureprop::train::RuleObjective;
 
 fn config(fisher: FisherMode, inverse: InverseMethod, damping: f64) -> KfacConfig {
     KfacConfig {
-        lr: 1.0,
         momentum: 0.0,
         damping,
-        weight_decay: 0.0,
         decay: 0.0,
         cov_every: 1,
         inv_every: 1,
@@ -101,6 +99,8 @@ fn kronecker_factors_of_one_linear_layer_are_the_exact_gauss_newton_block() {
     let mut bp = build_rule("bp").unwrap();
     let mut k = Kfac::new(
         config(FisherMode::GaussNewton, InverseMethod::Eigen, 1e-3),
+        1.0,
+        0.0,
         Schedule::default(),
     )
     .unwrap();
@@ -137,6 +137,8 @@ fn undamped_step_solves_linear_least_squares_in_one_step() {
         let mut bp = build_rule("bp").unwrap();
         let mut k = Kfac::new(
             config(FisherMode::GaussNewton, inverse, 1e-16),
+            1.0,
+            0.0,
             Schedule::default(),
         )
         .unwrap();
@@ -165,6 +167,8 @@ fn sampled_output_factor_estimates_the_gauss_newton_factor() {
         let mut bp = build_rule("bp").unwrap();
         let mut k = Kfac::new(
             config(fisher, InverseMethod::Eigen, 1e-3),
+            1.0,
+            0.0,
             Schedule::default(),
         )
         .unwrap();
@@ -214,26 +218,22 @@ fn kfac_works_with_feedback_rules_and_beats_sgd_on_a_teacher() {
         }
         (first, r.step(&m, &p, &batch, Loss::Mse).unwrap().loss)
     };
+    // K-FAC at step size 0.5.
     let kcfg = KfacConfig {
-        lr: 0.5,
         damping: 1e-2,
         decay: 0.9,
         inv_every: 5,
         ..config(FisherMode::Sampled, InverseMethod::Eigen, 1e-2)
     };
     let mut sgd = futureprop::optim::build_optimizer(
-        &futureprop::optim::OptimizerConfig {
-            name: "momentum".into(),
-            lr: 0.05,
-            ..Default::default()
-        },
+        &futureprop::optim::OptimizerConfig::new("momentum", 0.05),
         41,
     )
     .unwrap();
     let (start, sgd_end) = run("bp", sgd.as_mut());
     let (_, kfac_end) = run(
         "bp",
-        &mut Kfac::new(kcfg.clone(), Schedule::default()).unwrap(),
+        &mut Kfac::new(kcfg.clone(), 0.5, 0.0, Schedule::default()).unwrap(),
     );
     assert!(
         kfac_end < 0.5 * sgd_end,
@@ -244,10 +244,11 @@ fn kfac_works_with_feedback_rules_and_beats_sgd_on_a_teacher() {
             let mut k = Kfac::new(
                 KfacConfig {
                     fisher,
-                    // Feedback errors are not the true gradient's: a smaller step.
-                    lr: 0.1,
                     ..kcfg.clone()
                 },
+                // Feedback errors are not the true gradient's: a smaller step.
+                0.1,
+                0.0,
                 Schedule::default(),
             )
             .unwrap();
@@ -267,20 +268,20 @@ fn kfac_state_round_trip_continues_identically_and_zero_gradients_are_finite() {
         x: rand_tensor(&[16, 5], 31, 1.0),
         target: Target::Classes((0..16).map(|r| r % 3).collect()),
     };
+    // Step size 0.1.
     let cfg = KfacConfig {
-        lr: 0.1,
         momentum: 0.9,
         decay: 0.9,
         inv_every: 2,
         ..config(FisherMode::Sampled, InverseMethod::Cholesky, 1e-2)
     };
     let mut bp = build_rule("bp").unwrap();
-    let mut a = Kfac::new(cfg.clone(), Schedule::default()).unwrap();
+    let mut a = Kfac::new(cfg.clone(), 0.1, 0.0, Schedule::default()).unwrap();
     let mut pa = p0.clone();
     for _ in 0..3 {
         step(bp.as_mut(), &mut a, &m, &mut pa, &batch, Loss::CrossEntropy);
     }
-    let mut b = Kfac::new(cfg.clone(), Schedule::default()).unwrap();
+    let mut b = Kfac::new(cfg.clone(), 0.1, 0.0, Schedule::default()).unwrap();
     b.load_state(&a.state()).unwrap();
     let mut pb = pa.clone();
     for _ in 0..3 {
@@ -300,6 +301,8 @@ fn kfac_state_round_trip_continues_identically_and_zero_gradients_are_finite() {
     let zero = out.grads.zeros_like();
     let mut k = Kfac::new(
         config(FisherMode::Empirical, InverseMethod::Cholesky, 1e-3),
+        1.0,
+        0.0,
         Schedule::default(),
     )
     .unwrap();
@@ -318,6 +321,8 @@ fn kfac_state_round_trip_continues_identically_and_zero_gradients_are_finite() {
 fn kfac_needs_a_trace_and_names_bad_settings() {
     let mut k = Kfac::new(
         config(FisherMode::Empirical, InverseMethod::Eigen, 1e-3),
+        1.0,
+        0.0,
         Schedule::default(),
     )
     .unwrap();
@@ -334,6 +339,8 @@ fn kfac_needs_a_trace_and_names_bad_settings() {
             inv_every: 0,
             ..config(FisherMode::Empirical, InverseMethod::Eigen, 1e-3)
         },
+        1.0,
+        0.0,
         Schedule::default(),
     );
     assert!(bad.is_err());
@@ -361,6 +368,8 @@ fn adaptive_kfac_picks_the_newton_step_on_least_squares_and_keeps_damping_in_sta
             adaptive: true,
             ..config(FisherMode::GaussNewton, InverseMethod::Cholesky, 1e-12)
         },
+        1.0,
+        0.0,
         Schedule::default(),
     )
     .unwrap();
@@ -379,6 +388,8 @@ fn adaptive_kfac_picks_the_newton_step_on_least_squares_and_keeps_damping_in_sta
             adaptive: true,
             ..config(FisherMode::GaussNewton, InverseMethod::Cholesky, 1.0)
         },
+        1.0,
+        0.0,
         Schedule::default(),
     )
     .unwrap();

@@ -12,7 +12,7 @@
 
 use futureprop::nn::{Grads, Params};
 use futureprop::optim::{
-    OPTIMIZERS, Objective, OptimizerConfig, Schedule, StepContext, build_optimizer,
+    Objective, OptimizerConfig, REGISTRY, Schedule, StepContext, build_optimizer,
 };
 use futureprop::tensor::Tensor;
 
@@ -21,11 +21,7 @@ use futureprop::tensor::Tensor;
 const NEEDS_TRACE: &[&str] = &["natgrad", "kfac"];
 
 fn cfg(name: &str, lr: f64) -> OptimizerConfig {
-    OptimizerConfig {
-        name: name.into(),
-        lr,
-        ..Default::default()
-    }
+    OptimizerConfig::new(name, lr)
 }
 
 fn params(v: &[f64]) -> Params {
@@ -97,20 +93,15 @@ fn fixtures() -> Vec<(&'static str, OptimizerConfig, [f64; 3], f64)> {
         ),
         (
             "rmsprop centred, momentum 0.9, lr 0.01",
-            OptimizerConfig {
-                centered: true,
-                rms_momentum: 0.9,
-                ..cfg("rmsprop", 0.01)
-            },
+            cfg("rmsprop", 0.01)
+                .with("centered", true)
+                .with("momentum", 0.9),
             [0.40634556459129023, -1.4021013124504371, 1.7186976243423462],
             1e-12,
         ),
         (
             "adagrad eps 1e-10",
-            OptimizerConfig {
-                eps: 1e-10,
-                ..cfg("adagrad", 0.1)
-            },
+            cfg("adagrad", 0.1).with("eps", 1e-10),
             [0.49701425009100375, -1.4928476691212844, 1.810557280946675],
             1e-12,
         ),
@@ -128,10 +119,7 @@ fn fixtures() -> Vec<(&'static str, OptimizerConfig, [f64; 3], f64)> {
         ),
         (
             "lars wd 0.01 trust 0.5",
-            OptimizerConfig {
-                trust_coefficient: Some(0.5),
-                ..wd(cfg("lars", 0.1))
-            },
+            wd(cfg("lars", 0.1)).with("trust_coefficient", 0.5),
             [0.4907349704178162, -1.436484903135428, 1.72087705837925],
             1e-12,
         ),
@@ -263,32 +251,39 @@ fn minimise(conf: &OptimizerConfig, f: F, gn: Gn, hv: Gn, start: &[f64], steps: 
     p.get("w").unwrap().to_vec_f64()
 }
 
-/// Settings per optimizer for the convergence table (cosine decay to 0 for all).
+/// Settings per optimizer for the convergence table (cosine decay to 0 for all that
+/// take a schedule; L-BFGS and Hessian-free choose their own step).
 fn tuned(name: &str, lr: f64) -> OptimizerConfig {
     let mut c = cfg(name, lr);
-    c.schedule = "cosine".into();
+    let spec = futureprop::optim::spec(name).unwrap();
+    if spec.wraps || spec.reads.contains(&"schedule") {
+        c.schedule = "cosine".into();
+    }
     match name {
-        "lars" => c.trust_coefficient = Some(0.02),
-        "lamb" => c.trust_coefficient = Some(0.05),
+        "lars" => c.with("trust_coefficient", 0.02),
+        "lamb" => c.with("trust_coefficient", 0.05),
         // SAM minimises the worst loss within radius ρ, whose minimiser is not the
         // function's in a curved valley; a small ρ keeps the two close.
-        "sam" | "asam" => c.sam_rho = 1e-3,
-        _ => {}
+        "sam" | "asam" => c.with("rho", 1e-3),
+        _ => c,
     }
-    c
 }
 
 #[test]
 fn every_optimizer_converges_on_an_ill_conditioned_quadratic() {
     let c = [1.0, -2.0, 0.5, 3.0];
-    for (name, _) in OPTIMIZERS.iter().filter(|(n, _)| !NEEDS_TRACE.contains(n)) {
-        let lr = match *name {
+    for name in REGISTRY
+        .iter()
+        .map(|s| s.name)
+        .filter(|n| !NEEDS_TRACE.contains(n))
+    {
+        let lr = match name {
             "adam" | "adamw" | "nadam" | "lion" => 0.05,
             "lars" | "lamb" | "hf" | "lbfgs" => 1.0,
             "adagrad" => 0.5,
             _ => 0.1,
         };
-        let steps = if matches!(*name, "hf" | "lbfgs") {
+        let steps = if matches!(name, "hf" | "lbfgs") {
             100
         } else {
             3000
@@ -312,15 +307,19 @@ fn every_optimizer_converges_on_an_ill_conditioned_quadratic() {
 
 #[test]
 fn every_optimizer_reaches_the_rosenbrock_minimum() {
-    for (name, _) in OPTIMIZERS.iter().filter(|(n, _)| !NEEDS_TRACE.contains(n)) {
-        let lr = match *name {
+    for name in REGISTRY
+        .iter()
+        .map(|s| s.name)
+        .filter(|n| !NEEDS_TRACE.contains(n))
+    {
+        let lr = match name {
             "momentum" | "nesterov" => 2e-4,
             "hf" | "lbfgs" => 1.0,
             "adam" | "adamw" | "nadam" | "rmsprop" | "lion" => 0.01,
             "adagrad" | "lars" | "lamb" => 0.5,
             _ => 1e-3,
         };
-        let steps = if matches!(*name, "hf" | "lbfgs") {
+        let steps = if matches!(name, "hf" | "lbfgs") {
             200
         } else {
             40_000
@@ -341,7 +340,11 @@ fn every_optimizer_reaches_the_rosenbrock_minimum() {
 #[test]
 fn no_optimizer_produces_nan_on_zero_gradients() {
     // natgrad needs a network's trace; it has its own tests in tests/curvature.rs.
-    for (name, _) in OPTIMIZERS.iter().filter(|(n, _)| !NEEDS_TRACE.contains(n)) {
+    for name in REGISTRY
+        .iter()
+        .map(|s| s.name)
+        .filter(|n| !NEEDS_TRACE.contains(n))
+    {
         let mut opt = build_optimizer(&cfg(name, 0.1), 10).unwrap();
         let mut p = params(&[0.5, -1.5, 2.0]);
         let mut obj = Fun(
@@ -370,14 +373,7 @@ fn amsgrad_uses_the_largest_second_moment() {
     // A large gradient then a small one: v shrinks, AMSGrad keeps the maximum.
     // PyTorch 2.15: torch.optim.Adam(lr=0.1, amsgrad=True), g₁ = [1, −2, 3], g₂ = [0.01, 0.02, −0.03].
     let want = [0.33228355101282037, -1.3337718236707254, 1.8337718233479965];
-    let mut opt = build_optimizer(
-        &OptimizerConfig {
-            amsgrad: true,
-            ..cfg("adam", 0.1)
-        },
-        10,
-    )
-    .unwrap();
+    let mut opt = build_optimizer(&cfg("adam", 0.1).with("amsgrad", true), 10).unwrap();
     let mut p = params(&[0.5, -1.5, 2.0]);
     for g in [[1.0, -2.0, 3.0], [0.01, 0.02, -0.03]] {
         opt.step(&mut p, &params(&g), &mut StepContext::empty())
@@ -392,11 +388,7 @@ fn amsgrad_uses_the_largest_second_moment() {
 fn sam_with_zero_radius_is_its_inner_optimizer_and_needs_an_objective() {
     let g = params(&[0.1, -0.2, 0.3]);
     for name in ["sam", "asam"] {
-        let conf = OptimizerConfig {
-            sam_rho: 0.0,
-            inner: "adam".into(),
-            ..cfg(name, 0.1)
-        };
+        let conf = cfg(name, 0.1).with("rho", 0.0).with("inner", "adam");
         let mut sam = build_optimizer(&conf, 10).unwrap();
         let mut adam = build_optimizer(&cfg("adam", 0.1), 10).unwrap();
         let (mut p, mut q) = (params(&[0.5, -1.5, 2.0]), params(&[0.5, -1.5, 2.0]));
@@ -420,11 +412,7 @@ fn sam_with_zero_radius_is_its_inner_optimizer_and_needs_an_objective() {
         assert!(e.contains("objective"), "{e}");
     }
     // With ρ > 0 SAM steps with the gradient at θ + ρg/‖g‖; for f = ½‖θ‖² that gradient is θ + ρg/‖g‖.
-    let conf = OptimizerConfig {
-        sam_rho: 0.5,
-        inner: "sgd".into(),
-        ..cfg("sam", 1.0)
-    };
+    let conf = cfg("sam", 1.0).with("rho", 0.5).with("inner", "sgd");
     let mut sam = build_optimizer(&conf, 10).unwrap();
     let mut p = params(&[3.0, 4.0, 0.0]);
     let mut obj = Fun(half_square, identity_gn, identity_gn);
@@ -443,16 +431,7 @@ fn sam_with_zero_radius_is_its_inner_optimizer_and_needs_an_objective() {
         (got[0] + 0.3).abs() < 1e-12 && (got[1] + 0.4).abs() < 1e-12,
         "{got:?}"
     );
-    assert!(
-        build_optimizer(
-            &OptimizerConfig {
-                inner: "sam".into(),
-                ..cfg("sam", 0.1)
-            },
-            1
-        )
-        .is_err()
-    );
+    assert!(build_optimizer(&cfg("sam", 0.1).with("inner", "sam"), 1).is_err());
 }
 
 #[test]
@@ -569,13 +548,7 @@ fn bad_hyperparameters_are_rejected_with_names() {
         .to_string();
     assert!(e.contains("invalid lr: -1") && e.contains("> 0"), "{e}");
     for (conf, want) in [
-        (
-            OptimizerConfig {
-                beta2: 1.0,
-                ..cfg("adam", 0.1)
-            },
-            "invalid beta2: 1",
-        ),
+        (cfg("adam", 0.1).with("beta2", 1.0), "invalid beta2: 1"),
         (
             OptimizerConfig {
                 weight_decay: f64::NAN,
@@ -591,10 +564,7 @@ fn bad_hyperparameters_are_rejected_with_names() {
             "invalid clip_norm (--clip-norm): 0",
         ),
         (
-            OptimizerConfig {
-                kfac_inv_every: 0,
-                ..cfg("kfac", 0.1)
-            },
+            cfg("kfac", 0.1).with("inv_every", 0),
             "invalid kfac_inv_every (--kfac-inv-every): 0",
         ),
     ] {
@@ -622,10 +592,7 @@ fn no_decay_on_bias_exempts_biases() {
 
 #[test]
 fn lbfgs_reaches_the_rosenbrock_minimum_to_1e_8() {
-    let conf = OptimizerConfig {
-        lbfgs_history: 10,
-        ..cfg("lbfgs", 1.0)
-    };
+    let conf = cfg("lbfgs", 1.0).with("history", 10);
     let mut opt = build_optimizer(&conf, 100).unwrap();
     let mut p = params(&[-1.2, 1.0]);
     let mut obj = Fun(rosenbrock, rosenbrock_gn, rosenbrock_hv);
@@ -665,10 +632,7 @@ fn sophia_clips_each_coordinate_step_to_the_learning_rate() {
     // Far from the minimum of ½‖θ‖², m/max(γh, ε) is huge, so every coordinate moves by
     // exactly η·sign(m): θ = (100, −100, 0) → (99.5, −99.5, 0) with η = 0.5.
     for estimator in ["hutchinson", "gauss-newton"] {
-        let conf = OptimizerConfig {
-            sophia_estimator: estimator.into(),
-            ..cfg("sophia", 0.5)
-        };
+        let conf = cfg("sophia", 0.5).with("estimator", estimator);
         let mut opt = build_optimizer(&conf, 10).unwrap();
         let mut p = params(&[100.0, -100.0, 0.0]);
         let mut obj = Fun(half_square, identity_gn, identity_gn);
@@ -688,16 +652,7 @@ fn sophia_clips_each_coordinate_step_to_the_learning_rate() {
             "{estimator}"
         );
     }
-    assert!(
-        build_optimizer(
-            &OptimizerConfig {
-                sophia_estimator: "magic".into(),
-                ..cfg("sophia", 0.1)
-            },
-            1
-        )
-        .is_err()
-    );
+    assert!(build_optimizer(&cfg("sophia", 0.1).with("estimator", "magic"), 1).is_err());
 }
 
 #[test]

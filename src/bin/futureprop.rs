@@ -263,8 +263,16 @@ struct TrainArgs {
     diag_every: Option<u64>,
     /// Optimizer (see `futureprop optimizers`) [default: adam].
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip)]
     optimizer: Option<String>,
+    /// The optimizer's own settings KEY=VALUE[,KEY=VALUE...], repeatable: `--optimizer
+    /// kfac --optimizer-opt damping=0.01,fisher=empirical`; a wrapper's inner optimizer
+    /// as `inner=adam,inner.beta1=0.95` (`futureprop optimizers show NAME` lists them; a
+    /// config file's [optimizer] table takes the same keys). The flat flags of earlier
+    /// versions (`--kfac-damping 0.01`, `--beta1 0.95`) still work.
+    #[arg(long = "optimizer-opt", value_name = "KEY=VALUE,...")]
+    #[serde(skip)]
+    optimizer_opt: Vec<String>,
     /// Parameter-group settings PATTERN:key=value,... (keys lr_scale, weight_decay; `*`
     /// globs over parameter names, e.g. '*.bias:weight_decay=0'); repeatable; replaces a
     /// config file's [[param_groups]].
@@ -322,8 +330,10 @@ struct TrainArgs {
     techniques: TechniqueArgs,
 }
 
-/// `--rule NAME` and `--rule-opt KEY=VALUE,...` as the layer's `rule` table.
-fn rule_layer(name: Option<&str>, opts: &[String]) -> Result<Option<serde_json::Value>> {
+/// `--rule NAME` / `--optimizer NAME` and their `-opt KEY=VALUE,...` as the layer's
+/// `rule` / `optimizer` table; a dotted key (`inner.beta1`) sets a nested table's.
+fn choice_layer(name: Option<&str>, opts: &[String]) -> Result<Option<serde_json::Value>> {
+    use serde_json::Value;
     if name.is_none() && opts.is_empty() {
         return Ok(None);
     }
@@ -337,16 +347,44 @@ fn rule_layer(name: Option<&str>, opts: &[String]) -> Result<Option<serde_json::
         .filter(|o| !o.trim().is_empty())
     {
         let (k, v) = futureprop::settings::parse_assignment(o)?;
-        t.insert(k, v);
+        match k.split_once('.') {
+            None => {
+                t.insert(k, v);
+            }
+            Some((outer, inner)) => {
+                let slot = t
+                    .entry(outer.to_string())
+                    .or_insert_with(|| Value::Object(Default::default()));
+                if let Value::String(n) = slot {
+                    // `inner=adam,inner.beta1=0.95`: the name becomes the table's.
+                    *slot = serde_json::json!({ "name": n.clone() });
+                }
+                match slot {
+                    Value::Object(o) => {
+                        o.insert(inner.to_string(), v);
+                    }
+                    other => {
+                        return Err(Error::config(
+                            "setting",
+                            format!("'{o}': {outer} is {other}, not a table"),
+                        ));
+                    }
+                }
+            }
+        }
     }
-    Ok(Some(serde_json::Value::Object(t)))
+    Ok(Some(Value::Object(t)))
 }
 
-/// The flat flags of the rules' settings (`--pc-steps`), one per flat key, as
-/// earlier versions had them: accepted, not shown in `--help` (`--rule-opt` is).
-fn rule_fields() -> Vec<futureprop::settings::Field> {
+/// The flat flags of the rules' and optimizers' own settings (`--pc-steps`,
+/// `--kfac-damping`), one per flat key, as earlier versions had them: accepted, not
+/// shown in `--help` (`--rule-opt` and `--optimizer-opt` are).
+fn legacy_fields() -> Vec<futureprop::settings::Field> {
     let mut out: Vec<futureprop::settings::Field> = Vec::new();
-    for (_, f) in futureprop::rule::all_settings() {
+    let all = futureprop::rule::all_settings()
+        .into_iter()
+        .chain(futureprop::optim::all_settings());
+    for (_, f) in all {
         if !out.iter().any(|o| o.legacy == f.legacy) {
             out.push(f);
         }
@@ -354,12 +392,12 @@ fn rule_fields() -> Vec<futureprop::settings::Field> {
     out
 }
 
-/// The settings with a generated flag each: every field of the rule, optimizer and
-/// pretraining settings structs except the optimizer's name (`--optimizer`) and its
-/// parameter groups (`--param-group`).
+/// The settings with a generated flag each: the flat keys of the techniques' own
+/// settings (hidden), the optimizers' shared settings except the name (`--optimizer`)
+/// and parameter groups (`--param-group`), and the pretraining's.
 fn technique_fields() -> Vec<futureprop::settings::Field> {
     use futureprop::settings::Described;
-    let mut f = rule_fields();
+    let mut f = legacy_fields();
     f.extend(
         futureprop::optim::OptimizerConfig::fields()
             .into_iter()
@@ -384,6 +422,10 @@ fn help_text(f: &futureprop::settings::Field) -> String {
     let default = match &f.default {
         serde_json::Value::Null => "none".to_string(),
         serde_json::Value::String(s) => s.clone(),
+        // A tagged table at its defaults: its name.
+        serde_json::Value::Object(o) if o.len() == 1 && o.contains_key("name") => {
+            o["name"].as_str().unwrap_or_default().to_string()
+        }
         v => v.to_string(),
     };
     format!("{doc} [default: {default}]")
@@ -426,13 +468,13 @@ impl clap::FromArgMatches for TechniqueArgs {
 impl clap::Args for TechniqueArgs {
     fn augment_args(mut cmd: clap::Command) -> clap::Command {
         use clap::{Arg, ArgAction, value_parser};
-        let rule_flags: Vec<String> = rule_fields().into_iter().map(|f| f.legacy).collect();
+        let hidden: Vec<String> = legacy_fields().into_iter().map(|f| f.legacy).collect();
         for f in technique_fields() {
             let arg = Arg::new(f.legacy.clone())
                 .long(f.legacy.replace('_', "-"))
                 .value_name(f.legacy.to_uppercase())
                 .help(help_text(&f))
-                .hide(rule_flags.contains(&f.legacy))
+                .hide(hidden.contains(&f.legacy))
                 .help_heading("Optimizer and pretraining settings");
             let arg = match f.ty {
                 "usize" | "u64" | "Option<u64>" => arg.value_parser(value_parser!(u64)),
@@ -481,8 +523,11 @@ fn train_cmd(args: &TrainArgs) -> Result<()> {
     if args.quiet {
         flags["quiet"] = true.into();
     }
-    if let Some(rule) = rule_layer(args.rule.as_deref(), &args.rule_opt)? {
+    if let Some(rule) = choice_layer(args.rule.as_deref(), &args.rule_opt)? {
         flags["rule"] = rule;
+    }
+    if let Some(o) = choice_layer(args.optimizer.as_deref(), &args.optimizer_opt)? {
+        flags["optimizer"] = o;
     }
     layers.push(flags);
     let cfg = if resume.is_some() {
@@ -676,40 +721,55 @@ fn data_cmd(cmd: &DataCommand) -> Result<()> {
 
 /// The optimizers with the learning rate each uses when none is given.
 fn optimizers_cmd() -> Result<()> {
-    for (n, d) in futureprop::optim::OPTIMIZERS {
-        let lr = match *n {
-            "sam" | "asam" => "inner's".to_string(),
-            _ => format!("{:e}", futureprop::optim::default_lr(n)),
+    for s in futureprop::optim::REGISTRY {
+        let lr = match s.lr {
+            Some(lr) => format!("{lr:e}"),
+            None => "inner's".to_string(),
         };
-        out!("{n:<10} lr {lr:<8} {d}");
+        out!("{:<10} lr {lr:<8} {} ({})", s.name, s.summary, s.paper);
     }
     Ok(())
 }
 
-/// One technique: its line, then each of its settings with flag, type, default and doc.
-fn show_cmd(
-    kind: &'static str,
-    name: &str,
-    table: &[(&str, &str)],
-    settings_of: fn(&str) -> Vec<futureprop::settings::Field>,
-) -> Result<()> {
-    let Some((n, summary)) = table.iter().find(|(n, _)| *n == name) else {
-        let known: Vec<&str> = table.iter().map(|(n, _)| *n).collect();
-        return Err(Error::unknown(kind, name, &known));
-    };
-    out!("{n}: {summary}");
-    let fields = settings_of(n);
-    if kind == "optimizer" && !matches!(*n, "sam" | "asam") {
+/// A technique's settings, one line each: key, flat flag, type, default and doc.
+fn settings_lines(fields: &[futureprop::settings::Field]) -> Result<()> {
+    for f in fields {
         out!(
-            "  default learning rate {:e}",
-            futureprop::optim::default_lr(n)
+            "  {:<17} {:<22} {:<13} {}",
+            f.key,
+            f.flag(),
+            f.ty,
+            help_text(f)
         );
     }
+    Ok(())
+}
+
+/// One optimizer: its line, default rate, own settings and the shared ones it reads.
+fn optimizer_show_cmd(name: &str) -> Result<()> {
+    let s = futureprop::optim::spec(name)?;
+    out!("{}: {} ({})", s.name, s.summary, s.paper);
+    match s.lr {
+        Some(lr) => out!("  default learning rate {lr:e}"),
+        None => out!("  default learning rate: the inner optimizer's"),
+    }
+    let fields = (s.settings)();
     if fields.is_empty() {
         out!("  no settings of its own");
+    } else {
+        out!("  settings (--optimizer-opt KEY=VALUE, or [optimizer] in a config file):");
     }
-    for f in &fields {
-        out!("  {:<26} {:<12} {}", f.flag(), f.ty, help_text(f));
+    settings_lines(&fields)?;
+    if s.wraps {
+        out!("  shared settings: those of the inner optimizer");
+    } else {
+        out!(
+            "  shared settings it reads: --lr{}",
+            s.reads
+                .iter()
+                .map(|r| format!(", --{}", r.replace('_', "-")))
+                .collect::<String>()
+        );
     }
     Ok(())
 }
@@ -742,16 +802,7 @@ fn rule_show_cmd(name: &str) -> Result<()> {
     } else {
         out!("  settings (--rule-opt KEY=VALUE, or [rule] in a config file):");
     }
-    for f in &fields {
-        out!(
-            "  {:<14} {:<20} {:<12} {}",
-            f.key,
-            f.flag(),
-            f.ty,
-            help_text(f)
-        );
-    }
-    Ok(())
+    settings_lines(&fields)
 }
 
 fn main() -> ExitCode {
@@ -806,12 +857,7 @@ fn main() -> ExitCode {
         } => rule_show_cmd(name),
         Command::Optimizers {
             command: Some(ShowCommand::Show { name }),
-        } => show_cmd(
-            "optimizer",
-            name,
-            futureprop::optim::OPTIMIZERS,
-            futureprop::optim::settings_of,
-        ),
+        } => optimizer_show_cmd(name),
         Command::Data { command } => data_cmd(command),
         Command::Diagnose {
             checkpoint,

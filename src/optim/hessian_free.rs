@@ -222,3 +222,38 @@ impl Optimizer for HessianFree {
         Ok(())
     }
 }
+
+crate::settings_struct! {
+    /// Hessian-free optimisation (Martens 2010).
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct HfSettings {
+        /// Initial Tikhonov damping λ (adapted by the Levenberg–Marquardt rule).
+        pub damping: f64 = 1.0,
+        /// Maximum CG iterations per step.
+        pub max_cg: usize = 50,
+    }
+}
+
+impl crate::settings::Settings for HfSettings {
+    fn validate(&self) -> Result<()> {
+        use crate::settings::{Range, at_least, real};
+        real("damping", self.damping, Range::Positive)?;
+        at_least("max_cg", self.max_cg as u64, 1)
+    }
+}
+
+/// Hessian-free.
+pub const HF: super::OptimizerSpec = super::OptimizerSpec {
+    name: "hf",
+    summary: "Hessian-free: CG on damped Gauss–Newton products, LM damping",
+    paper: "Martens 2010",
+    settings: <HfSettings as crate::settings::Described>::fields,
+    lr: Some(1.0),
+    reads: &[],
+    build: |cfg, _| {
+        let s: HfSettings = super::own(cfg)?;
+        Ok(Box::new(HessianFree::new(cfg.lr, s.damping, s.max_cg)))
+    },
+    ..super::OptimizerSpec::DEFAULT
+};

@@ -41,7 +41,8 @@ use crate::nn::{Grads, Loss, Params, Trace};
 use crate::tensor::{Tensor, Unary};
 
 /// Where K-FAC's output-side factor G comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum FisherMode {
     /// Errors of the true targets (empirical Fisher).
     Empirical,
@@ -67,7 +68,8 @@ impl FisherMode {
 }
 
 /// How damped factors are inverted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum InverseMethod {
     /// Cholesky factorisation of the damped factor.
     Cholesky,
@@ -89,39 +91,81 @@ impl InverseMethod {
     }
 }
 
-/// K-FAC hyperparameters.
-#[derive(Debug, Clone)]
-pub struct KfacConfig {
-    /// Step size η.
-    pub lr: f64,
-    /// Heavy-ball momentum μ.
-    pub momentum: f64,
-    /// Tikhonov damping λ.
-    pub damping: f64,
-    /// L2 weight decay (added to the gradient and to the damping).
-    pub weight_decay: f64,
-    /// EMA decay of the factors.
-    pub decay: f64,
-    /// Steps between factor updates.
-    pub cov_every: u64,
-    /// Steps between inverse refreshes.
-    pub inv_every: u64,
-    /// KL-clipping bound κ (0 = off).
-    pub kl_clip: f64,
-    /// Source of G.
-    pub fisher: FisherMode,
-    /// Factor inversion.
-    pub inverse: InverseMethod,
-    /// Seed of the sampled targets.
-    pub seed: u64,
-    /// Martens & Grosse's step-size and momentum choice (§7) and Levenberg–Marquardt
-    /// damping adaptation (§6.5): α, μ minimise the exact damped Gauss–Newton quadratic
-    /// model along the K-FAC direction and the previous update (two Gauss–Newton products
-    /// per step); every 5 steps λ ← λ·ω (ρ > ¾) or λ/ω (ρ < ¼), ω = (19/20)⁵, from the
-    /// reduction ratio ρ. `lr` then scales the chosen update (1 = the paper) and
-    /// `momentum`/`kl_clip` are not used.
-    pub adaptive: bool,
+crate::settings_struct! {
+    /// K-FAC's own settings (the rate and weight decay are the run's shared ones).
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct KfacConfig {
+        /// Heavy-ball momentum μ on the preconditioned step.
+        pub momentum: f64 = 0.9,
+        /// Tikhonov damping λ (factored, π-corrected); 1e-3 diverged in the first MNIST
+        /// steps, when the factors come from one batch.
+        #[legacy = "kfac_damping"]
+        pub damping: f64 = 0.03,
+        /// EMA decay of the factors.
+        #[legacy = "curvature_decay"]
+        pub decay: f64 = 0.95,
+        /// Steps between factor updates.
+        #[legacy = "kfac_cov_every"]
+        pub cov_every: u64 = 1,
+        /// Steps between inverse refreshes.
+        #[legacy = "kfac_inv_every"]
+        pub inv_every: u64 = 20,
+        /// KL-clipping bound κ (Ba et al. 2017); 0: off.
+        #[legacy = "kfac_kl_clip"]
+        pub kl_clip: f64 = 0.0,
+        /// Source of G: `sampled` (targets from the model, the paper's), `empirical` or
+        /// `gauss-newton` (exact, one backward pass per output).
+        #[legacy = "kfac_fisher"]
+        pub fisher: FisherMode = FisherMode::Sampled,
+        /// Factor inversion: `cholesky` or `eigen` (1.4× faster per refresh here; clamps
+        /// negative eigenvalues of rank-deficient factors).
+        #[legacy = "kfac_inverse"]
+        pub inverse: InverseMethod = InverseMethod::Cholesky,
+        /// Seed of the sampled targets.
+        #[legacy = "kfac_seed"]
+        pub seed: u64 = 0,
+        /// Martens & Grosse's step-size and momentum choice (§7) and Levenberg–Marquardt
+        /// damping adaptation (§6.5): α, μ minimise the exact damped Gauss–Newton
+        /// quadratic model along the K-FAC direction and the previous update (two
+        /// Gauss–Newton products per step); every 5 steps λ ← λ·ω (ρ > ¾) or λ/ω
+        /// (ρ < ¼), ω = (19/20)⁵, from the reduction ratio ρ. `lr` then scales the
+        /// chosen update (1 = the paper) and `momentum`/`kl_clip` are not used.
+        #[legacy = "kfac_adaptive"]
+        pub adaptive: bool = false,
+    }
 }
+
+impl crate::settings::Settings for KfacConfig {
+    fn validate(&self) -> Result<()> {
+        use crate::settings::{Range, at_least, real};
+        real("momentum", self.momentum, Range::Fraction)?;
+        real("kfac_damping", self.damping, Range::Positive)?;
+        real("curvature_decay", self.decay, Range::Fraction)?;
+        at_least("kfac_cov_every", self.cov_every, 1)?;
+        at_least("kfac_inv_every", self.inv_every, 1)?;
+        real("kfac_kl_clip", self.kl_clip, Range::NonNegative)
+    }
+}
+
+/// K-FAC.
+pub const KFAC: super::OptimizerSpec = super::OptimizerSpec {
+    name: "kfac",
+    summary: "K-FAC: Kronecker-factored Fisher blocks A⊗G per layer, damped inverses",
+    paper: "Martens & Grosse 2015",
+    settings: <KfacConfig as crate::settings::Described>::fields,
+    reads: &["schedule", "weight_decay"],
+    build: |cfg, n| {
+        let s: KfacConfig = super::own(cfg)?;
+        Ok(Box::new(Kfac::new(
+            s,
+            cfg.lr,
+            cfg.weight_decay,
+            Schedule::parse(&cfg.schedule, n)?,
+        )?))
+    },
+    ..super::OptimizerSpec::DEFAULT
+};
 
 /// One Linear layer K-FAC handles: its name and whether it has a bias.
 #[derive(Debug, Clone, PartialEq)]
@@ -314,6 +358,8 @@ pub fn damped_inverse(f: &Tensor, shift: f64, method: InverseMethod) -> Result<T
 /// The K-FAC optimizer.
 pub struct Kfac {
     cfg: KfacConfig,
+    lr: f64,
+    weight_decay: f64,
     schedule: Schedule,
     /// `a/{layer}`, `g/{layer}`: factor EMAs; `ai/{layer}`, `gi/{layer}`: damped inverses;
     /// `v/{param}`: momentum buffers.
@@ -324,8 +370,9 @@ pub struct Kfac {
 }
 
 impl Kfac {
-    /// K-FAC with the given settings and learning-rate schedule.
-    pub fn new(cfg: KfacConfig, schedule: Schedule) -> Result<Self> {
+    /// K-FAC with the given settings, step size η, L2 weight decay (added to the
+    /// gradient and to the damping) and learning-rate schedule.
+    pub fn new(cfg: KfacConfig, lr: f64, weight_decay: f64, schedule: Schedule) -> Result<Self> {
         if !(cfg.damping.is_finite() && cfg.damping >= 0.0) {
             return Err(Error::config(
                 "kfac damping",
@@ -345,6 +392,8 @@ impl Kfac {
             lambda: cfg.damping,
             cfg,
             schedule,
+            lr,
+            weight_decay,
             state: Params::new(),
             step: 0,
         })
@@ -371,7 +420,7 @@ impl Kfac {
                 "adaptive kfac evaluates Gauss–Newton products and needs the objective",
             )
         })?;
-        let lam = self.lambda + self.cfg.weight_decay;
+        let lam = self.lambda + self.weight_decay;
         let mut prev = Grads::new();
         for (n, _) in dir.iter() {
             if let Ok(d) = self.state.get(&format!("d/{n}")) {
@@ -407,7 +456,7 @@ impl Kfac {
         }
         // M(δ) at the minimiser: ½(αb₁ + μb₂).
         let predicted = 0.5 * (alpha * b1 + mu * b2);
-        let scale = self.cfg.lr * self.schedule.factor(self.step);
+        let scale = self.lr * self.schedule.factor(self.step);
         let mut delta = Grads::new();
         for (n, d) in dir.iter() {
             let mut v = d.scale(alpha * scale);
@@ -527,7 +576,7 @@ impl Kfac {
     }
 
     fn refresh_inverses(&mut self, blocks: &[LinearBlock]) -> Result<()> {
-        let gamma = (self.lambda + self.cfg.weight_decay).sqrt();
+        let gamma = (self.lambda + self.weight_decay).sqrt();
         for b in blocks {
             let Some((a, g)) = self.factors(&b.name) else {
                 continue;
@@ -610,7 +659,7 @@ impl Optimizer for Kfac {
         if t.is_multiple_of(self.cfg.inv_every) || missing {
             self.refresh_inverses(&blocks)?;
         }
-        let wd = self.cfg.weight_decay;
+        let wd = self.weight_decay;
         let mut update = Grads::new();
         for (n, g) in grads.iter() {
             let mut g = g.clone();
@@ -649,7 +698,7 @@ impl Optimizer for Kfac {
             self.step += 1;
             return Ok(());
         }
-        let lr = self.cfg.lr * self.schedule.factor(t);
+        let lr = self.lr * self.schedule.factor(t);
         let mut nu = 1.0;
         if self.cfg.kl_clip > 0.0 {
             let vg = update.dot(&raw)?;
@@ -675,7 +724,7 @@ impl Optimizer for Kfac {
     }
 
     fn learning_rate(&self) -> f64 {
-        self.cfg.lr * self.schedule.factor(self.step)
+        self.lr * self.schedule.factor(self.step)
     }
 
     fn state(&self) -> OptimizerState {

@@ -182,6 +182,11 @@ impl Optimizer for Lbfgs {
         "lbfgs"
     }
 
+    fn state_copies(&self) -> u64 {
+        // m pairs (s, y), the last gradient and the last parameters.
+        2 * self.history as u64 + 2
+    }
+
     fn step(&mut self, params: &mut Params, grads: &Grads, ctx: &mut StepContext) -> Result<()> {
         let obj = ctx.objective.as_mut().ok_or_else(|| {
             Error::config(
@@ -268,3 +273,36 @@ impl Optimizer for Lbfgs {
         Ok(())
     }
 }
+
+crate::settings_struct! {
+    /// L-BFGS (Liu & Nocedal 1989).
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct LbfgsSettings {
+        /// History length m: the (s, y) pairs kept.
+        #[legacy = "lbfgs_history"]
+        pub history: usize = 10,
+    }
+}
+
+impl crate::settings::Settings for LbfgsSettings {
+    fn validate(&self) -> Result<()> {
+        crate::settings::at_least("lbfgs_history", self.history as u64, 1)
+    }
+}
+
+/// L-BFGS.
+pub const LBFGS: super::OptimizerSpec = super::OptimizerSpec {
+    name: "lbfgs",
+    summary: "L-BFGS: two-loop recursion with strong-Wolfe line search",
+    paper: "Liu & Nocedal 1989",
+    settings: <LbfgsSettings as crate::settings::Described>::fields,
+    // The line search takes a Newton-like step from α = 1.
+    lr: Some(1.0),
+    reads: &[],
+    build: |cfg, _| {
+        let s: LbfgsSettings = super::own(cfg)?;
+        Ok(Box::new(Lbfgs::new(cfg.lr, s.history)))
+    },
+    ..super::OptimizerSpec::DEFAULT
+};

@@ -224,3 +224,61 @@ impl Optimizer for NaturalGradient {
         Ok(())
     }
 }
+
+crate::settings_struct! {
+    /// Natural gradient with the empirical Fisher (Amari 1998).
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct NatgradSettings {
+        /// Damping λ added to the Fisher.
+        #[legacy = "natgrad_damping"]
+        pub damping: f64 = 1e-4,
+        /// Shape of the Fisher: `diagonal` or `layer` (full per-layer blocks of the
+        /// minibatch Fisher, solved by Woodbury).
+        #[legacy = "natgrad_blocks"]
+        pub blocks: String = "diagonal".into(),
+        /// EMA decay of the diagonal Fisher estimate.
+        #[legacy = "curvature_decay"]
+        pub decay: f64 = 0.95,
+    }
+}
+
+impl crate::settings::Settings for NatgradSettings {
+    fn validate(&self) -> Result<()> {
+        use crate::settings::{Range, real};
+        real("natgrad_damping", self.damping, Range::Positive)?;
+        real("curvature_decay", self.decay, Range::Fraction)?;
+        if !matches!(self.blocks.as_str(), "diagonal" | "layer") {
+            return Err(crate::Error::unknown(
+                "natgrad blocks",
+                &self.blocks,
+                &["diagonal", "layer"],
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Natural gradient.
+pub const NATGRAD: super::OptimizerSpec = super::OptimizerSpec {
+    name: "natgrad",
+    summary: "natural gradient, empirical Fisher: diagonal or per-layer blocks (Woodbury) from the trace",
+    paper: "Amari 1998",
+    settings: <NatgradSettings as crate::settings::Described>::fields,
+    reads: &["schedule"],
+    build: |cfg, n| {
+        let s: NatgradSettings = super::own(cfg)?;
+        let ng = NaturalGradient::new(
+            cfg.lr,
+            Schedule::parse(&cfg.schedule, n)?,
+            s.damping,
+            s.decay,
+        );
+        Ok(Box::new(if s.blocks == "layer" {
+            ng.with_layer_blocks()
+        } else {
+            ng
+        }))
+    },
+    ..super::OptimizerSpec::DEFAULT
+};

@@ -156,3 +156,66 @@ impl Optimizer for Sophia {
         Ok(())
     }
 }
+
+crate::settings_struct! {
+    /// Sophia (Liu et al. 2023).
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct SophiaSettings {
+        /// Decay β₁ of the gradient's moving average m.
+        pub beta1: f64 = 0.9,
+        /// Decay β₂ of the curvature estimate h.
+        pub beta2: f64 = 0.999,
+        /// Curvature estimator: `hutchinson` (Hessian) or `gauss-newton`.
+        #[legacy = "sophia_estimator"]
+        pub estimator: String = "hutchinson".into(),
+        /// γ in the clipped step m / max(γh, ε).
+        #[legacy = "sophia_gamma"]
+        pub gamma: f64 = 0.01,
+        /// Steps between curvature estimates.
+        #[legacy = "sophia_every"]
+        pub every: u64 = 10,
+    }
+}
+
+impl crate::settings::Settings for SophiaSettings {
+    fn validate(&self) -> Result<()> {
+        use crate::settings::{Range, at_least, real};
+        real("beta1", self.beta1, Range::Fraction)?;
+        real("beta2", self.beta2, Range::Fraction)?;
+        real("sophia_gamma", self.gamma, Range::Positive)?;
+        at_least("sophia_every", self.every, 1)?;
+        if !matches!(self.estimator.as_str(), "hutchinson" | "gauss-newton") {
+            return Err(crate::Error::unknown(
+                "sophia estimator",
+                &self.estimator,
+                &["hutchinson", "gauss-newton"],
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Sophia.
+pub const SOPHIA: super::OptimizerSpec = super::OptimizerSpec {
+    name: "sophia",
+    summary: "Sophia: clipped m/max(γh, ε), h a Hutchinson or Gauss–Newton diagonal",
+    paper: "Liu et al. 2023",
+    settings: <SophiaSettings as crate::settings::Described>::fields,
+    lr: Some(1e-4),
+    reads: &["schedule", "weight_decay"],
+    build: |cfg, n| {
+        let s: SophiaSettings = super::own(cfg)?;
+        Ok(Box::new(Sophia::new(
+            cfg.lr,
+            Schedule::parse(&cfg.schedule, n)?,
+            s.beta1,
+            s.beta2,
+            s.gamma,
+            cfg.weight_decay,
+            s.every,
+            s.estimator == "gauss-newton",
+        )))
+    },
+    ..super::OptimizerSpec::DEFAULT
+};

@@ -20,6 +20,10 @@ pub trait Transform: Send + std::fmt::Debug {
     fn load_state(&mut self, _state: &Params) -> Result<()> {
         Ok(())
     }
+    /// Copies of the parameters its state holds (the memory estimate).
+    fn slots(&self) -> u64 {
+        0
+    }
 }
 
 /// `state`/`load_state` for a transform whose whole state is one [`Params`] field.
@@ -127,6 +131,10 @@ impl Trace {
 }
 
 impl Transform for Trace {
+    fn slots(&self) -> u64 {
+        1
+    }
+
     fn name(&self) -> &'static str {
         "momentum"
     }
@@ -188,6 +196,10 @@ impl ScaleByAdam {
 }
 
 impl Transform for ScaleByAdam {
+    fn slots(&self) -> u64 {
+        2 + u64::from(self.amsgrad)
+    }
+
     fn name(&self) -> &'static str {
         "adam"
     }
@@ -344,6 +356,10 @@ impl ScaleByRms {
 }
 
 impl Transform for ScaleByRms {
+    fn slots(&self) -> u64 {
+        1 + u64::from(self.centered) + u64::from(self.momentum > 0.0)
+    }
+
     fn name(&self) -> &'static str {
         "rms"
     }
@@ -389,6 +405,10 @@ impl ScaleByAdagrad {
 }
 
 impl Transform for ScaleByAdagrad {
+    fn slots(&self) -> u64 {
+        1
+    }
+
     fn name(&self) -> &'static str {
         "adagrad"
     }
@@ -436,6 +456,10 @@ impl ScaleByNadam {
 }
 
 impl Transform for ScaleByNadam {
+    fn slots(&self) -> u64 {
+        2
+    }
+
     fn name(&self) -> &'static str {
         "nadam"
     }
@@ -486,6 +510,10 @@ impl ScaleByLion {
 }
 
 impl Transform for ScaleByLion {
+    fn slots(&self) -> u64 {
+        1
+    }
+
     fn name(&self) -> &'static str {
         "lion"
     }

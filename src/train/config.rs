@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::optim::OptimizerConfig;
-use crate::settings::Choice;
+use crate::settings::{Choice, Field};
 
 /// Everything that defines a training run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,8 +59,11 @@ pub struct TrainConfig {
     pub rule: Choice,
     /// Compute per-layer diagnostics every N steps (0: never); default 0.
     pub diag_every: u64,
-    /// The optimizer: `optimizer` (its name) and its hyperparameters (`lr`, `momentum`,
-    /// `beta1`, ... ; see [`OptimizerConfig`]), flattened into the same keys.
+    /// The optimizer: `optimizer`, its tagged table (`[optimizer]` with `name = "kfac"`,
+    /// `damping = 0.01`; `optimizer = "adam"` alone takes the defaults), and the shared
+    /// settings (`lr`, `schedule`, `weight_decay`, ...; see [`OptimizerConfig`]) as
+    /// top-level keys. Resolved configurations hold every setting of the optimizer.
+    /// Flat keys of earlier versions (`kfac_damping = 0.01`) are read into the table.
     #[serde(flatten)]
     pub optim: OptimizerConfig,
     /// Average the rule's updates over N minibatches per optimizer step (gradient
@@ -143,7 +146,7 @@ impl TrainConfig {
         self.out.clone().unwrap_or_else(|| {
             PathBuf::from("runs").join(format!(
                 "{}-{}-{}-s{}",
-                self.dataset, self.rule.name, self.optim.name, self.seed
+                self.dataset, self.rule.name, self.optim.optimizer.name, self.seed
             ))
         })
     }
@@ -181,11 +184,7 @@ impl TrainConfig {
                 .any(|o| o.get(key).is_some_and(|v| !v.is_null()))
         };
         if !given("lr") {
-            let name = match cfg.optim.name.as_str() {
-                "sam" | "asam" => cfg.optim.inner.clone(),
-                n => n.to_string(),
-            };
-            cfg.optim.lr = crate::optim::default_lr(&name);
+            cfg.optim.lr = crate::optim::default_lr(&cfg.optim.optimizer)?;
         }
         let spec = crate::rule::spec(&cfg.rule.name)?;
         if !given("normalize")
@@ -218,7 +217,8 @@ impl TrainConfig {
         self.merge(layers, false)
     }
 
-    /// [`TrainConfig::merged`]; `stored`: flat keys of other rules are dropped.
+    /// [`TrainConfig::merged`]; `stored`: flat keys of other rules and optimizers are
+    /// dropped.
     fn merge(&self, layers: &[serde_json::Value], stored: bool) -> Result<TrainConfig> {
         let mut base =
             serde_json::to_value(self).map_err(|e| Error::config("config", e.to_string()))?;
@@ -226,8 +226,11 @@ impl TrainConfig {
             .as_object_mut()
             .ok_or_else(|| Error::config("config", "not an object"))?;
         let mut rule = self.rule.clone();
-        let all = crate::rule::all_settings();
-        let mut flat: Vec<(String, serde_json::Value)> = Vec::new();
+        let mut optimizer = self.optim.optimizer.clone();
+        let rules = crate::rule::all_settings();
+        let optimizers = crate::optim::all_settings();
+        let is_flat = |all: &[(&str, Field)], key: &str| all.iter().any(|(_, f)| f.legacy == key);
+        let (mut rule_flat, mut optim_flat) = (Vec::new(), Vec::new());
         for layer in layers {
             let Some(l) = layer.as_object() else {
                 return Err(Error::config("config", "override is not a table"));
@@ -238,18 +241,29 @@ impl TrainConfig {
                     continue;
                 }
                 if key == "rule" {
-                    merge_choice(&mut rule, v)?;
+                    merge_choice(&mut rule, "rule", v, |n| Ok(crate::rule::spec(n)?.name))?;
+                } else if key == "optimizer" {
+                    merge_choice(&mut optimizer, "optimizer", v, |n| {
+                        Ok(crate::optim::spec(n)?.name)
+                    })?;
                 } else if obj.contains_key(&key) {
                     obj.insert(key, v.clone());
-                } else if all.iter().any(|(_, f)| f.legacy == key) {
-                    flat.push((key, v.clone()));
+                } else if is_flat(&rules, &key) {
+                    rule_flat.push((key, v.clone()));
+                } else if is_flat(&optimizers, &key) {
+                    optim_flat.push((key, v.clone()));
                 } else {
                     let mut known: Vec<&str> = obj.keys().map(String::as_str).collect();
                     known.sort();
                     let candidates: Vec<&str> = known
                         .iter()
                         .copied()
-                        .chain(all.iter().map(|(_, f)| f.legacy.as_str()))
+                        .chain(
+                            rules
+                                .iter()
+                                .chain(&optimizers)
+                                .map(|(_, f)| f.legacy.as_str()),
+                        )
                         .collect();
                     let hint = crate::error::closest(&key, &candidates)
                         .map(|c| format!(" (did you mean '{c}'?)"))
@@ -257,18 +271,48 @@ impl TrainConfig {
                     return Err(Error::config(
                         "config",
                         format!(
-                            "unknown key '{k}'{hint}; known keys: {} (a rule's own settings go in its [rule] table: futureprop rules show NAME)",
+                            "unknown key '{k}'{hint}; known keys: {} (a rule's or an optimizer's own settings go in its [rule] or [optimizer] table: futureprop rules show NAME, futureprop optimizers show NAME)",
                             known.join(", ")
                         ),
                     ));
                 }
             }
         }
-        read_flat_rule_keys(&mut rule, flat, &all, stored)?;
+        // Flat keys of earlier versions: the chosen rule's and optimizer's (a wrapper's
+        // inner optimizer's after its own) are read into their tables.
+        let own = (crate::rule::spec(&rule.name)?.settings)();
+        let rest = claim(&mut rule.settings, &own, rule_flat);
+        refuse_unclaimed("rule", &rule.name, rest, &rules, &own, stored)?;
+        let spec = crate::optim::spec(&optimizer.name)?;
+        let own = (spec.settings)();
+        let mut rest = claim(&mut optimizer.settings, &own, optim_flat);
+        if spec.wraps && !rest.is_empty() {
+            let mut inner = crate::optim::inner_choice(spec, &optimizer.settings)?;
+            let fields = (crate::optim::spec(&inner.name)?.settings)();
+            rest = claim(&mut inner.settings, &fields, rest);
+            optimizer.settings.insert(
+                "inner".into(),
+                serde_json::to_value(inner)
+                    .map_err(|e| Error::config("optimizer", e.to_string()))?,
+            );
+        }
+        refuse_unclaimed(
+            "optimizer",
+            &optimizer.name,
+            rest,
+            &optimizers,
+            &own,
+            stored,
+        )?;
         obj.insert(
             "rule".into(),
             serde_json::to_value(crate::rule::resolve(&rule)?)
                 .map_err(|e| Error::config("rule", e.to_string()))?,
+        );
+        obj.insert(
+            "optimizer".into(),
+            serde_json::to_value(crate::optim::resolve(&optimizer)?)
+                .map_err(|e| Error::config("optimizer", e.to_string()))?,
         );
         let cfg: TrainConfig =
             serde_json::from_value(base).map_err(|e| Error::config("config", e.to_string()))?;
@@ -290,60 +334,81 @@ impl TrainConfig {
     }
 }
 
-/// Merges a layer's `rule` value (a name, or a table with or without `name`) onto
-/// `rule`: another name starts a fresh table.
-fn merge_choice(rule: &mut Choice, v: &serde_json::Value) -> Result<()> {
+/// Merges a layer's `rule` or `optimizer` value (a name, or a table with or without
+/// `name`) onto `choice`: another name starts a fresh table. `canonical` maps a name
+/// (or alias) to the registry's.
+fn merge_choice(
+    choice: &mut Choice,
+    what: &str,
+    v: &serde_json::Value,
+    canonical: fn(&str) -> Result<&'static str>,
+) -> Result<()> {
     let (name, settings) = match v {
         serde_json::Value::String(n) => (Some(n.as_str()), None),
         serde_json::Value::Object(o) => (o.get("name").and_then(|n| n.as_str()), Some(o)),
         other => {
             return Err(Error::config(
-                "rule",
-                format!("{other} is neither a rule name nor a table"),
+                what,
+                format!("{other} is neither a name nor a table"),
             ));
         }
     };
     if let Some(n) = name {
-        let canonical = crate::rule::spec(n)?.name;
-        if canonical != rule.name {
-            *rule = Choice::named(canonical);
+        let n = canonical(n)?;
+        if n != choice.name {
+            *choice = Choice::named(n);
         }
     }
     for (k, v) in settings.into_iter().flatten() {
         if k != "name" && !v.is_null() {
-            rule.settings.insert(k.replace('-', "_"), v.clone());
+            choice.settings.insert(k.replace('-', "_"), v.clone());
         }
     }
     Ok(())
 }
 
-/// Flat rule keys (`pc_steps`, `feedback_init`) as settings of `rule` (see
-/// [`TrainConfig::merged`]).
-fn read_flat_rule_keys(
-    rule: &mut Choice,
+/// Moves the flat keys (`pc_steps`, `kfac_damping`) that are settings of `own` into
+/// `table` under their keys; returns the others.
+fn claim(
+    table: &mut crate::settings::Table,
+    own: &[Field],
     flat: Vec<(String, serde_json::Value)>,
-    all: &[(&'static str, crate::settings::Field)],
+) -> Vec<(String, serde_json::Value)> {
+    let mut rest = Vec::new();
+    for (key, v) in flat {
+        match own.iter().find(|f| f.legacy == key) {
+            Some(f) => {
+                table.insert(f.key.to_string(), v);
+            }
+            None => rest.push((key, v)),
+        }
+    }
+    rest
+}
+
+/// Flat keys no chosen technique claimed: dropped from a stored configuration (which
+/// held every technique's), ignored at a default value of the technique they belong to,
+/// refused otherwise with the name of that technique.
+fn refuse_unclaimed(
+    what: &str,
+    chosen: &str,
+    rest: Vec<(String, serde_json::Value)>,
+    all: &[(&'static str, Field)],
+    own: &[Field],
     stored: bool,
 ) -> Result<()> {
-    let spec = crate::rule::spec(&rule.name)?;
-    let own = (spec.settings)();
-    for (key, v) in flat {
-        if let Some(f) = own.iter().find(|f| f.legacy == key) {
-            rule.settings.insert(f.key.to_string(), v);
-            continue;
-        }
-        if stored {
-            continue;
-        }
+    if stored {
+        return Ok(());
+    }
+    for (key, v) in rest {
         let owners = all.iter().filter(|(_, f)| f.legacy == key);
         if !owners.clone().any(|(_, f)| f.default == v) {
             let of: Vec<&str> = owners.map(|(r, _)| *r).collect();
             return Err(Error::config(
                 key.as_str(),
                 format!(
-                    "{v} is a setting of {} but the rule is {} (whose settings are: {}); drop it or choose that rule",
+                    "{v} is a setting of {} but the {what} is {chosen} (whose settings are: {}); drop it or choose that {what}",
                     of.join("/"),
-                    rule.name,
                     if own.is_empty() {
                         "none".to_string()
                     } else {

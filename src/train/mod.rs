@@ -353,14 +353,7 @@ fn check_curvature_covers(
 /// averages (each one copy of the parameters, f32), and one step's activations
 /// (output, saved input and error signal per layer and sample).
 pub fn memory_needed(cfg: &TrainConfig, model: &Model) -> Result<u64> {
-    let slots: u64 = match cfg.optim.name.as_str() {
-        "sgd" => 0,
-        "momentum" | "nesterov" | "adagrad" | "lion" | "lars" => 1,
-        "rmsprop" => 1 + u64::from(cfg.optim.centered) + u64::from(cfg.optim.rms_momentum > 0.0),
-        "lbfgs" => 2 * cfg.optim.lbfgs_history as u64 + 2,
-        "sam" | "asam" => 3,
-        _ => 2 + u64::from(cfg.optim.amsgrad),
-    };
+    let slots = build_optimizer(&cfg.optim, 1)?.state_copies();
     let feedback = u64::from(matches!(
         cfg.rule.name.as_str(),
         "fa" | "kp" | "usf" | "brsf" | "frsf"
@@ -389,7 +382,7 @@ fn check_memory(cfg: &TrainConfig, model: &Model) -> Result<()> {
                 model.param_count(),
                 crate::mem::human(need),
                 crate::mem::human((model.param_count() as u64).saturating_mul(4)),
-                cfg.optim.name,
+                cfg.optim.name(),
                 crate::mem::human(avail)
             ),
         ));
@@ -825,22 +818,31 @@ pub fn run_with(
 }
 
 /// The resolved settings of a run, once everything is built (defaults included): the
-/// rule with each of its settings, the optimizer, rate, batch, epochs, seed, inputs and
-/// hidden units.
+/// rule and the optimizer with each of their settings, rate, batch, epochs, seed, inputs
+/// and hidden units.
 fn resolved_line(cfg: &TrainConfig, rule: &str, optimizer: &str) -> String {
-    let own: Vec<String> = cfg
-        .rule
-        .settings
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    format!(
-        "{rule}{} with {optimizer} at lr {}, batch {}, {} epochs, seed {}; {} inputs, {} hidden units",
-        if own.is_empty() {
+    fn own(c: &crate::settings::Choice) -> String {
+        let kv: Vec<String> = c
+            .settings
+            .iter()
+            .map(|(k, v)| match v {
+                Value::Object(o) => format!(
+                    "{k}={}",
+                    o.get("name").and_then(Value::as_str).unwrap_or("?")
+                ),
+                v => format!("{k}={v}"),
+            })
+            .collect();
+        if kv.is_empty() {
             String::new()
         } else {
-            format!(" ({})", own.join(", "))
-        },
+            format!(" ({})", kv.join(", "))
+        }
+    }
+    format!(
+        "{rule}{} with {optimizer}{} at lr {}, batch {}, {} epochs, seed {}; {} inputs, {} hidden units",
+        own(&cfg.rule),
+        own(&cfg.optim.optimizer),
         cfg.optim.lr,
         cfg.batch_size,
         cfg.epochs,
