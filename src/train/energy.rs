@@ -21,12 +21,13 @@ pub const PJ_PER_FLOP: f64 = 4.6;
 pub const PJ_PER_BYTE: f64 = 160.0;
 
 /// How an energy figure was obtained.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {
     /// Read from RAPL.
     Rapl,
     /// Estimated from counted work.
+    #[default]
     Estimated,
 }
 
