@@ -525,6 +525,56 @@ fn bench_suite_writes_its_outputs_and_resume_gives_the_same_rows() {
 }
 
 #[test]
+fn a_bench_arm_reads_its_data_as_its_rule_recommends_whatever_ran_before() {
+    // EqProp recommends unit inputs; in a suite it follows a BP arm on standardised
+    // inputs. Run alone (a resume of its arm only) it must give the same row.
+    let Some(d) = data_dir() else { return };
+    let t = tempfile::tempdir().unwrap();
+    let suite = t.path().join("two.toml");
+    let text = TINY_SUITE
+        .replace(r#"rules = ["bp", "dfa"]"#, r#"rules = ["bp", "eqprop"]"#)
+        .replace("seeds = 2", "seeds = 1")
+        .replace("epochs = 2", "epochs = 1")
+        .replace("[defaults]", "[defaults]\nactivation = \"relu\"");
+    std::fs::write(&suite, text).unwrap();
+    let out = t.path().join("b");
+    let o = run(&[
+        "bench",
+        "--suite",
+        suite.to_str().unwrap(),
+        "--data-dir",
+        d.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows = csv_without_timings(&out);
+    let eqprop_dir = std::fs::read_dir(out.join("arms"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains("__eqprop__"))
+        .unwrap();
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(eqprop_dir.join("seed0/summary.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(summary["config"]["normalize"], "unit");
+    std::fs::remove_file(eqprop_dir.join("seed0/summary.json")).unwrap();
+    std::fs::remove_file(out.join("results.csv")).unwrap();
+    let o = run(&[
+        "bench",
+        "--resume",
+        out.to_str().unwrap(),
+        "--data-dir",
+        d.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(csv_without_timings(&out), rows);
+}
+
+#[test]
 fn bench_rejects_unknown_suites_and_bad_suite_files() {
     one_line_error(
         &["bench", "--suite", "huge"],

@@ -168,6 +168,7 @@ pub fn run(opts: &BenchOptions) -> Result<Value> {
     let (suite_start, mut ran) = (std::time::Instant::now(), 0u32);
     let mut remaining = total;
     let mut rows = Vec::new();
+    // The loaded data and what it was loaded with (arms of one dataset share it).
     let mut data: Option<(String, Splits)> = None;
     for arm in &arms {
         for seed in 0..suite.seeds {
@@ -259,8 +260,14 @@ fn run_arm(
     multi: &MultiProgress,
 ) -> Result<()> {
     let cfg = arm_config(suite, arm, seed, dir, opts)?;
-    if data.as_ref().is_none_or(|(d, _)| *d != arm.dataset) {
-        *data = Some((arm.dataset.clone(), train::load_data(&cfg)?));
+    // Loaded again when an arm reads it otherwise: another dataset, or the input
+    // scaling its rule recommends (EqProp's unit inputs).
+    let key = format!(
+        "{} {} {} {:?} {:?}",
+        cfg.dataset, cfg.normalize, cfg.validation, cfg.train_limit, cfg.test_limit
+    );
+    if data.as_ref().is_none_or(|(k, _)| *k != key) {
+        *data = Some((key, train::load_data(&cfg)?));
     }
     let splits = data
         .as_ref()

@@ -132,6 +132,12 @@ pub trait Rule: Send {
         model.forward(params, x)
     }
 
+    /// Refuses a model the rule cannot train for reasons beyond its layer families
+    /// ([`Rule::trains`]), naming the layer; checked when the model is built.
+    fn check_model(&self, _model: &Model) -> Result<()> {
+        Ok(())
+    }
+
     /// Bytes of fixed state the rule keeps outside the parameter store (feedback
     /// matrices); trained rule state is in the store and counted there.
     fn state_bytes(&self) -> usize {
@@ -317,18 +323,10 @@ pub fn check_rule_layers(rule: &dyn Rule, model: &Model) -> Result<()> {
             _ => return None,
         })
     };
+    rule.check_model(model)?;
     let trains = rule.trains();
     let rule = rule.name();
-    for (i, l) in model.layers().iter().enumerate() {
-        if rule == "uoro" && i > 0 && l.kind() == LayerKind::Recurrent {
-            return Err(Error::config(
-                "rule",
-                format!(
-                    "uoro: recurrent layer {} must be the model's first layer (UORO gives no gradient for the layers below it)",
-                    l.name()
-                ),
-            ));
-        }
+    for l in model.layers() {
         let kind = l.kind();
         let Some((ok, what)) = family(trains, &kind) else {
             continue;

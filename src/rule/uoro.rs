@@ -10,7 +10,7 @@ pub(super) const UORO: RuleSpec = RuleSpec {
     build: |_| Ok(Box::new(Uoro)),
     ..RuleSpec::DEFAULT
 };
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::nn::{Grads, Loss, Model, Params, Trace};
 use crate::tensor::Tensor;
 
@@ -23,6 +23,21 @@ use crate::tensor::Tensor;
 pub struct Uoro;
 
 impl Rule for Uoro {
+    fn check_model(&self, model: &Model) -> Result<()> {
+        for l in model.layers().iter().skip(1) {
+            if l.kind() == crate::nn::LayerKind::Recurrent {
+                return Err(Error::config(
+                    "rule",
+                    format!(
+                        "uoro: recurrent layer {} must be the model's first layer (UORO gives no gradient for the layers below it)",
+                        l.name()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn trains(&self) -> super::Trains {
         super::Trains {
             recurrent: true,
