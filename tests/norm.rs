@@ -243,7 +243,7 @@ fn toml_descriptions_build_models_whose_backprop_gradient_is_exact() {
         spec: "custom".into(),
         ..Default::default()
     };
-    let m = Model::from_desc(&spec, &desc).unwrap();
+    let mut m = Model::from_desc(&spec, &desc).unwrap();
     assert_eq!((m.inputs(), m.outputs()), (64, 3));
     let names: Vec<&str> = m.layers().iter().map(|l| l.name()).collect();
     assert_eq!(
@@ -354,7 +354,7 @@ fn the_example_model_descriptions_build_and_run() {
         if path.extension().and_then(|x| x.to_str()) != Some("toml") {
             continue;
         }
-        let m = Model::build(&ModelSpec {
+        let mut m = Model::build(&ModelSpec {
             spec: path.to_str().unwrap().into(),
             ..Default::default()
         })

@@ -1,6 +1,5 @@
 //! Models: sequences of layers built from a spec string.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
@@ -116,8 +115,9 @@ pub struct Model {
     inputs: usize,
     outputs: usize,
     spec: ModelSpec,
-    /// Seed of the training passes' randomness (dropout masks), set per step.
-    train_seed: AtomicU64,
+    /// Seed of the training passes' randomness (dropout masks), set per step by whoever
+    /// owns the model (`&mut`): a pass reads it, never changes it.
+    train_seed: u64,
 }
 
 /// Whether a parameter-store entry is a buffer (running statistics) rather than a
@@ -237,7 +237,7 @@ impl Model {
             inputs: widths[0],
             outputs: widths[n],
             spec: spec.clone(),
-            train_seed: AtomicU64::new(0),
+            train_seed: 0,
         })
     }
 
@@ -508,7 +508,7 @@ impl Model {
                 spec: "custom".into(),
                 ..Default::default()
             },
-            train_seed: AtomicU64::new(0),
+            train_seed: 0,
         })
     }
 
@@ -627,13 +627,13 @@ impl Model {
 
     /// Sets the seed of the next training passes' randomness (the trainer sets it from
     /// the run's seed and the step, so dropout masks survive a resume).
-    pub fn set_train_seed(&self, seed: u64) {
-        self.train_seed.store(seed, Ordering::Relaxed);
+    pub fn set_train_seed(&mut self, seed: u64) {
+        self.train_seed = seed;
     }
 
     /// The seed of the current training passes.
     pub fn train_seed(&self) -> u64 {
-        self.train_seed.load(Ordering::Relaxed)
+        self.train_seed
     }
 
     /// Folds the running statistics measured by training passes into `p`'s buffers.
