@@ -1,6 +1,5 @@
 //! Models: sequences of layers built from a spec string.
 
-
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
