@@ -219,6 +219,62 @@ fn eqprop_update_approaches_the_loss_gradient_at_the_free_fixed_point() {
 }
 
 #[test]
+fn chl_with_weak_feedback_approaches_the_loss_gradient() {
+    // Xie & Seung 2003: with feedback scaled by γ and layer l's update by γ^(l−L), CHL's
+    // update tends to the gradient of ½‖s_L − y‖² at the free fixed point as γ → 0
+    // (hard sigmoid: the fixed point is s = clip(drive), their layered network).
+    let (m, p) = model("mlp:3-5-4-2", "identity", 21);
+    let x = rand_tensor(&[4, 3], 22, 1.0).add_scalar(1.0).scale(0.5);
+    let y = rand_tensor(&[4, 2], 23, 0.5).add_scalar(0.5);
+    let batch = Batch {
+        x: x.clone(),
+        target: Target::Values(y.clone()),
+    };
+    let chl = |gamma: f64| {
+        build_rule_with(
+            "chl",
+            &serde_json::json!({
+                "free_steps": 20000, "nudge_steps": 20000, "step": 0.5,
+                "rho": "hard-sigmoid", "tolerance": 1e-14, "feedback": gamma,
+            }),
+        )
+        .unwrap()
+    };
+    let err = |gamma: f64| -> f64 {
+        let free = chl(gamma);
+        let loss_at = |q: &Params| -> f64 {
+            let out = free.predict(&m, q, &x).unwrap();
+            0.5 * out.sub(&y).unwrap().sum_sq() / 4.0
+        };
+        let g = chl(gamma).step(&m, &p, &batch, Loss::Mse).unwrap().grads;
+        let h = 1e-6;
+        let (mut num, mut den) = (0.0, 0.0);
+        for (n, t) in p.iter() {
+            let v = t.to_vec_f64();
+            let got = g.get(n).unwrap().to_vec_f64();
+            for i in 0..v.len() {
+                let (mut plus, mut minus) = (v.clone(), v.clone());
+                plus[i] += h;
+                minus[i] -= h;
+                let (mut qp, mut qm) = (p.clone(), p.clone());
+                qp.insert(n, Tensor::from_vec_f64(t.shape(), plus).unwrap());
+                qm.insert(n, Tensor::from_vec_f64(t.shape(), minus).unwrap());
+                let fd = (loss_at(&qp) - loss_at(&qm)) / (2.0 * h);
+                num += (got[i] - fd).powi(2);
+                den += fd * fd;
+            }
+        }
+        (num / den).sqrt()
+    };
+    let (strong, weak, weaker) = (err(1.0), err(0.1), err(0.01));
+    assert!(weaker < 0.05, "γ = 0.01: relative error {weaker}");
+    assert!(
+        weaker < weak && weak < strong,
+        "error must fall with γ: {strong} (1), {weak} (0.1), {weaker} (0.01)"
+    );
+}
+
+#[test]
 fn chl_update_on_a_two_unit_case() {
     // One input unit x = 0.5 → one output unit, w = 0.4, b = 0.1, hard sigmoid:
     // free fixed point s = clip(wx + b) = 0.3; clamped s = y = 1.

