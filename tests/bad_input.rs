@@ -310,6 +310,23 @@ fn technique_flags_are_derived_from_the_settings_structs() {
         );
     }
     assert!(!help.contains("--kfac-damping <"), "{help}");
+    // Run-level flags show the defaults TrainConfig declares (not a copy in the CLI).
+    let d = futureprop::train::TrainConfig::default();
+    for (flag, default) in [
+        ("--batch-size <", d.batch_size.to_string()),
+        ("--epochs <", d.epochs.to_string()),
+        ("--model <", d.model.clone()),
+        ("--optimizer <", d.optim.optimizer.name.clone()),
+        ("--rule <", d.rule.name.clone()),
+    ] {
+        let at = help.find(flag).unwrap_or_else(|| panic!("{flag} missing"));
+        let entry = &help[at..];
+        let entry = &entry[..entry[2..].find("\n      --").map_or(entry.len(), |e| e + 2)];
+        assert!(
+            entry.contains(&format!("[default: {default}]")),
+            "{flag}: {entry}"
+        );
+    }
     // `rules show` / `optimizers show` list a technique's own settings.
     let o = run(&["rules", "show", "pc"]);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();

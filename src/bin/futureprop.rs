@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde::Serialize;
 
 use futureprop::data::{self, download};
@@ -182,7 +182,7 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(skip)]
     resume: Option<PathBuf>,
-    /// Dataset: mnist, fashion-mnist, cifar-10 (from --data-dir), adding:STEPS (synthetic regression; use --loss mse) [default: mnist].
+    /// Dataset: mnist, fashion-mnist, cifar-10 (from --data-dir), adding:STEPS (synthetic regression; use --loss mse)
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     dataset: Option<String>,
@@ -198,11 +198,11 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     mirror: Option<String>,
-    /// Feature scaling: standard, unit, none [default: standard].
+    /// Feature scaling: standard, unit, none
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     normalize: Option<String>,
-    /// Hold out the last N training samples for validation [default: 0].
+    /// Hold out the last N training samples for validation
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     validation: Option<usize>,
@@ -214,15 +214,15 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     test_limit: Option<usize>,
-    /// Model: mlp:784-1000-1000-10, linear:IN-OUT, resmlp:IN-WxD-OUT, lstm:TxD-H-OUT, rnn:TxD-H-OUT, lenet5, biotorch-lenet, resnet20[:CxHxW], vgg8b[:CxHxW], or a .toml description [default: mlp:784-1000-1000-10].
+    /// Model: mlp:784-1000-1000-10, linear:IN-OUT, resmlp:IN-WxD-OUT, lstm:TxD-H-OUT, rnn:TxD-H-OUT, lenet5, biotorch-lenet, resnet20[:CxHxW], vgg8b[:CxHxW], or a .toml description
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     model: Option<String>,
-    /// Hidden activation: relu, tanh, sigmoid, leaky-relu[:a], prelu, elu[:a], selu, silu, gelu, hard-sigmoid, softplus, identity [default: relu].
+    /// Hidden activation: relu, tanh, sigmoid, leaky-relu[:a], prelu, elu[:a], selu, silu, gelu, hard-sigmoid, softplus, identity
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     activation: Option<String>,
-    /// Initialiser: auto, xavier-uniform, xavier-normal, he-uniform, he-normal, lecun-normal, torch, zeros, constant:V [default: torch].
+    /// Initialiser: auto, xavier-uniform, xavier-normal, he-uniform, he-normal, lecun-normal, torch, zeros, constant:V
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     init: Option<String>,
@@ -230,23 +230,23 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(skip)]
     no_bias: bool,
-    /// Loss: cross-entropy, mse, bce [default: cross-entropy].
+    /// Loss: cross-entropy, mse, bce
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     loss: Option<String>,
-    /// Task: classify, autoencode (targets are the inputs) [default: classify].
+    /// Task: classify, autoencode (targets are the inputs)
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     task: Option<String>,
-    /// Unsupervised pretraining: none, rbm (greedy CD-k RBMs, sigmoid MLPs) [default: none].
+    /// Unsupervised pretraining: none, rbm (greedy CD-k RBMs, sigmoid MLPs)
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pretrain: Option<String>,
-    /// Log the minibatch loss every N optimizer steps to metrics.jsonl (0: off) [default: 0].
+    /// Log the minibatch loss every N optimizer steps to metrics.jsonl (0: off)
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     log_every: Option<u64>,
-    /// Credit-assignment rule (see `futureprop rules`) [default: bp].
+    /// Credit-assignment rule (see `futureprop rules`)
     #[arg(long)]
     #[serde(skip)]
     rule: Option<String>,
@@ -257,11 +257,11 @@ struct TrainArgs {
     #[arg(long = "rule-opt", value_name = "KEY=VALUE,...")]
     #[serde(skip)]
     rule_opt: Vec<String>,
-    /// Every N steps, compare each layer's update with the backprop gradient (0: never) [default: 0].
+    /// Every N steps, compare each layer's update with the backprop gradient (0: never)
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     diag_every: Option<u64>,
-    /// Optimizer (see `futureprop optimizers`) [default: adam].
+    /// Optimizer (see `futureprop optimizers`)
     #[arg(long)]
     #[serde(skip)]
     optimizer: Option<String>,
@@ -279,19 +279,19 @@ struct TrainArgs {
     #[arg(long = "param-group")]
     #[serde(rename = "param_groups", skip_serializing_if = "Vec::is_empty")]
     param_group: Vec<futureprop::optim::ParamGroup>,
-    /// Average the update over N minibatches per optimizer step [default: 1].
+    /// Average the update over N minibatches per optimizer step
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     accumulate: Option<usize>,
-    /// Evaluate with averaged weights: none, ema:DECAY, swa:START_EPOCH [default: none].
+    /// Evaluate with averaged weights: none, ema:DECAY, swa:START_EPOCH
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     average: Option<String>,
-    /// Minibatch size [default: 128].
+    /// Minibatch size
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     batch_size: Option<usize>,
-    /// Epochs [default: 10].
+    /// Epochs
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     epochs: Option<usize>,
@@ -303,7 +303,7 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     max_seconds: Option<f64>,
-    /// Seed [default: 0].
+    /// Seed
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     seed: Option<u64>,
@@ -315,7 +315,7 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     out: Option<PathBuf>,
-    /// Checkpoint every N epochs (0: only at the end) [default: 1].
+    /// Checkpoint every N epochs (0: only at the end)
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     checkpoint_every: Option<usize>,
@@ -805,9 +805,47 @@ fn rule_show_cmd(name: &str) -> Result<()> {
     settings_lines(&fields)
 }
 
+/// `train --help` with each flag's default read from [`TrainConfig::default`], where the
+/// settings' defaults are declared (flags with a described default keep theirs: the
+/// generated technique flags, and the ones whose default is a rule rather than a value).
+fn with_defaults(cmd: clap::Command) -> clap::Command {
+    let Ok(defaults) = serde_json::to_value(TrainConfig::default()) else {
+        return cmd;
+    };
+    cmd.mut_subcommand("train", |mut train| {
+        let ids: Vec<String> = train
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .collect();
+        for id in ids {
+            let v = match &defaults[id.as_str()] {
+                serde_json::Value::Object(o) => o.get("name").cloned().unwrap_or_default(),
+                v => v.clone(),
+            };
+            let shown = match v {
+                serde_json::Value::String(s) => s,
+                serde_json::Value::Number(n) => n.to_string(),
+                _ => continue,
+            };
+            train = train.mut_arg(&id, |a| {
+                let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+                if help.contains("[default:") {
+                    a
+                } else {
+                    a.help(format!("{help} [default: {shown}]"))
+                }
+            });
+        }
+        train
+    })
+}
+
 fn main() -> ExitCode {
     futureprop::mem::keep_freed_memory();
-    let cli = Cli::parse();
+    let cli = match Cli::from_arg_matches(&with_defaults(Cli::command()).get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let res = match &cli.command {
         Command::Train(a) => train_cmd(a),
         Command::Bench {
