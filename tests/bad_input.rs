@@ -413,3 +413,32 @@ fn technique_flags_are_derived_from_the_settings_structs() {
         &["unknown key 'pc_stepz'", "did you mean 'pc_steps'"],
     );
 }
+
+#[test]
+fn gradient_checkpointing_runs_with_bp_and_is_refused_where_it_cannot_apply() {
+    let t = tempfile::tempdir().unwrap();
+    let data = tiny_mnist(t.path(), 100, 20);
+    let out = t.path().join("run");
+    let args = ["--model", "mlp:784-16-16-10", "--checkpoint-segments"];
+    let o = train(&data, &out, &[&args[..], &["auto"]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["config"]["checkpoint_segments"], "auto");
+    fails_with(
+        &train(&data, &out, &[&args[..], &["2", "--rule", "dfa"]].concat()),
+        &["checkpoint_segments", "dfa", "bp"],
+    );
+    fails_with(
+        &train(
+            &data,
+            &out,
+            &[&args[..], &["2", "--optimizer", "kfac"]].concat(),
+        ),
+        &["checkpoint_segments", "kfac"],
+    );
+    fails_with(
+        &train(&data, &out, &[&args[..], &["zero"]].concat()),
+        &["checkpoint_segments", "zero"],
+    );
+}

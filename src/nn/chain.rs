@@ -54,3 +54,42 @@ where
     }
     Ok(())
 }
+
+/// How many segments gradient checkpointing cuts a model's layers into (Chen et al.
+/// 2016): `off`, `auto` (⌈√L⌉ for L layers) or a count K (at most L).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Segments {
+    /// Keep every layer's records.
+    Off,
+    /// ⌈√L⌉ segments.
+    Auto,
+    /// K segments.
+    Count(usize),
+}
+
+impl Segments {
+    /// Parses `off`, `auto` or a positive count.
+    pub fn parse(s: &str) -> crate::error::Result<Segments> {
+        match s {
+            "off" => Ok(Segments::Off),
+            "auto" => Ok(Segments::Auto),
+            n => match n.parse::<usize>() {
+                Ok(k) if k > 0 => Ok(Segments::Count(k)),
+                _ => Err(crate::error::Error::config(
+                    "checkpoint_segments (--checkpoint-segments)",
+                    format!("'{s}' (must be off, auto or a positive number of segments)"),
+                )),
+            },
+        }
+    }
+
+    /// The number of segments for `layers` layers (1 when off).
+    pub fn count(self, layers: usize) -> usize {
+        let l = layers.max(1);
+        match self {
+            Segments::Off => 1,
+            Segments::Auto => ((l as f64).sqrt().ceil() as usize).clamp(1, l),
+            Segments::Count(k) => k.clamp(1, l),
+        }
+    }
+}

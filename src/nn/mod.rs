@@ -21,7 +21,7 @@ mod recurrent;
 
 pub use activation::{ACTIVATION_NAMES, Activation, ActivationSpec, PRelu, parse_activation};
 pub use blocks::{Dense, Highway, LayerNorm, Residual};
-pub use chain::{backward_chain, backward_layers};
+pub use chain::{Segments, backward_chain, backward_layers};
 pub use conv::{Conv2d, ConvOptions, Pool2d, PoolKind};
 pub use describe::{LayerDesc, ModelDesc, Shape};
 pub use init::{INIT_NAMES, Init};

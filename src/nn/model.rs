@@ -672,6 +672,35 @@ impl Model {
         })
     }
 
+    /// The training pass of layers `range` on their input `x` (the output of the layer
+    /// before `range.start`): the output, and every layer's record when `keep` (else
+    /// each record is dropped as soon as its layer has run). The same kernels and seeds
+    /// as [`Model::forward_trace`], so recomputing a range gives its records bit for bit
+    /// (gradient checkpointing).
+    pub fn forward_range(
+        &self,
+        p: &Params,
+        x: &Tensor,
+        range: std::ops::Range<usize>,
+        keep: bool,
+    ) -> Result<(Tensor, Vec<Record>)> {
+        if range.start == 0 {
+            self.check_input(x)?;
+        }
+        let mut records = Vec::new();
+        let mut h = x.clone();
+        let seed = Some(self.train_seed());
+        for l in &self.layers[range] {
+            let mut rec = Record::training(l.name(), h.clone(), seed);
+            h = l.forward(p, &h, &mut rec)?;
+            if keep {
+                rec.output = h.clone();
+                records.push(rec);
+            }
+        }
+        Ok((h, records))
+    }
+
     /// Number of trainable scalars of the model's layers in `p`.
     pub fn num_parameters(&self, p: &Params) -> usize {
         let prefixes: Vec<String> = self

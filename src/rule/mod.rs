@@ -11,7 +11,7 @@ mod blocks;
 
 pub use crate::data::Batch;
 pub use crate::nn::{backward_chain, backward_layers};
-pub use backprop::Backprop;
+pub use backprop::{Backprop, Checkpointed};
 pub use classic::{Classic, ClassicKind};
 pub use direct_feedback::{DirectFeedback, DirectKind};
 pub use equilibrium::{ChlSettings, Equilibrium, Nudge, NudgeSettings, RelaxSettings};
@@ -130,6 +130,23 @@ pub trait Rule: Send {
     /// Outputs used for evaluation. Most rules use the plain forward pass.
     fn predict(&self, model: &Model, params: &Params, x: &Tensor) -> Result<Tensor> {
         model.forward(params, x)
+    }
+
+    /// The rule that replaces this one under gradient checkpointing over `segments`
+    /// (Chen et al. 2016; `None`: this one, as when off); rules that keep no
+    /// recomputable activations, or do not recompute them yet, refuse any setting but
+    /// off. [`with_checkpointing`] applies it.
+    fn checkpointed(&self, segments: crate::nn::Segments) -> Result<Option<Box<dyn Rule>>> {
+        if segments == crate::nn::Segments::Off {
+            return Ok(None);
+        }
+        Err(Error::config(
+            "checkpoint_segments (--checkpoint-segments)",
+            format!(
+                "rule {} does not recompute activations (gradient checkpointing works with bp so far); use --checkpoint-segments off",
+                self.name()
+            ),
+        ))
     }
 
     /// Refuses a model the rule cannot train for reasons beyond its layer families
@@ -349,6 +366,14 @@ pub fn check_rule_layers(rule: &dyn Rule, model: &Model) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `rule` under gradient checkpointing over `segments` ([`Rule::checkpointed`]).
+pub fn with_checkpointing(
+    rule: Box<dyn Rule>,
+    segments: crate::nn::Segments,
+) -> Result<Box<dyn Rule>> {
+    Ok(rule.checkpointed(segments)?.unwrap_or(rule))
 }
 
 /// Builds a rule by its CLI name with default settings.

@@ -66,6 +66,12 @@ pub struct TrainConfig {
     /// Flat keys of earlier versions (`kfac_damping = 0.01`) are read into the table.
     #[serde(flatten)]
     pub optim: OptimizerConfig,
+    /// Gradient checkpointing (Chen et al. 2016): `off`, `auto` (√L segments of the
+    /// model's L layers) or a number of segments K. The forward pass keeps only each
+    /// segment's input; the backward pass recomputes a segment at a time, so activation
+    /// memory falls to K inputs plus one segment's records and the update is bit-identical.
+    /// Rules: bp (models without batch normalisation); default `off`.
+    pub checkpoint_segments: String,
     /// Average the rule's updates over N minibatches per optimizer step (gradient
     /// accumulation; an effective batch of N × `batch_size`); default 1.
     pub accumulate: usize,
@@ -123,6 +129,7 @@ impl Default for TrainConfig {
             rule: Choice::named("bp"),
             diag_every: 0,
             optim: OptimizerConfig::default(),
+            checkpoint_segments: "off".into(),
             accumulate: 1,
             average: "none".into(),
             batch_size: 128,
@@ -166,6 +173,7 @@ impl TrainConfig {
         at_least_opt("threads", self.threads.map(|n| n as u64), 1)?;
         real_opt("max_seconds", self.max_seconds, Positive)?;
         self.rbm.validate()?;
+        crate::nn::Segments::parse(&self.checkpoint_segments)?;
         crate::rule::resolve(&self.rule)?;
         self.optim.validate()
     }

@@ -57,7 +57,9 @@ impl<'a> Trainer<'a> {
     ) -> Result<Trainer<'a>> {
         let loss = Loss::parse(&cfg.loss)?;
         let model = build_model(cfg, splits.train.features(), splits.train.outputs())?;
-        let mut rule = crate::rule::build_choice(&cfg.rule)?;
+        let segments = crate::nn::Segments::parse(&cfg.checkpoint_segments)?;
+        let mut rule =
+            crate::rule::with_checkpointing(crate::rule::build_choice(&cfg.rule)?, segments)?;
         crate::rule::check_rule_layers(rule.as_ref(), &model)?;
         check_memory(cfg, &model)?;
         let mut params = model.init_params(Init::parse(&cfg.init)?, cfg.seed)?;
@@ -75,6 +77,15 @@ impl<'a> Trainer<'a> {
         let mut optimizer = build_optimizer(&cfg.optim, total_steps)?;
         if !cfg.quiet {
             eprintln!("{}", resolved_line(cfg, rule.name(), optimizer.name()));
+        }
+        if segments != crate::nn::Segments::Off && optimizer.needs_trace() {
+            return Err(Error::config(
+                "checkpoint_segments (--checkpoint-segments)",
+                format!(
+                    "{} reads every layer's records, which gradient checkpointing does not keep; use --checkpoint-segments off",
+                    optimizer.name()
+                ),
+            ));
         }
         rule.keep_trace(optimizer.needs_trace());
         let pretrain = match cfg.pretrain.as_str() {
