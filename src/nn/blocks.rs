@@ -194,11 +194,13 @@ impl Stack {
         p: &Params,
         x: &Tensor,
         train: Option<u64>,
+        recompute: bool,
         saved: &mut Vec<Tensor>,
     ) -> Result<Tensor> {
         let mut h = x.clone();
         for l in &self.layers {
             let mut r = Record::training(l.name(), h.clone(), train);
+            r.recompute = recompute;
             let y = l.forward(p, &h, &mut r)?;
             saved.push(h);
             saved.push(y.clone());
@@ -235,6 +237,7 @@ impl Stack {
                 saved: kept,
                 train,
                 online: false,
+                recompute: false,
             });
         }
         Ok(out)
@@ -401,9 +404,14 @@ impl Layer for Residual {
     }
 
     fn forward(&self, p: &Params, x: &Tensor, rec: &mut Record) -> Result<Tensor> {
-        let mut h = self.inner.forward(p, x, rec.train, &mut rec.saved)?;
+        let mut h = self
+            .inner
+            .forward(p, x, rec.train, rec.recompute, &mut rec.saved)?;
         match &self.shortcut {
-            Some(s) => h.axpy(1.0, &s.forward(p, x, rec.train, &mut rec.saved)?)?,
+            Some(s) => h.axpy(
+                1.0,
+                &s.forward(p, x, rec.train, rec.recompute, &mut rec.saved)?,
+            )?,
             None => h.axpy(1.0, x)?,
         }
         Ok(h)
@@ -506,7 +514,9 @@ impl Layer for Highway {
             .forward(p, x, &mut r)?
             .unary(crate::tensor::Unary::Sigmoid);
         let mut saved = vec![t.clone()];
-        let f = self.inner.forward(p, x, rec.train, &mut saved)?;
+        let f = self
+            .inner
+            .forward(p, x, rec.train, rec.recompute, &mut saved)?;
         // y = x + T·(F − x)
         let mut y = f.sub(x)?.mul(&t)?;
         y.axpy(1.0, x)?;
@@ -662,7 +672,9 @@ impl Layer for Dense {
     }
 
     fn forward(&self, p: &Params, x: &Tensor, rec: &mut Record) -> Result<Tensor> {
-        let f = self.inner.forward(p, x, rec.train, &mut rec.saved)?;
+        let f = self
+            .inner
+            .forward(p, x, rec.train, rec.recompute, &mut rec.saved)?;
         let (n, _) = x.dims2()?;
         let (a, b) = (x.to_vec_f64(), f.to_vec_f64());
         let (wi, wg) = (self.inputs, self.growth);

@@ -52,6 +52,9 @@ pub struct Record {
     /// A pass of an online rule (UORO): recurrent layers advance their forward-mode
     /// estimate step by step and keep no history.
     pub online: bool,
+    /// A training pass recomputed for gradient checkpointing: its batch statistics were
+    /// already taken by the first pass, so normalisation layers do not take them again.
+    pub recompute: bool,
 }
 
 impl Record {
@@ -65,6 +68,7 @@ impl Record {
             saved: Vec::new(),
             train: None,
             online: false,
+            recompute: false,
         }
     }
 

@@ -674,7 +674,9 @@ impl Model {
 
     /// The training pass of layers `range` on their input `x` (the output of the layer
     /// before `range.start`): the output, and every layer's record when `keep` (else
-    /// each record is dropped as soon as its layer has run). The same kernels and seeds
+    /// each record is dropped as soon as its layer has run). A kept pass is a
+    /// recomputation ([`Record::recompute`]): batch normalisation takes its statistics
+    /// from the pass that kept nothing. The same kernels and seeds
     /// as [`Model::forward_trace`], so recomputing a range gives its records bit for bit
     /// (gradient checkpointing).
     pub fn forward_range(
@@ -692,6 +694,8 @@ impl Model {
         let seed = Some(self.train_seed());
         for l in &self.layers[range] {
             let mut rec = Record::training(l.name(), h.clone(), seed);
+            // A kept pass is the recomputation: the first pass took the statistics.
+            rec.recompute = keep;
             h = l.forward(p, &h, &mut rec)?;
             if keep {
                 rec.output = h.clone();

@@ -450,7 +450,7 @@ impl Layer for Normalization {
                 )
             }
         };
-        if let (Some((mean, var)), true) = (batch, self.kind == NormKind::Batch) {
+        if let (Some((mean, var)), true) = (batch, self.kind == NormKind::Batch && !rec.recompute) {
             self.pending
                 .lock()
                 .map_err(|_| Error::config(format!("layer {}", self.name), "lock poisoned"))?

@@ -11,8 +11,8 @@ pub(super) const BP: RuleSpec = RuleSpec {
     ..RuleSpec::DEFAULT
 };
 use super::StepOutput;
-use crate::error::{Error, Result};
-use crate::nn::{Grads, LayerKind, Loss, Model, Params, Record, Segments, Trace};
+use crate::error::Result;
+use crate::nn::{Grads, Loss, Model, Params, Record, Segments, Trace};
 use crate::tensor::Tensor;
 
 /// Backpropagation (Rumelhart, Hinton & Williams 1986): δ_L = ∂L/∂z_L and
@@ -79,24 +79,6 @@ impl Rule for Checkpointed {
 
     fn trains(&self) -> super::Trains {
         super::Trains::ALL
-    }
-
-    fn check_model(&self, model: &Model) -> Result<()> {
-        // Recomputing a batch-normalisation layer would fold its batch statistics twice.
-        if let Some(l) = model
-            .layers()
-            .iter()
-            .find(|l| l.kind() == LayerKind::BatchNorm)
-        {
-            return Err(Error::config(
-                "checkpoint_segments",
-                format!(
-                    "batch-normalisation layer {} cannot be recomputed by gradient checkpointing yet (its statistics would be folded twice); use --checkpoint-segments off",
-                    l.name()
-                ),
-            ));
-        }
-        Ok(())
     }
 
     fn step(

@@ -70,7 +70,7 @@ pub struct TrainConfig {
     /// model's L layers) or a number of segments K. The forward pass keeps only each
     /// segment's input; the backward pass recomputes a segment at a time, so activation
     /// memory falls to K inputs plus one segment's records and the update is bit-identical.
-    /// Rules: bp (models without batch normalisation); default `off`.
+    /// Rules: bp; default `off`.
     pub checkpoint_segments: String,
     /// Average the rule's updates over N minibatches per optimizer step (gradient
     /// accumulation; an effective batch of N × `batch_size`); default 1.
