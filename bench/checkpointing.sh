@@ -4,12 +4,16 @@
 # step, off against auto and one segment per layer, on a 32-layer MLP (width 1024) and
 # on ResNet-20 (1×28×28), batch 128, MNIST. Runs alternate and repeat; medians.
 #
-#   bench/checkpointing.sh     (STEPS=20 ROUNDS=3 DATA=../shared/datasets) → reports/checkpointing.md
+# With PYTHON (an interpreter with torch; default $TORCH_PYTHON) the MLP also runs in
+# PyTorch CPU, plain and under torch.utils.checkpoint (bench/checkpointing_pytorch.py).
+#
+#   bench/checkpointing.sh [PYTHON]   (STEPS=20 ROUNDS=3 DATA=../shared/datasets) → reports/checkpointing.md
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${STEPS:-20}
 ROUNDS=${ROUNDS:-3}
 DATA=${DATA:-../shared/datasets}
+PY=${1:-${TORCH_PYTHON:-}}
 cargo build --release -q
 BIN=target/release/futureprop
 W=$(mktemp -d)
@@ -33,8 +37,12 @@ print(json.dumps({"model": sys.argv[2], "segments": sys.argv[3],
 PY
     done
   done
+  if [ -n "$PY" ]; then
+    "$PY" bench/checkpointing_pytorch.py --steps "$STEPS" --threads 2 >> "$W/peer.jsonl"
+  fi
 done
-python3 - "$W/rows.jsonl" "$STEPS" "$ROUNDS" <<'PY'
+touch "$W/peer.jsonl"
+python3 - "$W/rows.jsonl" "$STEPS" "$ROUNDS" "$W/peer.jsonl" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 out = ["# Gradient checkpointing", "",
@@ -55,6 +63,23 @@ for model in dict.fromkeys(r["model"] for r in rows):
         name = "mlp: 32 × 1024" if model.startswith("mlp") else model
         out.append(f"| {name} | {seg} | {mem / 1e6:.1f} | {base[0] / mem:.2f}× lower | {t:.3f} | "
                    f"{t / base[1]:.2f} | {rs[0]['test_accuracy']:.4f} |")
+peer = [json.loads(l) for l in open(sys.argv[4]) if l.strip()]
+if peer:
+    mem = {m: [round(r["activation_bytes"] / 1e6, 1) for r in peer if r["mode"] == m]
+           for m in ["plain", "checkpoint"]}
+    out += ["", f"PyTorch {peer[0]['torch']} CPU, the same MLP (`bench/checkpointing_pytorch.py`, "
+            "2 threads), median step time. Its memory is not compared: PyTorch CPU keeps no "
+            "allocator statistics, and the resident-set high-water mark above the resident set "
+            f"after a first step varies from run to run (plain {mem['plain']} MB, "
+            f"checkpointed {mem['checkpoint']} MB in these rounds).", "",
+            "| peer | mode | s/step | × plain |", "|---|---|---|---|"]
+    base = None
+    for mode in ["plain", "checkpoint"]:
+        rs = [r for r in peer if r["mode"] == mode]
+        t = statistics.median(r["seconds_per_step"] for r in rs)
+        base = base or t
+        seg = f" ({rs[0]['segments']} segments)" if rs[0]["segments"] else ""
+        out.append(f"| pytorch | {mode}{seg} | {t:.3f} | {t / base:.2f} |")
 open("reports/checkpointing.md", "w").write("\n".join(out) + "\n")
 print("\n".join(out))
 PY
