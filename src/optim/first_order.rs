@@ -300,6 +300,17 @@ pub const NESTEROV: OptimizerSpec = OptimizerSpec {
     ..OptimizerSpec::DEFAULT
 };
 
+/// [clip] → [L2] → Adam → [decoupled decay] → −η; `decoupled`: AdamW.
+fn adam_chain(cfg: &OptimizerConfig, n: u64, decoupled: bool) -> Result<Box<dyn Optimizer>> {
+    chain(
+        cfg,
+        n,
+        vec![own::<AdamSettings>(cfg)?.transform()],
+        decoupled,
+        None,
+    )
+}
+
 /// Adam.
 pub const ADAM: OptimizerSpec = OptimizerSpec {
     name: "adam",
@@ -307,15 +318,7 @@ pub const ADAM: OptimizerSpec = OptimizerSpec {
     paper: "Kingma & Ba 2015",
     settings: AdamSettings::fields,
     lr: Some(1e-3),
-    build: |cfg, n| {
-        chain(
-            cfg,
-            n,
-            vec![own::<AdamSettings>(cfg)?.transform()],
-            false,
-            None,
-        )
-    },
+    build: |cfg, n| adam_chain(cfg, n, false),
     ..OptimizerSpec::DEFAULT
 };
 
@@ -326,15 +329,7 @@ pub const ADAMW: OptimizerSpec = OptimizerSpec {
     paper: "Loshchilov & Hutter 2019",
     settings: AdamSettings::fields,
     lr: Some(1e-3),
-    build: |cfg, n| {
-        chain(
-            cfg,
-            n,
-            vec![own::<AdamSettings>(cfg)?.transform()],
-            true,
-            None,
-        )
-    },
+    build: |cfg, n| adam_chain(cfg, n, true),
     ..OptimizerSpec::DEFAULT
 };
 
