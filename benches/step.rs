@@ -54,6 +54,12 @@ fn main() -> futureprop::Result<()> {
     let optimizer_names = arg_str(&args, "--optimizer", "sgd");
     let spec = arg_str(&args, "--model", "mlp:784-1000-1000-10");
     let batch = arg(&args, "--batch", 128);
+    // Element type of the per-shape GEMM timings: f32, bf16 or f16.
+    let gemm_dtype = match arg_str(&args, "--gemm-dtype", "f32").as_str() {
+        "bf16" => futureprop::tensor::DType::BF16,
+        "f16" => futureprop::tensor::DType::F16,
+        _ => futureprop::tensor::DType::F32,
+    };
     let widths: Vec<usize> = spec
         .trim_start_matches("mlp:")
         .split('-')
@@ -137,8 +143,8 @@ fn main() -> futureprop::Result<()> {
         }
         let mut gemm = Vec::new();
         for (m, nn, k, ta, tb, label) in shapes {
-            let a = Tensor::full(&if ta { [k, m] } else { [m, k] }, 0.5, futureprop::tensor::DType::F32);
-            let b = Tensor::full(&if tb { [nn, k] } else { [k, nn] }, 0.25, futureprop::tensor::DType::F32);
+            let a = Tensor::full(&if ta { [k, m] } else { [m, k] }, 0.5, gemm_dtype);
+            let b = Tensor::full(&if tb { [nn, k] } else { [k, nn] }, 0.25, gemm_dtype);
             let mut ts = Vec::new();
             for i in 0..230 {
                 let t = Instant::now();

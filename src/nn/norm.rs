@@ -412,6 +412,8 @@ impl Layer for Normalization {
     }
 
     fn forward(&self, p: &Params, x: &Tensor, rec: &mut Record) -> Result<Tensor> {
+        // Statistics in f32 under mixed precision.
+        let x = &x.widened();
         let (n, f) = x.dims2()?;
         self.output_width(f)?;
         let batch_stats = self.kind != NormKind::Batch || rec.train.is_some();
@@ -449,6 +451,7 @@ impl Layer for Normalization {
                     b,
                 )
             }
+            _ => unreachable!("reduced types are widened above"),
         };
         if let (Some((mean, var)), true) = (batch, self.kind == NormKind::Batch && !rec.recompute) {
             self.pending
@@ -470,6 +473,7 @@ impl Layer for Normalization {
         if !self.affine {
             return Ok(());
         }
+        let d_out = &d_out.widened();
         let (n, _) = d_out.dims2()?;
         let xh = rec.saved.first().ok_or_else(|| missing(&self.name))?;
         let sums = match (d_out.storage(), xh.storage()) {
@@ -497,6 +501,7 @@ impl Layer for Normalization {
     }
 
     fn input_grad(&self, p: &Params, rec: &Record, d_out: &Tensor) -> Result<Tensor> {
+        let d_out = &d_out.widened();
         let (n, f) = d_out.dims2()?;
         let [xh, inv, flag, ..] = rec.saved.as_slice() else {
             return Err(missing(&self.name));

@@ -26,9 +26,11 @@ impl Params {
         Self::default()
     }
 
-    /// Inserts or replaces `name`.
+    /// Inserts or replaces `name`. A bf16 or f16 tensor is stored widened to f32: under
+    /// mixed precision parameters, gradients and optimizer state stay f32.
     pub fn insert(&mut self, name: impl Into<String>, t: Tensor) {
         let name = name.into();
+        let t = t.widened();
         match self.index.get(&name) {
             Some(&i) => self.tensors[i] = t,
             None => {

@@ -306,6 +306,9 @@ impl Tensor {
     /// `[n·Ho·Wo, cg·kh·kw]` matrix (row = output position, column = (channel, tap);
     /// taps in the padding are 0).
     pub fn im2col(&self, win: &Window, c0: usize, cg: usize) -> Result<Tensor> {
+        if self.dtype().is_reduced() {
+            return self.via_f32(|t| t.im2col(win, c0, cg));
+        }
         let n = check_rows(self, win, "im2col")?;
         if c0 + cg > win.channels {
             return Err(Error::shape(
@@ -319,6 +322,7 @@ impl Tensor {
         let data = match self.storage() {
             Storage::F32(v) => Storage::F32(im2col(v, n, win, c0, cg)?),
             Storage::F64(v) => Storage::F64(im2col(v, n, win, c0, cg)?),
+            _ => unreachable!("reduced types are widened above"),
         };
         Tensor::from_storage(&[n * ho * wo, k], data)
     }
@@ -353,6 +357,9 @@ impl Tensor {
     /// Reads each row of `n` rows as an `a × b` matrix and transposes it: the rows of
     /// `[n·a, b]` become `[n, b·a]` (position-major ↔ channel-major).
     pub fn batch_transpose(&self, n: usize, a: usize, b: usize) -> Result<Tensor> {
+        if self.dtype().is_reduced() {
+            return self.via_f32(|t| t.batch_transpose(n, a, b));
+        }
         if self.len() != n * a * b {
             return Err(Error::shape(
                 "batch_transpose",
@@ -363,6 +370,7 @@ impl Tensor {
         let data = match self.storage() {
             Storage::F32(v) => Storage::F32(batch_transpose(v, n, a, b)),
             Storage::F64(v) => Storage::F64(batch_transpose(v, n, a, b)),
+            _ => unreachable!("reduced types are widened above"),
         };
         Tensor::from_storage(&[n, a * b], data)
     }
@@ -370,6 +378,10 @@ impl Tensor {
     /// Max pooling of every channel; returns the pooled `[n, C·Ho·Wo]` and the flat index
     /// (into `self`'s storage) of each maximum, for [`Tensor::max_pool_backward`].
     pub fn max_pool(&self, win: &Window) -> Result<(Tensor, Vec<usize>)> {
+        if self.dtype().is_reduced() {
+            let (y, idx) = self.widened().max_pool(win)?;
+            return Ok((y.to_dtype(self.dtype()), idx));
+        }
         let n = check_rows(self, win, "max_pool")?;
         let (ho, wo) = win.output()?;
         count_elementwise(
@@ -386,6 +398,7 @@ impl Tensor {
                 let (o, i) = max_pool(v, n, win)?;
                 (Storage::F64(o), i)
             }
+            _ => unreachable!("reduced types are widened above"),
         };
         Ok((
             Tensor::from_storage(&[n, win.channels * ho * wo], data)?,
@@ -415,17 +428,24 @@ impl Tensor {
 
     /// Average pooling of every channel (padding counted as zeros).
     pub fn avg_pool(&self, win: &Window) -> Result<Tensor> {
+        if self.dtype().is_reduced() {
+            return self.via_f32(|t| t.avg_pool(win));
+        }
         let n = check_rows(self, win, "avg_pool")?;
         let (ho, wo) = win.output()?;
         let data = match self.storage() {
             Storage::F32(v) => Storage::F32(avg_pool(v, n, win, false)?),
             Storage::F64(v) => Storage::F64(avg_pool(v, n, win, false)?),
+            _ => unreachable!("reduced types are widened above"),
         };
         Tensor::from_storage(&[n, win.channels * ho * wo], data)
     }
 
     /// The adjoint of [`Tensor::avg_pool`] applied to the output error `self`.
     pub fn avg_pool_backward(&self, win: &Window) -> Result<Tensor> {
+        if self.dtype().is_reduced() {
+            return self.widened().avg_pool_backward(win);
+        }
         let (n, f) = self.dims2()?;
         let (ho, wo) = win.output()?;
         if f != win.channels * ho * wo {
@@ -437,6 +457,7 @@ impl Tensor {
         let data = match self.storage() {
             Storage::F32(v) => Storage::F32(avg_pool(v, n, win, true)?),
             Storage::F64(v) => Storage::F64(avg_pool(v, n, win, true)?),
+            _ => unreachable!("reduced types are widened above"),
         };
         Tensor::from_storage(&[n, win.input_len()], data)
     }

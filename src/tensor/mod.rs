@@ -15,10 +15,12 @@
 //! assert_eq!(a.matmul(false, &b, false).unwrap().to_vec_f32(), vec![3.0, 7.0]);
 //! ```
 
+mod bf16_gemm;
 mod conv;
 pub mod counters;
 mod cpu;
 mod gemm;
+mod reduced;
 mod unary;
 
 use std::sync::Arc;
@@ -29,11 +31,43 @@ pub use unary::Unary;
 use crate::error::{Error, Result};
 use cpu::Elem;
 
-/// Element type of a tensor.
+/// Element type of a tensor. bf16 and f16 store half the bytes of f32 and compute in
+/// f32 (see `reduced`): they hold activations and matrix-product inputs under mixed
+/// precision, never parameters or optimizer state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DType {
     F32,
     F64,
+    BF16,
+    F16,
+}
+
+impl DType {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::F64 => 8,
+            DType::F32 => 4,
+            DType::BF16 | DType::F16 => 2,
+        }
+    }
+
+    /// True for the 16-bit types.
+    pub fn is_reduced(self) -> bool {
+        matches!(self, DType::BF16 | DType::F16)
+    }
+}
+
+impl std::fmt::Display for DType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DType::F32 => "f32",
+            DType::F64 => "f64",
+            DType::BF16 => "bf16",
+            DType::F16 => "f16",
+        })
+    }
 }
 
 /// Where a tensor's elements live. Every variant is host memory today.
@@ -41,6 +75,8 @@ pub enum DType {
 pub enum Storage {
     F32(Vec<f32>),
     F64(Vec<f64>),
+    BF16(Vec<half::bf16>),
+    F16(Vec<half::f16>),
 }
 
 /// An owned row-major tensor.
@@ -50,11 +86,19 @@ pub struct Tensor {
     data: Arc<Storage>,
 }
 
+// The dispatch macros: f32 and f64 run their own kernels; bf16 and f16 run the f32
+// kernel on widened copies (`reduced`), rounding back where the output keeps the type.
+
 macro_rules! map1 {
     ($s:expr, $v:ident => $e:expr) => {
         match $s {
             Storage::F32($v) => Storage::F32($e),
             Storage::F64($v) => Storage::F64($e),
+            half => {
+                let w = reduced::widen(half);
+                let $v = &w;
+                reduced::narrow(dtype_of(half), $e)
+            }
         }
     };
 }
@@ -64,6 +108,20 @@ macro_rules! each1 {
         match $s {
             Storage::F32($v) => $e,
             Storage::F64($v) => $e,
+            half => {
+                let w = reduced::widen(half);
+                let $v = &w;
+                $e
+            }
+        }
+    };
+}
+
+macro_rules! each1_mut {
+    ($s:expr, $v:ident => $e:expr) => {
+        match $s {
+            Storage::F64($v) => $e,
+            other => reduced::with_f32_mut(other, |$v| $e),
         }
     };
 }
@@ -73,11 +131,17 @@ macro_rules! each2 {
         match ($a, $b) {
             (Storage::F32($x), Storage::F32($y)) => Ok($e),
             (Storage::F64($x), Storage::F64($y)) => Ok($e),
-            (l, r) => Err(Error::DType {
-                op: $op,
-                lhs: dtype_of(l),
-                rhs: dtype_of(r),
-            }),
+            (l, r) => match (reduced::f32_view(l), reduced::f32_view(r)) {
+                (Some(wx), Some(wy)) => {
+                    let ($x, $y) = (&*wx, &*wy);
+                    Ok($e)
+                }
+                _ => Err(Error::DType {
+                    op: $op,
+                    lhs: dtype_of(l),
+                    rhs: dtype_of(r),
+                }),
+            },
         }
     };
 }
@@ -88,11 +152,17 @@ macro_rules! each2_mut {
         match ($a, $b) {
             (Storage::F32($x), Storage::F32($y)) => Ok($e),
             (Storage::F64($x), Storage::F64($y)) => Ok($e),
-            _ => Err(Error::DType {
-                op: $op,
-                lhs: l,
-                rhs: r,
-            }),
+            (s, o) => match reduced::f32_view(o) {
+                Some(wy) if l != DType::F64 => {
+                    let $y = &*wy;
+                    Ok(reduced::with_f32_mut(s, |$x| $e))
+                }
+                _ => Err(Error::DType {
+                    op: $op,
+                    lhs: l,
+                    rhs: r,
+                }),
+            },
         }
     }};
 }
@@ -101,6 +171,8 @@ fn dtype_of(s: &Storage) -> DType {
     match s {
         Storage::F32(_) => DType::F32,
         Storage::F64(_) => DType::F64,
+        Storage::BF16(_) => DType::BF16,
+        Storage::F16(_) => DType::F16,
     }
 }
 
@@ -127,6 +199,8 @@ impl Tensor {
         let data = match dtype {
             DType::F32 => Storage::F32(vec![value as f32; n]),
             DType::F64 => Storage::F64(vec![value; n]),
+            DType::BF16 => Storage::BF16(vec![half::bf16::from_f64(value); n]),
+            DType::F16 => Storage::F16(vec![half::f16::from_f64(value); n]),
         };
         Self::new(shape.to_vec(), data)
     }
@@ -170,11 +244,7 @@ impl Tensor {
 
     /// Bytes held by the elements.
     pub fn size_bytes(&self) -> usize {
-        self.len()
-            * match self.dtype() {
-                DType::F32 => 4,
-                DType::F64 => 8,
-            }
+        self.len() * self.dtype().size()
     }
 
     /// Element type.
@@ -195,9 +265,9 @@ impl Tensor {
     pub fn as_f32(&self) -> Result<&[f32]> {
         match &*self.data {
             Storage::F32(v) => Ok(v),
-            Storage::F64(_) => Err(Error::DType {
+            other => Err(Error::DType {
                 op: "as_f32",
-                lhs: DType::F64,
+                lhs: dtype_of(other),
                 rhs: DType::F32,
             }),
         }
@@ -205,11 +275,12 @@ impl Tensor {
 
     /// The elements of an f32 tensor, mutably (copied first if shared).
     pub fn as_f32_mut(&mut self) -> Result<&mut [f32]> {
+        let dtype = self.dtype();
         match self.storage_mut() {
             Storage::F32(v) => Ok(v),
-            Storage::F64(_) => Err(Error::DType {
+            _ => Err(Error::DType {
                 op: "as_f32_mut",
-                lhs: DType::F64,
+                lhs: dtype,
                 rhs: DType::F32,
             }),
         }
@@ -246,15 +317,33 @@ impl Tensor {
             return self.clone();
         }
         let data = match dtype {
-            DType::F32 => Storage::F32(self.to_vec_f32()),
             DType::F64 => Storage::F64(self.to_vec_f64()),
+            d => reduced::narrow(d, self.to_vec_f32()),
         };
         Self::new(self.shape.clone(), data)
     }
 
+    /// The same tensor when it is f32 or f64; a bf16 or f16 one widened to f32.
+    pub fn widened(&self) -> Tensor {
+        if self.dtype().is_reduced() {
+            self.to_dtype(DType::F32)
+        } else {
+            self.clone()
+        }
+    }
+
+    /// `f` of the f32-widened tensor, returned in this tensor's type: how a kernel with
+    /// no reduced-precision path of its own computes in f32.
+    fn via_f32(&self, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+        Ok(f(&self.widened())?.to_dtype(self.dtype()))
+    }
+
     /// Elements as `f32`, copied to host.
     pub fn to_vec_f32(&self) -> Vec<f32> {
-        each1!(&*self.data, v => v.iter().map(|x| x.f64() as f32).collect())
+        match &*self.data {
+            Storage::F64(v) => v.iter().map(|&x| x as f32).collect(),
+            other => reduced::widen(other),
+        }
     }
 
     /// Elements as `f64`, copied to host.
@@ -275,7 +364,7 @@ impl Tensor {
     /// Sets element `i` of the flattened tensor.
     pub fn set(&mut self, i: usize, value: f64) -> Result<()> {
         let shape = self.shape.clone();
-        let ok = each1!(self.storage_mut(), v => match v.get_mut(i) {
+        let ok = each1_mut!(self.storage_mut(), v => match v.get_mut(i) {
             Some(x) => { *x = Elem::of(value); true }
             None => false,
         });
@@ -313,11 +402,15 @@ impl Tensor {
                 Storage::F64(gemm::gemm_new(m, n, k, x, ta, y, tb))
             }
             (l, r) => {
-                return Err(Error::DType {
-                    op: "matmul",
-                    lhs: dtype_of(l),
-                    rhs: dtype_of(r),
-                });
+                let mut c = vec![0f32; m * n];
+                if !reduced::mixed_gemm((m, k, n), l, ta, r, tb, &mut c, false) {
+                    return Err(Error::DType {
+                        op: "matmul",
+                        lhs: dtype_of(l),
+                        rhs: dtype_of(r),
+                    });
+                }
+                Storage::F32(c)
             }
         };
         Ok(Self::new(vec![m, n], data))
@@ -352,6 +445,15 @@ impl Tensor {
             }
             (Storage::F64(c), Storage::F64(x), Storage::F64(y)) => {
                 gemm::gemm(m, n, k, x, ta, y, tb, c, true)
+            }
+            (Storage::F32(c), x, y) => {
+                if !reduced::mixed_gemm((m, k, n), x, ta, y, tb, c, true) {
+                    return Err(Error::DType {
+                        op: "matmul",
+                        lhs,
+                        rhs: dtype_of(y),
+                    });
+                }
             }
             (_, _, r) => {
                 return Err(Error::DType {
@@ -409,7 +511,7 @@ impl Tensor {
         }
         count_elementwise(self.len(), 2, self.dtype());
         let mut out = self.clone();
-        each1!(out.storage_mut(), v => cpu::scale_rows(v, c, s));
+        each1_mut!(out.storage_mut(), v => cpu::scale_rows(v, c, s));
         Ok(out)
     }
 
@@ -596,7 +698,7 @@ impl Tensor {
 
     /// `self ← s · self`.
     pub fn scale_in_place(&mut self, s: f64) {
-        each1!(self.storage_mut(), v => cpu::scale(v, s))
+        each1_mut!(self.storage_mut(), v => cpu::scale(v, s))
     }
 
     /// `self ← self + a · x`.
@@ -732,6 +834,10 @@ impl Tensor {
                 let (l, g) = cpu::softmax_xent(v, c, labels);
                 (l, Storage::F64(g))
             }
+            reduced => {
+                let (l, g) = cpu::softmax_xent(&reduced::widen(reduced), c, labels);
+                (l, Storage::F32(g))
+            }
         };
         Ok((loss, Self::new(self.shape.clone(), grad)))
     }
@@ -750,10 +856,7 @@ impl Tensor {
 }
 
 fn elem_bytes(d: DType) -> u64 {
-    match d {
-        DType::F32 => 4,
-        DType::F64 => 8,
-    }
+    d.size() as u64
 }
 
 fn count_gemm(m: usize, k: usize, n: usize, d: DType, accumulate: bool) {
