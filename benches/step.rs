@@ -1,7 +1,8 @@
 //! Times one training step (forward, the rule's backward, SGD update) at batch 128
 //! (`--batch N`), and each GEMM of the backprop step of the model at that batch.
 //!
-//! `cargo bench --bench step -- --threads N [--steps S] [--rule R] [--model SPEC] [--json]`:
+//! `cargo bench --bench step -- --threads N [--steps S] [--rule R] [--model SPEC]
+//! [--precision f32|bf16|f16] [--gemm-dtype f32|bf16|f16] [--json]`:
 //! prints the median step time in milliseconds over S steps (default 300) after 30
 //! warm-up steps, the step's counted GEMM FLOPs, and (for the default model) the
 //! throughput of each GEMM shape. `bench/step_vs_pytorch.sh` compares BP with PyTorch;
@@ -70,11 +71,18 @@ fn main() -> futureprop::Result<()> {
         .build()
         .expect("thread pool");
     pool.install(|| -> futureprop::Result<()> {
-        let model = Model::build(&ModelSpec {
+        let mut model = Model::build(&ModelSpec {
             spec: spec.clone(),
             activation: "relu".into(),
             bias: true,
         })?;
+        // Mixed precision of the step (`--precision f32|bf16|f16`); f16's loss scale is
+        // left at 1 (timing only).
+        model.set_precision(match arg_str(&args, "--precision", "f32").as_str() {
+            "bf16" => futureprop::tensor::DType::BF16,
+            "f16" => futureprop::tensor::DType::F16,
+            _ => futureprop::tensor::DType::F32,
+        });
         // Several rules (`--rule bp,fa,dfa`) run interleaved step by step in one process,
         // so the machine's drift affects them alike; each keeps its own parameters.
         let names: Vec<String> = rule_name.split(',').map(str::to_string).collect();

@@ -283,6 +283,10 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     checkpoint_segments: Option<String>,
+    /// Mixed precision: f32, bf16 (activations and products in bf16, f32 master weights) or f16 (with dynamic loss scaling)
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    precision: Option<String>,
     /// Average the update over N minibatches per optimizer step
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -146,7 +146,7 @@ impl Layer for LayerNorm {
                 dx[i * f + j] = (g[j] - mg - xh[j] * mgx) * inv[i];
             }
         }
-        Ok(Tensor::from_vec_f64(&[n, f], dx)?.to_dtype(d_out.dtype()))
+        Ok(Tensor::from_vec_f64(&[n, f], dx)?.to_dtype(d_out.dtype().accumulator()))
     }
 }
 
@@ -201,7 +201,7 @@ impl Stack {
         for l in &self.layers {
             let mut r = Record::training(l.name(), h.clone(), train);
             r.recompute = recompute;
-            let y = l.forward(p, &h, &mut r)?;
+            let y = crate::nn::model::follow(l.forward(p, &h, &mut r)?, &h);
             saved.push(h);
             saved.push(y.clone());
             saved.push(Tensor::from_vec_f64(&[1], vec![r.saved.len() as f64])?);
@@ -253,6 +253,7 @@ impl Stack {
     ) -> Result<Tensor> {
         let mut d = d_out.clone();
         for (l, r) in self.layers.iter().zip(recs).rev() {
+            d = crate::nn::chain::error_in_precision(l.as_ref(), d, r);
             d = match g.as_deref_mut() {
                 Some(g) => l
                     .backward(p, r, &d, g, true)?

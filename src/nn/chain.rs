@@ -33,6 +33,12 @@ where
 /// d, grads, input)` adds layer i's update for the error `d` at its output and, when
 /// `input` (every layer but the first), returns the error at its input; each layer's
 /// signal is recorded in `trace.errors`.
+///
+/// Under mixed precision the error at the output of a layer with a matrix product takes
+/// that output's element type (as autograd gives a bf16 tensor a bf16 gradient), so the
+/// layer's products run in bf16 ([`error_in_precision`]). With a loss scale S ≠ 1 ([`Model::set_loss_scale`]) the chain carries S·d_out
+/// (the recorded errors are scaled) and the gradients it adds to `grads` are divided by
+/// S again.
 pub fn backward_layers<F>(
     model: &Model,
     trace: &mut Trace,
@@ -43,16 +49,53 @@ pub fn backward_layers<F>(
 where
     F: FnMut(usize, &dyn Layer, &Record, &Tensor, &mut Grads, bool) -> Result<Option<Tensor>>,
 {
-    let mut d = d_out;
+    let scale = model.loss_scale();
+    let mut scaled = Grads::new();
+    let g = if scale == 1.0 {
+        &mut *grads
+    } else {
+        &mut scaled
+    };
+    let mut d = if scale == 1.0 {
+        d_out
+    } else {
+        d_out.scale(scale)
+    };
     for (i, layer) in model.layers().iter().enumerate().rev() {
-        let next = step(i, layer.as_ref(), &trace.records[i], &d, grads, i > 0)?;
+        let rec = &trace.records[i];
+        d = error_in_precision(layer.as_ref(), d, rec);
+        let next = step(i, layer.as_ref(), rec, &d, g, i > 0)?;
         trace.errors[i] = Some(d);
         match next {
             Some(n) => d = n,
             None => break,
         }
     }
+    if scale != 1.0 {
+        for (name, t) in scaled.iter() {
+            grads.accumulate(name, t.scale(1.0 / scale))?;
+        }
+    }
     Ok(())
+}
+
+/// The error `d` at a layer's output as that layer's backward takes it under mixed
+/// precision: rounded to the output's bf16 or f16 for layers whose backward is a matrix
+/// product (Linear, Conv2d, recurrent), so it runs on the reduced kernel; left f32 for the
+/// others, which compute in f32 anyway — normalisation's backward subtracts batch means
+/// of the error, and a rounded error would lose the small difference (as autocast runs
+/// normalisation in f32).
+pub(crate) fn error_in_precision(layer: &dyn Layer, d: Tensor, rec: &Record) -> Tensor {
+    use crate::nn::LayerKind;
+    if !rec.output.dtype().is_reduced() {
+        return d;
+    }
+    match layer.kind() {
+        LayerKind::Linear { .. } | LayerKind::Conv2d { .. } | LayerKind::Recurrent => {
+            crate::nn::model::follow(d, &rec.output)
+        }
+        _ => d,
+    }
 }
 
 /// How many segments gradient checkpointing cuts a model's layers into (Chen et al.

@@ -247,7 +247,7 @@ impl Layer for Conv2d {
                     all.extend(t.to_vec_f64());
                 }
                 Tensor::from_vec_f64(&[self.groups * og, n * pos], all)?
-                    .to_dtype(x.dtype())
+                    .to_dtype(x.dtype().accumulator())
                     .transpose()?
             }
         };
@@ -279,7 +279,7 @@ impl Layer for Conv2d {
             parts.remove(0).reshape(&shape)?
         } else {
             let all: Vec<f64> = parts.iter().flat_map(Tensor::to_vec_f64).collect();
-            Tensor::from_vec_f64(&shape, all)?.to_dtype(d_out.dtype())
+            Tensor::from_vec_f64(&shape, all)?.to_dtype(d_out.dtype().accumulator())
         };
         g.accumulate(&format!("{}.weight", self.name), dw)?;
         if self.bias {
@@ -314,7 +314,8 @@ impl Transport for Conv2d {
     ) -> Result<Tensor> {
         let (n, _) = d_out.dims2()?;
         let cg = self.window.channels / self.groups;
-        let mut dx = Tensor::zeros(&[n, self.window.input_len()], d_out.dtype());
+        // Summed in f32 under mixed precision.
+        let mut dx = Tensor::zeros(&[n, self.window.input_len()], d_out.dtype().accumulator());
         for gi in 0..self.groups {
             let d = self.group_rows(d_out, gi)?;
             let dcols = d.matmul(false, &self.group_rows_of(weight, gi)?, false)?;

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::activation::{ActivationSpec, parse_activation};
 use super::{Activation, Init, Layer, LayerKind, Linear, PRelu, Params, Record, Trace};
 use crate::error::{Error, Result};
-use crate::tensor::{Tensor, Unary};
+use crate::tensor::{DType, Tensor, Unary};
 
 /// Everything needed to rebuild a model: the spec string and its options.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -117,6 +117,22 @@ pub struct Model {
     /// Seed of the training passes' randomness (dropout masks), set per step by whoever
     /// owns the model (`&mut`): a pass reads it, never changes it.
     train_seed: u64,
+    /// Element type of activations and matrix-product inputs (mixed precision).
+    precision: DType,
+    /// Factor on the output error of the backward chain (f16 loss scaling); its
+    /// parameter gradients are divided by it again, so they are unscaled.
+    loss_scale: f64,
+}
+
+/// A layer's output `y` in the element type of its input `x` when that is bf16 or f16
+/// (a product or normalisation computes in f32; mixed precision stores its result
+/// rounded). f32 and f64 outputs are left as they are.
+pub(crate) fn follow(y: Tensor, x: &Tensor) -> Tensor {
+    if x.dtype().is_reduced() && y.dtype() != x.dtype() {
+        y.to_dtype(x.dtype())
+    } else {
+        y
+    }
 }
 
 /// Whether a parameter-store entry is a buffer (running statistics) rather than a
@@ -237,6 +253,8 @@ impl Model {
             outputs: widths[n],
             spec: spec.clone(),
             train_seed: 0,
+            precision: DType::F32,
+            loss_scale: 1.0,
         })
     }
 
@@ -508,6 +526,8 @@ impl Model {
                 ..Default::default()
             },
             train_seed: 0,
+            precision: DType::F32,
+            loss_scale: 1.0,
         })
     }
 
@@ -616,12 +636,47 @@ impl Model {
     /// normalisation with running statistics).
     pub fn forward(&self, p: &Params, x: &Tensor) -> Result<Tensor> {
         self.check_input(x)?;
-        let mut h = x.clone();
+        let mut h = self.cast_input(x);
         for l in &self.layers {
             let mut rec = Record::new(l.name(), h.clone());
-            h = l.forward(p, &h, &mut rec)?;
+            h = follow(l.forward(p, &h, &mut rec)?, &h);
         }
         Ok(h)
+    }
+
+    /// Sets the element type of activations and matrix-product inputs: `F32` (the
+    /// default) or, for mixed precision (as `torch.autocast`), `BF16` or `F16`. The
+    /// input is cast to it and every layer's output keeps it, so stored activations
+    /// take its size; products accumulate in f32, reductions, losses and normalisation
+    /// statistics run in f32, and parameters and gradients stay f32 ([`Params`]).
+    pub fn set_precision(&mut self, precision: DType) {
+        self.precision = precision;
+    }
+
+    /// The element type of activations.
+    pub fn precision(&self) -> DType {
+        self.precision
+    }
+
+    /// Sets the loss scale of the backward chain (f16 mixed precision): the output error
+    /// is multiplied by it before the chain runs, so small errors survive f16, and each
+    /// layer's parameter gradients are divided by it (Micikevicius et al. 2018).
+    pub fn set_loss_scale(&mut self, scale: f64) {
+        self.loss_scale = scale;
+    }
+
+    /// The loss scale of the backward chain (1 unless f16 training set it).
+    pub fn loss_scale(&self) -> f64 {
+        self.loss_scale
+    }
+
+    /// The input in the model's precision (unchanged for f32 and f64 data at `F32`).
+    fn cast_input(&self, x: &Tensor) -> Tensor {
+        if self.precision.is_reduced() {
+            x.to_dtype(self.precision)
+        } else {
+            x.clone()
+        }
     }
 
     /// Sets the seed of the next training passes' randomness (the trainer sets it from
@@ -657,12 +712,12 @@ impl Model {
     pub fn forward_trace_with(&self, p: &Params, x: &Tensor, online: bool) -> Result<Trace> {
         self.check_input(x)?;
         let mut records = Vec::with_capacity(self.layers.len());
-        let mut h = x.clone();
+        let mut h = self.cast_input(x);
         let seed = Some(self.train_seed());
         for l in &self.layers {
             let mut rec = Record::training(l.name(), h.clone(), seed);
             rec.online = online;
-            h = l.forward(p, &h, &mut rec)?;
+            h = follow(l.forward(p, &h, &mut rec)?, &h);
             rec.output = h.clone();
             records.push(rec);
         }
@@ -690,13 +745,17 @@ impl Model {
             self.check_input(x)?;
         }
         let mut records = Vec::new();
-        let mut h = x.clone();
+        let mut h = if range.start == 0 {
+            self.cast_input(x)
+        } else {
+            x.clone()
+        };
         let seed = Some(self.train_seed());
         for l in &self.layers[range] {
             let mut rec = Record::training(l.name(), h.clone(), seed);
             // A kept pass is the recomputation: the first pass took the statistics.
             rec.recompute = keep;
-            h = l.forward(p, &h, &mut rec)?;
+            h = follow(l.forward(p, &h, &mut rec)?, &h);
             if keep {
                 rec.output = h.clone();
                 records.push(rec);

@@ -22,6 +22,10 @@ use crate::tensor::Tensor;
 pub struct Backprop;
 
 impl Rule for Backprop {
+    fn mixed_precision(&self) -> bool {
+        true
+    }
+
     fn trains(&self) -> super::Trains {
         super::Trains::ALL
     }
@@ -73,6 +77,10 @@ impl Checkpointed {
 }
 
 impl Rule for Checkpointed {
+    fn mixed_precision(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &'static str {
         "bp"
     }

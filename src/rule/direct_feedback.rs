@@ -135,6 +135,10 @@ impl DirectFeedback {
 }
 
 impl Rule for DirectFeedback {
+    fn mixed_precision(&self) -> bool {
+        true
+    }
+
     fn trains(&self) -> super::Trains {
         // Projections onto whole feature maps.
         super::Trains {

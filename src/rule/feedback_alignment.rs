@@ -251,6 +251,10 @@ impl FeedbackAlignment {
 }
 
 impl Rule for FeedbackAlignment {
+    fn mixed_precision(&self) -> bool {
+        true
+    }
+
     fn trains(&self) -> super::Trains {
         // Feedback kernels in the transposed convolution; norms by their input gradient.
         super::Trains {

@@ -273,6 +273,10 @@ impl ForwardForward {
 }
 
 impl Rule for ForwardForward {
+    fn mixed_precision(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &'static str {
         "ff"
     }

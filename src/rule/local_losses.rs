@@ -238,6 +238,10 @@ pub fn sim_loss(h: &Tensor, target: &Target, classes: usize) -> Result<(f64, Ten
 }
 
 impl Rule for LocalLosses {
+    fn mixed_precision(&self) -> bool {
+        true
+    }
+
     fn trains(&self) -> super::Trains {
         // Per convolutional block; a block may hold a normalisation layer.
         super::Trains {

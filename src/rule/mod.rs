@@ -149,6 +149,15 @@ pub trait Rule: Send {
         ))
     }
 
+    /// Whether the rule trains under mixed precision (`--precision bf16|f16`): rules whose
+    /// passes are the model's forward and backward maps (their activations take the
+    /// model's precision, [`Model::set_precision`]). Rules with fused f32 loops of their
+    /// own (relaxations, layer-local inverses) keep the default, false, and the trainer
+    /// refuses the setting for them when the run starts.
+    fn mixed_precision(&self) -> bool {
+        false
+    }
+
     /// Refuses a model the rule cannot train for reasons beyond its layer families
     /// ([`Rule::trains`]), naming the layer; checked when the model is built.
     fn check_model(&self, _model: &Model) -> Result<()> {

@@ -276,6 +276,10 @@ impl SyntheticGradients {
 }
 
 impl Rule for SyntheticGradients {
+    fn mixed_precision(&self) -> bool {
+        true
+    }
+
     fn trains(&self) -> super::Trains {
         // Per convolutional block; a block may hold a normalisation layer.
         super::Trains {

@@ -90,31 +90,64 @@ fn avx512_available() -> bool {
     }
 }
 
+/// An operand element the kernels read as bf16 bits: bf16 itself, or f32 rounded to
+/// nearest even while it is packed (autocast's cast of an f32 operand, without a copy).
+pub(crate) trait Operand: Copy + Send + Sync {
+    fn bf16_bits(self) -> u16;
+}
+
+impl Operand for bf16 {
+    #[inline]
+    fn bf16_bits(self) -> u16 {
+        self.to_bits()
+    }
+}
+
+impl Operand for f32 {
+    #[inline]
+    fn bf16_bits(self) -> u16 {
+        super::reduced::bf16_bits(self)
+    }
+}
+
 /// A strided read-only view of an operand: element (i, j) at `i·rs + j·cs`.
 #[derive(Clone, Copy)]
-struct View<'a> {
-    v: &'a [bf16],
+struct View<'a, T> {
+    v: &'a [T],
     rs: usize,
     cs: usize,
 }
 
-impl View<'_> {
+impl<T: Operand> View<'_, T> {
     #[inline]
     fn bits(&self, i: usize, j: usize) -> u16 {
-        self.v[i * self.rs + j * self.cs].to_bits()
+        self.v[i * self.rs + j * self.cs].bf16_bits()
     }
+}
+
+/// The values the hardware kernels see, bf16-rounded, widened to f32.
+fn rounded<T: Operand>(v: &[T]) -> Vec<f32> {
+    v.iter()
+        .map(|x| f32::from_bits((x.bf16_bits() as u32) << 16))
+        .collect()
+}
+
+/// Two operand elements as one packed word: `lo` in the low half.
+#[inline]
+fn word<T: Operand>(lo: T, hi: T) -> u32 {
+    lo.bf16_bits() as u32 | ((hi.bf16_bits() as u32) << 16)
 }
 
 /// Row-major `c[m×n] (+)= op(a) · op(b)`; `op(a)` is `a[m×k]` or `a[k×m]ᵀ` when `ta`,
 /// `op(b)` is `b[k×n]` or `b[n×k]ᵀ` when `tb`. Without `accumulate`, `c` is overwritten.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm(
+pub(crate) fn gemm<A: Operand, B: Operand>(
     m: usize,
     n: usize,
     k: usize,
-    a: &[bf16],
+    a: &[A],
     ta: bool,
-    b: &[bf16],
+    b: &[B],
     tb: bool,
     c: &mut [f32],
     accumulate: bool,
@@ -124,14 +157,14 @@ pub(crate) fn gemm(
 
 /// [`gemm`] with a given kernel.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_with(
+pub(crate) fn gemm_with<A: Operand, B: Operand>(
     kernel: Kernel,
     m: usize,
     n: usize,
     k: usize,
-    a: &[bf16],
+    a: &[A],
     ta: bool,
-    b: &[bf16],
+    b: &[B],
     tb: bool,
     c: &mut [f32],
     accumulate: bool,
@@ -149,7 +182,7 @@ pub(crate) fn gemm_with(
         return;
     }
     if kernel == Kernel::Widen {
-        let (a, b) = (super::reduced::from_bf16(a), super::reduced::from_bf16(b));
+        let (a, b) = (rounded(a), rounded(b));
         super::gemm::gemm(m, n, k, &a, ta, &b, tb, c, accumulate);
         return;
     }
@@ -232,23 +265,27 @@ pub(crate) fn gemm_with(
 /// `kernel` runs on this CPU (not `Widen`); `c` points to an m×n block with leading
 /// dimension `ldc` that no one else writes.
 #[allow(clippy::too_many_arguments)]
-unsafe fn blocked(
+unsafe fn blocked<A: Operand, B: Operand>(
     kernel: Kernel,
     m: usize,
     n: usize,
     k: usize,
-    a: View,
+    a: View<A>,
     i0: usize,
     j0: usize,
-    b: View,
+    b: View<B>,
     c: *mut f32,
     ldc: usize,
     accumulate: bool,
 ) {
     let (mr, nr, kc_max) = kernel.geometry();
     let kp_total = k.div_ceil(2);
-    let mut bpack: Vec<u32> = Vec::new();
-    let mut apack: Vec<u32> = Vec::new();
+    // The packing buffers of this thread, kept between products (no allocation and no
+    // page faults per call).
+    thread_local! {
+        static PACKS: std::cell::RefCell<(Vec<u32>, Vec<u32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    }
+    let (mut apack, mut bpack) = PACKS.with(|p| std::mem::take(&mut *p.borrow_mut()));
     let mut tile = [0f32; TILE];
     let _tiles = (kernel == Kernel::Amx).then(amx::Tiles::configure);
     for jc in (0..n).step_by(NC) {
@@ -284,8 +321,15 @@ unsafe fn blocked(
                         // lie inside the caller's block.
                         unsafe {
                             match kernel {
+                                // A whole tile goes straight to c (accumulated in the tiles).
+                                Kernel::Amx if rows == mr && cols == nr => {
+                                    let (a, b) = (ap.as_ptr(), bp.as_ptr());
+                                    amx::kernel(kcp, a, b, c.add(c0), ldc, acc);
+                                    continue;
+                                }
                                 Kernel::Amx => {
-                                    amx::kernel(kcp, ap.as_ptr(), bp.as_ptr(), &mut tile)
+                                    let (a, b) = (ap.as_ptr(), bp.as_ptr());
+                                    amx::kernel(kcp, a, b, tile.as_mut_ptr(), nr, false);
                                 }
                                 _ => avx512_kernel(kc, ap.as_ptr(), bp.as_ptr(), &mut tile),
                             }
@@ -306,14 +350,15 @@ unsafe fn blocked(
             }
         }
     }
+    PACKS.with(|p| *p.borrow_mut() = (apack, bpack));
 }
 
 /// Packs k-pairs `pc..pc+kc` of columns `j0..j0+nc` of op(b): per `nr`-column panel,
 /// per k-pair (`kcp` ≥ `kc` of them), `nr` words each holding (b[2p, j], b[2p+1, j]) as
 /// (low, high) halves; columns past `nc`, pairs past `kc` and the k past the end are 0.
 #[allow(clippy::too_many_arguments)]
-fn pack_b(
-    b: &View,
+fn pack_b<T: Operand>(
+    b: &View<T>,
     nr: usize,
     pc: usize,
     kc: usize,
@@ -340,11 +385,11 @@ fn pack_b(
                 if k0 + 1 < k {
                     let r1 = &v[(k0 + 1) * b.rs + jb..(k0 + 1) * b.rs + jb + cols];
                     for ((w, x), y) in row.iter_mut().zip(r0).zip(r1) {
-                        *w = x.to_bits() as u32 | ((y.to_bits() as u32) << 16);
+                        *w = word(*x, *y);
                     }
                 } else {
                     for (w, x) in row.iter_mut().zip(r0) {
-                        *w = x.to_bits() as u32;
+                        *w = x.bf16_bits() as u32;
                     }
                 }
             } else {
@@ -365,7 +410,7 @@ fn pack_b(
 
 /// The word (a[i, 2p], a[i, 2p+1]) of op(a), the second half 0 past the end of k.
 #[inline]
-fn pair(a: &View, i: usize, k0: usize, k: usize) -> u32 {
+fn pair<T: Operand>(a: &View<T>, i: usize, k0: usize, k: usize) -> u32 {
     let lo = a.bits(i, k0) as u32;
     let hi = if k0 + 1 < k {
         a.bits(i, k0 + 1) as u32
@@ -379,8 +424,8 @@ fn pair(a: &View, i: usize, k0: usize, k: usize) -> u32 {
 /// `mr`-row panel, row by row, `kcp` words (a[i, 2p], a[i, 2p+1]) (a tile row is 16 of
 /// them); rows past `mc` and pairs past `kc` are zero.
 #[allow(clippy::too_many_arguments)]
-fn pack_a_rows(
-    a: &View,
+fn pack_a_rows<T: Operand>(
+    a: &View<T>,
     mr: usize,
     i0: usize,
     mc: usize,
@@ -403,7 +448,7 @@ fn pack_a_rows(
                 // The pairs are adjacent in the stored row.
                 let row = &a.v[i * a.rs + 2 * pc..i * a.rs + 2 * (pc + kc)];
                 for (w, two) in words.iter_mut().zip(row.chunks_exact(2)) {
-                    *w = two[0].to_bits() as u32 | ((two[1].to_bits() as u32) << 16);
+                    *w = word(two[0], two[1]);
                 }
             } else {
                 for (p, w) in words.iter_mut().enumerate() {
@@ -417,8 +462,8 @@ fn pack_a_rows(
 /// Packs rows `i0..i0+mc` of op(a) over k-pairs `pc..pc+kc` for the AVX512 kernel: per
 /// `mr`-row panel, per k-pair, `mr` words (a[i, 2p], a[i, 2p+1]); rows past `mc` are 0.
 #[allow(clippy::too_many_arguments)]
-fn pack_a(
-    a: &View,
+fn pack_a<T: Operand>(
+    a: &View<T>,
     mr: usize,
     i0: usize,
     mc: usize,
@@ -444,11 +489,11 @@ fn pack_a(
                 if k0 + 1 < k {
                     let r1 = &v[(k0 + 1) * a.cs + ib..(k0 + 1) * a.cs + ib + rows];
                     for ((w, x), y) in words.iter_mut().zip(r0).zip(r1) {
-                        *w = x.to_bits() as u32 | ((y.to_bits() as u32) << 16);
+                        *w = word(*x, *y);
                     }
                 } else {
                     for (w, x) in words.iter_mut().zip(r0) {
-                        *w = x.to_bits() as u32;
+                        *w = x.bf16_bits() as u32;
                     }
                 }
             }
@@ -506,7 +551,6 @@ unsafe fn avx512_kernel(_kc: usize, _a: *const u32, _b: *const u32, _tile: &mut 
 
 /// The AMX tile kernel and the OS handshake it needs.
 mod amx {
-    use super::TILE;
 
     /// True when the CPU has AMX-TILE and AMX-BF16 and the OS grants the tile state.
     pub(super) fn available() -> bool {
@@ -582,26 +626,57 @@ mod amx {
         }
     }
 
-    /// One 32×32 tile of c over `kcp` k-pairs (a multiple of 16) into `tile`
-    /// (row-major, stride 32, overwritten): c[0..16|16..32, 0..16|16..32] from the A
-    /// panel (32 rows of `kcp` words) and the B panel (`kcp` rows of 32 words).
+    /// One 32×32 tile of c over `kcp` k-pairs (a multiple of 16): c[0..16|16..32,
+    /// 0..16|16..32] at `c` (row stride `ldc` elements) from the A panel (32 rows of
+    /// `kcp` words) and the B panel (`kcp` rows of 32 words), added to what `c` holds
+    /// when `load`, else overwriting it.
     ///
     /// # Safety
-    /// [`Tiles::configure`] ran on this thread; the panels hold 32·`kcp` words each.
+    /// [`Tiles::configure`] ran on this thread; the panels hold 32·`kcp` words each; `c`
+    /// addresses 32 rows of 32 elements at stride `ldc`.
     #[cfg(target_arch = "x86_64")]
-    pub(super) unsafe fn kernel(kcp: usize, a: *const u32, b: *const u32, tile: &mut [f32; TILE]) {
+    pub(super) unsafe fn kernel(
+        kcp: usize,
+        a: *const u32,
+        b: *const u32,
+        c: *mut f32,
+        ldc: usize,
+        load: bool,
+    ) {
         use std::arch::asm;
         let a_stride = kcp * 4;
-        // SAFETY: every load reads 16 rows of 64 bytes inside the panels; the stores
-        // write the 32×32 f32 tile.
+        let sc = ldc * 4;
+        let (c00, c01, c10, c11) = (
+            c,
+            c.wrapping_add(16),
+            c.wrapping_add(16 * ldc),
+            c.wrapping_add(16 * ldc + 16),
+        );
+        // SAFETY: every load reads 16 rows of 64 bytes inside the panels or c; the
+        // stores write the 32×32 block of c.
         unsafe {
-            asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
-                options(nostack, nomem)
-            );
+            if load {
+                asm!(
+                    "tileloadd tmm0, [{c00} + {s}*1]",
+                    "tileloadd tmm1, [{c01} + {s}*1]",
+                    "tileloadd tmm2, [{c10} + {s}*1]",
+                    "tileloadd tmm3, [{c11} + {s}*1]",
+                    c00 = in(reg) c00,
+                    c01 = in(reg) c01,
+                    c10 = in(reg) c10,
+                    c11 = in(reg) c11,
+                    s = in(reg) sc,
+                    options(nostack, readonly)
+                );
+            } else {
+                asm!(
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    options(nostack, nomem)
+                );
+            }
             for p in (0..kcp).step_by(16) {
                 let a0 = a.add(p);
                 let a1 = a.add(16 * kcp + p);
@@ -625,17 +700,16 @@ mod amx {
                     options(nostack, readonly)
                 );
             }
-            let t = tile.as_mut_ptr();
             asm!(
                 "tilestored [{c00} + {s}*1], tmm0",
                 "tilestored [{c01} + {s}*1], tmm1",
                 "tilestored [{c10} + {s}*1], tmm2",
                 "tilestored [{c11} + {s}*1], tmm3",
-                c00 = in(reg) t,
-                c01 = in(reg) t.add(16),
-                c10 = in(reg) t.add(16 * 32),
-                c11 = in(reg) t.add(16 * 32 + 16),
-                s = in(reg) 128usize,
+                c00 = in(reg) c00,
+                c01 = in(reg) c01,
+                c10 = in(reg) c10,
+                c11 = in(reg) c11,
+                s = in(reg) sc,
                 options(nostack)
             );
         }
@@ -646,7 +720,9 @@ mod amx {
         _kcp: usize,
         _a: *const u32,
         _b: *const u32,
-        _tile: &mut [f32; TILE],
+        _c: *mut f32,
+        _ldc: usize,
+        _load: bool,
     ) {
         unreachable!("AMX is not available off x86_64")
     }

@@ -343,14 +343,20 @@ impl Tensor {
         }
         count_elementwise(cols.len(), 2, self.dtype());
         let c = cols.clone();
+        let err = Error::DType {
+            op: "col2im",
+            lhs: self.dtype(),
+            rhs: cols.dtype(),
+        };
         match (self.storage_mut(), c.storage()) {
             (Storage::F32(d), Storage::F32(v)) => col2im_acc(d, v, n, win, c0, cg),
             (Storage::F64(d), Storage::F64(v)) => col2im_acc(d, v, n, win, c0, cg),
-            _ => Err(Error::DType {
-                op: "col2im",
-                lhs: self.dtype(),
-                rhs: cols.dtype(),
-            }),
+            (Storage::F64(_), _) | (_, Storage::F64(_)) => Err(err),
+            // A reduced type on either side: summed in f32.
+            (d, v) => {
+                let v = super::reduced::f32_view(v).ok_or(err)?;
+                super::reduced::with_f32_mut(d, |d| col2im_acc(d, &v, n, win, c0, cg))
+            }
         }
     }
 
@@ -415,6 +421,9 @@ impl Tensor {
                 "max_pool_backward",
                 format!("{} errors for {} maxima", self.len(), idx.len()),
             ));
+        }
+        if self.dtype().is_reduced() {
+            return self.widened().max_pool_backward(idx, win);
         }
         let mut out = Tensor::zeros(&[n, win.input_len()], self.dtype());
         let d = self.clone();

@@ -53,6 +53,12 @@ impl DType {
         }
     }
 
+    /// The type sums over elements of this type are kept in: f32 for bf16 and f16
+    /// (which compute in f32), the type itself otherwise.
+    pub fn accumulator(self) -> DType {
+        if self.is_reduced() { DType::F32 } else { self }
+    }
+
     /// True for the 16-bit types.
     pub fn is_reduced(self) -> bool {
         matches!(self, DType::BF16 | DType::F16)
@@ -402,7 +408,14 @@ impl Tensor {
                 Storage::F64(gemm::gemm_new(m, n, k, x, ta, y, tb))
             }
             (l, r) => {
-                let mut c = vec![0f32; m * n];
+                let mut c = Vec::with_capacity(m * n);
+                // SAFETY: f32 has no invalid bit patterns; mixed_gemm writes all m·n
+                // elements (it overwrites, `accumulate` false) or the vector is dropped
+                // unread on the error below.
+                #[allow(clippy::uninit_vec)]
+                unsafe {
+                    c.set_len(m * n)
+                };
                 if !reduced::mixed_gemm((m, k, n), l, ta, r, tb, &mut c, false) {
                     return Err(Error::DType {
                         op: "matmul",
@@ -438,7 +451,11 @@ impl Tensor {
         (m, k, n): (usize, usize, usize),
     ) -> Result<()> {
         let (ad, bd) = (a.data.clone(), b.data.clone());
-        let lhs = dtype_of(&ad);
+        let err = || Error::DType {
+            op: "matmul",
+            lhs: dtype_of(&ad),
+            rhs: dtype_of(&bd),
+        };
         match (self.storage_mut(), &*ad, &*bd) {
             (Storage::F32(c), Storage::F32(x), Storage::F32(y)) => {
                 gemm::gemm(m, n, k, x, ta, y, tb, c, true)
@@ -446,21 +463,20 @@ impl Tensor {
             (Storage::F64(c), Storage::F64(x), Storage::F64(y)) => {
                 gemm::gemm(m, n, k, x, ta, y, tb, c, true)
             }
-            (Storage::F32(c), x, y) => {
-                if !reduced::mixed_gemm((m, k, n), x, ta, y, tb, c, true) {
-                    return Err(Error::DType {
-                        op: "matmul",
-                        lhs,
-                        rhs: dtype_of(y),
-                    });
-                }
-            }
-            (_, _, r) => {
-                return Err(Error::DType {
-                    op: "matmul",
-                    lhs,
-                    rhs: dtype_of(r),
+            (Storage::F64(_), _, _) => return Err(err()),
+            // f32 or a reduced type (summed in f32, rounded back) += a product with a
+            // reduced operand.
+            (c, x, y) => {
+                let ok = reduced::with_f32_mut(c, |c| match (x, y) {
+                    (Storage::F32(x), Storage::F32(y)) => {
+                        gemm::gemm(m, n, k, x, ta, y, tb, c, true);
+                        true
+                    }
+                    _ => reduced::mixed_gemm((m, k, n), x, ta, y, tb, c, true),
                 });
+                if !ok {
+                    return Err(err());
+                }
             }
         }
         Ok(())

@@ -103,19 +103,10 @@ pub(crate) fn with_f32_mut<R>(s: &mut Storage, f: impl FnOnce(&mut Vec<f32>) -> 
     }
 }
 
-/// The bf16 elements of an f32 or bf16 storage (f32 rounded).
-fn bf16_view(s: &Storage) -> Option<Cow<'_, [bf16]>> {
-    match s {
-        Storage::BF16(v) => Some(Cow::Borrowed(v)),
-        Storage::F32(v) => Some(Cow::Owned(to_bf16(v))),
-        _ => None,
-    }
-}
-
 /// `c (+)= op(a) · op(b)` with f32 output when an operand is bf16 or f16 and the other
 /// is f32 or of the same type. bf16 runs the bf16 kernel (an f32 operand is rounded to
-/// bf16 first, as `torch.autocast` casts it); f16 is widened to f32. False (nothing
-/// written) when f64 takes part or bf16 meets f16.
+/// bf16 as it is packed, as `torch.autocast` casts it); f16 is widened to f32. False
+/// (nothing written) when f64 takes part or bf16 meets f16.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn mixed_gemm(
     (m, k, n): (usize, usize, usize),
@@ -126,27 +117,22 @@ pub(crate) fn mixed_gemm(
     c: &mut [f32],
     accumulate: bool,
 ) -> bool {
-    use super::dtype_of;
-    let types = (dtype_of(a), dtype_of(b));
-    if types.0 == DType::F16 || types.1 == DType::F16 {
-        if types.0 == DType::BF16 || types.1 == DType::BF16 {
-            return false;
-        }
-        return match (f32_view(a), f32_view(b)) {
-            (Some(x), Some(y)) => {
-                super::gemm::gemm(m, n, k, &x, ta, &y, tb, c, accumulate);
-                true
-            }
-            _ => false,
-        };
+    use super::bf16_gemm::gemm;
+    if k == 0 && !accumulate {
+        c.fill(0.0);
     }
-    match (bf16_view(a), bf16_view(b)) {
-        (Some(x), Some(y)) => {
-            super::bf16_gemm::gemm(m, n, k, &x, ta, &y, tb, c, accumulate);
-            true
-        }
-        _ => false,
+    match (a, b) {
+        (Storage::BF16(x), Storage::BF16(y)) => gemm(m, n, k, x, ta, y, tb, c, accumulate),
+        (Storage::BF16(x), Storage::F32(y)) => gemm(m, n, k, x, ta, y, tb, c, accumulate),
+        (Storage::F32(x), Storage::BF16(y)) => gemm(m, n, k, x, ta, y, tb, c, accumulate),
+        (Storage::F16(_), Storage::F16(_) | Storage::F32(_))
+        | (Storage::F32(_), Storage::F16(_)) => match (f32_view(a), f32_view(b)) {
+            (Some(x), Some(y)) => super::gemm::gemm(m, n, k, &x, ta, &y, tb, c, accumulate),
+            _ => return false,
+        },
+        _ => return false,
     }
+    true
 }
 
 #[cfg(test)]

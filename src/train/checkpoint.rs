@@ -44,6 +44,11 @@ fn digest<'a>(
         h.update((v.len() as u64).to_le_bytes());
         h.update(v.as_bytes());
     }
+    // Newer keys enter only when present, so older files keep their digest.
+    if let Some(v) = meta.get("loss_scaler") {
+        h.update((v.len() as u64).to_le_bytes());
+        h.update(v.as_bytes());
+    }
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -60,6 +65,8 @@ pub struct Checkpoint {
     pub epoch: usize,
     /// Per-epoch metric records so far.
     pub history: Vec<serde_json::Value>,
+    /// The f16 loss scaler's state (runs in f16 only).
+    pub loss_scaler: Option<super::LossScaler>,
 }
 
 fn bytes_of(t: &Tensor) -> (Dtype, Vec<u8>) {
@@ -107,6 +114,9 @@ pub fn to_bytes(ck: &Checkpoint, path: &Path) -> Result<Vec<u8>> {
         "history".to_string(),
         serde_json::Value::Array(ck.history.clone()).to_string(),
     );
+    if let Some(s) = &ck.loss_scaler {
+        meta.insert("loss_scaler".to_string(), serde_json::json!(s).to_string());
+    }
     let sum = digest(
         owned
             .iter()
@@ -240,6 +250,10 @@ pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Checkpoint> {
         Some(h) => serde_json::from_str(h).map_err(|e| bad(format!("history: {e}")))?,
         None => Vec::new(),
     };
+    let loss_scaler = match meta.get("loss_scaler") {
+        Some(s) => Some(serde_json::from_str(s).map_err(|e| bad(format!("loss_scaler: {e}")))?),
+        None => None,
+    };
     let mut names: Vec<(String, TensorView)> = st.tensors();
     names.sort_by(|a, b| a.0.cmp(&b.0));
     let mut params = Params::new();
@@ -275,5 +289,6 @@ pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Checkpoint> {
         config,
         epoch,
         history,
+        loss_scaler,
     })
 }

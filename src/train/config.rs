@@ -72,6 +72,13 @@ pub struct TrainConfig {
     /// memory falls to K inputs plus one segment's records and the update is bit-identical.
     /// Rules: bp; default `off`.
     pub checkpoint_segments: String,
+    /// Mixed precision, as `torch.autocast`: `f32` (default), `bf16` or `f16`.
+    /// Activations and matrix-product inputs take the type (products accumulate in f32,
+    /// on AMX or AVX512_BF16 for bf16); parameters, gradients, optimizer state, losses,
+    /// softmax and normalisation statistics stay f32. `f16` adds dynamic loss scaling
+    /// ([`super::LossScaler`]). Rules on the shared forward and backward passes (bp, the
+    /// FA and DFA families, kp, local, dsn, dni, cdni, ff); the others refuse it.
+    pub precision: String,
     /// Average the rule's updates over N minibatches per optimizer step (gradient
     /// accumulation; an effective batch of N × `batch_size`); default 1.
     pub accumulate: usize,
@@ -130,6 +137,7 @@ impl Default for TrainConfig {
             diag_every: 0,
             optim: OptimizerConfig::default(),
             checkpoint_segments: "off".into(),
+            precision: "f32".into(),
             accumulate: 1,
             average: "none".into(),
             batch_size: 128,
@@ -158,6 +166,21 @@ impl TrainConfig {
         })
     }
 
+    /// The element type of `precision`: f32, bf16 or f16.
+    pub fn dtype(&self) -> Result<crate::tensor::DType> {
+        use crate::tensor::DType;
+        match self.precision.as_str() {
+            "f32" | "fp32" => Ok(DType::F32),
+            "bf16" => Ok(DType::BF16),
+            "f16" | "fp16" => Ok(DType::F16),
+            other => Err(Error::unknown(
+                "precision (--precision)",
+                other,
+                &["f32", "bf16", "f16"],
+            )),
+        }
+    }
+
     /// Every numeric setting in its range, including the rule's, the optimizer's and
     /// the pretraining's; an error names the setting and the value. A run that would do
     /// no work (0 epochs, 0 steps, no training or test samples) is an error too.
@@ -174,6 +197,7 @@ impl TrainConfig {
         real_opt("max_seconds", self.max_seconds, Positive)?;
         self.rbm.validate()?;
         crate::nn::Segments::parse(&self.checkpoint_segments)?;
+        self.dtype()?;
         crate::rule::resolve(&self.rule)?;
         self.optim.validate()
     }

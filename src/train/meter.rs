@@ -134,6 +134,8 @@ pub(super) struct EpochStats {
     relax: (f64, f64, f64),
     /// The rule's auxiliary loss: name, Σ, count.
     aux: (&'static str, f64, f64),
+    /// Optimizer steps the f16 loss scaler skipped (non-finite gradients).
+    pub skipped: u64,
 }
 
 impl EpochStats {

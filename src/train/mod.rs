@@ -10,6 +10,7 @@ mod averaging;
 pub mod checkpoint;
 mod config;
 pub mod energy;
+mod loss_scale;
 mod meter;
 mod objective;
 pub mod pretrain;
@@ -24,6 +25,7 @@ use serde_json::{Value, json};
 
 pub use checkpoint::Checkpoint;
 pub use config::TrainConfig;
+pub use loss_scale::LossScaler;
 pub use objective::RuleObjective;
 
 use crate::data::{self, Batches, Dataset, Normalize, Splits};

@@ -78,6 +78,7 @@ impl Records {
         params: &Params,
         opt: &dyn crate::optim::Optimizer,
         epoch: usize,
+        loss_scaler: Option<&super::LossScaler>,
     ) -> Result<()> {
         checkpoint::save(
             &self.checkpoint,
@@ -87,6 +88,7 @@ impl Records {
                 config: self.config.clone(),
                 epoch,
                 history: self.history.clone(),
+                loss_scaler: loss_scaler.cloned(),
             },
         )?;
         self.saved = Saved::Written(epoch);

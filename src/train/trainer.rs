@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::nn::{Init, Loss, Model, Params};
 use crate::optim::{Optimizer, StepContext, build_optimizer};
 use crate::rule::{Backprop, Batch, Rule};
+use crate::tensor::DType;
 
 /// A run in progress.
 pub(super) struct Trainer<'a> {
@@ -34,6 +35,8 @@ pub(super) struct Trainer<'a> {
     average: WeightAverage,
     records: Records,
     meter: RunMeter,
+    /// The f16 loss scaler (f16 runs only).
+    scaler: Option<super::LossScaler>,
     /// Optimizer steps taken (a resumed run's included).
     step: u64,
     /// The first epoch this process trains.
@@ -56,11 +59,22 @@ impl<'a> Trainer<'a> {
         resume: Option<Checkpoint>,
     ) -> Result<Trainer<'a>> {
         let loss = Loss::parse(&cfg.loss)?;
-        let model = build_model(cfg, splits.train.features(), splits.train.outputs())?;
+        let mut model = build_model(cfg, splits.train.features(), splits.train.outputs())?;
+        let precision = cfg.dtype()?;
         let segments = crate::nn::Segments::parse(&cfg.checkpoint_segments)?;
         let mut rule =
             crate::rule::with_checkpointing(crate::rule::build_choice(&cfg.rule)?, segments)?;
         crate::rule::check_rule_layers(rule.as_ref(), &model)?;
+        if precision != DType::F32 && !rule.mixed_precision() {
+            return Err(Error::config(
+                "precision (--precision)",
+                format!(
+                    "rule {} runs fused f32 loops of its own and does not train in {precision} (mixed precision covers bp, the FA and DFA families, kp, local, dsn, dni, cdni and ff); use --precision f32",
+                    rule.name()
+                ),
+            ));
+        }
+        model.set_precision(precision);
         check_memory(cfg, &model)?;
         let mut params = model.init_params(Init::parse(&cfg.init)?, cfg.seed)?;
         rule.init(&model, &mut params, cfg.seed)?;
@@ -107,10 +121,14 @@ impl<'a> Trainer<'a> {
             "none" | "rbm" => Value::Null,
             other => return Err(Error::unknown("pretrain", other, &["none", "rbm"])),
         };
+        let mut scaler = (precision == DType::F16).then(super::LossScaler::default);
         let (start_epoch, history) = match resume {
             Some(ck) => {
                 restore_params(&mut params, &ck.params, cfg)?;
                 optimizer.load_state(&ck.optimizer)?;
+                if let (Some(s), Some(saved)) = (scaler.as_mut(), ck.loss_scaler) {
+                    *s = saved;
+                }
                 (ck.epoch, Some(ck.history))
             }
             None => (0, None),
@@ -128,6 +146,7 @@ impl<'a> Trainer<'a> {
             average,
             records,
             meter: RunMeter::default(),
+            scaler,
             start_epoch,
             pretrain,
             start: Instant::now(),
@@ -220,6 +239,10 @@ impl<'a> Trainer<'a> {
             "lr": self.optimizer.learning_rate(),
         });
         stats.write(&mut rec);
+        if let Some(s) = &self.scaler {
+            rec["loss_scale"] = json!(s.scale);
+            rec["skipped_steps"] = json!(stats.skipped);
+        }
         self.evaluate_into(epoch, &mut rec)?;
         rec["flops"] = json!(spent.work.flops);
         rec["bytes_moved"] = json!(spent.work.bytes);
@@ -255,8 +278,12 @@ impl<'a> Trainer<'a> {
             || cfg.max_steps.is_some_and(|m| self.step >= m)
             || self.out_of_time;
         if last || (cfg.checkpoint_every > 0 && (epoch + 1).is_multiple_of(cfg.checkpoint_every)) {
-            self.records
-                .checkpoint(&self.params, self.optimizer.as_ref(), epoch + 1)?;
+            self.records.checkpoint(
+                &self.params,
+                self.optimizer.as_ref(),
+                epoch + 1,
+                self.scaler.as_ref(),
+            )?;
         }
         Ok(())
     }
@@ -284,6 +311,9 @@ impl<'a> Trainer<'a> {
                 .wrapping_mul(0x9E37_79B9_7F4A_7C15)
                 .wrapping_add(self.step),
         );
+        if let Some(s) = &self.scaler {
+            self.model.set_loss_scale(s.scale);
+        }
         let out = self
             .meter
             .step(|| self.rule.step(&self.model, &self.params, batch, loss))?;
@@ -325,6 +355,15 @@ impl<'a> Trainer<'a> {
             return Ok(());
         }
         let grads = accumulation.take(&out.grads);
+        if let Some(s) = self.scaler.as_mut() {
+            // GradScaler: a step with an Inf or NaN gradient is skipped and the scale
+            // halves.
+            let finite = grads.iter().all(|(_, t)| t.all_finite());
+            if !s.update(finite) {
+                stats.skipped += 1;
+                return Ok(());
+            }
+        }
         let mut objective = RuleObjective {
             rule: self.rule.as_mut(),
             model: &self.model,
@@ -350,6 +389,9 @@ impl<'a> Trainer<'a> {
             let seconds =
                 self.start.elapsed().as_secs_f64() - self.not_training_seconds - cost.aside_seconds;
             let mut rec = json!({"type": "step", "epoch": epoch + 1, "step": self.step, "loss": out.loss, "seconds": seconds});
+            if let Some(s) = &self.scaler {
+                rec["loss_scale"] = json!(s.scale);
+            }
             if let Some(r) = self.rule.relaxation() {
                 rec["relax_steps"] = json!(r.steps);
                 rec["relax_residual"] = json!(r.residual.last());
@@ -439,6 +481,8 @@ impl<'a> Trainer<'a> {
                 "update_bytes": meter.update_bytes,
                 "allocator": if crate::mem::installed() { "counting" } else { "not installed" },
             },
+            "precision": self.model.precision().to_string(),
+            "loss_scaler": self.scaler,
             "flops_per_step": flops,
             "bytes_moved_per_step": bytes,
             "energy_joules": meter.joules,

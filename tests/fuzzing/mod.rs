@@ -237,6 +237,7 @@ fn checkpoint_bytes() -> Vec<u8> {
         config: cfg,
         epoch: 1,
         history: vec![serde_json::json!({"type": "epoch", "epoch": 1, "test_loss": 0.5})],
+        loss_scaler: None,
     };
     checkpoint::to_bytes(&ck, Path::new("fuzz.safetensors")).unwrap()
 }
