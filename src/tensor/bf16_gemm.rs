@@ -376,6 +376,22 @@ fn pack_b<T: Operand>(
         let cols = nr.min(nc - jt * nr);
         let jb = j0 + jt * nr;
         let panel = &mut out[jt * kcp * nr..(jt + 1) * kcp * nr];
+        if b.rs == 1 && b.cs != 1 {
+            // op(b) = bᵀ: column j of op(b) is a stored row, its k-pairs adjacent. Read
+            // each row in order, write its words down the panel.
+            let whole = (2 * (pc + kc)).min(k) - 2 * pc;
+            for jj in 0..cols {
+                let row = &v[(jb + jj) * b.cs + 2 * pc..(jb + jj) * b.cs + 2 * pc + whole];
+                let mut pairs = row.chunks_exact(2);
+                for (p, two) in pairs.by_ref().enumerate() {
+                    panel[p * nr + jj] = word(two[0], two[1]);
+                }
+                if let [last] = pairs.remainder() {
+                    panel[(whole / 2) * nr + jj] = last.bf16_bits() as u32;
+                }
+            }
+            continue;
+        }
         for p in 0..kc {
             let k0 = 2 * (pc + p);
             let row = &mut panel[p * nr..p * nr + cols];
@@ -441,6 +457,26 @@ fn pack_a_rows<T: Operand>(
     for it in 0..mtiles {
         let rows = mr.min(mc - it * mr);
         let panel = &mut out[it * kcp * mr..(it + 1) * kcp * mr];
+        if a.rs == 1 && a.cs != 1 {
+            // op(a) = aᵀ: rows 2p and 2p+1 of the stored a run along i. Read both in
+            // order, write each row's word.
+            let ib = i0 + it * mr;
+            for p in 0..kc {
+                let k0 = 2 * (pc + p);
+                let r0 = &a.v[k0 * a.cs + ib..k0 * a.cs + ib + rows];
+                if k0 + 1 < k {
+                    let r1 = &a.v[(k0 + 1) * a.cs + ib..(k0 + 1) * a.cs + ib + rows];
+                    for (r, (x, y)) in r0.iter().zip(r1).enumerate() {
+                        panel[r * kcp + p] = word(*x, *y);
+                    }
+                } else {
+                    for (r, x) in r0.iter().enumerate() {
+                        panel[r * kcp + p] = x.bf16_bits() as u32;
+                    }
+                }
+            }
+            continue;
+        }
         for r in 0..rows {
             let i = i0 + it * mr + r;
             let words = &mut panel[r * kcp..r * kcp + kc];
