@@ -4,7 +4,7 @@
 
 use futureprop::mem::CountingAlloc;
 use futureprop::nn::{Init, Loss, Model, ModelSpec, Segments, Target};
-use futureprop::rule::{Batch, build_rule, with_checkpointing};
+use futureprop::rule::{Batch, build_rule};
 use futureprop::tensor::Tensor;
 use rand::{Rng, SeedableRng};
 
@@ -15,7 +15,7 @@ static ALLOC: CountingAlloc = CountingAlloc;
 fn fewer_kept_records_lower_the_peak_of_a_step() {
     // 16 hidden layers of 256: 33 layers (Linear and activation each), so auto = 6.
     let spec = format!("mlp:64{}-10", "-256".repeat(16));
-    let m = Model::build(&ModelSpec {
+    let mut m = Model::build(&ModelSpec {
         spec,
         activation: "tanh".into(),
         bias: true,
@@ -31,7 +31,8 @@ fn fewer_kept_records_lower_the_peak_of_a_step() {
     };
     let mut peaks = Vec::new();
     for s in [Segments::Off, Segments::Count(2), Segments::Auto] {
-        let mut r = with_checkpointing(build_rule("bp").unwrap(), s).unwrap();
+        m.set_checkpoint_segments(s);
+        let mut r = build_rule("bp").unwrap();
         let live = futureprop::mem::live();
         futureprop::mem::reset_peak();
         let out = r.step(&m, &p, &batch, Loss::CrossEntropy).unwrap();

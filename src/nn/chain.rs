@@ -23,16 +23,24 @@ pub fn backward_chain<F>(
 where
     F: FnMut(usize, &dyn Layer, &Record, &Tensor) -> Result<Tensor>,
 {
-    backward_layers(model, trace, d_out, grads, |i, layer, rec, d, g, input| {
-        layer.param_grads(params, rec, d, g)?;
-        input.then(|| transport(i, layer, rec, d)).transpose()
-    })
+    backward_layers(
+        model,
+        params,
+        trace,
+        d_out,
+        grads,
+        |i, layer, rec, d, g, input| {
+            layer.param_grads(params, rec, d, g)?;
+            input.then(|| transport(i, layer, rec, d)).transpose()
+        },
+    )
 }
 
 /// The loop under [`backward_chain`]: from the top layer down, `step(i, layer, record,
 /// d, grads, input)` adds layer i's update for the error `d` at its output and, when
 /// `input` (every layer but the first), returns the error at its input; each layer's
-/// signal is recorded in `trace.errors`.
+/// signal is recorded in `trace.errors`. Records of a checkpointed trace are recomputed
+/// a segment at a time as the loop reaches them ([`Trace::ensure`]).
 ///
 /// Under mixed precision the error at the output of a layer with a matrix product takes
 /// that output's element type (as autograd gives a bf16 tensor a bf16 gradient), so the
@@ -41,6 +49,7 @@ where
 /// S again.
 pub fn backward_layers<F>(
     model: &Model,
+    params: &Params,
     trace: &mut Trace,
     d_out: Tensor,
     grads: &mut Grads,
@@ -62,6 +71,8 @@ where
         d_out.scale(scale)
     };
     for (i, layer) in model.layers().iter().enumerate().rev() {
+        // Gradient checkpointing: recompute this layer's segment on reaching it.
+        trace.ensure(model, params, i)?;
         let rec = &trace.records[i];
         d = error_in_precision(layer.as_ref(), d, rec);
         let next = step(i, layer.as_ref(), rec, &d, g, i > 0)?;

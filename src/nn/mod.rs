@@ -96,6 +96,24 @@ pub struct Trace {
     pub records: Vec<Record>,
     /// `errors[i]`: the signal the rule used as ∂L/∂(output of layer i), if any.
     pub errors: Vec<Option<Tensor>>,
+    /// Under gradient checkpointing: the segments' inputs, from which
+    /// [`Trace::ensure`] recomputes the records a backward pass reads.
+    pub recompute: Option<Recompute>,
+}
+
+/// What a checkpointed forward pass keeps (Chen et al. 2016): the input of each segment
+/// of layers; the records themselves are empty until [`Trace::ensure`] recomputes them,
+/// one segment at a time.
+#[derive(Debug, Clone)]
+pub struct Recompute {
+    /// Segment `j` is layers `bounds[j]..bounds[j + 1]`.
+    pub bounds: Vec<usize>,
+    /// The input of each segment.
+    pub inputs: Vec<Tensor>,
+    /// The segment whose records are present.
+    pub current: Option<usize>,
+    /// The model's output (the last record's output, kept while its segment is dropped).
+    pub output: Tensor,
 }
 
 impl Trace {
@@ -104,10 +122,14 @@ impl Trace {
         self.records.last().map(|r| &r.output)
     }
 
-    /// Bytes of activations kept by the records. Tensors shared between consecutive
-    /// records (output of i = input of i+1) are counted once.
+    /// Bytes of activations kept by the records (and, under gradient checkpointing, the
+    /// segments' inputs). Tensors shared between consecutive records (output of i =
+    /// input of i+1) are counted once.
     pub fn activation_bytes(&self) -> usize {
-        let mut n = 0;
+        let mut n = self
+            .recompute
+            .as_ref()
+            .map_or(0, |r| r.inputs.iter().map(Tensor::size_bytes).sum());
         for (i, r) in self.records.iter().enumerate() {
             if i == 0 {
                 n += r.input.size_bytes();

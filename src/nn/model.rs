@@ -4,7 +4,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::activation::{ActivationSpec, parse_activation};
-use super::{Activation, Init, Layer, LayerKind, Linear, PRelu, Params, Record, Trace};
+use super::{Activation, Init, Layer, LayerKind, Linear, PRelu, Params, Record, Segments, Trace};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor, Unary};
 
@@ -122,6 +122,48 @@ pub struct Model {
     /// Factor on the output error of the backward chain (f16 loss scaling); its
     /// parameter gradients are divided by it again, so they are unscaled.
     loss_scale: f64,
+    /// Gradient checkpointing of training passes.
+    segments: Segments,
+}
+
+impl Trace {
+    /// Makes record `i` present: under gradient checkpointing, recomputes the records of
+    /// the segment holding layer `i` from its kept input (dropping the segment recomputed
+    /// before); otherwise nothing. A backward pass that reads records from the top layer
+    /// down recomputes each segment once.
+    pub fn ensure(&mut self, model: &Model, p: &Params, i: usize) -> Result<()> {
+        let Some(r) = self.recompute.as_mut() else {
+            return Ok(());
+        };
+        let Some(seg) = r.bounds.windows(2).position(|w| w[0] <= i && i < w[1]) else {
+            return Err(Error::shape(
+                "checkpointed trace",
+                format!("layer {i} of {}", self.records.len()),
+            ));
+        };
+        if r.current == Some(seg) {
+            return Ok(());
+        }
+        let dt = r.output.dtype();
+        if let Some(c) = r.current {
+            for j in r.bounds[c]..r.bounds[c + 1] {
+                let name = std::mem::take(&mut self.records[j].layer);
+                self.records[j] = Record::new(&name, Tensor::zeros(&[0, 0], dt));
+            }
+            if let Some(last) = self.records.last_mut()
+                && last.output.is_empty()
+            {
+                last.output = r.output.clone();
+            }
+        }
+        let range = r.bounds[seg]..r.bounds[seg + 1];
+        let (_, recs) = model.forward_range(p, &r.inputs[seg], range.clone(), true)?;
+        for (j, rec) in range.zip(recs) {
+            self.records[j] = rec;
+        }
+        r.current = Some(seg);
+        Ok(())
+    }
 }
 
 /// A layer's output `y` in the element type of its input `x` when that is bf16 or f16
@@ -255,6 +297,7 @@ impl Model {
             train_seed: 0,
             precision: DType::F32,
             loss_scale: 1.0,
+            segments: Segments::Off,
         })
     }
 
@@ -528,6 +571,7 @@ impl Model {
             train_seed: 0,
             precision: DType::F32,
             loss_scale: 1.0,
+            segments: Segments::Off,
         })
     }
 
@@ -670,6 +714,21 @@ impl Model {
         self.loss_scale
     }
 
+    /// Sets gradient checkpointing of training passes (Chen et al. 2016): with K
+    /// segments, [`Model::forward_trace`] keeps only each segment's input and empty
+    /// records, and a backward pass recomputes a segment's records when it first reads
+    /// one of them ([`Trace::ensure`]; [`crate::nn::backward_layers`] does). The same
+    /// kernels and seeds, so the update is bit-identical; activation memory falls from
+    /// every layer's records to K inputs plus one segment's records.
+    pub fn set_checkpoint_segments(&mut self, segments: Segments) {
+        self.segments = segments;
+    }
+
+    /// Gradient checkpointing of training passes.
+    pub fn checkpoint_segments(&self) -> Segments {
+        self.segments
+    }
+
     /// The input in the model's precision (unchanged for f32 and f64 data at `F32`).
     fn cast_input(&self, x: &Tensor) -> Tensor {
         if self.precision.is_reduced() {
@@ -711,6 +770,9 @@ impl Model {
     /// layers run UORO forward and keep no history).
     pub fn forward_trace_with(&self, p: &Params, x: &Tensor, online: bool) -> Result<Trace> {
         self.check_input(x)?;
+        if self.segments != Segments::Off && !online {
+            return self.forward_segments(p, x);
+        }
         let mut records = Vec::with_capacity(self.layers.len());
         let mut h = self.cast_input(x);
         let seed = Some(self.train_seed());
@@ -724,6 +786,39 @@ impl Model {
         Ok(Trace {
             errors: vec![None; records.len()],
             records,
+            recompute: None,
+        })
+    }
+
+    /// The checkpointed training pass: each segment's input kept, its records dropped
+    /// as soon as it has run (this pass takes batch statistics; recomputations do not).
+    fn forward_segments(&self, p: &Params, x: &Tensor) -> Result<Trace> {
+        let n = self.layers.len();
+        let k = self.segments.count(n);
+        let bounds: Vec<usize> = (0..=k).map(|j| j * n / k).collect();
+        let mut inputs = Vec::with_capacity(k);
+        let mut h = self.cast_input(x);
+        for w in bounds.windows(2) {
+            inputs.push(h.clone());
+            h = self.forward_range(p, &h, w[0]..w[1], false)?.0;
+        }
+        let mut records: Vec<Record> = self
+            .layers
+            .iter()
+            .map(|l| Record::new(l.name(), Tensor::zeros(&[0, 0], h.dtype())))
+            .collect();
+        if let Some(last) = records.last_mut() {
+            last.output = h.clone();
+        }
+        Ok(Trace {
+            errors: vec![None; n],
+            records,
+            recompute: Some(super::Recompute {
+                bounds,
+                inputs,
+                current: None,
+                output: h,
+            }),
         })
     }
 

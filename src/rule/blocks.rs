@@ -16,6 +16,7 @@ pub(crate) fn scratch_trace(model: &Model, dtype: DType) -> Trace {
             .map(|l| Record::new(l.name(), Tensor::zeros(&[0, 0], dtype)))
             .collect(),
         errors: vec![None; model.layers().len()],
+        recompute: None,
     }
 }
 

@@ -139,6 +139,10 @@ impl Rule for DirectFeedback {
         true
     }
 
+    fn recomputes(&self) -> bool {
+        true
+    }
+
     fn trains(&self) -> super::Trains {
         // Projections onto whole feature maps.
         super::Trains {
@@ -193,6 +197,8 @@ impl Rule for DirectFeedback {
         let (hidden, last) = Self::blocks(model)?;
         let mut grads = Grads::new();
         let layers = model.layers();
+        // Blocks from the top down, so a checkpointed trace recomputes each segment once.
+        trace.ensure(model, params, last.linear)?;
         layers[last.linear].param_grads(params, &trace.records[last.linear], &e, &mut grads)?;
         let signal = match self.kind {
             DirectKind::Dfa | DirectKind::Bfa => e.clone(),
@@ -201,13 +207,14 @@ impl Rule for DirectFeedback {
                 batch.target.dense(r, c, e.dtype())?.scale(-1.0)
             }
         };
-        for (i, b) in hidden.iter().enumerate() {
+        for (i, b) in hidden.iter().enumerate().rev() {
             let m = self.matrices.get(&self.key(i, b.outputs)).ok_or_else(|| {
                 Error::config("direct feedback", "no projection matrix; was init called?")
             })?;
             let d_act = signal.matmul(false, m, false)?;
             let d_pre = match b.activation {
                 Some(a) => {
+                    trace.ensure(model, params, a)?;
                     let rec = &trace.records[a];
                     layers[a].param_grads(params, rec, &d_act, &mut grads)?;
                     let d = layers[a].input_grad(params, rec, &d_act)?;
@@ -216,6 +223,7 @@ impl Rule for DirectFeedback {
                 }
                 None => d_act,
             };
+            trace.ensure(model, params, b.linear)?;
             layers[b.linear].param_grads(params, &trace.records[b.linear], &d_pre, &mut grads)?;
             trace.errors[b.linear] = Some(d_pre);
         }

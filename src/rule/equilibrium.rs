@@ -657,10 +657,7 @@ impl Rule for Equilibrium {
             }
         }
         // A trace with the input only: these rules keep no feed-forward records.
-        let trace = Trace {
-            records: Vec::new(),
-            errors: Vec::new(),
-        };
+        let trace = Trace::default();
         Ok(StepOutput {
             grads,
             trace,

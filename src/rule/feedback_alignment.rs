@@ -255,6 +255,10 @@ impl Rule for FeedbackAlignment {
         true
     }
 
+    fn recomputes(&self) -> bool {
+        true
+    }
+
     fn trains(&self) -> super::Trains {
         // Feedback kernels in the transposed convolution; norms by their input gradient.
         super::Trains {

@@ -11,7 +11,7 @@ mod blocks;
 
 pub use crate::data::Batch;
 pub use crate::nn::{backward_chain, backward_layers};
-pub use backprop::{Backprop, Checkpointed};
+pub use backprop::Backprop;
 pub use classic::{Classic, ClassicKind};
 pub use direct_feedback::{DirectFeedback, DirectKind};
 pub use equilibrium::{ChlSettings, Equilibrium, Nudge, NudgeSettings, RelaxSettings};
@@ -132,21 +132,13 @@ pub trait Rule: Send {
         model.forward(params, x)
     }
 
-    /// The rule that replaces this one under gradient checkpointing over `segments`
-    /// (Chen et al. 2016; `None`: this one, as when off); rules that keep no
-    /// recomputable activations, or do not recompute them yet, refuse any setting but
-    /// off. [`with_checkpointing`] applies it.
-    fn checkpointed(&self, segments: crate::nn::Segments) -> Result<Option<Box<dyn Rule>>> {
-        if segments == crate::nn::Segments::Off {
-            return Ok(None);
-        }
-        Err(Error::config(
-            "checkpoint_segments (--checkpoint-segments)",
-            format!(
-                "rule {} does not recompute activations (gradient checkpointing works with bp so far); use --checkpoint-segments off",
-                self.name()
-            ),
-        ))
+    /// Whether the rule reads the trace's records only through [`Trace::ensure`] (or
+    /// [`backward_layers`], which calls it), from the top layer down, so gradient
+    /// checkpointing ([`Model::set_checkpoint_segments`]) applies: bp, the FA family,
+    /// kp and the DFA family. Default false; [`check_checkpointing`] refuses the setting
+    /// for the others.
+    fn recomputes(&self) -> bool {
+        false
     }
 
     /// Whether the rule trains under mixed precision (`--precision bf16|f16`): rules whose
@@ -377,12 +369,19 @@ pub fn check_rule_layers(rule: &dyn Rule, model: &Model) -> Result<()> {
     Ok(())
 }
 
-/// `rule` under gradient checkpointing over `segments` ([`Rule::checkpointed`]).
-pub fn with_checkpointing(
-    rule: Box<dyn Rule>,
-    segments: crate::nn::Segments,
-) -> Result<Box<dyn Rule>> {
-    Ok(rule.checkpointed(segments)?.unwrap_or(rule))
+/// Refuses gradient checkpointing over `segments` for a rule that does not recompute
+/// records ([`Rule::recomputes`]); any rule takes `off`.
+pub fn check_checkpointing(rule: &dyn Rule, segments: crate::nn::Segments) -> Result<()> {
+    if segments == crate::nn::Segments::Off || rule.recomputes() {
+        return Ok(());
+    }
+    Err(Error::config(
+        "checkpoint_segments (--checkpoint-segments)",
+        format!(
+            "rule {} does not recompute activations (gradient checkpointing covers bp, fa, usf, brsf, frsf, kp, dfa, bfa and drtp); use --checkpoint-segments off",
+            rule.name()
+        ),
+    ))
 }
 
 /// Builds a rule by its CLI name with default settings.

@@ -330,6 +330,7 @@ impl PredictiveCoding {
         let mut trace = Trace {
             records: Vec::with_capacity(layers.len()),
             errors: vec![None; layers.len()],
+            recompute: None,
         };
         for (j, b) in all.iter().enumerate() {
             let inp = if j == 0 { &batch.x } else { &x[j - 1] };

@@ -71,6 +71,7 @@ impl Rule for Uoro {
         let mut grads = Grads::new();
         super::backward_layers(
             model,
+            params,
             trace,
             d_out,
             &mut grads,

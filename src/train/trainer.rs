@@ -62,8 +62,8 @@ impl<'a> Trainer<'a> {
         let mut model = build_model(cfg, splits.train.features(), splits.train.outputs())?;
         let precision = cfg.dtype()?;
         let segments = crate::nn::Segments::parse(&cfg.checkpoint_segments)?;
-        let mut rule =
-            crate::rule::with_checkpointing(crate::rule::build_choice(&cfg.rule)?, segments)?;
+        let mut rule = crate::rule::build_choice(&cfg.rule)?;
+        crate::rule::check_checkpointing(rule.as_ref(), segments)?;
         crate::rule::check_rule_layers(rule.as_ref(), &model)?;
         if precision != DType::F32 && !rule.mixed_precision() {
             return Err(Error::config(
@@ -75,6 +75,7 @@ impl<'a> Trainer<'a> {
             ));
         }
         model.set_precision(precision);
+        model.set_checkpoint_segments(segments);
         check_memory(cfg, &model)?;
         let mut params = model.init_params(Init::parse(&cfg.init)?, cfg.seed)?;
         rule.init(&model, &mut params, cfg.seed)?;
