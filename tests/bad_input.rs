@@ -433,8 +433,12 @@ fn gradient_checkpointing_runs_with_bp_and_is_refused_where_it_cannot_apply() {
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["config"]["checkpoint_segments"], "auto");
     fails_with(
-        &train(&data, &out, &[&args[..], &["2", "--rule", "dsn"]].concat()),
-        &["checkpoint_segments", "dsn", "bp"],
+        &train(
+            &data,
+            &out,
+            &[&args[..], &["2", "--rule", "local"]].concat(),
+        ),
+        &["checkpoint_segments", "local", "bp"],
     );
     fails_with(
         &train(

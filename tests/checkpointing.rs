@@ -82,10 +82,11 @@ fn checkpointed_backprop_equals_plain_backprop_exactly() {
 }
 
 #[test]
-fn checkpointed_feedback_alignment_and_direct_feedback_equal_their_plain_updates() {
+fn checkpointed_feedback_alignment_direct_feedback_and_deep_supervision_equal_their_plain_updates()
+{
     let mut ran = Vec::new();
     for (spec, inputs, classes) in [("mlp:12-16-16-16-5", 12, 5), ("lenet5", 784, 10)] {
-        for rule in ["fa", "usf", "kp", "dfa", "drtp"] {
+        for rule in ["fa", "usf", "kp", "dfa", "drtp", "dsn"] {
             let (mut m, mut p) = model(spec, "tanh", 3);
             let mut r = build_rule(rule).unwrap();
             if r.check_model(&m).is_err()
@@ -117,7 +118,7 @@ fn checkpointed_feedback_alignment_and_direct_feedback_equal_their_plain_updates
         }
     }
     // Every rule on the MLP; those that train conv layers on LeNet-5 too.
-    assert!(ran.len() >= 7, "{ran:?}");
+    assert!(ran.len() >= 8, "{ran:?}");
 }
 
 #[test]
@@ -139,7 +140,7 @@ fn segments_parse_and_count() {
 fn what_cannot_be_recomputed_is_refused_by_name() {
     use futureprop::train::TrainConfig;
     // Rules without recomputation.
-    for rule in ["dsn", "local", "pc", "eqprop", "dni"] {
+    for rule in ["local", "pc", "eqprop", "dni"] {
         let r = build_rule(rule).unwrap();
         let e = check_checkpointing(r.as_ref(), Segments::Auto)
             .err()

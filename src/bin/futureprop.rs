@@ -279,7 +279,7 @@ struct TrainArgs {
     #[arg(long = "param-group")]
     #[serde(rename = "param_groups", skip_serializing_if = "Vec::is_empty")]
     param_group: Vec<futureprop::optim::ParamGroup>,
-    /// Gradient checkpointing: off, auto (√L segments), or K segments (bp, FA and DFA families)
+    /// Gradient checkpointing: off, auto (√L segments), or K segments (bp, FA and DFA families, dsn)
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     checkpoint_segments: Option<String>,

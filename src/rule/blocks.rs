@@ -88,7 +88,26 @@ pub(crate) fn block_input_grad(
     Ok(d)
 }
 
-/// Adds the block's parameter gradients for `g` at its output; records the errors.
+/// [`block_input_grad`] on a trace that may be checkpointed: each layer's records are
+/// recomputed when needed ([`Trace::ensure`]).
+pub(crate) fn block_input_grad_ensured(
+    model: &Model,
+    params: &Params,
+    b: &Block,
+    trace: &mut Trace,
+    g: &Tensor,
+) -> Result<Tensor> {
+    let layers = model.layers();
+    let mut d = g.clone();
+    for i in block_layers(b).rev() {
+        trace.ensure(model, params, i)?;
+        d = layers[i].input_grad(params, &trace.records[i], &d)?;
+    }
+    Ok(d)
+}
+
+/// Adds the block's parameter gradients for `g` at its output; records the errors. A
+/// checkpointed trace's records are recomputed as they are reached ([`Trace::ensure`]).
 pub(crate) fn block_param_grads(
     model: &Model,
     params: &Params,
@@ -100,6 +119,7 @@ pub(crate) fn block_param_grads(
     let layers = model.layers();
     let mut d = g;
     for i in block_layers(b).rev() {
+        trace.ensure(model, params, i)?;
         layers[i].param_grads(params, &trace.records[i], &d, grads)?;
         let below = if i == b.linear {
             None

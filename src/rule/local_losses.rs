@@ -17,7 +17,8 @@
 //! weight 0 is backprop.
 
 use super::blocks::{
-    block_dtype, block_forward, block_input_grad, block_output, block_param_grads, free_block,
+    block_dtype, block_forward, block_input_grad_ensured, block_output, block_param_grads,
+    free_block,
     scratch_trace,
 };
 use super::{Batch, Rule, RuleSpec, StepOutput};
@@ -242,6 +243,12 @@ impl Rule for LocalLosses {
         true
     }
 
+    /// dsn walks the global backward pass from the top; local trains block by block on
+    /// its own passes.
+    fn recomputes(&self) -> bool {
+        self.deeply_supervised
+    }
+
     fn trains(&self) -> super::Trains {
         // Per convolutional block; a block may hold a normalisation layer.
         super::Trains {
@@ -288,26 +295,18 @@ impl Rule for LocalLosses {
         let mut grads = Grads::new();
         if self.deeply_supervised {
             // Backprop of the global loss with each head's gradient joining at its block.
+            // From the top block down, each head on its block's output as the pass
+            // reaches it (a checkpointed trace recomputes each segment once).
             let (mut trace, value, d_out) = super::forward_loss(model, params, batch, loss)?;
-            let mut head_g = Vec::with_capacity(hidden.len());
-            for (k, b) in hidden.iter().enumerate() {
-                let h = block_output(b, &trace).clone();
-                head_g.push(self.head_grad(
-                    k,
-                    &h,
-                    params,
-                    batch,
-                    loss,
-                    model.outputs(),
-                    &mut grads,
-                )?);
-            }
             let mut g = d_out;
             block_param_grads(model, params, &last, &mut trace, g.clone(), &mut grads)?;
             let mut above = last;
             for (k, b) in hidden.iter().enumerate().rev() {
-                g = block_input_grad(model, params, &above, &trace, &g)?;
-                g.axpy(1.0, &head_g[k])?;
+                g = block_input_grad_ensured(model, params, &above, &mut trace, &g)?;
+                trace.ensure(model, params, b.pool.or(b.activation).unwrap_or(b.linear))?;
+                let h = block_output(b, &trace).clone();
+                let head = self.head_grad(k, &h, params, batch, loss, model.outputs(), &mut grads)?;
+                g.axpy(1.0, &head)?;
                 block_param_grads(model, params, b, &mut trace, g.clone(), &mut grads)?;
                 above = *b;
             }

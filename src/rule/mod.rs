@@ -135,7 +135,7 @@ pub trait Rule: Send {
     /// Whether the rule reads the trace's records only through [`Trace::ensure`] (or
     /// [`backward_layers`], which calls it), from the top layer down, so gradient
     /// checkpointing ([`Model::set_checkpoint_segments`]) applies: bp, the FA family,
-    /// kp and the DFA family. Default false; [`check_checkpointing`] refuses the setting
+    /// kp, the DFA family and dsn. Default false; [`check_checkpointing`] refuses the setting
     /// for the others.
     fn recomputes(&self) -> bool {
         false
@@ -378,7 +378,7 @@ pub fn check_checkpointing(rule: &dyn Rule, segments: crate::nn::Segments) -> Re
     Err(Error::config(
         "checkpoint_segments (--checkpoint-segments)",
         format!(
-            "rule {} does not recompute activations (gradient checkpointing covers bp, fa, usf, brsf, frsf, kp, dfa, bfa and drtp); use --checkpoint-segments off",
+            "rule {} does not recompute activations (gradient checkpointing covers bp, fa, usf, brsf, frsf, kp, dfa, bfa, drtp and dsn); use --checkpoint-segments off",
             rule.name()
         ),
     ))

@@ -70,8 +70,8 @@ pub struct TrainConfig {
     /// model's L layers) or a number of segments K. The forward pass keeps only each
     /// segment's input; the backward pass recomputes a segment at a time, so activation
     /// memory falls to K inputs plus one segment's records and the update is bit-identical.
-    /// Rules: bp, the FA family (fa, usf, brsf, frsf, kp) and the DFA family (dfa, bfa,
-    /// drtp); default `off`.
+    /// Rules: bp, the FA family (fa, usf, brsf, frsf, kp), the DFA family (dfa, bfa,
+    /// drtp) and dsn; default `off`.
     pub checkpoint_segments: String,
     /// Mixed precision, as `torch.autocast`: `f32` (default), `bf16` or `f16`.
     /// Activations and matrix-product inputs take the type (products accumulate in f32,
