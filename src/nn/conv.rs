@@ -231,7 +231,11 @@ impl Layer for Conv2d {
         for g in 0..self.groups {
             let cols = x.im2col(&self.window, g * cg, cg)?;
             let y = cols.matmul(false, &self.group_weight(p, g)?, true)?;
-            rec.saved.push(cols);
+            // A pass recomputed for gradient checkpointing keeps no columns (k_h·k_w
+            // times the input): the backward pass forms them again from the input.
+            if !rec.recompute {
+                rec.saved.push(cols);
+            }
             if self.groups == 1 {
                 rows = Some(y);
             } else {
@@ -266,14 +270,18 @@ impl Layer for Conv2d {
             kh,
             kw,
         ];
+        let cg = self.window.channels / self.groups;
         // δ_gᵀX_g per group: rows of the weight in group order.
         let mut parts = Vec::with_capacity(self.groups);
         for gi in 0..self.groups {
             let d = self.group_rows(d_out, gi)?;
-            let cols = rec.saved.get(gi).ok_or_else(|| {
-                Error::config(format!("layer {}", self.name), "record lacks its columns")
-            })?;
-            parts.push(d.matmul(true, cols, false)?);
+            // The columns again from the recorded input (kernel-area times smaller
+            // than they are), unless the forward pass kept them.
+            let cols = match rec.saved.get(gi) {
+                Some(c) => c.clone(),
+                None => rec.input.im2col(&self.window, gi * cg, cg)?,
+            };
+            parts.push(d.matmul(true, &cols, false)?);
         }
         let dw = if self.groups == 1 {
             parts.remove(0).reshape(&shape)?
