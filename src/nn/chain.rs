@@ -76,7 +76,7 @@ where
         let rec = &trace.records[i];
         d = error_in_precision(layer.as_ref(), d, rec);
         let next = step(i, layer.as_ref(), rec, &d, g, i > 0)?;
-        trace.errors[i] = Some(d);
+        trace.record_error(i, d);
         match next {
             Some(n) => d = n,
             None => break,

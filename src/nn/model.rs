@@ -127,6 +127,15 @@ pub struct Model {
 }
 
 impl Trace {
+    /// Records `d` as the signal at layer `i`'s output — unless the trace is
+    /// checkpointed: then no layer's error is kept (they are as large as the activations
+    /// checkpointing frees; the optimizers that read them are refused with it).
+    pub fn record_error(&mut self, i: usize, d: Tensor) {
+        if self.recompute.is_none() {
+            self.errors[i] = Some(d);
+        }
+    }
+
     /// Makes record `i` present: under gradient checkpointing, recomputes the records of
     /// the segment holding layer `i` from its kept input (dropping the segment recomputed
     /// before); otherwise nothing. A backward pass that reads records from the top layer

@@ -126,7 +126,7 @@ pub(crate) fn block_param_grads(
         } else {
             Some(layers[i].input_grad(params, &trace.records[i], &d)?)
         };
-        trace.errors[i] = Some(d);
+        trace.record_error(i, d);
         match below {
             Some(x) => d = x,
             None => break,

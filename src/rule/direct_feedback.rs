@@ -218,16 +218,16 @@ impl Rule for DirectFeedback {
                     let rec = &trace.records[a];
                     layers[a].param_grads(params, rec, &d_act, &mut grads)?;
                     let d = layers[a].input_grad(params, rec, &d_act)?;
-                    trace.errors[a] = Some(d_act);
+                    trace.record_error(a, d_act);
                     d
                 }
                 None => d_act,
             };
             trace.ensure(model, params, b.linear)?;
             layers[b.linear].param_grads(params, &trace.records[b.linear], &d_pre, &mut grads)?;
-            trace.errors[b.linear] = Some(d_pre);
+            trace.record_error(b.linear, d_pre);
         }
-        trace.errors[last.linear] = Some(e);
+        trace.record_error(last.linear, e);
         Ok(grads)
     }
 }
