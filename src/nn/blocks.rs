@@ -225,7 +225,7 @@ impl Stack {
             else {
                 return Err(missing(block));
             };
-            let k = count.to_vec_f64().first().copied().unwrap_or(0.0) as usize;
+            let k = count.get(0).unwrap_or(0.0) as usize;
             let kept: Vec<Tensor> = saved.by_ref().take(k).cloned().collect();
             if kept.len() != k {
                 return Err(missing(block));
@@ -641,13 +641,7 @@ impl Dense {
 
 /// Columns `[from, from + width)` of `t` (`[n, f]`).
 fn columns(t: &Tensor, from: usize, width: usize) -> Result<Tensor> {
-    let (n, f) = t.dims2()?;
-    let v = t.to_vec_f64();
-    let mut out = Vec::with_capacity(n * width);
-    for i in 0..n {
-        out.extend_from_slice(&v[i * f + from..i * f + from + width]);
-    }
-    Ok(Tensor::from_vec_f64(&[n, width], out)?.to_dtype(t.dtype()))
+    t.columns(from, width)
 }
 
 impl Layer for Dense {
@@ -676,15 +670,7 @@ impl Layer for Dense {
         let f = self
             .inner
             .forward(p, x, rec.train, rec.recompute, &mut rec.saved)?;
-        let (n, _) = x.dims2()?;
-        let (a, b) = (x.to_vec_f64(), f.to_vec_f64());
-        let (wi, wg) = (self.inputs, self.growth);
-        let mut out = Vec::with_capacity(n * (wi + wg));
-        for i in 0..n {
-            out.extend_from_slice(&a[i * wi..(i + 1) * wi]);
-            out.extend_from_slice(&b[i * wg..(i + 1) * wg]);
-        }
-        Ok(Tensor::from_vec_f64(&[n, wi + wg], out)?.to_dtype(x.dtype()))
+        x.concat_cols(&f)
     }
 
     fn param_grads(&self, p: &Params, rec: &Record, d_out: &Tensor, g: &mut Grads) -> Result<()> {

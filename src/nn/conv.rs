@@ -220,11 +220,7 @@ impl Layer for Conv2d {
     fn forward(&self, p: &Params, x: &Tensor, rec: &mut Record) -> Result<Tensor> {
         let (n, _) = x.dims2()?;
         self.output_width(x.dims2()?.1)?;
-        let (cg, og, pos) = (
-            self.window.channels / self.groups,
-            self.out_channels / self.groups,
-            self.positions(),
-        );
+        let (cg, pos) = (self.window.channels / self.groups, self.positions());
         // Output rows [n·P, C_out], filled group by group.
         let mut rows: Option<Tensor> = None;
         let mut parts = Vec::with_capacity(self.groups);
@@ -244,16 +240,8 @@ impl Layer for Conv2d {
         }
         let mut rows = match rows {
             Some(r) => r,
-            None => {
-                // Stack the groups' [og, n·P] blocks into [C_out, n·P], back to rows.
-                let mut all = Vec::with_capacity(self.out_channels * n * pos);
-                for t in &parts {
-                    all.extend(t.to_vec_f64());
-                }
-                Tensor::from_vec_f64(&[self.groups * og, n * pos], all)?
-                    .to_dtype(x.dtype().accumulator())
-                    .transpose()?
-            }
+            // Stack the groups' [og, n·P] blocks into [C_out, n·P], back to rows.
+            None => Tensor::concat_rows(&parts)?.transpose()?,
         };
         if self.bias {
             rows.add_row(p.get(&format!("{}.bias", self.name))?)?;
@@ -284,11 +272,11 @@ impl Layer for Conv2d {
             parts.push(d.matmul(true, &cols, false)?);
         }
         let dw = if self.groups == 1 {
-            parts.remove(0).reshape(&shape)?
+            parts.remove(0)
         } else {
-            let all: Vec<f64> = parts.iter().flat_map(Tensor::to_vec_f64).collect();
-            Tensor::from_vec_f64(&shape, all)?.to_dtype(d_out.dtype().accumulator())
-        };
+            Tensor::concat_rows(&parts)?
+        }
+        .reshape(&shape)?;
         g.accumulate(&format!("{}.weight", self.name), dw)?;
         if self.bias {
             let (n, _) = d_out.dims2()?;

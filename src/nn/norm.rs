@@ -507,7 +507,7 @@ impl Layer for Normalization {
             return Err(missing(&self.name));
         };
         let inv = inv.to_vec_f64();
-        let batch_stats = flag.to_vec_f64().first() == Some(&1.0);
+        let batch_stats = flag.get(0).ok() == Some(1.0);
         let gamma = self.affine_params(p)?.map(|(g, _)| g);
         match (d_out.storage(), xh.storage()) {
             (Storage::F32(d), Storage::F32(x)) => Tensor::from_vec(

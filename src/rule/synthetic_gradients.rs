@@ -263,15 +263,8 @@ impl SyntheticGradients {
         if !self.conditional {
             return Ok(h.clone());
         }
-        let (n, w) = h.dims2()?;
-        let y = target.dense(n, classes, h.dtype())?.to_vec_f64();
-        let hv = h.to_vec_f64();
-        let mut v = Vec::with_capacity(n * (w + classes));
-        for i in 0..n {
-            v.extend_from_slice(&hv[i * w..(i + 1) * w]);
-            v.extend_from_slice(&y[i * classes..(i + 1) * classes]);
-        }
-        Ok(Tensor::from_vec_f64(&[n, w + classes], v)?.to_dtype(h.dtype()))
+        let (n, _) = h.dims2()?;
+        h.concat_cols(&target.dense(n, classes, h.dtype())?)
     }
 }
 

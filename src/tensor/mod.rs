@@ -482,6 +482,75 @@ impl Tensor {
         Ok(())
     }
 
+    /// 2-D tensors of one width and type stacked row-wise: `[Σ rᵢ, c]`.
+    pub fn concat_rows(parts: &[Tensor]) -> Result<Tensor> {
+        let first = parts
+            .first()
+            .ok_or_else(|| Error::shape("concat_rows", "no tensors"))?;
+        let (_, c) = first.dims2()?;
+        let mut rows = 0;
+        for t in parts {
+            let (r, tc) = t.dims2()?;
+            if tc != c || t.dtype() != first.dtype() {
+                return Err(Error::shape(
+                    "concat_rows",
+                    format!(
+                        "{:?} {} after {:?} {}",
+                        t.shape,
+                        t.dtype(),
+                        first.shape,
+                        first.dtype()
+                    ),
+                ));
+            }
+            rows += r;
+        }
+        let data = match first.dtype() {
+            DType::F64 => Storage::F64(parts.iter().flat_map(Tensor::to_vec_f64).collect()),
+            d => reduced::narrow(d, parts.iter().flat_map(Tensor::to_vec_f32).collect()),
+        };
+        Tensor::from_storage(&[rows, c], data)
+    }
+
+    /// `[self | other]`: the columns of two 2-D tensors with the same rows, side by side
+    /// (in `self`'s type).
+    pub fn concat_cols(&self, other: &Tensor) -> Result<Tensor> {
+        let ((r, a), (r2, b)) = (self.dims2()?, other.dims2()?);
+        if r != r2 {
+            return Err(Error::shape(
+                "concat_cols",
+                format!("{:?} beside {:?}", self.shape, other.shape),
+            ));
+        }
+        let join = |x: &[f64], y: &[f64]| -> Vec<f64> {
+            let mut v = Vec::with_capacity(r * (a + b));
+            for i in 0..r {
+                v.extend_from_slice(&x[i * a..(i + 1) * a]);
+                v.extend_from_slice(&y[i * b..(i + 1) * b]);
+            }
+            v
+        };
+        let v = join(&self.to_vec_f64(), &other.to_vec_f64());
+        Ok(Tensor::from_vec_f64(&[r, a + b], v)?.to_dtype(self.dtype()))
+    }
+
+    /// Columns `from..from + width` of a 2-D tensor.
+    pub fn columns(&self, from: usize, width: usize) -> Result<Tensor> {
+        let (r, c) = self.dims2()?;
+        if from + width > c {
+            return Err(Error::shape(
+                "columns",
+                format!("columns {from}..{} of {c}", from + width),
+            ));
+        }
+        let data = map1!(&*self.data, v => v
+            .chunks(c.max(1))
+            .take(r)
+            .flat_map(|row| row[from..from + width].iter().copied())
+            .collect());
+        Tensor::from_storage(&[r, width], data)
+    }
+
     /// Transpose of a 2-D tensor.
     pub fn transpose(&self) -> Result<Tensor> {
         let (r, c) = self.dims2()?;
