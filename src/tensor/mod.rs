@@ -4,8 +4,9 @@
 //! counted, copied on write), so a [`crate::nn::Trace`] can keep a layer's input and the
 //! previous layer's output without duplicating memory. Layers never index storage: they
 //! call the methods here, which dispatch on the storage variant. Today every variant
-//! lives in host memory (`f32` for training, `f64` for finite-difference checks); a CUDA
-//! device becomes another variant and another arm in each kernel.
+//! lives in host memory (`f32` for training, `f64` for finite-difference checks, `bf16`
+//! and `f16` for mixed precision, which compute in f32 and have their own matrix product,
+//! `bf16_gemm`); a CUDA device becomes another variant and another arm in each kernel.
 //!
 //! ```
 //! use futureprop::tensor::Tensor;
