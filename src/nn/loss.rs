@@ -37,7 +37,7 @@ impl Loss {
     /// (cross-entropy: per row (p ⊙ r − p(pᵀr))/n with p = softmax(z); MSE: 2r/numel;
     /// BCE: σ(z)(1 − σ(z)) ⊙ r/numel). The targets do not enter.
     pub fn hessian_vector(&self, out: &Tensor, r: &Tensor) -> Result<Tensor> {
-        let (rows, c) = out.dims2()?;
+        let (rows, _) = out.dims2()?;
         if r.shape() != out.shape() {
             return Err(Error::shape(
                 "loss Hessian",
@@ -45,32 +45,22 @@ impl Loss {
             ));
         }
         let numel = out.len().max(1) as f64;
-        let rv = r.to_vec_f64();
-        let h: Vec<f64> = match self {
+        match self {
             Loss::CrossEntropy => {
-                let p = out.softmax_rows()?.to_vec_f64();
-                let mut h = vec![0.0; rows * c];
-                for i in 0..rows {
-                    let (pr, rr) = (&p[i * c..(i + 1) * c], &rv[i * c..(i + 1) * c]);
-                    let dot: f64 = pr.iter().zip(rr).map(|(a, b)| a * b).sum();
-                    for j in 0..c {
-                        h[i * c + j] = pr[j] * (rr[j] - dot) / rows.max(1) as f64;
-                    }
-                }
-                h
+                let p = out.softmax_rows()?;
+                let pr = p.mul(r)?;
+                let dot = pr.row_sums()?;
+                let mut h = pr.sub(&p.scale_rows(&dot)?)?;
+                h.scale_in_place(1.0 / rows.max(1) as f64);
+                Ok(h)
             }
-            Loss::Mse => rv.iter().map(|x| 2.0 * x / numel).collect(),
-            Loss::Bce => out
-                .to_vec_f64()
-                .iter()
-                .zip(&rv)
-                .map(|(z, x)| {
-                    let s = crate::tensor::Unary::Sigmoid.apply(*z);
-                    s * (1.0 - s) * x / numel
-                })
-                .collect(),
-        };
-        Ok(Tensor::from_vec_f64(out.shape(), h)?.to_dtype(out.dtype()))
+            Loss::Mse => Ok(r.scale(2.0 / numel)),
+            Loss::Bce => {
+                let s = out.unary(crate::tensor::Unary::Sigmoid);
+                let ds = s.mul(&s.scale(-1.0).add_scalar(1.0))?;
+                Ok(ds.mul(r)?.scale(1.0 / numel))
+            }
+        }
     }
 
     /// `(mean loss, ∂L/∂out)`.

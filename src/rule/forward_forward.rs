@@ -302,7 +302,7 @@ impl Rule for ForwardForward {
         let nf = n.max(1) as f64;
         let wrong: Vec<usize> = if self.hard_negatives {
             let order: Vec<usize> = (0..classes).collect();
-            let s = label_scores(
+            label_scores(
                 model,
                 params,
                 &hidden,
@@ -311,15 +311,7 @@ impl Rule for ForwardForward {
                 &order,
                 (self.skip_first, self.mean_goodness),
             )?
-            .to_vec_f64();
-            (0..n)
-                .map(|i| {
-                    (0..classes)
-                        .filter(|&c| c != labels[i])
-                        .max_by(|&a, &b| s[i * classes + a].total_cmp(&s[i * classes + b]))
-                        .unwrap_or(0)
-                })
-                .collect()
+            .argmax_rows_except(labels)?
         } else {
             labels
                 .iter()

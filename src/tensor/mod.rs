@@ -586,6 +586,16 @@ impl Tensor {
             .collect()))
     }
 
+    /// Per-row sums of a 2-D tensor: `out[i] = Σⱼ self[i, j]` (accumulated in f64).
+    pub fn row_sums(&self) -> Result<Vec<f64>> {
+        let (_, c) = self.dims2()?;
+        count_elementwise(self.len(), 1, self.dtype());
+        Ok(each1!(&*self.data, v => v
+            .chunks(c.max(1))
+            .map(|row| row.iter().map(|a| a.f64()).sum())
+            .collect()))
+    }
+
     /// Each row `i` of a 2-D tensor times `s[i]`.
     pub fn scale_rows(&self, s: &[f64]) -> Result<Tensor> {
         let (r, c) = self.dims2()?;
@@ -641,6 +651,39 @@ impl Tensor {
             return Err(Error::shape("argmax_rows", "rows have no columns"));
         }
         Ok(each1!(&*self.data, v => cpu::argmax_rows(v, c)))
+    }
+
+    /// For each row `i` of a 2-D tensor, the column of its largest element other than
+    /// `skip[i]` (ties: the last; 0 when the row has no other column).
+    pub fn argmax_rows_except(&self, skip: &[usize]) -> Result<Vec<usize>> {
+        let (r, c) = self.dims2()?;
+        if skip.len() != r {
+            return Err(Error::shape(
+                "argmax_rows_except",
+                format!("{r} rows vs {} columns to skip", skip.len()),
+            ));
+        }
+        let v = self.to_vec_f64();
+        Ok((0..r)
+            .map(|i| {
+                (0..c)
+                    .filter(|&j| j != skip[i])
+                    .max_by(|&a, &b| v[i * c + a].total_cmp(&v[i * c + b]))
+                    .unwrap_or(0)
+            })
+            .collect())
+    }
+
+    /// Draws, element-wise, 1 with probability `self[i]` and 0 otherwise (one uniform
+    /// draw per element, in order).
+    pub fn bernoulli(&self, rng: &mut crate::Rng) -> Tensor {
+        use rand::Rng as _;
+        let v: Vec<f64> = self
+            .to_vec_f64()
+            .iter()
+            .map(|&q| (rng.random::<f64>() < q) as u8 as f64)
+            .collect();
+        Tensor::new(self.shape.clone(), Storage::F64(v)).to_dtype(self.dtype())
     }
 
     /// Rows `idx` of a 2-D tensor, in that order.

@@ -12,7 +12,7 @@
 //! q = p(h|v_k): ΔW = ⟨p(h|v₀)v₀ᵀ⟩ − ⟨q v_kᵀ⟩, Δc = ⟨p(h|v₀) − q⟩, Δb = ⟨v₀ − v_k⟩
 //! (batch means), applied with momentum SGD: W ← W + η·(μ·velocity + Δ).
 
-use rand::{Rng as _, SeedableRng};
+use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -69,12 +69,7 @@ pub fn cd_k(
         if !sample {
             return Ok(p.clone());
         }
-        let v: Vec<f64> = p
-            .to_vec_f64()
-            .iter()
-            .map(|&q| (rng.random::<f64>() < q) as u8 as f64)
-            .collect();
-        Ok(Tensor::from_vec_f64(p.shape(), v)?.to_dtype(p.dtype()))
+        Ok(p.bernoulli(rng))
     };
     let ph0 = hidden_probs(v0)?;
     let mut h = draw(&ph0, rng)?;
