@@ -187,55 +187,23 @@ impl LocalLosses {
 /// Cosine-similarity matrix of the row-centred rows of `x`, and the normalised rows
 /// with their norms (for the backward pass).
 fn similarity(x: &Tensor) -> Result<(Tensor, Tensor, Vec<f64>)> {
-    let (n, w) = x.dims2()?;
-    let v = x.to_vec_f64();
-    let mut out = vec![0.0; n * w];
-    let mut norms = vec![0.0; n];
-    for i in 0..n {
-        let row = &v[i * w..(i + 1) * w];
-        let mean = row.iter().sum::<f64>() / w.max(1) as f64;
-        let norm = row
-            .iter()
-            .map(|a| (a - mean).powi(2))
-            .sum::<f64>()
-            .sqrt()
-            .max(1e-8);
-        norms[i] = norm;
-        for j in 0..w {
-            out[i * w + j] = (row[j] - mean) / norm;
-        }
-    }
-    let nrm = Tensor::from_vec_f64(&[n, w], out)?.to_dtype(x.dtype());
+    let (nrm, norms) = x.center_normalize_rows(1e-8)?;
     Ok((nrm.matmul(false, &nrm, true)?, nrm, norms))
 }
 
 /// Similarity-matching loss ‖S(h) − S(Y)‖²_F / n² and its gradient with respect to h.
 pub fn sim_loss(h: &Tensor, target: &Target, classes: usize) -> Result<(f64, Tensor)> {
-    let (n, w) = h.dims2()?;
+    let (n, _) = h.dims2()?;
     let y = target.dense(n, classes, h.dtype())?;
     let (sh, nrm, norms) = similarity(h)?;
     let (sy, _, _) = similarity(&y)?;
     let diff = sh.sub(&sy)?;
     let nf = (n * n).max(1) as f64;
     let value = diff.sum_sq() / nf;
-    // dL/dN = 2(dL/dS)N with dL/dS = 2(S − S_y)/n² (S symmetric).
-    let g_n = diff
-        .matmul(false, &nrm, false)?
-        .scale(4.0 / nf)
-        .to_vec_f64();
-    let nv = nrm.to_vec_f64();
-    let mut g = vec![0.0; n * w];
-    for i in 0..n {
-        let (gi, ni) = (&g_n[i * w..(i + 1) * w], &nv[i * w..(i + 1) * w]);
-        let dot: f64 = gi.iter().zip(ni).map(|(a, b)| a * b).sum();
-        // Through z/‖z‖, then through the row centring.
-        let gz: Vec<f64> = (0..w).map(|j| (gi[j] - ni[j] * dot) / norms[i]).collect();
-        let mean = gz.iter().sum::<f64>() / w.max(1) as f64;
-        for j in 0..w {
-            g[i * w + j] = gz[j] - mean;
-        }
-    }
-    Ok((value, Tensor::from_vec_f64(&[n, w], g)?.to_dtype(h.dtype())))
+    // dL/dN = 2(dL/dS)N with dL/dS = 2(S − S_y)/n² (S symmetric); then through z/‖z‖
+    // and the row centring.
+    let g_n = diff.matmul(false, &nrm, false)?.scale(4.0 / nf);
+    Ok((value, nrm.center_normalize_rows_backward(&norms, &g_n)?.to_dtype(h.dtype())))
 }
 
 impl Rule for LocalLosses {

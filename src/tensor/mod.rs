@@ -596,6 +596,60 @@ impl Tensor {
             .collect()))
     }
 
+    /// Each row of a 2-D tensor centred and scaled to unit norm, z = (x − x̄)/max(‖x −
+    /// x̄‖, floor), and the norms (for [`Tensor::center_normalize_rows_backward`]);
+    /// computed in f64.
+    pub fn center_normalize_rows(&self, floor: f64) -> Result<(Tensor, Vec<f64>)> {
+        let (n, w) = self.dims2()?;
+        let v = self.to_vec_f64();
+        let mut out = vec![0.0; n * w];
+        let mut norms = vec![0.0; n];
+        for i in 0..n {
+            let row = &v[i * w..(i + 1) * w];
+            let mean = row.iter().sum::<f64>() / w.max(1) as f64;
+            let norm = row
+                .iter()
+                .map(|a| (a - mean).powi(2))
+                .sum::<f64>()
+                .sqrt()
+                .max(floor);
+            norms[i] = norm;
+            for j in 0..w {
+                out[i * w + j] = (row[j] - mean) / norm;
+            }
+        }
+        Ok((
+            Tensor::from_vec_f64(&[n, w], out)?.to_dtype(self.dtype()),
+            norms,
+        ))
+    }
+
+    /// The adjoint of [`Tensor::center_normalize_rows`] at its output `self` (= z, with
+    /// its `norms`) applied to `g` = ∂L/∂z: ∂L/∂x = C((g − z·(gᵀz))/‖·‖) per row, C the
+    /// row centring.
+    pub fn center_normalize_rows_backward(&self, norms: &[f64], g: &Tensor) -> Result<Tensor> {
+        let (n, w) = self.dims2()?;
+        self.same_shape("center_normalize_rows_backward", g)?;
+        if norms.len() != n {
+            return Err(Error::shape(
+                "center_normalize_rows_backward",
+                format!("{n} rows vs {} norms", norms.len()),
+            ));
+        }
+        let (gv, zv) = (g.to_vec_f64(), self.to_vec_f64());
+        let mut out = vec![0.0; n * w];
+        for i in 0..n {
+            let (gi, zi) = (&gv[i * w..(i + 1) * w], &zv[i * w..(i + 1) * w]);
+            let dot: f64 = gi.iter().zip(zi).map(|(a, b)| a * b).sum();
+            let gz: Vec<f64> = (0..w).map(|j| (gi[j] - zi[j] * dot) / norms[i]).collect();
+            let mean = gz.iter().sum::<f64>() / w.max(1) as f64;
+            for j in 0..w {
+                out[i * w + j] = gz[j] - mean;
+            }
+        }
+        Ok(Tensor::from_vec_f64(&[n, w], out)?.to_dtype(self.dtype()))
+    }
+
     /// Each row `i` of a 2-D tensor times `s[i]`.
     pub fn scale_rows(&self, s: &[f64]) -> Result<Tensor> {
         let (r, c) = self.dims2()?;
