@@ -6,35 +6,11 @@
 
 use std::path::Path;
 
-use futureprop::data::{Dataset, Splits};
+use futureprop::data::Splits;
 use futureprop::optim::REGISTRY as OPTIMIZERS;
-use futureprop::tensor::Tensor;
 use futureprop::train::{self, TrainConfig};
-use rand::{Rng, SeedableRng};
 
-/// 64 features (an 8×8 map, or 8 steps of 8), 4 classes: a noisy prototype per class.
-fn data(n: usize, seed: u64) -> Dataset {
-    let mut rng = futureprop::Rng::seed_from_u64(11);
-    let protos: Vec<f32> = (0..4 * 64).map(|_| rng.random_range(-1.0..1.0)).collect();
-    let mut rng = futureprop::Rng::seed_from_u64(seed);
-    let labels: Vec<usize> = (0..n).map(|i| i % 4).collect();
-    let x: Vec<f32> = labels
-        .iter()
-        .flat_map(|&c| {
-            let p = protos[c * 64..(c + 1) * 64].to_vec();
-            p.into_iter()
-                .map(|v| v + rng.random_range(-0.5..0.5))
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    Dataset {
-        x: Tensor::from_vec(&[n, 64], x).unwrap(),
-        labels,
-        classes: 4,
-        reconstruct: false,
-        values: None,
-    }
-}
+mod common;
 
 const CONV: &str = "input = [1, 8, 8]\n[[layers]]\ntype = \"conv\"\nchannels = 4\nkernel = 3\npadding = 1\n[[layers]]\ntype = \"relu\"\n[[layers]]\ntype = \"maxpool\"\nkernel = 2\n[[layers]]\ntype = \"flatten\"\n[[layers]]\ntype = \"linear\"\nout = 4\n";
 const NORM: &str = "input = 64\n[[layers]]\ntype = \"linear\"\nout = 32\n[[layers]]\ntype = \"batchnorm\"\n[[layers]]\ntype = \"relu\"\n[[layers]]\ntype = \"linear\"\nout = 4\n";
@@ -118,9 +94,9 @@ fn run(rule: &str, optimizer: &str, model: &str, splits: &Splits, out: &Path) ->
 fn every_rule_optimizer_and_layer_kind_trains_or_is_refused_by_name() {
     let t = tempfile::tempdir().unwrap();
     let splits = Splits {
-        train: data(256, 1),
+        train: common::prototypes(256, 1),
         validation: None,
-        test: data(64, 2),
+        test: common::prototypes(64, 2),
     };
     let (mut trained, mut refused, mut not_falling) = (0, 0, 0);
     let (mut panicked, mut flat, mut unnamed) = (Vec::new(), Vec::new(), Vec::new());

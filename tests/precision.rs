@@ -3,14 +3,14 @@
 //! every rule on the shared passes training in both types (the others refused by name),
 //! and f16's loss scaler skipping overflowing steps and resuming exactly.
 
-use futureprop::data::{Dataset, Splits};
+use futureprop::data::Splits;
 use futureprop::nn::{Loss, Target};
 use futureprop::rule::{Backprop, Batch, Rule};
 use futureprop::tensor::{DType, Tensor};
 use futureprop::train::{self, TrainConfig};
 
 mod common;
-use common::{model, rand_tensor};
+use common::{model, prototypes, rand_tensor};
 
 /// ‖a − b‖ / ‖b‖.
 fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
@@ -130,36 +130,11 @@ fn the_f16_backward_chain_needs_its_loss_scale_and_undoes_it() {
     }
 }
 
-/// 64 features, 4 classes: a noisy prototype per class (as the combinations harness).
-fn data(n: usize, seed: u64) -> Dataset {
-    use rand::{Rng, SeedableRng};
-    let mut rng = futureprop::Rng::seed_from_u64(11);
-    let protos: Vec<f32> = (0..4 * 64).map(|_| rng.random_range(-1.0..1.0)).collect();
-    let mut rng = futureprop::Rng::seed_from_u64(seed);
-    let labels: Vec<usize> = (0..n).map(|i| i % 4).collect();
-    let x: Vec<f32> = labels
-        .iter()
-        .flat_map(|&c| {
-            protos[c * 64..(c + 1) * 64]
-                .iter()
-                .map(|v| v + rng.random_range(-0.5..0.5))
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    Dataset {
-        x: Tensor::from_vec(&[n, 64], x).unwrap(),
-        labels,
-        classes: 4,
-        reconstruct: false,
-        values: None,
-    }
-}
-
 fn splits() -> Splits {
     Splits {
-        train: data(256, 1),
+        train: prototypes(256, 1),
         validation: None,
-        test: data(64, 2),
+        test: prototypes(64, 2),
     }
 }
 

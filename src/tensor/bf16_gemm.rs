@@ -497,6 +497,7 @@ fn pack_a_rows<T: Operand>(
 
 /// Packs rows `i0..i0+mc` of op(a) over k-pairs `pc..pc+kc` for the AVX512 kernel: per
 /// `mr`-row panel, per k-pair, `mr` words (a[i, 2p], a[i, 2p+1]); rows past `mc` are 0.
+/// That is [`pack_b`]'s layout for op(a)ᵀ, whose columns are op(a)'s rows.
 #[allow(clippy::too_many_arguments)]
 fn pack_a<T: Operand>(
     a: &View<T>,
@@ -508,40 +509,12 @@ fn pack_a<T: Operand>(
     k: usize,
     out: &mut Vec<u32>,
 ) {
-    let mtiles = mc.div_ceil(mr);
-    out.clear();
-    out.resize(mtiles * kc * mr, 0);
-    let v = a.v;
-    for it in 0..mtiles {
-        let rows = mr.min(mc - it * mr);
-        let ib = i0 + it * mr;
-        let panel = &mut out[it * kc * mr..(it + 1) * kc * mr];
-        if a.rs == 1 {
-            // op(a) = aᵀ: rows k0 and k0+1 of the stored a are contiguous along i.
-            for p in 0..kc {
-                let k0 = 2 * (pc + p);
-                let words = &mut panel[p * mr..p * mr + rows];
-                let r0 = &v[k0 * a.cs + ib..k0 * a.cs + ib + rows];
-                if k0 + 1 < k {
-                    let r1 = &v[(k0 + 1) * a.cs + ib..(k0 + 1) * a.cs + ib + rows];
-                    for ((w, x), y) in words.iter_mut().zip(r0).zip(r1) {
-                        *w = word(*x, *y);
-                    }
-                } else {
-                    for (w, x) in words.iter_mut().zip(r0) {
-                        *w = x.bf16_bits() as u32;
-                    }
-                }
-            }
-        } else {
-            for r in 0..rows {
-                let i = ib + r;
-                for p in 0..kc {
-                    panel[p * mr + r] = pair(a, i, 2 * (pc + p), k);
-                }
-            }
-        }
-    }
+    let at = View {
+        v: a.v,
+        rs: a.cs,
+        cs: a.rs,
+    };
+    pack_b(&at, mr, pc, kc, kc, k, i0, mc, out);
 }
 
 const MR: usize = 8;

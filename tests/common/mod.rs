@@ -233,3 +233,29 @@ pub fn run(args: &[&str]) -> std::process::Output {
 pub fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// 64 features (an 8×8 map, or 8 steps of 8), 4 classes: a noisy prototype per class
+/// (prototypes from a fixed seed, noise from `seed`).
+#[allow(dead_code)]
+pub fn prototypes(n: usize, seed: u64) -> futureprop::data::Dataset {
+    let mut rng = futureprop::Rng::seed_from_u64(11);
+    let protos: Vec<f32> = (0..4 * 64).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let mut rng = futureprop::Rng::seed_from_u64(seed);
+    let labels: Vec<usize> = (0..n).map(|i| i % 4).collect();
+    let x: Vec<f32> = labels
+        .iter()
+        .flat_map(|&c| {
+            protos[c * 64..(c + 1) * 64]
+                .iter()
+                .map(|v| v + rng.random_range(-0.5..0.5))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    futureprop::data::Dataset {
+        x: Tensor::from_vec(&[n, 64], x).unwrap(),
+        labels,
+        classes: 4,
+        reconstruct: false,
+        values: None,
+    }
+}
