@@ -86,18 +86,7 @@ impl Layer for LayerNorm {
     fn forward(&self, p: &Params, x: &Tensor, rec: &mut Record) -> Result<Tensor> {
         let (n, f) = x.dims2()?;
         self.output_width(f)?;
-        let v = x.to_vec_f64();
-        let (mut xh, mut inv) = (vec![0.0; n * f], vec![0.0; n]);
-        for i in 0..n {
-            let row = &v[i * f..(i + 1) * f];
-            let m = row.iter().sum::<f64>() / f as f64;
-            let var = row.iter().map(|a| (a - m).powi(2)).sum::<f64>() / f as f64;
-            inv[i] = 1.0 / (var + self.eps).sqrt();
-            for j in 0..f {
-                xh[i * f + j] = (row[j] - m) * inv[i];
-            }
-        }
-        let xhat = Tensor::from_vec_f64(&[n, f], xh)?.to_dtype(x.dtype());
+        let (xhat, inv) = x.standardize_rows(self.eps)?;
         let mut y = xhat.clone();
         if self.affine {
             let (w, b) = self.keys();
@@ -105,7 +94,7 @@ impl Layer for LayerNorm {
             y.add_row(p.get(&b)?)?;
         }
         rec.saved.push(xhat);
-        rec.saved.push(Tensor::from_vec_f64(&[n], inv)?);
+        rec.saved.push(inv);
         Ok(y)
     }
 
@@ -120,33 +109,17 @@ impl Layer for LayerNorm {
     }
 
     fn input_grad(&self, p: &Params, rec: &Record, d_out: &Tensor) -> Result<Tensor> {
-        let (n, f) = d_out.dims2()?;
-        let (xhat, inv) = match rec.saved.as_slice() {
-            [a, b, ..] => (a.to_vec_f64(), b.to_vec_f64()),
-            _ => return Err(missing(&self.name)),
+        let (n, _) = d_out.dims2()?;
+        let [xhat, inv, ..] = rec.saved.as_slice() else {
+            return Err(missing(&self.name));
         };
-        let gamma = if self.affine {
-            Some(p.get(&self.keys().0)?.to_vec_f64())
+        // ∂L/∂x̂ = d ⊙ γ.
+        let g = if self.affine {
+            d_out.mul(&broadcast_rows(p.get(&self.keys().0)?, n)?)?
         } else {
-            None
+            d_out.clone()
         };
-        let d = d_out.to_vec_f64();
-        let mut dx = vec![0.0; n * f];
-        for i in 0..n {
-            let r = i * f..(i + 1) * f;
-            let g: Vec<f64> = d[r.clone()]
-                .iter()
-                .enumerate()
-                .map(|(j, v)| v * gamma.as_ref().map_or(1.0, |gm| gm[j]))
-                .collect();
-            let xh = &xhat[r.clone()];
-            let mg = g.iter().sum::<f64>() / f as f64;
-            let mgx = g.iter().zip(xh).map(|(a, b)| a * b).sum::<f64>() / f as f64;
-            for j in 0..f {
-                dx[i * f + j] = (g[j] - mg - xh[j] * mgx) * inv[i];
-            }
-        }
-        Ok(Tensor::from_vec_f64(&[n, f], dx)?.to_dtype(d_out.dtype().accumulator()))
+        xhat.standardize_rows_backward(inv, &g)
     }
 }
 

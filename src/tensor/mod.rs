@@ -650,6 +650,54 @@ impl Tensor {
         Ok(Tensor::from_vec_f64(&[n, w], out)?.to_dtype(self.dtype()))
     }
 
+    /// Each row of a 2-D tensor standardised, x̂ = (x − x̄)·s with s = 1/√(var + eps) (the
+    /// population variance), and the per-row s as an f64 tensor (layer normalisation; in
+    /// f64).
+    pub fn standardize_rows(&self, eps: f64) -> Result<(Tensor, Tensor)> {
+        let (n, f) = self.dims2()?;
+        let v = self.to_vec_f64();
+        let (mut xh, mut inv) = (vec![0.0; n * f], vec![0.0; n]);
+        for i in 0..n {
+            let row = &v[i * f..(i + 1) * f];
+            let m = row.iter().sum::<f64>() / f.max(1) as f64;
+            let var = row.iter().map(|a| (a - m).powi(2)).sum::<f64>() / f.max(1) as f64;
+            inv[i] = 1.0 / (var + eps).sqrt();
+            for j in 0..f {
+                xh[i * f + j] = (row[j] - m) * inv[i];
+            }
+        }
+        Ok((
+            Tensor::from_vec_f64(&[n, f], xh)?.to_dtype(self.dtype()),
+            Tensor::from_vec_f64(&[n], inv)?,
+        ))
+    }
+
+    /// The adjoint of [`Tensor::standardize_rows`] at its output `self` = x̂ with scales
+    /// `inv`, applied to `g` = ∂L/∂x̂: ∂L/∂x = (g − ḡ − x̂·mean(g ⊙ x̂))·s per row, in `g`'s
+    /// accumulator type.
+    pub fn standardize_rows_backward(&self, inv: &Tensor, g: &Tensor) -> Result<Tensor> {
+        let (n, f) = self.dims2()?;
+        self.same_shape("standardize_rows_backward", g)?;
+        if inv.len() != n {
+            return Err(Error::shape(
+                "standardize_rows_backward",
+                format!("{n} rows vs {} scales", inv.len()),
+            ));
+        }
+        let (xh, s, gv) = (self.to_vec_f64(), inv.to_vec_f64(), g.to_vec_f64());
+        let mut dx = vec![0.0; n * f];
+        for i in 0..n {
+            let r = i * f..(i + 1) * f;
+            let (gi, xi) = (&gv[r.clone()], &xh[r]);
+            let mg = gi.iter().sum::<f64>() / f.max(1) as f64;
+            let mgx = gi.iter().zip(xi).map(|(a, b)| a * b).sum::<f64>() / f.max(1) as f64;
+            for j in 0..f {
+                dx[i * f + j] = (gi[j] - mg - xi[j] * mgx) * s[i];
+            }
+        }
+        Ok(Tensor::from_vec_f64(&[n, f], dx)?.to_dtype(g.dtype().accumulator()))
+    }
+
     /// Each row `i` of a 2-D tensor times `s[i]`.
     pub fn scale_rows(&self, s: &[f64]) -> Result<Tensor> {
         let (r, c) = self.dims2()?;
