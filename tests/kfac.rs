@@ -25,6 +25,7 @@ fn config(fisher: FisherMode, inverse: InverseMethod, damping: f64) -> KfacConfi
         inverse,
         seed: 3,
         adaptive: false,
+        bf16_products: false,
     }
 }
 
@@ -395,4 +396,43 @@ fn adaptive_kfac_picks_the_newton_step_on_least_squares_and_keeps_damping_in_sta
     .unwrap();
     k2.load_state(&k.state()).unwrap();
     assert_eq!(k2.damping(), k.damping());
+}
+
+#[test]
+fn bf16_products_give_the_f32_step_within_bf16_rounding() {
+    // The same damped K-FAC step with the preconditioning and factor products on the
+    // bf16 kernel: operands rounded to 8 significant bits (2⁻⁹ relative), sums in f32,
+    // so the update moves by well under 1 %.
+    let (m, p) = model("mlp:12-16-16-5", "tanh", 7);
+    let p = p.to_dtype(futureprop::tensor::DType::F32);
+    let batch = Batch {
+        x: rand_tensor(&[32, 12], 8, 1.0).to_dtype(futureprop::tensor::DType::F32),
+        target: Target::Classes((0..32).map(|i| i % 5).collect()),
+    };
+    let mut updates = Vec::new();
+    for bf16 in [false, true] {
+        let mut q = p.clone();
+        let mut k = Kfac::new(
+            KfacConfig {
+                bf16_products: bf16,
+                ..config(FisherMode::Empirical, InverseMethod::Cholesky, 0.03)
+            },
+            0.1,
+            0.0,
+            Schedule::default(),
+        )
+        .unwrap();
+        let mut bp = build_rule("bp").unwrap();
+        step(bp.as_mut(), &mut k, &m, &mut q, &batch, Loss::CrossEntropy);
+        let mut u = q.clone();
+        u.axpy(-1.0, &p).unwrap();
+        updates.push(u);
+    }
+    let mut diff = updates[1].clone();
+    diff.axpy(-1.0, &updates[0]).unwrap();
+    let rel = diff.global_norm() / updates[0].global_norm();
+    assert!(
+        rel > 0.0 && rel < 0.01,
+        "relative change of the update {rel}"
+    );
 }
