@@ -264,8 +264,12 @@ impl<'a> Trainer<'a> {
             });
         }
         if !cfg.quiet {
+            // f16: the loss scale and the steps it skipped this epoch.
+            let scaler = self.scaler.as_ref().map_or(String::new(), |s| {
+                format!("  loss scale {} ({} skipped)", s.scale, stats.skipped)
+            });
             eprintln!(
-                "epoch {:>3}  train loss {:.4} acc {:.4}  test loss {:.4} acc {:.4}  {:.1}s",
+                "epoch {:>3}  train loss {:.4} acc {:.4}  test loss {:.4} acc {:.4}  {:.1}s{scaler}",
                 epoch + 1,
                 f("train_loss"),
                 f("train_accuracy"),
