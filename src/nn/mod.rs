@@ -72,6 +72,12 @@ impl Record {
         }
     }
 
+    /// A record of layer `layer` holding nothing (an empty `dtype` tensor): the
+    /// placeholder of a dropped or not yet computed record.
+    pub fn empty(layer: &str, dtype: crate::tensor::DType) -> Self {
+        Record::new(layer, Tensor::zeros(&[0, 0], dtype))
+    }
+
     /// The record of a training pass drawing its randomness from `seed`.
     pub fn training(layer: &str, input: Tensor, seed: Option<u64>) -> Self {
         Record {

@@ -157,7 +157,7 @@ impl Trace {
         if let Some(c) = r.current {
             for j in r.bounds[c]..r.bounds[c + 1] {
                 let name = std::mem::take(&mut self.records[j].layer);
-                self.records[j] = Record::new(&name, Tensor::zeros(&[0, 0], dt));
+                self.records[j] = Record::empty(&name, dt);
             }
             if let Some(last) = self.records.last_mut()
                 && last.output.is_empty()
@@ -814,7 +814,7 @@ impl Model {
         let mut records: Vec<Record> = self
             .layers
             .iter()
-            .map(|l| Record::new(l.name(), Tensor::zeros(&[0, 0], h.dtype())))
+            .map(|l| Record::empty(l.name(), h.dtype()))
             .collect();
         if let Some(last) = records.last_mut() {
             last.output = h.clone();

@@ -532,7 +532,7 @@ impl Layer for Recurrent {
             hs = Tensor::from_vec_f64(&[n, h], hn)?.to_dtype(dt);
             if let Some(u) = uoro.as_mut() {
                 // This step's states in a one-step record: h_t (c_t, gates), h_{t+1} (c_{t+1}).
-                let mut step = Record::new(&self.name, Tensor::zeros(&[0, 0], dt));
+                let mut step = Record::empty(&self.name, dt);
                 step.saved = rec.saved.split_off(kept);
                 step.saved.push(hs.clone());
                 if self.cell == Cell::Lstm {

@@ -13,7 +13,7 @@ pub(crate) fn scratch_trace(model: &Model, dtype: DType) -> Trace {
         records: model
             .layers()
             .iter()
-            .map(|l| Record::new(l.name(), Tensor::zeros(&[0, 0], dtype)))
+            .map(|l| Record::empty(l.name(), dtype))
             .collect(),
         errors: vec![None; model.layers().len()],
         recompute: None,
@@ -26,7 +26,7 @@ pub(crate) fn free_block(b: &Block, trace: &mut Trace) {
     for i in block_layers(b) {
         let name = trace.records[i].layer.clone();
         let dt = trace.records[i].input.dtype();
-        trace.records[i] = Record::new(&name, Tensor::zeros(&[0, 0], dt));
+        trace.records[i] = Record::empty(&name, dt);
         trace.errors[i] = None;
     }
 }
