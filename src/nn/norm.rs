@@ -18,11 +18,10 @@
 use std::sync::Mutex;
 
 use rand::{Rng as _, SeedableRng};
-use rayon::prelude::*;
 
 use super::{Grads, Init, Layer, LayerKind, Params, Record, missing};
 use crate::error::{Error, Result};
-use crate::tensor::{DType, Storage, Tensor};
+use crate::tensor::{DType, Tensor};
 
 /// Which entries share a statistic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,23 +158,6 @@ impl Normalization {
     }
 }
 
-/// Storage element of the normalisation kernels (f32 or f64).
-trait Real: Copy + Send + Sync + Into<f64> {
-    fn of(v: f64) -> Self;
-}
-
-impl Real for f32 {
-    fn of(v: f64) -> Self {
-        v as f32
-    }
-}
-
-impl Real for f64 {
-    fn of(v: f64) -> Self {
-        v
-    }
-}
-
 /// (γ, β) per channel when affine.
 type Affine = Option<(Vec<f64>, Vec<f64>)>;
 
@@ -188,34 +170,6 @@ impl Normalization {
             p.get(&self.key("weight"))?.to_vec_f64(),
             p.get(&self.key("bias"))?.to_vec_f64(),
         )))
-    }
-
-    /// Two sums per (sample, channel) over its positions, `f(row start, row, t)` for
-    /// position t, in parallel over samples; laid out sample-major (`i·C + c`).
-    fn sums<T: Real>(
-        &self,
-        v: &[T],
-        n: usize,
-        f: impl Fn(usize, &[T], usize) -> f64 + Sync,
-    ) -> Vec<(f64, f64)> {
-        let (cs, s) = (self.channels, self.positions);
-        let w = cs * s;
-        let mut out = vec![(0.0, 0.0); n * cs];
-        out.par_chunks_mut(cs)
-            .zip(v.par_chunks(w))
-            .enumerate()
-            .for_each(|(i, (o, row))| {
-                for (c, oc) in o.iter_mut().enumerate() {
-                    let r = &row[c * s..(c + 1) * s];
-                    let (mut a, mut b) = (0.0, 0.0);
-                    for t in 0..s {
-                        a += f(i * w + c * s, r, t);
-                        b += r[t].into();
-                    }
-                    *oc = (a, b);
-                }
-            });
-        out
     }
 
     /// Sums of `sums` gathered per statistic (and the counts).
@@ -233,34 +187,46 @@ impl Normalization {
         (a, b, cnt)
     }
 
+    /// One coefficient triple per (sample, channel) from a statistic's and a channel's
+    /// values: `f(statistic j, channel c)`.
+    fn per_channel(
+        &self,
+        n: usize,
+        f: impl Fn(usize, usize) -> (f64, f64, f64),
+    ) -> Vec<(f64, f64, f64)> {
+        let (stat, _) = self.stat_of(n);
+        (0..n)
+            .flat_map(|i| (0..self.channels).map(move |c| (i, c)))
+            .map(|(i, c)| f(stat(i, c), c))
+            .collect()
+    }
+
     /// y, x̂, 1/√(σ² + ε) per statistic and, with batch statistics, (mean, unbiased
     /// variance) per statistic.
     #[allow(clippy::type_complexity)]
-    fn forward_t<T: Real>(
+    fn forward_t(
         &self,
-        v: &[T],
+        x: &Tensor,
         n: usize,
         running: Option<(Vec<f64>, Vec<f64>)>,
         affine: &Affine,
-    ) -> (Vec<T>, Vec<T>, Vec<f64>, Option<(Vec<f64>, Vec<f64>)>) {
+    ) -> Result<(Tensor, Tensor, Vec<f64>, Option<(Vec<f64>, Vec<f64>)>)> {
         let (cs, s) = (self.channels, self.positions);
-        let (stat, _) = self.stat_of(n);
         let (mean, inv, batch) = match running {
             Some((rm, rv)) => {
                 let inv: Vec<f64> = rv.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
                 (rm, inv, None)
             }
             None => {
-                let (sum, _, cnt) = self.per_stat(n, &self.sums(v, n, |_, r, t| r[t].into()));
+                let (_, sum, cnt) = self.per_stat(n, &x.channel_sums(None, None, cs, s)?);
                 let mean: Vec<f64> = sum.iter().zip(&cnt).map(|(a, b)| a / b).collect();
                 // Second pass about the mean (no cancellation in E[x²] − E[x]²).
-                let sq = self.sums(v, n, |start, r, t| {
-                    let c = (start % (cs * s)) / s;
-                    let i = start / (cs * s);
-                    let d: f64 = r[t].into() - mean[stat(i, c)];
-                    d * d
-                });
-                let (sq, _, _) = self.per_stat(n, &sq);
+                let m: Vec<f64> = self
+                    .per_channel(n, |j, _| (mean[j], 0.0, 0.0))
+                    .iter()
+                    .map(|t| t.0)
+                    .collect();
+                let (sq, _, _) = self.per_stat(n, &x.channel_sums(None, Some(&m), cs, s)?);
                 let var: Vec<f64> = sq.iter().zip(&cnt).map(|(a, b)| a / b).collect();
                 let inv: Vec<f64> = var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
                 let unbiased = var
@@ -271,94 +237,79 @@ impl Normalization {
                 (mean.clone(), inv, Some((mean, unbiased)))
             }
         };
-        let w = cs * s;
-        let (mut y, mut xh) = (vec![T::of(0.0); n * w], vec![T::of(0.0); n * w]);
-        y.par_chunks_mut(w)
-            .zip(xh.par_chunks_mut(w))
-            .zip(v.par_chunks(w))
-            .enumerate()
-            .for_each(|(i, ((yr, xr), vr))| {
-                for c in 0..cs {
-                    let j = stat(i, c);
-                    let (g, b) = affine.as_ref().map_or((1.0, 0.0), |(g, b)| (g[c], b[c]));
-                    let (m, iv) = (mean[j], inv[j]);
-                    for t in c * s..(c + 1) * s {
-                        let h = (vr[t].into() - m) * iv;
-                        xr[t] = T::of(h);
-                        yr[t] = T::of(g * h + b);
-                    }
-                }
-            });
-        (y, xh, inv, batch)
+        // x̂ = (x − m)·s and y = γx̂ + β = x·γs + (β − γms), both from x.
+        let xh = x.channel_affine(
+            None,
+            &self.per_channel(n, |j, _| (inv[j], 0.0, -mean[j] * inv[j])),
+            cs,
+            s,
+        )?;
+        let y = match affine {
+            None => xh.clone(),
+            Some((g, b)) => x.channel_affine(
+                None,
+                &self.per_channel(n, |j, c| {
+                    (g[c] * inv[j], 0.0, b[c] - g[c] * mean[j] * inv[j])
+                }),
+                cs,
+                s,
+            )?,
+        };
+        Ok((y, xh, inv, batch))
     }
 
     /// ∂L/∂x from ∂L/∂y (`d`) and x̂.
-    fn input_grad_t<T: Real>(
+    fn input_grad_t(
         &self,
-        d: &[T],
-        xh: &[T],
+        d: &Tensor,
+        xh: &Tensor,
         n: usize,
         inv: &[f64],
         batch_stats: bool,
         gamma: &Option<Vec<f64>>,
-    ) -> Vec<T> {
+    ) -> Result<Tensor> {
         let (cs, s) = (self.channels, self.positions);
-        let w = cs * s;
         let (stat, _) = self.stat_of(n);
         let gm = |c: usize| gamma.as_ref().map_or(1.0, |g| g[c]);
-        let (mg, mgx) = if batch_stats {
-            // Σ g and Σ g·x̂ per statistic, g = γ_c ∂L/∂y.
-            let sums = self.sums(d, n, |start, r, t| r[t].into() * xh[start + t].into());
-            let (sgx, sg, cnt) = self.per_stat(n, &sums);
-            // γ is per channel and a statistic may span channels (groups): fold it in.
-            let (mut mg, mut mgx) = (vec![0.0; sg.len()], vec![0.0; sg.len()]);
-            if gamma.is_none() || self.kind == NormKind::Batch {
-                for j in 0..sg.len() {
-                    let gj = if self.kind == NormKind::Batch {
-                        gm(j)
-                    } else {
-                        1.0
-                    };
-                    mg[j] = gj * sg[j] / cnt[j];
-                    mgx[j] = gj * sgx[j] / cnt[j];
-                }
-            } else {
-                for i in 0..n {
-                    for c in 0..cs {
-                        let j = stat(i, c);
-                        let (a, b) = sums[i * cs + c];
-                        mgx[j] += gm(c) * a / cnt[j];
-                        mg[j] += gm(c) * b / cnt[j];
-                    }
+        if !batch_stats {
+            // Running statistics: one per channel, ∂L/∂x = γ s ∂L/∂y.
+            return d.channel_affine(
+                None,
+                &self.per_channel(n, |_, c| (gm(c) * inv[c], 0.0, 0.0)),
+                cs,
+                s,
+            );
+        }
+        // Σ g and Σ g·x̂ per statistic, g = γ_c ∂L/∂y.
+        let sums = d.channel_sums(Some(xh), None, cs, s)?;
+        let (sgx, sg, cnt) = self.per_stat(n, &sums);
+        // γ is per channel and a statistic may span channels (groups): fold it in.
+        let (mut mg, mut mgx) = (vec![0.0; sg.len()], vec![0.0; sg.len()]);
+        if gamma.is_none() || self.kind == NormKind::Batch {
+            for j in 0..sg.len() {
+                let gj = if self.kind == NormKind::Batch {
+                    gm(j)
+                } else {
+                    1.0
+                };
+                mg[j] = gj * sg[j] / cnt[j];
+                mgx[j] = gj * sgx[j] / cnt[j];
+            }
+        } else {
+            for i in 0..n {
+                for c in 0..cs {
+                    let j = stat(i, c);
+                    let (a, b) = sums[i * cs + c];
+                    mgx[j] += gm(c) * a / cnt[j];
+                    mg[j] += gm(c) * b / cnt[j];
                 }
             }
-            (mg, mgx)
-        } else {
-            (Vec::new(), Vec::new())
-        };
-        let mut dx = vec![T::of(0.0); n * w];
-        dx.par_chunks_mut(w)
-            .zip(d.par_chunks(w))
-            .zip(xh.par_chunks(w))
-            .enumerate()
-            .for_each(|(i, ((out, dr), xr))| {
-                for c in 0..cs {
-                    let g = gm(c);
-                    if batch_stats {
-                        let j = stat(i, c);
-                        let (a, b, iv) = (mg[j], mgx[j], inv[j]);
-                        for t in c * s..(c + 1) * s {
-                            out[t] = T::of((g * dr[t].into() - a - xr[t].into() * b) * iv);
-                        }
-                    } else {
-                        let iv = inv[c];
-                        for t in c * s..(c + 1) * s {
-                            out[t] = T::of(g * dr[t].into() * iv);
-                        }
-                    }
-                }
-            });
-        dx
+        }
+        // ∂L/∂x = (γ ∂L/∂y − mean g − x̂·mean(g x̂))·s.
+        let coef = self.per_channel(n, |j, c| {
+            (gm(c) * inv[j], -mgx[j] * inv[j], -mg[j] * inv[j])
+        });
+        d.channel_affine(Some(xh), &coef, cs, s)
     }
 }
 
@@ -432,27 +383,7 @@ impl Layer for Normalization {
             ))
         };
         let affine = self.affine_params(p)?;
-        let (y, xhat, inv, batch) = match x.storage() {
-            Storage::F32(v) => {
-                let (y, xh, inv, b) = self.forward_t(v, n, running, &affine);
-                (
-                    Tensor::from_vec(&[n, f], y)?,
-                    Tensor::from_vec(&[n, f], xh)?,
-                    inv,
-                    b,
-                )
-            }
-            Storage::F64(v) => {
-                let (y, xh, inv, b) = self.forward_t(v, n, running, &affine);
-                (
-                    Tensor::from_vec_f64(&[n, f], y)?,
-                    Tensor::from_vec_f64(&[n, f], xh)?,
-                    inv,
-                    b,
-                )
-            }
-            _ => unreachable!("reduced types are widened above"),
-        };
+        let (y, xhat, inv, batch) = self.forward_t(x, n, running, &affine)?;
         if let (Some((mean, var)), true) = (batch, self.kind == NormKind::Batch && !rec.recompute) {
             self.pending
                 .lock()
@@ -474,15 +405,8 @@ impl Layer for Normalization {
             return Ok(());
         }
         let d_out = &d_out.widened();
-        let (n, _) = d_out.dims2()?;
         let xh = rec.saved.first().ok_or_else(|| missing(&self.name))?;
-        let sums = match (d_out.storage(), xh.storage()) {
-            (Storage::F32(d), Storage::F32(x)) => {
-                self.sums(d, n, |i, row, t| (row[t] * x[i + t]).into())
-            }
-            (Storage::F64(d), Storage::F64(x)) => self.sums(d, n, |i, row, t| row[t] * x[i + t]),
-            _ => return Err(missing(&self.name)),
-        };
+        let sums = d_out.channel_sums(Some(xh), None, self.channels, self.positions)?;
         let cs = self.channels;
         let (mut gw, mut gb) = (vec![0.0; cs], vec![0.0; cs]);
         for (ic, (a, b)) in sums.iter().enumerate() {
@@ -502,24 +426,14 @@ impl Layer for Normalization {
 
     fn input_grad(&self, p: &Params, rec: &Record, d_out: &Tensor) -> Result<Tensor> {
         let d_out = &d_out.widened();
-        let (n, f) = d_out.dims2()?;
+        let (n, _) = d_out.dims2()?;
         let [xh, inv, flag, ..] = rec.saved.as_slice() else {
             return Err(missing(&self.name));
         };
         let inv = inv.to_vec_f64();
         let batch_stats = flag.get(0).ok() == Some(1.0);
         let gamma = self.affine_params(p)?.map(|(g, _)| g);
-        match (d_out.storage(), xh.storage()) {
-            (Storage::F32(d), Storage::F32(x)) => Tensor::from_vec(
-                &[n, f],
-                self.input_grad_t(d, x, n, &inv, batch_stats, &gamma),
-            ),
-            (Storage::F64(d), Storage::F64(x)) => Tensor::from_vec_f64(
-                &[n, f],
-                self.input_grad_t(d, x, n, &inv, batch_stats, &gamma),
-            ),
-            _ => Err(missing(&self.name)),
-        }
+        self.input_grad_t(d_out, xh, n, &inv, batch_stats, &gamma)
     }
 
     fn commit_state(&self, p: &mut Params) -> Result<()> {

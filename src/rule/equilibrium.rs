@@ -38,42 +38,8 @@ use super::{Batch, Relaxation, Rule, RuleSpec, StepOutput};
 use crate::error::{Error, Result};
 use crate::nn::{Grads, Loss, Model, Params, Trace};
 use crate::settings::{Described, Range, Settings, at_least, parse, real};
-use crate::tensor::{Storage, Tensor, Unary};
-
-/// The state nonlinearity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rho {
-    /// clip(s, 0, 1), states clipped to [0, 1].
-    HardSigmoid,
-    /// Logistic sigmoid.
-    Sigmoid,
-    /// tanh.
-    Tanh,
-}
-
-impl Rho {
-    fn parse(s: &str) -> Result<Rho> {
-        match s {
-            "hard-sigmoid" => Ok(Rho::HardSigmoid),
-            "sigmoid" => Ok(Rho::Sigmoid),
-            "tanh" => Ok(Rho::Tanh),
-            _ => Err(Error::unknown(
-                "eqprop rho",
-                s,
-                &["hard-sigmoid", "sigmoid", "tanh"],
-            )),
-        }
-    }
-
-    fn apply(self, s: &Tensor) -> Tensor {
-        match self {
-            // States stay in [0, 1], where the hard sigmoid is the identity.
-            Rho::HardSigmoid => s.clone(),
-            Rho::Sigmoid => s.unary(Unary::Sigmoid),
-            Rho::Tanh => s.unary(Unary::Tanh),
-        }
-    }
-}
+pub use crate::tensor::Rho;
+use crate::tensor::Tensor;
 
 /// Which contrast the rule learns from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,37 +69,7 @@ impl Nudge {
     }
 }
 
-/// The hot case of [`fused_step`] (f32 hidden layer, hard sigmoid, no target), written
-/// so the compiler vectorises it: s' = clip(s + ε(fwd + feedback − s), 0, 1). Returns s'
-/// and ‖g‖².
-fn hard_sigmoid_step(s: &[f32], f: &[f32], fb: &[f32], eps: f32) -> (Vec<f32>, f64) {
-    let mut out = vec![0.0f32; s.len()];
-    let mut acc = [0.0f32; 8];
-    let body = |o: &mut [f32], sv: &[f32], fv: &[f32], bv: &[f32], acc: &mut [f32; 8]| {
-        for j in 0..o.len() {
-            let g = fv[j] + bv[j] - sv[j];
-            acc[j] += g * g;
-            o[j] = (sv[j] + eps * g).clamp(0.0, 1.0);
-        }
-    };
-    let mut oc = out.chunks_exact_mut(8);
-    let (mut sc, mut fc, mut bc) = (s.chunks_exact(8), f.chunks_exact(8), fb.chunks_exact(8));
-    for (((o, sv), fv), bv) in (&mut oc).zip(&mut sc).zip(&mut fc).zip(&mut bc) {
-        body(o, sv, fv, bv, &mut acc);
-    }
-    body(
-        oc.into_remainder(),
-        sc.remainder(),
-        fc.remainder(),
-        bc.remainder(),
-        &mut acc,
-    );
-    (out, acc.iter().map(|&a| a as f64).sum())
-}
-
-/// One relaxation step of a layer in one pass, with drive = fwd + feedback:
-/// g = ρ'(s)⊙drive − s − β(s − y), s' = s + εg (clipped to [0, 1] for the hard
-/// sigmoid). Returns s', ‖g‖² and ½‖s − y‖² (0 without a target).
+/// One relaxation step of a layer (see [`Tensor::relax_step`]).
 fn fused_step(
     s: &Tensor,
     fwd: &Tensor,
@@ -143,99 +79,7 @@ fn fused_step(
     eps: f64,
     rho: Rho,
 ) -> Result<(Tensor, f64, f64)> {
-    let same = |t: Option<&Tensor>| t.is_none_or(|t| t.shape() == s.shape());
-    if s.shape() != fwd.shape() || !same(feedback) || !same(target) {
-        return Err(Error::shape(
-            "eqprop relaxation",
-            format!("state {:?} vs drive {:?}", s.shape(), fwd.shape()),
-        ));
-    }
-    #[allow(clippy::too_many_arguments)]
-    fn run<T: Copy + Into<f64>>(
-        s: &[T],
-        f: &[T],
-        fb: Option<&[T]>,
-        y: Option<Vec<f64>>,
-        beta: f64,
-        eps: f64,
-        rho: Rho,
-        wrap: impl Fn(f64) -> T,
-    ) -> (Vec<T>, f64, f64) {
-        let n = s.len();
-        let mut out: Vec<T> = vec![wrap(0.0); n];
-        let (lo, hi) = if rho == Rho::HardSigmoid {
-            (0.0, 1.0)
-        } else {
-            (f64::NEG_INFINITY, f64::INFINITY)
-        };
-        let slope = |x: f64| match rho {
-            Rho::HardSigmoid => 1.0,
-            Rho::Sigmoid => {
-                let q = Unary::Sigmoid.apply(x);
-                q * (1.0 - q)
-            }
-            Rho::Tanh => {
-                let q = x.tanh();
-                1.0 - q * q
-            }
-        };
-        // Eight partial sums so the loop vectorises.
-        let mut acc = [0.0f64; 8];
-        let mut cost = 0.0;
-        for i in 0..n {
-            let si: f64 = s[i].into();
-            let mut di: f64 = f[i].into();
-            if let Some(fb) = fb {
-                di += fb[i].into();
-            }
-            let mut g = if rho == Rho::HardSigmoid {
-                di - si
-            } else {
-                slope(si) * di - si
-            };
-            if let Some(y) = &y {
-                let e = si - y[i];
-                cost += 0.5 * e * e;
-                g -= beta * e;
-            }
-            acc[i % 8] += g * g;
-            out[i] = wrap((si + eps * g).clamp(lo, hi));
-        }
-        (out, acc.iter().sum(), cost)
-    }
-    if let (None, Rho::HardSigmoid, Storage::F32(a), Storage::F32(b), Some(Storage::F32(fb))) = (
-        target,
-        rho,
-        s.storage(),
-        fwd.storage(),
-        feedback.map(Tensor::storage),
-    ) {
-        crate::tensor::counters::add(4 * s.len() as u64, 4 * 4 * s.len() as u64);
-        let (v, r2) = hard_sigmoid_step(a, b, fb, eps as f32);
-        return Ok((Tensor::from_vec(s.shape(), v)?, r2, 0.0));
-    }
-    let y = target.map(Tensor::to_vec_f64);
-    // ~8 flops per element; reads s, fwd, feedback (and y), writes s'.
-    crate::tensor::counters::add(8 * s.len() as u64, 4 * 4 * s.len() as u64);
-    match (s.storage(), fwd.storage(), feedback.map(Tensor::storage)) {
-        (Storage::F32(a), Storage::F32(b), None) => {
-            let (v, r2, c) = run(a, b, None, y, beta, eps, rho, |x| x as f32);
-            Ok((Tensor::from_vec(s.shape(), v)?, r2, c))
-        }
-        (Storage::F32(a), Storage::F32(b), Some(Storage::F32(fb))) => {
-            let (v, r2, c) = run(a, b, Some(fb), y, beta, eps, rho, |x| x as f32);
-            Ok((Tensor::from_vec(s.shape(), v)?, r2, c))
-        }
-        (Storage::F64(a), Storage::F64(b), None) => {
-            let (v, r2, c) = run(a, b, None, y, beta, eps, rho, |x| x);
-            Ok((Tensor::from_vec_f64(s.shape(), v)?, r2, c))
-        }
-        (Storage::F64(a), Storage::F64(b), Some(Storage::F64(fb))) => {
-            let (v, r2, c) = run(a, b, Some(fb), y, beta, eps, rho, |x| x);
-            Ok((Tensor::from_vec_f64(s.shape(), v)?, r2, c))
-        }
-        _ => Err(Error::config("eqprop", "state and drive dtypes differ")),
-    }
+    s.relax_step(fwd, feedback, target, beta, eps, rho)
 }
 
 crate::settings_struct! {

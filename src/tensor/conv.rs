@@ -5,6 +5,7 @@
 
 use rayon::prelude::*;
 
+use super::backend::BackendStorage;
 use super::cpu::Elem;
 use super::{Storage, Tensor, count_elementwise};
 use crate::error::{Error, Result};
@@ -123,7 +124,13 @@ fn tap_range(
     (base, lo.min(hi), hi)
 }
 
-fn im2col<T: Elem>(x: &[T], n: usize, win: &Window, c0: usize, cg: usize) -> Result<Vec<T>> {
+pub(super) fn im2col<T: Elem>(
+    x: &[T],
+    n: usize,
+    win: &Window,
+    c0: usize,
+    cg: usize,
+) -> Result<Vec<T>> {
     let (ho, wo) = win.output()?;
     let (kh, kw) = win.kernel;
     let k = cg * kh * kw;
@@ -158,7 +165,7 @@ fn im2col<T: Elem>(x: &[T], n: usize, win: &Window, c0: usize, cg: usize) -> Res
     Ok(out)
 }
 
-fn col2im_acc<T: Elem>(
+pub(super) fn col2im_acc<T: Elem>(
     dx: &mut [T],
     cols: &[T],
     n: usize,
@@ -199,7 +206,7 @@ fn col2im_acc<T: Elem>(
     Ok(())
 }
 
-fn batch_transpose<T: Elem>(x: &[T], n: usize, a: usize, b: usize) -> Vec<T> {
+pub(super) fn batch_transpose<T: Elem>(x: &[T], n: usize, a: usize, b: usize) -> Vec<T> {
     let mut out = vec![T::of(0.0); x.len()];
     out.par_chunks_mut((a * b).max(1))
         .take(n)
@@ -216,7 +223,7 @@ fn batch_transpose<T: Elem>(x: &[T], n: usize, a: usize, b: usize) -> Vec<T> {
 }
 
 /// Max over each window per channel; also the flat input index of each maximum.
-fn max_pool<T: Elem>(x: &[T], n: usize, win: &Window) -> Result<(Vec<T>, Vec<usize>)> {
+pub(super) fn max_pool<T: Elem>(x: &[T], n: usize, win: &Window) -> Result<(Vec<T>, Vec<usize>)> {
     let (ho, wo) = win.output()?;
     let (kh, kw) = win.kernel;
     let (hw, w) = (win.height * win.width, win.width);
@@ -262,7 +269,7 @@ fn max_pool<T: Elem>(x: &[T], n: usize, win: &Window) -> Result<(Vec<T>, Vec<usi
 /// Mean over each window per channel, padding counted as zeros (PyTorch's default
 /// `count_include_pad`), or its adjoint when `backward` (then `x` holds the output error
 /// and the result is the input error).
-fn avg_pool<T: Elem>(x: &[T], n: usize, win: &Window, backward: bool) -> Result<Vec<T>> {
+pub(super) fn avg_pool<T: Elem>(x: &[T], n: usize, win: &Window, backward: bool) -> Result<Vec<T>> {
     let (ho, wo) = win.output()?;
     let (kh, kw) = win.kernel;
     let hw = win.height * win.width;
@@ -306,9 +313,6 @@ impl Tensor {
     /// `[n·Ho·Wo, cg·kh·kw]` matrix (row = output position, column = (channel, tap);
     /// taps in the padding are 0).
     pub fn im2col(&self, win: &Window, c0: usize, cg: usize) -> Result<Tensor> {
-        if self.dtype().is_reduced() {
-            return self.via_f32(|t| t.im2col(win, c0, cg));
-        }
         let n = check_rows(self, win, "im2col")?;
         if c0 + cg > win.channels {
             return Err(Error::shape(
@@ -319,11 +323,7 @@ impl Tensor {
         let (ho, wo) = win.output()?;
         let k = cg * win.kernel.0 * win.kernel.1;
         count_elementwise(n * ho * wo * k, 2, self.dtype());
-        let data = match self.storage() {
-            Storage::F32(v) => Storage::F32(im2col(v, n, win, c0, cg)?),
-            Storage::F64(v) => Storage::F64(im2col(v, n, win, c0, cg)?),
-            _ => unreachable!("reduced types are widened above"),
-        };
+        let data = on_backend!(self.storage(), s => Storage::from(s.im2col(n, win, c0, cg)?));
         Tensor::from_storage(&[n * ho * wo, k], data)
     }
 
@@ -343,29 +343,12 @@ impl Tensor {
         }
         count_elementwise(cols.len(), 2, self.dtype());
         let c = cols.clone();
-        let err = Error::DType {
-            op: "col2im",
-            lhs: self.dtype(),
-            rhs: cols.dtype(),
-        };
-        match (self.storage_mut(), c.storage()) {
-            (Storage::F32(d), Storage::F32(v)) => col2im_acc(d, v, n, win, c0, cg),
-            (Storage::F64(d), Storage::F64(v)) => col2im_acc(d, v, n, win, c0, cg),
-            (Storage::F64(_), _) | (_, Storage::F64(_)) => Err(err),
-            // A reduced type on either side: summed in f32.
-            (d, v) => {
-                let v = super::reduced::f32_view(v).ok_or(err)?;
-                super::reduced::with_f32_mut(d, |d| col2im_acc(d, &v, n, win, c0, cg))
-            }
-        }
+        on_backend!(self.storage_mut(), c.storage(), (d, v) => d.col2im_acc(v, n, win, c0, cg))
     }
 
     /// Reads each row of `n` rows as an `a × b` matrix and transposes it: the rows of
     /// `[n·a, b]` become `[n, b·a]` (position-major ↔ channel-major).
     pub fn batch_transpose(&self, n: usize, a: usize, b: usize) -> Result<Tensor> {
-        if self.dtype().is_reduced() {
-            return self.via_f32(|t| t.batch_transpose(n, a, b));
-        }
         if self.len() != n * a * b {
             return Err(Error::shape(
                 "batch_transpose",
@@ -373,21 +356,13 @@ impl Tensor {
             ));
         }
         count_elementwise(self.len(), 2, self.dtype());
-        let data = match self.storage() {
-            Storage::F32(v) => Storage::F32(batch_transpose(v, n, a, b)),
-            Storage::F64(v) => Storage::F64(batch_transpose(v, n, a, b)),
-            _ => unreachable!("reduced types are widened above"),
-        };
+        let data = on_backend!(self.storage(), s => Storage::from(s.batch_transpose(n, a, b)));
         Tensor::from_storage(&[n, a * b], data)
     }
 
     /// Max pooling of every channel; returns the pooled `[n, C·Ho·Wo]` and the flat index
     /// (into `self`'s storage) of each maximum, for [`Tensor::max_pool_backward`].
     pub fn max_pool(&self, win: &Window) -> Result<(Tensor, Vec<usize>)> {
-        if self.dtype().is_reduced() {
-            let (y, idx) = self.widened().max_pool(win)?;
-            return Ok((y.to_dtype(self.dtype()), idx));
-        }
         let n = check_rows(self, win, "max_pool")?;
         let (ho, wo) = win.output()?;
         count_elementwise(
@@ -395,17 +370,10 @@ impl Tensor {
             1,
             self.dtype(),
         );
-        let (data, idx) = match self.storage() {
-            Storage::F32(v) => {
-                let (o, i) = max_pool(v, n, win)?;
-                (Storage::F32(o), i)
-            }
-            Storage::F64(v) => {
-                let (o, i) = max_pool(v, n, win)?;
-                (Storage::F64(o), i)
-            }
-            _ => unreachable!("reduced types are widened above"),
-        };
+        let (data, idx) = on_backend!(self.storage(), s => {
+            let (o, i) = s.max_pool(n, win)?;
+            (Storage::from(o), i)
+        });
         Ok((
             Tensor::from_storage(&[n, win.channels * ho * wo], data)?,
             idx,
@@ -413,7 +381,7 @@ impl Tensor {
     }
 
     /// Routes the output error `self` (`[n, C·Ho·Wo]`) to the maxima found by
-    /// [`Tensor::max_pool`]: an `[n, C·H·W]` input error.
+    /// [`Tensor::max_pool`]: an `[n, C·H·W]` input error (f32 for a reduced `self`).
     pub fn max_pool_backward(&self, idx: &[usize], win: &Window) -> Result<Tensor> {
         let (n, _) = self.dims2()?;
         if idx.len() != self.len() {
@@ -422,39 +390,23 @@ impl Tensor {
                 format!("{} errors for {} maxima", self.len(), idx.len()),
             ));
         }
-        if self.dtype().is_reduced() {
-            return self.widened().max_pool_backward(idx, win);
-        }
-        let mut out = Tensor::zeros(&[n, win.input_len()], self.dtype());
-        let d = self.clone();
-        match (out.storage_mut(), d.storage()) {
-            (Storage::F32(o), Storage::F32(g)) => scatter(o, g, idx),
-            (Storage::F64(o), Storage::F64(g)) => scatter(o, g, idx),
-            _ => unreachable!("same dtype by construction"),
-        }
+        let d = self.widened();
+        let mut out = d.full_like(&[n, win.input_len()], 0.0, d.dtype());
+        on_backend!(out.storage_mut(), d.storage(), (o, g) => o.scatter_add(g, idx))?;
         Ok(out)
     }
 
     /// Average pooling of every channel (padding counted as zeros).
     pub fn avg_pool(&self, win: &Window) -> Result<Tensor> {
-        if self.dtype().is_reduced() {
-            return self.via_f32(|t| t.avg_pool(win));
-        }
         let n = check_rows(self, win, "avg_pool")?;
         let (ho, wo) = win.output()?;
-        let data = match self.storage() {
-            Storage::F32(v) => Storage::F32(avg_pool(v, n, win, false)?),
-            Storage::F64(v) => Storage::F64(avg_pool(v, n, win, false)?),
-            _ => unreachable!("reduced types are widened above"),
-        };
+        let data = on_backend!(self.storage(), s => Storage::from(s.avg_pool(n, win, false)?));
         Tensor::from_storage(&[n, win.channels * ho * wo], data)
     }
 
-    /// The adjoint of [`Tensor::avg_pool`] applied to the output error `self`.
+    /// The adjoint of [`Tensor::avg_pool`] applied to the output error `self` (f32 for a
+    /// reduced `self`).
     pub fn avg_pool_backward(&self, win: &Window) -> Result<Tensor> {
-        if self.dtype().is_reduced() {
-            return self.widened().avg_pool_backward(win);
-        }
         let (n, f) = self.dims2()?;
         let (ho, wo) = win.output()?;
         if f != win.channels * ho * wo {
@@ -463,19 +415,8 @@ impl Tensor {
                 format!("rows of {f} for {}×{ho}×{wo}", win.channels),
             ));
         }
-        let data = match self.storage() {
-            Storage::F32(v) => Storage::F32(avg_pool(v, n, win, true)?),
-            Storage::F64(v) => Storage::F64(avg_pool(v, n, win, true)?),
-            _ => unreachable!("reduced types are widened above"),
-        };
+        let d = self.widened();
+        let data = on_backend!(d.storage(), s => Storage::from(s.avg_pool(n, win, true)?));
         Tensor::from_storage(&[n, win.input_len()], data)
-    }
-}
-
-fn scatter<T: Elem>(out: &mut [T], g: &[T], idx: &[usize]) {
-    for (&i, &v) in idx.iter().zip(g) {
-        if i != usize::MAX {
-            out[i] += v;
-        }
     }
 }

@@ -1,6 +1,6 @@
 //! Host kernels, generic over the element type. Only `tensor` calls these.
 
-use super::{Storage, Unary};
+use super::{HostStorage, Unary};
 
 /// A host element type: `f32` or `f64`.
 pub(crate) trait Elem:
@@ -17,7 +17,7 @@ pub(crate) trait Elem:
 {
     fn f64(self) -> f64;
     fn of(x: f64) -> Self;
-    fn wrap(v: Vec<Self>) -> Storage;
+    fn wrap(v: Vec<Self>) -> HostStorage;
     /// tanh in the type's own precision.
     fn tanh(self) -> Self;
     /// 1/(1 + e^−x) in the type's own precision.
@@ -35,8 +35,8 @@ impl Elem for f32 {
     fn of(x: f64) -> Self {
         x as f32
     }
-    fn wrap(v: Vec<Self>) -> Storage {
-        Storage::F32(v)
+    fn wrap(v: Vec<Self>) -> HostStorage {
+        HostStorage::F32(v)
     }
     /// A rational minimax approximation, x·P(x²)/Q(x²) on |x| ≤ 7.905 (odd degree 13
     /// over even degree 6, the form used by Eigen's vectorised `ptanh`); it vectorises,
@@ -83,8 +83,8 @@ impl Elem for f64 {
     fn of(x: f64) -> Self {
         x
     }
-    fn wrap(v: Vec<Self>) -> Storage {
-        Storage::F64(v)
+    fn wrap(v: Vec<Self>) -> HostStorage {
+        HostStorage::F64(v)
     }
     #[inline]
     fn tanh(self) -> Self {

@@ -16,21 +16,80 @@
 //! assert_eq!(a.matmul(false, &b, false).unwrap().to_vec_f32(), vec![3.0, 7.0]);
 //! ```
 
+// Backend dispatch: the body is written once against `BackendStorage` and instantiated
+// for each backend's storage; operands on different backends are an error (once there
+// is more than one).
+macro_rules! on_backend {
+    ($s:expr, $v:ident => $e:expr) => {
+        match $s {
+            $crate::tensor::Storage::Host($v) => $e,
+        }
+    };
+    ($a:expr, $b:expr, ($x:ident, $y:ident) => $e:expr) => {
+        match ($a, $b) {
+            ($crate::tensor::Storage::Host($x), $crate::tensor::Storage::Host($y)) => $e,
+        }
+    };
+    ($a:expr, $b:expr, $c:expr, ($x:ident, $y:ident, $z:ident) => $e:expr) => {
+        match ($a, $b, $c) {
+            (
+                $crate::tensor::Storage::Host($x),
+                $crate::tensor::Storage::Host($y),
+                $crate::tensor::Storage::Host($z),
+            ) => $e,
+        }
+    };
+}
+
+// Dispatch with optional operands (`Option<&Storage>`), which must be on the backend of
+// the first.
+macro_rules! on_backend_opt {
+    ($a:expr, $o:expr, ($x:ident, $y:ident) => $e:expr) => {
+        match $a {
+            $crate::tensor::Storage::Host($x) => {
+                let $y = $o.map(|s| match s {
+                    $crate::tensor::Storage::Host(h) => h,
+                });
+                $e
+            }
+        }
+    };
+    ($a:expr, $b:expr, $o1:expr, $o2:expr, ($x:ident, $y:ident, $p:ident, $q:ident) => $e:expr) => {
+        match ($a, $b) {
+            ($crate::tensor::Storage::Host($x), $crate::tensor::Storage::Host($y)) => {
+                let $p = $o1.map(|s| match s {
+                    $crate::tensor::Storage::Host(h) => h,
+                });
+                let $q = $o2.map(|s| match s {
+                    $crate::tensor::Storage::Host(h) => h,
+                });
+                $e
+            }
+        }
+    };
+}
+
+mod backend;
 mod bf16_gemm;
 mod conv;
 pub mod counters;
 mod cpu;
+mod fused;
 mod gemm;
+mod host;
 mod reduced;
 mod unary;
 
 use std::sync::Arc;
 
 pub use conv::Window;
+pub use fused::Rho;
 pub use unary::Unary;
 
+pub use backend::BackendStorage;
+pub use host::HostStorage;
+
 use crate::error::{Error, Result};
-use cpu::Elem;
 
 /// Element type of a tensor. bf16 and f16 store half the bytes of f32 and compute in
 /// f32 (see `reduced`): they hold activations and matrix-product inputs under mixed
@@ -77,109 +136,35 @@ impl std::fmt::Display for DType {
     }
 }
 
-/// Where a tensor's elements live. Every variant is host memory today.
+/// Where a tensor's elements live: one variant per backend, each holding that
+/// backend's storage (which carries the element type). Host memory is the only backend
+/// today; a device becomes another variant, an arm in [`on_backend!`] and an
+/// implementation of [`BackendStorage`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Storage {
-    F32(Vec<f32>),
-    F64(Vec<f64>),
-    BF16(Vec<half::bf16>),
-    F16(Vec<half::f16>),
+    Host(HostStorage),
 }
 
-/// An owned row-major tensor.
+impl From<HostStorage> for Storage {
+    fn from(h: HostStorage) -> Self {
+        Storage::Host(h)
+    }
+}
+
+/// An owned row-major tensor: a shape over a [`Storage`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tensor {
     shape: Vec<usize>,
     data: Arc<Storage>,
 }
 
-// The dispatch macros: f32 and f64 run their own kernels; bf16 and f16 run the f32
-// kernel on widened copies (`reduced`), rounding back where the output keeps the type.
+impl Storage {
+    fn dtype(&self) -> DType {
+        on_backend!(self, s => s.dtype())
+    }
 
-macro_rules! map1 {
-    ($s:expr, $v:ident => $e:expr) => {
-        match $s {
-            Storage::F32($v) => Storage::F32($e),
-            Storage::F64($v) => Storage::F64($e),
-            half => {
-                let w = reduced::widen(half);
-                let $v = &w;
-                reduced::narrow(dtype_of(half), $e)
-            }
-        }
-    };
-}
-
-macro_rules! each1 {
-    ($s:expr, $v:ident => $e:expr) => {
-        match $s {
-            Storage::F32($v) => $e,
-            Storage::F64($v) => $e,
-            half => {
-                let w = reduced::widen(half);
-                let $v = &w;
-                $e
-            }
-        }
-    };
-}
-
-macro_rules! each1_mut {
-    ($s:expr, $v:ident => $e:expr) => {
-        match $s {
-            Storage::F64($v) => $e,
-            other => reduced::with_f32_mut(other, |$v| $e),
-        }
-    };
-}
-
-macro_rules! each2 {
-    ($op:expr, $a:expr, $b:expr, ($x:ident, $y:ident) => $e:expr) => {
-        match ($a, $b) {
-            (Storage::F32($x), Storage::F32($y)) => Ok($e),
-            (Storage::F64($x), Storage::F64($y)) => Ok($e),
-            (l, r) => match (reduced::f32_view(l), reduced::f32_view(r)) {
-                (Some(wx), Some(wy)) => {
-                    let ($x, $y) = (&*wx, &*wy);
-                    Ok($e)
-                }
-                _ => Err(Error::DType {
-                    op: $op,
-                    lhs: dtype_of(l),
-                    rhs: dtype_of(r),
-                }),
-            },
-        }
-    };
-}
-
-macro_rules! each2_mut {
-    ($op:expr, $a:expr, $b:expr, ($x:ident, $y:ident) => $e:expr) => {{
-        let (l, r) = (dtype_of($a), dtype_of($b));
-        match ($a, $b) {
-            (Storage::F32($x), Storage::F32($y)) => Ok($e),
-            (Storage::F64($x), Storage::F64($y)) => Ok($e),
-            (s, o) => match reduced::f32_view(o) {
-                Some(wy) if l != DType::F64 => {
-                    let $y = &*wy;
-                    Ok(reduced::with_f32_mut(s, |$x| $e))
-                }
-                _ => Err(Error::DType {
-                    op: $op,
-                    lhs: l,
-                    rhs: r,
-                }),
-            },
-        }
-    }};
-}
-
-fn dtype_of(s: &Storage) -> DType {
-    match s {
-        Storage::F32(_) => DType::F32,
-        Storage::F64(_) => DType::F64,
-        Storage::BF16(_) => DType::BF16,
-        Storage::F16(_) => DType::F16,
+    fn len(&self) -> usize {
+        on_backend!(self, s => s.len())
     }
 }
 
@@ -188,11 +173,16 @@ fn numel(shape: &[usize]) -> usize {
 }
 
 impl Tensor {
-    fn new(shape: Vec<usize>, data: Storage) -> Self {
+    fn new(shape: Vec<usize>, data: impl Into<Storage>) -> Self {
         Tensor {
             shape,
-            data: Arc::new(data),
+            data: Arc::new(data.into()),
         }
+    }
+
+    /// The same shape over other elements.
+    fn like(&self, data: impl Into<Storage>) -> Self {
+        Self::new(self.shape.clone(), data)
     }
 
     /// A tensor of zeros.
@@ -200,31 +190,37 @@ impl Tensor {
         Self::full(shape, 0.0, dtype)
     }
 
-    /// A tensor filled with `value`.
+    /// A host tensor filled with `value`.
     pub fn full(shape: &[usize], value: f64, dtype: DType) -> Self {
+        Self::new(
+            shape.to_vec(),
+            HostStorage::full(numel(shape), value, dtype),
+        )
+    }
+
+    /// A tensor filled with `value` on this tensor's backend.
+    pub fn full_like(&self, shape: &[usize], value: f64, dtype: DType) -> Self {
         let n = numel(shape);
-        let data = match dtype {
-            DType::F32 => Storage::F32(vec![value as f32; n]),
-            DType::F64 => Storage::F64(vec![value; n]),
-            DType::BF16 => Storage::BF16(vec![half::bf16::from_f64(value); n]),
-            DType::F16 => Storage::F16(vec![half::f16::from_f64(value); n]),
-        };
-        Self::new(shape.to_vec(), data)
+        Self::new(
+            shape.to_vec(),
+            on_backend!(&*self.data, s => Storage::from(s.full_like(n, value, dtype))),
+        )
     }
 
     /// An `f32` tensor from row-major data.
     pub fn from_vec(shape: &[usize], data: Vec<f32>) -> Result<Self> {
-        Self::from_storage(shape, Storage::F32(data))
+        Self::from_storage(shape, HostStorage::F32(data))
     }
 
     /// An `f64` tensor from row-major data.
     pub fn from_vec_f64(shape: &[usize], data: Vec<f64>) -> Result<Self> {
-        Self::from_storage(shape, Storage::F64(data))
+        Self::from_storage(shape, HostStorage::F64(data))
     }
 
     /// A tensor from storage, checking that its length matches the shape.
-    pub fn from_storage(shape: &[usize], data: Storage) -> Result<Self> {
-        let len = each1!(&data, v => v.len());
+    pub fn from_storage(shape: &[usize], data: impl Into<Storage>) -> Result<Self> {
+        let data = data.into();
+        let len = data.len();
         if len != numel(shape) {
             return Err(Error::shape(
                 "Tensor::from_storage",
@@ -256,35 +252,43 @@ impl Tensor {
 
     /// Element type.
     pub fn dtype(&self) -> DType {
-        dtype_of(&self.data)
+        self.data.dtype()
     }
 
-    /// The storage (for backends and serialisation).
+    /// The storage (for backends).
     pub fn storage(&self) -> &Storage {
         &self.data
+    }
+
+    /// The elements in host memory, with their type (a copy for a device; for
+    /// serialisation).
+    pub fn to_host(&self) -> HostStorage {
+        match &*self.data {
+            Storage::Host(h) => h.clone(),
+        }
     }
 
     fn storage_mut(&mut self) -> &mut Storage {
         Arc::make_mut(&mut self.data)
     }
 
-    /// The elements of an f32 tensor (for fused kernels outside this module).
+    /// The elements of an f32 host tensor (for fused kernels outside this module).
     pub fn as_f32(&self) -> Result<&[f32]> {
         match &*self.data {
-            Storage::F32(v) => Ok(v),
+            Storage::Host(HostStorage::F32(v)) => Ok(v),
             other => Err(Error::DType {
                 op: "as_f32",
-                lhs: dtype_of(other),
+                lhs: other.dtype(),
                 rhs: DType::F32,
             }),
         }
     }
 
-    /// The elements of an f32 tensor, mutably (copied first if shared).
+    /// The elements of an f32 host tensor, mutably (copied first if shared).
     pub fn as_f32_mut(&mut self) -> Result<&mut [f32]> {
         let dtype = self.dtype();
         match self.storage_mut() {
-            Storage::F32(v) => Ok(v),
+            Storage::Host(HostStorage::F32(v)) => Ok(v),
             _ => Err(Error::DType {
                 op: "as_f32_mut",
                 lhs: dtype,
@@ -323,11 +327,7 @@ impl Tensor {
         if dtype == self.dtype() {
             return self.clone();
         }
-        let data = match dtype {
-            DType::F64 => Storage::F64(self.to_vec_f64()),
-            d => reduced::narrow(d, self.to_vec_f32()),
-        };
-        Self::new(self.shape.clone(), data)
+        self.like(on_backend!(&*self.data, s => Storage::from(s.to_dtype(dtype))))
     }
 
     /// The same tensor when it is f32 or f64; a bf16 or f16 one widened to f32.
@@ -339,28 +339,19 @@ impl Tensor {
         }
     }
 
-    /// `f` of the f32-widened tensor, returned in this tensor's type: how a kernel with
-    /// no reduced-precision path of its own computes in f32.
-    fn via_f32(&self, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
-        Ok(f(&self.widened())?.to_dtype(self.dtype()))
-    }
-
     /// Elements as `f32`, copied to host.
     pub fn to_vec_f32(&self) -> Vec<f32> {
-        match &*self.data {
-            Storage::F64(v) => v.iter().map(|&x| x as f32).collect(),
-            other => reduced::widen(other),
-        }
+        on_backend!(&*self.data, s => s.to_vec_f32())
     }
 
     /// Elements as `f64`, copied to host.
     pub fn to_vec_f64(&self) -> Vec<f64> {
-        each1!(&*self.data, v => v.iter().map(|x| x.f64()).collect())
+        on_backend!(&*self.data, s => s.to_vec_f64())
     }
 
     /// Element `i` of the flattened tensor as `f64`.
     pub fn get(&self, i: usize) -> Result<f64> {
-        each1!(&*self.data, v => v.get(i).map(|x| x.f64())).ok_or_else(|| {
+        on_backend!(&*self.data, s => s.get(i)).ok_or_else(|| {
             Error::shape(
                 "get",
                 format!("index {i} out of range for {:?}", self.shape),
@@ -371,11 +362,7 @@ impl Tensor {
     /// Sets element `i` of the flattened tensor.
     pub fn set(&mut self, i: usize, value: f64) -> Result<()> {
         let shape = self.shape.clone();
-        let ok = each1_mut!(self.storage_mut(), v => match v.get_mut(i) {
-            Some(x) => { *x = Elem::of(value); true }
-            None => false,
-        });
-        if ok {
+        if on_backend!(self.storage_mut(), s => s.set(i, value)) {
             Ok(())
         } else {
             Err(Error::shape(
@@ -401,32 +388,7 @@ impl Tensor {
     pub fn matmul(&self, ta: bool, rhs: &Tensor, tb: bool) -> Result<Tensor> {
         let (m, k, n) = matmul_dims(self, ta, rhs, tb)?;
         count_gemm(m, k, n, self.dtype(), false);
-        let data = match (&*self.data, &*rhs.data) {
-            (Storage::F32(x), Storage::F32(y)) => {
-                Storage::F32(gemm::gemm_new(m, n, k, x, ta, y, tb))
-            }
-            (Storage::F64(x), Storage::F64(y)) => {
-                Storage::F64(gemm::gemm_new(m, n, k, x, ta, y, tb))
-            }
-            (l, r) => {
-                let mut c = Vec::with_capacity(m * n);
-                // SAFETY: f32 has no invalid bit patterns; mixed_gemm writes all m·n
-                // elements (it overwrites, `accumulate` false) or the vector is dropped
-                // unread on the error below.
-                #[allow(clippy::uninit_vec)]
-                unsafe {
-                    c.set_len(m * n)
-                };
-                if !reduced::mixed_gemm((m, k, n), l, ta, r, tb, &mut c, false) {
-                    return Err(Error::DType {
-                        op: "matmul",
-                        lhs: dtype_of(l),
-                        rhs: dtype_of(r),
-                    });
-                }
-                Storage::F32(c)
-            }
-        };
+        let data = on_backend!(&*self.data, &*rhs.data, (x, y) => Storage::from(x.matmul(ta, y, tb, (m, k, n))?));
         Ok(Self::new(vec![m, n], data))
     }
 
@@ -440,47 +402,8 @@ impl Tensor {
             ));
         }
         count_gemm(m, k, n, a.dtype(), true);
-        self.matmul_acc_impl(a, ta, b, tb, (m, k, n))
-    }
-
-    fn matmul_acc_impl(
-        &mut self,
-        a: &Tensor,
-        ta: bool,
-        b: &Tensor,
-        tb: bool,
-        (m, k, n): (usize, usize, usize),
-    ) -> Result<()> {
         let (ad, bd) = (a.data.clone(), b.data.clone());
-        let err = || Error::DType {
-            op: "matmul",
-            lhs: dtype_of(&ad),
-            rhs: dtype_of(&bd),
-        };
-        match (self.storage_mut(), &*ad, &*bd) {
-            (Storage::F32(c), Storage::F32(x), Storage::F32(y)) => {
-                gemm::gemm(m, n, k, x, ta, y, tb, c, true)
-            }
-            (Storage::F64(c), Storage::F64(x), Storage::F64(y)) => {
-                gemm::gemm(m, n, k, x, ta, y, tb, c, true)
-            }
-            (Storage::F64(_), _, _) => return Err(err()),
-            // f32 or a reduced type (summed in f32, rounded back) += a product with a
-            // reduced operand.
-            (c, x, y) => {
-                let ok = reduced::with_f32_mut(c, |c| match (x, y) {
-                    (Storage::F32(x), Storage::F32(y)) => {
-                        gemm::gemm(m, n, k, x, ta, y, tb, c, true);
-                        true
-                    }
-                    _ => reduced::mixed_gemm((m, k, n), x, ta, y, tb, c, true),
-                });
-                if !ok {
-                    return Err(err());
-                }
-            }
-        }
-        Ok(())
+        on_backend!(self.storage_mut(), &*ad, &*bd, (c, x, y) => c.matmul_acc(x, ta, y, tb, (m, k, n)))
     }
 
     /// 2-D tensors of one width and type stacked row-wise: `[Σ rᵢ, c]`.
@@ -506,11 +429,11 @@ impl Tensor {
             }
             rows += r;
         }
-        let data = match first.dtype() {
-            DType::F64 => Storage::F64(parts.iter().flat_map(Tensor::to_vec_f64).collect()),
-            d => reduced::narrow(d, parts.iter().flat_map(Tensor::to_vec_f32).collect()),
-        };
-        Tensor::from_storage(&[rows, c], data)
+        let host: Vec<&HostStorage> = parts
+            .iter()
+            .map(|t| on_backend!(&*t.data, s => s))
+            .collect();
+        Tensor::from_storage(&[rows, c], HostStorage::concat(&host))
     }
 
     /// `[self | other]`: the columns of two 2-D tensors with the same rows, side by side
@@ -523,16 +446,8 @@ impl Tensor {
                 format!("{:?} beside {:?}", self.shape, other.shape),
             ));
         }
-        let join = |x: &[f64], y: &[f64]| -> Vec<f64> {
-            let mut v = Vec::with_capacity(r * (a + b));
-            for i in 0..r {
-                v.extend_from_slice(&x[i * a..(i + 1) * a]);
-                v.extend_from_slice(&y[i * b..(i + 1) * b]);
-            }
-            v
-        };
-        let v = join(&self.to_vec_f64(), &other.to_vec_f64());
-        Ok(Tensor::from_vec_f64(&[r, a + b], v)?.to_dtype(self.dtype()))
+        let data = on_backend!(&*self.data, &*other.data, (x, y) => Storage::from(x.concat_cols(y, r, a, b)));
+        Ok(Self::new(vec![r, a + b], data))
     }
 
     /// Columns `from..from + width` of a 2-D tensor.
@@ -544,18 +459,14 @@ impl Tensor {
                 format!("columns {from}..{} of {c}", from + width),
             ));
         }
-        let data = map1!(&*self.data, v => v
-            .chunks(c.max(1))
-            .take(r)
-            .flat_map(|row| row[from..from + width].iter().copied())
-            .collect());
+        let data = on_backend!(&*self.data, s => Storage::from(s.columns(r, c, from, width)));
         Tensor::from_storage(&[r, width], data)
     }
 
     /// Transpose of a 2-D tensor.
     pub fn transpose(&self) -> Result<Tensor> {
         let (r, c) = self.dims2()?;
-        let data = map1!(&*self.data, v => cpu::transpose(v, r, c));
+        let data = on_backend!(&*self.data, s => Storage::from(s.transpose(r, c)));
         Ok(Self::new(vec![c, r], data))
     }
 
@@ -571,8 +482,8 @@ impl Tensor {
             ));
         }
         count_elementwise(self.len(), 2, self.dtype());
-        let bd = b.data.clone();
-        each2_mut!("add_row", self.storage_mut(), &*bd, (x, y) => cpu::add_row(x, y))
+        let xd = b.data.clone();
+        on_backend!(self.storage_mut(), &*xd, (s, y) => s.add_row(y, c))
     }
 
     /// Per-row sums of squares of a 2-D tensor: `out[i] = Σⱼ self[i, j]²` (accumulated
@@ -580,20 +491,14 @@ impl Tensor {
     pub fn row_sum_sq(&self) -> Result<Vec<f64>> {
         let (_, c) = self.dims2()?;
         count_elementwise(self.len(), 1, self.dtype());
-        Ok(each1!(&*self.data, v => v
-            .chunks(c.max(1))
-            .map(|row| row.iter().map(|a| { let a = a.f64(); a * a }).sum())
-            .collect()))
+        Ok(on_backend!(&*self.data, s => s.row_sum_sq(c)))
     }
 
     /// Per-row sums of a 2-D tensor: `out[i] = Σⱼ self[i, j]` (accumulated in f64).
     pub fn row_sums(&self) -> Result<Vec<f64>> {
         let (_, c) = self.dims2()?;
         count_elementwise(self.len(), 1, self.dtype());
-        Ok(each1!(&*self.data, v => v
-            .chunks(c.max(1))
-            .map(|row| row.iter().map(|a| a.f64()).sum())
-            .collect()))
+        Ok(on_backend!(&*self.data, s => s.row_sums(c)))
     }
 
     /// Each row of a 2-D tensor centred and scaled to unit norm, z = (x − x̄)/max(‖x −
@@ -601,27 +506,11 @@ impl Tensor {
     /// computed in f64.
     pub fn center_normalize_rows(&self, floor: f64) -> Result<(Tensor, Vec<f64>)> {
         let (n, w) = self.dims2()?;
-        let v = self.to_vec_f64();
-        let mut out = vec![0.0; n * w];
-        let mut norms = vec![0.0; n];
-        for i in 0..n {
-            let row = &v[i * w..(i + 1) * w];
-            let mean = row.iter().sum::<f64>() / w.max(1) as f64;
-            let norm = row
-                .iter()
-                .map(|a| (a - mean).powi(2))
-                .sum::<f64>()
-                .sqrt()
-                .max(floor);
-            norms[i] = norm;
-            for j in 0..w {
-                out[i * w + j] = (row[j] - mean) / norm;
-            }
-        }
-        Ok((
-            Tensor::from_vec_f64(&[n, w], out)?.to_dtype(self.dtype()),
-            norms,
-        ))
+        let (z, norms) = on_backend!(&*self.data, s => {
+            let (z, norms) = s.center_normalize_rows(n, w, floor);
+            (Storage::from(z), norms)
+        });
+        Ok((self.like(z), norms))
     }
 
     /// The adjoint of [`Tensor::center_normalize_rows`] at its output `self` (= z, with
@@ -636,18 +525,8 @@ impl Tensor {
                 format!("{n} rows vs {} norms", norms.len()),
             ));
         }
-        let (gv, zv) = (g.to_vec_f64(), self.to_vec_f64());
-        let mut out = vec![0.0; n * w];
-        for i in 0..n {
-            let (gi, zi) = (&gv[i * w..(i + 1) * w], &zv[i * w..(i + 1) * w]);
-            let dot: f64 = gi.iter().zip(zi).map(|(a, b)| a * b).sum();
-            let gz: Vec<f64> = (0..w).map(|j| (gi[j] - zi[j] * dot) / norms[i]).collect();
-            let mean = gz.iter().sum::<f64>() / w.max(1) as f64;
-            for j in 0..w {
-                out[i * w + j] = gz[j] - mean;
-            }
-        }
-        Ok(Tensor::from_vec_f64(&[n, w], out)?.to_dtype(self.dtype()))
+        let data = on_backend!(&*self.data, &*g.data, (z, g) => Storage::from(z.center_normalize_rows_backward(norms, g, n, w)));
+        Ok(self.like(data))
     }
 
     /// Each row of a 2-D tensor standardised, x̂ = (x − x̄)·s with s = 1/√(var + eps) (the
@@ -655,21 +534,11 @@ impl Tensor {
     /// f64).
     pub fn standardize_rows(&self, eps: f64) -> Result<(Tensor, Tensor)> {
         let (n, f) = self.dims2()?;
-        let v = self.to_vec_f64();
-        let (mut xh, mut inv) = (vec![0.0; n * f], vec![0.0; n]);
-        for i in 0..n {
-            let row = &v[i * f..(i + 1) * f];
-            let m = row.iter().sum::<f64>() / f.max(1) as f64;
-            let var = row.iter().map(|a| (a - m).powi(2)).sum::<f64>() / f.max(1) as f64;
-            inv[i] = 1.0 / (var + eps).sqrt();
-            for j in 0..f {
-                xh[i * f + j] = (row[j] - m) * inv[i];
-            }
-        }
-        Ok((
-            Tensor::from_vec_f64(&[n, f], xh)?.to_dtype(self.dtype()),
-            Tensor::from_vec_f64(&[n], inv)?,
-        ))
+        let (xh, inv) = on_backend!(&*self.data, s => {
+            let (xh, inv) = s.standardize_rows(n, f, eps);
+            (Storage::from(xh), Storage::from(inv))
+        });
+        Ok((self.like(xh), Self::new(vec![n], inv)))
     }
 
     /// The adjoint of [`Tensor::standardize_rows`] at its output `self` = x̂ with scales
@@ -684,18 +553,8 @@ impl Tensor {
                 format!("{n} rows vs {} scales", inv.len()),
             ));
         }
-        let (xh, s, gv) = (self.to_vec_f64(), inv.to_vec_f64(), g.to_vec_f64());
-        let mut dx = vec![0.0; n * f];
-        for i in 0..n {
-            let r = i * f..(i + 1) * f;
-            let (gi, xi) = (&gv[r.clone()], &xh[r]);
-            let mg = gi.iter().sum::<f64>() / f.max(1) as f64;
-            let mgx = gi.iter().zip(xi).map(|(a, b)| a * b).sum::<f64>() / f.max(1) as f64;
-            for j in 0..f {
-                dx[i * f + j] = (gi[j] - mg - xi[j] * mgx) * s[i];
-            }
-        }
-        Ok(Tensor::from_vec_f64(&[n, f], dx)?.to_dtype(g.dtype().accumulator()))
+        let data = on_backend!(&*self.data, &*inv.data, &*g.data, (x, s, g) => Storage::from(x.standardize_rows_backward(s, g, n, f)));
+        Ok(self.like(data))
     }
 
     /// Each row `i` of a 2-D tensor times `s[i]`.
@@ -709,25 +568,25 @@ impl Tensor {
         }
         count_elementwise(self.len(), 2, self.dtype());
         let mut out = self.clone();
-        each1_mut!(out.storage_mut(), v => cpu::scale_rows(v, c, s));
+        on_backend!(out.storage_mut(), v => v.scale_rows(c, s));
         Ok(out)
     }
 
     /// Column sums of a 2-D tensor: `out[j] = Σᵢ self[i, j]`.
     pub fn sum_rows(&self) -> Result<Tensor> {
         let (_, c) = self.dims2()?;
-        let data = map1!(&*self.data, v => cpu::sum_rows(v, c));
+        let data = on_backend!(&*self.data, s => Storage::from(s.sum_rows(c)));
         Ok(Self::new(vec![c], data))
     }
 
     /// Σ of all elements.
     pub fn sum(&self) -> f64 {
-        each1!(&*self.data, v => v.iter().map(|x| x.f64()).sum())
+        on_backend!(&*self.data, s => s.sum())
     }
 
     /// Σ x² of all elements.
     pub fn sum_sq(&self) -> f64 {
-        each1!(&*self.data, v => cpu::sum_sq(v))
+        on_backend!(&*self.data, s => s.sum_sq())
     }
 
     /// ‖x‖₂.
@@ -738,12 +597,12 @@ impl Tensor {
     /// Σ xᵢyᵢ.
     pub fn dot(&self, other: &Tensor) -> Result<f64> {
         self.same_shape("dot", other)?;
-        each2!("dot", &*self.data, &*other.data, (x, y) => cpu::dot(x, y))
+        on_backend!(&*self.data, &*other.data, (x, y) => x.dot(y))
     }
 
     /// True when every element is finite.
     pub fn all_finite(&self) -> bool {
-        each1!(&*self.data, v => v.iter().all(|x| x.f64().is_finite()))
+        on_backend!(&*self.data, s => s.all_finite())
     }
 
     /// Index of the largest element of each row of a 2-D tensor.
@@ -752,7 +611,7 @@ impl Tensor {
         if c == 0 {
             return Err(Error::shape("argmax_rows", "rows have no columns"));
         }
-        Ok(each1!(&*self.data, v => cpu::argmax_rows(v, c)))
+        Ok(on_backend!(&*self.data, s => s.argmax_rows(c)))
     }
 
     /// For each row `i` of a 2-D tensor, the column of its largest element other than
@@ -765,27 +624,13 @@ impl Tensor {
                 format!("{r} rows vs {} columns to skip", skip.len()),
             ));
         }
-        let v = self.to_vec_f64();
-        Ok((0..r)
-            .map(|i| {
-                (0..c)
-                    .filter(|&j| j != skip[i])
-                    .max_by(|&a, &b| v[i * c + a].total_cmp(&v[i * c + b]))
-                    .unwrap_or(0)
-            })
-            .collect())
+        Ok(on_backend!(&*self.data, s => s.argmax_rows_except(c, skip)))
     }
 
     /// Draws, element-wise, 1 with probability `self[i]` and 0 otherwise (one uniform
     /// draw per element, in order).
     pub fn bernoulli(&self, rng: &mut crate::Rng) -> Tensor {
-        use rand::Rng as _;
-        let v: Vec<f64> = self
-            .to_vec_f64()
-            .iter()
-            .map(|&q| (rng.random::<f64>() < q) as u8 as f64)
-            .collect();
-        Tensor::new(self.shape.clone(), Storage::F64(v)).to_dtype(self.dtype())
+        self.like(on_backend!(&*self.data, s => Storage::from(s.bernoulli(rng))))
     }
 
     /// Rows `idx` of a 2-D tensor, in that order.
@@ -794,7 +639,7 @@ impl Tensor {
         if let Some(&bad) = idx.iter().find(|&&i| i >= r) {
             return Err(Error::shape("gather_rows", format!("row {bad} of {r}")));
         }
-        let data = map1!(&*self.data, v => cpu::gather_rows(v, c, idx));
+        let data = on_backend!(&*self.data, s => Storage::from(s.gather_rows(c, idx)));
         Ok(Self::new(vec![idx.len(), c], data))
     }
 
@@ -803,18 +648,15 @@ impl Tensor {
     /// `f(self)` element-wise.
     pub fn unary(&self, f: Unary) -> Tensor {
         count_elementwise(self.len(), 2, self.dtype());
-        let data = map1!(&*self.data, v => cpu::unary(v, f));
-        Self::new(self.shape.clone(), data)
+        self.like(on_backend!(&*self.data, s => Storage::from(s.unary(f))))
     }
 
     /// `d_out ⊙ f'(self)`: the input error of an element-wise map whose input was `self`.
     pub fn unary_backward(&self, f: Unary, d_out: &Tensor) -> Result<Tensor> {
         self.same_shape("unary_backward", d_out)?;
         count_elementwise(self.len(), 3, self.dtype());
-        let data = each2!("unary_backward", &*self.data, &*d_out.data, (x, d) => {
-            Elem::wrap(cpu::unary_backward(x, d, f))
-        })?;
-        Ok(Self::new(self.shape.clone(), data))
+        let data = on_backend!(&*self.data, &*d_out.data, (x, d) => Storage::from(x.unary_backward(f, d)?));
+        Ok(self.like(data))
     }
 
     /// `d_out ⊙ f''(self) ⊙ r`: the curvature term of an element-wise map's R-backward.
@@ -822,27 +664,19 @@ impl Tensor {
         self.same_shape("unary_second", d_out)?;
         self.same_shape("unary_second", r)?;
         count_elementwise(self.len(), 4, self.dtype());
-        let (x, d, r) = (self.to_vec_f64(), d_out.to_vec_f64(), r.to_vec_f64());
-        let v: Vec<f64> = x
-            .iter()
-            .zip(&d)
-            .zip(&r)
-            .map(|((x, d), r)| f.second_derivative(*x) * d * r)
-            .collect();
-        Ok(Tensor::from_vec_f64(&self.shape, v)?.to_dtype(self.dtype()))
+        let data = on_backend!(&*self.data, &*d_out.data, &*r.data, (x, d, r) => Storage::from(x.unary_second(f, d, r)));
+        Ok(self.like(data))
     }
 
     /// `d_out ⊙ f′(x)` computed from the output `self` = f(x), for maps whose derivative
     /// is a function of the output (tanh, sigmoid); `None` for the others.
     pub fn unary_backward_from_output(&self, f: Unary, d_out: &Tensor) -> Result<Option<Tensor>> {
         self.same_shape("unary_backward_from_output", d_out)?;
-        let data = each2!("unary_backward_from_output", &*self.data, &*d_out.data, (y, d) => {
-            cpu::unary_backward_from_output(y, d, f).map(Elem::wrap)
-        })?;
+        let data = on_backend!(&*self.data, &*d_out.data, (y, d) => y.unary_backward_from_output(f, d)?.map(Storage::from));
         if data.is_some() {
             count_elementwise(self.len(), 3, self.dtype());
         }
-        Ok(data.map(|d| Self::new(self.shape.clone(), d)))
+        Ok(data.map(|d| self.like(d)))
     }
 
     /// PReLU with one slope per column: `y = x` for x > 0, `a_j·x` otherwise.
@@ -854,18 +688,8 @@ impl Tensor {
                 format!("{c} columns vs {} slopes", slope.len()),
             ));
         }
-        let data = match (&*self.data, &*slope.data) {
-            (Storage::F32(x), Storage::F32(a)) => Storage::F32(cpu::prelu(x, a, c)),
-            (Storage::F64(x), Storage::F64(a)) => Storage::F64(cpu::prelu(x, a, c)),
-            (l, r) => {
-                return Err(Error::DType {
-                    op: "prelu",
-                    lhs: dtype_of(l),
-                    rhs: dtype_of(r),
-                });
-            }
-        };
-        Ok(Self::new(self.shape.clone(), data))
+        let data = on_backend!(&*self.data, &*slope.data, (x, a) => Storage::from(x.prelu(a, c)?));
+        Ok(self.like(data))
     }
 
     /// PReLU backward: returns `(dx, dslope)` given the input `self` and `d_out`.
@@ -878,32 +702,19 @@ impl Tensor {
                 format!("{c} columns vs {} slopes", slope.len()),
             ));
         }
-        let (dx, da) = match (&*self.data, &*slope.data, &*d_out.data) {
-            (Storage::F32(x), Storage::F32(a), Storage::F32(d)) => {
-                let (dx, da) = cpu::prelu_backward(x, a, d, c);
-                (Storage::F32(dx), Storage::F32(da))
-            }
-            (Storage::F64(x), Storage::F64(a), Storage::F64(d)) => {
-                let (dx, da) = cpu::prelu_backward(x, a, d, c);
-                (Storage::F64(dx), Storage::F64(da))
-            }
-            (l, _, r) => {
-                return Err(Error::DType {
-                    op: "prelu_backward",
-                    lhs: dtype_of(l),
-                    rhs: dtype_of(r),
-                });
-            }
-        };
-        Ok((Self::new(self.shape.clone(), dx), Self::new(vec![c], da)))
+        let (dx, da) = on_backend!(&*self.data, &*slope.data, &*d_out.data, (x, a, d) => {
+            let (dx, da) = x.prelu_backward(a, d, c)?;
+            (Storage::from(dx), Storage::from(da))
+        });
+        Ok((self.like(dx), Self::new(vec![c], da)))
     }
 
     /// `self ⊙ other`.
     pub fn mul(&self, other: &Tensor) -> Result<Tensor> {
         self.same_shape("mul", other)?;
         count_elementwise(self.len(), 3, self.dtype());
-        let data = each2!("mul", &*self.data, &*other.data, (x, y) => Elem::wrap(x.iter().zip(y).map(|(a, b)| *a * *b).collect::<Vec<_>>()))?;
-        Ok(Self::new(self.shape.clone(), data))
+        let data = on_backend!(&*self.data, &*other.data, (x, y) => Storage::from(x.mul(y)?));
+        Ok(self.like(data))
     }
 
     /// `self + other`.
@@ -929,7 +740,7 @@ impl Tensor {
 
     /// `self ← s · self`.
     pub fn scale_in_place(&mut self, s: f64) {
-        each1_mut!(self.storage_mut(), v => cpu::scale(v, s))
+        on_backend!(self.storage_mut(), v => v.scale(s))
     }
 
     /// `self ← self + a · x`.
@@ -942,7 +753,7 @@ impl Tensor {
         self.same_shape("axpby", x)?;
         count_elementwise(self.len(), 3, self.dtype());
         let xd = x.data.clone();
-        each2_mut!("axpby", self.storage_mut(), &*xd, (s, y) => cpu::axpby(s, a, b, y))
+        on_backend!(self.storage_mut(), &*xd, (s, y) => s.axpby(a, b, y))
     }
 
     /// `self ← a · self + b · x²` (element-wise square; second-moment averages).
@@ -950,15 +761,15 @@ impl Tensor {
         self.same_shape("axpby_sq", x)?;
         count_elementwise(self.len(), 3, self.dtype());
         let xd = x.data.clone();
-        each2_mut!("axpby_sq", self.storage_mut(), &*xd, (s, y) => cpu::axpby_sq(s, a, b, y))
+        on_backend!(self.storage_mut(), &*xd, (s, y) => s.axpby_sq(a, b, y))
     }
 
     /// `(m / c1) / (sqrt(max(v / c2, 0)) + eps)`: Adam's bias-corrected direction.
     pub fn adam_ratio(m: &Tensor, v: &Tensor, c1: f64, c2: f64, eps: f64) -> Result<Tensor> {
         m.same_shape("adam_ratio", v)?;
         count_elementwise(m.len(), 3, m.dtype());
-        let data = each2!("adam_ratio", &*m.data, &*v.data, (x, y) => Elem::wrap(cpu::adam_ratio(x, y, c1, c2, eps)))?;
-        Ok(Self::new(m.shape.clone(), data))
+        let data = on_backend!(&*m.data, &*v.data, (x, y) => Storage::from(BackendStorage::adam_ratio(x, y, c1, c2, eps)?));
+        Ok(m.like(data))
     }
 
     /// Adam's moment update and ratio in one pass: `m`, `v` move toward the gradient in
@@ -967,30 +778,16 @@ impl Tensor {
         update: &mut Tensor,
         m: &mut Tensor,
         v: &mut Tensor,
-        (beta1, beta2): (f64, f64),
-        (c1, c2): (f64, f64),
+        betas: (f64, f64),
+        corrections: (f64, f64),
         eps: f64,
     ) -> Result<()> {
         update.same_shape("adam_step", m)?;
         update.same_shape("adam_step", v)?;
         count_elementwise(update.len(), 6, update.dtype());
-        let (ud, md) = (update.dtype(), m.dtype());
-        match (update.storage_mut(), m.storage_mut(), v.storage_mut()) {
-            (Storage::F32(u), Storage::F32(mm), Storage::F32(vv)) => {
-                cpu::adam_step(u, mm, vv, beta1, beta2, c1, c2, eps)
-            }
-            (Storage::F64(u), Storage::F64(mm), Storage::F64(vv)) => {
-                cpu::adam_step(u, mm, vv, beta1, beta2, c1, c2, eps)
-            }
-            _ => {
-                return Err(Error::DType {
-                    op: "adam_step",
-                    lhs: ud,
-                    rhs: md,
-                });
-            }
-        }
-        Ok(())
+        on_backend!(update.storage_mut(), m.storage_mut(), v.storage_mut(), (u, mm, vv) => {
+            BackendStorage::adam_step(u, mm, vv, betas, corrections, eps)
+        })
     }
 
     /// `self ← max(self, x)` element-wise.
@@ -998,37 +795,27 @@ impl Tensor {
         self.same_shape("max_in_place", x)?;
         count_elementwise(self.len(), 3, self.dtype());
         let xd = x.data.clone();
-        each2_mut!("max_in_place", self.storage_mut(), &*xd, (s, y) => {
-            for (a, b) in s.iter_mut().zip(y) {
-                if *b > *a {
-                    *a = *b;
-                }
-            }
-        })
+        on_backend!(self.storage_mut(), &*xd, (s, y) => s.max_in_place(y))
     }
 
     /// `self / (denom + c)` element-wise.
     pub fn div_shifted(&self, denom: &Tensor, c: f64) -> Result<Tensor> {
         self.same_shape("div_shifted", denom)?;
         count_elementwise(self.len(), 3, self.dtype());
-        let data = each2!("div_shifted", &*self.data, &*denom.data, (x, d) => {
-            Elem::wrap(cpu::div_shifted(x, d, c))
-        })?;
-        Ok(Self::new(self.shape.clone(), data))
+        let data =
+            on_backend!(&*self.data, &*denom.data, (x, d) => Storage::from(x.div_shifted(d, c)?));
+        Ok(self.like(data))
     }
 
     /// `self + c` element-wise.
     pub fn add_scalar(&self, c: f64) -> Tensor {
         count_elementwise(self.len(), 2, self.dtype());
-        let data = map1!(&*self.data, v => v.iter().map(|x| Elem::of(x.f64() + c)).collect());
-        Self::new(self.shape.clone(), data)
+        self.like(on_backend!(&*self.data, s => Storage::from(s.add_scalar(c))))
     }
 
     /// Element-wise clamp to `[-c, c]`.
     pub fn clamp_abs(&self, c: f64) -> Tensor {
-        let data =
-            map1!(&*self.data, v => v.iter().map(|x| Elem::of(x.f64().clamp(-c, c))).collect());
-        Self::new(self.shape.clone(), data)
+        self.like(on_backend!(&*self.data, s => Storage::from(s.clamp_abs(c))))
     }
 
     // ---- losses ---------------------------------------------------------------------
@@ -1036,8 +823,7 @@ impl Tensor {
     /// Softmax over each row of a 2-D tensor.
     pub fn softmax_rows(&self) -> Result<Tensor> {
         let (_, c) = self.dims2()?;
-        let data = map1!(&*self.data, v => cpu::softmax_rows(v, c));
-        Ok(Self::new(self.shape.clone(), data))
+        Ok(self.like(on_backend!(&*self.data, s => Storage::from(s.softmax_rows(c)))))
     }
 
     /// Mean softmax cross-entropy of logits `self[n×c]` against class labels, and its
@@ -1056,21 +842,11 @@ impl Tensor {
                 format!("label {bad} but only {c} classes"),
             ));
         }
-        let (loss, grad) = match &*self.data {
-            Storage::F32(v) => {
-                let (l, g) = cpu::softmax_xent(v, c, labels);
-                (l, Storage::F32(g))
-            }
-            Storage::F64(v) => {
-                let (l, g) = cpu::softmax_xent(v, c, labels);
-                (l, Storage::F64(g))
-            }
-            reduced => {
-                let (l, g) = cpu::softmax_xent(&reduced::widen(reduced), c, labels);
-                (l, Storage::F32(g))
-            }
-        };
-        Ok((loss, Self::new(self.shape.clone(), grad)))
+        let (loss, grad) = on_backend!(&*self.data, s => {
+            let (l, g) = s.softmax_xent(c, labels);
+            (l, Storage::from(g))
+        });
+        Ok((loss, self.like(grad)))
     }
 
     /// Mean binary cross-entropy of `σ(self)` against targets in [0, 1], with gradient
@@ -1078,11 +854,11 @@ impl Tensor {
     pub fn sigmoid_bce(&self, target: &Tensor) -> Result<(f64, Tensor)> {
         self.same_shape("sigmoid_bce", target)?;
         let n = self.len().max(1) as f64;
-        let (loss, grad) = each2!("sigmoid_bce", &*self.data, &*target.data, (x, t) => {
-            let (l, g) = cpu::sigmoid_bce(x, t, n);
-            (l, Elem::wrap(g))
-        })?;
-        Ok((loss, Self::new(self.shape.clone(), grad)))
+        let (loss, grad) = on_backend!(&*self.data, &*target.data, (x, t) => {
+            let (l, g) = x.sigmoid_bce(t, n)?;
+            (l, Storage::from(g))
+        });
+        Ok((loss, self.like(grad)))
     }
 }
 

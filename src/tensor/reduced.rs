@@ -15,7 +15,8 @@ use std::borrow::Cow;
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
-use super::{DType, Storage};
+use super::backend::BackendStorage;
+use super::{DType, HostStorage};
 
 /// f32 → bf16 bits, round to nearest, ties to even; NaN stays a (quiet) NaN.
 #[inline]
@@ -58,43 +59,43 @@ pub(crate) fn from_f16(src: &[f16]) -> Vec<f32> {
 
 /// The elements of an f32, bf16 or f16 storage as f32 (borrowed for f32, widened for the
 /// reduced types); `None` for f64, which never mixes with them.
-pub(crate) fn f32_view(s: &Storage) -> Option<Cow<'_, [f32]>> {
+pub(crate) fn f32_view(s: &HostStorage) -> Option<Cow<'_, [f32]>> {
     match s {
-        Storage::F32(v) => Some(Cow::Borrowed(v)),
-        Storage::BF16(v) => Some(Cow::Owned(from_bf16(v))),
-        Storage::F16(v) => Some(Cow::Owned(from_f16(v))),
-        Storage::F64(_) => None,
+        HostStorage::F32(v) => Some(Cow::Borrowed(v)),
+        HostStorage::BF16(v) => Some(Cow::Owned(from_bf16(v))),
+        HostStorage::F16(v) => Some(Cow::Owned(from_f16(v))),
+        HostStorage::F64(_) => None,
     }
 }
 
 /// A reduced storage widened to f32 (a copy for f32; f64 is narrowed, never reached by
 /// the kernels that call this).
-pub(crate) fn widen(s: &Storage) -> Vec<f32> {
+pub(crate) fn widen(s: &HostStorage) -> Vec<f32> {
     match s {
-        Storage::F32(v) => v.clone(),
-        Storage::BF16(v) => from_bf16(v),
-        Storage::F16(v) => from_f16(v),
-        Storage::F64(v) => v.iter().map(|&x| x as f32).collect(),
+        HostStorage::F32(v) => v.clone(),
+        HostStorage::BF16(v) => from_bf16(v),
+        HostStorage::F16(v) => from_f16(v),
+        HostStorage::F64(v) => v.iter().map(|&x| x as f32).collect(),
     }
 }
 
 /// f32 values stored as `dtype` (rounded for bf16 and f16).
-pub(crate) fn narrow(dtype: DType, v: Vec<f32>) -> Storage {
+pub(crate) fn narrow(dtype: DType, v: Vec<f32>) -> HostStorage {
     match dtype {
-        DType::F32 => Storage::F32(v),
-        DType::BF16 => Storage::BF16(to_bf16(&v)),
-        DType::F16 => Storage::F16(to_f16(&v)),
-        DType::F64 => Storage::F64(v.iter().map(|&x| x as f64).collect()),
+        DType::F32 => HostStorage::F32(v),
+        DType::BF16 => HostStorage::BF16(to_bf16(&v)),
+        DType::F16 => HostStorage::F16(to_f16(&v)),
+        DType::F64 => HostStorage::F64(v.iter().map(|&x| x as f64).collect()),
     }
 }
 
 /// Runs `f` on the elements of an f32-computing storage as f32, writing a reduced
 /// storage back rounded. The caller has ruled out f64.
-pub(crate) fn with_f32_mut<R>(s: &mut Storage, f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
+pub(crate) fn with_f32_mut<R>(s: &mut HostStorage, f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
     match s {
-        Storage::F32(v) => f(v),
+        HostStorage::F32(v) => f(v),
         other => {
-            let dtype = super::dtype_of(other);
+            let dtype = other.dtype();
             let mut w = widen(other);
             let r = f(&mut w);
             *other = narrow(dtype, w);
@@ -110,9 +111,9 @@ pub(crate) fn with_f32_mut<R>(s: &mut Storage, f: impl FnOnce(&mut Vec<f32>) -> 
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn mixed_gemm(
     (m, k, n): (usize, usize, usize),
-    a: &Storage,
+    a: &HostStorage,
     ta: bool,
-    b: &Storage,
+    b: &HostStorage,
     tb: bool,
     c: &mut [f32],
     accumulate: bool,
@@ -122,11 +123,11 @@ pub(crate) fn mixed_gemm(
         c.fill(0.0);
     }
     match (a, b) {
-        (Storage::BF16(x), Storage::BF16(y)) => gemm(m, n, k, x, ta, y, tb, c, accumulate),
-        (Storage::BF16(x), Storage::F32(y)) => gemm(m, n, k, x, ta, y, tb, c, accumulate),
-        (Storage::F32(x), Storage::BF16(y)) => gemm(m, n, k, x, ta, y, tb, c, accumulate),
-        (Storage::F16(_), Storage::F16(_) | Storage::F32(_))
-        | (Storage::F32(_), Storage::F16(_)) => match (f32_view(a), f32_view(b)) {
+        (HostStorage::BF16(x), HostStorage::BF16(y)) => gemm(m, n, k, x, ta, y, tb, c, accumulate),
+        (HostStorage::BF16(x), HostStorage::F32(y)) => gemm(m, n, k, x, ta, y, tb, c, accumulate),
+        (HostStorage::F32(x), HostStorage::BF16(y)) => gemm(m, n, k, x, ta, y, tb, c, accumulate),
+        (HostStorage::F16(_), HostStorage::F16(_) | HostStorage::F32(_))
+        | (HostStorage::F32(_), HostStorage::F16(_)) => match (f32_view(a), f32_view(b)) {
             (Some(x), Some(y)) => super::gemm::gemm(m, n, k, &x, ta, &y, tb, c, accumulate),
             _ => return false,
         },

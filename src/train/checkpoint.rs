@@ -15,7 +15,7 @@ use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use crate::error::{Error, Result};
 use crate::nn::Params;
 use crate::optim::OptimizerState;
-use crate::tensor::{Storage, Tensor};
+use crate::tensor::{HostStorage, Tensor};
 
 /// Format 2 adds `sha256`: a digest of every tensor (name, dtype, shape, bytes) and of
 /// the metadata, checked on load. Format 1 files (no digest) still load.
@@ -70,14 +70,14 @@ pub struct Checkpoint {
 }
 
 fn bytes_of(t: &Tensor) -> (Dtype, Vec<u8>) {
-    match t.storage() {
-        Storage::F32(v) => (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-        Storage::F64(v) => (Dtype::F64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-        Storage::BF16(v) => (
+    match t.to_host() {
+        HostStorage::F32(v) => (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        HostStorage::F64(v) => (Dtype::F64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        HostStorage::BF16(v) => (
             Dtype::BF16,
             v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         ),
-        Storage::F16(v) => (Dtype::F16, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        HostStorage::F16(v) => (Dtype::F16, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
     }
 }
 
