@@ -398,18 +398,22 @@ fn rbm_pretraining_learns_to_reconstruct_its_data() {
 }
 
 #[test]
-fn the_fused_f32_pc_relaxation_matches_the_general_loop() {
-    // 11 rows relax as one block; 70 rows on two threads as two blocks in parallel.
+fn the_fused_pc_relaxation_matches_the_general_loop() {
+    // 11 rows relax as one block; 70 rows on two threads as two blocks in parallel; f32
+    // and f64 (the fused loop runs on tensor operations in either type).
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(2)
         .build()
         .unwrap();
-    for (act, rows) in [
-        ("relu", 11),
-        ("tanh", 11),
-        ("sigmoid", 70),
-        ("elu", 11),
-        ("relu", 70),
+    for (act, rows, dtype) in [
+        ("relu", 11, DType::F32),
+        ("tanh", 11, DType::F32),
+        ("sigmoid", 70, DType::F32),
+        ("elu", 11, DType::F32),
+        ("gelu", 70, DType::F32),
+        ("relu", 70, DType::F32),
+        ("gelu", 11, DType::F64),
+        ("tanh", 70, DType::F64),
     ] {
         let m = Model::build(&ModelSpec {
             spec: "mlp:6-9-8-7-4".into(),
@@ -417,9 +421,12 @@ fn the_fused_f32_pc_relaxation_matches_the_general_loop() {
             bias: true,
         })
         .unwrap();
-        let p = m.init_params(Init::XavierNormal, 3).unwrap();
+        let mut p = m.init_params(Init::XavierNormal, 3).unwrap();
+        if dtype == DType::F64 {
+            p = p.to_dtype(DType::F64);
+        }
         let mut batch = class_batch(rows, 6, 4, 5);
-        batch.x = batch.x.to_dtype(DType::F32);
+        batch.x = batch.x.to_dtype(dtype);
         let cfg = futureprop::rule::PcSettings {
             steps: 7,
             gamma: 0.3,

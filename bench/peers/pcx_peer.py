@@ -22,6 +22,7 @@ p.add_argument("--batch-size", type=int, default=128)
 p.add_argument("--lr-h", type=float, default=0.1)
 p.add_argument("--lr-w", type=float, default=1e-3)
 p.add_argument("--threads", type=int, default=2)
+p.add_argument("--activation", choices=["relu", "gelu", "tanh"], default="relu")
 p.add_argument("--max-batches", type=int, default=0)
 a = p.parse_args()
 os.environ.setdefault(
@@ -46,6 +47,10 @@ m, s = xtr.mean(), xtr.std()
 xtr, xte = (xtr - m) / s, (xte - m) / s
 
 
+# GELU in its exact form, as futureprop's `gelu`.
+ACT = {"relu": jax.nn.relu, "tanh": jnp.tanh, "gelu": lambda x: jax.nn.gelu(x, approximate=False)}[a.activation]
+
+
 class Net(pxc.EnergyModule):
     def __init__(self, widths):
         super().__init__()
@@ -55,7 +60,7 @@ class Net(pxc.EnergyModule):
 
     def __call__(self, x, y):
         for v, layer in zip(self.vodes[:-1], self.layers[:-1]):
-            x = v(jax.nn.relu(layer(x)))
+            x = v(ACT(layer(x)))
         x = self.vodes[-1](self.layers[-1](x))
         if y is not None:
             self.vodes[-1].set("h", y)

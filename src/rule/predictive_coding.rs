@@ -32,7 +32,7 @@ use super::{Batch, Relaxation, Rule, RuleSpec, StepOutput};
 use crate::error::{Error, Result};
 use crate::nn::{Block, Grads, LayerKind, Loss, Model, Params, Target, Trace};
 use crate::settings::{Described, Range, Settings, at_least, parse, real};
-use crate::tensor::{DType, Tensor, Unary};
+use crate::tensor::{Tensor, Unary};
 
 crate::settings_struct! {
     /// Predictive coding's settings.
@@ -84,54 +84,10 @@ pub struct PredictiveCoding {
     pub fused: bool,
 }
 
-/// f(v) for the activations the fused loop inlines.
-#[inline]
-fn act(f: Unary, v: f32) -> f32 {
-    match f {
-        Unary::Identity => v,
-        Unary::Relu => v.max(0.0),
-        Unary::Tanh => v.tanh(),
-        Unary::Sigmoid => 1.0 / (1.0 + (-v).exp()),
-        _ => f.apply(v as f64) as f32,
-    }
-}
-
-/// f′ at pre-activation `a` with output `y`.
-#[inline]
-fn act_derivative(f: Unary, a: f32, y: f32) -> f32 {
-    match f {
-        Unary::Identity => 1.0,
-        Unary::Relu => {
-            if a > 0.0 {
-                1.0
-            } else {
-                0.0
-            }
-        }
-        Unary::Tanh => 1.0 - y * y,
-        Unary::Sigmoid => y * (1.0 - y),
-        _ => f.derivative(a as f64) as f32,
-    }
-}
-
-/// Σ v² with eight independent accumulators (a single f32 accumulator is bound by the
-/// add latency and cannot vectorise).
-fn sum_sq(v: &[f32]) -> f64 {
-    let mut acc = [0.0f32; 8];
-    let chunks = v.chunks_exact(8);
-    let rest: f32 = chunks.remainder().iter().map(|x| x * x).sum();
-    for c in chunks {
-        for (a, x) in acc.iter_mut().zip(c) {
-            *a += x * x;
-        }
-    }
-    acc.iter().map(|&a| a as f64).sum::<f64>() + rest as f64
-}
-
 /// One dense block of the fused loop: weight, bias, activation.
 struct FusedBlock<'a> {
     weight: &'a Tensor,
-    bias: Option<&'a [f32]>,
+    bias: Option<&'a Tensor>,
     f: Unary,
 }
 
@@ -139,37 +95,26 @@ impl FusedBlock<'_> {
     /// (a, μ) = (x Wᵀ + b, f(a)).
     fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let mut a = x.matmul(false, self.weight, true)?;
-        let w = self.weight.dims2()?.0;
-        let av = a.as_f32_mut()?;
         if let Some(b) = self.bias {
-            for row in av.chunks_mut(w) {
-                for (v, bj) in row.iter_mut().zip(b) {
-                    *v += bj;
-                }
-            }
+            a.add_row(b)?;
         }
-        let mv: Vec<f32> = match self.f {
-            Unary::Relu => av.iter().map(|v| v.max(0.0)).collect(),
-            Unary::Identity => av.to_vec(),
-            f => av.iter().map(|&v| act(f, v)).collect(),
-        };
-        let mu = Tensor::from_vec(a.shape(), mv)?;
+        let mu = a.unary(self.f);
         Ok((a, mu))
     }
 
-    /// `scale · g ⊙ f′(a)` (f′ from the pre-activation a and output y).
-    fn pre_error(&self, g: &[f32], scale: f32, a: &[f32], y: &[f32]) -> Vec<f32> {
-        match self.f {
-            Unary::Relu => g
-                .iter()
-                .zip(a)
-                .map(|(g, a)| if *a > 0.0 { scale * g } else { 0.0 })
-                .collect(),
-            Unary::Identity => g.iter().map(|g| scale * g).collect(),
-            f => (0..g.len())
-                .map(|i| scale * g[i] * act_derivative(f, a[i], y[i]))
-                .collect(),
+    /// `scale · g ⊙ f′(a)` (f′ from the output y = f(a) where that is cheaper).
+    fn pre_error(&self, g: &Tensor, scale: f64, a: &Tensor, y: &Tensor) -> Result<Tensor> {
+        let mut d = match self.f {
+            Unary::Identity => g.clone(),
+            f => match y.unary_backward_from_output(f, g)? {
+                Some(d) => d,
+                None => a.unary_backward(f, g)?,
+            },
+        };
+        if scale != 1.0 {
+            d.scale_in_place(scale);
         }
+        Ok(d)
     }
 }
 
@@ -198,8 +143,8 @@ impl PredictiveCoding {
 }
 
 impl PredictiveCoding {
-    /// The dense blocks of the fused loop, or `None` when it does not apply (f64 data,
-    /// the fixed-prediction variant, a parametric activation).
+    /// The dense blocks of the fused loop, or `None` when it does not apply (reduced
+    /// precision, the fixed-prediction variant, a parametric activation).
     fn dense_blocks<'a>(
         &self,
         model: &Model,
@@ -207,7 +152,7 @@ impl PredictiveCoding {
         blocks: &[Block],
         x: &Tensor,
     ) -> Result<Option<Vec<FusedBlock<'a>>>> {
-        if !self.fused || self.fixed || x.dtype() != DType::F32 {
+        if !self.fused || self.fixed || x.dtype().is_reduced() {
             return Ok(None);
         }
         let layers = model.layers();
@@ -223,11 +168,11 @@ impl PredictiveCoding {
                 Some(_) => return Ok(None),
             };
             let weight = params.get(&format!("{}.weight", l.name()))?;
-            if weight.dtype() != DType::F32 {
+            if weight.dtype() != x.dtype() {
                 return Ok(None);
             }
             let bias = if bias {
-                Some(params.get(&format!("{}.bias", l.name()))?.as_f32()?)
+                Some(params.get(&format!("{}.bias", l.name()))?)
             } else {
                 None
             };
@@ -236,9 +181,9 @@ impl PredictiveCoding {
         Ok(Some(out))
     }
 
-    /// The relaxation of [`Rule::step`] for f32 dense blocks: the same skipping, with
-    /// the element-wise work of a block and step fused into one pass (errors; node
-    /// update with the residual; bias and activation). Inference is per sample (the
+    /// The relaxation of [`Rule::step`] for dense blocks: the same skipping, on the
+    /// blocks' weights directly (no layer dispatch or records inside the loop). Inference
+    /// is per sample (the
     /// weights are fixed while the nodes relax), so without a tolerance the batch is
     /// split into row blocks relaxed in parallel, each with its own single-block
     /// products: no thread hand-off inside the loop.
@@ -273,7 +218,7 @@ impl PredictiveCoding {
                 .map(|idx| {
                     let x = batch.x.gather_rows(idx)?;
                     let t = batch.target.rows(idx)?;
-                    self.relax_rows(dense, &x, &t, loss)
+                    crate::tensor::serial(|| self.relax_rows(dense, &x, &t, loss))
                 })
                 .collect::<Result<Vec<_>>>()?
         };
@@ -300,19 +245,20 @@ impl PredictiveCoding {
             .sum::<f64>()
             / nf;
         let cat =
-            |f: &dyn Fn(&Relaxed) -> &Tensor, scale: &dyn Fn(&Relaxed) -> f32| -> Result<Tensor> {
+            |f: &dyn Fn(&Relaxed) -> &Tensor, scale: &dyn Fn(&Relaxed) -> f64| -> Result<Tensor> {
                 if runs.len() == 1 && scale(&runs[0]) == 1.0 {
                     return Ok(f(&runs[0]).clone());
                 }
-                let cols = f(&runs[0]).dims2()?.1;
-                let mut v = Vec::with_capacity(n * cols);
-                for r in &runs {
-                    let s = scale(r);
-                    v.extend(f(r).as_f32()?.iter().map(|x| x * s));
-                }
-                Tensor::from_vec(&[n, cols], v)
+                let parts: Vec<Tensor> = runs
+                    .iter()
+                    .map(|r| match scale(r) {
+                        1.0 => f(r).clone(),
+                        s => f(r).scale(s),
+                    })
+                    .collect();
+                Tensor::concat_rows(&parts)
             };
-        let one = |_: &Relaxed| 1.0f32;
+        let one = |_: &Relaxed| 1.0;
         let a: Vec<Tensor> = (0..all.len())
             .map(|j| cat(&|r| &r.a[j], &one))
             .collect::<Result<_>>()?;
@@ -323,7 +269,7 @@ impl PredictiveCoding {
             .map(|k| cat(&|r| &r.x[k], &one))
             .collect::<Result<_>>()?;
         // Each part's loss gradient is of its own mean: rescale to the batch's.
-        let g_top = cat(&|r| &r.g_top, &|r| r.rows as f32 / n as f32)?;
+        let g_top = cat(&|r| &r.g_top, &|r| r.rows as f64 / nf)?;
         let prediction = cat(&|r| &r.prediction, &one)?;
         // The records of the relaxed state, then each block's local update.
         let layers = model.layers();
@@ -370,8 +316,8 @@ impl PredictiveCoding {
     ) -> Result<Relaxed> {
         let hidden = dense.len() - 1;
         let n = x0.dims2()?.0.max(1);
-        let nf = n as f32;
-        let gamma = self.cfg.gamma as f32;
+        let nf = n as f64;
+        let gamma = self.cfg.gamma;
         let tol = self.cfg.tolerance;
         // Feed-forward start: pre-activations a, predictions μ, value nodes x = μ.
         let (mut a, mut mu) = (
@@ -389,8 +335,8 @@ impl PredictiveCoding {
         let prediction = mu[hidden].clone();
         let (first_loss, mut g_top) = loss.eval(&prediction, target)?;
         let mut top_loss = first_loss;
-        // eₖ = xₖ − μₖ of the hidden blocks (zero until the block is live).
-        let mut e: Vec<Vec<f32>> = x.iter().map(|t| vec![0.0; t.len()]).collect();
+        // eₖ = xₖ − μₖ of the hidden blocks (None, i.e. zero, until the block is live).
+        let mut e: Vec<Option<Tensor>> = vec![None; hidden];
         let mut live = vec![false; hidden];
         let mut out = Relaxed {
             rows: n,
@@ -408,11 +354,9 @@ impl PredictiveCoding {
             let mut eps_sq = 0.0f64;
             for k in 0..hidden {
                 if live[k] {
-                    let (xv, mv) = (x[k].as_f32()?, mu[k].as_f32()?);
-                    for ((ev, xv), mv) in e[k].iter_mut().zip(xv).zip(mv) {
-                        *ev = xv - mv;
-                    }
-                    eps_sq += sum_sq(&e[k]);
+                    let ek = x[k].sub(&mu[k])?;
+                    eps_sq += ek.sum_sq();
+                    e[k] = Some(ek);
                 }
             }
             out.energy.push((eps_sq, top_loss));
@@ -422,43 +366,36 @@ impl PredictiveCoding {
             // Error at block j's pre-activation: f′ ⊙ ∂F/∂μⱼ, with ∂F/∂μⱼ = −eⱼ/n (hidden)
             // or the loss gradient (top).
             let mut res_sq = 0.0f64;
-            let mut dx: Vec<Option<Vec<f32>>> = Vec::with_capacity(hidden);
+            let mut dx: Vec<Option<Tensor>> = Vec::with_capacity(hidden);
             for k in 0..hidden {
                 let j = k + 1;
-                let up = if j == hidden || live[j] {
-                    let (av, mv) = (a[j].as_f32()?, mu[j].as_f32()?);
-                    let d = if j == hidden {
-                        dense[j].pre_error(g_top.as_f32()?, 1.0, av, mv)
-                    } else {
-                        dense[j].pre_error(&e[j], -1.0 / nf, av, mv)
-                    };
-                    let w = dense[j].weight.dims2()?.0;
-                    let d = Tensor::from_vec(&[d.len() / w, w], d)?;
-                    Some(d.matmul(false, dense[j].weight, false)?)
-                } else {
-                    None
+                let up = match (j == hidden, &e.get(j).and_then(Option::as_ref)) {
+                    (true, _) => Some(dense[j].pre_error(&g_top, 1.0, &a[j], &mu[j])?),
+                    (false, Some(ej)) if live[j] => {
+                        Some(dense[j].pre_error(ej, -1.0 / nf, &a[j], &mu[j])?)
+                    }
+                    _ => None,
                 };
                 // ∂F/∂xₖ per sample: eₖ + n·Jᵀ(∂F/∂μₖ₊₁).
-                dx.push(match up {
-                    Some(u) => {
-                        let d: Vec<f32> = u
-                            .as_f32()?
-                            .iter()
-                            .zip(&e[k])
-                            .map(|(u, ev)| nf * u + ev)
-                            .collect();
-                        res_sq += sum_sq(&d);
-                        Some(d)
+                let d = match (up, &e[k]) {
+                    (Some(d), ek) => {
+                        let mut u = d.matmul(false, dense[j].weight, false)?;
+                        u.scale_in_place(nf);
+                        if let Some(ek) = ek {
+                            u.axpy(1.0, ek)?;
+                        }
+                        Some(u)
                     }
-                    None if live[k] => {
-                        res_sq += sum_sq(&e[k]);
-                        Some(e[k].clone())
-                    }
-                    None => None,
-                });
+                    (None, Some(ek)) => Some(ek.clone()),
+                    (None, None) => None,
+                };
+                if let Some(d) = &d {
+                    res_sq += d.sum_sq();
+                }
+                dx.push(d);
             }
             out.res_sq.push(res_sq);
-            let residual = res_sq.sqrt() / n as f64;
+            let residual = res_sq.sqrt() / nf;
             if t == self.cfg.steps || (tol > 0.0 && residual < tol) || hidden == 0 {
                 break;
             }
@@ -466,9 +403,7 @@ impl PredictiveCoding {
             let mut moved = vec![false; hidden];
             for k in 0..hidden {
                 if let Some(d) = &dx[k] {
-                    for (xv, dv) in x[k].as_f32_mut()?.iter_mut().zip(d) {
-                        *xv -= gamma * dv;
-                    }
+                    x[k].axpy(-gamma, d)?;
                     moved[k] = true;
                     live[k] = true;
                 }

@@ -1,5 +1,6 @@
 //! Host kernels, generic over the element type. Only `tensor` calls these.
 
+use super::fastmath::{map, map2};
 use super::{HostStorage, Unary};
 
 /// A host element type: `f32` or `f64`.
@@ -24,6 +25,10 @@ pub(crate) trait Elem:
     fn sigmoid(self) -> Self;
     /// √x.
     fn sqrt(self) -> Self;
+    /// GELU x·Φ(x) in the type's own precision.
+    fn gelu(self) -> Self;
+    /// GELU′(x) = Φ(x) + x·φ(x).
+    fn gelu_derivative(self) -> Self;
 }
 
 impl Elem for f32 {
@@ -63,14 +68,18 @@ impl Elem for f32 {
     fn sqrt(self) -> Self {
         f32::sqrt(self)
     }
+    /// 1/(1 + e^−x) with the vectorised exp (no cancellation for either sign).
     #[inline]
     fn sigmoid(self) -> Self {
-        if self >= 0.0 {
-            1.0 / (1.0 + (-self).exp())
-        } else {
-            let e = self.exp();
-            e / (1.0 + e)
-        }
+        1.0 / (1.0 + super::fastmath::exp(-self))
+    }
+    #[inline]
+    fn gelu(self) -> Self {
+        super::fastmath::gelu(self)
+    }
+    #[inline]
+    fn gelu_derivative(self) -> Self {
+        super::fastmath::gelu_derivative(self)
     }
 }
 
@@ -97,6 +106,14 @@ impl Elem for f64 {
     #[inline]
     fn sigmoid(self) -> Self {
         Unary::Sigmoid.apply(self)
+    }
+    #[inline]
+    fn gelu(self) -> Self {
+        Unary::Gelu.apply(self)
+    }
+    #[inline]
+    fn gelu_derivative(self) -> Self {
+        Unary::Gelu.derivative(self)
     }
 }
 
@@ -162,42 +179,33 @@ pub(crate) fn gather_rows<T: Elem>(x: &[T], c: usize, idx: &[usize]) -> Vec<T> {
 }
 
 pub(crate) fn unary<T: Elem>(x: &[T], f: Unary) -> Vec<T> {
+    let zero = T::zero();
     match f {
         Unary::Identity => x.to_vec(),
-        Unary::Relu => x
-            .iter()
-            .map(|&v| if v > T::zero() { v } else { T::zero() })
-            .collect(),
-        Unary::Tanh => x.iter().map(|&v| v.tanh()).collect(),
-        Unary::Sigmoid => x.iter().map(|&v| v.sigmoid()).collect(),
-        Unary::Sign => x
-            .iter()
-            .map(|&v| {
-                if v > T::zero() {
-                    T::one()
-                } else if v < T::zero() {
-                    T::of(-1.0)
-                } else {
-                    T::zero()
-                }
-            })
-            .collect(),
-        Unary::Abs => x
-            .iter()
-            .map(|&v| if v < T::zero() { T::of(-v.f64()) } else { v })
-            .collect(),
+        Unary::Relu => map(x, |v| if v > zero { v } else { zero }),
+        Unary::Tanh => map(x, |v| v.tanh()),
+        Unary::Sigmoid => map(x, |v| v.sigmoid()),
+        Unary::Gelu => map(x, |v| v.gelu()),
+        Unary::Sign => map(x, |v| {
+            if v > zero {
+                T::one()
+            } else if v < zero {
+                T::of(-1.0)
+            } else {
+                zero
+            }
+        }),
+        Unary::Abs => map(x, |v| if v < zero { T::of(-v.f64()) } else { v }),
         _ => x.iter().map(|&v| T::of(f.apply(v.f64()))).collect(),
     }
 }
 
 pub(crate) fn unary_backward<T: Elem>(x: &[T], d: &[T], f: Unary) -> Vec<T> {
+    let zero = T::zero();
     match f {
         Unary::Identity => d.to_vec(),
-        Unary::Relu => x
-            .iter()
-            .zip(d)
-            .map(|(&v, &g)| if v > T::zero() { g } else { T::zero() })
-            .collect(),
+        Unary::Relu => map2(x, d, |v, g| if v > zero { g } else { zero }),
+        Unary::Gelu => map2(x, d, |v, g| v.gelu_derivative() * g),
         _ => x
             .iter()
             .zip(d)
@@ -403,20 +411,10 @@ pub(crate) fn div_shifted<T: Elem>(x: &[T], d: &[T], c: f64) -> Vec<T> {
 
 /// d ⊙ f′ expressed through the output y = f(x): tanh′ = 1 − y², σ′ = y(1 − y).
 pub(crate) fn unary_backward_from_output<T: Elem>(y: &[T], d: &[T], f: Unary) -> Option<Vec<T>> {
-    let one = T::one();
+    let (one, minus) = (T::one(), T::of(-1.0));
     match f {
-        Unary::Tanh => Some(
-            y.iter()
-                .zip(d)
-                .map(|(&v, &g)| g * (one + T::of(-1.0) * v * v))
-                .collect(),
-        ),
-        Unary::Sigmoid => Some(
-            y.iter()
-                .zip(d)
-                .map(|(&v, &g)| g * v * (one + T::of(-1.0) * v))
-                .collect(),
-        ),
+        Unary::Tanh => Some(map2(y, d, |v, g| g * (one + minus * v * v))),
+        Unary::Sigmoid => Some(map2(y, d, |v, g| g * v * (one + minus * v))),
         _ => None,
     }
 }

@@ -43,6 +43,21 @@ pub(crate) fn gemm<T: 'static + Copy + Send + Sync + One>(
     gemm_raw(m, n, k, a, ta, b, tb, SendPtr(c.as_mut_ptr()), accumulate);
 }
 
+thread_local! {
+    /// Set while [`serial`] runs: matrix products stay on the calling thread.
+    static SERIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with every matrix product on the calling thread: for work that is already
+/// split across the pool (one part per thread), where splitting each product again only
+/// hands work between threads.
+pub fn serial<R>(f: impl FnOnce() -> R) -> R {
+    let before = SERIAL.replace(true);
+    let out = f();
+    SERIAL.set(before);
+    out
+}
+
 #[allow(clippy::too_many_arguments)]
 fn gemm_raw<T: 'static + Copy + Send + Sync + One>(
     m: usize,
@@ -63,7 +78,11 @@ fn gemm_raw<T: 'static + Copy + Send + Sync + One>(
     // (row stride, column stride) of each operand as stored.
     let (a_rs, a_cs) = if ta { (1, m as isize) } else { (k as isize, 1) };
     let (b_rs, b_cs) = if tb { (1, k as isize) } else { (n as isize, 1) };
-    let threads = rayon::current_num_threads();
+    let threads = if SERIAL.get() {
+        1
+    } else {
+        rayon::current_num_threads()
+    };
     let work = m * n * k;
     let split_rows = m >= n;
     let dim = if split_rows { m } else { n };

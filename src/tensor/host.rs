@@ -301,10 +301,23 @@ impl BackendStorage for HostStorage {
     }
 
     fn concat(parts: &[&Self]) -> Self {
-        let dtype = parts.first().map_or(DType::F32, |p| p.dtype());
-        match dtype {
-            DType::F64 => HostStorage::F64(parts.iter().flat_map(|p| p.to_vec_f64()).collect()),
-            d => reduced::narrow(d, parts.iter().flat_map(|p| p.to_vec_f32()).collect()),
+        // Same-type parts (the caller checks) copied slice by slice.
+        macro_rules! join {
+            ($v:ident) => {{
+                let mut out = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+                for p in parts {
+                    if let HostStorage::$v(x) = p {
+                        out.extend_from_slice(x);
+                    }
+                }
+                HostStorage::$v(out)
+            }};
+        }
+        match parts.first() {
+            None | Some(HostStorage::F32(_)) => join!(F32),
+            Some(HostStorage::F64(_)) => join!(F64),
+            Some(HostStorage::BF16(_)) => join!(BF16),
+            Some(HostStorage::F16(_)) => join!(F16),
         }
     }
 

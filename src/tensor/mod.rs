@@ -74,6 +74,7 @@ mod bf16_gemm;
 mod conv;
 pub mod counters;
 mod cpu;
+mod fastmath;
 mod fused;
 mod gemm;
 mod host;
@@ -84,6 +85,7 @@ use std::sync::Arc;
 
 pub use conv::Window;
 pub use fused::Rho;
+pub use gemm::serial;
 pub use unary::Unary;
 
 pub use backend::BackendStorage;
