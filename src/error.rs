@@ -61,6 +61,9 @@ pub enum Error {
     /// A resumed run is already at or past its end: there is nothing to train.
     #[error("nothing to do: {msg}")]
     NothingToDo { msg: String },
+    /// A check ran and found results outside their bounds (`reproduce --check`).
+    #[error("check failed: {msg}")]
+    CheckFailed { msg: String },
     /// A configuration value is invalid.
     #[error("invalid {what}: {msg}")]
     Config { what: String, msg: String },

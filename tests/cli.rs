@@ -598,55 +598,149 @@ fn bench_rejects_unknown_suites_and_bad_suite_files() {
     );
 }
 
+/// A registry of two rows on 1000 MNIST images: `near` with the paper's number set far
+/// from anything a 1-epoch run reaches on one side, `far` on the other, so that the
+/// verdicts follow from the band alone.
+fn tiny_registry(dir: &Path, near_error: f64, far_error: f64) -> PathBuf {
+    let row = |name: &str, err: f64, tol: f64, seeds: &str| {
+        format!(
+            "[[result]]\nname = \"{name}\"\nchecks = [\"bp\"]\npaper = \"test\"\nsource = \"Table 0\"\n\
+             anchor = \"paper\"\ndataset = \"mnist\"\npaper_test_error = {err}\ntolerance = {tol}\n\
+             seeds = {seeds}\nminutes_per_seed = 0.1\ndifferences = [\"a tiny budget\"]\n\
+             [result.paper_setting]\narchitecture = \"a\"\ndata = \"d\"\noptimizer = \"o\"\nepochs = \"1\"\nbatch = \"100\"\n\
+             [result.recipe]\nmodel = \"mlp:784-32-10\"\nrule = \"bp\"\noptimizer = \"adam\"\nlr = 1e-3\n\
+             epochs = 2\ntrain_limit = 1000\ntest_limit = 500\nbatch_size = 100\n"
+        )
+    };
+    let p = dir.join("registry.toml");
+    std::fs::write(
+        &p,
+        row("near", near_error, 60.0, "[0, 1]") + &row("far", far_error, 0.5, "[0]"),
+    )
+    .unwrap();
+    p
+}
+
 #[test]
-fn reproduce_lists_and_runs_registry_entries() {
-    let Some(d) = data_dir() else { return };
+fn reproduce_lists_the_registry_and_refuses_unknown_rows() {
     let o = run(&["reproduce", "--list"]);
+    assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    for n in ["lillicrap2016-fa", "bartunov2018-dfa"] {
+    for n in ["lillicrap2016-fa", "bartunov2018-dfa", "lecun1998-lms"] {
         assert!(out.contains(n), "{out}");
     }
     one_line_error(
         &["reproduce", "--only", "nobody2030"],
-        &["unknown result 'nobody2030'", "lillicrap2016-fa"],
+        &["unknown registry row 'nobody2030'", "lillicrap2016-fa"],
     );
+    one_line_error(
+        &["reproduce", "--budget-hours", "0.0001"],
+        &["--budget-hours", "no row fits", "the cheapest row"],
+    );
+    one_line_error(
+        &["reproduce", "--all", "--only", "lecun1998-lms"],
+        &["one of --only, --all, --budget-hours"],
+    );
+}
+
+#[test]
+fn reproduce_check_gives_verdicts_fails_the_command_and_resumes() {
+    let Some(d) = data_dir() else { return };
     let t = tempfile::tempdir().unwrap();
-    let o = run(&[
-        "reproduce",
-        "--only",
-        "lillicrap2016-bp",
-        "--epochs",
-        "1",
-        "--train-limit",
-        "1000",
-        "--quiet",
-        "--data-dir",
-        d.to_str().unwrap(),
-        "--out",
-        t.path().to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(t.path().join("results.json")).unwrap())
-            .unwrap();
-    assert_eq!(r[0]["paper_test_error"], 2.4);
-    assert_eq!(
-        r[0]["budget_matches"], false,
-        "a shortened budget never matches"
+    // 2 epochs on 1000 images leave a test error between 5 % and 40 %.
+    let reg = tiny_registry(t.path(), 20.0, 99.0);
+    let out = t.path().join("out");
+    let args = |extra: &[&str]| {
+        let mut a = vec![
+            "reproduce",
+            "--registry",
+            reg.to_str().unwrap(),
+            "--quiet",
+            "--threads",
+            "1",
+            "--data-dir",
+            d.to_str().unwrap(),
+        ];
+        a.extend_from_slice(extra);
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let argv = args(&["--all", "--check", "--out", out.to_str().unwrap()]);
+    let o = run(&argv.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!o.status.success(), "a failing row fails --check");
+    let err = stderr(&o);
+    assert!(
+        err.contains("1 of 2 rows outside their tolerance: far"),
+        "{err}"
     );
-    let ours = r[0]["our_test_error"].as_f64().unwrap();
-    assert!(ours > 0.0 && ours < 50.0, "{ours}");
-    assert!((r[0]["difference"].as_f64().unwrap() - (ours - 2.4)).abs() < 1e-9);
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let rows = r["rows"].as_array().unwrap();
+    assert_eq!(
+        (rows[0]["verdict"].as_str(), rows[1]["verdict"].as_str()),
+        (Some("PASS"), Some("FAIL"))
+    );
+    assert_eq!((r["pass"].as_u64(), r["fail"].as_u64()), (Some(1), Some(1)));
+    // The row's mean and sd are those of its seeds' test errors.
+    let e: Vec<f64> = rows[0]["seeds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["test_error"].as_f64().unwrap())
+        .collect();
+    assert_eq!(e.len(), 2);
+    assert!(e.iter().all(|&v| v > 5.0 && v < 40.0), "{e:?}");
+    let m = (e[0] + e[1]) / 2.0;
+    assert!((rows[0]["ours_mean"].as_f64().unwrap() - m).abs() < 1e-9);
+    let sd = ((e[0] - m).powi(2) + (e[1] - m).powi(2)).sqrt();
+    assert!((rows[0]["ours_sd"].as_f64().unwrap() - sd).abs() < 1e-9);
+    assert!(e[0] != e[1], "seeds differ");
+    // The seed's run holds the recipe with the seed applied.
     let s: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(t.path().join("lillicrap2016-bp/summary.json")).unwrap(),
+        &std::fs::read_to_string(out.join("near/seed-1/summary.json")).unwrap(),
     )
     .unwrap();
-    assert_eq!(
-        (
-            s["config"]["loss"].as_str(),
-            s["config"]["activation"].as_str()
-        ),
-        (Some("mse"), Some("sigmoid"))
+    assert_eq!(s["config"]["seed"], 1);
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    assert!(
+        md.contains("| near | bp | Table 0 | 20.00 | 60.00 |") && md.contains("1 of 2 rows PASS"),
+        "{md}"
+    );
+
+    // Resuming keeps finished seeds: drop one seed's record and its run, and only that
+    // seed trains again (the other's record, marked, comes back unchanged).
+    let kept = out.join("near/seed-0.json");
+    let mut marked: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&kept).unwrap()).unwrap();
+    marked["test_error"] = 25.0.into();
+    std::fs::write(&kept, marked.to_string()).unwrap();
+    std::fs::remove_file(out.join("far/seed-0.json")).unwrap();
+    let argv = args(&["--resume", out.to_str().unwrap()]);
+    let o = run(&argv.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        o.status.success(),
+        "without --check a failing row is reported only: {}",
+        stderr(&o)
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(r["rows"][0]["seeds"][0]["test_error"], 25.0);
+    assert!(out.join("far/seed-0.json").is_file());
+    // A cut budget gives no verdict, and --check refuses it.
+    let argv = args(&[
+        "--only",
+        "near",
+        "--epochs",
+        "1",
+        "--check",
+        "--out",
+        t.path().join("cut").to_str().unwrap(),
+    ]);
+    let o = run(&argv.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("no row has a verdict"),
+        "{}",
+        stderr(&o)
     );
 }
 
@@ -739,6 +833,15 @@ fn every_registry_recipe_is_a_valid_training_configuration() {
         futureprop::rule::build_choice(&cfg.rule).unwrap_or_else(|err| panic!("{}: {err}", e.name));
         futureprop::optim::build_optimizer(&cfg.optim, 100)
             .unwrap_or_else(|err| panic!("{}: {err}", e.name));
+        // A peer-anchored row names the script that measures its number.
+        if let Some(script) = &e.peer_script {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
+            assert!(
+                path.is_file(),
+                "{}: peer script {script} is missing",
+                e.name
+            );
+        }
     }
 }
 

@@ -74,33 +74,51 @@ enum Command {
         #[arg(long)]
         threads: Option<usize>,
     },
-    /// Reproduce published results from the registry: paper number, ours, difference.
+    /// Reproduce published results from the registry: paper vs ours, with a verdict.
+    ///
+    /// Each row trains its recipe once per seed and compares the mean test error with the
+    /// paper's: PASS when within the row's tolerance (two-sided). `--check` exits non-zero
+    /// when a row fails. Rows come from --only, --all or --budget-hours (or, with --resume
+    /// alone, the interrupted run's own rows).
     Reproduce {
         /// List the registry.
         #[arg(long)]
         list: bool,
-        /// Run these entries (repeatable).
+        /// Run these rows (repeatable).
         #[arg(long, value_name = "NAME")]
         only: Vec<String>,
-        /// Run every entry.
+        /// Run every row.
         #[arg(long)]
         all: bool,
+        /// Run the rows, in registry order, whose estimated time fits in H hours.
+        #[arg(long, value_name = "H")]
+        budget_hours: Option<f64>,
+        /// Exit with an error when any row fails.
+        #[arg(long)]
+        check: bool,
+        /// Continue an interrupted run in DIR: finished seeds are kept, a seed cut off
+        /// mid-run continues from its checkpoint.
+        #[arg(long, value_name = "DIR")]
+        resume: Option<PathBuf>,
+        /// Registry file instead of the built-in one.
+        #[arg(long, value_name = "FILE")]
+        registry: Option<PathBuf>,
         /// Data directory (default: FUTUREPROP_DATA, else the per-user cache).
         #[arg(long)]
         data_dir: Option<PathBuf>,
         /// Output folder [default: runs/reproduce].
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Shorter budget for a quick check (marks the budget as not matching).
+        /// Shorter budget for a quick look (no verdict is given).
         #[arg(long)]
         epochs: Option<usize>,
-        /// Train on the first N samples only (a quick check; marks the budget as not matching).
+        /// Train on the first N samples only (a quick look; no verdict is given).
         #[arg(long)]
         train_limit: Option<usize>,
         /// Worker threads [default: all cores].
         #[arg(long)]
         threads: Option<usize>,
-        /// No progress bars.
+        /// No progress display.
         #[arg(long)]
         quiet: bool,
     },
@@ -571,53 +589,148 @@ fn train_cmd(args: &TrainArgs) -> Result<()> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn reproduce_cmd(
+struct ReproduceArgs<'a> {
     list: bool,
-    only: &[String],
+    only: &'a [String],
     all: bool,
-    data_dir: &Option<PathBuf>,
-    out: &Option<PathBuf>,
+    budget_hours: Option<f64>,
+    check: bool,
+    resume: &'a Option<PathBuf>,
+    registry: &'a Option<PathBuf>,
+    data_dir: &'a Option<PathBuf>,
+    out: &'a Option<PathBuf>,
     epochs: Option<usize>,
     train_limit: Option<usize>,
     threads: Option<usize>,
     quiet: bool,
-) -> Result<()> {
+}
+
+fn reproduce_cmd(a: &ReproduceArgs<'_>) -> Result<()> {
     use futureprop::bench::reproduce;
-    let reg = reproduce::registry()?;
-    if list || (only.is_empty() && !all) {
+    let reg = match a.registry {
+        Some(p) => reproduce::load(p)?,
+        None => reproduce::registry()?,
+    };
+    let chosen = !a.only.is_empty() || a.all || a.budget_hours.is_some();
+    if a.list || (!chosen && a.resume.is_none()) {
         out!(
-            "{:<20} {:<14} {:>8}  {:<6} recipe",
-            "name",
-            "dataset",
+            "{:<24} {:<18} {:>8} {:>6} {:>6} {:>8}  source",
+            "row",
+            "checks",
             "paper %",
-            "budget"
+            "tol",
+            "seeds",
+            "est. min"
         );
         for e in &reg {
             out!(
-                "{:<20} {:<14} {:>8.2}  {:<6} {}",
+                "{:<24} {:<18} {:>8.2} {:>6.2} {:>6} {:>8.0}  {}{}",
                 e.name,
-                e.dataset,
-                e.reported_test_error,
-                if e.budget_matches { "same" } else { "differs" },
-                e.recipe_note
+                e.checks.join(","),
+                e.paper_test_error,
+                e.tolerance(),
+                e.seeds.len(),
+                e.minutes(),
+                e.source,
+                if e.anchor == reproduce::Anchor::Peer {
+                    " (peer)"
+                } else {
+                    ""
+                }
             );
         }
-        if !list {
-            out!("\nrun with --only NAME or --all");
+        let total: f64 = reg.iter().map(reproduce::Entry::minutes).sum();
+        out!("{} rows, estimated {:.1} h in all", reg.len(), total / 60.0);
+        if !a.list {
+            out!(
+                "\nrun with --only NAME, --all or --budget-hours H (and --check for a verdict that fails the command)"
+            );
         }
         return Ok(());
     }
-    let entries = reproduce::select(&reg, if all { &[] } else { only })?;
-    let overrides = serde_json::json!({
-        "data_dir": data_dir, "epochs": epochs, "train_limit": train_limit, "threads": threads,
-        "quiet": if quiet { Some(true) } else { None },
+    if [!a.only.is_empty(), a.all, a.budget_hours.is_some()]
+        .iter()
+        .filter(|&&x| x)
+        .count()
+        > 1
+    {
+        return Err(Error::config(
+            "reproduce",
+            "choose rows with one of --only, --all, --budget-hours",
+        ));
+    }
+    let out = match (a.resume, a.out) {
+        (Some(r), Some(o)) if r != o => {
+            return Err(Error::config(
+                "reproduce",
+                "--resume DIR continues in DIR; leave out --out or give the same folder",
+            ));
+        }
+        (Some(r), _) => r.clone(),
+        (None, Some(o)) => o.clone(),
+        (None, None) => PathBuf::from("runs/reproduce"),
+    };
+    let mut overrides = serde_json::json!({
+        "data_dir": a.data_dir, "epochs": a.epochs, "train_limit": a.train_limit, "threads": a.threads,
     });
-    let out = out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("runs/reproduce"));
-    let records = reproduce::run(&entries, &out, &[overrides])?;
-    out!("{}", reproduce::markdown(&records));
+    let entries = if let Some(h) = a.budget_hours {
+        reproduce::within_budget(&reg, h)?
+    } else if a.all {
+        reg.clone()
+    } else if !a.only.is_empty() {
+        reproduce::select(&reg, a.only)?
+    } else {
+        // --resume alone: the interrupted run's rows and settings.
+        let p = out.join("plan.json");
+        let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+        let plan: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::format(&p, e.to_string()))?;
+        let names: Vec<String> = plan["rows"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect();
+        if let Some(o) = plan["overrides"].get(0).and_then(|v| v.as_object()) {
+            for (k, v) in o {
+                if overrides[k].is_null() {
+                    overrides[k] = v.clone();
+                }
+            }
+        }
+        reproduce::select(&reg, &names)?
+    };
+    let opts = reproduce::CheckOptions {
+        out: out.clone(),
+        resume: a.resume.is_some(),
+        overrides: vec![overrides],
+        quiet: a.quiet,
+    };
+    let report = reproduce::check(&entries, &opts)?;
+    out!("{}", reproduce::markdown(&report));
     out!("results in {}", out.display());
+    let failed: Vec<&str> = report["rows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["verdict"] == "FAIL")
+        .filter_map(|r| r["row"].as_str())
+        .collect();
+    if a.check && !failed.is_empty() {
+        return Err(Error::CheckFailed {
+            msg: format!(
+                "{} of {} rows outside their tolerance: {}",
+                failed.len(),
+                entries.len(),
+                failed.join(", ")
+            ),
+        });
+    }
+    if a.check && report["reduced_budget"] == true {
+        return Err(Error::CheckFailed {
+            msg: "the budget was cut (--epochs or --train-limit), so no row has a verdict".into(),
+        });
+    }
     Ok(())
 }
 
@@ -879,23 +992,31 @@ fn main() -> ExitCode {
             list,
             only,
             all,
+            budget_hours,
+            check,
+            resume,
+            registry,
             data_dir,
             out,
             epochs,
             train_limit,
             threads,
             quiet,
-        } => reproduce_cmd(
-            *list,
+        } => reproduce_cmd(&ReproduceArgs {
+            list: *list,
             only,
-            *all,
+            all: *all,
+            budget_hours: *budget_hours,
+            check: *check,
+            resume,
+            registry,
             data_dir,
             out,
-            *epochs,
-            *train_limit,
-            *threads,
-            *quiet,
-        ),
+            epochs: *epochs,
+            train_limit: *train_limit,
+            threads: *threads,
+            quiet: *quiet,
+        }),
         Command::Rules { command: None } => rules_cmd(),
         Command::Optimizers { command: None } => optimizers_cmd(),
         Command::Rules {

@@ -395,6 +395,15 @@ fn check_memory(cfg: &TrainConfig, model: &Model) -> Result<()> {
 /// Runs training as configured; `resume` continues from a checkpoint (its config is the
 /// base, `overrides` are applied on top). Returns the summary written to `summary.json`.
 pub fn train(cfg: &TrainConfig, resume: Option<&Path>) -> Result<Value> {
+    train_with(cfg, resume, None)
+}
+
+/// [`train`], drawing its progress bar inside `progress` (a caller's display).
+pub fn train_with(
+    cfg: &TrainConfig,
+    resume: Option<&Path>,
+    progress: Option<&MultiProgress>,
+) -> Result<Value> {
     let threads = cfg.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -414,7 +423,7 @@ pub fn train(cfg: &TrainConfig, resume: Option<&Path>) -> Result<Value> {
     })?;
     check_memory(cfg, &model)?;
     let splits = load_data(cfg)?;
-    pool.install(|| run(cfg, &splits, ck))
+    pool.install(|| run_with(cfg, &splits, ck, progress))
 }
 
 /// Trains on already loaded data.

@@ -326,7 +326,7 @@ fn run_suite(b: &[u8]) -> bool {
 }
 
 fn run_registry(b: &[u8]) -> bool {
-    let Ok(entries) = reproduce::parse(&text(b)) else {
+    let Ok(entries) = reproduce::parse(&text(b), "fuzzed registry") else {
         return false;
     };
     entries.iter().all(|e| {
