@@ -629,6 +629,21 @@ fn reproduce_lists_the_registry_and_refuses_unknown_rows() {
     for n in ["lillicrap2016-fa", "bartunov2018-dfa", "lecun1998-lms"] {
         assert!(out.contains(n), "{out}");
     }
+    // The listing names the rules no row checks yet, and only those.
+    let reg = futureprop::bench::reproduce::registry().unwrap();
+    let missing = futureprop::bench::reproduce::unchecked_rules(&reg);
+    assert!(
+        !missing.contains(&"bp") && !missing.contains(&"drtp"),
+        "{missing:?}"
+    );
+    for r in &missing {
+        assert!(!reg.iter().any(|e| e.checks.iter().any(|c| c == r)), "{r}");
+    }
+    assert_eq!(
+        out.contains("rules without a row yet"),
+        !missing.is_empty(),
+        "{out}"
+    );
     one_line_error(
         &["reproduce", "--only", "nobody2030"],
         &["unknown registry row 'nobody2030'", "lillicrap2016-fa"],

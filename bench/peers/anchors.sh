@@ -1,46 +1,90 @@
 #!/usr/bin/env bash
 # Peer anchors for `futureprop reproduce`: rules no paper gives an MNIST number for at a
-# setting we can match are anchored to a peer library's own implementation at identical
-# settings. This script measures those numbers; reproduce/registry.toml carries them
-# (rows with anchor = "peer") and reports/peer_anchors.md records the runs.
+# setting we can match are anchored to a peer's own implementation at identical settings.
+# This script measures those numbers; reproduce/registry.toml carries them (rows with
+# anchor = "peer"), reports/peer_anchors.jsonl keeps every run and reports/peer_anchors.md
+# is rendered from it.
 #
-#   bench/peers/anchors.sh      (EPOCHS=20 SEEDS="0 1 2" THREADS=2 DATA=../shared/datasets
-#                                PEER_VENV=~/.cache/futureprop/peers)
+#   bench/peers/anchors.sh [biotorch] [drtp]      (default: all peers)
+#       EPOCHS=20 SEEDS="0 1 2" THREADS=2 DATA=../shared/datasets BIOTORCH_RULES="usf brsf frsf dfa bp"
+#       PEER_VENV=~/.cache/futureprop/peers DRTP_SRC=~/.cache/futureprop/drtp
 #
-# BioTorch 0.0.16 (uSF, brSF, frSF; Sanfiz & Akrout 2021), torch 2.15.0: MNIST,
-# 784-500-500-10 tanh, Glorot uniform, Adam lr 1e-3, batch 128, EPOCHS epochs, pixels
-# standardised with the training set's mean and sd; test error after the last epoch.
+# biotorch: BioTorch 0.0.16 (uSF, brSF, frSF, DFA; Sanfiz & Akrout 2021) and PyTorch's
+#   autograd backprop, torch 2.15.0: MNIST, 784-500-500-10 tanh, Glorot uniform, Adam lr
+#   1e-3, batch 128, pixels standardised with the training set's mean and sd. The DFA run
+#   anchors `bfa` and the backprop run anchors `kp` (see their rows).
+# drtp: the authors' code (ChFrenkel/DirectRandomTargetProjection at b84e3fe; Frenkel,
+#   Lefebvre & Bol 2021) through bench/peers/drtp_peer.py (their loop; a tensor data loader): MNIST, 784-500-500-10 tanh, sigmoid outputs with
+#   binary cross-entropy, PyTorch's default Linear init, Adam lr 5e-4, batch 100, pixels
+#   in [0, 1]; its seeds are its own (torch.manual_seed(42), then one trial after another).
+# Test error after the last epoch.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 EPOCHS=${EPOCHS:-20}
 SEEDS=${SEEDS:-0 1 2}
 THREADS=${THREADS:-2}
-DATA=${DATA:-../shared/datasets}
+DATA=$(realpath "${DATA:-../shared/datasets}")
 VENV=${PEER_VENV:-$HOME/.cache/futureprop/peers}
+DRTP_SRC=${DRTP_SRC:-$HOME/.cache/futureprop/drtp}
+DRTP_COMMIT=b84e3fe
+PEERS=${*:-biotorch drtp}
+JSONL=reports/peer_anchors.jsonl
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q torch==2.15.0 numpy "biotorch==0.0.16"
+  "$VENV/bin/pip" install -q torch==2.15.0 torchvision numpy tqdm "biotorch==0.0.16"
 fi
-lines=()
-for rule in usf brsf frsf; do
-  for seed in $SEEDS; do
-    lines+=("$(OMP_NUM_THREADS=$THREADS "$VENV/bin/python" bench/peers/torch_peers.py --rule $rule --data "$DATA" \
-      --model 784-500-500-10 --activation tanh --epochs "$EPOCHS" --threads "$THREADS" --seed "$seed" | tail -n 1)")
-  done
+touch "$JSONL"
+# Replaces a rule's earlier runs in the JSONL with the lines on stdin.
+keep() {
+  local rule=$1 tmp
+  tmp=$(mktemp)
+  grep -v "\"rule\": \"$rule\"" "$JSONL" > "$tmp" || true
+  cat >> "$tmp"
+  mv "$tmp" "$JSONL"
+}
+for peer in $PEERS; do
+  case $peer in
+  biotorch)
+    for rule in ${BIOTORCH_RULES:-usf brsf frsf dfa bp}; do
+      for seed in $SEEDS; do
+        OMP_NUM_THREADS=$THREADS "$VENV/bin/python" bench/peers/torch_peers.py --rule $rule --data "$DATA" \
+          --model 784-500-500-10 --activation tanh --epochs "$EPOCHS" --threads "$THREADS" --seed "$seed" |
+          tail -n 1 | python3 -c "import json,sys; r=json.load(sys.stdin); print(json.dumps({'rule': r['rule'], 'peer': ('BioTorch 0.0.16, torch ' if r['peer'] == 'biotorch' else 'PyTorch autograd, torch ') + r['torch'], 'seed': $seed, 'epochs': $EPOCHS, 'test_error': round(100 * (1 - r['test_accuracy']), 2)}))"
+      done | keep $rule
+    done
+    ;;
+  drtp)
+    if [ ! -f "$DRTP_SRC/main.py" ]; then
+      git clone -q https://github.com/ChFrenkel/DirectRandomTargetProjection "$DRTP_SRC"
+      git -C "$DRTP_SRC" checkout -q "$DRTP_COMMIT"
+    fi
+    n=$(wc -w <<< "$SEEDS")
+    DRTP_SRC=$DRTP_SRC OMP_NUM_THREADS=$THREADS "$VENV/bin/python" bench/peers/drtp_peer.py --data "$DATA" --cpu \
+      --dataset MNIST --train-mode DRTP --optimizer Adam --lr 5e-4 --loss BCE --output-act sigmoid \
+      --hidden-act tanh --topology FC_500_FC_500_FC_10 --batch-size 100 --epochs "$EPOCHS" --trials "$n" 2>/dev/null |
+      python3 -c "
+import json, re, sys
+acc = [float(m.group(1)) for m in re.finditer(r'Testing set\] Loss: \S+, Accuracy:\s+([0-9.]+)%', sys.stdin.read())]
+per = len(acc) // $n
+for t in range($n):
+    print(json.dumps({'rule': 'drtp', 'peer': 'DRTP authors code $DRTP_COMMIT', 'seed': t, 'epochs': $EPOCHS, 'test_error': round(100 - acc[(t + 1) * per - 1], 2)}))
+" | keep drtp
+    ;;
+  *) echo "unknown peer $peer (biotorch, drtp)" >&2; exit 2 ;;
+  esac
 done
-python3 - "$EPOCHS" "${lines[@]}" > reports/peer_anchors.md <<'PY'
+python3 - "$JSONL" > reports/peer_anchors.md <<'PY'
 import json, statistics, sys
-epochs = sys.argv[1]
-runs = [json.loads(l) for l in sys.argv[2:]]
+runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 print("# Peer anchors\n")
-print(f"`bench/peers/anchors.sh`: BioTorch's own implementations on MNIST, 784-500-500-10 tanh, Glorot uniform, "
-      f"Adam lr 1e-3, batch 128, {epochs} epochs; test error % after the last epoch. The means and sample sds are "
-      "the `paper_test_error` and `paper_spread` of the peer rows in reproduce/registry.toml.\n")
-print("| rule | peer | seeds | test error % per seed | mean ± sd |\n|---|---|---|---|---|")
+print("`bench/peers/anchors.sh` (settings in its header): each peer's own implementation on MNIST; test error % "
+      "after the last epoch. The means and sample sds are the `paper_test_error` and `paper_spread` of the peer rows "
+      "in reproduce/registry.toml. Every run is in reports/peer_anchors.jsonl.\n")
+print("| rule | peer | epochs | seeds | test error % per seed | mean ± sd |\n|---|---|---|---|---|---|")
 for rule in dict.fromkeys(r["rule"] for r in runs):
-    e = [100 * (1 - r["test_accuracy"]) for r in runs if r["rule"] == rule]
-    peer = next(f'{r["peer"]} (torch {r["torch"]})' for r in runs if r["rule"] == rule)
+    rs = [r for r in runs if r["rule"] == rule]
+    e = [r["test_error"] for r in rs]
     sd = statistics.stdev(e) if len(e) > 1 else 0.0
-    print(f"| {rule} | {peer} | {len(e)} | {', '.join(f'{v:.2f}' for v in e)} | {statistics.mean(e):.2f} ± {sd:.2f} |")
+    print(f"| {rule} | {rs[0]['peer']} | {rs[0]['epochs']} | {len(e)} | {', '.join(f'{v:.2f}' for v in e)} | {statistics.mean(e):.2f} ± {sd:.2f} |")
 PY
 cat reports/peer_anchors.md

@@ -90,11 +90,16 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// The allowed |ours − paper| in pp: the row's own, else the paper's spread, else
+    /// The allowed |ours − paper| in pp: the row's own, else (paper rows) the paper's spread, else
     /// 0.3 pp for errors under 3 % and 1 pp otherwise.
     pub fn tolerance(&self) -> f64 {
+        // A peer's spread is our own few-seed sd, which understates the spread of a
+        // difference of two few-seed means; peer rows take the rule of thumb.
+        let spread = (self.anchor == Anchor::Paper)
+            .then_some(self.paper_spread)
+            .flatten();
         self.tolerance
-            .or(self.paper_spread)
+            .or(spread)
             .unwrap_or(if self.paper_test_error < 3.0 {
                 0.3
             } else {
@@ -190,6 +195,14 @@ pub fn select(entries: &[Entry], names: &[String]) -> Result<Vec<Entry>> {
         .filter(|e| names.is_empty() || names.contains(&e.name))
         .cloned()
         .collect())
+}
+
+/// The credit-assignment rules no row checks.
+pub fn unchecked_rules(entries: &[Entry]) -> Vec<&'static str> {
+    crate::rule::names()
+        .into_iter()
+        .filter(|r| !entries.iter().any(|e| e.checks.iter().any(|c| c == r)))
+        .collect()
 }
 
 /// The rows, in registry order, whose estimated cost still fits in `hours` once the
@@ -309,8 +322,22 @@ fn write_json(path: &Path, v: &Value) -> Result<()> {
 }
 
 /// The fingerprint a finished seed is kept by: its recipe and the overrides.
+/// What a seed's result depends on: the recipe and the budget overrides. Where the data
+/// lives and how many threads ran it do not count, so a run resumes on another machine.
 fn fingerprint(e: &Entry, overrides: &[Value]) -> Value {
-    json!({"dataset": e.dataset, "recipe": e.recipe, "overrides": overrides})
+    let kept: Vec<Value> = overrides
+        .iter()
+        .map(|o| match o.as_object() {
+            Some(m) => Value::Object(
+                m.iter()
+                    .filter(|(k, _)| !matches!(k.as_str(), "data_dir" | "threads"))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            ),
+            None => o.clone(),
+        })
+        .collect();
+    json!({"dataset": e.dataset, "recipe": e.recipe, "overrides": kept})
 }
 
 /// Trains one seed (resuming its checkpoint when asked) and returns its record.
@@ -615,13 +642,17 @@ mod tests {
     }
 
     #[test]
-    fn tolerance_is_the_rows_then_the_spread_then_by_error_size() {
+    fn tolerance_is_the_rows_then_the_papers_spread_then_by_error_size() {
         assert_eq!(entry("a", 2.99, None, 1.0).tolerance(), 0.3);
         assert_eq!(entry("a", 3.0, None, 1.0).tolerance(), 1.0);
         assert_eq!(entry("a", 1.5, Some(0.12), 1.0).tolerance(), 0.12);
         let mut e = entry("a", 1.5, Some(0.12), 1.0);
         e.tolerance = Some(0.7);
         assert_eq!(e.tolerance(), 0.7);
+        // A peer's few-seed sd is not a tolerance: the rule of thumb applies.
+        let mut p = entry("a", 1.5, Some(0.12), 1.0);
+        p.anchor = Anchor::Peer;
+        assert_eq!(p.tolerance(), 0.3);
     }
 
     #[test]

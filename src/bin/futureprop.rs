@@ -641,6 +641,10 @@ fn reproduce_cmd(a: &ReproduceArgs<'_>) -> Result<()> {
         }
         let total: f64 = reg.iter().map(reproduce::Entry::minutes).sum();
         out!("{} rows, estimated {:.1} h in all", reg.len(), total / 60.0);
+        let missing = reproduce::unchecked_rules(&reg);
+        if !missing.is_empty() {
+            out!("rules without a row yet: {}", missing.join(", "));
+        }
         if !a.list {
             out!(
                 "\nrun with --only NAME, --all or --budget-hours H (and --check for a verdict that fails the command)"
