@@ -573,18 +573,14 @@ pub fn markdown(report: &Value) -> String {
         } else {
             String::new()
         };
-        let diffs: Vec<&str> = r["differences"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
-        let checks: Vec<&str> = r["checks"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
+        let strs = |k: &str| -> Vec<String> {
+            r[k].as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        };
+        let (diffs, checks) = (strs("differences"), strs("checks"));
         s += &format!(
             "| {} | {} | {}{} | {} | {:.2} | {} | {} | {} | {} | {} |\n",
             r["row"].as_str().unwrap_or(""),
