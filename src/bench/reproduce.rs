@@ -310,6 +310,26 @@ fn run_seconds(dir: &Path) -> f64 {
     by_epoch.values().sum()
 }
 
+/// The rows and the budget overrides of the run in `out` (its plan.json), for `--resume`
+/// without a row selection.
+pub fn read_plan(out: &Path) -> Result<(Vec<String>, Value)> {
+    let plan = read_json(&out.join("plan.json"))?;
+    let rows = string_list(&plan["rows"]);
+    Ok((
+        rows,
+        plan["overrides"].get(0).cloned().unwrap_or(Value::Null),
+    ))
+}
+
+/// The strings of a JSON array (none when it is not one).
+fn string_list(v: &Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x.as_str().map(String::from))
+        .collect()
+}
+
 fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     serde_json::from_str(&text).map_err(|e| Error::format(path, e.to_string()))
@@ -321,7 +341,6 @@ fn write_json(path: &Path, v: &Value) -> Result<()> {
     train::checkpoint::write_atomic(path, text.as_bytes())
 }
 
-/// The fingerprint a finished seed is kept by: its recipe and the overrides.
 /// What a seed's result depends on: the recipe and the budget overrides. Where the data
 /// lives and how many threads ran it do not count, so a run resumes on another machine.
 fn fingerprint(e: &Entry, overrides: &[Value]) -> Value {
@@ -573,14 +592,7 @@ pub fn markdown(report: &Value) -> String {
         } else {
             String::new()
         };
-        let strs = |k: &str| -> Vec<String> {
-            r[k].as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|v| v.as_str().map(String::from))
-                .collect()
-        };
-        let (diffs, checks) = (strs("differences"), strs("checks"));
+        let (diffs, checks) = (string_list(&r["differences"]), string_list(&r["checks"]));
         s += &format!(
             "| {} | {} | {}{} | {} | {:.2} | {} | {} | {} | {} | {} |\n",
             r["row"].as_str().unwrap_or(""),

@@ -685,17 +685,8 @@ fn reproduce_cmd(a: &ReproduceArgs<'_>) -> Result<()> {
         reproduce::select(&reg, a.only)?
     } else {
         // --resume alone: the interrupted run's rows and settings.
-        let p = out.join("plan.json");
-        let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
-        let plan: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| Error::format(&p, e.to_string()))?;
-        let names: Vec<String> = plan["rows"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str().map(String::from))
-            .collect();
-        if let Some(o) = plan["overrides"].get(0).and_then(|v| v.as_object()) {
+        let (names, saved) = reproduce::read_plan(&out)?;
+        if let Some(o) = saved.as_object() {
             for (k, v) in o {
                 if overrides[k].is_null() {
                     overrides[k] = v.clone();
