@@ -37,7 +37,7 @@ fn shifted(p: &Params, v: &Params, e: f64) -> Params {
 fn target(loss: Loss, rows: usize, cols: usize) -> Target {
     match loss {
         Loss::CrossEntropy => Target::Classes((0..rows).map(|i| (i * 7) % cols).collect()),
-        Loss::Mse => Target::Values(rand_tensor(&[rows, cols], 99, 1.0)),
+        Loss::Mse | Loss::Sse => Target::Values(rand_tensor(&[rows, cols], 99, 1.0)),
         Loss::Bce => Target::Values(rand_tensor(&[rows, cols], 98, 0.5).add_scalar(0.5)),
     }
 }
@@ -92,7 +92,7 @@ fn hessian_vector_products_match_finite_differences_of_gradients() {
     for act in [
         "tanh", "sigmoid", "gelu", "softplus", "silu", "identity", "relu",
     ] {
-        for loss in [Loss::CrossEntropy, Loss::Mse, Loss::Bce] {
+        for loss in [Loss::CrossEntropy, Loss::Mse, Loss::Sse, Loss::Bce] {
             let (m, p, v) = setup("mlp:4-9-6-3", act, 3);
             let x = rand_tensor(&[5, 4], 4, 1.5);
             let t = target(loss, 5, 3);
@@ -108,7 +108,7 @@ fn hessian_vector_products_match_finite_differences_of_gradients() {
 
 #[test]
 fn gauss_newton_equals_hessian_for_a_linear_model_and_is_psd() {
-    for loss in [Loss::CrossEntropy, Loss::Mse, Loss::Bce] {
+    for loss in [Loss::CrossEntropy, Loss::Mse, Loss::Sse, Loss::Bce] {
         // z = xWᵀ + b is linear in θ, so the Hessian is exactly Jᵀ∇²L J.
         let (m, p, v) = setup("linear:6-4", "identity", 5);
         let x = rand_tensor(&[7, 6], 6, 1.0);

@@ -49,7 +49,7 @@ fn target(loss: Loss, rows: usize, cols: usize, seed: u64) -> Target {
         Loss::CrossEntropy => {
             Target::Classes((0..rows).map(|_| rng.random_range(0..cols)).collect())
         }
-        Loss::Mse => Target::Values(input(rows, cols, seed ^ 7, &[], 1.0)),
+        Loss::Mse | Loss::Sse => Target::Values(input(rows, cols, seed ^ 7, &[], 1.0)),
         Loss::Bce => Target::Values(
             Tensor::from_vec_f64(
                 &[rows, cols],
@@ -210,7 +210,7 @@ fn prelu_slope_and_input() {
 
 #[test]
 fn every_loss_at_odd_sizes() {
-    for loss in [Loss::CrossEntropy, Loss::Mse, Loss::Bce] {
+    for loss in [Loss::CrossEntropy, Loss::Mse, Loss::Sse, Loss::Bce] {
         for &c in &[1, 3, 17, 257] {
             let model =
                 Model::from_layers(vec![Box::new(Linear::new("fc", 3, c, true))], 3).unwrap();
@@ -238,7 +238,7 @@ fn whole_mlps_every_activation_and_loss() {
         "hard-sigmoid",
         "softplus",
     ] {
-        for loss in [Loss::CrossEntropy, Loss::Mse, Loss::Bce] {
+        for loss in [Loss::CrossEntropy, Loss::Mse, Loss::Sse, Loss::Bce] {
             let model = Model::build(&futureprop::nn::ModelSpec {
                 spec: "mlp:5-7-17-3".into(),
                 activation: act.into(),

@@ -5,9 +5,10 @@
 # anchor = "peer"), reports/peer_anchors.jsonl keeps every run and reports/peer_anchors.md
 # is rendered from it.
 #
-#   bench/peers/anchors.sh [biotorch] [drtp]      (default: all peers)
-#       EPOCHS=20 SEEDS="0 1 2" THREADS=2 DATA=../shared/datasets BIOTORCH_RULES="usf brsf frsf dfa bp"
+#   bench/peers/anchors.sh [biotorch] [drtp] [pcx] [dni]      (default: all peers)
+#       EPOCHS=20 SEEDS="0 1 2" THREADS=2 DATA=../shared/datasets BIOTORCH_RULES="usf brsf frsf dfa bp dsn"
 #       PEER_VENV=~/.cache/futureprop/peers DRTP_SRC=~/.cache/futureprop/drtp
+#       PCX_VENV=~/.cache/futureprop/pcx DNI_SRC=~/.cache/futureprop/dni-pytorch
 #
 # biotorch: BioTorch 0.0.16 (uSF, brSF, frSF, DFA; Sanfiz & Akrout 2021) and PyTorch's
 #   autograd backprop, torch 2.15.0: MNIST, 784-500-500-10 tanh, Glorot uniform, Adam lr
@@ -17,6 +18,16 @@
 #   Lefebvre & Bol 2021) through bench/peers/drtp_peer.py (their loop; a tensor data loader): MNIST, 784-500-500-10 tanh, sigmoid outputs with
 #   binary cross-entropy, PyTorch's default Linear init, Adam lr 5e-4, batch 100, pixels
 #   in [0, 1]; its seeds are its own (torch.manual_seed(42), then one trial after another).
+# pcx: PCX 0.6.3 (Pinchetti et al. 2025; JAX, CPU) through bench/peers/pcx_peer.py, the
+#   loop of PCX's own examples: MNIST, 784-128-128-128-10 GELU, squared-error energies,
+#   value nodes initialised by a forward pass, T = 5 SGD steps of 0.05 on the hidden nodes
+#   (output clamped to the one-hot target), then one Adam 1e-3 step on the weights, batch
+#   128, PyTorch-style uniform init, pixels standardised. Anchors `pc` and `epc`.
+# dni: the dni-pytorch library (koz4k/dni-pytorch at b14a07c) through
+#   bench/peers/dni_peer.py: MNIST, 784-256-256-10 ReLU, PyTorch's default Linear init, a
+#   linear zero-initialised synthesizer after each hidden layer (label-conditioned for
+#   cdni), Adam lr 1e-3 on everything, batch 128, pixels standardised. Anchors `dni`, `cdni`.
+# dsn (in biotorch): PyTorch autograd of CE + 0.3 Σ head CE, heads on each hidden layer.
 # Test error after the last epoch.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -27,12 +38,18 @@ DATA=$(realpath "${DATA:-../shared/datasets}")
 VENV=${PEER_VENV:-$HOME/.cache/futureprop/peers}
 DRTP_SRC=${DRTP_SRC:-$HOME/.cache/futureprop/drtp}
 DRTP_COMMIT=b84e3fe
-PEERS=${*:-biotorch drtp}
+PCX_VENV=${PCX_VENV:-$HOME/.cache/futureprop/pcx}
+DNI_SRC=${DNI_SRC:-$HOME/.cache/futureprop/dni-pytorch}
+DNI_COMMIT=b14a07cab049a72c104b57dcdb56730ab8dbafb1
+PEERS=${*:-biotorch drtp pcx dni}
 JSONL=reports/peer_anchors.jsonl
-if [ ! -x "$VENV/bin/python" ]; then
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q torch==2.15.0 torchvision numpy tqdm "biotorch==0.0.16"
-fi
+# The PyTorch venv (BioTorch and the DRTP authors' code), made on first use.
+torch_venv() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q torch==2.15.0 torchvision numpy tqdm "biotorch==0.0.16"
+  fi
+}
 touch "$JSONL"
 # Replaces a rule's earlier runs in the JSONL with the lines on stdin.
 keep() {
@@ -45,7 +62,8 @@ keep() {
 for peer in $PEERS; do
   case $peer in
   biotorch)
-    for rule in ${BIOTORCH_RULES:-usf brsf frsf dfa bp}; do
+    torch_venv
+    for rule in ${BIOTORCH_RULES:-usf brsf frsf dfa bp dsn}; do
       for seed in $SEEDS; do
         OMP_NUM_THREADS=$THREADS "$VENV/bin/python" bench/peers/torch_peers.py --rule $rule --data "$DATA" \
           --model 784-500-500-10 --activation tanh --epochs "$EPOCHS" --threads "$THREADS" --seed "$seed" |
@@ -54,6 +72,7 @@ for peer in $PEERS; do
     done
     ;;
   drtp)
+    torch_venv
     if [ ! -f "$DRTP_SRC/main.py" ]; then
       git clone -q https://github.com/ChFrenkel/DirectRandomTargetProjection "$DRTP_SRC"
       git -C "$DRTP_SRC" checkout -q "$DRTP_COMMIT"
@@ -70,7 +89,34 @@ for t in range($n):
     print(json.dumps({'rule': 'drtp', 'peer': 'DRTP authors code $DRTP_COMMIT', 'seed': t, 'epochs': $EPOCHS, 'test_error': round(100 - acc[(t + 1) * per - 1], 2)}))
 " | keep drtp
     ;;
-  *) echo "unknown peer $peer (biotorch, drtp)" >&2; exit 2 ;;
+  pcx)
+    if [ ! -x "$PCX_VENV/bin/python" ]; then
+      python3 -m venv "$PCX_VENV"
+      "$PCX_VENV/bin/pip" install -q pcx==0.6.3
+    fi
+    for seed in $SEEDS; do
+      "$PCX_VENV/bin/python" bench/peers/pcx_peer.py --data "$DATA" --T 5 --lr-h 0.05 --lr-w 1e-3 \
+        --batch-size 128 --activation gelu --epochs "$EPOCHS" --seed "$seed" --threads "$THREADS" 2>/dev/null |
+        tail -n 1 | python3 -c "import json,sys; r=json.load(sys.stdin); print(json.dumps({'rule': 'pc', 'peer': r['peer'], 'seed': $seed, 'epochs': $EPOCHS, 'test_error': round(100 * (1 - r['test_accuracy']), 2)}))"
+    done | keep pc
+    ;;
+  dni)
+    torch_venv
+    if [ ! -f "$DNI_SRC/dni.py" ]; then
+      git clone -q https://github.com/koz4k/dni-pytorch "$DNI_SRC"
+      git -C "$DNI_SRC" checkout -q "$DNI_COMMIT"
+    fi
+    for rule in dni cdni; do
+      flag=$([ $rule = cdni ] && echo --cdni || true)
+      for seed in $SEEDS; do
+        OMP_NUM_THREADS=$THREADS "$VENV/bin/python" bench/peers/dni_peer.py --src "$DNI_SRC" --data "$DATA" $flag \
+          --model 784-256-256-10 --activation relu --epochs "$EPOCHS" --batch-size 128 --lr 1e-3 \
+          --threads "$THREADS" --seed "$seed" | tail -n 1 |
+          python3 -c "import json,sys; r=json.load(sys.stdin); print(json.dumps({'rule': r['rule'], 'peer': 'dni-pytorch ${DNI_COMMIT:0:7}, torch ' + r['torch'], 'seed': $seed, 'epochs': $EPOCHS, 'test_error': round(100 * (1 - r['test_accuracy']), 2)}))"
+      done | keep $rule
+    done
+    ;;
+  *) echo "unknown peer $peer (biotorch, drtp, pcx, dni)" >&2; exit 2 ;;
   esac
 done
 python3 - "$JSONL" > reports/peer_anchors.md <<'PY'

@@ -625,7 +625,7 @@ pub fn markdown(report: &Value) -> String {
         hours(report["cpu_seconds"].as_f64().unwrap_or(0.0)),
         report["threads"]
             .as_u64()
-            .map(|t| format!(" at {t} threads"))
+            .map(|t| format!(" at {t} thread{}", if t == 1 { "" } else { "s" }))
             .unwrap_or_default(),
     );
     if report["reduced_budget"] == true {

@@ -248,7 +248,7 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(skip)]
     no_bias: bool,
-    /// Loss: cross-entropy, mse, bce
+    /// Loss: cross-entropy, mse, sse (½‖z − t‖² per sample, mean over samples), bce
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     loss: Option<String>,

@@ -273,9 +273,14 @@ pub fn sample_targets(loss: Loss, z: &Tensor, rng: &mut crate::Rng) -> Result<cr
                 .collect();
             crate::nn::Target::Values(Tensor::from_vec_f64(&[n, c], v)?.to_dtype(z.dtype()))
         }
-        // ℓ = (1/c)‖z − t‖² is the negative log-likelihood of N(z, (c/2)I).
-        Loss::Mse => {
-            let sd = (c as f64 / 2.0).sqrt();
+        // ℓ = (1/c)‖z − t‖² is the negative log-likelihood of N(z, (c/2)I); ℓ = ½‖z − t‖²
+        // that of N(z, I).
+        Loss::Mse | Loss::Sse => {
+            let sd = if loss == Loss::Mse {
+                (c as f64 / 2.0).sqrt()
+            } else {
+                1.0
+            };
             let v: Vec<f64> = z
                 .to_vec_f64()
                 .iter()
@@ -291,7 +296,7 @@ pub fn sample_targets(loss: Loss, z: &Tensor, rng: &mut crate::Rng) -> Result<cr
 
 /// Column `k` of a square root S of each sample's output Hessian Hᵢ = SᵢSᵢᵀ (of the
 /// per-sample loss), divided by n so it has the scale of the trace's errors.
-/// Cross-entropy: Sₖ = √pₖ(eₖ − p); MSE: √(2/c)eₖ; BCE: √(σₖ(1−σₖ)/c)eₖ.
+/// Cross-entropy: Sₖ = √pₖ(eₖ − p); MSE: √(2/c)eₖ; SSE: eₖ; BCE: √(σₖ(1−σₖ)/c)eₖ.
 pub fn hessian_root_column(loss: Loss, z: &Tensor, k: usize) -> Result<Tensor> {
     let (n, c) = z.dims2()?;
     let nf = n.max(1) as f64;
@@ -307,9 +312,14 @@ pub fn hessian_root_column(loss: Loss, z: &Tensor, k: usize) -> Result<Tensor> {
                 }
             }
         }
-        Loss::Mse => {
+        Loss::Mse | Loss::Sse => {
+            let r = if loss == Loss::Mse {
+                (2.0 / c as f64).sqrt()
+            } else {
+                1.0
+            };
             for i in 0..n {
-                v[i * c + k] = (2.0 / c as f64).sqrt() / nf;
+                v[i * c + k] = r / nf;
             }
         }
         Loss::Bce => {
