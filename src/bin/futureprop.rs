@@ -84,8 +84,8 @@ enum Command {
         /// List the registry.
         #[arg(long)]
         list: bool,
-        /// Run these rows (repeatable).
-        #[arg(long, value_name = "NAME")]
+        /// Run these rows (repeatable, or comma-separated).
+        #[arg(long, value_name = "NAME", value_delimiter = ',')]
         only: Vec<String>,
         /// Run every row.
         #[arg(long)]
