@@ -110,6 +110,54 @@ fn dni_with_a_zero_synthesizer_leaves_hidden_layers_unchanged_and_trains_the_syn
 }
 
 #[test]
+fn mean_unit_synthesizers_are_sample_unit_ones_scaled_by_one_over_n() {
+    // Mₖ' = Mₖ/n predicts in the mean loss's units what Mₖ predicts per sample: the
+    // layers get the same update, and mse's gradient is (2/n)× the ½·mean one.
+    let (m, p0, b) = setup();
+    let n = 9.0;
+    for rule in ["dni", "cdni"] {
+        let build = |units: &str| {
+            build_rule_with(
+                rule,
+                &serde_json::json!({"init": "xavier-normal", "units": units}),
+            )
+            .unwrap()
+        };
+        let (mut sample, mut mean) = (build("sample"), build("mean"));
+        let (mut ps, mut pm) = (p0.clone(), p0.clone());
+        sample.init(&m, &mut ps, 5).unwrap();
+        mean.init(&m, &mut pm, 5).unwrap();
+        let synth: Vec<String> = ps
+            .iter()
+            .map(|(k, _)| k.to_string())
+            .filter(|k| k.starts_with("dni."))
+            .collect();
+        assert!(!synth.is_empty());
+        for k in &synth {
+            let w = pm.get(k).unwrap().scale(1.0 / n);
+            pm.insert(k.clone(), w);
+        }
+        let gs = sample.step(&m, &ps, &b, Loss::CrossEntropy).unwrap().grads;
+        let gm = mean.step(&m, &pm, &b, Loss::CrossEntropy).unwrap().grads;
+        assert_same(&gm, &gs, &model_keys(&m, &ps), 1e-12, rule);
+        for k in &synth {
+            let (x, y) = (
+                gm.get(k).unwrap().to_vec_f64(),
+                gs.get(k).unwrap().to_vec_f64(),
+            );
+            assert!(y.iter().any(|v| *v != 0.0), "{rule} {k}: no gradient");
+            for (u, v) in x.iter().zip(&y) {
+                assert!(
+                    (u - 2.0 / n * v).abs() <= 1e-12 * (1.0 + v.abs()),
+                    "{rule} {k}"
+                );
+            }
+        }
+    }
+    assert!(build_rule_with("dni", &serde_json::json!({"units": "batch"})).is_err());
+}
+
+#[test]
 fn local_losses_let_no_gradient_cross_a_block_boundary() {
     let (m, mut p, b) = setup();
     let mut local = build_rule("local").unwrap();
@@ -337,6 +385,7 @@ fn an_mlp_synthesizer_regression_gradient_matches_finite_differences() {
             depth,
             batchnorm,
             init: "xavier-normal".into(),
+            ..Default::default()
         };
         let mut r = SyntheticGradients::new(conditional, cfg);
         use futureprop::rule::Rule;

@@ -10,7 +10,10 @@
 //! (`dni.syn{k}.weight`, `.bias`) by `synth_init` (zeros). Jaderberg et al.'s MNIST/CIFAR
 //! FCN synthesizers are 2 hidden layers of 1024 with batch norm. The block updates
 //! at once from ĝₖ (divided by n to be in the mean loss's units), without waiting for
-//! the layers above. Mₖ learns by regression ½‖Mₖ(hₖ) − tₖ‖² (mean over the batch and
+//! the layers above. With `synth_units = mean` Mₖ predicts the mean loss's gradient
+//! itself and regresses by mean squared error over all entries, as the dni-pytorch
+//! library does: under Adam the two differ only through ε and the regression's pace
+//! relative to the target's scale. Mₖ learns by regression ½‖Mₖ(hₖ) − tₖ‖² (mean over the batch and
 //! units) toward the gradient that arrives from above: tₖ = Jₖ₊₁ᵀ ĝₖ₊₁ carried through
 //! block k+1 — itself synthetic (bootstrapping) except below the output layer, where it
 //! is the true gradient. Synthesizer weights live in the parameter store and train with
@@ -43,12 +46,24 @@ crate::settings_struct! {
         pub batchnorm: bool = false,
         /// Initialiser of the synthesizers (`--init` names).
         pub init: String = "zeros".into(),
+        /// What a synthesizer predicts: `sample`, the per-sample gradient n·∂L̄/∂h
+        /// (regression ½·mean over batch and units); `mean`, the gradient ∂L̄/∂h of the
+        /// batch-mean loss, regressed by mean squared error over all entries (the
+        /// dni-pytorch library's convention).
+        pub units: String = "sample".into(),
     }
 }
 
 impl Settings for SynthSettings {
     fn validate(&self) -> Result<()> {
         at_least("synth_depth", self.depth as u64, 1)?;
+        if !matches!(self.units.as_str(), "sample" | "mean") {
+            return Err(Error::unknown(
+                "synth_units",
+                &self.units,
+                &["sample", "mean"],
+            ));
+        }
         crate::nn::Init::parse(&self.init).map(|_| ())
     }
 }
@@ -156,7 +171,8 @@ impl SyntheticGradients {
     }
 
     /// Regression of synthesizer k toward `target` (both in mean-loss units); adds its
-    /// gradients and returns its loss ½ mean ‖n(ĝ − t)‖²/width.
+    /// gradients and returns its loss: ½ mean ‖n(ĝ − t)‖²/width (`units = sample`) or
+    /// mean ‖ĝ − t‖²/width (`mean`).
     fn regress(
         &self,
         k: usize,
@@ -168,10 +184,15 @@ impl SyntheticGradients {
     ) -> Result<f64> {
         let n = synth.dims2()?.0.max(1) as f64;
         let mut r = synth.sub(target)?;
-        r.scale_in_place(n);
         let width = r.dims2()?.1.max(1) as f64;
-        let scale = 1.0 / (n * width);
-        let loss = 0.5 * r.sum_sq() * scale;
+        let (loss, scale) = if self.per_sample() {
+            r.scale_in_place(n);
+            let scale = 1.0 / (n * width);
+            (0.5 * r.sum_sq() * scale, scale)
+        } else {
+            let scale = 1.0 / (n * width);
+            (r.sum_sq() * scale, 2.0 * scale)
+        };
         super::backward_chain(
             &self.synths[k],
             params,
@@ -183,7 +204,12 @@ impl SyntheticGradients {
         Ok(loss)
     }
 
-    /// Mₖ(s) (per-sample units) and the synthesizer's trace (for its regression).
+    /// Whether the synthesizers predict per-sample gradients (`units = sample`).
+    fn per_sample(&self) -> bool {
+        self.cfg.units == "sample"
+    }
+
+    /// Mₖ(s) (in the synthesizers' units) and the synthesizer's trace (for its regression).
     fn synthesize(&self, k: usize, si: &Tensor, params: &Params) -> Result<(Tensor, Trace)> {
         let m = self.synths.get(k).ok_or_else(|| {
             Error::config(self.name(), "the rule must be initialised before a step")
@@ -222,7 +248,9 @@ impl SyntheticGradients {
             let out = block_output(b, &trace).clone();
             let si = self.input(&out, &batch.target, classes)?;
             let (mut g, st) = self.synthesize(k, &si, params)?;
-            g.scale_in_place(1.0 / n);
+            if self.per_sample() {
+                g.scale_in_place(1.0 / n);
+            }
             if let Some(o) = &oracle {
                 g = o[k].clone();
             }
