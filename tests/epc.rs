@@ -90,6 +90,43 @@ fn epc_approaches_backprop_for_small_output_errors() {
 }
 
 #[test]
+fn backtracking_keeps_the_energy_falling_where_a_fixed_step_diverges() {
+    // Weights scaled ×3: F's curvature along ε (≈ 1 + ‖∂z/∂ε‖²) is far above 2/γ.
+    let (m, p) = model("mlp:6-16-16-16-4", "tanh", 7);
+    let mut p = p;
+    for (k, t) in p.clone().iter() {
+        p.insert(k.to_string(), t.scale(3.0));
+    }
+    let batch = classes(10, 6, 4, 8);
+    let energies = |backtrack: bool| {
+        let mut epc = rule(
+            "epc",
+            json!({"steps": 40, "gamma": 0.5, "backtrack": backtrack}),
+        );
+        epc.step(&m, &p, &batch, Loss::Sse).unwrap();
+        let r = epc.relaxation().unwrap().clone();
+        (r.energy, r.backtracks)
+    };
+    let (fixed, none) = energies(false);
+    assert_eq!(none, 0);
+    assert!(
+        fixed.last().unwrap() > &fixed[0] || !fixed.last().unwrap().is_finite(),
+        "the fixed step did not diverge: {fixed:?}"
+    );
+    let (safe, backtracks) = energies(true);
+    assert!(backtracks > 0);
+    for w in safe.windows(2) {
+        assert!(
+            w[1] <= w[0] + 1e-6 * w[0].abs(),
+            "energy rose: {} → {}",
+            w[0],
+            w[1]
+        );
+    }
+    assert!(safe.last().unwrap() < &safe[0]);
+}
+
+#[test]
 fn the_output_error_reaches_every_layer_at_the_first_step() {
     // Five hidden layers. After one inference step from the feed-forward pass, ePC's
     // errors are −γ·n·∂L/∂xₖ at every layer, so each hidden update is γ times backprop's

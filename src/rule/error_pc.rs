@@ -12,7 +12,10 @@
 //! the loss gives every ∂F/∂εₖ = εₖ/n + ∂L/∂xₖ. The output error reaches every layer at
 //! every step, where state-based PC moves it one layer down per step, each time scaled
 //! by about γ: its signal decays exponentially with depth, ePC's does not. Per-sample
-//! step γ: εₖ ← εₖ − γ(εₖ + n·∂L/∂xₖ), from ε = 0 (the feed-forward pass). The change of
+//! step γ: εₖ ← εₖ − γ(εₖ + n·∂L/∂xₖ), from ε = 0 (the feed-forward pass); a step that
+//! would raise F is retried with γ halved (`epc_backtrack`): F's curvature along ε grows
+//! with ‖∂output/∂εₖ‖², so a fixed γ that suits a fresh network diverges once training
+//! has grown its weights. The change of
 //! variables keeps PC's minima, so at convergence ePC's states, and its updates, are
 //! PC's.
 //!
@@ -42,6 +45,10 @@ crate::settings_struct! {
         /// Stop when the residual ‖∂F/∂ε‖ per sample falls below this; 0: run every
         /// step.
         pub tolerance: f64 = 0.0,
+        /// Whenever a step would raise the energy F, retry it with γ halved (γ stays
+        /// halved for the rest of the batch), so inference cannot diverge once the
+        /// network's Jacobians outgrow 2/γ.
+        pub backtrack: bool = true,
     }
 }
 
@@ -79,6 +86,9 @@ impl ErrorPc {
         })
     }
 }
+
+/// Halvings of γ tried on one step before it is taken anyway.
+const MAX_HALVINGS: usize = 30;
 
 /// The states xₖ = μₖ + εₖ block by block into `trace`; returns the output.
 fn forward_with_errors(
@@ -128,6 +138,7 @@ impl Rule for ErrorPc {
         let (first_loss, mut g_top) = loss.eval(&out, &batch.target)?;
         let mut top_loss = first_loss;
         self.relaxation = Relaxation::default();
+        let mut gamma = self.cfg.gamma;
         for t in 0..=self.cfg.steps {
             let eps_sq: f64 = eps.iter().map(Tensor::sum_sq).sum();
             self.relaxation.energy.push(0.5 * eps_sq / n + top_loss);
@@ -151,12 +162,28 @@ impl Rule for ErrorPc {
             if self.cfg.tolerance > 0.0 && res_sq.sqrt() / n < self.cfg.tolerance {
                 break;
             }
-            for (e, d) in eps.iter_mut().zip(&ds) {
-                e.axpy(-self.cfg.gamma, d)?;
+            // F at the current errors, the bar a step must not rise above.
+            let bar = 0.5 * eps_sq / n + top_loss;
+            let mut halvings = 0;
+            loop {
+                let mut trial = eps.clone();
+                for (e, d) in trial.iter_mut().zip(&ds) {
+                    e.axpy(-gamma, d)?;
+                }
+                out = forward_with_errors(model, params, blocks, &batch.x, &trial, &mut trace)?;
+                let (l, g) = loss.eval(&out, &batch.target)?;
+                let f = 0.5 * trial.iter().map(Tensor::sum_sq).sum::<f64>() / n + l;
+                // Slack for roundoff near the minimum; divergence grows geometrically.
+                let rose = f > bar + 1e-6 * bar.abs();
+                if !self.cfg.backtrack || !rose || halvings == MAX_HALVINGS {
+                    (eps, top_loss, g_top) = (trial, l, g);
+                    break;
+                }
+                gamma *= 0.5;
+                halvings += 1;
+                self.relaxation.backtracks += 1;
             }
             self.relaxation.steps += 1;
-            out = forward_with_errors(model, params, blocks, &batch.x, &eps, &mut trace)?;
-            (top_loss, g_top) = loss.eval(&out, &batch.target)?;
         }
         // PC's local updates at the inferred states: ∂F/∂μₖ = −εₖ/n.
         let mut grads = Grads::new();

@@ -39,6 +39,8 @@ pub struct Relaxation {
     pub residual: Vec<f64>,
     /// Steps taken.
     pub steps: usize,
+    /// Step retries with a halved step size (ePC's backtracking).
+    pub backtracks: usize,
 }
 
 /// What one step of a rule produced.

@@ -130,8 +130,8 @@ pub(super) struct EpochStats {
     pub seen: usize,
     /// Rows with a prediction (Forward-Forward predicting by goodness has none).
     judged: usize,
-    /// Relaxation of energy-based rules: Σ steps, Σ final residual, count.
-    relax: (f64, f64, f64),
+    /// Relaxation of energy-based rules: Σ steps, Σ final residual, count, Σ backtracks.
+    relax: (f64, f64, f64, f64),
     /// The rule's auxiliary loss: name, Σ, count.
     aux: (&'static str, f64, f64),
     /// Optimizer steps the f16 loss scaler skipped (non-finite gradients).
@@ -150,6 +150,7 @@ impl EpochStats {
             self.relax.0 += r.steps as f64;
             self.relax.1 += r.residual.last().copied().unwrap_or(f64::NAN);
             self.relax.2 += 1.0;
+            self.relax.3 += r.backtracks as f64;
         }
         if let Some(o) = out.prediction.as_ref().or(out.trace.output())
             && o.shape().first() == Some(&rows)
@@ -181,6 +182,9 @@ impl EpochStats {
         if self.relax.2 > 0.0 {
             rec["relax_steps_mean"] = json!(self.relax.0 / self.relax.2);
             rec["relax_residual_mean"] = json!(self.relax.1 / self.relax.2);
+            if self.relax.3 > 0.0 {
+                rec["relax_backtracks_mean"] = json!(self.relax.3 / self.relax.2);
+            }
         }
     }
 }
