@@ -205,3 +205,32 @@ fn classic_rules_name_the_model_they_need() {
         assert!(e.contains("linear:IN-OUT"), "{r}: {e}");
     }
 }
+
+#[test]
+fn subspace_variance_scores_the_principal_subspace_100_in_any_basis() {
+    // x = z·diag(5, 3, 1, 0.5) with z standard normal: the top-2 subspace is e₁, e₂.
+    let mut rng = futureprop::Rng::seed_from_u64(9);
+    let n = 2000;
+    let sd = [5.0, 3.0, 1.0, 0.5];
+    let v: Vec<f64> = (0..n * 4)
+        .map(|i| {
+            let z: f64 = StandardNormal.sample(&mut rng);
+            z * sd[i % 4]
+        })
+        .collect();
+    let x = Tensor::from_vec_f64(&[n, 4], v).unwrap();
+    let score = |w: Vec<f64>| {
+        futureprop::diag::subspace_variance(&Tensor::from_vec_f64(&[2, 4], w).unwrap(), &x).unwrap()
+    };
+    // e₁, e₂ mixed by an invertible 2×2 matrix: the same row space.
+    let top = score(vec![2.0, 1.0, 0.0, 0.0, -1.0, 3.0, 0.0, 0.0]);
+    assert!((top - 100.0).abs() < 0.5, "{top}");
+    // e₁, e₃: (25 + 1)/(25 + 9) of the best, up to sampling.
+    let worse = score(vec![1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0]);
+    assert!((worse - 100.0 * 26.0 / 34.0).abs() < 3.0, "{worse}");
+    let e = futureprop::diag::subspace_variance(
+        &Tensor::from_vec_f64(&[2, 3], vec![0.0; 6]).unwrap(),
+        &x,
+    );
+    assert!(e.unwrap_err().to_string().contains("do not fit"));
+}

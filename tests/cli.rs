@@ -717,7 +717,8 @@ fn reproduce_check_gives_verdicts_fails_the_command_and_resumes() {
     assert_eq!(s["config"]["seed"], 1);
     let md = std::fs::read_to_string(out.join("results.md")).unwrap();
     assert!(
-        md.contains("| near | bp | Table 0 | 20.00 | 60.00 |") && md.contains("1 of 2 rows PASS"),
+        md.contains("| near | bp | Table 0 | test error | 20.00 | 60.00 |")
+            && md.contains("1 of 2 rows PASS"),
         "{md}"
     );
 
@@ -1118,4 +1119,71 @@ fn an_optimizer_is_a_tagged_table_and_flat_keys_of_earlier_versions_still_load()
             f.legacy
         );
     }
+}
+
+#[test]
+fn reproduce_measures_a_rows_own_metric_the_subspace_oja_finds() {
+    let Some(d) = data_dir() else { return };
+    let t = tempfile::tempdir().unwrap();
+    let row = |name: &str, lr: &str, model: &str| {
+        format!(
+            "[[result]]\nname = \"{name}\"\nchecks = [\"hebbian\"]\npaper = \"test\"\nsource = \"theorem\"\n\
+             anchor = \"paper\"\ndataset = \"mnist\"\nmetric = \"subspace_variance\"\npaper_test_error = 100.0\n\
+             tolerance = 10.0\nseeds = [0]\nminutes_per_seed = 0.1\n\
+             [result.paper_setting]\narchitecture = \"a\"\ndata = \"d\"\noptimizer = \"o\"\nepochs = \"1\"\nbatch = \"100\"\n\
+             [result.recipe]\nmodel = \"{model}\"\nbias = false\nrule = \"hebbian\"\noptimizer = \"sgd\"\nlr = {lr}\n\
+             epochs = 2\ntrain_limit = 10000\ntest_limit = 1000\nbatch_size = 50\n\n"
+        )
+    };
+    let reg = t.path().join("registry.toml");
+    // A working step size converges; one 1000× too small leaves the random start.
+    std::fs::write(
+        &reg,
+        row("oja", "2e-3", "linear:784-10") + &row("stalled", "2e-6", "linear:784-10"),
+    )
+    .unwrap();
+    let out = t.path().join("out");
+    let (r, o) = (reg.to_str().unwrap(), out.to_str().unwrap());
+    let dd = d.to_str().unwrap();
+    let base = [
+        "reproduce",
+        "--registry",
+        r,
+        "--quiet",
+        "--threads",
+        "1",
+        "--data-dir",
+        dd,
+    ];
+    let o2 = run(&[&base[..], &["--all", "--check", "--out", o]].concat());
+    assert!(!o2.status.success());
+    let res: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let rows = res["rows"].as_array().unwrap();
+    let v = |i: usize| rows[i]["ours_mean"].as_f64().unwrap();
+    assert_eq!(rows[0]["metric"], "subspace_variance");
+    assert!(v(0) > 90.0 && v(0) <= 100.0 + 1e-6, "oja: {}", v(0));
+    assert!(v(1) < 50.0, "stalled: {}", v(1));
+    assert_eq!(rows[0]["verdict"], "PASS");
+    assert_eq!(rows[1]["verdict"], "FAIL");
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    assert!(md.contains("variance captured vs PCA"), "{md}");
+    // A model with more than one weight matrix has no single subspace to score.
+    std::fs::write(
+        &reg,
+        row("deep", "1e-3", "mlp:784-16-10")
+            .replace("rule = \"hebbian\"", "rule = \"bp\"")
+            .replace("[\"hebbian\"]", "[\"bp\"]"),
+    )
+    .unwrap();
+    let o3 = run(&[
+        &base[..],
+        &["--all", "--out", t.path().join("o3").to_str().unwrap()],
+    ]
+    .concat());
+    let err = stderr(&o3);
+    assert!(
+        !o3.status.success() && err.contains("one weight matrix"),
+        "{err}"
+    );
 }

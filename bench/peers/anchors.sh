@@ -5,7 +5,7 @@
 # anchor = "peer"), reports/peer_anchors.jsonl keeps every run and reports/peer_anchors.md
 # is rendered from it.
 #
-#   bench/peers/anchors.sh [biotorch] [drtp] [pcx] [dni]      (default: all peers)
+#   bench/peers/anchors.sh [biotorch] [drtp] [pcx] [dni] [chl]      (default: all peers)
 #       EPOCHS=20 SEEDS="0 1 2" THREADS=2 DATA=../shared/datasets BIOTORCH_RULES="usf brsf frsf dfa bp dsn"
 #       PEER_VENV=~/.cache/futureprop/peers DRTP_SRC=~/.cache/futureprop/drtp
 #       PCX_VENV=~/.cache/futureprop/pcx DNI_SRC=~/.cache/futureprop/dni-pytorch
@@ -27,6 +27,10 @@
 #   bench/peers/dni_peer.py: MNIST, 784-256-256-10 ReLU, PyTorch's default Linear init, a
 #   linear zero-initialised synthesizer after each hidden layer (label-conditioned for
 #   cdni), Adam lr 1e-3 on everything, batch 128, pixels standardised. Anchors `dni`, `cdni`.
+# chl: augustwester/chl's CHLNet (numpy) through bench/peers/chl_peer.py at its main.py's
+#   setting: MNIST 784-128-10, γ 0.1, lr 0.01, batch 8, 5 epochs, 50 Gauss-Seidel sweeps per
+#   phase, N(0, 0.1²) weights and biases, pixels in [0, 1]; its logistic units replaced by
+#   the hard sigmoid (futureprop's chl state nonlinearity). Anchors `chl`.
 # dsn (in biotorch): PyTorch autograd of CE + 0.3 Σ head CE, heads on each hidden layer.
 # Test error after the last epoch.
 set -euo pipefail
@@ -41,7 +45,10 @@ DRTP_COMMIT=b84e3fe
 PCX_VENV=${PCX_VENV:-$HOME/.cache/futureprop/pcx}
 DNI_SRC=${DNI_SRC:-$HOME/.cache/futureprop/dni-pytorch}
 DNI_COMMIT=b14a07cab049a72c104b57dcdb56730ab8dbafb1
-PEERS=${*:-biotorch drtp pcx dni}
+CHL_SRC=${CHL_SRC:-$HOME/.cache/futureprop/chl}
+CHL_VENV=${CHL_VENV:-$HOME/.cache/futureprop/chl-venv}
+CHL_COMMIT=a20eb0359289258b72204d40e1ebb7097c36db64
+PEERS=${*:-biotorch drtp pcx dni chl}
 JSONL=reports/peer_anchors.jsonl
 # The PyTorch venv (BioTorch and the DRTP authors' code), made on first use.
 torch_venv() {
@@ -116,7 +123,23 @@ for t in range($n):
       done | keep $rule
     done
     ;;
-  *) echo "unknown peer $peer (biotorch, drtp, pcx, dni)" >&2; exit 2 ;;
+  chl)
+    if [ ! -x "$CHL_VENV/bin/python" ]; then
+      python3 -m venv "$CHL_VENV"
+      "$CHL_VENV/bin/pip" install -q numpy==1.26.4
+    fi
+    if [ ! -f "$CHL_SRC/chlnet.py" ]; then
+      git clone -q https://github.com/augustwester/chl "$CHL_SRC"
+      git -C "$CHL_SRC" checkout -q "$CHL_COMMIT"
+    fi
+    # The repository's own setting (its main.py): 5 epochs, whatever EPOCHS says.
+    for seed in $SEEDS; do
+      (cd bench/peers && OMP_NUM_THREADS=1 "$CHL_VENV/bin/python" chl_peer.py --src "$CHL_SRC" --data "$DATA" \
+        --epochs 5 --seed "$seed") | tail -n 1 |
+        python3 -c "import json,sys; r=json.load(sys.stdin); print(json.dumps({'rule': 'chl', 'peer': 'augustwester/chl ${CHL_COMMIT:0:7} (hard sigmoid), numpy ' + r['numpy'], 'seed': $seed, 'epochs': 5, 'test_error': round(100 * (1 - r['test_accuracy']), 2)}))"
+    done | keep chl
+    ;;
+  *) echo "unknown peer $peer (biotorch, drtp, pcx, dni, chl)" >&2; exit 2 ;;
   esac
 done
 python3 - "$JSONL" > reports/peer_anchors.md <<'PY'

@@ -33,6 +33,36 @@ pub enum Anchor {
     Peer,
 }
 
+/// What a row measures (in %, the unit of its published number and tolerance).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    /// Test error after the last epoch.
+    #[default]
+    TestError,
+    /// The test inputs' variance captured by the row space of the model's single Linear
+    /// layer, as % of the top principal subspace's ([`crate::diag::subspace_variance`]).
+    SubspaceVariance,
+}
+
+impl Metric {
+    /// The key of a seed record (and of a train summary's derived value) holding it.
+    pub fn key(self) -> &'static str {
+        match self {
+            Metric::TestError => "test_error",
+            Metric::SubspaceVariance => "subspace_variance",
+        }
+    }
+
+    /// How the metric reads in a report.
+    pub fn label(self) -> &'static str {
+        match self {
+            Metric::TestError => "test error",
+            Metric::SubspaceVariance => "variance captured vs PCA",
+        }
+    }
+}
+
 /// The paper's setting, as the paper states it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -68,7 +98,10 @@ pub struct Entry {
     pub peer_script: Option<String>,
     /// Dataset name.
     pub dataset: String,
-    /// The published test error, %.
+    /// What the row measures (default: the test error).
+    #[serde(default)]
+    pub metric: Metric,
+    /// The published number, %: a test error unless `metric` says otherwise.
     pub paper_test_error: f64,
     /// The spread the paper reports with it (one standard deviation, pp), if any.
     #[serde(default)]
@@ -389,6 +422,9 @@ fn run_seed(e: &Entry, seed: u64, opts: &CheckOptions, multi: &MultiProgress) ->
             rec["test_error"] = json!(err("test_accuracy"));
             rec["best_test_error"] = json!(err("best_test_accuracy"));
             rec["epochs"] = s["epochs"].clone();
+            if e.metric == Metric::SubspaceVariance {
+                rec["subspace_variance"] = json!(trained_subspace_variance(&cfg, &dir)?);
+            }
         }
         // A diverging seed is a result (the row fails), not the end of the check.
         Err(err @ Error::NonFinite { .. }) => {
@@ -398,6 +434,28 @@ fn run_seed(e: &Entry, seed: u64, opts: &CheckOptions, multi: &MultiProgress) ->
         Err(err) => return Err(err),
     }
     Ok(rec)
+}
+
+/// [`Metric::SubspaceVariance`] of the run in `dir`: its last checkpoint's single weight
+/// matrix on the test inputs.
+fn trained_subspace_variance(cfg: &TrainConfig, dir: &Path) -> Result<f64> {
+    let ck = train::checkpoint::load(&dir.join(train::checkpoint::FILE))?;
+    let weights: Vec<_> = ck
+        .params
+        .iter()
+        .filter(|(k, _)| k.ends_with(".weight"))
+        .collect();
+    let [(_, w)] = weights.as_slice() else {
+        return Err(Error::config(
+            "metric subspace_variance",
+            format!(
+                "needs a model with one weight matrix (linear:IN-K), this one has {}",
+                weights.len()
+            ),
+        ));
+    };
+    let splits = train::load_data(cfg)?;
+    crate::diag::subspace_variance(w, &splits.test.x)
 }
 
 fn mean_sd(xs: &[f64]) -> (f64, f64) {
@@ -416,7 +474,7 @@ pub fn verdict(e: &Entry, seeds: &[Value], reduced: bool) -> Value {
     let errs: Vec<f64> = seeds
         .iter()
         .filter(|s| s["status"] == "ok")
-        .filter_map(|s| s["test_error"].as_f64())
+        .filter_map(|s| s[e.metric.key()].as_f64())
         .collect();
     let all_ok = errs.len() == seeds.len() && errs.iter().all(|v| v.is_finite());
     let (mean, sd) = if all_ok {
@@ -442,6 +500,7 @@ pub fn verdict(e: &Entry, seeds: &[Value], reduced: bool) -> Value {
     json!({
         "row": e.name, "checks": e.checks, "paper": e.paper, "source": e.source,
         "anchor": e.anchor, "peer_script": e.peer_script, "dataset": e.dataset,
+        "metric": e.metric.key(),
         "paper_test_error": e.paper_test_error, "paper_spread": e.paper_spread,
         "tolerance": tol, "ours_mean": if all_ok { json!(mean) } else { Value::Null },
         "ours_sd": if all_ok { json!(sd) } else { Value::Null },
@@ -577,7 +636,7 @@ fn hours(seconds: f64) -> String {
 pub fn markdown(report: &Value) -> String {
     let rows = report["rows"].as_array().cloned().unwrap_or_default();
     let mut s = String::from(
-        "| row | checks | source | paper test error % | tolerance pp | ours % (mean ± sd) | verdict | time | CPU time | differences from the paper |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        "| row | checks | source | metric | paper % | tolerance pp | ours % (mean ± sd) | verdict | time | CPU time | differences from the paper |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in &rows {
         let paper = match r["paper_spread"].as_f64() {
@@ -593,12 +652,17 @@ pub fn markdown(report: &Value) -> String {
             String::new()
         };
         let (diffs, checks) = (string_list(&r["differences"]), string_list(&r["checks"]));
+        let metric = match r["metric"].as_str() {
+            Some("subspace_variance") => Metric::SubspaceVariance,
+            _ => Metric::TestError,
+        };
         s += &format!(
-            "| {} | {} | {}{} | {} | {:.2} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {}{} | {} | {} | {:.2} | {} | {} | {} | {} | {} |\n",
             r["row"].as_str().unwrap_or(""),
             checks.join(", "),
             r["source"].as_str().unwrap_or(""),
             anchor,
+            metric.label(),
             paper,
             r["tolerance"].as_f64().unwrap_or(f64::NAN),
             ours_text(r),

@@ -240,7 +240,7 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     activation: Option<String>,
-    /// Initialiser: auto, xavier-uniform, xavier-normal, he-uniform, he-normal, lecun-normal, torch, zeros, constant:V
+    /// Initialiser: auto, xavier-uniform, xavier-normal, he-uniform, he-normal, lecun-normal, torch, zeros, constant:V, normal:SD (weights and biases N(0, SD²)), sparse[:K]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     init: Option<String>,

@@ -112,3 +112,45 @@ pub fn diagnose(
     let fb = rule.feedback_matrices(model, params)?;
     compare(model, params, &r.grads, &b.grads, &fb, None)
 }
+
+/// The share of the inputs' variance that the row space of `w` (`[k, d]`) captures, as %
+/// of the most any k-dimensional subspace captures (the top-k principal subspace):
+/// 100·tr(P C)/Σᵢ≤ₖ λᵢ(C), C = XᵀX/n the second moment of `x` (`[n, d]`, uncentred, as
+/// Oja's rule sees its inputs) and P = Wᵀ(WWᵀ)⁻¹W the projector onto W's rows. Oja's
+/// subspace rule converges to that subspace (Oja 1989), so a trained layer scores 100.
+pub fn subspace_variance(w: &Tensor, x: &Tensor) -> Result<f64> {
+    use faer::{Mat, Side};
+    let ((k, d), (n, dx)) = (w.dims2()?, x.dims2()?);
+    if d != dx || k == 0 || k > d || n == 0 {
+        return Err(crate::error::Error::config(
+            "subspace_variance",
+            format!("weights {k}×{d} and inputs {n}×{dx} do not fit"),
+        ));
+    }
+    let to_mat = |t: &Tensor, r: usize, c: usize| {
+        let v = t.to_vec_f64();
+        Mat::from_fn(r, c, |i, j| v[i * c + j])
+    };
+    let c = to_mat(&x.matmul(true, x, false)?.scale(1.0 / n as f64), d, d);
+    let w = to_mat(w, k, d);
+    let fail = |what: &str, e: String| {
+        crate::error::Error::config("subspace_variance", format!("{what} failed ({e})"))
+    };
+    let eig = c
+        .self_adjoint_eigen(Side::Lower)
+        .map_err(|e| fail("eigendecomposition", format!("{e:?}")))?;
+    let mut s: Vec<f64> = (0..d).map(|i| eig.S().column_vector()[i]).collect();
+    s.sort_by(|a, b| b.total_cmp(a));
+    let best: f64 = s[..k].iter().sum();
+    let g = &w * w.transpose();
+    let h = &w * &c * w.transpose();
+    let llt = g.llt(Side::Lower).map_err(|e| {
+        fail(
+            "the weights' Gram matrix (rows dependent?)",
+            format!("{e:?}"),
+        )
+    })?;
+    let sol = faer::linalg::solvers::Solve::solve(&llt, &h);
+    let captured: f64 = (0..k).map(|i| sol[(i, i)]).sum();
+    Ok(100.0 * captured / best)
+}

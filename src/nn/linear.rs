@@ -97,6 +97,7 @@ impl Layer for Linear {
                 Init::Torch => {
                     Init::Torch.sample(self.inputs, self.outputs, rng)[..self.outputs].to_vec()
                 }
+                Init::Normal(_) => init.sample(1, self.outputs, rng),
                 _ => vec![0.0; self.outputs],
             };
             p.insert(self.bias_key.clone(), Tensor::from_vec(&[self.outputs], b)?);
