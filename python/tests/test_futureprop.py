@@ -1,0 +1,122 @@
+"""The Python package against its contract: arrays in and out with their shapes and
+dtypes, clear errors on bad input, the technique registry with its settings, the same
+seed giving the same history, and the GIL released while training."""
+import threading
+
+import numpy as np
+import pytest
+
+import futureprop as fp
+
+
+def blobs(n=600, f=20, k=3, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, f)).astype(np.float32)
+    y = (x @ rng.normal(size=(f, k))).argmax(1)
+    return x, y
+
+
+def test_train_learns_and_predict_gives_one_row_per_sample():
+    x, y = blobs()
+    run = fp.train("mlp:20-32-3", x[:500], y[:500], x_test=x[500:], y_test=y[500:],
+                   rule=fp.rules.dfa(), optimizer=fp.optim.adam(lr=1e-2), epochs=5,
+                   batch_size=50, seed=0, threads=1)
+    assert len(run.history) == 5
+    acc = [h["test_accuracy"] for h in run.history]
+    assert acc[-1] > 0.8 > acc[0] - 0.5, acc
+    assert run.summary["test_accuracy"] == pytest.approx(acc[-1])
+    out = run.predict(x[500:])
+    assert out.shape == (100, 3) and out.dtype == np.float32
+    assert np.mean(out.argmax(1) == y[500:]) == pytest.approx(acc[-1])
+
+
+def test_the_same_seed_gives_the_same_history_and_another_does_not():
+    x, y = blobs()
+    h = [fp.train("mlp:20-16-3", x, y, rule="fa", epochs=3, batch_size=64, seed=s, threads=1).history
+         for s in (4, 4, 5)]
+    loss = [[r["train_loss"] for r in hist] for hist in h]
+    assert loss[0] == loss[1]
+    assert loss[0] != loss[2]
+
+
+def test_bad_arrays_are_refused_by_name():
+    x, y = blobs()
+    with pytest.raises(TypeError, match="x must be float32, got float64"):
+        fp.train("mlp:20-8-3", x.astype(np.float64), y)
+    with pytest.raises(ValueError, match="x must be 2-D"):
+        fp.train("mlp:20-8-3", x.reshape(-1), y)
+    with pytest.raises(TypeError, match="integer class labels"):
+        fp.train("mlp:20-8-3", x, y.astype(np.float32))
+    with pytest.raises(ValueError, match="599 labels for 600 samples"):
+        fp.train("mlp:20-8-3", x, y[:-1])
+    with pytest.raises(TypeError, match="numpy array"):
+        fp.train("mlp:20-8-3", x.tolist(), y)
+    with pytest.raises(ValueError, match="x_test has 19 features"):
+        fp.train("mlp:20-8-3", x, y, x_test=x[:, :19].copy(), y_test=y)
+    # A strided view is accepted (copied once), not refused.
+    run = fp.train("mlp:10-8-3", x[:, ::2], y, epochs=1, threads=1)
+    assert len(run.history) == 1
+
+
+def test_rust_errors_arrive_with_their_messages():
+    x, y = blobs()
+    with pytest.raises(fp.FutureError, match="'4x'"):
+        fp.train("mlp:20-32-4x", x, y)
+    with pytest.raises(fp.FutureError, match="20 inputs|features"):
+        fp.train("mlp:19-8-3", x, y)
+    with pytest.raises(fp.FutureError, match="unknown rule"):
+        fp.train("mlp:20-8-3", x, y, rule="backprob")
+
+
+def test_every_rust_technique_appears_with_its_settings():
+    assert "pc" in fp.rules.names() and "kfac" in fp.optim.names()
+    assert len(fp.rules.names()) >= 20
+    doc = fp.rules.pc.__doc__
+    assert "steps" in doc and "gamma" in doc and "Whittington" in doc
+    assert fp.rules.pc(steps=5, gamma=0.1) == {"name": "pc", "steps": 5, "gamma": 0.1}
+    with pytest.raises(TypeError, match="no setting stepz"):
+        fp.rules.pc(stepz=5)
+    # Rule settings reach the run: the summary's config holds them.
+    x, y = blobs(n=128)
+    run = fp.train("mlp:20-8-3", x, y, rule=fp.rules.pc(steps=3), epochs=1, threads=1)
+    assert run.summary["config"]["rule"]["steps"] == 3
+    assert run.summary["config"]["rule"]["gamma"] == fp.rules.pc.fields["gamma"]["default"]
+
+
+def test_training_releases_the_gil():
+    x, y = blobs(n=4000, f=64)
+    ticks = []
+    stop = threading.Event()
+
+    def count():
+        while not stop.is_set():
+            ticks.append(1)
+
+    t = threading.Thread(target=count)
+    t.start()
+    try:
+        before = len(ticks)
+        fp.train("mlp:64-512-512-3", x, y, epochs=3, batch_size=32, threads=1)
+        during = len(ticks) - before
+    finally:
+        stop.set()
+        t.join()
+    # With the GIL held for the whole call the counter would stand still.
+    assert during > 1000, during
+
+
+def test_a_named_dataset_loads_as_arrays_and_trains():
+    import os
+    if not os.environ.get("FUTUREPROP_DATA"):
+        pytest.skip("FUTUREPROP_DATA is not set")
+    x, y, xt, yt = fp.load_dataset("mnist")
+    assert x.shape == (60000, 784) and x.dtype == np.float32
+    assert y.shape == (60000,) and y.dtype == np.int64 and set(np.unique(y)) == set(range(10))
+    assert xt.shape == (10000, 784)
+    # Standardised with the training set's statistics.
+    assert abs(float(x.mean())) < 1e-3 and abs(float(x.std()) - 1) < 1e-3
+    run = fp.train("mlp:784-64-10", x[:3000], y[:3000], x_test=xt[:1000], y_test=yt[:1000],
+                   epochs=1, threads=1, seed=0)
+    assert run.history[0]["test_accuracy"] > 0.7
+    with pytest.raises(fp.FutureError, match="unknown dataset"):
+        fp.load_dataset("mnistt")
