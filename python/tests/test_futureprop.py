@@ -120,3 +120,62 @@ def test_a_named_dataset_loads_as_arrays_and_trains():
     assert run.history[0]["test_accuracy"] > 0.7
     with pytest.raises(fp.FutureError, match="unknown dataset"):
         fp.load_dataset("mnistt")
+
+
+def test_a_step_loop_in_python_trains_and_updates_are_numpy_dicts():
+    x, y = blobs()
+    model = fp.Model("mlp:20-32-3", activation="tanh", seed=1)
+    rule, opt = fp.rules.fa(), fp.optim.sgd(lr=0.1)
+    losses = []
+    for epoch in range(5):
+        for i in range(0, 600, 50):
+            update = rule.step(model, x[i:i + 50], y[i:i + 50])
+            losses.append(update.loss)
+            opt.step(model, update)
+    assert np.mean(losses[-12:]) < 0.6 * np.mean(losses[:12]), (losses[:12], losses[-12:])
+    g = update.grads()
+    assert g["fc1.weight"].shape == (32, 20) and g["fc1.weight"].dtype == np.float32
+    # FA's top layer gets the true gradient, the layer below a random projection of it.
+    bp = fp.rules.bp().step(model, x[:50], y[:50]).grads()
+    fa = rule.step(model, x[:50], y[:50]).grads()
+    np.testing.assert_allclose(fa["fc2.weight"], bp["fc2.weight"], rtol=1e-5, atol=1e-7)
+    assert not np.allclose(fa["fc1.weight"], bp["fc1.weight"], atol=1e-4)
+    # An update edited in numpy is the one applied: zero directions leave the model put.
+    before = model.state_dict()["fc2.weight"].copy()
+    update = rule.step(model, x[:50], y[:50])
+    update.set_grads({k: np.zeros_like(v) for k, v in update.grads().items()})
+    opt.step(model, update)
+    assert np.array_equal(model.state_dict()["fc2.weight"], before)
+    with pytest.raises(TypeError, match="float32"):
+        rule.step(model, x[:5].astype(np.float64), y[:5])
+
+
+def test_a_saved_model_loads_with_its_outputs_and_the_pytorch_layout(tmp_path):
+    x, y = blobs()
+    model = fp.Model("mlp:20-16-3", activation="relu", seed=2)
+    fp.train(model, x, y, epochs=2, threads=1)  # trains the object in place
+    out = model.predict(x[:10])
+    path = tmp_path / "m.safetensors"
+    model.save(str(path))
+    back = fp.Model.load(str(path))
+    assert back.spec == "mlp:20-16-3"
+    np.testing.assert_array_equal(back.predict(x[:10]), out)
+    # PyTorch's nn.Linear layout: weight [out, in], bias [out]; only the model's tensors.
+    sd = back.state_dict()
+    assert sorted(sd) == ["fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight"]
+    assert sd["fc1.weight"].shape == (16, 20) and sd["fc2.bias"].shape == (3,)
+    w1, b1, w2, b2 = (sd[k].astype(np.float64) for k in ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"])
+    ref = np.maximum(x[:10] @ w1.T + b1, 0) @ w2.T + b2
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="shape"):
+        back.load_state_dict({"fc1.weight": np.zeros((3, 3), np.float32)})
+
+
+def test_train_continues_from_a_model_object():
+    x, y = blobs()
+    model = fp.Model("mlp:20-16-3", seed=3)
+    first = fp.train(model, x, y, epochs=1, threads=1, seed=0).history[-1]["test_accuracy"]
+    again = fp.train(model, x, y, epochs=1, threads=1, seed=0).history[0]["test_accuracy"]
+    fresh = fp.train(fp.Model("mlp:20-16-3", seed=3), x, y, epochs=1, threads=1, seed=0).history[0]["test_accuracy"]
+    assert fresh == first  # the same start gives the same first epoch
+    assert again > first  # the second call starts where the first ended

@@ -261,22 +261,7 @@ pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Checkpoint> {
     // Parameters keep the order they were saved in (safetensors sorts keys; the store's
     // order only matters for display).
     for (n, v) in names {
-        let data = v.data();
-        let t = match v.dtype() {
-            Dtype::F32 => Tensor::from_vec(
-                v.shape(),
-                data.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-            )?,
-            Dtype::F64 => Tensor::from_vec_f64(
-                v.shape(),
-                data.chunks_exact(8)
-                    .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
-                    .collect(),
-            )?,
-            d => return Err(bad(format!("tensor {n} has unsupported dtype {d:?}"))),
-        };
+        let t = tensor_of(&n, &v, path)?;
         if let Some(p) = n.strip_prefix("param/") {
             params.insert(p, t);
         } else if let Some(o) = n.strip_prefix("optim/") {
@@ -291,4 +276,97 @@ pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Checkpoint> {
         history,
         loss_scaler,
     })
+}
+
+/// A stored f32 or f64 tensor.
+fn tensor_of(n: &str, v: &TensorView, path: &Path) -> Result<Tensor> {
+    let data = v.data();
+    match v.dtype() {
+        Dtype::F32 => Tensor::from_vec(
+            v.shape(),
+            data.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        ),
+        Dtype::F64 => Tensor::from_vec_f64(
+            v.shape(),
+            data.chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+                .collect(),
+        ),
+        d => Err(Error::format(
+            path,
+            format!("tensor {n} has unsupported dtype {d:?}"),
+        )),
+    }
+}
+
+/// Writes a model's parameters alone as a plain safetensors file, the layout PyTorch's
+/// state dicts use: each tensor under its own name (`fc1.weight` `[out, in]`,
+/// `fc1.bias`, `conv1.weight` `[out, in/groups, kh, kw]`, batch-norm `running_mean`
+/// ...), f32, so `module.load_state_dict(safetensors.torch.load_file(path))` takes it
+/// for a module whose layers carry the same names; the model spec rides in the metadata
+/// (`futureprop_model`, `activation`, `bias`). Rule state (feedback matrices, ...) is
+/// left out; `only` keeps the tensors it names (all when `None`).
+pub fn export_model(
+    path: &Path,
+    spec: &crate::nn::ModelSpec,
+    params: &Params,
+    only: Option<&[String]>,
+) -> Result<()> {
+    let owned: Vec<(String, Vec<usize>, Vec<u8>)> = params
+        .iter()
+        .filter(|(n, _)| only.is_none_or(|o| o.iter().any(|k| k == n)))
+        .map(|(n, t)| {
+            let b: Vec<u8> = t
+                .to_vec_f64()
+                .into_iter()
+                .flat_map(|x| (x as f32).to_le_bytes())
+                .collect();
+            (n.to_string(), t.shape().to_vec(), b)
+        })
+        .collect();
+    let views = owned
+        .iter()
+        .map(|(n, s, b)| {
+            TensorView::new(Dtype::F32, s.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| Error::format(path, format!("tensor {n}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut meta = HashMap::new();
+    meta.insert("futureprop_model".to_string(), spec.spec.clone());
+    meta.insert("activation".to_string(), spec.activation.clone());
+    meta.insert("bias".to_string(), spec.bias.to_string());
+    let bytes = safetensors::serialize(views, Some(meta))
+        .map_err(|e| Error::format(path, format!("serialising the model: {e}")))?;
+    write_atomic(path, &bytes)
+}
+
+/// Reads a file written by [`export_model`] (or any safetensors file of f32/f64 tensors,
+/// given the spec it fits): the spec from its metadata, when there, and the tensors.
+pub fn import_model(path: &Path) -> Result<(Option<crate::nn::ModelSpec>, Params)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bad = |msg: String| Error::format(path, msg);
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+    let (_, md) =
+        SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("bad header: {e}")))?;
+    let meta = md.metadata().clone().unwrap_or_default();
+    let spec = meta.get("futureprop_model").map(|s| crate::nn::ModelSpec {
+        spec: s.clone(),
+        activation: meta
+            .get("activation")
+            .cloned()
+            .unwrap_or_else(|| "relu".into()),
+        bias: meta.get("bias").is_none_or(|b| b != "false"),
+    });
+    let mut names: Vec<(String, TensorView)> = st.tensors();
+    names.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut params = Params::new();
+    for (n, v) in names {
+        let t = tensor_of(&n, &v, path)?;
+        params.insert(n, t);
+    }
+    Ok((spec, params))
 }

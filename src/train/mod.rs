@@ -457,6 +457,13 @@ pub fn run_with(
     trainer::Trainer::new(cfg, splits, resume)?.run(progress)
 }
 
+/// [`run`] from given model parameters (by name; e.g. a model trained before with
+/// another rule) instead of `cfg.init`'s draw.
+pub fn run_from(cfg: &TrainConfig, splits: &Splits, initial: &Params) -> Result<Value> {
+    cfg.validate()?;
+    trainer::Trainer::starting_from(cfg, splits, None, Some(initial))?.run(None)
+}
+
 /// The resolved settings of a run, once everything is built (defaults included): the
 /// rule and the optimizer with each of their settings, rate, batch, epochs, seed, inputs
 /// and hidden units.

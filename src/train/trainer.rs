@@ -58,6 +58,17 @@ impl<'a> Trainer<'a> {
         splits: &'a Splits,
         resume: Option<Checkpoint>,
     ) -> Result<Trainer<'a>> {
+        Self::starting_from(cfg, splits, resume, None)
+    }
+
+    /// [`Trainer::new`], the model's parameters taken from `initial` (by name, shapes
+    /// checked) instead of drawn by `cfg.init`, before the rule initialises its state.
+    pub fn starting_from(
+        cfg: &'a TrainConfig,
+        splits: &'a Splits,
+        resume: Option<Checkpoint>,
+        initial: Option<&Params>,
+    ) -> Result<Trainer<'a>> {
         let loss = Loss::parse(&cfg.loss)?;
         let mut model = build_model(cfg, splits.train.features(), splits.train.outputs())?;
         let precision = cfg.dtype()?;
@@ -78,6 +89,23 @@ impl<'a> Trainer<'a> {
         model.set_checkpoint_segments(segments);
         check_memory(cfg, &model)?;
         let mut params = model.init_params(Init::parse(&cfg.init)?, cfg.seed)?;
+        if let Some(init) = initial {
+            for (n, t) in params.clone().iter() {
+                let given = init.get(n).map_err(|_| {
+                    Error::config(
+                        "initial parameters",
+                        format!("{n} of {} is missing", cfg.model),
+                    )
+                })?;
+                if given.shape() != t.shape() {
+                    return Err(Error::shape(
+                        format!("initial parameter {n}"),
+                        format!("{:?} vs model {:?}", given.shape(), t.shape()),
+                    ));
+                }
+                params.insert(n, given.to_dtype(t.dtype()));
+            }
+        }
         rule.init(&model, &mut params, cfg.seed)?;
         let average = WeightAverage::new(&cfg.average, &model, &mut params)?;
         let steps_per_epoch = splits

@@ -19,17 +19,51 @@ import tempfile
 import numpy as np
 
 from . import _futureprop as _native
-from ._futureprop import FutureError
+from ._futureprop import FutureError, Model, Update
 
-__all__ = ["FutureError", "Run", "load_dataset", "optim", "predict", "rules", "train"]
+__all__ = ["FutureError", "Model", "Run", "Update", "load_dataset", "optim", "predict", "rules", "train"]
+
+Model.__doc__ = """Model(spec, activation="relu", bias=True, init="auto", seed=0): a model and its
+parameters. `predict(x)`, `state_dict()` / `load_state_dict(d)` (numpy arrays by name),
+`save(path)` / `Model.load(path)` (safetensors in PyTorch's layout: Linear weights
+`[out, in]` as `fc1.weight`, `fc1.bias`, ...; convolutions `conv1.weight`
+`[out, in/groups, kh, kw]`; so a PyTorch module whose layers carry the same names loads
+it with `load_state_dict(safetensors.torch.load_file(path))`)."""
 
 
 class Choice(dict):
-    """A rule or optimizer with its settings: the table a config file's [rule] holds."""
+    """A rule or optimizer with its settings: the table a config file's [rule] holds.
+    `fp.train` takes it; its `step` drives training one batch at a time:
+
+        rule, opt = fp.rules.dfa(), fp.optim.adam(lr=1e-3)
+        update = rule.step(model, x, y)       # an fp.Update: .loss, .grads()
+        opt.step(model, update)
+    """
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.items() if k != "name")
         return f"{self['name']}({args})"
+
+    def _settings(self, *drop):
+        return json.dumps({k: v for k, v in self.items() if k != "name" and k not in drop})
+
+    def step(self, model, *args, loss="cross-entropy", seed=0):
+        """A rule: `step(model, x, y)` returns the batch's `Update` (the first call
+        initialises the rule's state in `model`). An optimizer: `step(model, update)`
+        applies the update to `model`'s parameters."""
+        state = self.__dict__.get("_state")
+        if self._kind == "rule":
+            x, y = args
+            x = _features("x", x)
+            y = _labels("y", y, x.shape[0])
+            if state is None:
+                state = self.__dict__["_state"] = _native.RuleState(self["name"], self._settings(), loss, seed)
+            return state.step(model, x, y)
+        (update,) = args
+        if state is None:
+            state = self.__dict__["_state"] = _native.OptimizerState(
+                self["name"], self.get("lr"), self._settings("lr"))
+        state.step(model, update)
 
 
 class _Technique:
@@ -53,7 +87,9 @@ class _Technique:
         if unknown:
             known = ", ".join(self.fields) or "none"
             raise TypeError(f"{self.kind} {self.name} has no setting {', '.join(unknown)} (its settings: {known})")
-        return Choice(name=self.name, **settings)
+        c = Choice(name=self.name, **settings)
+        c._kind = self.kind
+        return c
 
     def __repr__(self):
         return f"<futureprop {self.kind} {self.name}>"
@@ -136,7 +172,8 @@ class Run:
 
 def train(model, x, y, *, rule="bp", optimizer="adam", epochs=1, batch_size=128, x_test=None,
           y_test=None, out=None, **config):
-    """Trains `model` (a model spec such as "mlp:784-256-10") on float32 features `x` and
+    """Trains `model` (a model spec such as "mlp:784-256-10", or an `fp.Model`, which
+    training starts from and leaves trained) on float32 features `x` and
     integer labels `y`, evaluating on `x_test`/`y_test` (default: the training set) after
     every epoch. `rule` and `optimizer` are names or `fp.rules.<name>(...)` /
     `fp.optim.<name>(...)`; other keywords are config keys of `futureprop train`. The run
@@ -159,9 +196,10 @@ def train(model, x, y, *, rule="bp", optimizer="adam", epochs=1, batch_size=128,
         if lr is not None:
             config.setdefault("lr", lr)
     out = out or tempfile.mkdtemp(prefix="futureprop-")
-    cfg = dict(config, model=model, rule=rule, optimizer=optimizer, epochs=epochs,
+    obj = model if isinstance(model, Model) else None
+    cfg = dict(config, model=obj.spec if obj else model, rule=rule, optimizer=optimizer, epochs=epochs,
                batch_size=batch_size, out=str(out), quiet=config.get("quiet", True))
-    summary = json.loads(_native.train_arrays(json.dumps(cfg), x, y, x_test, y_test, classes))
+    summary = json.loads(_native.train_arrays(json.dumps(cfg), x, y, x_test, y_test, classes, obj))
     return Run(summary, str(out))
 
 

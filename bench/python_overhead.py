@@ -1,0 +1,37 @@
+"""Overhead of a Python-driven step loop over the Rust trainer's own loop: the same MLP
+(784-1000-1000-10 ReLU, bp, Adam 1e-3, batch 128) on the same MNIST batches, per-step
+time of `rule.step` + `optimizer.step` from Python against `fp.train`'s steps (its
+epoch_seconds / steps). Median of REPS alternating repetitions of STEPS steps each.
+
+    python/test.sh -k nothing   # builds the package into target/py-venv
+    FUTUREPROP_DATA=../shared/datasets target/py-venv/bin/python bench/python_overhead.py
+
+Needs the package built with --release for a fair figure (maturin develop -r).
+"""
+import os
+import statistics
+import time
+
+import futureprop as fp
+
+STEPS, REPS, BATCH = int(os.environ.get("STEPS", 100)), int(os.environ.get("REPS", 5)), 128
+threads = int(os.environ.get("THREADS", 2))
+x, y, _, _ = fp.load_dataset("mnist")
+n = STEPS * BATCH
+xs, ys = x[:n], y[:n]
+py_t, rust_t = [], []
+for rep in range(REPS):
+    model = fp.Model("mlp:784-1000-1000-10", activation="relu", seed=0)
+    rule, opt = fp.rules.bp(), fp.optim.adam(lr=1e-3)
+    rule.step(model, xs[:BATCH], ys[:BATCH])  # warm-up and state
+    t = time.perf_counter()
+    for i in range(0, n, BATCH):
+        opt.step(model, rule.step(model, xs[i:i + BATCH], ys[i:i + BATCH]))
+    py_t.append((time.perf_counter() - t) / STEPS)
+    run = fp.train("mlp:784-1000-1000-10", xs, ys, x_test=xs[:BATCH], y_test=ys[:BATCH],
+                   activation="relu", rule="bp", optimizer=fp.optim.adam(lr=1e-3), epochs=1,
+                   batch_size=BATCH, seed=0, threads=threads)
+    rust_t.append(run.history[0]["epoch_seconds"] / STEPS)
+p, r = statistics.median(py_t), statistics.median(rust_t)
+print(f"python loop {1e3 * p:.2f} ms/step, rust trainer {1e3 * r:.2f} ms/step, "
+      f"overhead {100 * (p / r - 1):+.1f} % (median of {REPS}, {STEPS} steps, {threads} threads)")
