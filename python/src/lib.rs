@@ -37,40 +37,51 @@ fn json_err(e: serde_json::Error) -> PyErr {
     PyValueError::new_err(format!("settings are not valid JSON: {e}"))
 }
 
-/// The rules as (name, summary, paper, settings JSON) tuples.
-#[pyfunction]
-fn rules() -> PyResult<Vec<(String, String, String, String)>> {
-    futureprop::rule::names()
+/// One row per technique: (name, summary, paper, settings JSON).
+type Listing = Vec<(String, String, String, String)>;
+
+fn listing(
+    names: Vec<&'static str>,
+    spec: impl Fn(
+        &str,
+    ) -> futureprop::error::Result<(
+        &'static str,
+        &'static str,
+        &'static str,
+        Vec<futureprop::settings::Field>,
+    )>,
+) -> PyResult<Listing> {
+    names
         .into_iter()
         .map(|n| {
-            let s = futureprop::rule::spec(n).map_err(py_err)?;
-            let fields: Vec<serde_json::Value> = (s.settings)().iter().map(field_json).collect();
+            let (name, summary, paper, fields) = spec(n).map_err(py_err)?;
+            let fields: Vec<serde_json::Value> = fields.iter().map(field_json).collect();
             Ok((
-                s.name.to_string(),
-                s.summary.to_string(),
-                s.paper.to_string(),
+                name.to_string(),
+                summary.to_string(),
+                paper.to_string(),
                 serde_json::to_string(&fields).map_err(json_err)?,
             ))
         })
         .collect()
 }
 
+/// The rules as (name, summary, paper, settings JSON) tuples.
+#[pyfunction]
+fn rules() -> PyResult<Listing> {
+    listing(futureprop::rule::names(), |n| {
+        let s = futureprop::rule::spec(n)?;
+        Ok((s.name, s.summary, s.paper, (s.settings)()))
+    })
+}
+
 /// The optimizers as (name, summary, paper, settings JSON) tuples.
 #[pyfunction]
-fn optimizers() -> PyResult<Vec<(String, String, String, String)>> {
-    futureprop::optim::names()
-        .into_iter()
-        .map(|n| {
-            let s = futureprop::optim::spec(n).map_err(py_err)?;
-            let fields: Vec<serde_json::Value> = (s.settings)().iter().map(field_json).collect();
-            Ok((
-                s.name.to_string(),
-                s.summary.to_string(),
-                s.paper.to_string(),
-                serde_json::to_string(&fields).map_err(json_err)?,
-            ))
-        })
-        .collect()
+fn optimizers() -> PyResult<Listing> {
+    listing(futureprop::optim::names(), |n| {
+        let s = futureprop::optim::spec(n)?;
+        Ok((s.name, s.summary, s.paper, (s.settings)()))
+    })
 }
 
 fn field_json(f: &futureprop::settings::Field) -> serde_json::Value {
@@ -128,7 +139,7 @@ fn train_arrays(
     }
     let cfg = TrainConfig::fresh(&[layer]).map_err(py_err)?;
     let initial = model.as_ref().map(|m| {
-        let own = model_names(&m.model, &m.params);
+        let own = train::model_param_names(&m.model, &m.params);
         let mut p = futureprop::nn::Params::new();
         for n in own {
             if let Ok(t) = m.params.get(&n) {
@@ -160,7 +171,7 @@ fn train_arrays(
         // The trained parameters, from the run's last checkpoint.
         let out = summary["config"]["out"].as_str().unwrap_or_default();
         let ck = train::checkpoint::load(std::path::Path::new(out)).map_err(py_err)?;
-        for n in model_names(&m.model, &m.params) {
+        for n in train::model_param_names(&m.model, &m.params) {
             if let Ok(t) = ck.params.get(&n) {
                 m.params.insert(n, t.clone());
             }
@@ -339,7 +350,7 @@ impl PyModel {
     /// Writes the model's own tensors (no rule state) as safetensors in PyTorch's
     /// state-dict layout (see the package docs for the names).
     fn save(&self, path: &str) -> PyResult<()> {
-        let own = model_names(&self.model, &self.params);
+        let own = train::model_param_names(&self.model, &self.params);
         futureprop::train::checkpoint::export_model(
             std::path::Path::new(path),
             &self.spec,
@@ -397,20 +408,6 @@ impl PyModel {
             if self.spec.bias { "True" } else { "False" }
         )
     }
-}
-
-/// The names of the model's own tensors (not a rule's).
-fn model_names(model: &Model, params: &futureprop::nn::Params) -> Vec<String> {
-    let layers: Vec<String> = model
-        .layers()
-        .iter()
-        .map(|l| format!("{}.", l.name()))
-        .collect();
-    params
-        .iter()
-        .map(|(n, _)| n.to_string())
-        .filter(|n| layers.iter().any(|l| n.starts_with(l.as_str())))
-        .collect()
 }
 
 /// One step's update: the update direction per tensor (gradient sign convention) and

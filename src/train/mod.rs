@@ -89,7 +89,7 @@ fn count_correct(out: &crate::tensor::Tensor, b: &Batch) -> Result<Option<usize>
 }
 
 /// Names of the model's own parameters (not rule state, not averages).
-pub(crate) fn model_param_names(model: &Model, params: &Params) -> Vec<String> {
+pub fn model_param_names(model: &Model, params: &Params) -> Vec<String> {
     let prefixes: Vec<String> = model
         .layers()
         .iter()
