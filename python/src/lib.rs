@@ -157,15 +157,37 @@ fn train_arrays(
         Some(p) => train::run_from(&cfg, &splits, p),
         None => train::run(&cfg, &splits, None),
     };
-    let summary = py
-        .detach(|| match cfg.threads {
-            Some(t) => rayon::ThreadPoolBuilder::new()
-                .num_threads(t)
-                .build()
-                .map_err(|e| Error::config("threads", e.to_string()))
-                .and_then(|pool| pool.install(go)),
-            None => go(),
-        })
+    let pooled = || match cfg.threads {
+        Some(t) => rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build()
+            .map_err(|e| Error::config("threads", e.to_string()))
+            .and_then(|pool| pool.install(go)),
+        None => go(),
+    };
+    // Training runs on its own thread, the GIL released; this one wakes every 50 ms to
+    // let Python look at its signals. Ctrl-C asks the run to stop: it ends the epoch,
+    // evaluates and checkpoints it, and KeyboardInterrupt follows.
+    train::clear_stop();
+    let mut interrupted = None;
+    let ran = std::thread::scope(|s| {
+        let h = s.spawn(pooled);
+        while !h.is_finished() {
+            py.detach(|| std::thread::sleep(std::time::Duration::from_millis(50)));
+            if interrupted.is_none()
+                && let Err(e) = py.check_signals()
+            {
+                train::request_stop();
+                interrupted = Some(e);
+            }
+        }
+        h.join()
+    });
+    train::clear_stop();
+    let summary = ran
+        .map_err(|_| {
+            PyRuntimeError::new_err("futureprop panicked while training (a bug: please report it)")
+        })?
         .map_err(py_err)?;
     if let Some(mut m) = model {
         // The trained parameters, from the run's last checkpoint.
@@ -176,6 +198,9 @@ fn train_arrays(
                 m.params.insert(n, t.clone());
             }
         }
+    }
+    if let Some(e) = interrupted {
+        return Err(e);
     }
     serde_json::to_string(&summary).map_err(json_err)
 }

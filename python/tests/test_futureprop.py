@@ -179,3 +179,55 @@ def test_train_continues_from_a_model_object():
     fresh = fp.train(fp.Model("mlp:20-16-3", seed=3), x, y, epochs=1, threads=1, seed=0).history[0]["test_accuracy"]
     assert fresh == first  # the same start gives the same first epoch
     assert again > first  # the second call starts where the first ended
+
+
+def cli_binary():
+    import os
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    for p in [os.environ.get("FUTUREPROP_BIN"), os.path.join(root, "target", "debug", "futureprop"),
+              os.path.join(root, "target", "release", "futureprop")]:
+        if p and os.path.isfile(p):
+            return p
+    return None
+
+
+def test_the_same_seed_gives_the_same_history_from_python_and_from_the_cli(tmp_path):
+    import json
+    import os
+    import subprocess
+    data, binary = os.environ.get("FUTUREPROP_DATA"), cli_binary()
+    if not data or not binary:
+        if os.environ.get("CI"):
+            pytest.fail("needs FUTUREPROP_DATA and a built futureprop binary (cargo build)")
+        pytest.skip("needs FUTUREPROP_DATA and a built futureprop binary")
+    args = ["--model", "mlp:784-32-10", "--rule", "dfa", "--epochs", "2", "--seed", "3", "--threads", "1"]
+    subprocess.run([binary, "train", "--data-dir", data, "--dataset", "mnist", "--train-limit", "2000",
+                    "--test-limit", "500", "--quiet", "--out", str(tmp_path / "cli"), *args], check=True)
+    with open(tmp_path / "cli" / "metrics.jsonl") as f:
+        cli = [r for r in map(json.loads, f) if r.get("type") == "epoch"]
+    x, y, xt, yt = fp.load_dataset("mnist", data_dir=data)
+    run = fp.train("mlp:784-32-10", x[:2000], y[:2000], x_test=xt[:500], y_test=yt[:500], rule="dfa",
+                   epochs=2, seed=3, threads=1)
+    for a, b in zip(cli, run.history, strict=True):
+        assert a["train_loss"] == b["train_loss"] and a["test_accuracy"] == b["test_accuracy"]
+
+
+def test_ctrl_c_stops_training_cleanly_and_keeps_the_last_checkpoint(tmp_path):
+    import json
+    import os
+    import signal
+    x, y = blobs(n=20000, f=64)
+    timer = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fp.train("mlp:64-512-512-3", x, y, epochs=1000, batch_size=32, threads=1, out=str(tmp_path))
+    finally:
+        timer.cancel()
+    # The interrupted epoch was finished early, evaluated and checkpointed.
+    assert os.path.isfile(tmp_path / "checkpoint.safetensors")
+    with open(tmp_path / "metrics.jsonl") as f:
+        epochs = [r for r in map(json.loads, f) if r.get("type") == "epoch"]
+    assert 1 <= len(epochs) < 1000
+    back = fp.Model.load(str(tmp_path / "checkpoint.safetensors"))
+    assert back.predict(x[:4]).shape == (4, 3)

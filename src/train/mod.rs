@@ -88,6 +88,26 @@ fn count_correct(out: &crate::tensor::Tensor, b: &Batch) -> Result<Option<usize>
     }
 }
 
+/// Set by [`request_stop`]: every run in the process ends its epoch at the next
+/// minibatch, evaluates, records and checkpoints it, as at `max_seconds`.
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Asks the runs in this process to stop cleanly (an interrupt from a caller: Python's
+/// Ctrl-C).
+pub fn request_stop() {
+    STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Clears [`request_stop`] (before a new run).
+pub fn clear_stop() {
+    STOP.store(false, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Whether [`request_stop`] was called since the last [`clear_stop`].
+pub fn stop_requested() -> bool {
+    STOP.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// Names of the model's own parameters (not rule state, not averages).
 pub fn model_param_names(model: &Model, params: &Params) -> Vec<String> {
     let prefixes: Vec<String> = model

@@ -192,10 +192,11 @@ impl<'a> Trainer<'a> {
             return true;
         }
         if clock
-            && self
-                .cfg
-                .max_seconds
-                .is_some_and(|s| self.start.elapsed().as_secs_f64() >= s)
+            && (super::stop_requested()
+                || self
+                    .cfg
+                    .max_seconds
+                    .is_some_and(|s| self.start.elapsed().as_secs_f64() >= s))
         {
             self.out_of_time = true;
         }
