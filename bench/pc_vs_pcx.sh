@@ -19,7 +19,7 @@ rm -rf "$R"; mkdir -p "$R" reports
 for act in $ACTS; do
   for r in $(seq "$ROUNDS"); do
     target/release/futureprop train --quiet --data-dir "$DATA" --model mlp:784-128-128-128-10 \
-      --activation "$act" --rule pc --pc-steps 5 --pc-gamma 0.05 --optimizer adam --lr 1e-3 \
+      --activation "$act" --loss sse --rule pc --pc-steps 5 --pc-gamma 0.05 --optimizer adam --lr 1e-3 \
       --batch-size 128 --epochs 1 --threads "$THREADS" --out "$R/ours-$act-$r" > /dev/null
     "$PCX_PY" bench/peers/pcx_peer.py --data "$DATA" --threads "$THREADS" --lr-h 0.05 \
       --activation "$act" 2>/dev/null | tail -n 1 > "$R/pcx-$act-$r.json"
