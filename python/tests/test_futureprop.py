@@ -217,13 +217,19 @@ def test_ctrl_c_stops_training_cleanly_and_keeps_the_last_checkpoint(tmp_path):
     import os
     import signal
     x, y = blobs(n=20000, f=64)
+    # A shell starts background jobs with SIGINT ignored, and Python then leaves it so:
+    # install Python's own handler for this test.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT))
     timer.start()
     try:
         with pytest.raises(KeyboardInterrupt):
-            fp.train("mlp:64-512-512-3", x, y, epochs=1000, batch_size=32, threads=1, out=str(tmp_path))
+            # max_seconds: should the interrupt be lost, the call ends anyway (and fails).
+            fp.train("mlp:64-512-512-3", x, y, epochs=1000, batch_size=32, threads=1,
+                     out=str(tmp_path), max_seconds=60)
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     # The interrupted epoch was finished early, evaluated and checkpointed.
     assert os.path.isfile(tmp_path / "checkpoint.safetensors")
     with open(tmp_path / "metrics.jsonl") as f:
