@@ -94,20 +94,9 @@ fn dataset(
     y: &PyReadonlyArray1<i64>,
     classes: usize,
 ) -> PyResult<Dataset> {
-    let (n, f) = (x.shape()[0], x.shape()[1]);
-    let data = x
-        .as_slice()
-        .map_err(|_| PyValueError::new_err("x must be C-contiguous"))?
-        .to_vec();
-    let labels: Vec<usize> = y
-        .as_slice()
-        .map_err(|_| PyValueError::new_err("y must be contiguous"))?
-        .iter()
-        .map(|&l| l as usize)
-        .collect();
     Ok(Dataset {
-        x: Tensor::from_vec(&[n, f], data).map_err(py_err)?,
-        labels,
+        x: tensor2(x)?,
+        labels: labels(y)?,
         classes,
         reconstruct: false,
         values: None,
@@ -205,6 +194,15 @@ fn train_arrays(
     serde_json::to_string(&summary).map_err(json_err)
 }
 
+/// The model spec of a run's config.
+fn spec_of(c: &serde_json::Value) -> ModelSpec {
+    ModelSpec {
+        spec: c["model"].as_str().unwrap_or_default().to_string(),
+        activation: c["activation"].as_str().unwrap_or("relu").to_string(),
+        bias: c["bias"].as_bool().unwrap_or(true),
+    }
+}
+
 /// The outputs of a checkpoint's model on `x` (`[n, f]` float32).
 #[pyfunction]
 fn predict<'py>(
@@ -213,22 +211,10 @@ fn predict<'py>(
     x: PyReadonlyArray2<f32>,
 ) -> PyResult<Bound<'py, PyArray2<f32>>> {
     let ck = train::checkpoint::load(std::path::Path::new(checkpoint)).map_err(py_err)?;
-    let c = &ck.config;
-    let spec = ModelSpec {
-        spec: c["model"].as_str().unwrap_or_default().to_string(),
-        activation: c["activation"].as_str().unwrap_or("relu").to_string(),
-        bias: c["bias"].as_bool().unwrap_or(true),
-    };
-    let (n, f) = (x.shape()[0], x.shape()[1]);
-    let data = x
-        .as_slice()
-        .map_err(|_| PyValueError::new_err("x must be C-contiguous"))?
-        .to_vec();
+    let spec = spec_of(&ck.config);
+    let x = tensor2(&x)?;
     let out = py
-        .detach(|| {
-            let m = Model::build(&spec)?;
-            m.forward(&ck.params, &Tensor::from_vec(&[n, f], data)?)
-        })
+        .detach(|| Model::build(&spec)?.forward(&ck.params, &x))
         .map_err(py_err)?;
     let (rows, cols) = out.dims2().map_err(py_err)?;
     let v: Vec<f32> = out.to_vec_f64().into_iter().map(|v| v as f32).collect();
@@ -284,6 +270,15 @@ fn tensor2(x: &PyReadonlyArray2<f32>) -> PyResult<Tensor> {
 fn array<'py>(py: Python<'py>, t: &Tensor) -> PyResult<Bound<'py, numpy::PyArrayDyn<f32>>> {
     let v: Vec<f32> = t.to_vec_f64().into_iter().map(|v| v as f32).collect();
     numpy::PyArray1::from_vec(py, v).reshape(t.shape().to_vec())
+}
+
+/// Class labels (the Python side has checked they are non-negative).
+fn labels(y: &PyReadonlyArray1<i64>) -> PyResult<Vec<usize>> {
+    Ok(y.as_slice()
+        .map_err(|_| PyValueError::new_err("y must be contiguous"))?
+        .iter()
+        .map(|&l| l as usize)
+        .collect())
 }
 
 /// A numpy array as a tensor of the same shape.
@@ -394,13 +389,7 @@ impl PyModel {
             (None, _) => {
                 // A training checkpoint: its config names the model.
                 let ck = train::checkpoint::load(p).map_err(py_err)?;
-                let c = &ck.config;
-                let spec = ModelSpec {
-                    spec: c["model"].as_str().unwrap_or_default().to_string(),
-                    activation: c["activation"].as_str().unwrap_or("relu").to_string(),
-                    bias: c["bias"].as_bool().unwrap_or(true),
-                };
-                (spec, ck.params)
+                (spec_of(&ck.config), ck.params)
             }
         };
         let model = Model::build(&spec).map_err(py_err)?;
@@ -516,15 +505,9 @@ impl PyRule {
                 .map_err(py_err)?;
             self.ready = true;
         }
-        let labels: Vec<usize> = y
-            .as_slice()
-            .map_err(|_| PyValueError::new_err("y must be contiguous"))?
-            .iter()
-            .map(|&l| l as usize)
-            .collect();
         let batch = futureprop::rule::Batch {
             x: tensor2(&x)?,
-            target: futureprop::nn::Target::Classes(labels),
+            target: futureprop::nn::Target::Classes(labels(&y)?),
         };
         let out = self
             .rule
