@@ -565,6 +565,58 @@ impl PyOptimizer {
     }
 }
 
+/// Runs a benchmark suite (`quick`, `standard`, ... or a suite TOML file); returns its
+/// report as JSON.
+#[pyfunction(name = "bench")]
+#[pyo3(signature = (suite, data_dir=None, out=None, seeds=None, threads=None))]
+fn run_bench(
+    py: Python<'_>,
+    suite: &str,
+    data_dir: Option<&str>,
+    out: Option<&str>,
+    seeds: Option<u64>,
+    threads: Option<usize>,
+) -> PyResult<String> {
+    let opts = futureprop::bench::BenchOptions {
+        suite: suite.into(),
+        data_dir: data_dir.map(Into::into),
+        mirror: None,
+        out: out.map(Into::into),
+        quiet: true,
+        resume: None,
+        seeds,
+        threads,
+    };
+    let report = py
+        .detach(|| futureprop::bench::run(&opts))
+        .map_err(py_err)?;
+    serde_json::to_string(&report).map_err(json_err)
+}
+
+/// Checks registry rows against their published numbers (`rows`: names, empty for all);
+/// returns the report as JSON.
+#[pyfunction]
+#[pyo3(signature = (rows, out, data_dir=None, threads=None, resume=false))]
+fn reproduce(
+    py: Python<'_>,
+    rows: Vec<String>,
+    out: &str,
+    data_dir: Option<&str>,
+    threads: Option<usize>,
+    resume: bool,
+) -> PyResult<String> {
+    use futureprop::bench::reproduce as rp;
+    let entries = rp::select(&rp::registry().map_err(py_err)?, &rows).map_err(py_err)?;
+    let opts = rp::CheckOptions {
+        out: out.into(),
+        resume,
+        overrides: vec![serde_json::json!({"data_dir": data_dir, "threads": threads})],
+        quiet: true,
+    };
+    let report = py.detach(|| rp::check(&entries, &opts)).map_err(py_err)?;
+    serde_json::to_string(&report).map_err(json_err)
+}
+
 #[pymodule]
 fn _futureprop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // As the CLI does: steps reuse freed buffers instead of faulting pages back in.
@@ -575,6 +627,8 @@ fn _futureprop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(train_arrays, m)?)?;
     m.add_function(wrap_pyfunction!(predict, m)?)?;
     m.add_function(wrap_pyfunction!(load_dataset, m)?)?;
+    m.add_function(wrap_pyfunction!(run_bench, m)?)?;
+    m.add_function(wrap_pyfunction!(reproduce, m)?)?;
     m.add_class::<PyModel>()?;
     m.add_class::<PyUpdate>()?;
     m.add_class::<PyRule>()?;

@@ -237,3 +237,27 @@ def test_ctrl_c_stops_training_cleanly_and_keeps_the_last_checkpoint(tmp_path):
     assert 1 <= len(epochs) < 1000
     back = fp.Model.load(str(tmp_path / "checkpoint.safetensors"))
     assert back.predict(x[:4]).shape == (4, 3)
+
+
+def test_bench_and_reproduce_return_their_reports(tmp_path):
+    import os
+    if not os.environ.get("FUTUREPROP_DATA"):
+        pytest.skip("FUTUREPROP_DATA is not set")
+    suite = tmp_path / "tiny.toml"
+    suite.write_text('name = "tiny"\ndescription = "two rules"\ndatasets = ["mnist"]\n'
+                     'models = ["mlp:784-16-10"]\nrules = ["bp", "dfa"]\noptimizers = ["adam"]\n'
+                     'seeds = 1\nepochs = 1\n[defaults]\ntrain_limit = 1000\ntest_limit = 300\n'
+                     'batch_size = 50\nlr = 1e-3\n')
+    report = fp.bench(str(suite), out=tmp_path / "bench", threads=1)
+    arms = report["arms"]
+    assert sorted(a["rule"] for a in arms) == ["bp", "dfa"]
+    acc = {a["rule"]: a["test_accuracy"]["mean"] for a in arms}
+    assert acc["bp"] > 0.3 and 0 <= acc["dfa"] <= 1, acc
+    assert (tmp_path / "bench" / "report.md").is_file()
+    # The perceptron row at its full budget: seconds; a verdict, not an exception.
+    rep = fp.reproduce(["lecun1998-perceptron"], out=tmp_path / "rep", threads=1)
+    (row,) = rep["rows"]
+    assert row["row"] == "lecun1998-perceptron" and row["verdict"] in ("PASS", "FAIL")
+    assert len(row["seeds"]) == 3 and 5 < row["ours_mean"] < 20
+    with pytest.raises(fp.FutureError, match="unknown registry row"):
+        fp.reproduce(["nobody2030"])

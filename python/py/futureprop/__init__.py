@@ -21,7 +21,8 @@ import numpy as np
 from . import _futureprop as _native
 from ._futureprop import FutureError, Model, Update
 
-__all__ = ["FutureError", "Model", "Run", "Update", "load_dataset", "optim", "predict", "rules", "train"]
+__all__ = ["FutureError", "Model", "Run", "Update", "bench", "load_dataset", "optim", "predict",
+           "reproduce", "rules", "train"]
 
 Model.__doc__ = """Model(spec, activation="relu", bias=True, init="auto", seed=0): a model and its
 parameters. `predict(x)`, `state_dict()` / `load_state_dict(d)` (numpy arrays by name),
@@ -215,3 +216,20 @@ def load_dataset(name, data_dir=None, normalize="standard"):
     from `data_dir` (default: $FUTUREPROP_DATA, else the cache), downloaded and verified
     first when missing."""
     return _native.load_dataset(name, None if data_dir is None else os.fspath(data_dir), normalize)
+
+
+def bench(suite="quick", data_dir=None, out=None, seeds=None, threads=None):
+    """Runs a benchmark suite ("quick", "standard", ... or a suite TOML file) as
+    `futureprop bench` does; returns its report (a dict with one row per arm)."""
+    return json.loads(_native.bench(os.fspath(suite), None if data_dir is None else os.fspath(data_dir),
+                                    None if out is None else os.fspath(out), seeds, threads))
+
+
+def reproduce(rows=(), out=None, data_dir=None, threads=None, resume=False):
+    """Checks registry rows (names; all when empty) against their published numbers as
+    `futureprop reproduce --check` does, writing the run to `out` (default: a new temporary
+    folder); returns the report: per row paper vs ours, the verdict and the times. A
+    failing row is a verdict in the report, not an exception."""
+    out = out or tempfile.mkdtemp(prefix="futureprop-reproduce-")
+    return json.loads(_native.reproduce(list(rows), os.fspath(out),
+                                        None if data_dir is None else os.fspath(data_dir), threads, resume))
