@@ -203,25 +203,6 @@ fn spec_of(c: &serde_json::Value) -> ModelSpec {
     }
 }
 
-/// The outputs of a checkpoint's model on `x` (`[n, f]` float32).
-#[pyfunction]
-fn predict<'py>(
-    py: Python<'py>,
-    checkpoint: &str,
-    x: PyReadonlyArray2<f32>,
-) -> PyResult<Bound<'py, PyArray2<f32>>> {
-    let ck = train::checkpoint::load(std::path::Path::new(checkpoint)).map_err(py_err)?;
-    let spec = spec_of(&ck.config);
-    let x = tensor2(&x)?;
-    let out = py
-        .detach(|| Model::build(&spec)?.forward(&ck.params, &x))
-        .map_err(py_err)?;
-    let (rows, cols) = out.dims2().map_err(py_err)?;
-    let v: Vec<f32> = out.to_vec_f64().into_iter().map(|v| v as f32).collect();
-    let flat = numpy::PyArray1::from_vec(py, v);
-    flat.reshape([rows, cols])
-}
-
 /// A named dataset (`mnist`, `fashion-mnist`, ...) as float32 features and int64 labels:
 /// (x, y, x_test, y_test), scaled by `normalize`; read from `data_dir` (default:
 /// FUTUREPROP_DATA, else the cache), downloaded and verified first when missing.
@@ -625,7 +606,6 @@ fn _futureprop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(rules, m)?)?;
     m.add_function(wrap_pyfunction!(optimizers, m)?)?;
     m.add_function(wrap_pyfunction!(train_arrays, m)?)?;
-    m.add_function(wrap_pyfunction!(predict, m)?)?;
     m.add_function(wrap_pyfunction!(load_dataset, m)?)?;
     m.add_function(wrap_pyfunction!(run_bench, m)?)?;
     m.add_function(wrap_pyfunction!(reproduce, m)?)?;

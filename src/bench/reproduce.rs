@@ -652,10 +652,7 @@ pub fn markdown(report: &Value) -> String {
             String::new()
         };
         let (diffs, checks) = (string_list(&r["differences"]), string_list(&r["checks"]));
-        let metric = match r["metric"].as_str() {
-            Some("subspace_variance") => Metric::SubspaceVariance,
-            _ => Metric::TestError,
-        };
+        let metric: Metric = serde_json::from_value(r["metric"].clone()).unwrap_or_default();
         s += &format!(
             "| {} | {} | {}{} | {} | {} | {:.2} | {} | {} | {} | {} | {} |\n",
             r["row"].as_str().unwrap_or(""),

@@ -119,7 +119,8 @@ pub fn diagnose(
 /// Oja's rule sees its inputs) and P = Wᵀ(WWᵀ)⁻¹W the projector onto W's rows. Oja's
 /// subspace rule converges to that subspace (Oja 1989), so a trained layer scores 100.
 pub fn subspace_variance(w: &Tensor, x: &Tensor) -> Result<f64> {
-    use faer::{Mat, Side};
+    use crate::optim::kfac::to_faer;
+    use faer::Side;
     let ((k, d), (n, dx)) = (w.dims2()?, x.dims2()?);
     if d != dx || k == 0 || k > d || n == 0 {
         return Err(crate::error::Error::config(
@@ -127,12 +128,8 @@ pub fn subspace_variance(w: &Tensor, x: &Tensor) -> Result<f64> {
             format!("weights {k}×{d} and inputs {n}×{dx} do not fit"),
         ));
     }
-    let to_mat = |t: &Tensor, r: usize, c: usize| {
-        let v = t.to_vec_f64();
-        Mat::from_fn(r, c, |i, j| v[i * c + j])
-    };
-    let c = to_mat(&x.matmul(true, x, false)?.scale(1.0 / n as f64), d, d);
-    let w = to_mat(w, k, d);
+    let c = to_faer(&x.matmul(true, x, false)?.scale(1.0 / n as f64))?;
+    let w = to_faer(w)?;
     let fail = |what: &str, e: String| {
         crate::error::Error::config("subspace_variance", format!("{what} failed ({e})"))
     };

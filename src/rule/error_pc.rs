@@ -136,12 +136,12 @@ impl Rule for ErrorPc {
         let blocks = (hidden.as_slice(), &last);
         let prediction = out.clone();
         let (first_loss, mut g_top) = loss.eval(&out, &batch.target)?;
-        let mut top_loss = first_loss;
+        // F = ½Σ‖εₖ‖²/n + L at the current errors (ε = 0: the loss alone).
+        let mut energy = first_loss;
         self.relaxation = Relaxation::default();
         let mut gamma = self.cfg.gamma;
         for t in 0..=self.cfg.steps {
-            let eps_sq: f64 = eps.iter().map(Tensor::sum_sq).sum();
-            self.relaxation.energy.push(0.5 * eps_sq / n + top_loss);
+            self.relaxation.energy.push(energy);
             if t == self.cfg.steps || hidden.is_empty() {
                 break;
             }
@@ -162,22 +162,23 @@ impl Rule for ErrorPc {
             if self.cfg.tolerance > 0.0 && res_sq.sqrt() / n < self.cfg.tolerance {
                 break;
             }
-            // F at the current errors, the bar a step must not rise above.
-            let bar = 0.5 * eps_sq / n + top_loss;
             let mut halvings = 0;
             loop {
-                let mut trial = eps.clone();
-                for (e, d) in trial.iter_mut().zip(&ds) {
+                for (e, d) in eps.iter_mut().zip(&ds) {
                     e.axpy(-gamma, d)?;
                 }
-                out = forward_with_errors(model, params, blocks, &batch.x, &trial, &mut trace)?;
+                out = forward_with_errors(model, params, blocks, &batch.x, &eps, &mut trace)?;
                 let (l, g) = loss.eval(&out, &batch.target)?;
-                let f = 0.5 * trial.iter().map(Tensor::sum_sq).sum::<f64>() / n + l;
+                let f = 0.5 * eps.iter().map(Tensor::sum_sq).sum::<f64>() / n + l;
                 // Slack for roundoff near the minimum; divergence grows geometrically.
-                let rose = f > bar + 1e-6 * bar.abs();
+                let rose = f > energy + 1e-6 * energy.abs();
                 if !self.cfg.backtrack || !rose || halvings == MAX_HALVINGS {
-                    (eps, top_loss, g_top) = (trial, l, g);
+                    (energy, g_top) = (f, g);
                     break;
+                }
+                // Undo the step, then retry it at half the size.
+                for (e, d) in eps.iter_mut().zip(&ds) {
+                    e.axpy(gamma, d)?;
                 }
                 gamma *= 0.5;
                 halvings += 1;

@@ -185,13 +185,12 @@ impl SyntheticGradients {
         let n = synth.dims2()?.0.max(1) as f64;
         let mut r = synth.sub(target)?;
         let width = r.dims2()?.1.max(1) as f64;
+        let mean = 1.0 / (n * width);
         let (loss, scale) = if self.per_sample() {
             r.scale_in_place(n);
-            let scale = 1.0 / (n * width);
-            (0.5 * r.sum_sq() * scale, scale)
+            (0.5 * r.sum_sq() * mean, mean)
         } else {
-            let scale = 1.0 / (n * width);
-            (r.sum_sq() * scale, 2.0 * scale)
+            (r.sum_sq() * mean, 2.0 * mean)
         };
         super::backward_chain(
             &self.synths[k],

@@ -278,7 +278,7 @@ pub fn diagnose_checkpoint(
     crate::rule::check_rule_layers(rule.as_ref(), &model)?;
     let mut params = model.init_params(Init::parse(&cfg.init)?, cfg.seed)?;
     rule.init(&model, &mut params, cfg.seed)?;
-    restore_params(&mut params, &ck.params, cfg)?;
+    restore_params(&mut params, &ck.params, cfg, "checkpoint")?;
     let n = batch_size.clamp(1, splits.train.len());
     let idx: Vec<usize> = (0..n).collect();
     let batch = Batch {
@@ -317,12 +317,18 @@ pub fn diagnose_checkpoint(
     Ok(report)
 }
 
-/// Copies a checkpoint's parameters over freshly initialised ones, checking names and shapes.
-fn restore_params(params: &mut Params, saved: &Params, cfg: &TrainConfig) -> Result<()> {
+/// Copies saved parameters (`what`: a checkpoint's, or given initial ones) over freshly
+/// initialised ones, checking names and shapes.
+fn restore_params(
+    params: &mut Params,
+    saved: &Params,
+    cfg: &TrainConfig,
+    what: &str,
+) -> Result<()> {
     for (n, t) in saved.iter() {
         let mine = params.get(n).map_err(|_| {
             Error::config(
-                "checkpoint",
+                what,
                 format!(
                     "parameter '{n}' does not belong to model '{}' with rule '{}'",
                     cfg.model, cfg.rule.name
@@ -331,7 +337,7 @@ fn restore_params(params: &mut Params, saved: &Params, cfg: &TrainConfig) -> Res
         })?;
         if mine.shape() != t.shape() {
             return Err(Error::shape(
-                format!("checkpoint parameter {n}"),
+                format!("{what} parameter {n}"),
                 format!("{:?} vs model {:?}", t.shape(), mine.shape()),
             ));
         }

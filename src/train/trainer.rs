@@ -90,21 +90,7 @@ impl<'a> Trainer<'a> {
         check_memory(cfg, &model)?;
         let mut params = model.init_params(Init::parse(&cfg.init)?, cfg.seed)?;
         if let Some(init) = initial {
-            for (n, t) in params.clone().iter() {
-                let given = init.get(n).map_err(|_| {
-                    Error::config(
-                        "initial parameters",
-                        format!("{n} of {} is missing", cfg.model),
-                    )
-                })?;
-                if given.shape() != t.shape() {
-                    return Err(Error::shape(
-                        format!("initial parameter {n}"),
-                        format!("{:?} vs model {:?}", given.shape(), t.shape()),
-                    ));
-                }
-                params.insert(n, given.to_dtype(t.dtype()));
-            }
+            restore_params(&mut params, init, cfg, "initial")?;
         }
         rule.init(&model, &mut params, cfg.seed)?;
         let average = WeightAverage::new(&cfg.average, &model, &mut params)?;
@@ -153,7 +139,7 @@ impl<'a> Trainer<'a> {
         let mut scaler = (precision == DType::F16).then(super::LossScaler::default);
         let (start_epoch, history) = match resume {
             Some(ck) => {
-                restore_params(&mut params, &ck.params, cfg)?;
+                restore_params(&mut params, &ck.params, cfg, "checkpoint")?;
                 optimizer.load_state(&ck.optimizer)?;
                 if let (Some(s), Some(saved)) = (scaler.as_mut(), ck.loss_scaler) {
                     *s = saved;

@@ -207,7 +207,7 @@ def train(model, x, y, *, rule="bp", optimizer="adam", epochs=1, batch_size=128,
 def predict(checkpoint, x):
     """The outputs of a saved run's model (`checkpoint`: its checkpoint.safetensors) on
     float32 features `x`."""
-    return _native.predict(os.fspath(checkpoint), _features("x", x))
+    return Model.load(os.fspath(checkpoint)).predict(_features("x", x))
 
 
 def load_dataset(name, data_dir=None, normalize="standard"):
