@@ -1,13 +1,16 @@
 """Overhead of a Python-driven step loop over the Rust trainer's own loop: the same MLP
 (784-1000-1000-10 ReLU, bp, Adam 1e-3, batch 128) on the same MNIST batches, per-step
 time of `rule.step` + `optimizer.step` from Python against `fp.train`'s steps (its
-epoch_seconds / steps). Median of REPS alternating repetitions of STEPS steps each.
+epoch_seconds / steps). REPS alternating repetitions of STEPS steps each; the overhead is
+the median of the per-repetition ratios (each pair runs back to back, so a slow spell of
+the machine hits both sides), with the quartiles beside it.
 
     python/test.sh -k nothing      # the venv target/py-venv; then a release build:
     (cd python && VIRTUAL_ENV=$PWD/../target/py-venv ../target/py-venv/bin/maturin develop -r)
     FUTUREPROP_DATA=../shared/datasets target/py-venv/bin/python bench/python_overhead.py
 
-Measured here (other jobs paused): +7.3 % (9.73 vs 9.06 ms/step), a second run +13 %.
+Measured here before the steps ran on the thread pool (2026-12-04): +7.3 % (9.73 vs
+9.06 ms/step), a second run +13 %. The numbers since: the session notes.
 """
 import os
 import statistics
@@ -24,7 +27,7 @@ py_t, rust_t = [], []
 for rep in range(REPS):
     model = fp.Model("mlp:784-1000-1000-10", activation="relu", seed=0)
     rule, opt = fp.rules.bp(), fp.optim.adam(lr=1e-3)
-    rule.step(model, xs[:BATCH], ys[:BATCH])  # warm-up and state
+    # No warm-up: the trainer's epoch starts cold too (first step, optimizer state).
     t = time.perf_counter()
     for i in range(0, n, BATCH):
         opt.step(model, rule.step(model, xs[i:i + BATCH], ys[i:i + BATCH]))
@@ -34,5 +37,8 @@ for rep in range(REPS):
                    batch_size=BATCH, seed=0, threads=threads)
     rust_t.append(run.history[0]["epoch_seconds"] / STEPS)
 p, r = statistics.median(py_t), statistics.median(rust_t)
-print(f"python loop {1e3 * p:.2f} ms/step, rust trainer {1e3 * r:.2f} ms/step, "
-      f"overhead {100 * (p / r - 1):+.1f} % (median of {REPS}, {STEPS} steps, {threads} threads)")
+ratios = sorted(a / b for a, b in zip(py_t, rust_t))
+q1, med, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+print(f"python loop {1e3 * p:.2f} ms/step, rust trainer {1e3 * r:.2f} ms/step (medians); "
+      f"overhead {100 * (med - 1):+.1f} % (median of {REPS} paired ratios, quartiles "
+      f"{100 * (q1 - 1):+.1f} / {100 * (q3 - 1):+.1f} %; {STEPS} steps, {threads} threads)")

@@ -33,6 +33,18 @@ fn py_err(e: Error) -> PyErr {
     }
 }
 
+/// Runs `f` with the GIL released on a worker of rayon's global pool (so the kernels'
+/// parallel loops run as they do inside the trainer, not injected one by one from a
+/// foreign thread); a panic becomes `RuntimeError`.
+fn native<T: Send>(py: Python<'_>, what: &str, f: impl FnOnce() -> T + Send) -> PyResult<T> {
+    py.detach(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rayon::scope(|_| f()))))
+        .map_err(|_| {
+            PyRuntimeError::new_err(format!(
+                "futureprop panicked in {what} (a bug: please report it)"
+            ))
+        })
+}
+
 fn json_err(e: serde_json::Error) -> PyErr {
     PyValueError::new_err(format!("settings are not valid JSON: {e}"))
 }
@@ -107,18 +119,25 @@ fn dataset(
 /// metrics.jsonl, the checkpoint and summary.json); returns the summary as JSON. The
 /// GIL is released while training.
 /// With `model`, training starts from its parameters and leaves the trained ones in it.
+/// With `x_val`/`y_val`, every epoch is also evaluated on them (`validation_*`).
+/// With `callback`, it is called with each epoch's record (a dict) as the epoch ends; a
+/// return value of `False` stops the run at its next minibatch (that epoch is evaluated
+/// and checkpointed), an exception stops it and is raised once it has stopped.
 #[pyfunction]
-#[pyo3(signature = (config, x, y, x_test, y_test, classes, model=None))]
+#[pyo3(signature = (config, x=None, y=None, x_test=None, y_test=None, classes=0, model=None, x_val=None, y_val=None, callback=None))]
 #[allow(clippy::too_many_arguments)]
 fn train_arrays(
     py: Python<'_>,
     config: &str,
-    x: PyReadonlyArray2<f32>,
-    y: PyReadonlyArray1<i64>,
-    x_test: PyReadonlyArray2<f32>,
-    y_test: PyReadonlyArray1<i64>,
+    x: Option<PyReadonlyArray2<f32>>,
+    y: Option<PyReadonlyArray1<i64>>,
+    x_test: Option<PyReadonlyArray2<f32>>,
+    y_test: Option<PyReadonlyArray1<i64>>,
     classes: usize,
     model: Option<PyRefMut<'_, PyModel>>,
+    x_val: Option<PyReadonlyArray2<f32>>,
+    y_val: Option<PyReadonlyArray1<i64>>,
+    callback: Option<Bound<'_, PyAny>>,
 ) -> PyResult<String> {
     let mut layer: serde_json::Value = serde_json::from_str(config).map_err(json_err)?;
     if let Some(m) = &model {
@@ -137,14 +156,39 @@ fn train_arrays(
         }
         p
     });
-    let splits = Splits {
-        train: dataset(&x, &y, classes)?,
-        validation: None,
-        test: dataset(&x_test, &y_test, classes)?,
+    // Arrays, or (without them) the config's named dataset, loaded by the run's thread.
+    let given = match (&x, &y, &x_test, &y_test) {
+        (Some(x), Some(y), Some(xt), Some(yt)) => {
+            let validation = match (&x_val, &y_val) {
+                (Some(xv), Some(yv)) => Some(dataset(xv, yv, classes)?),
+                _ => None,
+            };
+            Some(Splits {
+                train: dataset(x, y, classes)?,
+                validation,
+                test: dataset(xt, yt, classes)?,
+            })
+        }
+        (None, None, None, None) => None,
+        _ => {
+            return Err(PyValueError::new_err(
+                "give x, y, x_test and y_test together, or none of them (a named dataset)",
+            ));
+        }
     };
-    let go = || match &initial {
-        Some(p) => train::run_from(&cfg, &splits, p),
-        None => train::run(&cfg, &splits, None),
+    let go = || {
+        let loaded;
+        let splits = match &given {
+            Some(s) => s,
+            None => {
+                loaded = train::load_data(&cfg)?;
+                &loaded
+            }
+        };
+        match &initial {
+            Some(p) => train::run_from(&cfg, splits, p),
+            None => train::run(&cfg, splits, None),
+        }
     };
     let pooled = || match cfg.threads {
         Some(t) => rayon::ThreadPoolBuilder::new()
@@ -154,11 +198,23 @@ fn train_arrays(
             .and_then(|pool| pool.install(go)),
         None => go(),
     };
+    let mut epochs = callback.as_ref().map(|_| EpochFeed::new(&cfg.out_dir()));
     // Training runs on its own thread, the GIL released; this one wakes every 50 ms to
-    // let Python look at its signals. Ctrl-C asks the run to stop: it ends the epoch,
-    // evaluates and checkpoints it, and KeyboardInterrupt follows.
+    // let Python look at its signals and to hand finished epochs to the callback. Ctrl-C
+    // asks the run to stop: it ends the epoch, evaluates and checkpoints it, and
+    // KeyboardInterrupt follows.
     train::clear_stop();
     let mut interrupted = None;
+    let mut raised = None;
+    let deliver = |epochs: &mut Option<EpochFeed>, raised: &mut Option<PyErr>| {
+        if let (Some(feed), Some(cb)) = (epochs.as_mut(), &callback)
+            && raised.is_none()
+            && let Err(e) = feed.deliver(py, cb)
+        {
+            train::request_stop();
+            *raised = Some(e);
+        }
+    };
     let ran = std::thread::scope(|s| {
         let h = s.spawn(pooled);
         while !h.is_finished() {
@@ -169,10 +225,12 @@ fn train_arrays(
                 train::request_stop();
                 interrupted = Some(e);
             }
+            deliver(&mut epochs, &mut raised);
         }
         h.join()
     });
     train::clear_stop();
+    deliver(&mut epochs, &mut raised);
     let summary = ran
         .map_err(|_| {
             PyRuntimeError::new_err("futureprop panicked while training (a bug: please report it)")
@@ -188,10 +246,65 @@ fn train_arrays(
             }
         }
     }
-    if let Some(e) = interrupted {
+    if let Some(e) = interrupted.or(raised) {
         return Err(e);
     }
     serde_json::to_string(&summary).map_err(json_err)
+}
+
+/// The epoch records a run appends to its `metrics.jsonl`, read as they arrive.
+struct EpochFeed {
+    path: std::path::PathBuf,
+    /// Bytes of whole lines already read.
+    read: u64,
+    /// The callback asked the run to stop: later epochs are not delivered.
+    stopped: bool,
+}
+
+impl EpochFeed {
+    /// Starts from an empty file: the run recreates `metrics.jsonl`, so an older run's
+    /// records in the same folder must not be delivered before it does.
+    fn new(dir: &std::path::Path) -> Self {
+        let path = dir.join("metrics.jsonl");
+        let _ = std::fs::remove_file(&path);
+        EpochFeed {
+            path,
+            read: 0,
+            stopped: false,
+        }
+    }
+
+    /// Calls `cb` with each epoch record written since the last call.
+    fn deliver(&mut self, py: Python<'_>, cb: &Bound<'_, PyAny>) -> PyResult<()> {
+        use std::io::{Read, Seek};
+        let Ok(mut f) = std::fs::File::open(&self.path) else {
+            return Ok(());
+        };
+        let mut text = String::new();
+        if f.seek(std::io::SeekFrom::Start(self.read)).is_err()
+            || f.read_to_string(&mut text).is_err()
+        {
+            return Ok(());
+        }
+        let whole = text.rfind('\n').map_or(0, |i| i + 1);
+        self.read += whole as u64;
+        let loads = py.import("json")?.getattr("loads")?;
+        for line in text[..whole].lines() {
+            if self.stopped || !line.contains("\"type\":\"epoch\"") {
+                continue;
+            }
+            let rec = loads.call1((line,))?;
+            if rec.get_item("type")?.extract::<String>()? != "epoch" {
+                continue;
+            }
+            let answer = cb.call1((rec,))?;
+            if answer.is_instance_of::<pyo3::types::PyBool>() && !answer.extract::<bool>()? {
+                train::request_stop();
+                self.stopped = true;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The model spec of a run's config.
@@ -222,7 +335,7 @@ fn load_dataset<'py>(
 )> {
     let layer = serde_json::json!({"dataset": name, "data_dir": data_dir, "normalize": normalize});
     let cfg = TrainConfig::fresh(&[layer]).map_err(py_err)?;
-    let splits = py.detach(|| train::load_data(&cfg)).map_err(py_err)?;
+    let splits = native(py, "load_dataset", || train::load_data(&cfg))?.map_err(py_err)?;
     let arrays = |d: &Dataset| -> PyResult<_> {
         let (n, f) = d.x.dims2().map_err(py_err)?;
         let x: Vec<f32> = d.x.to_vec_f64().into_iter().map(|v| v as f32).collect();
@@ -249,8 +362,8 @@ fn tensor2(x: &PyReadonlyArray2<f32>) -> PyResult<Tensor> {
 
 /// A tensor as a numpy float32 array of its shape.
 fn array<'py>(py: Python<'py>, t: &Tensor) -> PyResult<Bound<'py, numpy::PyArrayDyn<f32>>> {
-    let v: Vec<f32> = t.to_vec_f64().into_iter().map(|v| v as f32).collect();
-    numpy::PyArray1::from_vec(py, v).reshape(t.shape().to_vec())
+    let t = t.to_dtype(futureprop::tensor::DType::F32);
+    numpy::PyArray1::from_slice(py, t.as_f32().map_err(py_err)?).reshape(t.shape().to_vec())
 }
 
 /// Class labels (the Python side has checked they are non-negative).
@@ -285,15 +398,30 @@ struct PyModel {
 #[pymethods]
 impl PyModel {
     #[new]
-    #[pyo3(signature = (spec, activation="relu", bias=true, init="auto", seed=0))]
-    fn new(spec: &str, activation: &str, bias: bool, init: &str, seed: u64) -> PyResult<Self> {
+    #[pyo3(signature = (spec, activation="relu", bias=true, init=None, seed=0))]
+    fn new(
+        spec: std::path::PathBuf,
+        activation: &str,
+        bias: bool,
+        init: Option<&str>,
+        seed: u64,
+    ) -> PyResult<Self> {
+        // A TOML model file is named by its absolute path, so that a saved model (which
+        // records the spec) and `fp.train` find it from any working directory.
+        let spec = match spec.extension() {
+            Some(e) if e == "toml" => std::path::absolute(&spec)
+                .map_err(|e| PyOSError::new_err(format!("{}: {e}", spec.display())))?,
+            _ => spec,
+        };
         let spec = ModelSpec {
-            spec: spec.into(),
+            spec: spec.to_string_lossy().into_owned(),
             activation: activation.into(),
             bias,
         };
         let model = Model::build(&spec).map_err(py_err)?;
-        let init = futureprop::nn::Init::parse(init).map_err(py_err)?;
+        // The same default as `futureprop train` (and `fp.train`).
+        let init = init.map_or_else(|| TrainConfig::default().init, str::to_string);
+        let init = futureprop::nn::Init::parse(&init).map_err(py_err)?;
         let params = model.init_params(init, seed).map_err(py_err)?;
         Ok(PyModel {
             spec,
@@ -350,21 +478,16 @@ impl PyModel {
 
     /// Writes the model's own tensors (no rule state) as safetensors in PyTorch's
     /// state-dict layout (see the package docs for the names).
-    fn save(&self, path: &str) -> PyResult<()> {
+    fn save(&self, path: std::path::PathBuf) -> PyResult<()> {
         let own = train::model_param_names(&self.model, &self.params);
-        futureprop::train::checkpoint::export_model(
-            std::path::Path::new(path),
-            &self.spec,
-            &self.params,
-            Some(&own),
-        )
-        .map_err(py_err)
+        futureprop::train::checkpoint::export_model(&path, &self.spec, &self.params, Some(&own))
+            .map_err(py_err)
     }
 
     /// Reads a file written by `save` (or a run's checkpoint.safetensors).
     #[staticmethod]
-    fn load(path: &str) -> PyResult<Self> {
-        let p = std::path::Path::new(path);
+    fn load(path: std::path::PathBuf) -> PyResult<Self> {
+        let p = path.as_path();
         let (spec, params) = match futureprop::train::checkpoint::import_model(p).map_err(py_err)? {
             (Some(spec), params) => (spec, params),
             (None, _) => {
@@ -381,7 +504,8 @@ impl PyModel {
             let got = params.get(n).map_err(py_err)?;
             if got.shape() != t.shape() {
                 return Err(PyValueError::new_err(format!(
-                    "{path}: {n} has shape {:?}, {} needs {:?}",
+                    "{}: {n} has shape {:?}, {} needs {:?}",
+                    path.display(),
                     got.shape(),
                     spec.spec,
                     t.shape()
@@ -432,18 +556,76 @@ impl PyUpdate {
     /// Replaces update directions by name (e.g. after clipping them in numpy).
     fn set_grads(&mut self, grads: &Bound<'_, PyDict>) -> PyResult<()> {
         for (k, v) in grads.iter() {
-            let name: String = k.extract()?;
-            let old = self.out.grads.get(&name).map_err(py_err)?;
-            let t = from_array(&v, &name)?.to_dtype(old.dtype());
-            if t.shape() != old.shape() {
-                return Err(PyValueError::new_err(format!(
-                    "{name}: shape {:?}, expected {:?}",
-                    t.shape(),
-                    old.shape()
-                )));
-            }
-            self.out.grads.insert(name, t);
+            self.__setitem__(&k.extract::<String>()?, &v)?;
         }
+        Ok(())
+    }
+
+    /// The tensor names, in the model's order.
+    fn keys(&self) -> Vec<String> {
+        self.out.grads.names().to_vec()
+    }
+
+    /// (name, numpy copy) pairs.
+    fn items<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<Vec<(String, Bound<'py, numpy::PyArrayDyn<f32>>)>> {
+        self.out
+            .grads
+            .iter()
+            .map(|(n, t)| Ok((n.to_string(), array(py, t)?)))
+            .collect()
+    }
+
+    /// The update directions as numpy copies, in the order of `keys()`.
+    fn values<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, numpy::PyArrayDyn<f32>>>> {
+        self.out.grads.iter().map(|(_, t)| array(py, t)).collect()
+    }
+
+    fn __len__(&self) -> usize {
+        self.out.grads.names().len()
+    }
+
+    fn __contains__(&self, name: &str) -> bool {
+        self.out.grads.get(name).is_ok()
+    }
+
+    fn __iter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.keys()
+            .into_pyobject(py)?
+            .try_iter()
+            .map(Bound::into_any)
+    }
+
+    /// One tensor's update direction as a numpy copy.
+    fn __getitem__<'py>(
+        &self,
+        py: Python<'py>,
+        name: &str,
+    ) -> PyResult<Bound<'py, numpy::PyArrayDyn<f32>>> {
+        match self.out.grads.get(name) {
+            Ok(t) => array(py, t),
+            Err(_) => Err(pyo3::exceptions::PyKeyError::new_err(name.to_string())),
+        }
+    }
+
+    /// Replaces one tensor's update direction (same shape).
+    fn __setitem__(&mut self, name: &str, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        let old = self
+            .out
+            .grads
+            .get(name)
+            .map_err(|_| pyo3::exceptions::PyKeyError::new_err(name.to_string()))?;
+        let t = from_array(value, name)?.to_dtype(old.dtype());
+        if t.shape() != old.shape() {
+            return Err(PyValueError::new_err(format!(
+                "{name}: shape {:?}, expected {:?}",
+                t.shape(),
+                old.shape()
+            )));
+        }
+        self.out.grads.insert(name.to_string(), t);
         Ok(())
     }
 }
@@ -472,28 +654,30 @@ impl PyRule {
     }
 
     /// The update of one batch (`x` float32 `[n, inputs]`, `y` int64 labels); the first
-    /// call initialises the rule's state (feedback matrices, ...) inside the model.
+    /// call initialises the rule's state (feedback matrices, ...) inside the model. The
+    /// GIL is released while the rule runs.
     fn step(
         &mut self,
+        py: Python<'_>,
         model: &mut PyModel,
         x: PyReadonlyArray2<f32>,
         y: PyReadonlyArray1<i64>,
     ) -> PyResult<PyUpdate> {
-        if !self.ready {
-            futureprop::rule::check_layers(self.rule.name(), &model.model).map_err(py_err)?;
-            self.rule
-                .init(&model.model, &mut model.params, self.seed)
-                .map_err(py_err)?;
-            self.ready = true;
-        }
         let batch = futureprop::rule::Batch {
             x: tensor2(&x)?,
             target: futureprop::nn::Target::Classes(labels(&y)?),
         };
-        let out = self
-            .rule
-            .step(&model.model, &model.params, &batch, self.loss)
-            .map_err(py_err)?;
+        let (rule, loss, seed, ready) = (&mut self.rule, self.loss, self.seed, &mut self.ready);
+        let (net, params) = (&model.model, &mut model.params);
+        let out = native(py, "a rule's step", move || {
+            if !*ready {
+                futureprop::rule::check_layers(rule.name(), net)?;
+                rule.init(net, params, seed)?;
+                *ready = true;
+            }
+            rule.step(net, params, &batch, loss)
+        })?
+        .map_err(py_err)?;
         Ok(PyUpdate { out })
     }
 
@@ -529,15 +713,17 @@ impl PyOptimizer {
         })
     }
 
-    /// Applies `update` to `model`'s parameters.
-    fn step(&mut self, model: &mut PyModel, update: &PyUpdate) -> PyResult<()> {
-        let mut ctx = futureprop::optim::StepContext {
-            trace: Some(&update.out.trace),
-            objective: None,
-        };
-        self.opt
-            .step(&mut model.params, &update.out.grads, &mut ctx)
-            .map_err(py_err)
+    /// Applies `update` to `model`'s parameters (the GIL released).
+    fn step(&mut self, py: Python<'_>, model: &mut PyModel, update: &PyUpdate) -> PyResult<()> {
+        let (opt, params, out) = (&mut self.opt, &mut model.params, &update.out);
+        native(py, "an optimizer's step", move || {
+            let mut ctx = futureprop::optim::StepContext {
+                trace: Some(&out.trace),
+                objective: None,
+            };
+            opt.step(params, &out.grads, &mut ctx)
+        })?
+        .map_err(py_err)
     }
 
     #[getter]
@@ -568,9 +754,7 @@ fn run_bench(
         seeds,
         threads,
     };
-    let report = py
-        .detach(|| futureprop::bench::run(&opts))
-        .map_err(py_err)?;
+    let report = native(py, "bench", || futureprop::bench::run(&opts))?.map_err(py_err)?;
     serde_json::to_string(&report).map_err(json_err)
 }
 
@@ -594,7 +778,86 @@ fn reproduce(
         overrides: vec![serde_json::json!({"data_dir": data_dir, "threads": threads})],
         quiet: true,
     };
-    let report = py.detach(|| rp::check(&entries, &opts)).map_err(py_err)?;
+    let report = native(py, "reproduce", || rp::check(&entries, &opts))?.map_err(py_err)?;
+    serde_json::to_string(&report).map_err(json_err)
+}
+
+/// Diagnostics of `rule` (with its settings as JSON) at `model`'s parameters on the first
+/// `batch_size` samples of `x`/`y`, as `futureprop diagnose` reports them. With `state`
+/// (a rule that has stepped on this model), that rule is diagnosed with its own state
+/// (feedback matrices, ...); otherwise a fresh one draws its state from `seed`.
+/// Returns the report as JSON.
+#[pyfunction]
+#[pyo3(signature = (model, rule, settings, x, y, batch_size=128, loss="cross-entropy", curvature=false, seed=0, state=None))]
+#[allow(clippy::too_many_arguments)]
+fn diagnose_model(
+    py: Python<'_>,
+    model: PyRef<'_, PyModel>,
+    rule: &str,
+    settings: &str,
+    x: PyReadonlyArray2<f32>,
+    y: PyReadonlyArray1<i64>,
+    batch_size: usize,
+    loss: &str,
+    curvature: bool,
+    seed: u64,
+    state: Option<PyRefMut<'_, PyRule>>,
+) -> PyResult<String> {
+    let loss = futureprop::nn::Loss::parse(loss).map_err(py_err)?;
+    let data = dataset(&x, &y, model.model.outputs())?;
+    let (net, held) = (&model.model, &model.params);
+    let mut state = state.filter(|s| s.ready);
+    let report = match state.as_mut() {
+        Some(st) => {
+            let r = st.rule.as_mut();
+            native(py, "diagnose", move || {
+                train::diagnose(r, net, held, &data, batch_size, loss, curvature, seed)
+            })?
+        }
+        None => {
+            let s: serde_json::Value = serde_json::from_str(settings).map_err(json_err)?;
+            let mut r = futureprop::rule::build_rule_with(rule, &s).map_err(py_err)?;
+            native(py, "diagnose", move || {
+                futureprop::rule::check_layers(r.name(), net)?;
+                let mut params = held.clone();
+                r.init(net, &mut params, seed)?;
+                train::diagnose(
+                    r.as_mut(),
+                    net,
+                    &params,
+                    &data,
+                    batch_size,
+                    loss,
+                    curvature,
+                    seed,
+                )
+            })?
+        }
+    }
+    .map_err(py_err)?;
+    serde_json::to_string(&report).map_err(json_err)
+}
+
+/// Diagnostics of a saved run (its checkpoint file or folder) on its own dataset, as
+/// `futureprop diagnose` prints them; returns the report as JSON.
+#[pyfunction]
+#[pyo3(signature = (path, data_dir=None, batch_size=None, curvature=false))]
+fn diagnose_checkpoint(
+    py: Python<'_>,
+    path: &str,
+    data_dir: Option<&str>,
+    batch_size: Option<usize>,
+    curvature: bool,
+) -> PyResult<String> {
+    let report = native(py, "diagnose", || {
+        train::diagnose_saved(
+            std::path::Path::new(path),
+            data_dir.map(std::path::Path::new),
+            batch_size,
+            curvature,
+        )
+    })?
+    .map_err(py_err)?;
     serde_json::to_string(&report).map_err(json_err)
 }
 
@@ -609,6 +872,8 @@ fn _futureprop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(load_dataset, m)?)?;
     m.add_function(wrap_pyfunction!(run_bench, m)?)?;
     m.add_function(wrap_pyfunction!(reproduce, m)?)?;
+    m.add_function(wrap_pyfunction!(diagnose_model, m)?)?;
+    m.add_function(wrap_pyfunction!(diagnose_checkpoint, m)?)?;
     m.add_class::<PyModel>()?;
     m.add_class::<PyUpdate>()?;
     m.add_class::<PyRule>()?;

@@ -135,6 +135,16 @@ def test_a_step_loop_in_python_trains_and_updates_are_numpy_dicts():
     assert np.mean(losses[-12:]) < 0.6 * np.mean(losses[:12]), (losses[:12], losses[-12:])
     g = update.grads()
     assert g["fc1.weight"].shape == (32, 20) and g["fc1.weight"].dtype == np.float32
+    # The update itself reads and writes like a dict of numpy arrays.
+    import collections.abc
+    assert isinstance(update, collections.abc.Mapping)
+    assert list(update) == list(update.keys()) == list(g) and len(update) == 4 and "fc2.bias" in update
+    np.testing.assert_array_equal(update["fc1.weight"], g["fc1.weight"])
+    assert {k: v.shape for k, v in update.items()} == {k: v.shape for k, v in g.items()}
+    with pytest.raises(KeyError):
+        update["fc9.weight"]
+    with pytest.raises(ValueError, match="shape"):
+        update["fc1.weight"] = np.zeros((3, 3), np.float32)
     # FA's top layer gets the true gradient, the layer below a random projection of it.
     bp = fp.rules.bp().step(model, x[:50], y[:50]).grads()
     fa = rule.step(model, x[:50], y[:50]).grads()
@@ -143,7 +153,8 @@ def test_a_step_loop_in_python_trains_and_updates_are_numpy_dicts():
     # An update edited in numpy is the one applied: zero directions leave the model put.
     before = model.state_dict()["fc2.weight"].copy()
     update = rule.step(model, x[:50], y[:50])
-    update.set_grads({k: np.zeros_like(v) for k, v in update.grads().items()})
+    for k, v in update.items():
+        update[k] = np.zeros_like(v)
     opt.step(model, update)
     assert np.array_equal(model.state_dict()["fc2.weight"], before)
     with pytest.raises(TypeError, match="float32"):
@@ -261,3 +272,124 @@ def test_bench_and_reproduce_return_their_reports(tmp_path):
     assert len(row["seeds"]) == 3 and 5 < row["ours_mean"] < 20
     with pytest.raises(fp.FutureError, match="unknown registry row"):
         fp.reproduce(["nobody2030"])
+
+
+def test_rule_and_optimizer_by_position_give_the_same_run():
+    x, y = blobs()
+    a = fp.train("mlp:20-16-3", fp.rules.fa(), fp.optim.sgd(lr=0.05), x, y, epochs=2, batch_size=64, seed=1,
+                 threads=1)
+    b = fp.train("mlp:20-16-3", x, y, rule="fa", optimizer="sgd", lr=0.05, epochs=2, batch_size=64, seed=1,
+                 threads=1)
+    assert [h["train_loss"] for h in a.history] == [h["train_loss"] for h in b.history]
+    assert a.summary["config"]["lr"] == 0.05
+    with pytest.raises(TypeError, match="positional arguments"):
+        fp.train("mlp:20-16-3", x)
+    with pytest.raises(TypeError, match="both by position and by keyword"):
+        fp.train("mlp:20-16-3", "fa", "sgd", x, y, rule="dfa")
+
+
+def test_validation_is_evaluated_every_epoch():
+    x, y = blobs(n=700)
+    model = fp.Model("mlp:20-16-3", seed=0)
+    run = fp.train(model, x[:500], y[:500], validation=(x[500:600], y[500:600]), x_test=x[600:],
+                   y_test=y[600:], epochs=3, threads=1)
+    assert len(run.history) == 3 and all("validation_accuracy" in h for h in run.history)
+    # Evaluated at the trained weights the model object now holds.
+    acc = np.mean(model.predict(x[500:600]).argmax(1) == y[500:600])
+    assert run.history[-1]["validation_accuracy"] == pytest.approx(acc)
+    with pytest.raises(TypeError, match="pair"):
+        fp.train("mlp:20-16-3", x, y, validation=x[:10])
+    with pytest.raises(ValueError, match="validation y has 9 labels for 10 samples"):
+        fp.train("mlp:20-16-3", x, y, validation=(x[:10], y[:9]))
+
+
+def test_a_callback_sees_every_epoch_and_can_stop_the_run():
+    x, y = blobs()
+    seen = []
+    run = fp.train("mlp:20-16-3", x, y, epochs=4, threads=1, callback=seen.append)
+    assert [r["epoch"] for r in seen] == [1, 2, 3, 4]
+    assert seen == run.history
+    # Returning False stops the run: epochs long enough that it cannot run ahead far.
+    x, y = blobs(n=20000, f=64)
+    seen = []
+
+    def two_epochs(record):
+        seen.append(record["epoch"])
+        return record["epoch"] < 2
+
+    run = fp.train("mlp:64-256-3", x, y, epochs=200, batch_size=32, threads=1, callback=two_epochs)
+    assert seen == [1, 2]
+    assert 2 <= len(run.history) <= 4, len(run.history)
+
+    def boom(record):
+        raise RuntimeError("raised by the callback")
+
+    with pytest.raises(RuntimeError, match="raised by the callback"):
+        fp.train("mlp:64-256-3", x, y, epochs=200, batch_size=32, threads=1, callback=boom)
+    with pytest.raises(TypeError, match="callable"):
+        fp.train("mlp:20-16-3", x, y, callback=3)
+
+
+def test_a_toml_model_file_builds_trains_saves_and_loads_from_anywhere(tmp_path, monkeypatch):
+    (tmp_path / "net.toml").write_text('input = 20\n[[layers]]\ntype = "linear"\nout = 12\n'
+                                       '[[layers]]\ntype = "tanh"\n[[layers]]\ntype = "linear"\nout = 3\n')
+    x, y = blobs()
+    monkeypatch.chdir(tmp_path)
+    model = fp.Model("net.toml", seed=0)
+    run = fp.train(model, x, y, optimizer=fp.optim.adam(lr=1e-2), epochs=5, batch_size=50, threads=1)
+    assert run.history[-1]["test_accuracy"] > 0.8
+    model.save(tmp_path / "m.safetensors")
+    monkeypatch.chdir(tmp_path.parent)
+    back = fp.Model.load(tmp_path / "m.safetensors")
+    np.testing.assert_array_equal(back.predict(x[:5]), model.predict(x[:5]))
+    # Layers are named by their place in the stack (the tanh is the second).
+    sd = back.state_dict()
+    assert {k: v.shape for k, v in sd.items()} == {"fc1.weight": (12, 20), "fc1.bias": (12,),
+                                                  "fc3.weight": (3, 12), "fc3.bias": (3,)}
+    with pytest.raises(OSError, match="missing.toml"):
+        fp.Model("missing.toml")
+
+
+def test_diagnose_compares_a_rule_with_backprop():
+    x, y = blobs()
+    model = fp.Model("mlp:20-16-16-3", activation="tanh", seed=0)
+    bp = fp.diagnose(model, x, y, "bp")
+    assert [round(l["cosine_to_bp"], 6) for l in bp["layers"]] == [1.0, 1.0, 1.0]
+    fa = fp.diagnose(model, x, y, fp.rules.fa(), batch_size=64)
+    assert fa["batch_size"] == 64 and fa["rule"] == "fa"
+    # FA's top layer gets the true gradient; below it, a random feedback matrix.
+    assert fa["layers"][-1]["cosine_to_bp"] == pytest.approx(1.0, abs=1e-6)
+    assert fa["layers"][0]["cosine_to_bp"] < 0.99
+    # Feedback replaces the weights of the layers whose error is sent down (fc2, fc3).
+    angles = [l["feedback_angle_deg"] for l in fa["layers"]]
+    assert angles[0] is None and all(a > 45 for a in angles[1:]), angles
+    # A rule that has stepped is diagnosed with its own feedback matrices (drawn from the
+    # step's seed 0), a fresh one with feedback drawn from `seed`.
+    rule = fp.rules.fa()
+    rule.step(model, x[:50], y[:50])
+    stepped = fp.diagnose(model, x, y, rule, seed=99)["layers"][2]["feedback_angle_deg"]
+    assert stepped == fp.diagnose(model, x, y, fp.rules.fa(), seed=0)["layers"][2]["feedback_angle_deg"]
+    assert stepped != fp.diagnose(model, x, y, fp.rules.fa(), seed=99)["layers"][2]["feedback_angle_deg"]
+    curv = fp.diagnose(model, x, y, curvature=True)
+    # Sharpness is the top Hessian eigenvalue (positive here); the trace of an
+    # indefinite Hessian may have either sign.
+    assert curv["sharpness"] > 0 and np.isfinite(curv["hessian_trace"])
+    assert "gradient_noise_scale" in curv
+    with pytest.raises(TypeError, match="needs features"):
+        fp.diagnose(model)
+
+
+def test_a_named_dataset_trains_by_name_and_its_run_is_diagnosed(tmp_path):
+    import os
+    data = os.environ.get("FUTUREPROP_DATA")
+    if not data:
+        pytest.skip("FUTUREPROP_DATA is not set")
+    run = fp.train("mlp:784-32-10", "mnist", rule="bp", train_limit=2000, test_limit=500, validation=300,
+                   epochs=1, batch_size=32, threads=1, data_dir=data, out=tmp_path)
+    (h,) = run.history
+    assert h["test_accuracy"] > 0.5 and "validation_accuracy" in h
+    rep = fp.diagnose(run.out, data_dir=data, batch_size=100)
+    assert rep["rule"] == "bp" and rep["epoch"] == 1 and rep["batch_size"] == 100
+    assert len(rep["layers"]) == 2
+    with pytest.raises(ValueError, match="own test set"):
+        fp.train("mlp:784-32-10", "mnist", x_test=np.zeros((1, 784), np.float32), y_test=np.zeros(1, int))

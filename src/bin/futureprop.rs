@@ -751,15 +751,7 @@ fn diagnose_cmd(
     batch_size: Option<usize>,
     curvature: bool,
 ) -> Result<()> {
-    let ck = train::checkpoint::load(checkpoint)?;
-    let mut cfg = TrainConfig::from_stored(&ck.config)
-        .map_err(|e| Error::format(checkpoint, format!("config in checkpoint: {e}")))?;
-    if let Some(d) = data_dir {
-        cfg.data_dir = Some(d.to_path_buf());
-    }
-    cfg.quiet = true;
-    let report =
-        train::diagnose_checkpoint(&cfg, &ck, batch_size.unwrap_or(cfg.batch_size), curvature)?;
+    let report = train::diagnose_saved(checkpoint, data_dir, batch_size, curvature)?;
     out!(
         "{}",
         serde_json::to_string_pretty(&report)

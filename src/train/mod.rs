@@ -260,6 +260,24 @@ fn write_json(path: &Path, v: &Value) -> Result<()> {
     checkpoint::write_atomic(path, text.as_bytes())
 }
 
+/// [`diagnose_checkpoint`] of the checkpoint at `path` (a file or a run folder), reading
+/// the run's dataset from `data_dir` when given (else where the run read it).
+pub fn diagnose_saved(
+    path: &Path,
+    data_dir: Option<&Path>,
+    batch_size: Option<usize>,
+    curvature: bool,
+) -> Result<Value> {
+    let ck = checkpoint::load(path)?;
+    let mut cfg = TrainConfig::from_stored(&ck.config)
+        .map_err(|e| Error::format(path, format!("config in checkpoint: {e}")))?;
+    if let Some(d) = data_dir {
+        cfg.data_dir = Some(d.to_path_buf());
+    }
+    cfg.quiet = true;
+    diagnose_checkpoint(&cfg, &ck, batch_size.unwrap_or(cfg.batch_size), curvature)
+}
+
 /// Diagnostics of a checkpoint's model and rule on the first `batch_size` training
 /// samples (in file order).
 ///
@@ -279,32 +297,50 @@ pub fn diagnose_checkpoint(
     let mut params = model.init_params(Init::parse(&cfg.init)?, cfg.seed)?;
     rule.init(&model, &mut params, cfg.seed)?;
     restore_params(&mut params, &ck.params, cfg, "checkpoint")?;
-    let n = batch_size.clamp(1, splits.train.len());
+    let mut report = diagnose(
+        rule.as_mut(),
+        &model,
+        &params,
+        &splits.train,
+        batch_size,
+        loss,
+        curvature,
+        cfg.seed,
+    )?;
+    report["model"] = json!(cfg.model);
+    report["epoch"] = json!(ck.epoch);
+    Ok(report)
+}
+
+/// The diagnostics of `rule` at `params` on the first `batch_size` samples of `data`:
+/// per-layer alignment with the backprop gradient and, with `curvature`, sharpness, the
+/// Hessian trace and the gradient noise scale. `rule` must be initialised on `params`.
+#[allow(clippy::too_many_arguments)]
+pub fn diagnose(
+    rule: &mut dyn crate::rule::Rule,
+    model: &Model,
+    params: &Params,
+    data: &crate::data::Dataset,
+    batch_size: usize,
+    loss: Loss,
+    curvature: bool,
+    seed: u64,
+) -> Result<Value> {
+    let n = batch_size.clamp(1, data.len());
     let idx: Vec<usize> = (0..n).collect();
     let batch = Batch {
-        x: splits.train.x.gather_rows(&idx)?,
-        target: splits.train.targets(&idx)?,
+        x: data.x.gather_rows(&idx)?,
+        target: data.targets(&idx)?,
     };
-    let layers = crate::diag::diagnose(rule.as_mut(), &model, &params, &batch, loss)?;
-    let mut report = json!({"rule": rule.name(), "model": cfg.model, "epoch": ck.epoch, "batch_size": n, "layers": layers});
+    let layers = crate::diag::diagnose(rule, model, params, &batch, loss)?;
+    let mut report = json!({"rule": rule.name(), "batch_size": n, "layers": layers});
     if curvature {
         use crate::diag::curvature as c;
-        report["sharpness"] = json!(c::sharpness(&model, &params, &batch, loss, 20, cfg.seed)?);
-        report["hessian_trace"] = json!(c::hessian_trace(
-            &model, &params, &batch, loss, 10, cfg.seed
-        )?);
-        let big = 512.min(splits.train.len());
+        report["sharpness"] = json!(c::sharpness(model, params, &batch, loss, 20, seed)?);
+        report["hessian_trace"] = json!(c::hessian_trace(model, params, &batch, loss, 10, seed)?);
+        let big = 512.min(data.len());
         let small = 32.min(big / 2).max(1);
-        let gns = c::gradient_noise_scale(
-            rule.as_mut(),
-            &model,
-            &params,
-            &splits.train,
-            loss,
-            (small, big),
-            10,
-            cfg.seed,
-        )?;
+        let gns = c::gradient_noise_scale(rule, model, params, data, loss, (small, big), 10, seed)?;
         report["gradient_noise_scale"] = json!(gns.b_noise);
         report["gradient_noise_scale_estimates"] = json!(gns);
         if gns.b_noise.is_none() {

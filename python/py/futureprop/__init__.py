@@ -12,6 +12,7 @@ Rust technique (`help(fp.rules.pc)` lists them with their defaults); any other k
 of `fp.train` is a `futureprop train` config key (`activation`, `init`, `seed`, `loss`,
 `threads`, ...).
 """
+import collections.abc
 import json
 import os
 import tempfile
@@ -21,11 +22,19 @@ import numpy as np
 from . import _futureprop as _native
 from ._futureprop import FutureError, Model, Update
 
-__all__ = ["FutureError", "Model", "Run", "Update", "bench", "load_dataset", "optim", "predict",
-           "reproduce", "rules", "train"]
+__all__ = ["FutureError", "Model", "Run", "Update", "bench", "diagnose", "load_dataset", "optim",
+           "predict", "reproduce", "rules", "train"]
 
-Model.__doc__ = """Model(spec, activation="relu", bias=True, init="auto", seed=0): a model and its
-parameters. `predict(x)`, `state_dict()` / `load_state_dict(d)` (numpy arrays by name),
+# An update reads and writes like a dict of numpy arrays (tensor name → update direction).
+collections.abc.MutableMapping.register(Update)
+Update.__doc__ = """The update a rule's step produced: `update["fc1.weight"]` (a numpy copy of that
+tensor's update direction, gradient sign convention), `update[name] = array` (the one
+the optimizer then applies), `keys()`, `items()`, `len(update)`; `update.loss` is the
+batch's loss. `grads()` / `set_grads(d)` read and write them all as a dict."""
+
+Model.__doc__ = """Model(spec, activation="relu", bias=True, init=None, seed=0): a model and its
+parameters. `spec` is a model spec ("mlp:784-256-10", "lenet5", "resmlp:...") or the path of a
+TOML model file (the format: `examples/models/`); `init` defaults to `futureprop train`'s. `predict(x)`, `state_dict()` / `load_state_dict(d)` (numpy arrays by name),
 `save(path)` / `Model.load(path)` (safetensors in PyTorch's layout: Linear weights
 `[out, in]` as `fc1.weight`, `fc1.bias`, ...; convolutions `conv1.weight`
 `[out, in/groups, kh, kw]`; so a PyTorch module whose layers carry the same names loads
@@ -118,6 +127,7 @@ class _Registry:
 
 rules = _Registry("rule", _native.rules())
 optim = _Registry("optimizer", _native.optimizers())
+_technique_names = set(rules.names()) | set(optim.names())
 
 
 def _features(name, a):
@@ -171,14 +181,63 @@ class Run:
         return f"<futureprop Run {self.out}: test accuracy {self.summary.get('test_accuracy')}>"
 
 
-def train(model, x, y, *, rule="bp", optimizer="adam", epochs=1, batch_size=128, x_test=None,
-          y_test=None, out=None, **config):
-    """Trains `model` (a model spec such as "mlp:784-256-10", or an `fp.Model`, which
-    training starts from and leaves trained) on float32 features `x` and
-    integer labels `y`, evaluating on `x_test`/`y_test` (default: the training set) after
-    every epoch. `rule` and `optimizer` are names or `fp.rules.<name>(...)` /
-    `fp.optim.<name>(...)`; other keywords are config keys of `futureprop train`. The run
-    is written to `out` (default: a new temporary folder). Returns a `Run`."""
+def _is_technique(a):
+    return isinstance(a, (Choice, _Technique)) or (isinstance(a, str) and a in _technique_names)
+
+
+def train(model, *data, rule="bp", optimizer="adam", epochs=1, batch_size=128, x_test=None,
+          y_test=None, validation=None, callback=None, out=None, data_dir=None, **config):
+    """Trains `model` and returns a `Run` (its `history`: one dict per epoch).
+
+        fp.train(model, x, y, rule=..., optimizer=..., epochs=...)
+        fp.train(model, rule, optimizer, x, y, epochs=...)
+        fp.train(model, "mnist", rule=...)            # a named dataset (and its test set)
+
+    `model` is a model spec ("mlp:784-256-10", a TOML model file) or an `fp.Model`, which
+    training starts from and leaves trained. `x` holds float32 features (samples ×
+    features; a C-contiguous float32 array is read in place, anything else is refused
+    or copied once), `y` integer class labels. `rule` and `optimizer` are names or
+    `fp.rules.<name>(...)` / `fp.optim.<name>(...)`. Each epoch is evaluated on
+    `x_test`/`y_test` (default: the training set; a named dataset's test set) and, with
+    `validation=(x_val, y_val)`, on those too (`validation_accuracy`, ...).
+    `callback(record)` is called with each epoch's record as it ends; returning `False`
+    stops the run (the epoch then under way is cut short, evaluated and checkpointed).
+    Other keywords are config keys of `futureprop train` (`activation`, `seed`, `loss`,
+    `threads`, `max_seconds`, ...). The run is written to `out` (default: a new
+    temporary folder)."""
+    if len(data) in (3, 4) and _is_technique(data[0]):
+        if rule != "bp" or optimizer != "adam":
+            raise TypeError("rule and optimizer given both by position and by keyword")
+        rule, optimizer, data = data[0], data[1], data[2:]
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+    if isinstance(optimizer, Choice) and "lr" in optimizer:
+        optimizer = Choice(optimizer)
+        lr = optimizer.pop("lr")
+        if lr is not None:
+            config.setdefault("lr", lr)
+    rule, optimizer = (t() if isinstance(t, _Technique) else t for t in (rule, optimizer))
+    out = out or tempfile.mkdtemp(prefix="futureprop-")
+    obj = model if isinstance(model, Model) else None
+    cfg = dict(config, model=obj.spec if obj else os.fspath(model), rule=rule, optimizer=optimizer,
+               epochs=epochs, batch_size=batch_size, out=os.fspath(out), quiet=config.get("quiet", True))
+    if len(data) == 1 and isinstance(data[0], str):
+        # A named dataset, read (downloaded first when missing) as `futureprop train` reads
+        # it: `train_limit`, `test_limit`, `normalize` and `validation=N` (the last N
+        # training samples held out) apply.
+        if x_test is not None or y_test is not None:
+            raise ValueError("a named dataset brings its own test set: leave out x_test and y_test")
+        if validation is not None and (isinstance(validation, bool) or not isinstance(validation, int)):
+            raise TypeError("with a named dataset, validation is a number of training samples to hold out")
+        cfg.update(dataset=data[0], **({} if validation is None else {"validation": validation}))
+        if data_dir is not None:
+            cfg["data_dir"] = os.fspath(data_dir)
+        summary = json.loads(_native.train_arrays(json.dumps(cfg), model=obj, callback=callback))
+        return Run(summary, os.fspath(out))
+    if len(data) != 2:
+        raise TypeError("train(model, x, y, ...), train(model, rule, optimizer, x, y, ...) or "
+                        f"train(model, dataset_name, ...): got {len(data)} positional arguments after the model")
+    x, y = data
     x = _features("x", x)
     y = _labels("y", y, x.shape[0])
     if (x_test is None) != (y_test is None):
@@ -190,18 +249,52 @@ def train(model, x, y, *, rule="bp", optimizer="adam", epochs=1, batch_size=128,
         y_test = _labels("y_test", y_test, x_test.shape[0])
         if x_test.shape[1] != x.shape[1]:
             raise ValueError(f"x_test has {x_test.shape[1]} features, x has {x.shape[1]}")
-    classes = int(max(y.max(), y_test.max())) + 1
-    if isinstance(optimizer, Choice) and "lr" in optimizer:
-        optimizer = Choice(optimizer)
-        lr = optimizer.pop("lr")
-        if lr is not None:
-            config.setdefault("lr", lr)
-    out = out or tempfile.mkdtemp(prefix="futureprop-")
-    obj = model if isinstance(model, Model) else None
-    cfg = dict(config, model=obj.spec if obj else model, rule=rule, optimizer=optimizer, epochs=epochs,
-               batch_size=batch_size, out=str(out), quiet=config.get("quiet", True))
-    summary = json.loads(_native.train_arrays(json.dumps(cfg), x, y, x_test, y_test, classes, obj))
-    return Run(summary, str(out))
+    x_val = y_val = None
+    if validation is not None:
+        if not (isinstance(validation, (tuple, list)) and len(validation) == 2):
+            raise TypeError("validation must be a pair (x_val, y_val) of numpy arrays")
+        x_val = _features("validation x", validation[0])
+        y_val = _labels("validation y", validation[1], x_val.shape[0])
+        if x_val.shape[1] != x.shape[1]:
+            raise ValueError(f"validation x has {x_val.shape[1]} features, x has {x.shape[1]}")
+    labels = [y.max(), y_test.max()] + ([] if y_val is None else [y_val.max()])
+    classes = int(max(labels)) + 1
+    summary = json.loads(_native.train_arrays(json.dumps(cfg), x, y, x_test, y_test, classes, obj,
+                                              x_val, y_val, callback))
+    return Run(summary, os.fspath(out))
+
+
+def diagnose(model, x=None, y=None, rule="bp", *, batch_size=None, curvature=False, loss="cross-entropy",
+             seed=0, data_dir=None):
+    """How far a rule's update is from the true gradient, per layer, as `futureprop
+    diagnose` reports it: a dict with `layers` (per Linear layer: `cosine_to_bp`,
+    `angle_to_bp_deg`, the norms, and for rules with feedback matrices the angle between
+    W and its feedback) and, with `curvature=True`, `sharpness`, `hessian_trace` and
+    `gradient_noise_scale`.
+
+        fp.diagnose(model, x, y, fp.rules.fa())   # an fp.Model on arrays
+        fp.diagnose("runs/x/checkpoint.safetensors")  # a saved run, on its own dataset
+
+    The batch is the first `batch_size` rows (default: 128 for arrays, the run's own batch
+    size for a saved run).
+    For an `fp.Model`, a rule that has stepped on it (`rule.step(model, ...)`) is
+    diagnosed with its own state (its feedback matrices, ...); a fresh rule draws its
+    state from `seed`."""
+    if not isinstance(model, Model):
+        if x is not None or y is not None:
+            raise TypeError("a saved run is diagnosed on its own dataset: give x and y with an fp.Model")
+        return json.loads(_native.diagnose_checkpoint(os.fspath(model), None if data_dir is None else
+                                                      os.fspath(data_dir), batch_size, curvature))
+    if x is None or y is None:
+        raise TypeError("diagnose(model, x, y, rule): an fp.Model needs features x and labels y")
+    x = _features("x", x)
+    y = _labels("y", y, x.shape[0])
+    if isinstance(rule, _Technique):
+        rule = rule()
+    name, settings = (rule["name"], rule._settings()) if isinstance(rule, Choice) else (rule, "{}")
+    state = rule.__dict__.get("_state") if isinstance(rule, Choice) and rule._kind == "rule" else None
+    return json.loads(_native.diagnose_model(model, name, settings, x, y, batch_size or 128, loss, curvature,
+                                             seed, state))
 
 
 def predict(checkpoint, x):
