@@ -265,3 +265,50 @@ fn long_elementwise_maps_are_identical_at_any_thread_count() {
     let r = -3.0 * (a / 0.5) / ((v / 0.25).max(0.0).sqrt() + 1e-8);
     assert!((one.1.to_vec_f64()[last] - r).abs() < 1e-3 * r.abs().max(1.0));
 }
+
+/// Memory another owner keeps alive and can inspect afterwards (a numpy array's role).
+struct Owner(Vec<f32>);
+
+impl AsRef<[f32]> for Owner {
+    fn as_ref(&self) -> &[f32] {
+        &self.0
+    }
+}
+
+#[test]
+fn a_shared_tensor_reads_in_place_computes_as_an_owned_one_and_copies_before_a_write() {
+    use std::sync::Arc;
+    let (r, c) = (17, 5);
+    let data: Vec<f32> = det(r, c, 3).into_iter().map(|v| v as f32).collect();
+    let owner = Arc::new(Owner(data.clone()));
+    let shared = Tensor::from_shared_f32(&[r, c], owner.clone()).unwrap();
+    let owned = Tensor::from_vec(&[r, c], data.clone()).unwrap();
+    assert!(shared.is_shared() && !owned.is_shared());
+    assert_eq!(shared.dtype(), DType::F32);
+    assert_eq!(shared, owned);
+    // Reads (a gather, a product, an element-wise map) give what the owned tensor gives.
+    let idx = [16, 0, 3, 3];
+    assert_eq!(
+        shared.gather_rows(&idx).unwrap(),
+        owned.gather_rows(&idx).unwrap()
+    );
+    let w = Tensor::from_vec(&[c, 3], (0..c * 3).map(|i| i as f32 * 0.1).collect()).unwrap();
+    assert_eq!(
+        shared.matmul(false, &w, false).unwrap(),
+        owned.matmul(false, &w, false).unwrap()
+    );
+    assert_eq!(shared.unary(Unary::Tanh), owned.unary(Unary::Tanh));
+    assert!(shared.is_shared(), "reading does not copy");
+    assert_eq!(shared.as_f32().unwrap().as_ptr(), owner.0.as_ptr());
+    // A write goes to a copy: the owner's memory is never written.
+    let mut written = shared.clone();
+    written.axpy(2.0, &owned).unwrap();
+    assert!(!written.is_shared() && shared.is_shared());
+    assert_eq!(owner.0, data);
+    assert_eq!(written, owned.scale(3.0));
+    let mut set = shared.clone();
+    set.set(0, 7.0).unwrap();
+    assert_eq!(owner.0[0], data[0]);
+    // Wrong sizes are refused.
+    assert!(Tensor::from_shared_f32(&[r, c + 1], owner).is_err());
+}

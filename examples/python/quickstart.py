@@ -20,4 +20,9 @@ for rule in [fp.rules.bp(), fp.rules.fa(), fp.rules.dfa()]:
           f"after 1 epoch ({time.time() - t:.1f} s; run in {run.out})")
 pred = run.predict(x_test[:8]).argmax(1)
 print("predicted", pred.tolist(), "true", y_test[:8].tolist())
+# How far DFA's update is from backprop's gradient, per layer, at the trained weights (the
+# feedback matrices drawn from the run's seed, 0).
+report = fp.diagnose(fp.Model.load(run.checkpoint), x_test, y_test, fp.rules.dfa(), batch_size=512)
+print("dfa vs backprop, angle per layer:",
+      ", ".join(f"{l['layer']} {l['angle_to_bp_deg']:.0f}°" for l in report["layers"]))
 print("rules:", ", ".join(fp.rules.names()))

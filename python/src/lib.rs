@@ -107,7 +107,7 @@ fn dataset(
     classes: usize,
 ) -> PyResult<Dataset> {
     Ok(Dataset {
-        x: tensor2(x)?,
+        x: shared2(x)?,
         labels: labels(y)?,
         classes,
         reconstruct: false,
@@ -360,6 +360,46 @@ fn tensor2(x: &PyReadonlyArray2<f32>) -> PyResult<Tensor> {
     Tensor::from_vec(&[n, f], data).map_err(py_err)
 }
 
+/// Features as a tensor that reads the array's memory in place (no copy) where it is
+/// C-contiguous and aligned, else a copy. Numpy keeps the memory alive while the tensor
+/// holds the array, and futureprop never writes it (a write to the tensor copies first);
+/// Python code must not write the array while a call that reads it runs.
+fn shared2(x: &PyReadonlyArray2<f32>) -> PyResult<Tensor> {
+    let (n, f) = (x.shape()[0], x.shape()[1]);
+    let slice = x
+        .as_slice()
+        .map_err(|_| PyValueError::new_err("x must be C-contiguous"))?;
+    if !(slice.as_ptr() as usize).is_multiple_of(std::mem::align_of::<f32>()) {
+        return tensor2(x);
+    }
+    let memory = NumpyMemory {
+        _array: x.as_untyped().clone().unbind(),
+        ptr: slice.as_ptr(),
+        len: slice.len(),
+    };
+    Tensor::from_shared_f32(&[n, f], std::sync::Arc::new(memory)).map_err(py_err)
+}
+
+/// The elements of a numpy array, kept alive by a reference to the array.
+struct NumpyMemory {
+    _array: Py<numpy::PyUntypedArray>,
+    ptr: *const f32,
+    len: usize,
+}
+
+// SAFETY: `ptr..ptr+len` is the buffer of the array `_array` refers to; numpy neither frees
+// nor moves it while that reference lives (it refuses to resize an array that others
+// refer to), and it is only ever read through `as_ref`.
+unsafe impl Send for NumpyMemory {}
+unsafe impl Sync for NumpyMemory {}
+
+impl AsRef<[f32]> for NumpyMemory {
+    fn as_ref(&self) -> &[f32] {
+        // SAFETY: see the Send/Sync note above; the pointer is aligned (checked in shared2).
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
 /// A tensor as a numpy float32 array of its shape.
 fn array<'py>(py: Python<'py>, t: &Tensor) -> PyResult<Bound<'py, numpy::PyArrayDyn<f32>>> {
     let t = t.to_dtype(futureprop::tensor::DType::F32);
@@ -442,10 +482,9 @@ impl PyModel {
         py: Python<'py>,
         x: PyReadonlyArray2<f32>,
     ) -> PyResult<Bound<'py, numpy::PyArrayDyn<f32>>> {
-        let out = self
-            .model
-            .forward(&self.params, &tensor2(&x)?)
-            .map_err(py_err)?;
+        let x = shared2(&x)?;
+        let (net, params) = (&self.model, &self.params);
+        let out = native(py, "predict", || net.forward(params, &x))?.map_err(py_err)?;
         array(py, &out)
     }
 
@@ -663,6 +702,8 @@ impl PyRule {
         x: PyReadonlyArray2<f32>,
         y: PyReadonlyArray1<i64>,
     ) -> PyResult<PyUpdate> {
+        // A copy, not a view: the update's trace keeps the batch (K-FAC reads it in the
+        // optimizer's step), and a loop may refill the array before then.
         let batch = futureprop::rule::Batch {
             x: tensor2(&x)?,
             target: futureprop::nn::Target::Classes(labels(&y)?),

@@ -393,3 +393,32 @@ def test_a_named_dataset_trains_by_name_and_its_run_is_diagnosed(tmp_path):
     assert len(rep["layers"]) == 2
     with pytest.raises(ValueError, match="own test set"):
         fp.train("mlp:784-32-10", "mnist", x_test=np.zeros((1, 784), np.float32), y_test=np.zeros(1, int))
+
+
+IN_PLACE = """
+import resource, sys
+import numpy as np
+import futureprop as fp
+# 256 MiB of features, written so that they are resident now; a copy of them would raise
+# this fresh process's peak by as much again.
+x = np.random.default_rng(0).standard_normal((65536, 1024), dtype=np.float32)
+y = (x[:, 0] > 0).astype(np.int64)
+kept = x[:4].copy()
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+run = fp.train("mlp:1024-8-2", x, y, x_test=x[:256], y_test=y[:256], batch_size=256, max_steps=4, threads=1)
+assert len(run.history) == 1
+assert np.array_equal(x[:4], kept)  # read, never written
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - peak) / x.nbytes)
+"""
+
+
+def test_contiguous_float32_arrays_are_read_in_place():
+    import subprocess
+    import sys
+    # A fresh process, so that the peak resident set is this test's alone.
+    out = subprocess.run([sys.executable, "-c", IN_PLACE], capture_output=True, text=True, check=True)
+    grown = float(out.stdout.strip().splitlines()[-1])
+    assert grown < 0.25, f"training grew the peak memory by {grown:.2f}× the array's size"
+    x = np.random.default_rng(1).standard_normal((8, 1024), dtype=np.float32)
+    model = fp.Model("mlp:1024-8-2", seed=0)
+    np.testing.assert_array_equal(model.predict(x), model.predict(x.copy()))

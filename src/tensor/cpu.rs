@@ -41,7 +41,7 @@ impl Elem for f32 {
         x as f32
     }
     fn wrap(v: Vec<Self>) -> HostStorage {
-        HostStorage::F32(v)
+        HostStorage::F32(v.into())
     }
     /// A rational minimax approximation, x·P(x²)/Q(x²) on |x| ≤ 7.905 (odd degree 13
     /// over even degree 6, the form used by Eigen's vectorised `ptanh`); it vectorises,

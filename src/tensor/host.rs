@@ -6,6 +6,7 @@
 use super::backend::BackendStorage;
 use super::cpu::{self, Elem};
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use super::{DType, Rho, Unary, Window, conv, fused, gemm, reduced};
 use crate::error::{Error, Result};
@@ -13,10 +14,82 @@ use crate::error::{Error, Result};
 /// Host memory holding elements of one type.
 #[derive(Debug, Clone, PartialEq)]
 pub enum HostStorage {
-    F32(Vec<f32>),
+    F32(F32Buffer),
     F64(Vec<f64>),
     BF16(Vec<half::bf16>),
     F16(Vec<half::f16>),
+}
+
+/// Memory another owner keeps alive, read as f32 elements (a numpy array).
+pub type SharedF32 = Arc<dyn AsRef<[f32]> + Send + Sync>;
+
+/// The elements of an f32 storage: owned, or read in place from memory another owner
+/// keeps alive (the Python package trains on numpy arrays without copying them). A write
+/// to shared elements copies them first, so the owner's memory is only ever read.
+#[derive(Clone)]
+pub enum F32Buffer {
+    Owned(Vec<f32>),
+    Shared(SharedF32),
+}
+
+impl F32Buffer {
+    /// The elements as an owned vector (copied out of shared memory first).
+    pub fn vec_mut(&mut self) -> &mut Vec<f32> {
+        if let F32Buffer::Shared(s) = self {
+            *self = F32Buffer::Owned((**s).as_ref().to_vec());
+        }
+        match self {
+            F32Buffer::Owned(v) => v,
+            F32Buffer::Shared(_) => unreachable!("made owned above"),
+        }
+    }
+
+    /// True when the elements are read in place from another owner's memory.
+    pub fn is_shared(&self) -> bool {
+        matches!(self, F32Buffer::Shared(_))
+    }
+}
+
+impl std::ops::Deref for F32Buffer {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        match self {
+            F32Buffer::Owned(v) => v,
+            F32Buffer::Shared(s) => (**s).as_ref(),
+        }
+    }
+}
+
+impl std::ops::DerefMut for F32Buffer {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        self.vec_mut()
+    }
+}
+
+impl<'a> IntoIterator for &'a F32Buffer {
+    type Item = &'a f32;
+    type IntoIter = std::slice::Iter<'a, f32>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl From<Vec<f32>> for F32Buffer {
+    fn from(v: Vec<f32>) -> Self {
+        F32Buffer::Owned(v)
+    }
+}
+
+impl std::fmt::Debug for F32Buffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+impl PartialEq for F32Buffer {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
 }
 
 // The dtype dispatch: f32 and f64 run their own kernels; bf16 and f16 widen.
@@ -24,7 +97,7 @@ pub enum HostStorage {
 macro_rules! map1 {
     ($s:expr, $v:ident => $e:expr) => {
         match $s {
-            HostStorage::F32($v) => HostStorage::F32($e),
+            HostStorage::F32($v) => HostStorage::F32(F32Buffer::Owned($e)),
             HostStorage::F64($v) => HostStorage::F64($e),
             half => {
                 let w = reduced::widen(half);
@@ -107,7 +180,7 @@ impl HostStorage {
     /// `n` elements equal to `value`.
     pub fn full(n: usize, value: f64, dtype: DType) -> Self {
         match dtype {
-            DType::F32 => HostStorage::F32(vec![value as f32; n]),
+            DType::F32 => HostStorage::F32(vec![value as f32; n].into()),
             DType::F64 => HostStorage::F64(vec![value; n]),
             DType::BF16 => HostStorage::BF16(vec![half::bf16::from_f64(value); n]),
             DType::F16 => HostStorage::F16(vec![half::f16::from_f64(value); n]),
@@ -244,7 +317,7 @@ impl BackendStorage for HostStorage {
     ) -> Result<Self> {
         Ok(match (self, rhs) {
             (HostStorage::F32(x), HostStorage::F32(y)) => {
-                HostStorage::F32(gemm::gemm_new(m, n, k, x, ta, y, tb))
+                HostStorage::F32(gemm::gemm_new(m, n, k, x, ta, y, tb).into())
             }
             (HostStorage::F64(x), HostStorage::F64(y)) => {
                 HostStorage::F64(gemm::gemm_new(m, n, k, x, ta, y, tb))
@@ -261,7 +334,7 @@ impl BackendStorage for HostStorage {
                 if !reduced::mixed_gemm((m, k, n), l, ta, r, tb, &mut c, false) {
                     return Err(dtype_error("matmul", l, r));
                 }
-                HostStorage::F32(c)
+                HostStorage::F32(c.into())
             }
         })
     }
@@ -310,7 +383,7 @@ impl BackendStorage for HostStorage {
                         out.extend_from_slice(x);
                     }
                 }
-                HostStorage::$v(out)
+                HostStorage::$v(out.into())
             }};
         }
         match parts.first() {
@@ -512,7 +585,9 @@ impl BackendStorage for HostStorage {
 
     fn prelu(&self, slope: &Self, c: usize) -> Result<Self> {
         match (self, slope) {
-            (HostStorage::F32(x), HostStorage::F32(a)) => Ok(HostStorage::F32(cpu::prelu(x, a, c))),
+            (HostStorage::F32(x), HostStorage::F32(a)) => {
+                Ok(HostStorage::F32(cpu::prelu(x, a, c).into()))
+            }
             (HostStorage::F64(x), HostStorage::F64(a)) => Ok(HostStorage::F64(cpu::prelu(x, a, c))),
             (l, r) => Err(dtype_error("prelu", l, r)),
         }
@@ -522,7 +597,7 @@ impl BackendStorage for HostStorage {
         match (self, slope, d) {
             (HostStorage::F32(x), HostStorage::F32(a), HostStorage::F32(d)) => {
                 let (dx, da) = cpu::prelu_backward(x, a, d, c);
-                Ok((HostStorage::F32(dx), HostStorage::F32(da)))
+                Ok((HostStorage::F32(dx.into()), HostStorage::F32(da.into())))
             }
             (HostStorage::F64(x), HostStorage::F64(a), HostStorage::F64(d)) => {
                 let (dx, da) = cpu::prelu_backward(x, a, d, c);
@@ -609,7 +684,7 @@ impl BackendStorage for HostStorage {
         match self {
             HostStorage::F32(v) => {
                 let (l, g) = cpu::softmax_xent(v, c, labels);
-                (l, HostStorage::F32(g))
+                (l, HostStorage::F32(g.into()))
             }
             HostStorage::F64(v) => {
                 let (l, g) = cpu::softmax_xent(v, c, labels);
@@ -617,7 +692,7 @@ impl BackendStorage for HostStorage {
             }
             reduced => {
                 let (l, g) = cpu::softmax_xent(&reduced::widen(reduced), c, labels);
-                (l, HostStorage::F32(g))
+                (l, HostStorage::F32(g.into()))
             }
         }
     }
@@ -631,7 +706,7 @@ impl BackendStorage for HostStorage {
 
     fn im2col(&self, n: usize, win: &Window, c0: usize, cg: usize) -> Result<Self> {
         match self {
-            HostStorage::F32(v) => Ok(HostStorage::F32(conv::im2col(v, n, win, c0, cg)?)),
+            HostStorage::F32(v) => Ok(HostStorage::F32(conv::im2col(v, n, win, c0, cg)?.into())),
             HostStorage::F64(v) => Ok(HostStorage::F64(conv::im2col(v, n, win, c0, cg)?)),
             half => Ok(reduced::narrow(
                 half.dtype(),
@@ -665,7 +740,7 @@ impl BackendStorage for HostStorage {
         match self {
             HostStorage::F32(v) => {
                 let (o, i) = conv::max_pool(v, n, win)?;
-                Ok((HostStorage::F32(o), i))
+                Ok((HostStorage::F32(o.into()), i))
             }
             HostStorage::F64(v) => {
                 let (o, i) = conv::max_pool(v, n, win)?;
@@ -690,7 +765,7 @@ impl BackendStorage for HostStorage {
 
     fn avg_pool(&self, n: usize, win: &Window, adjoint: bool) -> Result<Self> {
         match self {
-            HostStorage::F32(v) => Ok(HostStorage::F32(conv::avg_pool(v, n, win, adjoint)?)),
+            HostStorage::F32(v) => Ok(HostStorage::F32(conv::avg_pool(v, n, win, adjoint)?.into())),
             HostStorage::F64(v) => Ok(HostStorage::F64(conv::avg_pool(v, n, win, adjoint)?)),
             half => Ok(reduced::narrow(
                 half.dtype(),

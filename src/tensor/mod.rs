@@ -89,7 +89,7 @@ pub use gemm::serial;
 pub use unary::Unary;
 
 pub use backend::BackendStorage;
-pub use host::HostStorage;
+pub use host::{F32Buffer, HostStorage, SharedF32};
 
 use crate::error::{Error, Result};
 
@@ -211,7 +211,19 @@ impl Tensor {
 
     /// An `f32` tensor from row-major data.
     pub fn from_vec(shape: &[usize], data: Vec<f32>) -> Result<Self> {
-        Self::from_storage(shape, HostStorage::F32(data))
+        Self::from_storage(shape, HostStorage::F32(data.into()))
+    }
+
+    /// An `f32` tensor that reads `data` in place (memory another owner keeps alive, e.g.
+    /// a numpy array); the first write to it copies the elements into memory of its own.
+    pub fn from_shared_f32(shape: &[usize], data: SharedF32) -> Result<Self> {
+        Self::from_storage(shape, HostStorage::F32(F32Buffer::Shared(data)))
+    }
+
+    /// True when the elements are read in place from another owner's memory
+    /// ([`Tensor::from_shared_f32`]) and have not been copied yet.
+    pub fn is_shared(&self) -> bool {
+        matches!(&*self.data, Storage::Host(HostStorage::F32(b)) if b.is_shared())
     }
 
     /// An `f64` tensor from row-major data.

@@ -72,7 +72,7 @@ pub(crate) fn f32_view(s: &HostStorage) -> Option<Cow<'_, [f32]>> {
 /// the kernels that call this).
 pub(crate) fn widen(s: &HostStorage) -> Vec<f32> {
     match s {
-        HostStorage::F32(v) => v.clone(),
+        HostStorage::F32(v) => v.to_vec(),
         HostStorage::BF16(v) => from_bf16(v),
         HostStorage::F16(v) => from_f16(v),
         HostStorage::F64(v) => v.iter().map(|&x| x as f32).collect(),
@@ -82,7 +82,7 @@ pub(crate) fn widen(s: &HostStorage) -> Vec<f32> {
 /// f32 values stored as `dtype` (rounded for bf16 and f16).
 pub(crate) fn narrow(dtype: DType, v: Vec<f32>) -> HostStorage {
     match dtype {
-        DType::F32 => HostStorage::F32(v),
+        DType::F32 => HostStorage::F32(v.into()),
         DType::BF16 => HostStorage::BF16(to_bf16(&v)),
         DType::F16 => HostStorage::F16(to_f16(&v)),
         DType::F64 => HostStorage::F64(v.iter().map(|&x| x as f64).collect()),
@@ -93,7 +93,7 @@ pub(crate) fn narrow(dtype: DType, v: Vec<f32>) -> HostStorage {
 /// storage back rounded. The caller has ruled out f64.
 pub(crate) fn with_f32_mut<R>(s: &mut HostStorage, f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
     match s {
-        HostStorage::F32(v) => f(v),
+        HostStorage::F32(v) => f(v.vec_mut()),
         other => {
             let dtype = other.dtype();
             let mut w = widen(other);

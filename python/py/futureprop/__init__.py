@@ -139,7 +139,8 @@ def _features(name, a):
         raise TypeError(f"{name} must be float32, got {a.dtype}; convert with {name}.astype(np.float32)")
     if a.shape[0] == 0:
         raise ValueError(f"{name} holds no samples")
-    # Zero-copy when already contiguous float32; a strided view is copied once here.
+    # A C-contiguous float32 array passes as it is (fp.train and predict then read its
+    # memory in place); a strided view is copied once here.
     return np.ascontiguousarray(a)
 
 
@@ -195,8 +196,9 @@ def train(model, *data, rule="bp", optimizer="adam", epochs=1, batch_size=128, x
 
     `model` is a model spec ("mlp:784-256-10", a TOML model file) or an `fp.Model`, which
     training starts from and leaves trained. `x` holds float32 features (samples ×
-    features; a C-contiguous float32 array is read in place, anything else is refused
-    or copied once), `y` integer class labels. `rule` and `optimizer` are names or
+    features), `y` integer class labels. A C-contiguous float32 array is read in place,
+    not copied (do not write to it while `train` runs); a strided one is copied once;
+    another dtype is refused. `rule` and `optimizer` are names or
     `fp.rules.<name>(...)` / `fp.optim.<name>(...)`. Each epoch is evaluated on
     `x_test`/`y_test` (default: the training set; a named dataset's test set) and, with
     `validation=(x_val, y_val)`, on those too (`validation_accuracy`, ...).
