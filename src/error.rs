@@ -61,6 +61,10 @@ pub enum Error {
     /// A resumed run is already at or past its end: there is nothing to train.
     #[error("nothing to do: {msg}")]
     NothingToDo { msg: String },
+    /// A caller asked the work to stop ([`crate::train::request_stop`]: Python's Ctrl-C);
+    /// what finished is kept.
+    #[error("interrupted: {msg}")]
+    Interrupted { msg: String },
     /// A check ran and found results outside their bounds (`reproduce --check`).
     #[error("check failed: {msg}")]
     CheckFailed { msg: String },

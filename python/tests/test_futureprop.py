@@ -422,3 +422,28 @@ def test_contiguous_float32_arrays_are_read_in_place():
     x = np.random.default_rng(1).standard_normal((8, 1024), dtype=np.float32)
     model = fp.Model("mlp:1024-8-2", seed=0)
     np.testing.assert_array_equal(model.predict(x), model.predict(x.copy()))
+
+
+def test_ctrl_c_stops_a_benchmark_and_keeps_no_cut_short_arm(tmp_path):
+    import os
+    import signal
+    if not os.environ.get("FUTUREPROP_DATA"):
+        pytest.skip("FUTUREPROP_DATA is not set")
+    suite = tmp_path / "long.toml"
+    # `seconds` bounds each arm should the interrupt be lost (the test then fails).
+    suite.write_text('name = "long"\ndescription = "two long arms"\ndatasets = ["mnist"]\n'
+                     'models = ["mlp:784-64-10"]\nrules = ["bp", "fa"]\noptimizers = ["adam"]\n'
+                     'seeds = 1\nepochs = 500\nseconds = 30\n[defaults]\ntrain_limit = 2000\n'
+                     'test_limit = 200\nbatch_size = 50\n')
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    timer = threading.Timer(1.5, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fp.bench(str(suite), out=tmp_path / "bench", threads=1)
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGINT, previous)
+    # The interrupted arm left no summary (a resume runs it again) and no report exists.
+    assert not list((tmp_path / "bench").rglob("summary.json"))
+    assert not (tmp_path / "bench" / "results.json").exists()

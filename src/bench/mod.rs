@@ -194,6 +194,19 @@ pub fn run(opts: &BenchOptions) -> Result<Value> {
                     std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
                 }
                 run_arm(&suite, arm, seed, &dir, opts, &mut data, &multi)?;
+                if train::stop_requested() {
+                    // The arm was cut short: not a result; --resume runs it again.
+                    let _ = std::fs::remove_file(dir.join("summary.json"));
+                    return Err(Error::Interrupted {
+                        msg: format!(
+                            "the suite stopped during {} {} seed {seed}; the finished arms are kept in {}: continue with --resume {}",
+                            arm.rule,
+                            arm.optimizer,
+                            out.display(),
+                            out.display()
+                        ),
+                    });
+                }
                 ran += 1;
             }
             remaining -= 1;

@@ -570,6 +570,17 @@ pub fn check(entries: &[Entry], opts: &CheckOptions) -> Result<Value> {
                     }
                     let t = Instant::now();
                     let r = run_seed(e, seed, opts, &multi)?;
+                    if crate::train::stop_requested() {
+                        // The seed was cut short: not a result; --resume runs it again.
+                        return Err(Error::Interrupted {
+                            msg: format!(
+                                "stopped during {} seed {seed}; the finished seeds are kept in {}: continue with --resume {}",
+                                e.name,
+                                opts.out.display(),
+                                opts.out.display()
+                            ),
+                        });
+                    }
                     spent += t.elapsed().as_secs_f64();
                     estimated += e.minutes_per_seed * 60.0;
                     write_json(&done, &r)?;
