@@ -1,6 +1,9 @@
 """The Python package against its contract: arrays in and out with their shapes and
 dtypes, clear errors on bad input, the technique registry with its settings, the same
 seed giving the same history, and the GIL released while training."""
+import contextlib
+import os
+import signal
 import threading
 
 import numpy as np
@@ -14,6 +17,22 @@ def blobs(n=600, f=20, k=3, seed=0):
     x = rng.normal(size=(n, f)).astype(np.float32)
     y = (x @ rng.normal(size=(f, k))).argmax(1)
     return x, y
+
+
+@contextlib.contextmanager
+def ctrl_c_after(seconds):
+    """Sends this process SIGINT after `seconds` and expects KeyboardInterrupt. A shell
+    starts background jobs with SIGINT ignored, and Python then leaves it so: Python's
+    own handler is installed for the duration."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    timer = threading.Timer(seconds, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_train_learns_and_predict_gives_one_row_per_sample():
@@ -226,21 +245,11 @@ def test_the_same_seed_gives_the_same_history_from_python_and_from_the_cli(tmp_p
 def test_ctrl_c_stops_training_cleanly_and_keeps_the_last_checkpoint(tmp_path):
     import json
     import os
-    import signal
     x, y = blobs(n=20000, f=64)
-    # A shell starts background jobs with SIGINT ignored, and Python then leaves it so:
-    # install Python's own handler for this test.
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    timer = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT))
-    timer.start()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            # max_seconds: should the interrupt be lost, the call ends anyway (and fails).
-            fp.train("mlp:64-512-512-3", x, y, epochs=1000, batch_size=32, threads=1,
-                     out=str(tmp_path), max_seconds=60)
-    finally:
-        timer.cancel()
-        signal.signal(signal.SIGINT, previous)
+    # max_seconds: should the interrupt be lost, the call ends anyway (and fails).
+    with ctrl_c_after(0.5):
+        fp.train("mlp:64-512-512-3", x, y, epochs=1000, batch_size=32, threads=1, out=str(tmp_path),
+                 max_seconds=60)
     # The interrupted epoch was finished early, evaluated and checkpointed.
     assert os.path.isfile(tmp_path / "checkpoint.safetensors")
     with open(tmp_path / "metrics.jsonl") as f:
@@ -426,7 +435,6 @@ def test_contiguous_float32_arrays_are_read_in_place():
 
 def test_ctrl_c_stops_a_benchmark_and_keeps_no_cut_short_arm(tmp_path):
     import os
-    import signal
     if not os.environ.get("FUTUREPROP_DATA"):
         pytest.skip("FUTUREPROP_DATA is not set")
     suite = tmp_path / "long.toml"
@@ -435,15 +443,8 @@ def test_ctrl_c_stops_a_benchmark_and_keeps_no_cut_short_arm(tmp_path):
                      'models = ["mlp:784-64-10"]\nrules = ["bp", "fa"]\noptimizers = ["adam"]\n'
                      'seeds = 1\nepochs = 500\nseconds = 30\n[defaults]\ntrain_limit = 2000\n'
                      'test_limit = 200\nbatch_size = 50\n')
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    timer = threading.Timer(1.5, lambda: os.kill(os.getpid(), signal.SIGINT))
-    timer.start()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            fp.bench(str(suite), out=tmp_path / "bench", threads=1)
-    finally:
-        timer.cancel()
-        signal.signal(signal.SIGINT, previous)
+    with ctrl_c_after(1.5):
+        fp.bench(str(suite), out=tmp_path / "bench", threads=1)
     # The interrupted arm left no summary (a resume runs it again) and no report exists.
     assert not list((tmp_path / "bench").rglob("summary.json"))
     assert not (tmp_path / "bench" / "results.json").exists()
