@@ -546,7 +546,9 @@ fn train_cmd(args: &TrainArgs) -> Result<()> {
     if args.no_bias {
         flags["bias"] = false.into();
     }
-    if args.quiet {
+    // Data-parallel ranks other than 0 say nothing: rank 0 reports for the run.
+    let reporting = train::comm::world().rank() == 0;
+    if args.quiet || !reporting {
         flags["quiet"] = true.into();
     }
     if let Some(rule) = choice_layer(args.rule.as_deref(), &args.rule_opt)? {
@@ -563,6 +565,9 @@ fn train_cmd(args: &TrainArgs) -> Result<()> {
     };
 
     let summary = train::train(&cfg, resume.as_deref())?;
+    if !reporting {
+        return Ok(());
+    }
     let out = cfg.out_dir();
     let f = |k: &str| summary[k].as_f64().unwrap_or(f64::NAN);
     // Reconstruction and regression (the adding problem) report the loss.
@@ -954,6 +959,14 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    // Under `mpirun`: MPI starts here and finalises when `mpi` drops at the end.
+    let mpi = match train::comm::init() {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let res = match &cli.command {
         Command::Train(a) => train_cmd(a),
         Command::Bench {
@@ -1036,6 +1049,10 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: {e}");
+            // One rank's error stops every rank (they would wait for it forever).
+            if let Some(g) = mpi {
+                g.abort(1);
+            }
             ExitCode::FAILURE
         }
     }

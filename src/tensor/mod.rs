@@ -226,6 +226,36 @@ impl Tensor {
         matches!(&*self.data, Storage::Host(HostStorage::F32(b)) if b.is_shared())
     }
 
+    /// The elements of `parts`, in order, as one f32 buffer (what a communicator sends;
+    /// [`Tensor::unpack_f32`] undoes it).
+    pub fn pack_f32(parts: &[&Tensor]) -> Result<Vec<f32>> {
+        let mut out = Vec::with_capacity(parts.iter().map(|t| t.len()).sum());
+        for t in parts {
+            out.extend_from_slice(t.to_dtype(DType::F32).as_f32()?);
+        }
+        Ok(out)
+    }
+
+    /// Tensors shaped and typed as `like`, read in order from `buf` (from
+    /// [`Tensor::pack_f32`]).
+    pub fn unpack_f32(buf: &[f32], like: &[&Tensor]) -> Result<Vec<Tensor>> {
+        let total: usize = like.iter().map(|t| t.len()).sum();
+        if total != buf.len() {
+            return Err(Error::shape(
+                "unpack_f32",
+                format!("{} elements for tensors of {total}", buf.len()),
+            ));
+        }
+        let mut at = 0;
+        like.iter()
+            .map(|t| {
+                let part = buf[at..at + t.len()].to_vec();
+                at += t.len();
+                Ok(Tensor::from_vec(t.shape(), part)?.to_dtype(t.dtype()))
+            })
+            .collect()
+    }
+
     /// An `f64` tensor from row-major data.
     pub fn from_vec_f64(shape: &[usize], data: Vec<f64>) -> Result<Self> {
         Self::from_storage(shape, HostStorage::F64(data))

@@ -163,6 +163,28 @@ impl EpochStats {
         Ok(())
     }
 
+    /// Sums the ranks' statistics (data-parallel training): every rank then holds the
+    /// epoch's over the whole batches.
+    pub fn reduce(&mut self, comm: &dyn super::comm::Communicator) {
+        let mut v = [
+            self.loss_sum,
+            self.correct as f64,
+            self.seen as f64,
+            self.judged as f64,
+            self.relax.0,
+            self.relax.1,
+            self.relax.2,
+            self.relax.3,
+            self.aux.1,
+            self.aux.2,
+        ];
+        comm.all_reduce_sum(&mut v);
+        self.loss_sum = v[0];
+        (self.correct, self.seen, self.judged) = (v[1] as usize, v[2] as usize, v[3] as usize);
+        self.relax = (v[4], v[5], v[6], v[7]);
+        (self.aux.1, self.aux.2) = (v[8], v[9]);
+    }
+
     /// Mean minibatch loss.
     pub fn loss(&self) -> f64 {
         self.loss_sum / self.seen.max(1) as f64

@@ -8,6 +8,7 @@
 mod accumulate;
 mod averaging;
 pub mod checkpoint;
+pub mod comm;
 mod config;
 pub mod energy;
 mod loss_scale;

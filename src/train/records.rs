@@ -30,14 +30,20 @@ pub(super) struct Records {
     /// Every epoch and diagnostics record so far (a resumed run's included).
     pub(super) history: Vec<Value>,
     saved: Saved,
+    /// Whether this process writes the run's files.
+    write: bool,
 }
 
 impl Records {
     /// Creates the run folder and `metrics.jsonl` with the history a resumed run
-    /// brings (`resumed`), or none.
-    pub(super) fn open(cfg: &TrainConfig, resumed: Option<Vec<Value>>) -> Result<Records> {
+    /// brings (`resumed`), or none. With `write` false (a data-parallel rank other than
+    /// 0, whose records rank 0 writes) nothing goes to disk.
+    pub(super) fn open(
+        cfg: &TrainConfig,
+        resumed: Option<Vec<Value>>,
+        write: bool,
+    ) -> Result<Records> {
         let dir = cfg.out_dir();
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let metrics = dir.join("metrics.jsonl");
         let saved = if resumed.is_some() {
             Saved::ResumedFrom
@@ -45,9 +51,12 @@ impl Records {
             Saved::Nothing
         };
         let history = resumed.unwrap_or_default();
-        let mut f = std::fs::File::create(&metrics).map_err(|e| Error::io(&metrics, e))?;
-        for h in &history {
-            writeln!(f, "{h}").map_err(|e| Error::io(&metrics, e))?;
+        if write {
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            let mut f = std::fs::File::create(&metrics).map_err(|e| Error::io(&metrics, e))?;
+            for h in &history {
+                writeln!(f, "{h}").map_err(|e| Error::io(&metrics, e))?;
+            }
         }
         Ok(Records {
             checkpoint: dir.join(checkpoint::FILE),
@@ -57,11 +66,15 @@ impl Records {
                 .map_err(|e| Error::config("config", e.to_string()))?,
             history,
             saved,
+            write,
         })
     }
 
     /// Appends a record to `metrics.jsonl` only (per-step records).
     pub(super) fn log(&self, rec: &Value) -> Result<()> {
+        if !self.write {
+            return Ok(());
+        }
         append_line(&self.metrics, rec)
     }
 
@@ -80,6 +93,9 @@ impl Records {
         epoch: usize,
         loss_scaler: Option<&super::LossScaler>,
     ) -> Result<()> {
+        if !self.write {
+            return Ok(());
+        }
         checkpoint::save(
             &self.checkpoint,
             &Checkpoint {

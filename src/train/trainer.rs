@@ -48,6 +48,8 @@ pub(super) struct Trainer<'a> {
     /// skips them).
     not_training_seconds: f64,
     out_of_time: bool,
+    /// The processes of the run (one, or `mpirun`'s).
+    comm: &'static dyn super::comm::Communicator,
 }
 
 impl<'a> Trainer<'a> {
@@ -117,6 +119,10 @@ impl<'a> Trainer<'a> {
             ));
         }
         rule.keep_trace(optimizer.needs_trace());
+        let comm = super::comm::world();
+        if comm.size() > 1 {
+            data_parallel_check(cfg, rule.as_ref(), optimizer.as_ref(), comm)?;
+        }
         let pretrain = match cfg.pretrain.as_str() {
             "rbm" if resume.is_none() => {
                 let t = Instant::now();
@@ -148,7 +154,8 @@ impl<'a> Trainer<'a> {
             }
             None => (0, None),
         };
-        let records = Records::open(cfg, history)?;
+        // Rank 0 writes the run's files; the other ranks keep their records in memory.
+        let records = Records::open(cfg, history, comm.rank() == 0)?;
         Ok(Trainer {
             cfg,
             splits,
@@ -167,6 +174,7 @@ impl<'a> Trainer<'a> {
             start: Instant::now(),
             not_training_seconds: 0.0,
             out_of_time: false,
+            comm,
         })
     }
 
@@ -198,7 +206,9 @@ impl<'a> Trainer<'a> {
             self.epoch(epoch, progress)?;
         }
         let summary = self.summary();
-        super::write_json(&self.records.dir.join("summary.json"), &summary)?;
+        if self.comm.rank() == 0 {
+            super::write_json(&self.records.dir.join("summary.json"), &summary)?;
+        }
         Ok(summary)
     }
 
@@ -207,6 +217,7 @@ impl<'a> Trainer<'a> {
         let cfg = self.cfg;
         let mut cost = EpochMeter::start();
         let steps0 = self.step;
+        let bytes0 = self.comm.bytes_sent();
         let batches = Batches::new(
             &self.splits.train,
             cfg.batch_size,
@@ -244,6 +255,9 @@ impl<'a> Trainer<'a> {
             }
         }
         pb.finish_and_clear();
+        if self.comm.size() > 1 {
+            stats.reduce(self.comm);
+        }
         let spent = cost.finish();
         self.meter.add_epoch(&spent, self.step - steps0);
         let te = Instant::now();
@@ -258,6 +272,10 @@ impl<'a> Trainer<'a> {
         if let Some(s) = &self.scaler {
             rec["loss_scale"] = json!(s.scale);
             rec["skipped_steps"] = json!(stats.skipped);
+        }
+        if self.comm.size() > 1 {
+            rec["ranks"] = json!(self.comm.size());
+            rec["bytes_sent"] = json!(self.comm.bytes_sent() - bytes0);
         }
         self.evaluate_into(epoch, &mut rec)?;
         rec["flops"] = json!(spent.work.flops);
@@ -324,6 +342,22 @@ impl<'a> Trainer<'a> {
         stats: &mut EpochStats,
     ) -> Result<()> {
         let (cfg, loss) = (self.cfg, self.loss);
+        // Data-parallel: this rank's share of the global batch; its mean update is
+        // weighted by the share's rows before the ranks' updates are summed.
+        let local;
+        let (batch, weight) = if self.comm.size() > 1 {
+            let n = batch.target.len();
+            let rows: Vec<usize> =
+                super::comm::share(n, self.comm.rank(), self.comm.size()).collect();
+            let weight = rows.len() as f64 / n as f64;
+            local = Batch {
+                x: batch.x.gather_rows(&rows)?,
+                target: batch.target.rows(&rows)?,
+            };
+            (&local, weight)
+        } else {
+            (batch, 1.0)
+        };
         // Dropout masks are a function of (run seed, step): a resumed run draws the
         // same ones.
         self.model.set_train_seed(
@@ -374,7 +408,10 @@ impl<'a> Trainer<'a> {
         if !ends_step {
             return Ok(());
         }
-        let grads = accumulation.take(&out.grads);
+        let mut grads = accumulation.take(&out.grads);
+        if self.comm.size() > 1 {
+            super::comm::all_reduce_grads(self.comm, grads.to_mut(), weight)?;
+        }
         if let Some(s) = self.scaler.as_mut() {
             // GradScaler: a step with an Inf or NaN gradient is skipped and the scale
             // halves.
@@ -512,4 +549,66 @@ impl<'a> Trainer<'a> {
             "config": self.records.config,
         })
     }
+}
+
+/// Refuses what data-parallel training does not cover yet, and ranks that disagree.
+fn data_parallel_check(
+    cfg: &TrainConfig,
+    rule: &dyn Rule,
+    optimizer: &dyn Optimizer,
+    comm: &dyn super::comm::Communicator,
+) -> Result<()> {
+    let k = comm.size();
+    if !cfg.batch_size.is_multiple_of(k) {
+        return Err(Error::config(
+            "batch_size (--batch-size)",
+            format!(
+                "{} rows do not split over {k} ranks; use a multiple of {k}",
+                cfg.batch_size
+            ),
+        ));
+    }
+    // Rules whose update is the batch mean of per-sample terms, computed from the
+    // parameters and the batch alone (no state updated inside the step).
+    const RULES: [&str; 9] = [
+        "bp", "fa", "usf", "brsf", "frsf", "kp", "dfa", "bfa", "drtp",
+    ];
+    if !RULES.contains(&rule.name()) {
+        return Err(Error::config(
+            "mpirun",
+            format!(
+                "rule {} is not data-parallel yet (it updates state of its own inside a step, which the ranks would not share); data-parallel training covers {}",
+                rule.name(),
+                RULES.join(", ")
+            ),
+        ));
+    }
+    // Element-wise optimizers see only the summed update; the others re-evaluate the
+    // objective or read the trace, which each rank holds for its own rows only.
+    const OPTIMIZERS: [&str; 11] = [
+        "sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad", "nadam", "lars",
+        "lamb", "lion",
+    ];
+    if !OPTIMIZERS.contains(&optimizer.name()) {
+        return Err(Error::config(
+            "mpirun",
+            format!(
+                "optimizer {} is not data-parallel yet (its statistics would need reducing too); data-parallel training covers {}",
+                optimizer.name(),
+                OPTIMIZERS.join(", ")
+            ),
+        ));
+    }
+    // `quiet` is per process (ranks other than 0 are quiet).
+    let shared = TrainConfig {
+        quiet: true,
+        ..cfg.clone()
+    };
+    let text =
+        serde_json::to_string(&shared).map_err(|e| Error::config("config", e.to_string()))?;
+    super::comm::check_agreement(
+        comm,
+        "configuration",
+        super::comm::fingerprint(text.as_bytes()),
+    )
 }

@@ -1,0 +1,283 @@
+//! The communicator: how the processes of one run share their work. One process has
+//! [`Single`], which does nothing; `mpirun -np K futureprop ...` built with the `mpi`
+//! feature has MPI's world communicator (Open MPI through rsmpi). The trainer asks it to
+//! split batches and to sum updates; rules and optimizers never talk to it.
+//!
+//! Data-parallel SGD (e.g. Goyal et al. 2017): rank r of K takes rows
+//! [r·B/K, (r+1)·B/K) of every global minibatch of B rows, and the ranks' mean gradients,
+//! each weighted by its share of the rows, are summed by one all-reduce, so every rank
+//! applies the full batch's mean gradient and the parameters stay identical.
+
+use std::sync::OnceLock;
+
+use crate::error::{Error, Result};
+use crate::nn::Grads;
+use crate::tensor::Tensor;
+
+/// The processes of a run.
+pub trait Communicator: Send + Sync {
+    /// This process's rank, 0..size.
+    fn rank(&self) -> usize;
+    /// Number of processes.
+    fn size(&self) -> usize;
+    /// Element-wise sum over the ranks, in place; every rank receives it.
+    fn all_reduce_sum(&self, buf: &mut [f64]);
+    /// [`Communicator::all_reduce_sum`] in f32 (what the updates travel in).
+    fn all_reduce_sum_f32(&self, buf: &mut [f32]);
+    /// Every rank's `v`, in rank order.
+    fn all_gather(&self, v: u64) -> Vec<u64>;
+    /// Bytes this process has sent so far (the all-reduce's payload, counted as a ring
+    /// all-reduce sends it: 2(K−1)/K of the buffer).
+    fn bytes_sent(&self) -> u64;
+}
+
+/// One process: nothing to share.
+pub struct Single;
+
+impl Communicator for Single {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn size(&self) -> usize {
+        1
+    }
+    fn all_reduce_sum(&self, _buf: &mut [f64]) {}
+    fn all_reduce_sum_f32(&self, _buf: &mut [f32]) {}
+    fn all_gather(&self, v: u64) -> Vec<u64> {
+        vec![v]
+    }
+    fn bytes_sent(&self) -> u64 {
+        0
+    }
+}
+
+static WORLD: OnceLock<Box<dyn Communicator>> = OnceLock::new();
+
+/// The run's communicator: MPI's world once [`init`] has found `mpirun`, else [`Single`].
+pub fn world() -> &'static dyn Communicator {
+    WORLD.get_or_init(|| Box::new(Single)).as_ref()
+}
+
+/// The environment variables a launcher sets for each process it starts.
+const LAUNCHER_VARS: [&str; 3] = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"];
+
+/// Starts MPI when this process was launched by `mpirun` (the CLI calls it first thing);
+/// the returned guard finalises MPI when dropped at the end of `main`. Without a
+/// launcher it does nothing. Launched by `mpirun` but built without the `mpi` feature,
+/// it refuses: K unconnected copies of one run would overwrite each other's files.
+pub fn init() -> Result<Option<Guard>> {
+    let launched = LAUNCHER_VARS
+        .iter()
+        .find_map(|v| std::env::var(v).ok().map(|val| format!("{v}={val}")));
+    let Some(launcher) = launched else {
+        return Ok(None);
+    };
+    mpi_world::start(&launcher)
+}
+
+/// Keeps MPI initialised; dropping it finalises MPI.
+pub struct Guard {
+    #[cfg(feature = "mpi")]
+    universe: mpi::environment::Universe,
+}
+
+impl Guard {
+    /// Ends every rank of the run with `code` (after an error on this one: the others
+    /// would otherwise wait for it in their next all-reduce).
+    pub fn abort(self, code: i32) -> ! {
+        #[cfg(feature = "mpi")]
+        {
+            use mpi::traits::Communicator as _;
+            self.universe.world().abort(code)
+        }
+        #[cfg(not(feature = "mpi"))]
+        std::process::exit(code)
+    }
+}
+
+/// Checks that every rank runs the same configuration (`fingerprint`: a hash of it).
+pub fn check_agreement(comm: &dyn Communicator, what: &str, fingerprint: u64) -> Result<()> {
+    let all = comm.all_gather(fingerprint);
+    if let Some(r) = all.iter().position(|&f| f != all[0]) {
+        return Err(Error::config(
+            "mpirun",
+            format!(
+                "ranks disagree on the {what}: rank {r}'s differs from rank 0's; start every rank with the same command and files"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// FNV-1a over `bytes`: a fingerprint that is the same on every machine.
+pub fn fingerprint(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The rows of a global batch of `n` that rank `rank` of `size` takes.
+pub fn share(n: usize, rank: usize, size: usize) -> std::ops::Range<usize> {
+    (n * rank / size)..(n * (rank + 1) / size)
+}
+
+/// Sums `weight`·`grads` over the ranks in one fused all-reduce (the tensors in the
+/// store's order, which every rank shares), replacing `grads` with the sum.
+pub fn all_reduce_grads(comm: &dyn Communicator, grads: &mut Grads, weight: f64) -> Result<()> {
+    let names = grads.names().to_vec();
+    let tensors: Vec<Tensor> = names
+        .iter()
+        .map(|n| grads.get(n).map(|t| t.scale(weight)))
+        .collect::<Result<_>>()?;
+    let refs: Vec<&Tensor> = tensors.iter().collect();
+    let mut buf = Tensor::pack_f32(&refs)?;
+    comm.all_reduce_sum_f32(&mut buf);
+    for (n, t) in names.into_iter().zip(Tensor::unpack_f32(&buf, &refs)?) {
+        grads.insert(n, t);
+    }
+    Ok(())
+}
+
+/// Bytes a ring all-reduce of `bytes` sends from each of `size` ranks.
+pub fn ring_bytes(bytes: usize, size: usize) -> u64 {
+    (2 * (size.saturating_sub(1)) * bytes / size.max(1)) as u64
+}
+
+#[cfg(feature = "mpi")]
+mod mpi_world {
+    use super::{Communicator, Error, Guard, Result, WORLD, ring_bytes};
+    use mpi::collective::SystemOperation;
+    use mpi::environment::Threading;
+    use mpi::topology::SimpleCommunicator;
+    use mpi::traits::{Communicator as MpiCommunicator, CommunicatorCollectives};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// MPI's world communicator. The trainer calls it from one thread at a time (MPI
+    /// initialised at `Threading::Serialized`), never from the kernels' worker threads.
+    struct Mpi {
+        world: SimpleCommunicator,
+        sent: AtomicU64,
+    }
+
+    // SAFETY: the handle is MPI_COMM_WORLD, valid from initialisation to finalisation on
+    // any thread; MPI was initialised with MPI_THREAD_SERIALIZED and futureprop calls it
+    // from the training thread only, one call at a time.
+    unsafe impl Send for Mpi {}
+    unsafe impl Sync for Mpi {}
+
+    impl Communicator for Mpi {
+        fn rank(&self) -> usize {
+            MpiCommunicator::rank(&self.world) as usize
+        }
+        fn size(&self) -> usize {
+            MpiCommunicator::size(&self.world) as usize
+        }
+        fn all_reduce_sum(&self, buf: &mut [f64]) {
+            let send = buf.to_vec();
+            self.world
+                .all_reduce_into(&send[..], buf, SystemOperation::sum());
+            self.count(std::mem::size_of_val(buf));
+        }
+        fn all_reduce_sum_f32(&self, buf: &mut [f32]) {
+            let send = buf.to_vec();
+            self.world
+                .all_reduce_into(&send[..], buf, SystemOperation::sum());
+            self.count(std::mem::size_of_val(buf));
+        }
+        fn all_gather(&self, v: u64) -> Vec<u64> {
+            let mut all = vec![0u64; Communicator::size(self)];
+            self.world.all_gather_into(&v, &mut all[..]);
+            all
+        }
+        fn bytes_sent(&self) -> u64 {
+            self.sent.load(Ordering::Relaxed)
+        }
+    }
+
+    impl Mpi {
+        fn count(&self, bytes: usize) {
+            self.sent.fetch_add(
+                ring_bytes(bytes, Communicator::size(self)),
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    pub(super) fn start(launcher: &str) -> Result<Option<Guard>> {
+        let (universe, got) =
+            mpi::initialize_with_threading(Threading::Serialized).ok_or_else(|| {
+                Error::config(
+                    "mpirun",
+                    format!("{launcher} is set but MPI was initialised already"),
+                )
+            })?;
+        if !matches!(got, Threading::Serialized | Threading::Multiple) {
+            return Err(Error::config(
+                "mpirun",
+                format!("this MPI library gives thread level {got:?}; futureprop needs Serialized"),
+            ));
+        }
+        let world = universe.world();
+        if WORLD
+            .set(Box::new(Mpi {
+                world,
+                sent: AtomicU64::new(0),
+            }))
+            .is_err()
+        {
+            return Err(Error::config(
+                "mpirun",
+                "the communicator was in use before MPI started",
+            ));
+        }
+        Ok(Some(Guard { universe }))
+    }
+}
+
+#[cfg(not(feature = "mpi"))]
+mod mpi_world {
+    use super::*;
+
+    pub(super) fn start(launcher: &str) -> Result<Option<Guard>> {
+        Err(Error::config(
+            "mpirun",
+            format!(
+                "this process was started by an MPI launcher ({launcher}), but futureprop was built without the `mpi` feature, so every process would run the whole job alone; build it with `cargo build --release --features mpi` (needs libopenmpi-dev and libclang)"
+            ),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_cover_the_batch_once_in_order() {
+        for (n, k) in [(128, 2), (127, 2), (10, 3), (3, 4)] {
+            let rows: Vec<usize> = (0..k).flat_map(|r| share(n, r, k)).collect();
+            assert_eq!(rows, (0..n).collect::<Vec<_>>(), "n {n} k {k}");
+        }
+    }
+
+    #[test]
+    fn a_ring_all_reduce_sends_twice_the_buffer_less_one_share() {
+        assert_eq!(ring_bytes(1000, 1), 0);
+        assert_eq!(ring_bytes(1000, 2), 1000);
+        assert_eq!(ring_bytes(1000, 4), 1500);
+    }
+
+    #[test]
+    fn one_process_changes_nothing() {
+        let comm = Single;
+        let mut g = Grads::new();
+        g.insert(
+            "w".to_string(),
+            Tensor::from_vec(&[2], vec![1.0, -2.0]).unwrap(),
+        );
+        all_reduce_grads(&comm, &mut g, 0.5).unwrap();
+        assert_eq!(g.get("w").unwrap().to_vec_f64(), vec![0.5, -1.0]);
+        assert!(check_agreement(&comm, "config", 7).is_ok());
+        assert_ne!(fingerprint(b"a"), fingerprint(b"b"));
+    }
+}

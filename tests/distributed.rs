@@ -1,0 +1,185 @@
+//! Data-parallel training under `mpirun` (the `mpi` feature): 2 ranks with B/2 rows each
+//! give the parameters 1 process gives with B rows, up to summation order; bad use fails
+//! on every rank with one clear error. Needs Open MPI's `mpirun` on the PATH.
+//!
+//!     cargo test --features mpi --test distributed
+#![cfg(feature = "mpi")]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use futureprop::train::checkpoint;
+
+/// `futureprop ARGS` under `mpirun -np RANKS` (loopback; root and more ranks than cores
+/// allowed, as in a container).
+fn mpirun(ranks: usize, args: &[&str]) -> Output {
+    launch(&vec![args; ranks])
+}
+
+/// One `mpirun` starting one rank per element of `each`, each with its own arguments
+/// (MPMD: `mpirun -np 1 A : -np 1 B`).
+fn launch(each: &[&[&str]]) -> Output {
+    let mut cmd = Command::new("mpirun");
+    cmd.args(["--oversubscribe", "--bind-to", "none"]);
+    for (i, args) in each.iter().enumerate() {
+        if i > 0 {
+            cmd.arg(":");
+        }
+        cmd.args(["-np", "1"])
+            .arg(env!("CARGO_BIN_EXE_futureprop"))
+            .args(*args);
+    }
+    cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMPI_MCA_btl", "self,vader,tcp")
+        .env("OMPI_MCA_btl_tcp_if_include", "lo")
+        .output()
+        .expect("mpirun (Open MPI) on the PATH: apt-get install openmpi-bin libopenmpi-dev")
+}
+
+fn single(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_futureprop"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(o: &Output, what: &str) {
+    assert!(
+        o.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Largest |a − b| over the model's parameters of two runs' checkpoints.
+fn max_difference(a: &Path, b: &Path) -> f64 {
+    let (a, b) = (checkpoint::load(a).unwrap(), checkpoint::load(b).unwrap());
+    let mut worst: f64 = 0.0;
+    for (name, ta) in a.params.iter() {
+        let tb = b.params.get(name).unwrap();
+        assert_eq!(ta.shape(), tb.shape(), "{name}");
+        for (x, y) in ta.to_vec_f64().iter().zip(tb.to_vec_f64()) {
+            worst = worst.max((x - y).abs());
+        }
+    }
+    worst
+}
+
+#[test]
+fn two_ranks_with_half_batches_give_one_process_s_parameters() {
+    let Some(data) = common::data_with(&["mnist"]) else {
+        return;
+    };
+    let data = data.to_str().unwrap().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    for rule in ["bp", "fa", "dfa"] {
+        for (optimizer, lr) in [("sgd", "0.1"), ("adam", "0.001")] {
+            let args = |out: &Path| -> Vec<String> {
+                [
+                    "train",
+                    "--dataset",
+                    "mnist",
+                    "--data-dir",
+                    &data,
+                    "--model",
+                    "mlp:784-48-24-10",
+                    "--train-limit",
+                    "640",
+                    "--test-limit",
+                    "200",
+                    "--batch-size",
+                    "64",
+                    "--epochs",
+                    "1",
+                    "--threads",
+                    "1",
+                    "--quiet",
+                    "--rule",
+                    rule,
+                    "--optimizer",
+                    optimizer,
+                    "--lr",
+                    lr,
+                    "--out",
+                    out.to_str().unwrap(),
+                ]
+                .map(String::from)
+                .to_vec()
+            };
+            let (one, two) = (
+                tmp.path().join(format!("{rule}-{optimizer}-1")),
+                tmp.path().join(format!("{rule}-{optimizer}-2")),
+            );
+            let a1 = args(&one);
+            let a2 = args(&two);
+            ok(
+                &single(&a1.iter().map(String::as_str).collect::<Vec<_>>()),
+                "1 process",
+            );
+            ok(
+                &mpirun(2, &a2.iter().map(String::as_str).collect::<Vec<_>>()),
+                "2 ranks",
+            );
+            // 10 steps; the two halves' f32 sums meet in another order than one batch's.
+            let d = max_difference(&one, &two);
+            assert!(d < 2e-5, "{rule} {optimizer}: parameters differ by {d:e}");
+            // Rank 0 wrote the run: its records say so, and count the bytes it sent.
+            let metrics = std::fs::read_to_string(two.join("metrics.jsonl")).unwrap();
+            let epoch: serde_json::Value =
+                serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+            assert_eq!(epoch["ranks"], 2);
+            assert!(epoch["bytes_sent"].as_u64().unwrap() > 0);
+        }
+    }
+}
+
+#[test]
+fn bad_use_fails_on_every_rank_with_one_clear_error() {
+    let Some(data) = common::data_with(&["mnist"]) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let base = [
+        "train",
+        "--dataset",
+        "mnist",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--model",
+        "mlp:784-16-10",
+        "--train-limit",
+        "256",
+        "--epochs",
+        "1",
+        "--threads",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let run = |extra: &[&str]| {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let o = mpirun(2, &args);
+        assert!(!o.status.success(), "{extra:?} should fail");
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let e = run(&["--batch-size", "63"]);
+    assert!(e.contains("63 rows do not split over 2 ranks"), "{e}");
+    let e = run(&["--rule", "pc"]);
+    assert!(e.contains("rule pc is not data-parallel yet"), "{e}");
+    let e = run(&["--optimizer", "kfac"]);
+    assert!(e.contains("optimizer kfac is not data-parallel yet"), "{e}");
+    // Ranks started with different settings.
+    let a: Vec<&str> = base.iter().chain(&["--seed", "0"]).copied().collect();
+    let b: Vec<&str> = base.iter().chain(&["--seed", "1"]).copied().collect();
+    let o = launch(&[&a, &b]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("ranks disagree on the configuration"),
+        "{e}"
+    );
+}
