@@ -226,20 +226,22 @@ impl Tensor {
         matches!(&*self.data, Storage::Host(HostStorage::F32(b)) if b.is_shared())
     }
 
-    /// The elements of `parts`, in order, as one f32 buffer (what a communicator sends;
-    /// [`Tensor::unpack_f32`] undoes it).
-    pub fn pack_f32(parts: &[&Tensor]) -> Result<Vec<f32>> {
-        let mut out = Vec::with_capacity(parts.iter().map(|t| t.len()).sum());
+    /// `scale`·the elements of `parts`, in order, written into `buf` (resized to fit;
+    /// what a communicator sends). [`Tensor::unpack_f32`] undoes it.
+    pub fn pack_f32(parts: &[&Tensor], scale: f32, buf: &mut Vec<f32>) -> Result<()> {
+        buf.clear();
+        buf.reserve(parts.iter().map(|t| t.len()).sum());
         for t in parts {
-            out.extend_from_slice(t.to_dtype(DType::F32).as_f32()?);
+            let t = t.to_dtype(DType::F32);
+            buf.extend(t.as_f32()?.iter().map(|&v| v * scale));
         }
-        Ok(out)
+        Ok(())
     }
 
-    /// Tensors shaped and typed as `like`, read in order from `buf` (from
-    /// [`Tensor::pack_f32`]).
-    pub fn unpack_f32(buf: &[f32], like: &[&Tensor]) -> Result<Vec<Tensor>> {
-        let total: usize = like.iter().map(|t| t.len()).sum();
+    /// Replaces the elements of `parts`, in order, with `buf`'s (from
+    /// [`Tensor::pack_f32`]; a part of another type rounds them to it).
+    pub fn unpack_f32(buf: &[f32], parts: &mut [&mut Tensor]) -> Result<()> {
+        let total: usize = parts.iter().map(|t| t.len()).sum();
         if total != buf.len() {
             return Err(Error::shape(
                 "unpack_f32",
@@ -247,13 +249,13 @@ impl Tensor {
             ));
         }
         let mut at = 0;
-        like.iter()
-            .map(|t| {
-                let part = buf[at..at + t.len()].to_vec();
-                at += t.len();
-                Ok(Tensor::from_vec(t.shape(), part)?.to_dtype(t.dtype()))
-            })
-            .collect()
+        for t in parts.iter_mut() {
+            let part = &buf[at..at + t.len()];
+            at += t.len();
+            // New storage: the old one is often shared (a copy-on-write would copy twice).
+            **t = Tensor::from_vec(t.shape(), part.to_vec())?.to_dtype(t.dtype());
+        }
+        Ok(())
     }
 
     /// An `f64` tensor from row-major data.

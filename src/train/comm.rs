@@ -22,8 +22,9 @@ pub trait Communicator: Send + Sync {
     fn size(&self) -> usize;
     /// Element-wise sum over the ranks, in place; every rank receives it.
     fn all_reduce_sum(&self, buf: &mut [f64]);
-    /// [`Communicator::all_reduce_sum`] in f32 (what the updates travel in).
-    fn all_reduce_sum_f32(&self, buf: &mut [f32]);
+    /// Element-wise f32 sum of every rank's `send` into `recv` (same length): what the
+    /// updates travel in.
+    fn all_reduce_sum_f32(&self, send: &[f32], recv: &mut [f32]);
     /// Every rank's `v`, in rank order.
     fn all_gather(&self, v: u64) -> Vec<u64>;
     /// Bytes this process has sent so far (the all-reduce's payload, counted as a ring
@@ -42,7 +43,9 @@ impl Communicator for Single {
         1
     }
     fn all_reduce_sum(&self, _buf: &mut [f64]) {}
-    fn all_reduce_sum_f32(&self, _buf: &mut [f32]) {}
+    fn all_reduce_sum_f32(&self, send: &[f32], recv: &mut [f32]) {
+        recv.copy_from_slice(send);
+    }
     fn all_gather(&self, v: u64) -> Vec<u64> {
         vec![v]
     }
@@ -122,20 +125,24 @@ pub fn share(n: usize, rank: usize, size: usize) -> std::ops::Range<usize> {
 }
 
 /// Sums `weight`·`grads` over the ranks in one fused all-reduce (the tensors in the
-/// store's order, which every rank shares), replacing `grads` with the sum.
-pub fn all_reduce_grads(comm: &dyn Communicator, grads: &mut Grads, weight: f64) -> Result<()> {
-    let names = grads.names().to_vec();
-    let tensors: Vec<Tensor> = names
-        .iter()
-        .map(|n| grads.get(n).map(|t| t.scale(weight)))
-        .collect::<Result<_>>()?;
-    let refs: Vec<&Tensor> = tensors.iter().collect();
-    let mut buf = Tensor::pack_f32(&refs)?;
-    comm.all_reduce_sum_f32(&mut buf);
-    for (n, t) in names.into_iter().zip(Tensor::unpack_f32(&buf, &refs)?) {
-        grads.insert(n, t);
+/// store's order, which every rank shares), replacing `grads` with the sum. `buffers`
+/// (send and receive) are kept by the caller from step to step, so a step allocates
+/// nothing for its messages.
+pub fn all_reduce_grads(
+    comm: &dyn Communicator,
+    grads: &mut Grads,
+    weight: f64,
+    buffers: &mut (Vec<f32>, Vec<f32>),
+) -> Result<()> {
+    let (send, recv) = buffers;
+    {
+        let parts: Vec<&Tensor> = grads.iter().map(|(_, t)| t).collect();
+        Tensor::pack_f32(&parts, weight as f32, send)?;
     }
-    Ok(())
+    recv.resize(send.len(), 0.0);
+    comm.all_reduce_sum_f32(send, recv);
+    let mut parts: Vec<&mut Tensor> = grads.iter_mut().map(|(_, t)| t).collect();
+    Tensor::unpack_f32(recv, &mut parts)
 }
 
 /// Bytes a ring all-reduce of `bytes` sends from each of `size` ranks.
@@ -178,11 +185,10 @@ mod mpi_world {
                 .all_reduce_into(&send[..], buf, SystemOperation::sum());
             self.count(std::mem::size_of_val(buf));
         }
-        fn all_reduce_sum_f32(&self, buf: &mut [f32]) {
-            let send = buf.to_vec();
+        fn all_reduce_sum_f32(&self, send: &[f32], recv: &mut [f32]) {
             self.world
-                .all_reduce_into(&send[..], buf, SystemOperation::sum());
-            self.count(std::mem::size_of_val(buf));
+                .all_reduce_into(send, recv, SystemOperation::sum());
+            self.count(std::mem::size_of_val(send));
         }
         fn all_gather(&self, v: u64) -> Vec<u64> {
             let mut all = vec![0u64; Communicator::size(self)];
@@ -275,7 +281,7 @@ mod tests {
             "w".to_string(),
             Tensor::from_vec(&[2], vec![1.0, -2.0]).unwrap(),
         );
-        all_reduce_grads(&comm, &mut g, 0.5).unwrap();
+        all_reduce_grads(&comm, &mut g, 0.5, &mut Default::default()).unwrap();
         assert_eq!(g.get("w").unwrap().to_vec_f64(), vec![0.5, -1.0]);
         assert!(check_agreement(&comm, "config", 7).is_ok());
         assert_ne!(fingerprint(b"a"), fingerprint(b"b"));

@@ -50,6 +50,8 @@ pub(super) struct Trainer<'a> {
     out_of_time: bool,
     /// The processes of the run (one, or `mpirun`'s).
     comm: &'static dyn super::comm::Communicator,
+    /// The all-reduce's send and receive buffers, kept from step to step.
+    comm_buffers: (Vec<f32>, Vec<f32>),
 }
 
 impl<'a> Trainer<'a> {
@@ -175,6 +177,7 @@ impl<'a> Trainer<'a> {
             not_training_seconds: 0.0,
             out_of_time: false,
             comm,
+            comm_buffers: Default::default(),
         })
     }
 
@@ -410,7 +413,12 @@ impl<'a> Trainer<'a> {
         }
         let mut grads = accumulation.take(&out.grads);
         if self.comm.size() > 1 {
-            super::comm::all_reduce_grads(self.comm, grads.to_mut(), weight)?;
+            super::comm::all_reduce_grads(
+                self.comm,
+                grads.to_mut(),
+                weight,
+                &mut self.comm_buffers,
+            )?;
         }
         if let Some(s) = self.scaler.as_mut() {
             // GradScaler: a step with an Inf or NaN gradient is skipped and the scale
