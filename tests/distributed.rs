@@ -1,6 +1,7 @@
 //! Data-parallel training under `mpirun` (the `mpi` feature): 2 ranks with B/2 rows each
-//! give the parameters 1 process gives with B rows, up to summation order; bad use fails
-//! on every rank with one clear error. Needs Open MPI's `mpirun` on the PATH.
+//! give the parameters 1 process gives with B rows, up to summation order, for every kind
+//! of rule that says its update splits over the batch; bad use fails on every rank with
+//! one clear error. Needs Open MPI's `mpirun` on the PATH.
 //!
 //!     cargo test --features mpi --test distributed
 #![cfg(feature = "mpi")]
@@ -76,8 +77,10 @@ fn two_ranks_with_half_batches_give_one_process_s_parameters() {
     };
     let data = data.to_str().unwrap().to_string();
     let tmp = tempfile::tempdir().unwrap();
-    for rule in ["bp", "fa", "dfa"] {
-        for (optimizer, lr) in [("sgd", "0.1"), ("adam", "0.001")] {
+    // Rules on the shared backward pass, and energy-based, local and synthetic-gradient
+    // rules whose updates are per-sample too.
+    for rule in ["bp", "fa", "dfa", "pc", "local", "dni", "eqprop"] {
+        for (optimizer, lr) in [("sgd", "0.05"), ("adam", "0.001")] {
             let args = |out: &Path| -> Vec<String> {
                 [
                     "train",
@@ -169,8 +172,13 @@ fn bad_use_fails_on_every_rank_with_one_clear_error() {
     };
     let e = run(&["--batch-size", "63"]);
     assert!(e.contains("63 rows do not split over 2 ranks"), "{e}");
-    let e = run(&["--rule", "pc"]);
-    assert!(e.contains("rule pc is not data-parallel yet"), "{e}");
+    let e = run(&["--rule", "ff"]);
+    assert!(e.contains("rule ff is not data-parallel"), "{e}");
+    let e = run(&["--rule", "local", "--local-loss", "predsim"]);
+    assert!(
+        e.contains("rule local is not data-parallel at these settings"),
+        "{e}"
+    );
     let e = run(&["--optimizer", "kfac"]);
     assert!(e.contains("optimizer kfac is not data-parallel yet"), "{e}");
     // Ranks started with different settings.

@@ -25,6 +25,10 @@ impl Rule for Backprop {
         true
     }
 
+    fn splits_over_batch(&self) -> bool {
+        true
+    }
+
     fn trains(&self) -> super::Trains {
         super::Trains::ALL
     }

@@ -85,6 +85,11 @@ impl Classic {
 }
 
 impl Rule for Classic {
+    /// Oja's rule is left out: not checked under data-parallel training yet.
+    fn splits_over_batch(&self) -> bool {
+        !matches!(self.kind, ClassicKind::Hebbian)
+    }
+
     fn name(&self) -> &'static str {
         match self.kind {
             ClassicKind::Perceptron => "perceptron",

@@ -139,6 +139,10 @@ impl Rule for DirectFeedback {
         true
     }
 
+    fn splits_over_batch(&self) -> bool {
+        true
+    }
+
     fn recomputes(&self) -> bool {
         true
     }

@@ -443,6 +443,10 @@ impl Equilibrium {
 }
 
 impl Rule for Equilibrium {
+    fn splits_over_batch(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &'static str {
         if self.nudge == Nudge::Clamped {
             "chl"

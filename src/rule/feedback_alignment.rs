@@ -255,6 +255,10 @@ impl Rule for FeedbackAlignment {
         true
     }
 
+    fn splits_over_batch(&self) -> bool {
+        true
+    }
+
     fn recomputes(&self) -> bool {
         true
     }

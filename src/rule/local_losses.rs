@@ -211,6 +211,11 @@ impl Rule for LocalLosses {
         true
     }
 
+    /// dsn and the pred head are per-sample; sim and predsim compare the batch's samples.
+    fn splits_over_batch(&self) -> bool {
+        self.deeply_supervised || matches!(self.head_loss, HeadLoss::Pred)
+    }
+
     /// dsn walks the global backward pass from the top; local trains block by block on
     /// its own passes.
     fn recomputes(&self) -> bool {

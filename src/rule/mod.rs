@@ -152,6 +152,17 @@ pub trait Rule: Send {
         false
     }
 
+    /// Whether the update is the batch mean of per-sample terms computed from the
+    /// parameters and the batch alone, so that data-parallel ranks may each take a share
+    /// of a batch and sum their updates weighted by their shares (`train::comm`); tested
+    /// for each rule that says so against one process (`tests/distributed.rs`). Rules
+    /// that compare a batch's samples (Forward-Forward's negatives, similarity losses),
+    /// decide on the batch as a whole (ePC's backtracking, DTP's noise draws) or run
+    /// online (UORO) keep the default, false, and are refused under `mpirun`.
+    fn splits_over_batch(&self) -> bool {
+        false
+    }
+
     /// Refuses a model the rule cannot train for reasons beyond its layer families
     /// ([`Rule::trains`]), naming the layer; checked when the model is built.
     fn check_model(&self, _model: &Model) -> Result<()> {

@@ -448,6 +448,10 @@ struct Relaxed {
 }
 
 impl Rule for PredictiveCoding {
+    fn splits_over_batch(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &'static str {
         "pc"
     }

@@ -300,6 +300,10 @@ impl Rule for SyntheticGradients {
         true
     }
 
+    fn splits_over_batch(&self) -> bool {
+        true
+    }
+
     fn trains(&self) -> super::Trains {
         // Per convolutional block; a block may hold a normalisation layer.
         super::Trains {

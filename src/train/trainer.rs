@@ -576,18 +576,20 @@ fn data_parallel_check(
             ),
         ));
     }
-    // Rules whose update is the batch mean of per-sample terms, computed from the
-    // parameters and the batch alone (no state updated inside the step).
-    const RULES: [&str; 9] = [
-        "bp", "fa", "usf", "brsf", "frsf", "kp", "dfa", "bfa", "drtp",
-    ];
-    if !RULES.contains(&rule.name()) {
+    if !rule.splits_over_batch() {
+        let covered: Vec<&str> = crate::rule::names()
+            .into_iter()
+            .filter(|n| {
+                crate::rule::build_rule_with(n, &serde_json::json!({}))
+                    .is_ok_and(|r| r.splits_over_batch())
+            })
+            .collect();
         return Err(Error::config(
             "mpirun",
             format!(
-                "rule {} is not data-parallel yet (it updates state of its own inside a step, which the ranks would not share); data-parallel training covers {}",
+                "rule {} is not data-parallel at these settings (its update couples the samples of a batch, or it decides on the batch as a whole); data-parallel training covers {} (at their defaults)",
                 rule.name(),
-                RULES.join(", ")
+                covered.join(", ")
             ),
         ));
     }
