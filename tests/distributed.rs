@@ -141,6 +141,73 @@ fn two_ranks_with_half_batches_give_one_process_s_parameters() {
 }
 
 #[test]
+fn a_run_resumes_at_another_number_of_ranks() {
+    let Some(data) = common::data_with(&["mnist"]) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (whole, split) = (tmp.path().join("whole"), tmp.path().join("split"));
+    let args = |out: &Path, epochs: &str| -> Vec<String> {
+        [
+            "train",
+            "--dataset",
+            "mnist",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--model",
+            "mlp:784-32-10",
+            "--train-limit",
+            "512",
+            "--test-limit",
+            "200",
+            "--batch-size",
+            "64",
+            "--threads",
+            "1",
+            "--quiet",
+            "--rule",
+            "dfa",
+            "--optimizer",
+            "adam",
+            "--epochs",
+            epochs,
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let a = args(&whole, "2");
+    ok(
+        &single(&a.iter().map(String::as_str).collect::<Vec<_>>()),
+        "2 epochs, 1 process",
+    );
+    // Epoch 1 on 2 ranks, epoch 2 resumed by 1 process from rank 0's checkpoint.
+    let b = args(&split, "1");
+    ok(
+        &mpirun(2, &b.iter().map(String::as_str).collect::<Vec<_>>()),
+        "epoch 1, 2 ranks",
+    );
+    let ck = split.join("checkpoint.safetensors");
+    let c = [
+        "train",
+        "--resume",
+        ck.to_str().unwrap(),
+        "--epochs",
+        "2",
+        "--quiet",
+        "--out",
+        split.to_str().unwrap(),
+    ];
+    ok(&single(&c), "epoch 2 resumed, 1 process");
+    let d = max_difference(&whole, &split);
+    assert!(
+        d < 2e-5,
+        "resumed at another rank count: parameters differ by {d:e}"
+    );
+}
+
+#[test]
 fn bad_use_fails_on_every_rank_with_one_clear_error() {
     let Some(data) = common::data_with(&["mnist"]) else {
         return;
