@@ -141,6 +141,58 @@ fn two_ranks_with_half_batches_give_one_process_s_parameters() {
 }
 
 #[test]
+fn sign_compression_sends_a_thirty_second_of_the_bytes_and_still_trains() {
+    let Some(data) = common::data_with(&["mnist"]) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut sent = Vec::new();
+    for compression in ["none", "sign"] {
+        let out = tmp.path().join(compression);
+        let args = [
+            "train",
+            "--dataset",
+            "mnist",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--model",
+            "mlp:784-64-10",
+            "--train-limit",
+            "2560",
+            "--test-limit",
+            "500",
+            "--batch-size",
+            "64",
+            "--epochs",
+            "1",
+            "--threads",
+            "1",
+            "--quiet",
+            "--optimizer",
+            "adam",
+            "--lr",
+            "1e-3",
+            "--compression",
+            compression,
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        ok(&mpirun(2, &args), compression);
+        let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+        let epoch: serde_json::Value =
+            serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+        assert!(
+            epoch["test_accuracy"].as_f64().unwrap() > 0.7,
+            "{compression}: {epoch}"
+        );
+        sent.push(epoch["bytes_sent"].as_f64().unwrap());
+    }
+    // 50,890 parameters: 203,560 bytes as f32 against 6,362 of signs and 16 of scales.
+    let ratio = sent[0] / sent[1];
+    assert!((31.0..32.1).contains(&ratio), "bytes ratio {ratio}");
+}
+
+#[test]
 fn a_run_resumes_at_another_number_of_ranks() {
     let Some(data) = common::data_with(&["mnist"]) else {
         return;

@@ -305,6 +305,10 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     precision: Option<String>,
+    /// What data-parallel ranks send: none (the f32 update) or sign (error-feedback 1-bit signs with a scale per tensor)
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    compression: Option<String>,
     /// Average the update over N minibatches per optimizer step
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

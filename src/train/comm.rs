@@ -27,6 +27,9 @@ pub trait Communicator: Send + Sync {
     fn all_reduce_sum_f32(&self, send: &[f32], recv: &mut [f32]);
     /// Every rank's `v`, in rank order.
     fn all_gather(&self, v: u64) -> Vec<u64>;
+    /// Every rank's `send` (all of one length), in rank order, into `recv` (size × as
+    /// long).
+    fn all_gather_bytes(&self, send: &[u8], recv: &mut [u8]);
     /// Bytes this process has sent so far (the all-reduce's payload, counted as a ring
     /// all-reduce sends it: 2(K−1)/K of the buffer).
     fn bytes_sent(&self) -> u64;
@@ -48,6 +51,9 @@ impl Communicator for Single {
     }
     fn all_gather(&self, v: u64) -> Vec<u64> {
         vec![v]
+    }
+    fn all_gather_bytes(&self, send: &[u8], recv: &mut [u8]) {
+        recv.copy_from_slice(send);
     }
     fn bytes_sent(&self) -> u64 {
         0
@@ -145,6 +151,134 @@ pub fn all_reduce_grads(
     Tensor::unpack_f32(recv, &mut parts)
 }
 
+/// What the ranks send each step (`compression` in the run's config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// The f32 update, summed by an all-reduce.
+    None,
+    /// Error-feedback signs ([`SignCompressor`]).
+    Sign,
+}
+
+impl Compression {
+    /// `none` or `sign`.
+    pub fn parse(s: &str) -> Result<Compression> {
+        match s {
+            "none" => Ok(Compression::None),
+            "sign" => Ok(Compression::Sign),
+            other => Err(Error::unknown(
+                "compression (--compression)",
+                other,
+                &["none", "sign"],
+            )),
+        }
+    }
+}
+
+/// Error-feedback sign compression (EF-SignSGD, Karimireddy et al. 2019, Algorithm 2):
+/// a rank adds its residual to its update, p = u + e, sends Δ = (‖p‖₁/d)·sign(p) per
+/// tensor of d elements (one bit per element and one f32 scale), and keeps e ← p − Δ for
+/// its next step; every rank decodes every message and averages them, so all apply the
+/// same update. The learning rate stays in the optimizer (for SGD at a constant rate this
+/// is the paper's algorithm with the rate factored out).
+#[derive(Default)]
+pub struct SignCompressor {
+    /// The residual e, in the packed order of the update.
+    residual: Vec<f32>,
+    /// This rank's message, every rank's messages, the decoded update.
+    message: Vec<u8>,
+    gathered: Vec<u8>,
+    decoded: Vec<f32>,
+}
+
+impl SignCompressor {
+    /// The residual this rank carries into its next step.
+    pub fn residual(&self) -> &[f32] {
+        &self.residual
+    }
+
+    /// Encodes `p = update + residual` (tensors of `lens` elements, packed in order) as
+    /// one scale and one sign bit per element per tensor, keeping the new residual.
+    fn encode(&mut self, update: &[f32], lens: &[usize]) {
+        if self.residual.len() != update.len() {
+            self.residual = vec![0.0; update.len()];
+        }
+        self.message.clear();
+        let mut at = 0;
+        for &d in lens {
+            let (u, e) = (&update[at..at + d], &mut self.residual[at..at + d]);
+            let mut l1 = 0.0f64;
+            for (ei, &ui) in e.iter_mut().zip(u) {
+                *ei += ui; // e now holds p
+                l1 += f64::from(ei.abs());
+            }
+            let scale = if d > 0 { (l1 / d as f64) as f32 } else { 0.0 };
+            self.message.extend_from_slice(&scale.to_le_bytes());
+            for chunk in e.chunks_mut(8) {
+                let mut byte = 0u8;
+                for (b, p) in chunk.iter_mut().enumerate() {
+                    let delta = if *p >= 0.0 {
+                        byte |= 1 << b;
+                        scale
+                    } else {
+                        -scale
+                    };
+                    *p -= delta; // e ← p − Δ
+                }
+                self.message.push(byte);
+            }
+            at += d;
+        }
+    }
+
+    /// The mean of `k` ranks' messages in `gathered`, decoded into `decoded`.
+    fn decode(&mut self, lens: &[usize], k: usize) {
+        let total: usize = lens.iter().sum();
+        self.decoded.clear();
+        self.decoded.resize(total, 0.0);
+        let len = self.message.len();
+        for msg in self.gathered.chunks(len).take(k) {
+            let (mut at, mut pos) = (0, 0);
+            for &d in lens {
+                let scale =
+                    f32::from_le_bytes([msg[pos], msg[pos + 1], msg[pos + 2], msg[pos + 3]])
+                        / k as f32;
+                pos += 4;
+                for (j, out) in self.decoded[at..at + d].iter_mut().enumerate() {
+                    let bit = (msg[pos + j / 8] >> (j % 8)) & 1;
+                    *out += if bit == 1 { scale } else { -scale };
+                }
+                pos += d.div_ceil(8);
+                at += d;
+            }
+        }
+    }
+}
+
+/// [`all_reduce_grads`] through a [`SignCompressor`]: each rank sends its weighted
+/// update scaled by the number of ranks (its share's mean, for equal shares) with error
+/// feedback, and every rank receives the mean of the decoded messages.
+pub fn sign_compressed_grads(
+    comm: &dyn Communicator,
+    grads: &mut Grads,
+    weight: f64,
+    compressor: &mut SignCompressor,
+    buffers: &mut (Vec<f32>, Vec<f32>),
+) -> Result<()> {
+    let k = comm.size();
+    let lens: Vec<usize> = grads.iter().map(|(_, t)| t.len()).collect();
+    {
+        let parts: Vec<&Tensor> = grads.iter().map(|(_, t)| t).collect();
+        Tensor::pack_f32(&parts, (weight * k as f64) as f32, &mut buffers.0)?;
+    }
+    compressor.encode(&buffers.0, &lens);
+    compressor.gathered.resize(compressor.message.len() * k, 0);
+    comm.all_gather_bytes(&compressor.message, &mut compressor.gathered);
+    compressor.decode(&lens, k);
+    let mut parts: Vec<&mut Tensor> = grads.iter_mut().map(|(_, t)| t).collect();
+    Tensor::unpack_f32(&compressor.decoded, &mut parts)
+}
+
 /// Bytes a ring all-reduce of `bytes` sends from each of `size` ranks.
 pub fn ring_bytes(bytes: usize, size: usize) -> u64 {
     (2 * (size.saturating_sub(1)) * bytes / size.max(1)) as u64
@@ -194,6 +328,13 @@ mod mpi_world {
             let mut all = vec![0u64; Communicator::size(self)];
             self.world.all_gather_into(&v, &mut all[..]);
             all
+        }
+        fn all_gather_bytes(&self, send: &[u8], recv: &mut [u8]) {
+            self.world.all_gather_into(send, recv);
+            // A ring all-gather passes each rank's message on K − 1 times.
+            let k = Communicator::size(self);
+            self.sent
+                .fetch_add(((k - 1) * send.len()) as u64, Ordering::Relaxed);
         }
         fn bytes_sent(&self) -> u64 {
             self.sent.load(Ordering::Relaxed)
@@ -271,6 +412,57 @@ mod tests {
         assert_eq!(ring_bytes(1000, 1), 0);
         assert_eq!(ring_bytes(1000, 2), 1000);
         assert_eq!(ring_bytes(1000, 4), 1500);
+    }
+
+    /// EF-SignSGD's invariant: what was sent plus what is still owed is what was given,
+    /// Σₜ Δₜ + e_T = Σₜ uₜ, and each Δ is ±‖p‖₁/d element-wise.
+    #[test]
+    fn error_feedback_carries_the_residual_exactly() {
+        let comm = Single;
+        let mut c = SignCompressor::default();
+        let (mut sent, mut given) = (vec![0.0f64; 7], vec![0.0f64; 7]);
+        let mut buffers = Default::default();
+        for step in 0..20u32 {
+            let u: Vec<f32> = (0..7)
+                .map(|i| ((i * 7 + step as usize * 3) % 11) as f32 / 5.0 - 1.0)
+                .collect();
+            let mut g = Grads::new();
+            g.insert(
+                "a".to_string(),
+                Tensor::from_vec(&[3], u[..3].to_vec()).unwrap(),
+            );
+            g.insert(
+                "b".to_string(),
+                Tensor::from_vec(&[2, 2], u[3..].to_vec()).unwrap(),
+            );
+            let before: Vec<f32> = c.residual().to_vec();
+            sign_compressed_grads(&comm, &mut g, 1.0, &mut c, &mut buffers).unwrap();
+            let delta: Vec<f64> = ["a", "b"]
+                .iter()
+                .flat_map(|n| g.get(n).unwrap().to_vec_f64())
+                .collect();
+            // One magnitude per tensor: the mean |p| of that tensor.
+            for (range, tensor) in [(0..3, "a"), (3..7, "b")] {
+                let p: Vec<f64> = range
+                    .clone()
+                    .map(|i| f64::from(u[i]) + before.get(i).map_or(0.0, |&e| f64::from(e)))
+                    .collect();
+                let scale = p.iter().map(|v| v.abs()).sum::<f64>() / p.len() as f64;
+                for (j, i) in range.enumerate() {
+                    assert!((delta[i].abs() - scale).abs() < 1e-6, "{tensor}");
+                    assert_eq!(delta[i] >= 0.0, p[j] >= 0.0, "{tensor}: the sign of p");
+                }
+            }
+            for i in 0..7 {
+                sent[i] += delta[i];
+                given[i] += f64::from(u[i]);
+            }
+        }
+        for i in 0..7 {
+            let owed = f64::from(c.residual()[i]);
+            assert!((sent[i] + owed - given[i]).abs() < 1e-5, "element {i}");
+        }
+        assert!(Compression::parse("top-k").is_err());
     }
 
     #[test]

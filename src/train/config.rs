@@ -80,6 +80,13 @@ pub struct TrainConfig {
     /// ([`super::LossScaler`]). Rules on the shared forward and backward passes (bp, the
     /// FA and DFA families, kp, local, dsn, dni, cdni, ff); the others refuse it.
     pub precision: String,
+    /// What the data-parallel ranks send each step: `none` (the f32 update, summed by an
+    /// all-reduce; default) or `sign` (error-feedback sign compression, EF-SignSGD,
+    /// Karimireddy et al. 2019: one bit per element and a scale ‖p‖₁/d per tensor, the
+    /// residual kept by each rank for its next step; 32× fewer bytes). With one process
+    /// `sign` compresses the update the same way (its effect on training, without MPI).
+    /// The residual is not saved in checkpoints: a resumed run starts it at zero.
+    pub compression: String,
     /// Average the rule's updates over N minibatches per optimizer step (gradient
     /// accumulation; an effective batch of N × `batch_size`); default 1.
     pub accumulate: usize,
@@ -139,6 +146,7 @@ impl Default for TrainConfig {
             optim: OptimizerConfig::default(),
             checkpoint_segments: "off".into(),
             precision: "f32".into(),
+            compression: "none".into(),
             accumulate: 1,
             average: "none".into(),
             batch_size: 128,
@@ -199,6 +207,7 @@ impl TrainConfig {
         self.rbm.validate()?;
         crate::nn::Segments::parse(&self.checkpoint_segments)?;
         self.dtype()?;
+        super::comm::Compression::parse(&self.compression)?;
         crate::rule::resolve(&self.rule)?;
         self.optim.validate()
     }

@@ -52,6 +52,8 @@ pub(super) struct Trainer<'a> {
     comm: &'static dyn super::comm::Communicator,
     /// The all-reduce's send and receive buffers, kept from step to step.
     comm_buffers: (Vec<f32>, Vec<f32>),
+    /// Error-feedback sign compression of the update (`compression = "sign"`).
+    compressor: Option<super::comm::SignCompressor>,
 }
 
 impl<'a> Trainer<'a> {
@@ -178,6 +180,9 @@ impl<'a> Trainer<'a> {
             out_of_time: false,
             comm,
             comm_buffers: Default::default(),
+            compressor: (super::comm::Compression::parse(&cfg.compression)?
+                == super::comm::Compression::Sign)
+                .then(Default::default),
         })
     }
 
@@ -412,13 +417,22 @@ impl<'a> Trainer<'a> {
             return Ok(());
         }
         let mut grads = accumulation.take(&out.grads);
-        if self.comm.size() > 1 {
-            super::comm::all_reduce_grads(
-                self.comm,
-                grads.to_mut(),
-                weight,
-                &mut self.comm_buffers,
-            )?;
+        if self.comm.size() > 1 || self.compressor.is_some() {
+            match self.compressor.as_mut() {
+                Some(c) => super::comm::sign_compressed_grads(
+                    self.comm,
+                    grads.to_mut(),
+                    weight,
+                    c,
+                    &mut self.comm_buffers,
+                )?,
+                None => super::comm::all_reduce_grads(
+                    self.comm,
+                    grads.to_mut(),
+                    weight,
+                    &mut self.comm_buffers,
+                )?,
+            }
         }
         if let Some(s) = self.scaler.as_mut() {
             // GradScaler: a step with an Inf or NaN gradient is skipped and the scale
