@@ -10,7 +10,9 @@ the machine hits both sides), with the quartiles beside it.
     FUTUREPROP_DATA=../shared/datasets target/py-venv/bin/python bench/python_overhead.py
 
 Measured here before the steps ran on the thread pool (2026-12-04): +7.3 % (9.73 vs
-9.06 ms/step), a second run +13 %. The numbers since: the session notes.
+9.06 ms/step), a second run +13 %. Since (2026-12-07, release build): +3.6 % (15 paired
+ratios of 100 steps, quartiles −3.2 / +12.7 %) and +3.8 % (11 of 200 steps, quartiles
+−3.7 / +7.6 %).
 """
 import os
 import statistics
