@@ -207,23 +207,25 @@ impl SignCompressor {
         let mut at = 0;
         for &d in lens {
             let (u, e) = (&update[at..at + d], &mut self.residual[at..at + d]);
+            // p = u + e in place; ‖p‖₁ summed in f32 blocks, the blocks in f64.
             let mut l1 = 0.0f64;
-            for (ei, &ui) in e.iter_mut().zip(u) {
-                *ei += ui; // e now holds p
-                l1 += f64::from(ei.abs());
+            for (eb, ub) in e.chunks_mut(4096).zip(u.chunks(4096)) {
+                let mut block = 0.0f32;
+                for (ei, &ui) in eb.iter_mut().zip(ub) {
+                    *ei += ui;
+                    block += ei.abs();
+                }
+                l1 += f64::from(block);
             }
             let scale = if d > 0 { (l1 / d as f64) as f32 } else { 0.0 };
             self.message.extend_from_slice(&scale.to_le_bytes());
             for chunk in e.chunks_mut(8) {
                 let mut byte = 0u8;
                 for (b, p) in chunk.iter_mut().enumerate() {
-                    let delta = if *p >= 0.0 {
-                        byte |= 1 << b;
-                        scale
-                    } else {
-                        -scale
-                    };
-                    *p -= delta; // e ← p − Δ
+                    let positive = *p >= 0.0;
+                    byte |= u8::from(positive) << b;
+                    // e ← p − Δ, Δ = ±scale
+                    *p -= if positive { scale } else { -scale };
                 }
                 self.message.push(byte);
             }
@@ -244,9 +246,12 @@ impl SignCompressor {
                     f32::from_le_bytes([msg[pos], msg[pos + 1], msg[pos + 2], msg[pos + 3]])
                         / k as f32;
                 pos += 4;
-                for (j, out) in self.decoded[at..at + d].iter_mut().enumerate() {
-                    let bit = (msg[pos + j / 8] >> (j % 8)) & 1;
-                    *out += if bit == 1 { scale } else { -scale };
+                let bytes = &msg[pos..pos + d.div_ceil(8)];
+                for (chunk, &byte) in self.decoded[at..at + d].chunks_mut(8).zip(bytes) {
+                    for (b, out) in chunk.iter_mut().enumerate() {
+                        // bit 1: +scale, bit 0: −scale
+                        *out += scale * (f32::from((byte >> b) & 1) * 2.0 - 1.0);
+                    }
                 }
                 pos += d.div_ceil(8);
                 at += d;
