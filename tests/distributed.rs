@@ -15,13 +15,13 @@ use futureprop::train::checkpoint;
 
 /// `futureprop ARGS` under `mpirun -np RANKS` (loopback; root and more ranks than cores
 /// allowed, as in a container).
-fn mpirun(ranks: usize, args: &[&str]) -> Output {
-    launch(&vec![args; ranks])
+fn mpirun(ranks: usize, args: &[String]) -> Output {
+    launch(&vec![args.to_vec(); ranks])
 }
 
 /// One `mpirun` starting one rank per element of `each`, each with its own arguments
 /// (MPMD: `mpirun -np 1 A : -np 1 B`).
-fn launch(each: &[&[&str]]) -> Output {
+fn launch(each: &[Vec<String>]) -> Output {
     let mut cmd = Command::new("mpirun");
     cmd.args(["--oversubscribe", "--bind-to", "none"]);
     for (i, args) in each.iter().enumerate() {
@@ -30,7 +30,7 @@ fn launch(each: &[&[&str]]) -> Output {
         }
         cmd.args(["-np", "1"])
             .arg(env!("CARGO_BIN_EXE_futureprop"))
-            .args(*args);
+            .args(args);
     }
     cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
@@ -40,7 +40,7 @@ fn launch(each: &[&[&str]]) -> Output {
         .expect("mpirun (Open MPI) on the PATH: apt-get install openmpi-bin libopenmpi-dev")
 }
 
-fn single(args: &[&str]) -> Output {
+fn single(args: &[String]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_futureprop"))
         .args(args)
         .output()
@@ -54,6 +54,32 @@ fn ok(o: &Output, what: &str) {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
+}
+
+/// `train` on MNIST from `data` into `out`, at 1 thread, quietly, with `extra` settings.
+fn train_args(data: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
+    let (data, out) = (data.to_str().unwrap(), out.to_str().unwrap());
+    [
+        "train",
+        "--dataset",
+        "mnist",
+        "--data-dir",
+        data,
+        "--threads",
+        "1",
+        "--quiet",
+    ]
+    .iter()
+    .chain(extra)
+    .chain(&["--out", out])
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// The last epoch record of the run in `out`.
+fn last_epoch(out: &Path) -> serde_json::Value {
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    serde_json::from_str(metrics.lines().last().unwrap()).unwrap()
 }
 
 /// Largest |a − b| over the model's parameters of two runs' checkpoints.
@@ -75,65 +101,46 @@ fn two_ranks_with_half_batches_give_one_process_s_parameters() {
     let Some(data) = common::data_with(&["mnist"]) else {
         return;
     };
-    let data = data.to_str().unwrap().to_string();
     let tmp = tempfile::tempdir().unwrap();
     // Rules on the shared backward pass, and energy-based, local and synthetic-gradient
     // rules whose updates are per-sample too.
     for rule in ["bp", "fa", "dfa", "pc", "local", "dni", "eqprop"] {
         for (optimizer, lr) in [("sgd", "0.05"), ("adam", "0.001")] {
-            let args = |out: &Path| -> Vec<String> {
-                [
-                    "train",
-                    "--dataset",
-                    "mnist",
-                    "--data-dir",
+            let args = |out: &Path| {
+                train_args(
                     &data,
-                    "--model",
-                    "mlp:784-48-24-10",
-                    "--train-limit",
-                    "640",
-                    "--test-limit",
-                    "200",
-                    "--batch-size",
-                    "64",
-                    "--epochs",
-                    "1",
-                    "--threads",
-                    "1",
-                    "--quiet",
-                    "--rule",
-                    rule,
-                    "--optimizer",
-                    optimizer,
-                    "--lr",
-                    lr,
-                    "--out",
-                    out.to_str().unwrap(),
-                ]
-                .map(String::from)
-                .to_vec()
+                    out,
+                    &[
+                        "--model",
+                        "mlp:784-48-24-10",
+                        "--train-limit",
+                        "640",
+                        "--test-limit",
+                        "200",
+                        "--batch-size",
+                        "64",
+                        "--epochs",
+                        "1",
+                        "--rule",
+                        rule,
+                        "--optimizer",
+                        optimizer,
+                        "--lr",
+                        lr,
+                    ],
+                )
             };
             let (one, two) = (
                 tmp.path().join(format!("{rule}-{optimizer}-1")),
                 tmp.path().join(format!("{rule}-{optimizer}-2")),
             );
-            let a1 = args(&one);
-            let a2 = args(&two);
-            ok(
-                &single(&a1.iter().map(String::as_str).collect::<Vec<_>>()),
-                "1 process",
-            );
-            ok(
-                &mpirun(2, &a2.iter().map(String::as_str).collect::<Vec<_>>()),
-                "2 ranks",
-            );
+            ok(&single(&args(&one)), "1 process");
+            ok(&mpirun(2, &args(&two)), "2 ranks");
             // 10 steps; the two halves' f32 sums meet in another order than one batch's.
             let d = max_difference(&one, &two);
             assert!(d < 2e-5, "{rule} {optimizer}: parameters differ by {d:e}");
             // Rank 0 wrote the run: its records say so, and count the bytes it sent.
-            let metrics = std::fs::read_to_string(two.join("metrics.jsonl")).unwrap();
-            let epoch: serde_json::Value =
-                serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+            let epoch = last_epoch(&two);
             assert_eq!(epoch["ranks"], 2);
             assert!(epoch["bytes_sent"].as_u64().unwrap() > 0);
         }
@@ -149,38 +156,30 @@ fn sign_compression_sends_a_thirty_second_of_the_bytes_and_still_trains() {
     let mut sent = Vec::new();
     for compression in ["none", "sign"] {
         let out = tmp.path().join(compression);
-        let args = [
-            "train",
-            "--dataset",
-            "mnist",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--model",
-            "mlp:784-64-10",
-            "--train-limit",
-            "2560",
-            "--test-limit",
-            "500",
-            "--batch-size",
-            "64",
-            "--epochs",
-            "1",
-            "--threads",
-            "1",
-            "--quiet",
-            "--optimizer",
-            "adam",
-            "--lr",
-            "1e-3",
-            "--compression",
-            compression,
-            "--out",
-            out.to_str().unwrap(),
-        ];
+        let args = train_args(
+            &data,
+            &out,
+            &[
+                "--model",
+                "mlp:784-64-10",
+                "--train-limit",
+                "2560",
+                "--test-limit",
+                "500",
+                "--batch-size",
+                "64",
+                "--epochs",
+                "1",
+                "--optimizer",
+                "adam",
+                "--lr",
+                "1e-3",
+                "--compression",
+                compression,
+            ],
+        );
         ok(&mpirun(2, &args), compression);
-        let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
-        let epoch: serde_json::Value =
-            serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+        let epoch = last_epoch(&out);
         assert!(
             epoch["test_accuracy"].as_f64().unwrap() > 0.7,
             "{compression}: {epoch}"
@@ -199,49 +198,33 @@ fn a_run_resumes_at_another_number_of_ranks() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let (whole, split) = (tmp.path().join("whole"), tmp.path().join("split"));
-    let args = |out: &Path, epochs: &str| -> Vec<String> {
-        [
-            "train",
-            "--dataset",
-            "mnist",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--model",
-            "mlp:784-32-10",
-            "--train-limit",
-            "512",
-            "--test-limit",
-            "200",
-            "--batch-size",
-            "64",
-            "--threads",
-            "1",
-            "--quiet",
-            "--rule",
-            "dfa",
-            "--optimizer",
-            "adam",
-            "--epochs",
-            epochs,
-            "--out",
-            out.to_str().unwrap(),
-        ]
-        .map(String::from)
-        .to_vec()
+    let args = |out: &Path, epochs: &str| {
+        train_args(
+            &data,
+            out,
+            &[
+                "--model",
+                "mlp:784-32-10",
+                "--train-limit",
+                "512",
+                "--test-limit",
+                "200",
+                "--batch-size",
+                "64",
+                "--rule",
+                "dfa",
+                "--optimizer",
+                "adam",
+                "--epochs",
+                epochs,
+            ],
+        )
     };
-    let a = args(&whole, "2");
-    ok(
-        &single(&a.iter().map(String::as_str).collect::<Vec<_>>()),
-        "2 epochs, 1 process",
-    );
+    ok(&single(&args(&whole, "2")), "2 epochs, 1 process");
     // Epoch 1 on 2 ranks, epoch 2 resumed by 1 process from rank 0's checkpoint.
-    let b = args(&split, "1");
-    ok(
-        &mpirun(2, &b.iter().map(String::as_str).collect::<Vec<_>>()),
-        "epoch 1, 2 ranks",
-    );
+    ok(&mpirun(2, &args(&split, "1")), "epoch 1, 2 ranks");
     let ck = split.join("checkpoint.safetensors");
-    let c = [
+    let resume = [
         "train",
         "--resume",
         ck.to_str().unwrap(),
@@ -249,9 +232,13 @@ fn a_run_resumes_at_another_number_of_ranks() {
         "2",
         "--quiet",
         "--out",
-        split.to_str().unwrap(),
     ];
-    ok(&single(&c), "epoch 2 resumed, 1 process");
+    let resume: Vec<String> = resume
+        .iter()
+        .map(|s| s.to_string())
+        .chain([split.to_str().unwrap().to_string()])
+        .collect();
+    ok(&single(&resume), "epoch 2 resumed, 1 process");
     let d = max_difference(&whole, &split);
     assert!(
         d < 2e-5,
@@ -266,26 +253,20 @@ fn bad_use_fails_on_every_rank_with_one_clear_error() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
-    let base = [
-        "train",
-        "--dataset",
-        "mnist",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--model",
-        "mlp:784-16-10",
-        "--train-limit",
-        "256",
-        "--epochs",
-        "1",
-        "--threads",
-        "1",
-        "--out",
-        out.to_str().unwrap(),
-    ];
+    let args = |extra: &[&str]| {
+        let base = [
+            "--model",
+            "mlp:784-16-10",
+            "--train-limit",
+            "256",
+            "--epochs",
+            "1",
+        ];
+        let all: Vec<&str> = base.iter().chain(extra).copied().collect();
+        train_args(&data, &out, &all)
+    };
     let run = |extra: &[&str]| {
-        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
-        let o = mpirun(2, &args);
+        let o = mpirun(2, &args(extra));
         assert!(!o.status.success(), "{extra:?} should fail");
         String::from_utf8_lossy(&o.stderr).into_owned()
     };
@@ -301,9 +282,7 @@ fn bad_use_fails_on_every_rank_with_one_clear_error() {
     let e = run(&["--optimizer", "kfac"]);
     assert!(e.contains("optimizer kfac is not data-parallel yet"), "{e}");
     // Ranks started with different settings.
-    let a: Vec<&str> = base.iter().chain(&["--seed", "0"]).copied().collect();
-    let b: Vec<&str> = base.iter().chain(&["--seed", "1"]).copied().collect();
-    let o = launch(&[&a, &b]);
+    let o = launch(&[args(&["--seed", "0"]), args(&["--seed", "1"])]);
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(
         !o.status.success() && e.contains("ranks disagree on the configuration"),

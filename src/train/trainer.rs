@@ -125,7 +125,7 @@ impl<'a> Trainer<'a> {
         rule.keep_trace(optimizer.needs_trace());
         let comm = super::comm::world();
         if comm.size() > 1 {
-            data_parallel_check(cfg, rule.as_ref(), optimizer.as_ref(), comm)?;
+            super::comm::check_coverage(cfg, rule.as_ref(), optimizer.as_ref(), comm)?;
         }
         let pretrain = match cfg.pretrain.as_str() {
             "rbm" if resume.is_none() => {
@@ -571,68 +571,4 @@ impl<'a> Trainer<'a> {
             "config": self.records.config,
         })
     }
-}
-
-/// Refuses what data-parallel training does not cover yet, and ranks that disagree.
-fn data_parallel_check(
-    cfg: &TrainConfig,
-    rule: &dyn Rule,
-    optimizer: &dyn Optimizer,
-    comm: &dyn super::comm::Communicator,
-) -> Result<()> {
-    let k = comm.size();
-    if !cfg.batch_size.is_multiple_of(k) {
-        return Err(Error::config(
-            "batch_size (--batch-size)",
-            format!(
-                "{} rows do not split over {k} ranks; use a multiple of {k}",
-                cfg.batch_size
-            ),
-        ));
-    }
-    if !rule.splits_over_batch() {
-        let covered: Vec<&str> = crate::rule::names()
-            .into_iter()
-            .filter(|n| {
-                crate::rule::build_rule_with(n, &serde_json::json!({}))
-                    .is_ok_and(|r| r.splits_over_batch())
-            })
-            .collect();
-        return Err(Error::config(
-            "mpirun",
-            format!(
-                "rule {} is not data-parallel at these settings (its update couples the samples of a batch, or it decides on the batch as a whole); data-parallel training covers {} (at their defaults)",
-                rule.name(),
-                covered.join(", ")
-            ),
-        ));
-    }
-    // Element-wise optimizers see only the summed update; the others re-evaluate the
-    // objective or read the trace, which each rank holds for its own rows only.
-    const OPTIMIZERS: [&str; 11] = [
-        "sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad", "nadam", "lars",
-        "lamb", "lion",
-    ];
-    if !OPTIMIZERS.contains(&optimizer.name()) {
-        return Err(Error::config(
-            "mpirun",
-            format!(
-                "optimizer {} is not data-parallel yet (its statistics would need reducing too); data-parallel training covers {}",
-                optimizer.name(),
-                OPTIMIZERS.join(", ")
-            ),
-        ));
-    }
-    // `quiet` is per process (ranks other than 0 are quiet).
-    let shared = TrainConfig {
-        quiet: true,
-        ..cfg.clone()
-    };
-    let text =
-        serde_json::to_string(&shared).map_err(|e| Error::config("config", e.to_string()))?;
-    super::comm::check_agreement(
-        comm,
-        "configuration",
-        super::comm::fingerprint(text.as_bytes()),
-    )
 }
