@@ -123,6 +123,7 @@ fn main() -> futureprop::Result<()> {
                 let mut ctx = StepContext {
                     trace: Some(&out.trace),
                     objective: Some(&mut objective),
+                    reducer: None,
                 };
                 opt.step(params, &out.grads, &mut ctx)?;
                 if i >= 30 {

@@ -32,7 +32,7 @@
 //! for epoch in 0..200 {
 //!     for batch in Batches::new(&data, 64, true, 0, epoch) {
 //!         let out = rule.step(&model, &params, &batch?, Loss::CrossEntropy)?;
-//!         opt.step(&mut params, &out.grads, &mut StepContext { trace: Some(&out.trace), objective: None })?;
+//!         opt.step(&mut params, &out.grads, &mut StepContext { trace: Some(&out.trace), objective: None, reducer: None })?;
 //!     }
 //! }
 //! let acc = futureprop::train::evaluate(rule.as_ref(), &model, &params, &data, Loss::CrossEntropy, 512)?;

@@ -190,6 +190,7 @@ fn hessian_free_fits_a_teacher_network_in_a_few_steps() {
             &mut StepContext {
                 trace: None,
                 objective: Some(&mut net),
+                reducer: None,
             },
         )
         .unwrap();
@@ -358,6 +359,7 @@ fn natural_gradient_trains_a_classifier() {
                     &mut StepContext {
                         trace: Some(&out.trace),
                         objective: None,
+                        reducer: None,
                     },
                 )
                 .unwrap();

@@ -104,35 +104,48 @@ fn two_ranks_with_half_batches_give_one_process_s_parameters() {
     let tmp = tempfile::tempdir().unwrap();
     // Rules on the shared backward pass, and energy-based, local and synthetic-gradient
     // rules whose updates are per-sample too.
+    // K-FAC's factors are averaged over the ranks (its empirical Fisher: the sampled one
+    // draws each rank's own targets); natgrad's diagonal Fisher and Sophia's Hutchinson
+    // estimate likewise.
+    let kfac = ["--kfac-fisher", "empirical"];
+    let mut cases: Vec<(&str, &str, &str, &[&str])> = Vec::new();
     for rule in ["bp", "fa", "dfa", "pc", "local", "dni", "eqprop"] {
-        for (optimizer, lr) in [("sgd", "0.05"), ("adam", "0.001")] {
+        cases.push((rule, "sgd", "0.05", &[]));
+        cases.push((rule, "adam", "0.001", &[]));
+        cases.push((rule, "kfac", "0.01", &kfac));
+    }
+    cases.push(("bp", "kfac", "0.01", &["--kfac-fisher", "gauss-newton"]));
+    cases.push(("dfa", "natgrad", "0.001", &[]));
+    cases.push(("bp", "sophia", "0.001", &[]));
+    for (rule, optimizer, lr, extra) in cases {
+        {
             let args = |out: &Path| {
-                train_args(
-                    &data,
-                    out,
-                    &[
-                        "--model",
-                        "mlp:784-48-24-10",
-                        "--train-limit",
-                        "640",
-                        "--test-limit",
-                        "200",
-                        "--batch-size",
-                        "64",
-                        "--epochs",
-                        "1",
-                        "--rule",
-                        rule,
-                        "--optimizer",
-                        optimizer,
-                        "--lr",
-                        lr,
-                    ],
-                )
+                let mut all = vec![
+                    "--model",
+                    "mlp:784-48-24-10",
+                    "--train-limit",
+                    "640",
+                    "--test-limit",
+                    "200",
+                    "--batch-size",
+                    "64",
+                    "--epochs",
+                    "1",
+                    "--rule",
+                    rule,
+                    "--optimizer",
+                    optimizer,
+                    "--lr",
+                    lr,
+                ];
+                all.extend(extra);
+                train_args(&data, out, &all)
             };
             let (one, two) = (
-                tmp.path().join(format!("{rule}-{optimizer}-1")),
-                tmp.path().join(format!("{rule}-{optimizer}-2")),
+                tmp.path()
+                    .join(format!("{rule}-{optimizer}-{}-1", extra.len())),
+                tmp.path()
+                    .join(format!("{rule}-{optimizer}-{}-2", extra.len())),
             );
             ok(&single(&args(&one)), "1 process");
             ok(&mpirun(2, &args(&two)), "2 ranks");
@@ -279,8 +292,10 @@ fn bad_use_fails_on_every_rank_with_one_clear_error() {
         e.contains("rule local is not data-parallel at these settings"),
         "{e}"
     );
-    let e = run(&["--optimizer", "kfac"]);
-    assert!(e.contains("optimizer kfac is not data-parallel yet"), "{e}");
+    let e = run(&["--optimizer", "lbfgs"]);
+    assert!(e.contains("optimizer lbfgs is not data-parallel"), "{e}");
+    let e = run(&["--optimizer", "kfac", "--optimizer-opt", "adaptive=true"]);
+    assert!(e.contains("optimizer kfac is not data-parallel"), "{e}");
     // Ranks started with different settings.
     let o = launch(&[args(&["--seed", "0"]), args(&["--seed", "1"])]);
     let e = String::from_utf8_lossy(&o.stderr);

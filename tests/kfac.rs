@@ -48,6 +48,7 @@ fn step(
     let mut ctx = StepContext {
         trace: Some(&out.trace),
         objective: Some(&mut obj),
+        reducer: None,
     };
     opt.step(p, &out.grads, &mut ctx).unwrap();
     out.loss
@@ -311,6 +312,7 @@ fn kfac_state_round_trip_continues_identically_and_zero_gradients_are_finite() {
     let mut ctx = StepContext {
         trace: Some(&out.trace),
         objective: None,
+        reducer: None,
     };
     k.step(&mut p, &zero, &mut ctx).unwrap();
     for (n, t) in p.iter() {

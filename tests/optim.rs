@@ -245,6 +245,7 @@ fn minimise(conf: &OptimizerConfig, f: F, gn: Gn, hv: Gn, start: &[f64], steps: 
         let mut ctx = StepContext {
             trace: None,
             objective: Some(&mut obj),
+            reducer: None,
         };
         opt.step(&mut p, &params(&g), &mut ctx).unwrap();
     }
@@ -356,6 +357,7 @@ fn no_optimizer_produces_nan_on_zero_gradients() {
             let mut ctx = StepContext {
                 trace: None,
                 objective: Some(&mut obj),
+                reducer: None,
             };
             opt.step(&mut p, &params(&[0.0; 3]), &mut ctx).unwrap();
         }
@@ -399,6 +401,7 @@ fn sam_with_zero_radius_is_its_inner_optimizer_and_needs_an_objective() {
             &mut StepContext {
                 trace: None,
                 objective: Some(&mut obj),
+                reducer: None,
             },
         )
         .unwrap();
@@ -422,6 +425,7 @@ fn sam_with_zero_radius_is_its_inner_optimizer_and_needs_an_objective() {
         &mut StepContext {
             trace: None,
             objective: Some(&mut obj),
+            reducer: None,
         },
     )
     .unwrap();
@@ -608,6 +612,7 @@ fn lbfgs_reaches_the_rosenbrock_minimum_to_1e_8() {
             &mut StepContext {
                 trace: None,
                 objective: Some(&mut obj),
+                reducer: None,
             },
         )
         .unwrap();
@@ -643,6 +648,7 @@ fn sophia_clips_each_coordinate_step_to_the_learning_rate() {
             &mut StepContext {
                 trace: None,
                 objective: Some(&mut obj),
+                reducer: None,
             },
         )
         .unwrap();

@@ -204,6 +204,7 @@ impl PyOptimizer {
             let mut ctx = futureprop::optim::StepContext {
                 trace: Some(&out.trace),
                 objective: None,
+                reducer: None,
             };
             opt.step(params, &out.grads, &mut ctx)
         })?

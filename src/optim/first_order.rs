@@ -457,6 +457,11 @@ impl Optimizer for ChainOptimizer {
         &self.name
     }
 
+    // Every transform reads only the summed update, the parameters and its own state.
+    fn splits_over_batch(&self) -> bool {
+        true
+    }
+
     fn step(&mut self, params: &mut Params, grads: &Grads, _ctx: &mut StepContext) -> Result<()> {
         self.step += 1;
         // The chain's last link, −η, is fused into θ ← θ − η·u (one pass, no copy).

@@ -156,6 +156,10 @@ impl Optimizer for Grouped {
         self.inner.needs_curvature()
     }
 
+    fn splits_over_batch(&self) -> bool {
+        self.inner.splits_over_batch()
+    }
+
     fn state_copies(&self) -> u64 {
         self.inner.state_copies()
     }

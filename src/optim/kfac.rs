@@ -572,8 +572,12 @@ impl Kfac {
         match self.cfg.fisher {
             FisherMode::Sampled => {
                 // One stream per step, so a resumed run draws what the original would.
+                // Data-parallel ranks draw for their own rows from their own streams.
+                let rank = ctx.reducer.as_deref().map_or(0, |r| r.rank()) as u64;
                 let mut rng = crate::Rng::seed_from_u64(
-                    self.cfg.seed ^ 0x6b_fac0_u64.wrapping_mul(self.step.wrapping_add(1)),
+                    self.cfg.seed
+                        ^ 0x6b_fac0_u64.wrapping_mul(self.step.wrapping_add(1))
+                        ^ rank.wrapping_mul(0x9E37_79B9_7F4A_7C15),
                 );
                 let t = sample_targets(loss, z, &mut rng)?;
                 let (_, d_out) = loss.eval(z, &t)?;
@@ -668,6 +672,13 @@ impl Optimizer for Kfac {
         "kfac"
     }
 
+    // The factors are averaged over the ranks; the adaptive step re-evaluates the
+    // objective on each rank's rows. Sampled factors are an equally valid Monte-Carlo
+    // estimate but not the one draw one process makes.
+    fn splits_over_batch(&self) -> bool {
+        !self.cfg.adaptive
+    }
+
     fn step(&mut self, params: &mut Params, grads: &Grads, ctx: &mut StepContext) -> Result<()> {
         let trace = ctx.trace.ok_or_else(|| {
             Error::config(
@@ -679,6 +690,7 @@ impl Optimizer for Kfac {
         let t = self.step;
         if t.is_multiple_of(self.cfg.cov_every) {
             let gstats = self.output_stats(params, trace, &blocks, ctx)?;
+            let mut stats = Vec::with_capacity(blocks.len());
             for (b, g) in blocks.iter().zip(gstats) {
                 let Some(g) = g else { continue };
                 let a = input_factor(
@@ -686,8 +698,16 @@ impl Optimizer for Kfac {
                     b.bias,
                     self.cfg.bf16_products,
                 )?;
-                self.ema(format!("a/{}", b.name), a)?;
-                self.ema(format!("g/{}", b.name), g)?;
+                stats.push((&b.name, a, g));
+            }
+            // A and G are means over the batch's rows: the ranks' shares average to the
+            // whole batch's.
+            let mut parts: Vec<&mut Tensor> =
+                stats.iter_mut().flat_map(|(_, a, g)| [a, g]).collect();
+            super::average_over_ranks(ctx, &mut parts)?;
+            for (name, a, g) in stats {
+                self.ema(format!("a/{name}"), a)?;
+                self.ema(format!("g/{name}"), g)?;
             }
         }
         let missing = blocks.iter().any(|b| {

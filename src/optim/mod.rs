@@ -108,6 +108,31 @@ pub struct StepContext<'a> {
     pub trace: Option<&'a Trace>,
     /// The objective on the current batch.
     pub objective: Option<&'a mut dyn Objective>,
+    /// Data-parallel training: averages what the optimizer estimates from this rank's
+    /// share of the batch (curvature factors, Fisher diagonals) over the ranks.
+    pub reducer: Option<&'a mut dyn Reducer>,
+}
+
+/// Averages per-batch statistics over the ranks of a data-parallel run: each tensor
+/// becomes Σᵣ wᵣ·tᵣ with wᵣ rank r's share of the global batch, so a statistic that is a
+/// mean over the rows of a rank's share becomes the mean over the whole batch. Every rank
+/// must pass the same tensors, in the same order and shapes.
+pub trait Reducer {
+    /// Replaces each tensor by its share-weighted average over the ranks, in one message.
+    fn average(&mut self, tensors: &mut [&mut crate::tensor::Tensor]) -> Result<()>;
+    /// This rank's index (0 in one process), for random draws that must differ by rank.
+    fn rank(&self) -> usize;
+}
+
+/// Averages `tensors` over the ranks when the step has a reducer; one process leaves them.
+pub fn average_over_ranks(
+    ctx: &mut StepContext,
+    tensors: &mut [&mut crate::tensor::Tensor],
+) -> Result<()> {
+    match ctx.reducer.as_deref_mut() {
+        Some(r) if !tensors.is_empty() => r.average(tensors),
+        _ => Ok(()),
+    }
 }
 
 impl StepContext<'_> {
@@ -116,6 +141,7 @@ impl StepContext<'_> {
         StepContext {
             trace: None,
             objective: None,
+            reducer: None,
         }
     }
 }
@@ -159,6 +185,14 @@ pub trait Optimizer: Send {
     /// estimate made before a run allocates.
     fn state_copies(&self) -> u64 {
         2
+    }
+
+    /// Whether a step on the ranks' summed update (and the statistics it averages
+    /// through `StepContext::reducer`) equals the step one process takes on the whole
+    /// batch, so data-parallel training may use it. Optimizers that re-evaluate the
+    /// objective (line searches, SAM's ascent, CG) or build batch-sized matrices are not.
+    fn splits_over_batch(&self) -> bool {
+        false
     }
 }
 

@@ -153,6 +153,11 @@ impl Optimizer for NaturalGradient {
         "natgrad"
     }
 
+    // The diagonal Fisher is averaged over the ranks; the layer blocks are batch-sized.
+    fn splits_over_batch(&self) -> bool {
+        !self.blocks
+    }
+
     fn step(&mut self, params: &mut Params, grads: &Grads, ctx: &mut StepContext) -> Result<()> {
         let trace = ctx.trace.ok_or_else(|| {
             Error::config(
@@ -190,7 +195,11 @@ impl Optimizer for NaturalGradient {
         for (n, u) in solved.iter() {
             params.get_mut(n)?.axpy(-lr, u)?;
         }
-        let fb = Self::diagonal_fisher(trace, grads)?;
+        let mut fb = Self::diagonal_fisher(trace, grads)?;
+        // Means over the rows (or, outside Linear layers, read from the summed update):
+        // the ranks' average is the whole batch's.
+        let mut parts: Vec<&mut Tensor> = fb.iter_mut().map(|(_, t)| t).collect();
+        super::average_over_ranks(ctx, &mut parts)?;
         for (n, f) in fb.iter() {
             match self.fisher.get_mut(n) {
                 Ok(ema) => ema.axpby(self.decay, 1.0 - self.decay, f)?,

@@ -184,6 +184,7 @@ impl Optimizer for Sam {
         let mut inner_ctx = StepContext {
             trace: ctx.trace,
             objective: None,
+            reducer: None,
         };
         self.inner.step(params, &g_sharp, &mut inner_ctx)
     }

@@ -73,6 +73,10 @@ impl Optimizer for Sophia {
         "sophia"
     }
 
+    fn splits_over_batch(&self) -> bool {
+        true
+    }
+
     fn step(&mut self, params: &mut Params, grads: &Grads, ctx: &mut StepContext) -> Result<()> {
         self.step += 1;
         for (n, g) in grads.iter() {
@@ -97,8 +101,16 @@ impl Optimizer for Sophia {
             } else {
                 obj.hessian_vector(params, &u)?
             };
+            let mut ests = Vec::new();
             for (n, ui) in u.iter() {
-                let est = ui.mul(hu.get(n)?)?;
+                ests.push((n.to_string(), ui.mul(hu.get(n)?)?));
+            }
+            // u is the same on every rank (one seeded stream) and H the mean over the
+            // batch, so u ⊙ Hu averages over the ranks' shares.
+            let mut parts: Vec<&mut Tensor> = ests.iter_mut().map(|(_, t)| t).collect();
+            super::average_over_ranks(ctx, &mut parts)?;
+            for (n, est) in ests {
+                let n = n.as_str();
                 match self.h.get_mut(n) {
                     Ok(h) => h.axpby(self.beta2, 1.0 - self.beta2, &est)?,
                     Err(_) => self.h.insert(n, est.scale(1.0 - self.beta2)),

@@ -138,19 +138,23 @@ pub(super) fn check_coverage(
             ),
         ));
     }
-    // Element-wise optimizers see only the summed update; the others re-evaluate the
-    // objective or read the trace, which each rank holds for its own rows only.
-    const OPTIMIZERS: [&str; 11] = [
-        "sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad", "nadam", "lars",
-        "lamb", "lion",
-    ];
-    if !OPTIMIZERS.contains(&optimizer.name()) {
+    if !optimizer.splits_over_batch() {
+        let covered: Vec<&str> = crate::optim::names()
+            .into_iter()
+            .filter(|n| {
+                let cfg = crate::optim::OptimizerConfig {
+                    optimizer: crate::settings::Choice::named(n),
+                    ..Default::default()
+                };
+                crate::optim::build_optimizer(&cfg, 1).is_ok_and(|o| o.splits_over_batch())
+            })
+            .collect();
         return Err(Error::config(
             "mpirun",
             format!(
-                "optimizer {} is not data-parallel yet (its statistics would need reducing too); data-parallel training covers {}",
+                "optimizer {} is not data-parallel at these settings (it re-evaluates the objective on the batch or builds batch-sized matrices); data-parallel training covers {} (kfac without adaptive damping, natgrad with diagonal blocks)",
                 optimizer.name(),
-                OPTIMIZERS.join(", ")
+                covered.join(", ")
             ),
         ));
     }
@@ -200,15 +204,56 @@ pub fn all_reduce_grads(
     weight: f64,
     buffers: &mut (Vec<f32>, Vec<f32>),
 ) -> Result<()> {
+    let mut parts: Vec<&mut Tensor> = grads.iter_mut().map(|(_, t)| t).collect();
+    all_reduce_tensors(comm, &mut parts, weight, buffers)
+}
+
+/// Replaces each of `parts` by Σᵣ `weight`ᵣ·partᵣ over the ranks, in one message.
+fn all_reduce_tensors(
+    comm: &dyn Communicator,
+    parts: &mut [&mut Tensor],
+    weight: f64,
+    buffers: &mut (Vec<f32>, Vec<f32>),
+) -> Result<()> {
     let (send, recv) = buffers;
     {
-        let parts: Vec<&Tensor> = grads.iter().map(|(_, t)| t).collect();
-        Tensor::pack_f32(&parts, weight as f32, send)?;
+        let view: Vec<&Tensor> = parts.iter().map(|t| &**t).collect();
+        Tensor::pack_f32(&view, weight as f32, send)?;
     }
     recv.resize(send.len(), 0.0);
     comm.all_reduce_sum_f32(send, recv);
-    let mut parts: Vec<&mut Tensor> = grads.iter_mut().map(|(_, t)| t).collect();
-    Tensor::unpack_f32(recv, &mut parts)
+    Tensor::unpack_f32(recv, parts)
+}
+
+/// The [`Reducer`](crate::optim::Reducer) a data-parallel step hands its optimizer:
+/// statistics weighted by this rank's share of the batch (`weight`, set each step) and
+/// summed over the ranks.
+pub struct RankAverage {
+    comm: &'static dyn Communicator,
+    /// This rank's share of the current batch, n_r/n.
+    pub weight: f64,
+    buffers: (Vec<f32>, Vec<f32>),
+}
+
+impl RankAverage {
+    /// A reducer over `comm`.
+    pub fn new(comm: &'static dyn Communicator) -> Self {
+        RankAverage {
+            comm,
+            weight: 1.0 / comm.size() as f64,
+            buffers: Default::default(),
+        }
+    }
+}
+
+impl crate::optim::Reducer for RankAverage {
+    fn average(&mut self, tensors: &mut [&mut Tensor]) -> Result<()> {
+        all_reduce_tensors(self.comm, tensors, self.weight, &mut self.buffers)
+    }
+
+    fn rank(&self) -> usize {
+        self.comm.rank()
+    }
 }
 
 /// What the ranks send each step (`compression` in the run's config).

@@ -52,6 +52,8 @@ pub(super) struct Trainer<'a> {
     comm: &'static dyn super::comm::Communicator,
     /// The all-reduce's send and receive buffers, kept from step to step.
     comm_buffers: (Vec<f32>, Vec<f32>),
+    /// Averages the optimizer's batch statistics over the ranks.
+    reducer: super::comm::RankAverage,
     /// Error-feedback sign compression of the update (`compression = "sign"`).
     compressor: Option<super::comm::SignCompressor>,
 }
@@ -180,6 +182,7 @@ impl<'a> Trainer<'a> {
             out_of_time: false,
             comm,
             comm_buffers: Default::default(),
+            reducer: super::comm::RankAverage::new(comm),
             compressor: (super::comm::Compression::parse(&cfg.compression)?
                 == super::comm::Compression::Sign)
                 .then(Default::default),
@@ -449,9 +452,15 @@ impl<'a> Trainer<'a> {
             batch,
             loss,
         };
+        self.reducer.weight = weight;
         let mut ctx = StepContext {
             trace: Some(&out.trace),
             objective: Some(&mut objective),
+            reducer: if self.comm.size() > 1 {
+                Some(&mut self.reducer)
+            } else {
+                None
+            },
         };
         self.optimizer.step(&mut self.params, &grads, &mut ctx)?;
         self.average.after_step(&mut self.params)?;
