@@ -117,6 +117,13 @@ fn two_ranks_with_half_batches_give_one_process_s_parameters() {
     cases.push(("bp", "kfac", "0.01", &["--kfac-fisher", "gauss-newton"]));
     cases.push(("dfa", "natgrad", "0.001", &[]));
     cases.push(("bp", "sophia", "0.001", &[]));
+    // 1-bit Adam's warm-up: Adam on the full-precision average.
+    cases.push((
+        "bp",
+        "onebit_adam",
+        "0.001",
+        &["--optimizer-opt", "freeze_step=1000"],
+    ));
     for (rule, optimizer, lr, extra) in cases {
         {
             let args = |out: &Path| {
@@ -161,47 +168,108 @@ fn two_ranks_with_half_batches_give_one_process_s_parameters() {
 }
 
 #[test]
-fn sign_compression_sends_a_thirty_second_of_the_bytes_and_still_trains() {
+fn compressed_runs_send_fewer_bytes_and_still_train() {
     let Some(data) = common::data_with(&["mnist"]) else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
     let mut sent = Vec::new();
-    for compression in ["none", "sign"] {
-        let out = tmp.path().join(compression);
-        let args = train_args(
-            &data,
-            &out,
-            &[
-                "--model",
-                "mlp:784-64-10",
-                "--train-limit",
-                "2560",
-                "--test-limit",
-                "500",
-                "--batch-size",
-                "64",
-                "--epochs",
-                "1",
-                "--optimizer",
-                "adam",
-                "--lr",
-                "1e-3",
-                "--compression",
-                compression,
-            ],
-        );
-        ok(&mpirun(2, &args), compression);
+    // 40 steps; 1-bit Adam warms up for 10 of them in full precision.
+    let onebit = [
+        "--optimizer",
+        "onebit_adam",
+        "--optimizer-opt",
+        "freeze_step=10",
+    ];
+    for (label, extra) in [
+        ("none", &["--optimizer", "adam"][..]),
+        (
+            "sign",
+            &["--optimizer", "adam", "--compression", "sign"][..],
+        ),
+        ("onebit", &onebit[..]),
+    ] {
+        let out = tmp.path().join(label);
+        let mut all = vec![
+            "--model",
+            "mlp:784-64-10",
+            "--train-limit",
+            "2560",
+            "--test-limit",
+            "500",
+            "--batch-size",
+            "64",
+            "--epochs",
+            "1",
+            "--lr",
+            "1e-3",
+        ];
+        all.extend(extra);
+        ok(&mpirun(2, &train_args(&data, &out, &all)), label);
         let epoch = last_epoch(&out);
         assert!(
             epoch["test_accuracy"].as_f64().unwrap() > 0.7,
-            "{compression}: {epoch}"
+            "{label}: {epoch}"
         );
         sent.push(epoch["bytes_sent"].as_f64().unwrap());
     }
     // 50,890 parameters: 203,560 bytes as f32 against 6,362 of signs and 16 of scales.
     let ratio = sent[0] / sent[1];
-    assert!((31.0..32.1).contains(&ratio), "bytes ratio {ratio}");
+    assert!((31.0..32.1).contains(&ratio), "sign: bytes ratio {ratio}");
+    // 1-bit Adam: 10 full steps and 30 of signs, 40/(10 + 30/31.9) = 3.66.
+    let ratio = sent[0] / sent[2];
+    assert!(
+        (3.5..3.8).contains(&ratio),
+        "1-bit Adam: bytes ratio {ratio}"
+    );
+}
+
+#[test]
+fn a_layer_pipeline_gives_one_process_s_parameters() {
+    let Some(data) = common::data_with(&["mnist"]) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    // DFA: each rank updates its layers from the broadcast output error alone; BP: the
+    // error flows back rank by rank. Four weight layers over 2 and 3 ranks.
+    for rule in ["dfa", "bp"] {
+        let args = |out: &Path, extra: &[&str]| {
+            let mut all = vec![
+                "--model",
+                "mlp:784-48-40-24-10",
+                "--train-limit",
+                "640",
+                "--test-limit",
+                "200",
+                "--batch-size",
+                "64",
+                "--epochs",
+                "1",
+                "--rule",
+                rule,
+                "--optimizer",
+                "adam",
+            ];
+            all.extend(extra);
+            train_args(&data, out, &all)
+        };
+        let one = tmp.path().join(format!("{rule}-1"));
+        ok(&single(&args(&one, &[])), "1 process");
+        for ranks in [2, 3] {
+            let piped = tmp.path().join(format!("{rule}-pipe-{ranks}"));
+            let extra = ["--parallel", "pipeline", "--microbatches", "3"];
+            ok(&mpirun(ranks, &args(&piped, &extra)), "pipeline");
+            let d = max_difference(&one, &piped);
+            assert!(
+                d < 2e-5,
+                "{rule} on {ranks} ranks: parameters differ by {d:e}"
+            );
+            let (a, b) = (last_epoch(&one), last_epoch(&piped));
+            let loss = |r: &serde_json::Value| r["train_loss"].as_f64().unwrap();
+            assert!((loss(&a) - loss(&b)).abs() < 1e-5, "{a}\n{b}");
+            assert_eq!(a["train_accuracy"], b["train_accuracy"]);
+        }
+    }
 }
 
 #[test]
@@ -294,6 +362,15 @@ fn bad_use_fails_on_every_rank_with_one_clear_error() {
     );
     let e = run(&["--optimizer", "lbfgs"]);
     assert!(e.contains("optimizer lbfgs is not data-parallel"), "{e}");
+    let e = run(&["--optimizer", "onebit_adam", "--compression", "sign"]);
+    assert!(
+        e.contains("onebit_adam compresses what the ranks send itself"),
+        "{e}"
+    );
+    let e = run(&["--parallel", "pipeline", "--rule", "fa"]);
+    assert!(e.contains("the layer pipeline runs bp, dfa and bfa"), "{e}");
+    let e = run(&["--parallel", "pipeline", "--optimizer", "kfac"]);
+    assert!(e.contains("kfac is not one"), "{e}");
     let e = run(&["--optimizer", "kfac", "--optimizer-opt", "adaptive=true"]);
     assert!(e.contains("optimizer kfac is not data-parallel"), "{e}");
     // Ranks started with different settings.
@@ -303,4 +380,100 @@ fn bad_use_fails_on_every_rank_with_one_clear_error() {
         !o.status.success() && e.contains("ranks disagree on the configuration"),
         "{e}"
     );
+}
+
+/// Starts a long 2-rank run, waits until it is training, sends `signal` to one rank and
+/// returns how the job ended and its error output.
+fn interrupt_a_rank(data: &Path, out: &Path, signal: &str) -> (std::process::ExitStatus, String) {
+    use std::time::{Duration, Instant};
+    let args = train_args(
+        data,
+        out,
+        &[
+            "--model",
+            "mlp:784-256-10",
+            "--batch-size",
+            "64",
+            "--epochs",
+            "100",
+            "--log-every",
+            "1",
+            "--comm-timeout",
+            "3",
+        ],
+    );
+    let mut cmd = Command::new("mpirun");
+    cmd.args(["--oversubscribe", "--bind-to", "none", "-np", "2"])
+        .arg(env!("CARGO_BIN_EXE_futureprop"))
+        .args(&args)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMPI_MCA_btl", "self,vader,tcp")
+        .env("OMPI_MCA_btl_tcp_if_include", "lo")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut job = cmd.spawn().unwrap();
+    let metrics = out.join("metrics.jsonl");
+    let start = Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |m| m.lines().count()) < 5 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the run never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The ranks: the processes running in `out`, mpirun excepted (it started first).
+    let pids = Command::new("pgrep")
+        .args(["-f", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let mut pids: Vec<u32> = String::from_utf8_lossy(&pids.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .filter(|&p| p != job.id())
+        .collect();
+    pids.sort();
+    let victim = pids.last().expect("a rank's process").to_string();
+    ok(
+        &Command::new("kill")
+            .args([signal, &victim])
+            .output()
+            .unwrap(),
+        "kill",
+    );
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = job.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = job.kill();
+            let _ = Command::new("kill").args(["-KILL", &victim]).output();
+            panic!("the job still runs 60 s after a rank got {signal}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = Command::new("kill").args(["-KILL", &victim]).output();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut job.stderr.take().unwrap(), &mut err).unwrap();
+    (status, err)
+}
+
+#[test]
+fn a_rank_that_hangs_or_dies_ends_the_job_with_an_error() {
+    let Some(data) = common::data_with(&["mnist"]) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    // A stopped rank: the other's wait runs past --comm-timeout.
+    let (status, err) = interrupt_a_rank(&data, &tmp.path().join("hang"), "-STOP");
+    assert!(!status.success());
+    assert!(
+        err.contains("no answer from the other ranks for 3 s")
+            && err.contains("a rank has died or hangs"),
+        "{err}"
+    );
+    // A killed rank: the launcher ends the job.
+    let (status, _) = interrupt_a_rank(&data, &tmp.path().join("dead"), "-KILL");
+    assert!(!status.success());
 }

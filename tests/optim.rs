@@ -266,6 +266,9 @@ fn tuned(name: &str, lr: f64) -> OptimizerConfig {
         // SAM minimises the worst loss within radius ρ, whose minimiser is not the
         // function's in a curved valley; a small ρ keeps the two close.
         "sam" | "asam" => c.with("rho", 1e-3),
+        // A frozen variance suits a gradient scale that has settled (Tang et al. 2021);
+        // in Rosenbrock's valley it settles late.
+        "onebit_adam" => c.with("freeze_step", 10_000),
         _ => c,
     }
 }
@@ -316,7 +319,7 @@ fn every_optimizer_reaches_the_rosenbrock_minimum() {
         let lr = match name {
             "momentum" | "nesterov" => 2e-4,
             "hf" | "lbfgs" => 1.0,
-            "adam" | "adamw" | "nadam" | "rmsprop" | "lion" => 0.01,
+            "adam" | "adamw" | "nadam" | "rmsprop" | "lion" | "onebit_adam" => 0.01,
             "adagrad" | "lars" | "lamb" => 0.5,
             _ => 1e-3,
         };
@@ -734,4 +737,40 @@ fn parameter_groups_equal_separate_optimizers_per_group() {
     let mut k = cfg("kfac", 0.1);
     k.param_groups = vec!["*.bias:weight_decay=0".parse().unwrap()];
     assert!(build_optimizer(&k, 1).is_err());
+}
+
+#[test]
+fn onebit_adam_is_adam_through_its_warm_up_then_freezes_the_variance() {
+    let g = |t: u64| {
+        let mut g = Grads::new();
+        let v = [0.1 * t as f64, -0.2, 0.3 / t as f64];
+        g.insert("w", Tensor::from_vec_f64(&[3], v.to_vec()).unwrap());
+        g
+    };
+    let conf = cfg("onebit_adam", 0.1).with("freeze_step", 3);
+    let mut onebit = build_optimizer(&conf, 10).unwrap();
+    let mut adam = build_optimizer(&cfg("adam", 0.1), 10).unwrap();
+    let (mut a, mut b) = (params(&[0.5, -1.5, 2.0]), params(&[0.5, -1.5, 2.0]));
+    for t in 1..=3 {
+        let mut ctx = StepContext::empty();
+        onebit.step(&mut a, &g(t), &mut ctx).unwrap();
+        adam.step(&mut b, &g(t), &mut StepContext::empty()).unwrap();
+        let (x, y) = (
+            a.get("w").unwrap().to_vec_f64(),
+            b.get("w").unwrap().to_vec_f64(),
+        );
+        for (x, y) in x.iter().zip(&y) {
+            assert!((x - y).abs() < 1e-12, "step {t}: {x} against Adam's {y}");
+        }
+    }
+    let v =
+        |o: &dyn futureprop::optim::Optimizer| o.state().tensors.get("v/w").unwrap().to_vec_f64();
+    let frozen = v(onebit.as_ref());
+    for t in 4..=6 {
+        onebit
+            .step(&mut a, &g(t), &mut StepContext::empty())
+            .unwrap();
+    }
+    assert_eq!(v(onebit.as_ref()), frozen, "v after the freeze");
+    assert!(onebit.reduces_own_update() && onebit.splits_over_batch());
 }

@@ -309,6 +309,18 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     compression: Option<String>,
+    /// How mpirun's ranks share the work: data (a share of each batch) or pipeline (a run of layers each; bp, dfa, bfa on mlp models)
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parallel: Option<String>,
+    /// Microbatches of a pipelined batch (GPipe)
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    microbatches: Option<usize>,
+    /// Seconds a rank waits for the others in one communication before stopping with an error (0: for ever)
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    comm_timeout: Option<u64>,
     /// Average the update over N minibatches per optimizer step
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -160,6 +160,10 @@ impl Optimizer for Grouped {
         self.inner.splits_over_batch()
     }
 
+    fn reduces_own_update(&self) -> bool {
+        self.inner.reduces_own_update()
+    }
+
     fn state_copies(&self) -> u64 {
         self.inner.state_copies()
     }

@@ -36,6 +36,7 @@ mod hessian_free;
 pub mod kfac;
 mod lbfgs;
 mod natgrad;
+mod onebit;
 mod sam;
 mod schedule;
 mod sophia;
@@ -50,6 +51,7 @@ pub use hessian_free::{HessianFree, HfSettings};
 pub use kfac::{FisherMode, InverseMethod, Kfac, KfacConfig};
 pub use lbfgs::{Lbfgs, LbfgsSettings};
 pub use natgrad::{NatgradSettings, NaturalGradient};
+pub use onebit::{OnebitAdam, OnebitSettings};
 pub use sam::{AsamSettings, Sam, SamSettings};
 pub use sophia::{Sophia, SophiaSettings};
 
@@ -122,6 +124,10 @@ pub trait Reducer {
     fn average(&mut self, tensors: &mut [&mut crate::tensor::Tensor]) -> Result<()>;
     /// This rank's index (0 in one process), for random draws that must differ by rank.
     fn rank(&self) -> usize;
+    /// [`Reducer::average`] through one sign bit per element and one scale ‖t‖₂/√d per
+    /// tensor, with error feedback: what a rank's message lost is added to its next one
+    /// (1-bit Adam's compressed momentum).
+    fn average_signs(&mut self, tensors: &mut [&mut crate::tensor::Tensor]) -> Result<()>;
 }
 
 /// Averages `tensors` over the ranks when the step has a reducer; one process leaves them.
@@ -194,6 +200,12 @@ pub trait Optimizer: Send {
     fn splits_over_batch(&self) -> bool {
         false
     }
+
+    /// Whether the optimizer averages the ranks' updates itself (through
+    /// `StepContext::reducer`), so the trainer hands it this rank's own update.
+    fn reduces_own_update(&self) -> bool {
+        false
+    }
 }
 
 /// An optimizer's description, declared in its own file; [`REGISTRY`] lists them.
@@ -262,6 +274,7 @@ registry! {
     natgrad: [NATGRAD],
     kfac: [KFAC],
     sophia: [SOPHIA],
+    onebit: [ONEBIT_ADAM],
 }
 
 /// The optimizer called `name`; an unknown name is an error that lists them.

@@ -167,6 +167,13 @@ impl Rule for DirectFeedback {
         self.matrices.values().map(Tensor::size_bytes).sum()
     }
 
+    fn direct_projection(&self, model: &Model, block: usize) -> Option<&Tensor> {
+        // DRTP projects the target, not the error.
+        (self.kind != DirectKind::Drtp)
+            .then(|| self.matrix(model, block))
+            .flatten()
+    }
+
     fn init(&mut self, model: &Model, params: &mut Params, seed: u64) -> Result<()> {
         let (hidden, last) = Self::blocks(model)?;
         // Projections take the dtype of the model's weights.

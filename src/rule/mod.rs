@@ -180,6 +180,14 @@ pub trait Rule: Send {
     fn feedback_matrices(&self, _model: &Model, _params: &Params) -> Result<Vec<(String, Tensor)>> {
         Ok(Vec::new())
     }
+
+    /// For rules that project the output error straight onto every hidden block (DFA,
+    /// BFA): the fixed matrix B (outputs × width) of hidden block `block` of
+    /// [`Model::block_walk`], so hidden block l's signal is (e·B) ⊙ f′(aₗ). The
+    /// layer-parallel pipeline updates each rank's blocks from e alone through it.
+    fn direct_projection(&self, _model: &Model, _block: usize) -> Option<&Tensor> {
+        None
+    }
 }
 
 /// A rule's description, declared in the rule's own file; [`REGISTRY`] lists them.

@@ -11,6 +11,8 @@
 use std::sync::OnceLock;
 
 use crate::error::{Error, Result};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
 use crate::nn::Grads;
 use crate::tensor::Tensor;
 
@@ -30,6 +32,12 @@ pub trait Communicator: Send + Sync {
     /// Every rank's `send` (all of one length), in rank order, into `recv` (size × as
     /// long).
     fn all_gather_bytes(&self, send: &[u8], recv: &mut [u8]);
+    /// Sends `buf` to rank `to` (blocking until it can be reused).
+    fn send_f32(&self, to: usize, buf: &[f32]);
+    /// Receives into `buf` what rank `from` sends (of `buf`'s length).
+    fn recv_f32(&self, from: usize, buf: &mut [f32]);
+    /// Rank `root`'s `buf`, into every rank's `buf`.
+    fn broadcast_f32(&self, root: usize, buf: &mut [f32]);
     /// Bytes this process has sent so far (the all-reduce's payload, counted as a ring
     /// all-reduce sends it: 2(K−1)/K of the buffer).
     fn bytes_sent(&self) -> u64;
@@ -55,9 +63,74 @@ impl Communicator for Single {
     fn all_gather_bytes(&self, send: &[u8], recv: &mut [u8]) {
         recv.copy_from_slice(send);
     }
+    // One process has no peer to send to or hear from.
+    fn send_f32(&self, _to: usize, _buf: &[f32]) {}
+    fn recv_f32(&self, _from: usize, _buf: &mut [f32]) {}
+    fn broadcast_f32(&self, _root: usize, _buf: &mut [f32]) {}
     fn bytes_sent(&self) -> u64 {
         0
     }
+}
+
+/// Seconds a call into the communicator may wait for the other ranks before this
+/// process stops with an error (`comm_timeout`; 0: wait for ever). Set by the trainer.
+static TIMEOUT_S: AtomicU64 = AtomicU64::new(0);
+/// When the call under way began (milliseconds since [`EPOCH`], 0: no call) and which.
+static CALL_SINCE_MS: AtomicU64 = AtomicU64::new(0);
+static CALL_OP: AtomicUsize = AtomicUsize::new(0);
+static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
+const OPS: [&str; 7] = [
+    "an all-reduce",
+    "an all-reduce",
+    "an all-gather",
+    "an all-gather",
+    "a send",
+    "a receive",
+    "a broadcast",
+];
+
+/// Bounds every later wait on the other ranks to `seconds` (0: unbounded).
+pub fn set_timeout(seconds: u64) {
+    TIMEOUT_S.store(seconds, Ordering::Relaxed);
+}
+
+/// Runs communicator call `op` (an index into [`OPS`]) under the watchdog's eye.
+#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+fn watched<T>(op: usize, f: impl FnOnce() -> T) -> T {
+    let epoch = EPOCH.get_or_init(std::time::Instant::now);
+    CALL_OP.store(op, Ordering::Relaxed);
+    CALL_SINCE_MS.store(epoch.elapsed().as_millis() as u64 + 1, Ordering::Release);
+    let out = f();
+    CALL_SINCE_MS.store(0, Ordering::Release);
+    out
+}
+
+/// A thread that stops this process when a call into the communicator has waited
+/// longer than the timeout: a rank that died or hangs then ends the job with an error
+/// (the launcher takes the other ranks down) instead of leaving it waiting for ever.
+#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+fn start_watchdog(rank: usize) {
+    let epoch = *EPOCH.get_or_init(std::time::Instant::now);
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(250));
+            let (limit, since) = (
+                TIMEOUT_S.load(Ordering::Relaxed),
+                CALL_SINCE_MS.load(Ordering::Acquire),
+            );
+            if limit == 0 || since == 0 {
+                continue;
+            }
+            let waited = epoch.elapsed().as_millis() as u64 + 1 - since;
+            if waited > limit * 1000 {
+                eprintln!(
+                    "error: rank {rank}: no answer from the other ranks for {limit} s in {} (comm_timeout, --comm-timeout); a rank has died or hangs, so this one stops",
+                    OPS[CALL_OP.load(Ordering::Relaxed)]
+                );
+                std::process::exit(1);
+            }
+        }
+    });
 }
 
 static WORLD: OnceLock<Box<dyn Communicator>> = OnceLock::new();
@@ -158,6 +231,11 @@ pub(super) fn check_coverage(
             ),
         ));
     }
+    check_agreement(comm, "configuration", config_fingerprint(cfg)?)
+}
+
+/// A fingerprint of the run's configuration as every rank must share it.
+pub(super) fn config_fingerprint(cfg: &super::TrainConfig) -> Result<u64> {
     // `quiet` is per process (ranks other than 0 are quiet).
     let shared = super::TrainConfig {
         quiet: true,
@@ -165,7 +243,7 @@ pub(super) fn check_coverage(
     };
     let text =
         serde_json::to_string(&shared).map_err(|e| Error::config("config", e.to_string()))?;
-    check_agreement(comm, "configuration", fingerprint(text.as_bytes()))
+    Ok(fingerprint(text.as_bytes()))
 }
 
 /// Checks that every rank runs the same configuration (`fingerprint`: a hash of it).
@@ -209,7 +287,7 @@ pub fn all_reduce_grads(
 }
 
 /// Replaces each of `parts` by Σᵣ `weight`ᵣ·partᵣ over the ranks, in one message.
-fn all_reduce_tensors(
+pub(super) fn all_reduce_tensors(
     comm: &dyn Communicator,
     parts: &mut [&mut Tensor],
     weight: f64,
@@ -233,6 +311,8 @@ pub struct RankAverage {
     /// This rank's share of the current batch, n_r/n.
     pub weight: f64,
     buffers: (Vec<f32>, Vec<f32>),
+    /// Error feedback of [`Reducer::average_signs`](crate::optim::Reducer::average_signs).
+    signs: SignCompressor,
 }
 
 impl RankAverage {
@@ -242,6 +322,7 @@ impl RankAverage {
             comm,
             weight: 1.0 / comm.size() as f64,
             buffers: Default::default(),
+            signs: SignCompressor::new(SignScale::Rms),
         }
     }
 }
@@ -253,6 +334,16 @@ impl crate::optim::Reducer for RankAverage {
 
     fn rank(&self) -> usize {
         self.comm.rank()
+    }
+
+    fn average_signs(&mut self, tensors: &mut [&mut Tensor]) -> Result<()> {
+        sign_average(
+            self.comm,
+            tensors,
+            self.weight,
+            &mut self.signs,
+            &mut self.buffers,
+        )
     }
 }
 
@@ -286,8 +377,13 @@ impl Compression {
 /// its next step; every rank decodes every message and averages them, so all apply the
 /// same update. The learning rate stays in the optimizer (for SGD at a constant rate this
 /// is the paper's algorithm with the rate factored out).
+///
+/// With [`SignScale::Rms`] the scale is ‖p‖₂/√d instead, as 1-bit Adam's compressed
+/// momentum uses (Tang et al. 2021; DeepSpeed's implementation).
 #[derive(Default)]
 pub struct SignCompressor {
+    /// How a tensor's scale is taken.
+    pub scale: SignScale,
     /// The residual e, in the packed order of the update.
     residual: Vec<f32>,
     /// This rank's message, every rank's messages, the decoded update.
@@ -296,7 +392,25 @@ pub struct SignCompressor {
     decoded: Vec<f32>,
 }
 
+/// The one number a [`SignCompressor`] sends per tensor beside its signs.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum SignScale {
+    /// ‖p‖₁/d: the scaled sign is the best one-bit approximation in L2 (EF-SignSGD).
+    #[default]
+    MeanAbs,
+    /// ‖p‖₂/√d: the scaled sign keeps the tensor's norm (1-bit Adam).
+    Rms,
+}
+
 impl SignCompressor {
+    /// A compressor taking scales by `scale`.
+    pub fn new(scale: SignScale) -> Self {
+        SignCompressor {
+            scale,
+            ..Default::default()
+        }
+    }
+
     /// The residual this rank carries into its next step.
     pub fn residual(&self) -> &[f32] {
         &self.residual
@@ -312,17 +426,22 @@ impl SignCompressor {
         let mut at = 0;
         for &d in lens {
             let (u, e) = (&update[at..at + d], &mut self.residual[at..at + d]);
-            // p = u + e in place; ‖p‖₁ summed in f32 blocks, the blocks in f64.
-            let mut l1 = 0.0f64;
+            // p = u + e in place; ‖p‖₁ or ‖p‖₂² summed in f32 blocks, the blocks in f64.
+            let rms = self.scale == SignScale::Rms;
+            let mut norm = 0.0f64;
             for (eb, ub) in e.chunks_mut(4096).zip(u.chunks(4096)) {
                 let mut block = 0.0f32;
                 for (ei, &ui) in eb.iter_mut().zip(ub) {
                     *ei += ui;
-                    block += ei.abs();
+                    block += if rms { *ei * *ei } else { ei.abs() };
                 }
-                l1 += f64::from(block);
+                norm += f64::from(block);
             }
-            let scale = if d > 0 { (l1 / d as f64) as f32 } else { 0.0 };
+            let scale = match (d, rms) {
+                (0, _) => 0.0,
+                (_, false) => (norm / d as f64) as f32,
+                (_, true) => (norm / d as f64).sqrt() as f32,
+            };
             self.message.extend_from_slice(&scale.to_le_bytes());
             for chunk in e.chunks_mut(8) {
                 let mut byte = 0u8;
@@ -375,18 +494,29 @@ pub fn sign_compressed_grads(
     compressor: &mut SignCompressor,
     buffers: &mut (Vec<f32>, Vec<f32>),
 ) -> Result<()> {
+    let mut parts: Vec<&mut Tensor> = grads.iter_mut().map(|(_, t)| t).collect();
+    sign_average(comm, &mut parts, weight, compressor, buffers)
+}
+
+/// Σᵣ `weight`ᵣ·partᵣ over the ranks, each rank's part sent as error-feedback signs.
+fn sign_average(
+    comm: &dyn Communicator,
+    parts: &mut [&mut Tensor],
+    weight: f64,
+    compressor: &mut SignCompressor,
+    buffers: &mut (Vec<f32>, Vec<f32>),
+) -> Result<()> {
     let k = comm.size();
-    let lens: Vec<usize> = grads.iter().map(|(_, t)| t.len()).collect();
+    let lens: Vec<usize> = parts.iter().map(|t| t.len()).collect();
     {
-        let parts: Vec<&Tensor> = grads.iter().map(|(_, t)| t).collect();
-        Tensor::pack_f32(&parts, (weight * k as f64) as f32, &mut buffers.0)?;
+        let view: Vec<&Tensor> = parts.iter().map(|t| &**t).collect();
+        Tensor::pack_f32(&view, (weight * k as f64) as f32, &mut buffers.0)?;
     }
     compressor.encode(&buffers.0, &lens);
     compressor.gathered.resize(compressor.message.len() * k, 0);
     comm.all_gather_bytes(&compressor.message, &mut compressor.gathered);
     compressor.decode(&lens, k);
-    let mut parts: Vec<&mut Tensor> = grads.iter_mut().map(|(_, t)| t).collect();
-    Tensor::unpack_f32(&compressor.decoded, &mut parts)
+    Tensor::unpack_f32(&compressor.decoded, parts)
 }
 
 /// Bytes a ring all-reduce of `bytes` sends from each of `size` ranks.
@@ -396,10 +526,12 @@ pub fn ring_bytes(bytes: usize, size: usize) -> u64 {
 
 #[cfg(feature = "mpi")]
 mod mpi_world {
-    use super::{Communicator, Error, Guard, Result, WORLD, ring_bytes};
+    use super::{Communicator, Error, Guard, Result, WORLD, ring_bytes, watched};
     use mpi::collective::SystemOperation;
     use mpi::environment::Threading;
+    use mpi::point_to_point::{Destination, Source};
     use mpi::topology::SimpleCommunicator;
+    use mpi::traits::Root;
     use mpi::traits::{Communicator as MpiCommunicator, CommunicatorCollectives};
     use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -425,26 +557,53 @@ mod mpi_world {
         }
         fn all_reduce_sum(&self, buf: &mut [f64]) {
             let send = buf.to_vec();
-            self.world
-                .all_reduce_into(&send[..], buf, SystemOperation::sum());
+            watched(0, || {
+                self.world
+                    .all_reduce_into(&send[..], buf, SystemOperation::sum())
+            });
             self.count(std::mem::size_of_val(buf));
         }
         fn all_reduce_sum_f32(&self, send: &[f32], recv: &mut [f32]) {
-            self.world
-                .all_reduce_into(send, recv, SystemOperation::sum());
+            watched(1, || {
+                self.world
+                    .all_reduce_into(send, recv, SystemOperation::sum())
+            });
             self.count(std::mem::size_of_val(send));
         }
         fn all_gather(&self, v: u64) -> Vec<u64> {
             let mut all = vec![0u64; Communicator::size(self)];
-            self.world.all_gather_into(&v, &mut all[..]);
+            watched(2, || self.world.all_gather_into(&v, &mut all[..]));
             all
         }
         fn all_gather_bytes(&self, send: &[u8], recv: &mut [u8]) {
-            self.world.all_gather_into(send, recv);
+            watched(3, || self.world.all_gather_into(send, recv));
             // A ring all-gather passes each rank's message on K − 1 times.
             let k = Communicator::size(self);
             self.sent
                 .fetch_add(((k - 1) * send.len()) as u64, Ordering::Relaxed);
+        }
+        fn send_f32(&self, to: usize, buf: &[f32]) {
+            watched(4, || self.world.process_at_rank(to as i32).send(buf));
+            self.sent
+                .fetch_add(std::mem::size_of_val(buf) as u64, Ordering::Relaxed);
+        }
+        fn recv_f32(&self, from: usize, buf: &mut [f32]) {
+            watched(5, || {
+                self.world.process_at_rank(from as i32).receive_into(buf);
+            });
+        }
+        fn broadcast_f32(&self, root: usize, buf: &mut [f32]) {
+            watched(6, || {
+                self.world.process_at_rank(root as i32).broadcast_into(buf)
+            });
+            if Communicator::rank(self) == root {
+                // A tree broadcast: the root's message reaches K − 1 ranks.
+                let k = Communicator::size(self) as u64;
+                self.sent.fetch_add(
+                    (k - 1) * std::mem::size_of_val(buf) as u64,
+                    Ordering::Relaxed,
+                );
+            }
         }
         fn bytes_sent(&self) -> u64 {
             self.sent.load(Ordering::Relaxed)
@@ -475,6 +634,7 @@ mod mpi_world {
             ));
         }
         let world = universe.world();
+        super::start_watchdog(MpiCommunicator::rank(&world) as usize);
         if WORLD
             .set(Box::new(Mpi {
                 world,
@@ -528,8 +688,17 @@ mod tests {
     /// Σₜ Δₜ + e_T = Σₜ uₜ, and each Δ is ±‖p‖₁/d element-wise.
     #[test]
     fn error_feedback_carries_the_residual_exactly() {
+        for scale in [SignScale::MeanAbs, SignScale::Rms] {
+            feedback_carries_the_residual(scale);
+        }
+        assert!(Compression::parse("top-k").is_err());
+    }
+
+    /// Over 20 steps, what was sent plus the residual still owed is what was given, and
+    /// each message is the sign of p = u + e times the tensor's scale.
+    fn feedback_carries_the_residual(kind: SignScale) {
         let comm = Single;
-        let mut c = SignCompressor::default();
+        let mut c = SignCompressor::new(kind);
         let (mut sent, mut given) = (vec![0.0f64; 7], vec![0.0f64; 7]);
         let mut buffers = Default::default();
         for step in 0..20u32 {
@@ -551,13 +720,18 @@ mod tests {
                 .iter()
                 .flat_map(|n| g.get(n).unwrap().to_vec_f64())
                 .collect();
-            // One magnitude per tensor: the mean |p| of that tensor.
+            // One magnitude per tensor: the mean |p| (or the RMS of p) of that tensor.
             for (range, tensor) in [(0..3, "a"), (3..7, "b")] {
                 let p: Vec<f64> = range
                     .clone()
                     .map(|i| f64::from(u[i]) + before.get(i).map_or(0.0, |&e| f64::from(e)))
                     .collect();
-                let scale = p.iter().map(|v| v.abs()).sum::<f64>() / p.len() as f64;
+                let scale = match kind {
+                    SignScale::MeanAbs => p.iter().map(|v| v.abs()).sum::<f64>() / p.len() as f64,
+                    SignScale::Rms => {
+                        (p.iter().map(|v| v * v).sum::<f64>() / p.len() as f64).sqrt()
+                    }
+                };
                 for (j, i) in range.enumerate() {
                     assert!((delta[i].abs() - scale).abs() < 1e-6, "{tensor}");
                     assert_eq!(delta[i] >= 0.0, p[j] >= 0.0, "{tensor}: the sign of p");
@@ -570,9 +744,11 @@ mod tests {
         }
         for i in 0..7 {
             let owed = f64::from(c.residual()[i]);
-            assert!((sent[i] + owed - given[i]).abs() < 1e-5, "element {i}");
+            assert!(
+                (sent[i] + owed - given[i]).abs() < 1e-5,
+                "{kind:?}: element {i}"
+            );
         }
-        assert!(Compression::parse("top-k").is_err());
     }
 
     #[test]

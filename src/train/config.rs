@@ -87,6 +87,17 @@ pub struct TrainConfig {
     /// `sign` compresses the update the same way (its effect on training, without MPI).
     /// The residual is not saved in checkpoints: a resumed run starts it at zero.
     pub compression: String,
+    /// How `mpirun`'s ranks share the work: `data` (default; each rank takes a share of
+    /// every batch and the updates are averaged) or `pipeline` (each rank owns a
+    /// contiguous run of the layers and the batch flows through them in `microbatches`;
+    /// dfa and bfa then update every rank's layers from the broadcast output error with
+    /// no backward messages, bp passes the error back rank by rank; dense models).
+    pub parallel: String,
+    /// Microbatches a pipelined batch is cut into (GPipe); default 4.
+    pub microbatches: usize,
+    /// Seconds a rank waits for the others in one communication before it stops the run
+    /// with an error (a rank that died or hangs); 0: for ever; default 300.
+    pub comm_timeout: u64,
     /// Average the rule's updates over N minibatches per optimizer step (gradient
     /// accumulation; an effective batch of N × `batch_size`); default 1.
     pub accumulate: usize,
@@ -147,6 +158,9 @@ impl Default for TrainConfig {
             checkpoint_segments: "off".into(),
             precision: "f32".into(),
             compression: "none".into(),
+            parallel: "data".into(),
+            microbatches: 4,
+            comm_timeout: 300,
             accumulate: 1,
             average: "none".into(),
             batch_size: 128,
@@ -208,6 +222,14 @@ impl TrainConfig {
         crate::nn::Segments::parse(&self.checkpoint_segments)?;
         self.dtype()?;
         super::comm::Compression::parse(&self.compression)?;
+        if !matches!(self.parallel.as_str(), "data" | "pipeline") {
+            return Err(Error::unknown(
+                "parallel (--parallel)",
+                &self.parallel,
+                &["data", "pipeline"],
+            ));
+        }
+        at_least("microbatches", self.microbatches as u64, 1)?;
         crate::rule::resolve(&self.rule)?;
         self.optim.validate()
     }

@@ -14,6 +14,7 @@ pub mod energy;
 mod loss_scale;
 mod meter;
 mod objective;
+pub mod pipeline;
 pub mod pretrain;
 mod records;
 mod trainer;

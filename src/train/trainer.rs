@@ -56,6 +56,8 @@ pub(super) struct Trainer<'a> {
     reducer: super::comm::RankAverage,
     /// Error-feedback sign compression of the update (`compression = "sign"`).
     compressor: Option<super::comm::SignCompressor>,
+    /// This rank's layers under `parallel = "pipeline"`.
+    pipeline: Option<super::pipeline::Pipeline>,
 }
 
 impl<'a> Trainer<'a> {
@@ -125,10 +127,34 @@ impl<'a> Trainer<'a> {
             ));
         }
         rule.keep_trace(optimizer.needs_trace());
-        let comm = super::comm::world();
-        if comm.size() > 1 {
-            super::comm::check_coverage(cfg, rule.as_ref(), optimizer.as_ref(), comm)?;
+        if optimizer.reduces_own_update()
+            && super::comm::Compression::parse(&cfg.compression)? != super::comm::Compression::None
+        {
+            return Err(Error::config(
+                "compression (--compression)",
+                format!(
+                    "{} compresses what the ranks send itself; use --compression none",
+                    optimizer.name()
+                ),
+            ));
         }
+        let comm = super::comm::world();
+        super::comm::set_timeout(cfg.comm_timeout);
+        let pipeline = if cfg.parallel == "pipeline" {
+            super::pipeline::check(cfg, optimizer.as_ref(), resume.is_some())?;
+            let p = super::pipeline::Pipeline::new(&model, rule.as_ref(), comm, cfg.microbatches)?;
+            super::comm::check_agreement(
+                comm,
+                "configuration",
+                super::comm::config_fingerprint(cfg)?,
+            )?;
+            Some(p)
+        } else {
+            if comm.size() > 1 {
+                super::comm::check_coverage(cfg, rule.as_ref(), optimizer.as_ref(), comm)?;
+            }
+            None
+        };
         let pretrain = match cfg.pretrain.as_str() {
             "rbm" if resume.is_none() => {
                 let t = Instant::now();
@@ -186,6 +212,7 @@ impl<'a> Trainer<'a> {
             compressor: (super::comm::Compression::parse(&cfg.compression)?
                 == super::comm::Compression::Sign)
                 .then(Default::default),
+            pipeline,
         })
     }
 
@@ -268,6 +295,9 @@ impl<'a> Trainer<'a> {
         pb.finish_and_clear();
         if self.comm.size() > 1 {
             stats.reduce(self.comm);
+        }
+        if let Some(p) = &self.pipeline {
+            p.gather(&self.model, &mut self.params)?;
         }
         let spent = cost.finish();
         self.meter.add_epoch(&spent, self.step - steps0);
@@ -356,7 +386,7 @@ impl<'a> Trainer<'a> {
         // Data-parallel: this rank's share of the global batch; its mean update is
         // weighted by the share's rows before the ranks' updates are summed.
         let local;
-        let (batch, weight) = if self.comm.size() > 1 {
+        let (batch, weight) = if self.comm.size() > 1 && self.pipeline.is_none() {
             let n = batch.target.len();
             let rows: Vec<usize> =
                 super::comm::share(n, self.comm.rank(), self.comm.size()).collect();
@@ -379,9 +409,16 @@ impl<'a> Trainer<'a> {
         if let Some(s) = &self.scaler {
             self.model.set_loss_scale(s.scale);
         }
-        let out = self
-            .meter
-            .step(|| self.rule.step(&self.model, &self.params, batch, loss))?;
+        let out = match self.pipeline.as_mut() {
+            Some(p) => {
+                let (rule, model, params) = (self.rule.as_ref(), &self.model, &self.params);
+                self.meter
+                    .step(|| p.step(rule, model, params, batch, loss))?
+            }
+            None => self
+                .meter
+                .step(|| self.rule.step(&self.model, &self.params, batch, loss))?,
+        };
         if first && self.optimizer.needs_curvature() {
             check_curvature_covers(
                 &self.model,
@@ -399,7 +436,10 @@ impl<'a> Trainer<'a> {
                 checkpoint: self.records.kept(),
             });
         }
-        stats.add(&out, batch, self.rule.as_ref())?;
+        // A pipeline's loss and predictions are the last rank's.
+        if self.pipeline.as_ref().is_none_or(|p| p.is_last()) {
+            stats.add(&out, batch, self.rule.as_ref())?;
+        }
         // Running statistics of this step's training passes (BatchNorm).
         self.model.commit_state(&mut self.params)?;
         // Diagnostics read the batch and parameters, never the rule's random state, so
@@ -420,7 +460,10 @@ impl<'a> Trainer<'a> {
             return Ok(());
         }
         let mut grads = accumulation.take(&out.grads);
-        if self.comm.size() > 1 || self.compressor.is_some() {
+        if (self.comm.size() > 1 || self.compressor.is_some())
+            && !self.optimizer.reduces_own_update()
+            && self.pipeline.is_none()
+        {
             match self.compressor.as_mut() {
                 Some(c) => super::comm::sign_compressed_grads(
                     self.comm,
