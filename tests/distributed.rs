@@ -225,6 +225,62 @@ fn compressed_runs_send_fewer_bytes_and_still_train() {
 }
 
 #[test]
+fn synchronised_batch_norm_gives_one_process_s_parameters_and_per_rank_does_not() {
+    let Some(data) = common::data_with(&["mnist"]) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("bn.toml");
+    std::fs::write(
+        &model,
+        "input = 784\n[[layers]]\ntype = \"linear\"\nout = 32\n[[layers]]\ntype = \"batchnorm\"\n[[layers]]\ntype = \"relu\"\n[[layers]]\ntype = \"linear\"\nout = 10\n",
+    )
+    .unwrap();
+    // Not Adam here: BatchNorm makes the gradient of a weight whose input is constant
+    // over the batch exactly 0 in exact arithmetic, and Adam turns the f32 rounding noise
+    // left in its place into steps of ±η (1 process is at that noise as much as 2 ranks).
+    for optimizer in ["sgd", "momentum"] {
+        let args = |out: &Path, extra: &[&str]| {
+            let mut all = vec![
+                "--model",
+                model.to_str().unwrap(),
+                "--train-limit",
+                "640",
+                "--test-limit",
+                "200",
+                "--batch-size",
+                "64",
+                "--epochs",
+                "1",
+                "--optimizer",
+                optimizer,
+            ];
+            all.extend(extra);
+            train_args(&data, out, &all)
+        };
+        let one = tmp.path().join(format!("{optimizer}-1"));
+        let (synced, own) = (
+            tmp.path().join(format!("{optimizer}-sync")),
+            tmp.path().join(format!("{optimizer}-own")),
+        );
+        ok(&single(&args(&one, &[])), "1 process");
+        ok(&mpirun(2, &args(&synced, &["--sync-batch-norm"])), "sync");
+        ok(&mpirun(2, &args(&own, &[])), "per rank");
+        // The running statistics are parameters of the store too.
+        let d = max_difference(&one, &synced);
+        assert!(
+            d < 2e-5,
+            "{optimizer}, synchronised: parameters differ by {d:e}"
+        );
+        let d = max_difference(&one, &own);
+        assert!(
+            d > 1e-4,
+            "{optimizer}, per rank: statistics of 32 rows, not 64 ({d:e})"
+        );
+    }
+}
+
+#[test]
 fn a_layer_pipeline_gives_one_process_s_parameters() {
     let Some(data) = common::data_with(&["mnist"]) else {
         return;

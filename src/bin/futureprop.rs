@@ -313,6 +313,10 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     parallel: Option<String>,
+    /// Data-parallel batch normalisation over the whole global batch (SyncBatchNorm) instead of each rank's rows
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sync_batch_norm: Option<bool>,
     /// Microbatches of a pipelined batch (GPipe)
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -28,7 +28,7 @@ pub use init::{INIT_NAMES, Init};
 pub use linear::Linear;
 pub use loss::{LOSS_NAMES, Loss, Target};
 pub use model::{Block, BlockShape, Model, ModelSpec, Pooling, is_buffer};
-pub use norm::{Dropout, NormKind, Normalization};
+pub use norm::{BatchSync, Dropout, NormKind, Normalization, set_batch_sync};
 pub use params::{Grads, Params};
 pub use recurrent::{Cell, Recurrent};
 

@@ -15,13 +15,40 @@
 //! batches the step saw: r ← (1 − m)·r + m·batch statistic, the variance unbiased, as
 //! PyTorch does.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 
 use rand::{Rng as _, SeedableRng};
 
 use super::{Grads, Init, Layer, LayerKind, Params, Record, missing};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
+
+/// Batch statistics summed over data-parallel ranks (synchronised batch normalisation,
+/// as PyTorch's SyncBatchNorm): with a sync set, BatchNorm's training passes take the
+/// mean and variance of the whole global batch, and its backward pass the whole batch's
+/// means of g and g·x̂, so 2 ranks with B/2 rows each compute what 1 process computes
+/// with B. Every rank must then run the same training passes in the same order.
+pub trait BatchSync: Send + Sync {
+    /// Σ over the ranks of `v`, in place.
+    fn sum(&self, v: &mut [f64]);
+    /// This rank's share of the current batch, n_r/n: its errors are of its share's mean
+    /// loss, 1/(n_r/n) times the whole batch's.
+    fn share(&self) -> f64;
+}
+
+static SYNC: RwLock<Option<Arc<dyn BatchSync>>> = RwLock::new(None);
+
+/// Synchronises every BatchNorm's batch statistics of this process through `sync`
+/// (`None`: each process normalises by its own rows).
+pub fn set_batch_sync(sync: Option<Arc<dyn BatchSync>>) {
+    if let Ok(mut s) = SYNC.write() {
+        *s = sync;
+    }
+}
+
+fn batch_sync() -> Option<Arc<dyn BatchSync>> {
+    SYNC.read().ok().and_then(|s| s.clone())
+}
 
 /// Which entries share a statistic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,7 +245,14 @@ impl Normalization {
                 (rm, inv, None)
             }
             None => {
-                let (_, sum, cnt) = self.per_stat(n, &x.channel_sums(None, None, cs, s)?);
+                let sync = batch_sync().filter(|_| self.kind == NormKind::Batch);
+                let (_, mut sum, mut cnt) = self.per_stat(n, &x.channel_sums(None, None, cs, s)?);
+                if let Some(sync) = &sync {
+                    let mut v = [sum.as_slice(), cnt.as_slice()].concat();
+                    sync.sum(&mut v);
+                    let k = sum.len();
+                    (sum, cnt) = (v[..k].to_vec(), v[k..].to_vec());
+                }
                 let mean: Vec<f64> = sum.iter().zip(&cnt).map(|(a, b)| a / b).collect();
                 // Second pass about the mean (no cancellation in E[x²] − E[x]²).
                 let m: Vec<f64> = self
@@ -226,7 +260,10 @@ impl Normalization {
                     .iter()
                     .map(|t| t.0)
                     .collect();
-                let (sq, _, _) = self.per_stat(n, &x.channel_sums(None, Some(&m), cs, s)?);
+                let (mut sq, _, _) = self.per_stat(n, &x.channel_sums(None, Some(&m), cs, s)?);
+                if let Some(sync) = &sync {
+                    sync.sum(&mut sq);
+                }
                 let var: Vec<f64> = sq.iter().zip(&cnt).map(|(a, b)| a / b).collect();
                 let inv: Vec<f64> = var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
                 let unbiased = var
@@ -282,7 +319,18 @@ impl Normalization {
         }
         // Σ g and Σ g·x̂ per statistic, g = γ_c ∂L/∂y.
         let sums = d.channel_sums(Some(xh), None, cs, s)?;
-        let (sgx, sg, cnt) = self.per_stat(n, &sums);
+        let (mut sgx, mut sg, mut cnt) = self.per_stat(n, &sums);
+        if let Some(sync) = batch_sync().filter(|_| self.kind == NormKind::Batch) {
+            // Σᵣ wᵣ·S over the ranks, then back to this rank's scale 1/wᵣ.
+            let w = sync.share();
+            let k = sg.len();
+            let mut v: Vec<f64> = sgx.iter().chain(&sg).map(|a| a * w).collect();
+            v.extend(&cnt);
+            sync.sum(&mut v);
+            sgx = v[..k].iter().map(|a| a / w).collect();
+            sg = v[k..2 * k].iter().map(|a| a / w).collect();
+            cnt = v[2 * k..].to_vec();
+        }
         // γ is per channel and a statistic may span channels (groups): fold it in.
         let (mut mg, mut mgx) = (vec![0.0; sg.len()], vec![0.0; sg.len()]);
         if gamma.is_none() || self.kind == NormKind::Batch {

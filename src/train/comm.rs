@@ -347,6 +347,55 @@ impl crate::optim::Reducer for RankAverage {
     }
 }
 
+/// BatchNorm's statistics summed over the ranks (`sync_batch_norm`).
+pub struct RankBatchSync {
+    comm: &'static dyn Communicator,
+    /// This rank's share of the current batch (f64 bits), set each step.
+    share: AtomicU64,
+}
+
+impl RankBatchSync {
+    /// A sync over `comm`.
+    pub fn new(comm: &'static dyn Communicator) -> Self {
+        RankBatchSync {
+            comm,
+            share: AtomicU64::new((1.0 / comm.size() as f64).to_bits()),
+        }
+    }
+
+    /// Sets this rank's share of the batch under way.
+    pub fn set_share(&self, share: f64) {
+        self.share.store(share.to_bits(), Ordering::Relaxed);
+    }
+}
+
+impl crate::nn::BatchSync for RankBatchSync {
+    fn sum(&self, v: &mut [f64]) {
+        self.comm.all_reduce_sum(v);
+    }
+    fn share(&self) -> f64 {
+        f64::from_bits(self.share.load(Ordering::Relaxed))
+    }
+}
+
+/// Averages the running statistics of per-rank batch normalisation over the ranks, so
+/// every rank evaluates (and rank 0 saves) the same model.
+pub fn average_running_stats(
+    comm: &dyn Communicator,
+    params: &mut crate::nn::Params,
+) -> Result<()> {
+    let mut parts: Vec<&mut Tensor> = params
+        .iter_mut()
+        .filter(|(n, _)| n.ends_with(".running_mean") || n.ends_with(".running_var"))
+        .map(|(_, t)| t)
+        .collect();
+    if parts.is_empty() {
+        return Ok(());
+    }
+    let mut buffers = Default::default();
+    all_reduce_tensors(comm, &mut parts, 1.0 / comm.size() as f64, &mut buffers)
+}
+
 /// What the ranks send each step (`compression` in the run's config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {

@@ -93,6 +93,12 @@ pub struct TrainConfig {
     /// dfa and bfa then update every rank's layers from the broadcast output error with
     /// no backward messages, bp passes the error back rank by rank; dense models).
     pub parallel: String,
+    /// Data-parallel batch normalisation: `false` (default, as PyTorch's
+    /// DistributedDataParallel) normalises by each rank's own rows, and the ranks'
+    /// running statistics are averaged at the end of each epoch; `true` synchronises the
+    /// batch statistics over the ranks (SyncBatchNorm: two small all-reduces per
+    /// BatchNorm layer and pass), which makes 2 ranks × B/2 rows compute 1 process × B.
+    pub sync_batch_norm: bool,
     /// Microbatches a pipelined batch is cut into (GPipe); default 4.
     pub microbatches: usize,
     /// Seconds a rank waits for the others in one communication before it stops the run
@@ -159,6 +165,7 @@ impl Default for TrainConfig {
             precision: "f32".into(),
             compression: "none".into(),
             parallel: "data".into(),
+            sync_batch_norm: false,
             microbatches: 4,
             comm_timeout: 300,
             accumulate: 1,

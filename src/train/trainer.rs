@@ -58,6 +58,8 @@ pub(super) struct Trainer<'a> {
     compressor: Option<super::comm::SignCompressor>,
     /// This rank's layers under `parallel = "pipeline"`.
     pipeline: Option<super::pipeline::Pipeline>,
+    /// BatchNorm statistics over the ranks (`sync_batch_norm`).
+    batch_sync: Option<std::sync::Arc<super::comm::RankBatchSync>>,
 }
 
 impl<'a> Trainer<'a> {
@@ -155,6 +157,13 @@ impl<'a> Trainer<'a> {
             }
             None
         };
+        let batch_sync = (comm.size() > 1 && pipeline.is_none() && cfg.sync_batch_norm)
+            .then(|| std::sync::Arc::new(super::comm::RankBatchSync::new(comm)));
+        crate::nn::set_batch_sync(
+            batch_sync
+                .clone()
+                .map(|s| s as std::sync::Arc<dyn crate::nn::BatchSync>),
+        );
         let pretrain = match cfg.pretrain.as_str() {
             "rbm" if resume.is_none() => {
                 let t = Instant::now();
@@ -213,6 +222,7 @@ impl<'a> Trainer<'a> {
                 == super::comm::Compression::Sign)
                 .then(Default::default),
             pipeline,
+            batch_sync,
         })
     }
 
@@ -298,6 +308,8 @@ impl<'a> Trainer<'a> {
         }
         if let Some(p) = &self.pipeline {
             p.gather(&self.model, &mut self.params)?;
+        } else if self.comm.size() > 1 && self.batch_sync.is_none() {
+            super::comm::average_running_stats(self.comm, &mut self.params)?;
         }
         let spent = cost.finish();
         self.meter.add_epoch(&spent, self.step - steps0);
@@ -391,6 +403,9 @@ impl<'a> Trainer<'a> {
             let rows: Vec<usize> =
                 super::comm::share(n, self.comm.rank(), self.comm.size()).collect();
             let weight = rows.len() as f64 / n as f64;
+            if let Some(s) = &self.batch_sync {
+                s.set_share(weight);
+            }
             local = Batch {
                 x: batch.x.gather_rows(&rows)?,
                 target: batch.target.rows(&rows)?,
