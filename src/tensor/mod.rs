@@ -252,7 +252,14 @@ impl Tensor {
         for t in parts.iter_mut() {
             let part = &buf[at..at + t.len()];
             at += t.len();
-            // New storage: the old one is often shared (a copy-on-write would copy twice).
+            // In place when the tensor owns its f32 memory alone; else new storage (the
+            // old one is shared, and a copy-on-write would copy twice).
+            if let Some(Storage::Host(HostStorage::F32(F32Buffer::Owned(v)))) =
+                Arc::get_mut(&mut t.data)
+            {
+                v.copy_from_slice(part);
+                continue;
+            }
             **t = Tensor::from_vec(t.shape(), part.to_vec())?.to_dtype(t.dtype());
         }
         Ok(())
