@@ -533,3 +533,64 @@ fn a_rank_that_hangs_or_dies_ends_the_job_with_an_error() {
     let (status, _) = interrupt_a_rank(&data, &tmp.path().join("dead"), "-KILL");
     assert!(!status.success());
 }
+
+#[test]
+fn a_suite_runs_under_mpirun_and_rank_0_writes_its_report() {
+    let Some(data) = common::data_with(&["mnist"]) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let suite = tmp.path().join("suite.toml");
+    std::fs::write(
+        &suite,
+        r#"name = "mpi"
+datasets = ["mnist"]
+models = ["mlp:784-32-10"]
+rules = ["bp", "dfa", "ff"]
+optimizers = ["adam"]
+epochs = 1
+[defaults]
+train_limit = 512
+test_limit = 200
+batch_size = 64
+"#,
+    )
+    .unwrap();
+    let out = tmp.path().join("bench");
+    let args: Vec<String> = [
+        "bench",
+        "--suite",
+        suite.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--threads",
+        "1",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let o = mpirun(2, &args);
+    ok(&o, "bench under mpirun");
+    // One report, printed once.
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(stdout.matches("results in").count(), 1, "{stdout}");
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert!(out.join("report.md").is_file());
+    // bp and dfa ran on both ranks; ff, whose update couples a batch, says why it did not.
+    for run in results["runs"].as_array().unwrap() {
+        let rule = run["arm"]["rule"].as_str().unwrap();
+        if rule == "ff" {
+            assert_eq!(run["status"], "failed");
+            let why = run["error"].as_str().unwrap();
+            assert!(why.contains("rule ff is not data-parallel"), "{why}");
+        } else {
+            assert_eq!(run["status"], "ok", "{rule}");
+            let dir = Path::new(run["summary"]["config"]["out"].as_str().unwrap());
+            assert_eq!(last_epoch(dir)["ranks"], 2, "{rule}");
+        }
+    }
+}

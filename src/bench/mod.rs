@@ -146,9 +146,15 @@ pub fn run(opts: &BenchOptions) -> Result<Value> {
     for arm in &suite.arms() {
         arm_config(&suite, arm, 0, &arm_dir(&out, arm, 0), opts)?;
     }
-    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
-    let suite_text = toml::to_string(&suite).map_err(|e| Error::config("suite", e.to_string()))?;
-    train::checkpoint::write_atomic(&out.join("suite.toml"), suite_text.as_bytes())?;
+    // Under mpirun every rank trains every arm (the ranks of one data-parallel run) and
+    // rank 0 alone touches the files.
+    let lead = train::comm::world().rank() == 0;
+    if lead {
+        std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+        let suite_text =
+            toml::to_string(&suite).map_err(|e| Error::config("suite", e.to_string()))?;
+        train::checkpoint::write_atomic(&out.join("suite.toml"), suite_text.as_bytes())?;
+    }
 
     let arms = suite.arms();
     let total = arms.len() as u64 * suite.seeds;
@@ -190,7 +196,7 @@ pub fn run(opts: &BenchOptions) -> Result<Value> {
             ));
             let done = dir.join("summary.json").is_file() || dir.join("failed.json").is_file();
             if !(opts.resume.is_some() && done) {
-                if dir.exists() {
+                if lead && dir.exists() {
                     std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
                 }
                 run_arm(&suite, arm, seed, &dir, opts, &mut data, &multi)?;
@@ -210,12 +216,17 @@ pub fn run(opts: &BenchOptions) -> Result<Value> {
                 ran += 1;
             }
             remaining -= 1;
-            rows.push(collect_row(arm, seed, &dir)?);
+            if lead {
+                rows.push(collect_row(arm, seed, &dir)?);
+            }
             bar.inc(1);
         }
     }
     bar.finish_and_clear();
     let results = report::results(&suite, &rows);
+    if !lead {
+        return Ok(results);
+    }
     let text = serde_json::to_string_pretty(&results)
         .map_err(|e| Error::config("results", e.to_string()))?;
     train::checkpoint::write_atomic(&out.join("results.json"), text.as_bytes())?;
@@ -305,6 +316,9 @@ fn run_arm(
             | Error::Config { .. }
             | Error::UnknownName { .. }),
         ) => {
+            if train::comm::world().rank() != 0 {
+                return Ok(());
+            }
             std::fs::create_dir_all(dir).map_err(|err| Error::io(dir, err))?;
             let f = json!({"error": e.to_string()});
             train::checkpoint::write_atomic(&dir.join("failed.json"), f.to_string().as_bytes())

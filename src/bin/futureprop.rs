@@ -756,6 +756,9 @@ fn reproduce_cmd(a: &ReproduceArgs<'_>) -> Result<()> {
 
 fn bench_cmd(opts: &futureprop::bench::BenchOptions) -> Result<()> {
     let results = futureprop::bench::run(opts)?;
+    if train::comm::world().rank() != 0 {
+        return Ok(());
+    }
     let out = match (&opts.resume, &opts.out) {
         (Some(d), _) | (None, Some(d)) => d.clone(),
         _ => PathBuf::from("runs").join(format!(

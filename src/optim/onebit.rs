@@ -8,21 +8,29 @@
 //! - Warm-up (steps 1…`freeze_step`): Adam on the ranks' averaged gradient (full-precision
 //!   all-reduce): m ← β₁m + (1−β₁)g, v ← β₂v + (1−β₂)g².
 //! - Compression stage: v stays frozen; each rank moves the shared m with its own
-//!   gradient, mᵣ = β₁m + (1−β₁)gᵣ, and the ranks average mᵣ through one sign bit per
-//!   element and one scale ‖·‖₂/√d per tensor, with error feedback (the part of mᵣ the
-//!   message lost is added to the rank's next one). m becomes that average.
-//! - θ ← θ − η(m/(√v + ε) + λθ).
+//!   gradient, mᵣ = β₁m + (1−β₁)gᵣ, takes its Adam direction uᵣ = mᵣ/(√v + ε) (at most
+//!   (1 − β₁)/√(1 − β₂) in size per coordinate, Adam's own bound), and the ranks average
+//!   uᵣ through one sign bit per element and one scale ‖·‖₂/√d per tensor, with error
+//!   feedback (the part of uᵣ the message lost is added to the rank's next one). With v
+//!   frozen and shared, averaging u is averaging m; m becomes the momentum behind ū.
+//! - θ ← θ − η(u + λθ).
 //!
-//! Coordinates with v = 0 at the freeze (a gradient that was zero all through the
-//! warm-up) keep m = 0 afterwards, as DeepSpeed's momentum mask does: their decoded sign
-//! would otherwise step by scale/ε.
+//! Where this departs from the paper, and why (MNIST 784-1000-1000-10, batch 128):
+//! - m and v are bias-corrected as in Adam, v's correction 1 − β₂^T stopping at the
+//!   freeze step T. At the paper's warm-ups (thousands of steps) it is 1; at short ones
+//!   an uncorrected frozen v is too small (at T = 10, by 100×) and the steps diverged.
+//! - The bound on u: with v frozen at T = 200, a weight of a pixel that was rarely lit
+//!   during the warm-up keeps a tiny v, and when later batches light it, m/√v grows
+//!   without limit; one process with no compression at all reached NaN 46 steps after
+//!   the freeze (and 67 after T = 400). Adam itself never steps further than the bound.
+//! - The paper compresses m. One sign scale per tensor gives every coordinate the same
+//!   magnitude, so a small-v coordinate's step would again be scale/√v; compressing u
+//!   bounds each step by the tensor's RMS step and sends the same bytes.
+//! - Coordinates with v = 0 at the freeze (a gradient that was zero all through the
+//!   warm-up) keep m = 0, as DeepSpeed's momentum mask does.
 //!
-//! Unlike the paper's algorithm and DeepSpeed's implementation, m and v are
-//! bias-corrected as in Adam (v's correction 1 − β₂^T stops at the freeze step T). At the
-//! paper's warm-ups (thousands of steps) the correction is 1; at short ones an
-//! uncorrected frozen v is too small (at T = 10, by 100×) and the compressed steps
-//! diverged on MNIST. Weight decay is coupled, as in DeepSpeed. In one process nothing is compressed: the
-//! compression stage is Adam with frozen variance. The error-feedback residual lives in
+//! Weight decay is coupled, as in DeepSpeed. In one process nothing is compressed: the
+//! compression stage is Adam with a frozen variance. The error-feedback residual lives in
 //! the communicator's reducer and is not checkpointed (a resumed run starts it at zero,
 //! as DeepSpeed does on loading).
 
@@ -39,8 +47,6 @@ pub struct OnebitAdam {
     weight_decay: f64,
     m: Params,
     v: Params,
-    /// 1 where the frozen v is positive (made from v at the first compressed step).
-    mask: Params,
     step: u64,
 }
 
@@ -54,7 +60,6 @@ impl OnebitAdam {
             weight_decay,
             m: Params::new(),
             v: Params::new(),
-            mask: Params::new(),
             step: 0,
         }
     }
@@ -87,6 +92,12 @@ impl Optimizer for OnebitAdam {
             names.push(n.to_string());
             local.push(g.clone());
         }
+        // Bias corrections; v's stops at the freeze.
+        let t = self.step.min(i32::MAX as u64) as i32;
+        let tv = self.step.min(self.s.freeze_step).min(i32::MAX as u64) as i32;
+        let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(tv));
+        let eps = self.s.eps;
+        let mut updates = Vec::with_capacity(names.len());
         if !self.compressing() {
             // Warm-up: Adam on the averaged gradient.
             let mut parts: Vec<&mut Tensor> = local.iter_mut().collect();
@@ -104,39 +115,56 @@ impl Optimizer for OnebitAdam {
                         self.v.insert(n, v);
                     }
                 }
+                updates.push(Tensor::adam_ratio(
+                    self.m.get(n)?,
+                    self.v.get(n)?,
+                    c1,
+                    c2,
+                    eps,
+                )?);
             }
         } else {
-            // Frozen v: this rank's momentum, then the compressed average.
-            for (n, g) in names.iter().zip(local.iter_mut()) {
+            // Frozen v: this rank's momentum mᵣ and direction uᵣ = (mᵣ/c₁)/(√(v/c₂) + ε),
+            // then the compressed average ū.
+            // |u| at most Adam's own bound (1 − β₁)/√(1 − β₂) (Kingma & Ba 2015, §2.1):
+            // a coordinate whose gradient was rare during the warm-up keeps a tiny frozen
+            // v, and later gradients would otherwise step it by m/√v without limit.
+            let bound = (1.0 - b1) / (1.0 - b2).sqrt();
+            for (n, g) in names.iter().zip(&local) {
                 let mut m = self.m.get(n)?.clone();
                 m.axpby(b1, 1.0 - b1, g)?;
-                *g = m;
+                updates.push(Tensor::adam_ratio(&m, self.v.get(n)?, c1, c2, eps)?.clamp_abs(bound));
             }
-            let mut parts: Vec<&mut Tensor> = local.iter_mut().collect();
+            let mut parts: Vec<&mut Tensor> = updates.iter_mut().collect();
             if let Some(r) = ctx.reducer.as_deref_mut() {
                 r.average_signs(&mut parts)?;
             }
-            for (n, m) in names.iter().zip(local) {
+            for (n, u) in names.iter().zip(updates.iter_mut()) {
+                let v = self.v.get(n)?.to_vec_f32();
                 // Coordinates whose gradient was zero all through the warm-up (v = 0:
-                // MNIST's border pixels) would take ±scale/ε; their momentum stays 0
-                // (DeepSpeed's momentum mask).
-                if !self.mask.contains(n) {
-                    let v = self.v.get(n)?;
-                    let ones: Vec<f32> =
-                        v.to_vec_f32().iter().map(|&x| f32::from(x > 0.0)).collect();
-                    self.mask
-                        .insert(n, Tensor::from_vec(v.shape(), ones)?.to_dtype(v.dtype()));
+                // MNIST's border pixels) keep m = 0 (DeepSpeed's momentum mask).
+                let mut ub = u.to_vec_f32();
+                for (x, &vi) in ub.iter_mut().zip(&v) {
+                    if vi <= 0.0 {
+                        *x = 0.0;
+                    }
                 }
-                self.m.insert(n, m.mul(self.mask.get(n)?)?);
+                // m = c₁ ū (√(v/c₂) + ε): the shared momentum behind ū.
+                let m: Vec<f32> = ub
+                    .iter()
+                    .zip(&v)
+                    .map(|(&x, &vi)| {
+                        (c1 * f64::from(x) * ((f64::from(vi) / c2).max(0.0).sqrt() + eps)) as f32
+                    })
+                    .collect();
+                let dt = self.v.get(n)?.dtype();
+                self.m
+                    .insert(n, Tensor::from_vec(u.shape(), m)?.to_dtype(dt));
+                *u = Tensor::from_vec(u.shape(), ub)?.to_dtype(dt);
             }
         }
         let lr = self.lr * self.schedule.factor(self.step - 1);
-        // Bias corrections; v's stops at the freeze.
-        let t = self.step.min(i32::MAX as u64) as i32;
-        let tv = self.step.min(self.s.freeze_step).min(i32::MAX as u64) as i32;
-        let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(tv));
-        for n in &names {
-            let mut u = Tensor::adam_ratio(self.m.get(n)?, self.v.get(n)?, c1, c2, self.s.eps)?;
+        for (n, mut u) in names.iter().zip(updates) {
             let p = params.get_mut(n)?;
             if self.weight_decay > 0.0 {
                 u.axpy(self.weight_decay, p)?;
@@ -168,7 +196,6 @@ impl Optimizer for OnebitAdam {
         self.step = state.step;
         self.m = Params::new();
         self.v = Params::new();
-        self.mask = Params::new();
         for (n, t) in state.tensors.iter() {
             if let Some(k) = n.strip_prefix("m/") {
                 self.m.insert(k, t.clone());
