@@ -305,6 +305,14 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     precision: Option<String>,
+    /// Quantisation-aware training: none or wXaY (w8a8, w4a4, w2a2): LSQ fake quantisation of every Linear layer's weight and input
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quantize: Option<String>,
+    /// One learned weight step per output unit instead of one per layer (--quantize)
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quantize_per_channel: Option<bool>,
     /// What data-parallel ranks send: none (the f32 update) or sign (error-feedback 1-bit signs with a scale per tensor)
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

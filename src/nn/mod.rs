@@ -17,6 +17,7 @@ mod loss;
 mod model;
 mod norm;
 mod params;
+mod quant;
 mod recurrent;
 
 pub use activation::{ACTIVATION_NAMES, Activation, ActivationSpec, PRelu, parse_activation};
@@ -30,6 +31,7 @@ pub use loss::{LOSS_NAMES, Loss, Target};
 pub use model::{Block, BlockShape, Model, ModelSpec, Pooling, is_buffer};
 pub use norm::{BatchSync, Dropout, NormKind, Normalization, set_batch_sync};
 pub use params::{Grads, Params};
+pub use quant::{Grid, QuantLinear, QuantScheme};
 pub use recurrent::{Cell, Recurrent};
 
 use crate::error::Result;
@@ -255,6 +257,12 @@ pub trait Layer: Send + Sync + std::fmt::Debug {
     ) -> Result<Option<Tensor>> {
         self.param_grads(p, rec, d_out, g)?;
         input.then(|| self.input_grad(p, rec, d_out)).transpose()
+    }
+
+    /// Sets what the layer estimates from data before training (LSQ's input step from a
+    /// calibration batch `x`, the layer's input); most layers have nothing to set.
+    fn calibrate(&self, _p: &mut Params, _x: &Tensor) -> Result<()> {
+        Ok(())
     }
 
     /// Its weight transport with the weight swapped ([`Transport`]): layers with a

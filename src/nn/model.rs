@@ -868,6 +868,43 @@ impl Model {
         Ok((h, records))
     }
 
+    /// Replaces every top-level Linear layer by its LSQ-quantised form
+    /// ([`super::QuantLinear`]); an input that follows a ReLU is quantised unsigned.
+    /// Layers inside blocks and convolutions stay as they are.
+    pub fn quantize(&mut self, scheme: super::QuantScheme) -> Result<()> {
+        for i in 0..self.layers.len() {
+            let LayerKind::Linear {
+                inputs,
+                outputs,
+                bias,
+            } = self.layers[i].kind()
+            else {
+                continue;
+            };
+            let unsigned = i > 0
+                && matches!(
+                    self.layers[i - 1].kind(),
+                    LayerKind::Activation(crate::tensor::Unary::Relu)
+                );
+            let linear = super::Linear::new(self.layers[i].name(), inputs, outputs, bias);
+            self.layers[i] = Box::new(super::QuantLinear::new(linear, scheme, unsigned));
+        }
+        Ok(())
+    }
+
+    /// Runs `x` through the model in evaluation mode, letting each layer set what it
+    /// estimates from data ([`Layer::calibrate`]) from its input before it runs.
+    pub fn calibrate(&self, p: &mut Params, x: &Tensor) -> Result<()> {
+        self.check_input(x)?;
+        let mut h = self.cast_input(x);
+        for l in &self.layers {
+            l.calibrate(p, &h)?;
+            let mut rec = Record::new(l.name(), h.clone());
+            h = follow(l.forward(p, &h, &mut rec)?, &h);
+        }
+        Ok(())
+    }
+
     /// Number of trainable scalars of the model's layers in `p`.
     pub fn num_parameters(&self, p: &Params) -> usize {
         let prefixes: Vec<String> = self

@@ -137,6 +137,9 @@ pub trait BackendStorage: Sized + Clone {
     fn add_scalar(&self, c: f64) -> Self;
     /// Clamp to `[−c, c]`.
     fn clamp_abs(&self, c: f64) -> Self;
+    /// LSQ fake quantisation with one step per `group` consecutive elements: the
+    /// quantised values, the straight-through mask and ∂q/∂s ([`crate::tensor::Tensor::fake_quantize`]).
+    fn fake_quantize(&self, steps: &[f64], group: usize, qn: f64, qp: f64) -> (Self, Self, Self);
 
     // ---- losses ---------------------------------------------------------------------
 

@@ -672,6 +672,36 @@ impl BackendStorage for HostStorage {
         map1!(self, v => v.iter().map(|x| Elem::of(x.f64() + c)).collect())
     }
 
+    fn fake_quantize(&self, steps: &[f64], group: usize, qn: f64, qp: f64) -> (Self, Self, Self) {
+        match self {
+            HostStorage::F32(v) => {
+                let (q, m, d) = cpu::fake_quantize_f32(v, steps, group, qn, qp);
+                (
+                    HostStorage::F32(q.into()),
+                    HostStorage::F32(m.into()),
+                    HostStorage::F32(d.into()),
+                )
+            }
+            HostStorage::F64(v) => {
+                let (q, m, d) = cpu::fake_quantize(v, steps, group, qn, qp);
+                (
+                    HostStorage::F64(q),
+                    HostStorage::F64(m),
+                    HostStorage::F64(d),
+                )
+            }
+            half => {
+                let (q, m, d) = cpu::fake_quantize(&reduced::widen(half), steps, group, qn, qp);
+                let dt = half.dtype();
+                (
+                    reduced::narrow(dt, q),
+                    reduced::narrow(dt, m),
+                    reduced::narrow(dt, d),
+                )
+            }
+        }
+    }
+
     fn clamp_abs(&self, c: f64) -> Self {
         map1!(self, v => v.iter().map(|x| Elem::of(x.f64().clamp(-c, c))).collect())
     }

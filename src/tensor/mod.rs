@@ -871,6 +871,40 @@ impl Tensor {
         self.like(on_backend!(&*self.data, s => Storage::from(s.clamp_abs(c))))
     }
 
+    /// LSQ fake quantisation (Esser et al. 2020) to the integer grid [−`qn`, `qp`] with
+    /// step `steps[i / group]` for element i (one step per tensor: `group` = len; one per
+    /// row of a weight: `group` = columns). Returns (q, mask, r): the quantised values
+    /// q = clamp(round(v/s), −qn, qp)·s, the clipped straight-through estimator's mask
+    /// 1[−qn ≤ v/s ≤ qp] (∂q/∂v), and r = ∂q/∂s: round(v/s) − v/s inside the range,
+    /// −qn below it, qp above it.
+    pub fn fake_quantize(
+        &self,
+        steps: &[f64],
+        group: usize,
+        qn: f64,
+        qp: f64,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        if group == 0
+            || steps.len() * group != self.len()
+            || steps.iter().any(|s| s.is_nan() || *s <= 0.0)
+        {
+            return Err(Error::shape(
+                "fake_quantize",
+                format!(
+                    "{} steps of {group} elements for {} elements (steps must be positive)",
+                    steps.len(),
+                    self.len()
+                ),
+            ));
+        }
+        count_elementwise(self.len(), 3, self.dtype());
+        let (q, m, r) = on_backend!(&*self.data, s => {
+            let (q, m, r) = s.fake_quantize(steps, group, qn, qp);
+            (Storage::from(q), Storage::from(m), Storage::from(r))
+        });
+        Ok((self.like(q), self.like(m), self.like(r)))
+    }
+
     // ---- losses ---------------------------------------------------------------------
 
     /// Softmax over each row of a 2-D tensor.

@@ -80,6 +80,14 @@ pub struct TrainConfig {
     /// ([`super::LossScaler`]). Rules on the shared forward and backward passes (bp, the
     /// FA and DFA families, kp, local, dsn, dni, cdni, ff); the others refuse it.
     pub precision: String,
+    /// Quantisation-aware training: `none` (default) or `wXaY`, X-bit weights and Y-bit
+    /// inputs of every top-level Linear layer (w8a8, w4a4, w2a2; 2 to 16 bits), fake
+    /// quantised with learned step sizes (LSQ, Esser et al. 2020) and the clipped
+    /// straight-through estimator; inputs after a ReLU unsigned. Rules on the shared
+    /// forward and backward passes (as for `precision`); f32 only.
+    pub quantize: String,
+    /// One weight step per output unit (per channel) instead of one per layer.
+    pub quantize_per_channel: bool,
     /// What the data-parallel ranks send each step: `none` (the f32 update, summed by an
     /// all-reduce; default) or `sign` (error-feedback sign compression, EF-SignSGD,
     /// Karimireddy et al. 2019: one bit per element and a scale ‖p‖₁/d per tensor, the
@@ -163,6 +171,8 @@ impl Default for TrainConfig {
             optim: OptimizerConfig::default(),
             checkpoint_segments: "off".into(),
             precision: "f32".into(),
+            quantize: "none".into(),
+            quantize_per_channel: false,
             compression: "none".into(),
             parallel: "data".into(),
             sync_batch_norm: false,
@@ -229,6 +239,7 @@ impl TrainConfig {
         crate::nn::Segments::parse(&self.checkpoint_segments)?;
         self.dtype()?;
         super::comm::Compression::parse(&self.compression)?;
+        crate::nn::QuantScheme::parse(&self.quantize, self.quantize_per_channel)?;
         if !matches!(self.parallel.as_str(), "data" | "pipeline") {
             return Err(Error::unknown(
                 "parallel (--parallel)",

@@ -206,11 +206,14 @@ pub fn load_data(cfg: &TrainConfig) -> Result<Splits> {
 
 /// Builds the model of `cfg` and checks it against the data's shape.
 pub fn build_model(cfg: &TrainConfig, features: usize, classes: usize) -> Result<Model> {
-    let model = Model::build(&ModelSpec {
+    let mut model = Model::build(&ModelSpec {
         spec: cfg.model.clone(),
         activation: cfg.activation.clone(),
         bias: cfg.bias,
     })?;
+    if let Some(q) = crate::nn::QuantScheme::parse(&cfg.quantize, cfg.quantize_per_channel)? {
+        model.quantize(q)?;
+    }
     if model.inputs() != features || model.outputs() != classes {
         // The named image models take their input map after a colon.
         let base = cfg.model.split(':').next().unwrap_or_default();

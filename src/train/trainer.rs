@@ -97,10 +97,24 @@ impl<'a> Trainer<'a> {
                 ),
             ));
         }
+        if cfg.quantize != "none" && (precision != DType::F32 || !rule.mixed_precision()) {
+            return Err(Error::config(
+                "quantize (--quantize)",
+                format!(
+                    "quantisation-aware training runs at --precision f32 with the rules on the shared forward and backward passes (bp, the FA and DFA families, kp, local, dsn, dni, cdni, ff); not {} at {precision}",
+                    rule.name()
+                ),
+            ));
+        }
         model.set_precision(precision);
         model.set_checkpoint_segments(segments);
         check_memory(cfg, &model)?;
         let mut params = model.init_params(Init::parse(&cfg.init)?, cfg.seed)?;
+        if cfg.quantize != "none" {
+            // LSQ's input steps from the first training rows (a resumed run loads its own).
+            let rows: Vec<usize> = (0..splits.train.len().min(256)).collect();
+            model.calibrate(&mut params, &splits.train.x.gather_rows(&rows)?)?;
+        }
         if let Some(init) = initial {
             restore_params(&mut params, init, cfg, "initial")?;
         }

@@ -1,0 +1,320 @@
+//! Quantisation-aware training with learned step sizes (LSQ; Esser, McKinstry, Bablani,
+//! Appuswamy & Modha 2020, "Learned step size quantization").
+//!
+//! A quantised Linear layer computes y = q(x) q(W)ᵀ + b with the fake quantiser
+//! q(v) = clamp(round(v/s), −Q_N, Q_P)·s: b-bit signed for weights (Q_N = 2^(b−1),
+//! Q_P = 2^(b−1) − 1) and for inputs that can be negative (the data), unsigned after a
+//! ReLU (Q_N = 0, Q_P = 2^b − 1). Gradients (the clipped straight-through estimator):
+//!
+//! - ∂q/∂v = 1 inside the range, 0 outside;
+//! - ∂q/∂s = round(v/s) − v/s inside, −Q_N below, Q_P above, scaled by
+//!   g = 1/√(N·Q_P), N the number of weights (for a weight step; per output row with
+//!   per-channel steps) or of input elements in the batch (for the input step), as in
+//!   the reference implementations;
+//! - steps start at 2⟨|v|⟩/√Q_P: the weights' at initialisation, the inputs' from a
+//!   calibration batch ([`Model::calibrate`](super::Model::calibrate)).
+//!
+//! Every rule that trains layers through their own `param_grads` and `input_grad`
+//! (bp, the FA and DFA families, ...) trains a quantised model unchanged: the layer
+//! passes δ·q(W) (or δ·B under feedback alignment) through the input mask. The input
+//! step's gradient sums q(W)ᵀδ against ∂q/∂s into one number, so under DFA it reads the
+//! layer's own weight, not another layer's.
+
+use super::{Grads, Init, Layer, LayerKind, Linear, Params, Record, Transport, missing};
+use crate::error::{Error, Result};
+use crate::tensor::{DType, Tensor};
+
+/// The integer grid of a quantiser.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grid {
+    /// Bits per value.
+    pub bits: u32,
+    /// Whether values may be negative.
+    pub signed: bool,
+}
+
+impl Grid {
+    /// Q_N: the grid reaches −Q_N.
+    pub fn qn(&self) -> f64 {
+        if self.signed {
+            2f64.powi(self.bits as i32 - 1)
+        } else {
+            0.0
+        }
+    }
+
+    /// Q_P: the grid reaches Q_P.
+    pub fn qp(&self) -> f64 {
+        if self.signed {
+            2f64.powi(self.bits as i32 - 1) - 1.0
+        } else {
+            2f64.powi(self.bits as i32) - 1.0
+        }
+    }
+
+    /// LSQ's initial step for values `v`: 2⟨|v|⟩/√Q_P.
+    fn initial_step(&self, mean_abs: f64) -> f64 {
+        let s = 2.0 * mean_abs / self.qp().sqrt();
+        if s > 0.0 && s.is_finite() { s } else { 1e-3 }
+    }
+}
+
+/// A learned step an optimizer has pushed to or below zero quantises at 1e-8 instead
+/// (its gradient still flows from there).
+fn floor_step(s: f64) -> f64 {
+    if s > 1e-8 { s } else { 1e-8 }
+}
+
+/// What `--quantize wXaY` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuantScheme {
+    /// Weight bits.
+    pub weight_bits: u32,
+    /// Input (activation) bits.
+    pub input_bits: u32,
+    /// One weight step per output unit instead of one per layer.
+    pub per_channel: bool,
+}
+
+impl QuantScheme {
+    /// `none`, or `wXaY` with 2 ≤ X, Y ≤ 16 (e.g. `w8a8`, `w4a4`, `w2a2`).
+    pub fn parse(s: &str, per_channel: bool) -> Result<Option<QuantScheme>> {
+        if s == "none" {
+            return Ok(None);
+        }
+        let bad = || {
+            Error::config(
+                "quantize (--quantize)",
+                format!("'{s}' is not none or wXaY with 2 to 16 bits each (w8a8, w4a4, w2a2)"),
+            )
+        };
+        let rest = s.strip_prefix('w').ok_or_else(bad)?;
+        let (w, a) = rest.split_once('a').ok_or_else(bad)?;
+        let (w, a): (u32, u32) = (w.parse().map_err(|_| bad())?, a.parse().map_err(|_| bad())?);
+        if !(2..=16).contains(&w) || !(2..=16).contains(&a) {
+            return Err(bad());
+        }
+        Ok(Some(QuantScheme {
+            weight_bits: w,
+            input_bits: a,
+            per_channel,
+        }))
+    }
+}
+
+/// A Linear layer trained through LSQ fake quantisers of its weight and its input.
+#[derive(Debug, Clone)]
+pub struct QuantLinear {
+    inner: Linear,
+    weight: Grid,
+    input: Grid,
+    per_channel: bool,
+    weight_step: String,
+    input_step: String,
+}
+
+impl QuantLinear {
+    /// `inner` quantised by `scheme`; `unsigned_input` when its input is a ReLU's output.
+    pub fn new(inner: Linear, scheme: QuantScheme, unsigned_input: bool) -> Self {
+        let name = inner.name().to_string();
+        QuantLinear {
+            weight: Grid {
+                bits: scheme.weight_bits,
+                signed: true,
+            },
+            input: Grid {
+                bits: scheme.input_bits,
+                signed: !unsigned_input,
+            },
+            per_channel: scheme.per_channel,
+            weight_step: format!("{name}.weight_step"),
+            input_step: format!("{name}.input_step"),
+            inner,
+        }
+    }
+
+    /// The quantised weight: q(W), the mask and ∂q/∂s.
+    fn quantized_weight(&self, p: &Params) -> Result<(Tensor, Tensor, Tensor)> {
+        let w = p.get(self.inner.weight_key())?;
+        let steps: Vec<f64> = p
+            .get(&self.weight_step)?
+            .to_vec_f64()
+            .into_iter()
+            .map(floor_step)
+            .collect();
+        let group = if self.per_channel {
+            self.inner.inputs
+        } else {
+            w.len()
+        };
+        w.fake_quantize(&steps, group, self.weight.qn(), self.weight.qp())
+    }
+
+    fn input_scale(&self, p: &Params) -> Result<f64> {
+        let s = p.get(&self.input_step)?.to_vec_f64();
+        s.first()
+            .copied()
+            .map(floor_step)
+            .ok_or_else(|| Error::shape(&self.input_step, "an empty step"))
+    }
+}
+
+impl Layer for QuantLinear {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn kind(&self) -> LayerKind {
+        self.inner.kind()
+    }
+
+    fn output_width(&self, input: usize) -> Result<usize> {
+        self.inner.output_width(input)
+    }
+
+    fn param_count(&self) -> usize {
+        let steps = if self.per_channel {
+            self.inner.outputs
+        } else {
+            1
+        };
+        self.inner.param_count() + steps + 1
+    }
+
+    fn init_params(&self, init: Init, rng: &mut crate::Rng, p: &mut Params) -> Result<()> {
+        self.inner.init_params(init, rng, p)?;
+        let w = p.get(self.inner.weight_key())?.to_vec_f64();
+        let rows: Vec<&[f64]> = if self.per_channel {
+            w.chunks(self.inner.inputs.max(1)).collect()
+        } else {
+            vec![&w[..]]
+        };
+        let steps: Vec<f64> = rows
+            .iter()
+            .map(|r| {
+                let mean = r.iter().map(|x| x.abs()).sum::<f64>() / r.len().max(1) as f64;
+                self.weight.initial_step(mean)
+            })
+            .collect();
+        p.insert(
+            self.weight_step.clone(),
+            Tensor::from_vec_f64(&[steps.len()], steps)?.to_dtype(DType::F32),
+        );
+        // Replaced by the calibration batch's (Model::calibrate).
+        p.insert(self.input_step.clone(), Tensor::from_vec(&[1], vec![1.0])?);
+        Ok(())
+    }
+
+    fn calibrate(&self, p: &mut Params, x: &Tensor) -> Result<()> {
+        let mean = x.to_vec_f64().iter().map(|v| v.abs()).sum::<f64>() / x.len().max(1) as f64;
+        let s = self.input.initial_step(mean);
+        let dt = p.get(&self.input_step).map_or(DType::F32, |t| t.dtype());
+        p.insert(
+            self.input_step.clone(),
+            Tensor::from_vec_f64(&[1], vec![s])?.to_dtype(dt),
+        );
+        Ok(())
+    }
+
+    fn forward(&self, p: &Params, x: &Tensor, rec: &mut Record) -> Result<Tensor> {
+        if x.is_empty() {
+            return self.inner.forward(p, x, rec);
+        }
+        let (xq, xm, xr) = x.fake_quantize(
+            &[self.input_scale(p)?],
+            x.len(),
+            self.input.qn(),
+            self.input.qp(),
+        )?;
+        let (wq, wm, wr) = self.quantized_weight(p)?;
+        let mut y = xq.matmul(false, &wq, true)?;
+        if self.inner.bias {
+            y.add_row(p.get(self.inner.bias_key())?)?;
+        }
+        rec.saved = vec![xq, xm, xr, wq, wm, wr];
+        Ok(y)
+    }
+
+    fn param_grads(&self, _p: &Params, rec: &Record, d_out: &Tensor, g: &mut Grads) -> Result<()> {
+        self.grads(rec, d_out, g).map(|_| ())
+    }
+
+    // One δ·q(W) for both the input step's gradient and ∂L/∂x.
+    fn backward(
+        &self,
+        _p: &Params,
+        rec: &Record,
+        d_out: &Tensor,
+        g: &mut Grads,
+        input: bool,
+    ) -> Result<Option<Tensor>> {
+        let dxq = self.grads(rec, d_out, g)?;
+        let [_, xm, ..] = rec.saved.as_slice() else {
+            return Err(missing(self.name()));
+        };
+        input.then(|| dxq.mul(xm)).transpose()
+    }
+
+    fn input_grad(&self, _p: &Params, rec: &Record, d_out: &Tensor) -> Result<Tensor> {
+        let [_, xm, _, wq, ..] = rec.saved.as_slice() else {
+            return Err(missing(self.name()));
+        };
+        d_out.matmul(false, wq, false)?.mul(xm)
+    }
+
+    fn transport(&self) -> Option<&dyn Transport> {
+        Some(self)
+    }
+}
+
+impl QuantLinear {
+    /// Adds the parameter and step gradients for `d_out`; returns ∂L/∂q(x) = δ·q(W).
+    fn grads(&self, rec: &Record, d_out: &Tensor, g: &mut Grads) -> Result<Tensor> {
+        let [xq, _, xr, wq, wm, wr] = rec.saved.as_slice() else {
+            return Err(missing(self.name()));
+        };
+        // ∂L/∂q(W) = δᵀq(x); through the mask to W, against ∂q/∂s to the step.
+        let dwq = d_out.matmul(true, xq, false)?;
+        g.accumulate(self.inner.weight_key(), dwq.mul(wm)?)?;
+        let (out, inp) = (self.inner.outputs, self.inner.inputs);
+        let ds_w: Vec<f64> = if self.per_channel {
+            let gs = 1.0 / (inp as f64 * self.weight.qp()).sqrt();
+            dwq.mul(wr)?.row_sums()?.iter().map(|v| v * gs).collect()
+        } else {
+            vec![dwq.dot(wr)? / ((out * inp) as f64 * self.weight.qp()).sqrt()]
+        };
+        let dt = d_out.dtype();
+        g.accumulate(
+            &self.weight_step,
+            Tensor::from_vec_f64(&[ds_w.len()], ds_w)?.to_dtype(dt),
+        )?;
+        if self.inner.bias {
+            g.accumulate(self.inner.bias_key(), d_out.sum_rows()?)?;
+        }
+        // ∂L/∂q(x) = δ·q(W), summed against ∂q/∂s into the input step's gradient.
+        let dxq = d_out.matmul(false, wq, false)?;
+        let gs = 1.0 / (xq.len() as f64 * self.input.qp()).sqrt();
+        let ds_a = dxq.dot(xr)? * gs;
+        g.accumulate(
+            &self.input_step,
+            Tensor::from_vec_f64(&[1], vec![ds_a])?.to_dtype(dt),
+        )?;
+        Ok(dxq)
+    }
+}
+
+impl Transport for QuantLinear {
+    /// δ·B through the input quantiser's mask (feedback alignment's B in place of q(W)).
+    fn input_grad_with_weight(
+        &self,
+        _p: &Params,
+        rec: &Record,
+        d_out: &Tensor,
+        weight: &Tensor,
+    ) -> Result<Tensor> {
+        let [_, xm, ..] = rec.saved.as_slice() else {
+            return Err(missing(self.name()));
+        };
+        d_out.matmul(false, weight, false)?.mul(xm)
+    }
+}
