@@ -278,3 +278,73 @@ fn every_rule_on_the_shared_passes_trains_quantised_and_the_others_refuse() {
     // At 2 bits bp still learns the task (4 classes).
     assert!(accuracy("bp", "w2a2").unwrap().1 > 0.5);
 }
+
+#[test]
+fn low_precision_dfa_projects_a_few_bit_error_through_integer_feedback() {
+    use futureprop::rule::build_rule_with;
+    let (m, p) = common::model("mlp:12-8-6-3", "relu", 4);
+    let distinct = |t: &Tensor| {
+        let mut v = t.to_vec_f64();
+        v.sort_by(f64::total_cmp);
+        v.dedup();
+        v
+    };
+    let drawn = |precision: &str| {
+        let mut r = build_rule_with(
+            "dfa",
+            &serde_json::json!({ "feedback_precision": precision }),
+        )
+        .unwrap();
+        let mut p = p.clone();
+        r.init(&m, &mut p, 9).unwrap();
+        r.direct_projection(&m, 0).unwrap().clone()
+    };
+    let full = drawn("f32").to_vec_f64();
+    let mean = full.iter().map(|x| x.abs()).sum::<f64>() / full.len() as f64;
+    // binary: mean|B|·sign B
+    let b = drawn("binary").to_vec_f64();
+    for (q, f) in b.iter().zip(&full) {
+        assert!((q - mean * f.signum()).abs() < 1e-6);
+    }
+    // ternary: 0 within 0.7·mean|B|, ±α outside
+    let t = drawn("ternary");
+    assert!(distinct(&t).len() <= 3);
+    for (q, f) in t.to_vec_f64().iter().zip(&full) {
+        assert_eq!(*q == 0.0, f.abs() <= 0.7 * mean, "{f} → {q}");
+    }
+    // int8: at most 255 values, each within half a step of the drawn one
+    let top = full.iter().fold(0.0f64, |a, x| a.max(x.abs()));
+    let i8 = drawn("int8").to_vec_f64();
+    for (q, f) in i8.iter().zip(&full) {
+        assert!((q - f).abs() <= top / 127.0 / 2.0 + 1e-9);
+    }
+    // A 2-bit error is ternary: the output layer's recorded error is e on the grid
+    // {−1, 0, 1}·max|e|, and the hidden signals are its projections.
+    let batch = Batch {
+        x: rand_tensor(&[10, 12], 3, 1.0),
+        target: Target::Classes((0..10).map(|i| i % 3).collect()),
+    };
+    let step = |bits: u32| {
+        let mut r = build_rule_with("dfa", &serde_json::json!({ "error_bits": bits })).unwrap();
+        let mut p = p.clone();
+        r.init(&m, &mut p, 9).unwrap();
+        r.step(&m, &p, &batch, Loss::CrossEntropy).unwrap()
+    };
+    let (exact, coarse) = (step(0), step(2));
+    let last = m.layers().len() - 1;
+    let e = exact.trace.errors[last].as_ref().unwrap().to_vec_f64();
+    let q = coarse.trace.errors[last].as_ref().unwrap().to_vec_f64();
+    let top = e.iter().fold(0.0f64, |a, x| a.max(x.abs()));
+    for (q, e) in q.iter().zip(&e) {
+        assert!((q - (e / top).round() * top).abs() < 1e-12, "{e} → {q}");
+    }
+    assert!(distinct(coarse.trace.errors[last].as_ref().unwrap()).len() <= 3);
+    // At 16 bits the update is DFA's to within the grid's step.
+    let fine = step(16);
+    for (name, g) in exact.grads.iter() {
+        let d = g.sub(fine.grads.get(name).unwrap()).unwrap().norm() / g.norm();
+        assert!(d < 1e-3, "{name}: {d}");
+    }
+    assert!(build_rule_with("dfa", &serde_json::json!({ "error_bits": 1 })).is_err());
+    assert!(build_rule_with("dfa", &serde_json::json!({ "feedback_precision": "int4" })).is_err());
+}

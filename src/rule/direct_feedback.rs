@@ -13,6 +13,11 @@
 //!
 //! The output layer is always trained with its true local gradient ∂L/∂W = eᵀh. No Wᵀδ
 //! product is computed: the backward pass costs one projection per hidden block.
+//!
+//! Low precision ([`DirectPrecision`]): the matrices B may be int8, ternary or binary and
+//! the error e a k-bit integer times one scale per batch, so every hidden update is an
+//! integer projection of an integer signal (the form analog and neuromorphic hardware
+//! can run); the output layer then learns from the same quantised e.
 
 use std::collections::HashMap;
 
@@ -26,14 +31,100 @@ use crate::settings::{Described, parse};
 use crate::tensor::Tensor;
 
 fn direct_rule(kind: DirectKind, t: &crate::settings::Table) -> Result<Box<dyn Rule>> {
-    Ok(Box::new(DirectFeedback::new(kind, parse("rule", t)?)))
+    let mut r = DirectFeedback::new(kind, parse("rule", t)?);
+    r.precision = parse("rule", t)?;
+    Ok(Box::new(r))
+}
+
+/// The settings of the direct-feedback rules: the feedback draw and its precision.
+fn direct_settings() -> Vec<crate::settings::Field> {
+    let mut f = FeedbackSettings::fields();
+    f.extend(DirectPrecision::fields());
+    f
+}
+
+crate::settings_struct! {
+    /// Low-precision direct feedback, the hardware-friendly form for neuromorphic and
+    /// analog chips (Frenkel et al. 2021; Crafton et al. 2019): integer feedback
+    /// matrices and a few-bit output error, so each hidden update is an integer
+    /// projection of an integer signal.
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[serde(default)]
+    pub struct DirectPrecision: "direct feedback precision" {
+        /// Feedback matrices: `f32` (as drawn), `int8` (symmetric, step max|B|/127),
+        /// `ternary` (α·{−1, 0, 1}: zero below Δ = 0.7·mean|B|, α the mean |B| above it;
+        /// Li & Liu 2016) or `binary` (mean|B|·sign B).
+        pub feedback_precision: String = "f32".into(),
+        /// Bits of the projected signal (the output error), 2 to 16, symmetric per batch
+        /// with step max|e|/(2^(k−1) − 1) (2 bits: ternary); 0 keeps it f32. The output
+        /// layer learns from the same quantised error.
+        pub error_bits: u32 = 0,
+    }
+}
+
+impl crate::settings::Settings for DirectPrecision {
+    fn validate(&self) -> Result<()> {
+        if !matches!(
+            self.feedback_precision.as_str(),
+            "f32" | "int8" | "ternary" | "binary"
+        ) {
+            return Err(Error::unknown(
+                "feedback_precision",
+                &self.feedback_precision,
+                &["f32", "int8", "ternary", "binary"],
+            ));
+        }
+        if self.error_bits == 1 || self.error_bits > 16 {
+            return Err(Error::config(
+                "error_bits",
+                format!("{} is not 0 (f32) or 2 to 16", self.error_bits),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `b` in `precision`: int8, ternary or binary values times one scale.
+fn quantize_feedback(b: &Tensor, precision: &str) -> Result<Tensor> {
+    let v = b.to_vec_f64();
+    let mean = v.iter().map(|x| x.abs()).sum::<f64>() / v.len().max(1) as f64;
+    let q: Vec<f64> = match precision {
+        "int8" => {
+            let step = v.iter().fold(0.0f64, |m, x| m.max(x.abs())) / 127.0;
+            if step == 0.0 {
+                return Ok(b.clone());
+            }
+            v.iter().map(|x| (x / step).round().clamp(-127.0, 127.0) * step).collect()
+        }
+        "ternary" => {
+            let delta = 0.7 * mean;
+            let above: Vec<f64> = v.iter().map(|x| x.abs()).filter(|a| *a > delta).collect();
+            let alpha = above.iter().sum::<f64>() / above.len().max(1) as f64;
+            v.iter()
+                .map(|x| if x.abs() > delta { alpha * x.signum() } else { 0.0 })
+                .collect()
+        }
+        "binary" => v.iter().map(|x| mean * if *x >= 0.0 { 1.0 } else { -1.0 }).collect(),
+        _ => return Ok(b.clone()),
+    };
+    Ok(Tensor::from_vec_f64(b.shape(), q)?.to_dtype(b.dtype()))
+}
+
+/// `e` on a symmetric `bits`-bit grid with step max|e|/(2^(bits−1) − 1).
+fn quantize_error(e: &Tensor, bits: u32) -> Result<Tensor> {
+    let top = e.to_vec_f64().iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    let levels = 2f64.powi(bits as i32 - 1) - 1.0;
+    if top == 0.0 || e.is_empty() {
+        return Ok(e.clone());
+    }
+    Ok(e.fake_quantize(&[top / levels], e.len(), levels, levels)?.0)
 }
 
 pub(super) const DFA: RuleSpec = RuleSpec {
     name: "dfa",
     summary: "direct feedback alignment: output error projected to every hidden block",
     paper: "Nøkland 2016",
-    settings: FeedbackSettings::fields,
+    settings: direct_settings,
     build: |t| direct_rule(DirectKind::Dfa, t),
     ..RuleSpec::DEFAULT
 };
@@ -42,7 +133,7 @@ pub(super) const BFA: RuleSpec = RuleSpec {
     name: "bfa",
     summary: "broadcast feedback alignment: DFA with one matrix shared per hidden width",
     paper: "Nøkland 2016, shared",
-    settings: FeedbackSettings::fields,
+    settings: direct_settings,
     build: |t| direct_rule(DirectKind::Bfa, t),
     ..RuleSpec::DEFAULT
 };
@@ -51,7 +142,7 @@ pub(super) const DRTP: RuleSpec = RuleSpec {
     name: "drtp",
     summary: "direct random target projection: one-hot target projected to hidden blocks",
     paper: "Frenkel et al. 2021",
-    settings: FeedbackSettings::fields,
+    settings: direct_settings,
     // The paper's hidden units are tanh. With ReLU the projected target's sign pushes
     // units that the target switches off into the dead zone: one MNIST epoch with Adam
     // 1e-3 scores 68 % on ReLU, 93 % on tanh.
@@ -76,6 +167,7 @@ pub enum DirectKind {
 pub struct DirectFeedback {
     kind: DirectKind,
     feedback: FeedbackSettings,
+    precision: DirectPrecision,
     /// Projection matrices (outputs × width), keyed by block index or, for `bfa`, width.
     matrices: HashMap<usize, Tensor>,
 }
@@ -86,6 +178,7 @@ impl DirectFeedback {
         DirectFeedback {
             kind,
             feedback,
+            precision: DirectPrecision::default(),
             matrices: HashMap::new(),
         }
     }
@@ -167,6 +260,13 @@ impl Rule for DirectFeedback {
         self.matrices.values().map(Tensor::size_bytes).sum()
     }
 
+    fn direct_error(&self, e: Tensor) -> Result<Tensor> {
+        match self.precision.error_bits {
+            0 => Ok(e),
+            bits => quantize_error(&e, bits),
+        }
+    }
+
     fn direct_projection(&self, model: &Model, block: usize) -> Option<&Tensor> {
         // DRTP projects the target, not the error.
         (self.kind != DirectKind::Drtp)
@@ -192,6 +292,7 @@ impl Rule for DirectFeedback {
             let m = Tensor::from_vec(&[model.outputs(), width], v)?
                 .scale(self.feedback.scale)
                 .to_dtype(dt);
+            let m = quantize_feedback(&m, &self.precision.feedback_precision)?;
             self.matrices.insert(k, m);
         }
         Ok(())
@@ -208,6 +309,7 @@ impl Rule for DirectFeedback {
         let (hidden, last) = Self::blocks(model)?;
         let mut grads = Grads::new();
         let layers = model.layers();
+        let e = self.direct_error(e)?;
         // Blocks from the top down, so a checkpointed trace recomputes each segment once.
         trace.ensure(model, params, last.linear)?;
         layers[last.linear].param_grads(params, &trace.records[last.linear], &e, &mut grads)?;

@@ -188,6 +188,12 @@ pub trait Rule: Send {
     fn direct_projection(&self, _model: &Model, _block: usize) -> Option<&Tensor> {
         None
     }
+
+    /// The signal a direct-feedback rule projects, from the output error `e` (DFA with
+    /// `error_bits`: `e` on a few-bit grid); others: `e`.
+    fn direct_error(&self, e: Tensor) -> Result<Tensor> {
+        Ok(e)
+    }
 }
 
 /// A rule's description, declared in the rule's own file; [`REGISTRY`] lists them.

@@ -224,6 +224,12 @@ impl Pipeline {
         match self.credit {
             Credit::Direct => {
                 self.broadcast_errors(model, &micro, &mut errors)?;
+                // Quantised, like the rule's own pass, per microbatch (the whole batch's
+                // grid when there is one microbatch).
+                errors = errors
+                    .into_iter()
+                    .map(|e| rule.direct_error(e))
+                    .collect::<Result<_>>()?;
                 for (e, recs) in errors.iter().zip(&records) {
                     self.direct_updates(rule, model, params, recs, e, &mut grads)?;
                 }
