@@ -78,6 +78,7 @@ mod fastmath;
 mod fused;
 mod gemm;
 mod host;
+pub mod int8_gemm;
 mod reduced;
 mod unary;
 
