@@ -161,6 +161,36 @@ pub struct OptimizerState {
     pub tensors: Params,
 }
 
+impl OptimizerState {
+    /// The state of stores of per-parameter tensors, each under its prefix
+    /// (`"m/{param}"`, ...).
+    pub fn of_stores(step: u64, stores: &[(&str, &Params)]) -> OptimizerState {
+        let mut tensors = Params::new();
+        for (prefix, store) in stores {
+            for (n, t) in store.iter() {
+                tensors.insert(format!("{prefix}/{n}"), t.clone());
+            }
+        }
+        OptimizerState { step, tensors }
+    }
+
+    /// The stores [`OptimizerState::of_stores`] wrote, one per prefix, in order.
+    pub fn stores(&self, prefixes: &[&str]) -> Vec<Params> {
+        let mut out = vec![Params::new(); prefixes.len()];
+        for (n, t) in self.tensors.iter() {
+            let hit = prefixes.iter().enumerate().find_map(|(i, p)| {
+                n.strip_prefix(p)
+                    .and_then(|r| r.strip_prefix('/'))
+                    .map(|r| (i, r))
+            });
+            if let Some((i, rest)) = hit {
+                out[i].insert(rest, t.clone());
+            }
+        }
+        out
+    }
+}
+
 /// An optimizer with explicit state.
 pub trait Optimizer: Send {
     /// The CLI name.

@@ -179,30 +179,14 @@ impl Optimizer for OnebitAdam {
     }
 
     fn state(&self) -> OptimizerState {
-        let mut tensors = Params::new();
-        for (n, t) in self.m.iter() {
-            tensors.insert(format!("m/{n}"), t.clone());
-        }
-        for (n, t) in self.v.iter() {
-            tensors.insert(format!("v/{n}"), t.clone());
-        }
-        OptimizerState {
-            step: self.step,
-            tensors,
-        }
+        OptimizerState::of_stores(self.step, &[("m", &self.m), ("v", &self.v)])
     }
 
     fn load_state(&mut self, state: &OptimizerState) -> Result<()> {
         self.step = state.step;
-        self.m = Params::new();
-        self.v = Params::new();
-        for (n, t) in state.tensors.iter() {
-            if let Some(k) = n.strip_prefix("m/") {
-                self.m.insert(k, t.clone());
-            } else if let Some(k) = n.strip_prefix("v/") {
-                self.v.insert(k, t.clone());
-            }
-        }
+        let mut stores = state.stores(&["m", "v"]).into_iter();
+        self.m = stores.next().unwrap_or_default();
+        self.v = stores.next().unwrap_or_default();
         Ok(())
     }
 }

@@ -141,30 +141,14 @@ impl Optimizer for Sophia {
     }
 
     fn state(&self) -> OptimizerState {
-        let mut tensors = Params::new();
-        for (n, t) in self.m.iter() {
-            tensors.insert(format!("m/{n}"), t.clone());
-        }
-        for (n, t) in self.h.iter() {
-            tensors.insert(format!("h/{n}"), t.clone());
-        }
-        OptimizerState {
-            step: self.step,
-            tensors,
-        }
+        OptimizerState::of_stores(self.step, &[("m", &self.m), ("h", &self.h)])
     }
 
     fn load_state(&mut self, state: &OptimizerState) -> Result<()> {
         self.step = state.step;
-        self.m = Params::new();
-        self.h = Params::new();
-        for (n, t) in state.tensors.iter() {
-            if let Some(k) = n.strip_prefix("m/") {
-                self.m.insert(k, t.clone());
-            } else if let Some(k) = n.strip_prefix("h/") {
-                self.h.insert(k, t.clone());
-            }
-        }
+        let mut stores = state.stores(&["m", "h"]).into_iter();
+        self.m = stores.next().unwrap_or_default();
+        self.h = stores.next().unwrap_or_default();
         Ok(())
     }
 }

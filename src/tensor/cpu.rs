@@ -427,10 +427,39 @@ pub(crate) fn scale_rows<T: Elem>(v: &mut [T], c: usize, s: &[f64]) {
     }
 }
 
+/// `f(start, v, q, mask, ds)` over `v` and three outputs of its length, in parallel
+/// chunks when `v` is large (`start`: the chunk's offset in `v`).
+#[allow(clippy::type_complexity)]
+fn map3<T: Elem>(
+    v: &[T],
+    f: impl Fn(usize, &[T], &mut [T], &mut [T], &mut [T]) + Sync,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    use rayon::prelude::*;
+    let n = v.len();
+    let (mut q, mut mask, mut ds) = (
+        vec![T::of(0.0); n],
+        vec![T::of(0.0); n],
+        vec![T::of(0.0); n],
+    );
+    if n >= PAR_MIN && rayon::current_num_threads() > 1 {
+        v.par_chunks(PAR_CHUNK)
+            .zip(q.par_chunks_mut(PAR_CHUNK))
+            .zip(mask.par_chunks_mut(PAR_CHUNK))
+            .zip(ds.par_chunks_mut(PAR_CHUNK))
+            .enumerate()
+            .for_each(|(c, (((v, q), m), d))| f(c * PAR_CHUNK, v, q, m, d));
+    } else {
+        f(0, v, &mut q, &mut mask, &mut ds);
+    }
+    (q, mask, ds)
+}
+
 /// LSQ fake quantisation, one step per `group` consecutive elements: the quantised values
 /// clamp(round(v/s), −qn, qp)·s, the straight-through mask 1[−qn ≤ v/s ≤ qp], and
 /// ∂q/∂s: round(v/s) − v/s inside, −qn below, qp above (Esser et al. 2020, eq. 3).
-/// Rounding is half away from zero; ties have measure zero for real-valued inputs.
+/// Branch-free so the f32 form vectorises: u = v·(1/s), c = clamp(u), r = round(c) half
+/// away from zero by truncation (|c| ≤ 2¹⁵; `round` is a libm call on baseline x86-64),
+/// and ∂q/∂s = r − u inside, c (= −qn or qp) outside.
 pub(crate) fn fake_quantize<T: Elem>(
     v: &[T],
     steps: &[f64],
@@ -438,49 +467,22 @@ pub(crate) fn fake_quantize<T: Elem>(
     qn: f64,
     qp: f64,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
-    use rayon::prelude::*;
-    let n = v.len();
     let group = group.max(1);
-    let (mut q, mut mask, mut ds) = (
-        vec![T::of(0.0); n],
-        vec![T::of(0.0); n],
-        vec![T::of(0.0); n],
-    );
-    let run = |start: usize, v: &[T], q: &mut [T], mask: &mut [T], ds: &mut [T]| {
+    map3(v, |start, v, q, mask, ds| {
         for (j, x) in v.iter().enumerate() {
             let s = steps[(start + j) / group];
             let u = x.f64() / s;
-            let (qi, m, d) = if u < -qn {
-                (-qn, 0.0, -qn)
-            } else if u > qp {
-                (qp, 0.0, qp)
-            } else {
-                // Half away from zero, as f64::round, by truncation (|u| ≤ 2¹⁵ here;
-                // f64::round is a libm call on baseline x86-64).
-                let r = ((u.abs() + 0.5) as i64 as f64).copysign(u);
-                (r, 1.0, r - u)
-            };
-            q[j] = T::of(qi * s);
-            mask[j] = T::of(m);
-            ds[j] = T::of(d);
+            let c = u.clamp(-qn, qp);
+            let r = ((c.abs() + 0.5) as i64 as f64).copysign(c);
+            let inside = u >= -qn && u <= qp;
+            q[j] = T::of(r * s);
+            mask[j] = T::of(f64::from(u8::from(inside)));
+            ds[j] = T::of(if inside { r - u } else { c });
         }
-    };
-    if n >= PAR_MIN && rayon::current_num_threads() > 1 {
-        v.par_chunks(PAR_CHUNK)
-            .zip(q.par_chunks_mut(PAR_CHUNK))
-            .zip(mask.par_chunks_mut(PAR_CHUNK))
-            .zip(ds.par_chunks_mut(PAR_CHUNK))
-            .enumerate()
-            .for_each(|(c, (((v, q), m), d))| run(c * PAR_CHUNK, v, q, m, d));
-    } else {
-        run(0, v, &mut q, &mut mask, &mut ds);
-    }
-    (q, mask, ds)
+    })
 }
 
-/// [`fake_quantize`] for f32, branch-free so it vectorises: u = v·(1/s), c = clamp(u),
-/// r = round(c) half away from zero by truncation, the mask from u's range, and ∂q/∂s as
-/// r − u inside and c (= −qn or qp) outside.
+/// [`fake_quantize`] in f32 arithmetic, one step's run of elements at a time.
 pub(crate) fn fake_quantize_f32(
     v: &[f32],
     steps: &[f64],
@@ -488,15 +490,11 @@ pub(crate) fn fake_quantize_f32(
     qn: f64,
     qp: f64,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    use rayon::prelude::*;
-    let n = v.len();
     let group = group.max(1);
     let (lo, hi) = (-qn as f32, qp as f32);
-    let (mut q, mut mask, mut ds) = (vec![0.0f32; n], vec![0.0f32; n], vec![0.0f32; n]);
-    let run = |start: usize, v: &[f32], q: &mut [f32], mask: &mut [f32], ds: &mut [f32]| {
+    map3(v, |start, v, q, mask, ds| {
         let mut j = 0;
         while j < v.len() {
-            // The run of elements sharing one step.
             let g = (start + j) / group;
             let end = ((g + 1) * group - start).min(v.len());
             let (s, inv) = (steps[g] as f32, (1.0 / steps[g]) as f32);
@@ -511,16 +509,5 @@ pub(crate) fn fake_quantize_f32(
             }
             j = end;
         }
-    };
-    if n >= PAR_MIN && rayon::current_num_threads() > 1 {
-        v.par_chunks(PAR_CHUNK)
-            .zip(q.par_chunks_mut(PAR_CHUNK))
-            .zip(mask.par_chunks_mut(PAR_CHUNK))
-            .zip(ds.par_chunks_mut(PAR_CHUNK))
-            .enumerate()
-            .for_each(|(c, (((v, q), m), d))| run(c * PAR_CHUNK, v, q, m, d));
-    } else {
-        run(0, v, &mut q, &mut mask, &mut ds);
-    }
-    (q, mask, ds)
+    })
 }
