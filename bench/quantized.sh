@@ -67,5 +67,12 @@ PY
   for t in 1 2; do
     echo "- $(cargo bench -q --bench int8 -- --threads $t 2>/dev/null | tail -1)"
   done
+  for t in 1 2; do
+    echo "- $(cargo bench -q --bench int8 -- --mlp --reps 30 --threads $t 2>/dev/null | tail -1)"
+  done
+  echo
+  echo "The kernel beats our f32 GEMM by more than the goal's 2×; whole-model integer inference"
+  echo "does not yet beat f32: each call quantises its inputs and packs the weights on one thread"
+  echo "(caching the packed weights is the next step)."
 } >> reports/quantized.md
 cat reports/quantized.md

@@ -348,3 +348,34 @@ fn low_precision_dfa_projects_a_few_bit_error_through_integer_feedback() {
     assert!(build_rule_with("dfa", &serde_json::json!({ "error_bits": 1 })).is_err());
     assert!(build_rule_with("dfa", &serde_json::json!({ "feedback_precision": "int4" })).is_err());
 }
+
+#[test]
+fn integer_inference_gives_the_fake_quantised_outputs() {
+    for (scheme, per_channel) in [
+        ("w8a8", false),
+        ("w8a8", true),
+        ("w4a4", true),
+        ("w4a8", false),
+    ] {
+        let mut m = Model::build(&ModelSpec {
+            spec: "mlp:20-16-12-5".into(),
+            activation: "relu".into(),
+            bias: true,
+        })
+        .unwrap();
+        m.quantize(QuantScheme::parse(scheme, per_channel).unwrap().unwrap())
+            .unwrap();
+        let mut p = m.init_params(Init::Torch, 3).unwrap();
+        let x = rand_tensor(&[37, 20], 8, 2.0).to_dtype(DType::F32);
+        m.calibrate(&mut p, &x).unwrap();
+        let fake = m.forward(&p, &x).unwrap().to_vec_f64();
+        let int = m.forward_integer(&p, &x).unwrap().to_vec_f64();
+        let top = fake.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+        for (a, b) in fake.iter().zip(&int) {
+            assert!(
+                (a - b).abs() <= 1e-5 * top,
+                "{scheme} {per_channel}: {a} vs {b}"
+            );
+        }
+    }
+}

@@ -259,6 +259,12 @@ pub trait Layer: Send + Sync + std::fmt::Debug {
         input.then(|| self.input_grad(p, rec, d_out)).transpose()
     }
 
+    /// The evaluation forward pass on integer kernels, where the layer has one (an LSQ
+    /// layer of at most 8 bits: int8 × int8 → int32 products); `None`: use `forward`.
+    fn forward_integer(&self, _p: &Params, _x: &Tensor) -> Option<Result<Tensor>> {
+        None
+    }
+
     /// Sets what the layer estimates from data before training (LSQ's input step from a
     /// calibration batch `x`, the layer's input); most layers have nothing to set.
     fn calibrate(&self, _p: &mut Params, _x: &Tensor) -> Result<()> {

@@ -892,6 +892,24 @@ impl Model {
         Ok(())
     }
 
+    /// The evaluation pass with every layer that has one on integer kernels
+    /// ([`Layer::forward_integer`]: quantised Linear layers of at most 8 bits); the same
+    /// outputs as [`Model::forward`] up to the rounding of the final scaling.
+    pub fn forward_integer(&self, p: &Params, x: &Tensor) -> Result<Tensor> {
+        self.check_input(x)?;
+        let mut h = self.cast_input(x);
+        for l in &self.layers {
+            h = match l.forward_integer(p, &h) {
+                Some(y) => y?,
+                None => {
+                    let mut rec = Record::new(l.name(), h.clone());
+                    follow(l.forward(p, &h, &mut rec)?, &h)
+                }
+            };
+        }
+        Ok(h)
+    }
+
     /// Runs `x` through the model in evaluation mode, letting each layer set what it
     /// estimates from data ([`Layer::calibrate`]) from its input before it runs.
     pub fn calibrate(&self, p: &mut Params, x: &Tensor) -> Result<()> {

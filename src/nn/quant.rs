@@ -205,6 +205,11 @@ impl Layer for QuantLinear {
         Ok(())
     }
 
+    fn forward_integer(&self, p: &Params, x: &Tensor) -> Option<Result<Tensor>> {
+        let fits = self.weight.bits <= 8 && self.input.bits <= 8;
+        (fits && !x.is_empty()).then(|| self.integer_pass(p, x))
+    }
+
     fn calibrate(&self, p: &mut Params, x: &Tensor) -> Result<()> {
         let mean = x.to_vec_f64().iter().map(|v| v.abs()).sum::<f64>() / x.len().max(1) as f64;
         let s = self.input.initial_step(mean);
@@ -268,6 +273,51 @@ impl Layer for QuantLinear {
 }
 
 impl QuantLinear {
+    /// y = s_x·s_W·(X·Wᵀ) + b with X, W the integer grids of x and W, on the int8 kernel.
+    fn integer_pass(&self, p: &Params, x: &Tensor) -> Result<Tensor> {
+        use crate::tensor::int8_gemm::{PackedI8, gemm_i8, gemm_u8};
+        let (m, k) = x.dims2()?;
+        let n = self.inner.outputs;
+        let w = p.get(self.inner.weight_key())?;
+        let sw: Vec<f64> = p
+            .get(&self.weight_step)?
+            .to_vec_f64()
+            .into_iter()
+            .map(floor_step)
+            .collect();
+        let group = if self.per_channel { k } else { w.len() };
+        let wi: Vec<i8> = w
+            .quantize_to_grid(&sw, group, self.weight.qn(), self.weight.qp())?
+            .into_iter()
+            .map(|v| v as i8)
+            .collect();
+        let packed = PackedI8::new(&wi, n, k);
+        let sx = self.input_scale(p)?;
+        let xi = x.quantize_to_grid(&[sx], x.len(), self.input.qn(), self.input.qp())?;
+        let mut acc = vec![0i32; m * n];
+        if self.input.signed {
+            let xi: Vec<i8> = xi.into_iter().map(|v| v as i8).collect();
+            gemm_i8(&xi, m, &packed, &mut acc);
+        } else {
+            let xi: Vec<u8> = xi.into_iter().map(|v| v as u8).collect();
+            gemm_u8(&xi, m, &packed, &mut acc);
+        }
+        let scale: Vec<f32> = (0..n)
+            .map(|j| (sx * if self.per_channel { sw[j] } else { sw[0] }) as f32)
+            .collect();
+        let mut y = vec![0.0f32; m * n];
+        for (yr, ar) in y.chunks_mut(n).zip(acc.chunks(n)) {
+            for ((y, &a), &s) in yr.iter_mut().zip(ar).zip(&scale) {
+                *y = a as f32 * s;
+            }
+        }
+        let mut y = Tensor::from_vec(&[m, n], y)?;
+        if self.inner.bias {
+            y.add_row(&p.get(self.inner.bias_key())?.to_dtype(DType::F32))?;
+        }
+        Ok(y.to_dtype(x.dtype()))
+    }
+
     /// Adds the parameter and step gradients for `d_out`; returns ∂L/∂q(x) = δ·q(W).
     fn grads(&self, rec: &Record, d_out: &Tensor, g: &mut Grads) -> Result<Tensor> {
         let [xq, _, xr, wq, wm, wr] = rec.saved.as_slice() else {

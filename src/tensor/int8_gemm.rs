@@ -92,11 +92,58 @@ pub fn gemm_i8(a: &[i8], m: usize, b: &PackedI8, c: &mut [i32]) {
     if has_vnni() {
         #[cfg(target_arch = "x86_64")]
         {
-            vnni::gemm(a, m, b, c);
+            // A + 128 as u8 (zero after the shift back where rows are padded: B is zero).
+            let k4 = b.k4;
+            let mut au = vec![128u8; m * k4];
+            for i in 0..m {
+                for kk in 0..k {
+                    au[i * k4 + kk] = (a[i * k + kk] as i16 + 128) as u8;
+                }
+            }
+            vnni::gemm(&au, m, b, c, 128);
             return;
         }
     }
     portable(a, m, b, c);
+}
+
+/// C = A·Bᵀ for unsigned 8-bit A (a ReLU's quantised output, 0…255), exactly.
+pub fn gemm_u8(a: &[u8], m: usize, b: &PackedI8, c: &mut [i32]) {
+    let (n, k) = (b.n, b.k);
+    assert_eq!(
+        a.len(),
+        m * k,
+        "gemm_u8: A has {} values for {m} × {k}",
+        a.len()
+    );
+    assert_eq!(
+        c.len(),
+        m * n,
+        "gemm_u8: C has {} values for {m} × {n}",
+        c.len()
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if has_vnni() {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let k4 = b.k4;
+            let mut au = vec![0u8; m * k4];
+            for i in 0..m {
+                au[i * k4..i * k4 + k].copy_from_slice(&a[i * k..(i + 1) * k]);
+            }
+            vnni::gemm(&au, m, b, c, 0);
+            return;
+        }
+    }
+    for i in 0..m {
+        for j in 0..n {
+            c[i * n + j] = (0..k)
+                .map(|kk| i32::from(a[i * k + kk]) * i32::from(b.plain[j * k + kk]))
+                .sum();
+        }
+    }
 }
 
 /// The reference: plain i32 sums.
@@ -125,16 +172,10 @@ mod vnni {
     const MR: usize = 4;
     const ROWS_PER_TASK: usize = 16;
 
-    pub(super) fn gemm(a: &[i8], m: usize, b: &PackedI8, c: &mut [i32]) {
-        let (n, k, k4) = (b.n, b.k, b.k4);
-        // A + 128 as u8, rows padded to k4 with the offset (zero after the shift back:
-        // B is zero there).
-        let mut au = vec![128u8; m * k4];
-        for i in 0..m {
-            for kk in 0..k {
-                au[i * k4 + kk] = (a[i * k + kk] as i16 + 128) as u8;
-            }
-        }
+    /// C = (A' − offset)·Bᵀ for A' (m × k4, u8) = A + offset.
+    pub(super) fn gemm(au: &[u8], m: usize, b: &PackedI8, c: &mut [i32], offset: i32) {
+        let (n, k4) = (b.n, b.k4);
+        debug_assert_eq!(au.len(), m * k4);
         c.par_chunks_mut(ROWS_PER_TASK * n)
             .enumerate()
             .for_each(|(t, ct)| {
@@ -149,10 +190,10 @@ mod vnni {
                     // hold mr rows of k4 bytes and of n i32.
                     unsafe {
                         match mr {
-                            4 => tile::<4>(ar, b, cr),
-                            3 => tile::<3>(ar, b, cr),
-                            2 => tile::<2>(ar, b, cr),
-                            _ => tile::<1>(ar, b, cr),
+                            4 => tile::<4>(ar, b, cr, offset),
+                            3 => tile::<3>(ar, b, cr, offset),
+                            2 => tile::<2>(ar, b, cr, offset),
+                            _ => tile::<1>(ar, b, cr, offset),
                         }
                     }
                     i += mr;
@@ -162,7 +203,7 @@ mod vnni {
 
     /// C rows (R of them) for every 32-column block: R × 2 accumulators of 16 i32.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn tile<const R: usize>(a: &[u8], b: &PackedI8, c: &mut [i32]) {
+    unsafe fn tile<const R: usize>(a: &[u8], b: &PackedI8, c: &mut [i32], offset: i32) {
         // SAFETY: the caller checked the CPU's features; every pointer stays inside
         // the packed panels (zero-padded to whole 32-column blocks and k4) and A's mr rows.
         unsafe {
@@ -184,7 +225,7 @@ mod vnni {
                         acc[1] = _mm512_dpbusd_epi32(acc[1], av, b1);
                     }
                 }
-                // Take the offset back out: − 128·Σₖ B[j, k], and store the valid columns.
+                // Take the offset back out: − offset·Σₖ B[j, k], and store the valid columns.
                 let width = (n - col).min(32);
                 for (r, acc) in acc.iter().enumerate() {
                     let mut out = [0i32; 32];
@@ -192,7 +233,7 @@ mod vnni {
                     _mm512_storeu_si512(out.as_mut_ptr().add(16) as *mut _, acc[1]);
                     let row = &mut c[r * n + col..r * n + col + width];
                     for (j, v) in row.iter_mut().enumerate() {
-                        *v = out[j] - 128 * b.row_sums[col + j];
+                        *v = out[j] - offset * b.row_sums[col + j];
                     }
                 }
                 col += 32;
@@ -239,6 +280,22 @@ mod tests {
                 }
             }
             assert_eq!(got, want, "{m} × {n} × {k} (vnni: {})", has_vnni());
+        }
+        // Unsigned A (0…255) against the same reference.
+        for (m, n, k) in [(3, 17, 5), (9, 64, 130), (33, 100, 257)] {
+            let b = values(n * k, 2);
+            let a: Vec<u8> = values(m * k, 3).iter().map(|&v| v as u8).collect();
+            let packed = PackedI8::new(&b, n, k);
+            let mut got = vec![0; m * n];
+            gemm_u8(&a, m, &packed, &mut got);
+            for i in 0..m {
+                for j in 0..n {
+                    let s: i32 = (0..k)
+                        .map(|kk| i32::from(a[i * k + kk]) * i32::from(b[j * k + kk]))
+                        .sum();
+                    assert_eq!(got[i * n + j], s, "u8 {m} × {n} × {k}");
+                }
+            }
         }
         // The extremes: −128 · −128 summed over k.
         let k = 4096;

@@ -872,6 +872,40 @@ impl Tensor {
         self.like(on_backend!(&*self.data, s => Storage::from(s.clamp_abs(c))))
     }
 
+    /// The integers of [`Tensor::fake_quantize`]: clamp(round(v/s), −`qn`, `qp`) with
+    /// step `steps[i / group]`, for an integer kernel; `qn` and `qp` within i16.
+    pub fn quantize_to_grid(
+        &self,
+        steps: &[f64],
+        group: usize,
+        qn: f64,
+        qp: f64,
+    ) -> Result<Vec<i16>> {
+        if group == 0 || steps.len() * group != self.len() {
+            return Err(Error::shape(
+                "quantize_to_grid",
+                format!(
+                    "{} steps of {group} elements for {} elements",
+                    steps.len(),
+                    self.len()
+                ),
+            ));
+        }
+        let v = self.to_dtype(DType::F32);
+        let v = v.as_f32()?;
+        let (lo, hi) = (-qn as f32, qp as f32);
+        let mut out = Vec::with_capacity(v.len());
+        for (g, chunk) in v.chunks(group).enumerate() {
+            let inv = (1.0 / steps[g]) as f32;
+            // The f32 fake quantiser's arithmetic, so the two grids agree.
+            out.extend(chunk.iter().map(|&x| {
+                let c = (x * inv).clamp(lo, hi);
+                ((c.abs() + 0.5) as i32 as f32).copysign(c) as i16
+            }));
+        }
+        Ok(out)
+    }
+
     /// LSQ fake quantisation (Esser et al. 2020) to the integer grid [−`qn`, `qp`] with
     /// step `steps[i / group]` for element i (one step per tensor: `group` = len; one per
     /// row of a weight: `group` = columns). Returns (q, mask, r): the quantised values
