@@ -70,20 +70,57 @@ pub fn has_vnni() -> bool {
     }
 }
 
+/// An 8-bit left operand: signed, or unsigned (a ReLU's quantised output, 0…255).
+trait Byte: Copy + Sync {
+    /// The value as a VNNI u8 operand with `OFFSET` added, and as i32.
+    const OFFSET: i32;
+    fn biased(self) -> u8;
+    fn wide(self) -> i32;
+}
+
+impl Byte for i8 {
+    const OFFSET: i32 = 128;
+    fn biased(self) -> u8 {
+        (self as i16 + 128) as u8
+    }
+    fn wide(self) -> i32 {
+        i32::from(self)
+    }
+}
+
+impl Byte for u8 {
+    const OFFSET: i32 = 0;
+    fn biased(self) -> u8 {
+        self
+    }
+    fn wide(self) -> i32 {
+        i32::from(self)
+    }
+}
+
 /// C (m × n, row-major i32) = A (m × k, row-major i8) · Bᵀ, exactly; rows of C split
 /// over rayon's threads.
 pub fn gemm_i8(a: &[i8], m: usize, b: &PackedI8, c: &mut [i32]) {
+    gemm(a, m, b, c)
+}
+
+/// [`gemm_i8`] for unsigned 8-bit A (a ReLU's quantised output, 0…255).
+pub fn gemm_u8(a: &[u8], m: usize, b: &PackedI8, c: &mut [i32]) {
+    gemm(a, m, b, c)
+}
+
+fn gemm<T: Byte>(a: &[T], m: usize, b: &PackedI8, c: &mut [i32]) {
     let (n, k) = (b.n, b.k);
     assert_eq!(
         a.len(),
         m * k,
-        "gemm_i8: A has {} values for {m} × {k}",
+        "int8 GEMM: A has {} values for {m} × {k}",
         a.len()
     );
     assert_eq!(
         c.len(),
         m * n,
-        "gemm_i8: C has {} values for {m} × {n}",
+        "int8 GEMM: C has {} values for {m} × {n}",
         c.len()
     );
     if m == 0 || n == 0 {
@@ -92,62 +129,27 @@ pub fn gemm_i8(a: &[i8], m: usize, b: &PackedI8, c: &mut [i32]) {
     if has_vnni() {
         #[cfg(target_arch = "x86_64")]
         {
-            // A + 128 as u8 (zero after the shift back where rows are padded: B is zero).
+            // A + offset as u8; rows padded to k4 with the offset (zero after the shift
+            // back: B is zero there).
             let k4 = b.k4;
-            let mut au = vec![128u8; m * k4];
+            let mut au = vec![T::OFFSET as u8; m * k4];
             for i in 0..m {
-                for kk in 0..k {
-                    au[i * k4 + kk] = (a[i * k + kk] as i16 + 128) as u8;
+                for (d, &v) in au[i * k4..i * k4 + k]
+                    .iter_mut()
+                    .zip(&a[i * k..(i + 1) * k])
+                {
+                    *d = v.biased();
                 }
             }
-            vnni::gemm(&au, m, b, c, 128);
+            vnni::gemm(&au, m, b, c, T::OFFSET);
             return;
         }
     }
-    portable(a, m, b, c);
+    reference(a, m, b, c);
 }
 
-/// C = A·Bᵀ for unsigned 8-bit A (a ReLU's quantised output, 0…255), exactly.
-pub fn gemm_u8(a: &[u8], m: usize, b: &PackedI8, c: &mut [i32]) {
-    let (n, k) = (b.n, b.k);
-    assert_eq!(
-        a.len(),
-        m * k,
-        "gemm_u8: A has {} values for {m} × {k}",
-        a.len()
-    );
-    assert_eq!(
-        c.len(),
-        m * n,
-        "gemm_u8: C has {} values for {m} × {n}",
-        c.len()
-    );
-    if m == 0 || n == 0 {
-        return;
-    }
-    if has_vnni() {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let k4 = b.k4;
-            let mut au = vec![0u8; m * k4];
-            for i in 0..m {
-                au[i * k4..i * k4 + k].copy_from_slice(&a[i * k..(i + 1) * k]);
-            }
-            vnni::gemm(&au, m, b, c, 0);
-            return;
-        }
-    }
-    for i in 0..m {
-        for j in 0..n {
-            c[i * n + j] = (0..k)
-                .map(|kk| i32::from(a[i * k + kk]) * i32::from(b.plain[j * k + kk]))
-                .sum();
-        }
-    }
-}
-
-/// The reference: plain i32 sums.
-pub fn portable(a: &[i8], m: usize, b: &PackedI8, c: &mut [i32]) {
+/// Plain i32 sums.
+fn reference<T: Byte>(a: &[T], m: usize, b: &PackedI8, c: &mut [i32]) {
     let (n, k) = (b.n, b.k);
     for i in 0..m {
         let ar = &a[i * k..(i + 1) * k];
@@ -156,10 +158,15 @@ pub fn portable(a: &[i8], m: usize, b: &PackedI8, c: &mut [i32]) {
             c[i * n + j] = ar
                 .iter()
                 .zip(br)
-                .map(|(&x, &y)| i32::from(x) * i32::from(y))
+                .map(|(&x, &y)| x.wide() * i32::from(y))
                 .sum();
         }
     }
+}
+
+/// The reference: plain i32 sums, on any CPU.
+pub fn portable(a: &[i8], m: usize, b: &PackedI8, c: &mut [i32]) {
+    reference(a, m, b, c)
 }
 
 #[cfg(target_arch = "x86_64")]
