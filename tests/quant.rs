@@ -379,3 +379,33 @@ fn integer_inference_gives_the_fake_quantised_outputs() {
         }
     }
 }
+
+#[test]
+fn a_saved_quantised_run_evaluates_the_same_on_integer_kernels() {
+    let t = tempfile::tempdir().unwrap();
+    let s = Splits {
+        train: prototypes(256, 1),
+        validation: None,
+        test: prototypes(64, 2),
+    };
+    for q in ["w8a8", "none"] {
+        let out = t.path().join(q);
+        let cfg = config("bp", q, &out);
+        train::run(&cfg, &s, None).unwrap();
+        let ck = train::checkpoint::load(&out.join("checkpoint.safetensors")).unwrap();
+        let float = train::evaluate_checkpoint(&cfg, &ck, &s.test, false).unwrap();
+        if q == "none" {
+            let e = train::evaluate_checkpoint(&cfg, &ck, &s.test, true).unwrap_err();
+            assert!(e.to_string().contains("not quantised"), "{e}");
+            continue;
+        }
+        let int = train::evaluate_checkpoint(&cfg, &ck, &s.test, true).unwrap();
+        assert_eq!(int["integer"], true);
+        assert_eq!(int["test_accuracy"], float["test_accuracy"]);
+        let (a, b) = (
+            int["test_loss"].as_f64().unwrap(),
+            float["test_loss"].as_f64().unwrap(),
+        );
+        assert!((a - b).abs() < 1e-4 * b.max(1.0), "{a} vs {b}");
+    }
+}

@@ -149,6 +149,19 @@ enum Command {
         #[arg(long)]
         curvature: bool,
     },
+    /// Accuracy and loss of a saved model on its test set, with --quantized on integer kernels (JSON)
+    Eval {
+        /// A checkpoint written by `train`.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Data directory [default: the checkpoint's, else FUTUREPROP_DATA, else the cache].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Run the quantised layers (a run trained with --quantize, at most 8 bits) on
+        /// int8 × int8 → int32 kernels instead of their float forward pass.
+        #[arg(long)]
+        quantized: bool,
+    },
     /// Fetch or verify datasets.
     Data {
         #[command(subcommand)]
@@ -781,6 +794,16 @@ fn bench_cmd(opts: &futureprop::bench::BenchOptions) -> Result<()> {
     Ok(())
 }
 
+fn eval_cmd(
+    checkpoint: &std::path::Path,
+    data_dir: Option<&std::path::Path>,
+    quantized: bool,
+) -> Result<()> {
+    let v = train::evaluate_saved(checkpoint, data_dir, quantized)?;
+    out!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    Ok(())
+}
+
 fn diagnose_cmd(
     checkpoint: &std::path::Path,
     data_dir: Option<&std::path::Path>,
@@ -1063,6 +1086,11 @@ fn main() -> ExitCode {
             batch_size,
             curvature,
         } => diagnose_cmd(checkpoint, data_dir.as_deref(), *batch_size, *curvature),
+        Command::Eval {
+            checkpoint,
+            data_dir,
+            quantized,
+        } => eval_cmd(checkpoint, data_dir.as_deref(), *quantized),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -283,6 +283,62 @@ pub fn diagnose_saved(
     diagnose_checkpoint(&cfg, &ck, batch_size.unwrap_or(cfg.batch_size), curvature)
 }
 
+/// Test-set evaluation of a saved run (`futureprop eval`): its model's float forward
+/// pass or, with `integer`, its quantised layers on the int8 kernels
+/// ([`Model::forward_integer`]); accuracy, loss and seconds.
+pub fn evaluate_saved(path: &Path, data_dir: Option<&Path>, integer: bool) -> Result<Value> {
+    let ck = checkpoint::load(path)?;
+    let mut cfg = TrainConfig::from_stored(&ck.config)
+        .map_err(|e| Error::format(path, format!("config in checkpoint: {e}")))?;
+    if let Some(d) = data_dir {
+        cfg.data_dir = Some(d.to_path_buf());
+    }
+    cfg.quiet = true;
+    let splits = load_data(&cfg)?;
+    evaluate_checkpoint(&cfg, &ck, &splits.test, integer)
+}
+
+/// [`evaluate_saved`] on `data`.
+pub fn evaluate_checkpoint(
+    cfg: &TrainConfig,
+    ck: &Checkpoint,
+    data: &Dataset,
+    integer: bool,
+) -> Result<Value> {
+    if integer && cfg.quantize == "none" {
+        return Err(Error::config(
+            "quantized (--quantized)",
+            "the saved model is not quantised; train it with --quantize w8a8 (or fewer bits) to run it on integer kernels",
+        ));
+    }
+    let loss = Loss::parse(&cfg.loss)?;
+    let model = build_model(cfg, data.features(), data.outputs())?;
+    let mut params = model.init_params(Init::parse(&cfg.init)?, cfg.seed)?;
+    restore_params(&mut params, &ck.params, cfg, "checkpoint")?;
+    let (mut total, mut correct, mut n) = (0.0, Some(0usize), 0usize);
+    let start = std::time::Instant::now();
+    for b in Batches::new(data, cfg.eval_batch_size, false, 0, 0) {
+        let b = b?;
+        let out = if integer {
+            model.forward_integer(&params, &b.x)?
+        } else {
+            model.forward(&params, &b.x)?
+        };
+        let (l, _) = loss.eval(&out, &b.target)?;
+        total += l * b.target.len() as f64;
+        correct = correct.zip(count_correct(&out, &b)?).map(|(a, c)| a + c);
+        n += b.target.len();
+    }
+    let n = n.max(1) as f64;
+    Ok(serde_json::json!({
+        "integer": integer,
+        "quantize": cfg.quantize,
+        "test_loss": total / n,
+        "test_accuracy": correct.map(|c| c as f64 / n),
+        "seconds": start.elapsed().as_secs_f64(),
+    }))
+}
+
 /// Diagnostics of a checkpoint's model and rule on the first `batch_size` training
 /// samples (in file order).
 ///
