@@ -409,3 +409,45 @@ fn a_saved_quantised_run_evaluates_the_same_on_integer_kernels() {
         assert!((a - b).abs() < 1e-4 * b.max(1.0), "{a} vs {b}");
     }
 }
+
+#[test]
+fn dfa_gives_no_update_to_units_the_next_quantiser_clips() {
+    // Block 1's output is Q(relu(a)) for the next layer: DFA's signal takes the
+    // quantiser's straight-through mask with f′, as BP's chain would.
+    let mut m = Model::build(&ModelSpec {
+        spec: "mlp:12-8-6-3".into(),
+        activation: "relu".into(),
+        bias: true,
+    })
+    .unwrap();
+    m.quantize(QuantScheme::parse("w4a4", false).unwrap().unwrap())
+        .unwrap();
+    let x = rand_tensor(&[10, 12], 3, 1.0);
+    let mut p = m
+        .init_params(Init::XavierNormal, 2)
+        .unwrap()
+        .to_dtype(DType::F64);
+    m.calibrate(&mut p, &x).unwrap();
+    // fc2's unsigned 4-bit input grid tops out at 15·s: a small s clips most of block
+    // 1's positive outputs.
+    p.insert(
+        "fc2.input_step",
+        Tensor::from_vec_f64(&[1], vec![0.02]).unwrap(),
+    );
+    let batch = Batch {
+        x,
+        target: Target::Classes((0..10).map(|i| i % 3).collect()),
+    };
+    let mut r = futureprop::rule::build_rule("dfa").unwrap();
+    r.init(&m, &mut p, 9).unwrap();
+    let out = r.step(&m, &p, &batch, Loss::CrossEntropy).unwrap();
+    // act1's signal (e·B ⊙ mask) and fc2's input mask.
+    let d_act = out.trace.errors[1].as_ref().unwrap().to_vec_f64();
+    let mask = out.trace.records[2].saved[1].to_vec_f64();
+    let clipped = mask.iter().filter(|&&v| v == 0.0).count();
+    assert!(clipped > 10, "only {clipped} clipped");
+    for (d, k) in d_act.iter().zip(&mask) {
+        assert!(*k == 1.0 || *d == 0.0, "a clipped unit got signal {d}");
+    }
+    assert!(d_act.iter().any(|d| *d != 0.0));
+}

@@ -259,6 +259,14 @@ pub trait Layer: Send + Sync + std::fmt::Debug {
         input.then(|| self.input_grad(p, rec, d_out)).transpose()
     }
 
+    /// The straight-through mask of the quantiser on this layer's input, 1 where the
+    /// recorded input was inside the grid (a quantised layer); `None`: no quantiser.
+    /// Rules that skip the backward chain (DFA) fold it into the block below's
+    /// nonlinearity: the block's output is Q(f(a)), whose STE derivative is f′·mask.
+    fn input_mask<'r>(&self, _rec: &'r Record) -> Option<&'r Tensor> {
+        None
+    }
+
     /// The evaluation forward pass on integer kernels, where the layer has one (an LSQ
     /// layer of at most 8 bits: int8 × int8 → int32 products); `None`: use `forward`.
     fn forward_integer(&self, _p: &Params, _x: &Tensor) -> Option<Result<Tensor>> {

@@ -205,6 +205,10 @@ impl Layer for QuantLinear {
         Ok(())
     }
 
+    fn input_mask<'r>(&self, rec: &'r Record) -> Option<&'r Tensor> {
+        rec.saved.get(1)
+    }
+
     fn forward_integer(&self, p: &Params, x: &Tensor) -> Option<Result<Tensor>> {
         let fits = self.weight.bits <= 8 && self.input.bits <= 8;
         (fits && !x.is_empty()).then(|| self.integer_pass(p, x))

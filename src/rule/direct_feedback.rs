@@ -324,7 +324,16 @@ impl Rule for DirectFeedback {
             let m = self.matrices.get(&self.key(i, b.outputs)).ok_or_else(|| {
                 Error::config("direct feedback", "no projection matrix; was init called?")
             })?;
-            let d_act = signal.matmul(false, m, false)?;
+            let mut d_act = signal.matmul(false, m, false)?;
+            // A quantiser on the next layer's input clips this block's output: its
+            // straight-through mask joins f′ (quantisation-aware training).
+            let next = hidden.get(i + 1).map_or(last.linear, |n| n.linear);
+            trace.ensure(model, params, next)?;
+            if let Some(mask) = layers[next].input_mask(&trace.records[next])
+                && mask.shape() == d_act.shape()
+            {
+                d_act = d_act.mul(mask)?;
+            }
             let d_pre = match b.activation {
                 Some(a) => {
                     trace.ensure(model, params, a)?;

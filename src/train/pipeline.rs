@@ -90,9 +90,13 @@ pub(super) fn check(
             optimizer.name()
         ));
     }
-    if cfg.precision != "f32" || cfg.compression != "none" || cfg.checkpoint_segments != "off" {
+    if cfg.precision != "f32"
+        || cfg.compression != "none"
+        || cfg.checkpoint_segments != "off"
+        || cfg.quantize != "none"
+    {
         return bad(
-            "the layer pipeline runs at f32, with --compression none and --checkpoint-segments off"
+            "the layer pipeline runs at f32, with --compression none, --checkpoint-segments off and --quantize none"
                 .into(),
         );
     }
