@@ -50,7 +50,7 @@ for rule in ("bp", "dfa"):
     cells = [cell(acc(f"qat-{rule}-{q}")) for q in ("none", "w8a8", "w4a4", "w2a2")]
     t = lambda q: 1e3 * last(f"qat-{rule}-{q}-0")["epoch_seconds"] / last(f"qat-{rule}-{q}-0")["step"]
     print(f"| {rule} | " + " | ".join(cells) + f" | {t('none'):.1f} → {t('w8a8'):.1f} |")
-print("\nFake quantisation runs in f32 (the integer kernels are not built yet), so a quantised "
+print("\nTraining's fake quantisation runs in f32 (the int8 kernel below serves inference only so far), so a quantised "
       "step costs more than an f32 one here.")
 print("\n## Low-precision DFA (`--rule-opt feedback_precision=…,error_bits=…`)\n")
 print("| feedback \\ output error | f32 | 8 bits | 4 bits | 2 bits (ternary) |")
