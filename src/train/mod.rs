@@ -273,13 +273,7 @@ pub fn diagnose_saved(
     batch_size: Option<usize>,
     curvature: bool,
 ) -> Result<Value> {
-    let ck = checkpoint::load(path)?;
-    let mut cfg = TrainConfig::from_stored(&ck.config)
-        .map_err(|e| Error::format(path, format!("config in checkpoint: {e}")))?;
-    if let Some(d) = data_dir {
-        cfg.data_dir = Some(d.to_path_buf());
-    }
-    cfg.quiet = true;
+    let (ck, cfg) = saved(path, data_dir)?;
     diagnose_checkpoint(&cfg, &ck, batch_size.unwrap_or(cfg.batch_size), curvature)
 }
 
@@ -287,6 +281,14 @@ pub fn diagnose_saved(
 /// pass or, with `integer`, its quantised layers on the int8 kernels
 /// ([`Model::forward_integer`]); accuracy, loss and seconds.
 pub fn evaluate_saved(path: &Path, data_dir: Option<&Path>, integer: bool) -> Result<Value> {
+    let (ck, cfg) = saved(path, data_dir)?;
+    let splits = load_data(&cfg)?;
+    evaluate_checkpoint(&cfg, &ck, &splits.test, integer)
+}
+
+/// A saved run's checkpoint and its configuration, quiet, reading from `data_dir` when
+/// given.
+fn saved(path: &Path, data_dir: Option<&Path>) -> Result<(Checkpoint, TrainConfig)> {
     let ck = checkpoint::load(path)?;
     let mut cfg = TrainConfig::from_stored(&ck.config)
         .map_err(|e| Error::format(path, format!("config in checkpoint: {e}")))?;
@@ -294,8 +296,7 @@ pub fn evaluate_saved(path: &Path, data_dir: Option<&Path>, integer: bool) -> Re
         cfg.data_dir = Some(d.to_path_buf());
     }
     cfg.quiet = true;
-    let splits = load_data(&cfg)?;
-    evaluate_checkpoint(&cfg, &ck, &splits.test, integer)
+    Ok((ck, cfg))
 }
 
 /// [`evaluate_saved`] on `data`.
