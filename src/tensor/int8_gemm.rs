@@ -29,12 +29,21 @@ impl PackedI8 {
         let k4 = k.div_ceil(4) * 4;
         let panels = n.div_ceil(32) * 2;
         let mut data = vec![0i8; panels * 16 * k4];
-        for j in 0..n {
-            let (p, r) = (j / 16, j % 16);
-            for kk in 0..k {
-                data[((p * (k4 / 4) + kk / 4) * 16 + r) * 4 + kk % 4] = b[j * k + kk];
-            }
-        }
+        // One panel of 16 rows per task: [k4/4][16][4].
+        use rayon::prelude::*;
+        data.par_chunks_mut(16 * k4.max(4))
+            .enumerate()
+            .for_each(|(p, panel)| {
+                for r in 0..16 {
+                    let j = p * 16 + r;
+                    if j >= n {
+                        break;
+                    }
+                    for (kk, &v) in b[j * k..(j + 1) * k].iter().enumerate() {
+                        panel[((kk / 4) * 16 + r) * 4 + kk % 4] = v;
+                    }
+                }
+            });
         let row_sums = b
             .chunks(k.max(1))
             .take(n)

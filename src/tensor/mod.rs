@@ -891,18 +891,30 @@ impl Tensor {
                 ),
             ));
         }
+        use rayon::prelude::*;
         let v = self.to_dtype(DType::F32);
         let v = v.as_f32()?;
         let (lo, hi) = (-qn as f32, qp as f32);
-        let mut out = Vec::with_capacity(v.len());
-        for (g, chunk) in v.chunks(group).enumerate() {
-            let inv = (1.0 / steps[g]) as f32;
-            // The f32 fake quantiser's arithmetic, so the two grids agree.
-            out.extend(chunk.iter().map(|&x| {
-                let c = (x * inv).clamp(lo, hi);
-                ((c.abs() + 0.5) as i32 as f32).copysign(c) as i16
-            }));
-        }
+        let inv: Vec<f32> = steps.iter().map(|s| (1.0 / s) as f32).collect();
+        let mut out = vec![0i16; v.len()];
+        const CHUNK: usize = 1 << 14;
+        out.par_chunks_mut(CHUNK)
+            .zip(v.par_chunks(CHUNK))
+            .enumerate()
+            .for_each(|(c, (o, x))| {
+                // Runs of elements sharing one step.
+                let (start, mut j) = (c * CHUNK, 0);
+                while j < x.len() {
+                    let g = (start + j) / group;
+                    let end = ((g + 1) * group - start).min(x.len());
+                    for (o, &x) in o[j..end].iter_mut().zip(&x[j..end]) {
+                        // The f32 fake quantiser's arithmetic, so the two grids agree.
+                        let c = (x * inv[g]).clamp(lo, hi);
+                        *o = ((c.abs() + 0.5) as i32 as f32).copysign(c) as i16;
+                    }
+                    j = end;
+                }
+            });
         Ok(out)
     }
 
