@@ -22,7 +22,7 @@
 
 use super::{Grads, Init, Layer, LayerKind, Linear, Params, Record, Transport, missing};
 use crate::error::{Error, Result};
-use crate::tensor::{DType, Tensor};
+use crate::tensor::{DType, Tensor, Unary};
 
 /// The integer grid of a quantiser.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,8 +133,8 @@ impl QuantLinear {
         }
     }
 
-    /// The quantised weight: q(W), the mask and ∂q/∂s.
-    fn quantized_weight(&self, p: &Params) -> Result<(Tensor, Tensor, Tensor)> {
+    /// The weight, its steps (floored) and the elements per step.
+    fn weight_grid<'p>(&self, p: &'p Params) -> Result<(&'p Tensor, Vec<f64>, usize)> {
         let w = p.get(self.inner.weight_key())?;
         let steps: Vec<f64> = p
             .get(&self.weight_step)?
@@ -147,6 +147,12 @@ impl QuantLinear {
         } else {
             w.len()
         };
+        Ok((w, steps, group))
+    }
+
+    /// The quantised weight: q(W), the mask and ∂q/∂s.
+    fn quantized_weight(&self, p: &Params) -> Result<(Tensor, Tensor, Tensor)> {
+        let (w, steps, group) = self.weight_grid(p)?;
         w.fake_quantize(&steps, group, self.weight.qn(), self.weight.qp())
     }
 
@@ -183,18 +189,23 @@ impl Layer for QuantLinear {
 
     fn init_params(&self, init: Init, rng: &mut crate::Rng, p: &mut Params) -> Result<()> {
         self.inner.init_params(init, rng, p)?;
-        let w = p.get(self.inner.weight_key())?.to_vec_f64();
-        let rows: Vec<&[f64]> = if self.per_channel {
-            w.chunks(self.inner.inputs.max(1)).collect()
+        // 2⟨|w|⟩/√Q_P over each row, or over the whole weight.
+        let abs = p.get(self.inner.weight_key())?.unary(Unary::Abs);
+        let inputs = self.inner.inputs.max(1) as f64;
+        let row_sums = abs.row_sums()?;
+        let sums = if self.per_channel {
+            row_sums
         } else {
-            vec![&w[..]]
+            vec![row_sums.iter().sum()]
         };
-        let steps: Vec<f64> = rows
+        let per = if self.per_channel {
+            inputs
+        } else {
+            abs.len().max(1) as f64
+        };
+        let steps: Vec<f64> = sums
             .iter()
-            .map(|r| {
-                let mean = r.iter().map(|x| x.abs()).sum::<f64>() / r.len().max(1) as f64;
-                self.weight.initial_step(mean)
-            })
+            .map(|s| self.weight.initial_step(s / per))
             .collect();
         p.insert(
             self.weight_step.clone(),
@@ -215,7 +226,7 @@ impl Layer for QuantLinear {
     }
 
     fn calibrate(&self, p: &mut Params, x: &Tensor) -> Result<()> {
-        let mean = x.to_vec_f64().iter().map(|v| v.abs()).sum::<f64>() / x.len().max(1) as f64;
+        let mean = x.unary(Unary::Abs).sum() / x.len().max(1) as f64;
         let s = self.input.initial_step(mean);
         let dt = p.get(&self.input_step).map_or(DType::F32, |t| t.dtype());
         p.insert(
@@ -282,14 +293,7 @@ impl QuantLinear {
         use crate::tensor::int8_gemm::{PackedI8, gemm_i8, gemm_u8};
         let (m, k) = x.dims2()?;
         let n = self.inner.outputs;
-        let w = p.get(self.inner.weight_key())?;
-        let sw: Vec<f64> = p
-            .get(&self.weight_step)?
-            .to_vec_f64()
-            .into_iter()
-            .map(floor_step)
-            .collect();
-        let group = if self.per_channel { k } else { w.len() };
+        let (w, sw, group) = self.weight_grid(p)?;
         let wi: Vec<i8> = w
             .quantize_to_grid(&sw, group, self.weight.qn(), self.weight.qp())?
             .into_iter()

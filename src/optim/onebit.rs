@@ -37,7 +37,7 @@
 use super::{Optimizer, OptimizerState, Schedule, StepContext};
 use crate::error::Result;
 use crate::nn::{Grads, Params};
-use crate::tensor::Tensor;
+use crate::tensor::{Tensor, Unary};
 
 /// 1-bit Adam's state and settings.
 pub struct OnebitAdam {
@@ -47,6 +47,9 @@ pub struct OnebitAdam {
     weight_decay: f64,
     m: Params,
     v: Params,
+    /// Derived from the frozen v at the first compressed step (not saved): the mask
+    /// 1[v > 0] under each name and 1/(√(v/c₂) + ε) under `r/{name}`.
+    frozen: Params,
     step: u64,
 }
 
@@ -60,6 +63,7 @@ impl OnebitAdam {
             weight_decay,
             m: Params::new(),
             v: Params::new(),
+            frozen: Params::new(),
             step: 0,
         }
     }
@@ -140,27 +144,24 @@ impl Optimizer for OnebitAdam {
                 r.average_signs(&mut parts)?;
             }
             for (n, u) in names.iter().zip(updates.iter_mut()) {
-                let v = self.v.get(n)?.to_vec_f32();
+                if !self.frozen.contains(n) {
+                    // From the frozen v, once: 1/(√(v/c₂) + ε) and the mask 1[v > 0].
+                    let v = self.v.get(n)?;
+                    let ones = Tensor::full(v.shape(), 1.0, v.dtype());
+                    self.frozen.insert(
+                        format!("r/{n}"),
+                        Tensor::adam_ratio(&ones, v, 1.0, c2, eps)?,
+                    );
+                    self.frozen.insert(n, v.unary(Unary::Sign));
+                }
                 // Coordinates whose gradient was zero all through the warm-up (v = 0:
                 // MNIST's border pixels) keep m = 0 (DeepSpeed's momentum mask).
-                let mut ub = u.to_vec_f32();
-                for (x, &vi) in ub.iter_mut().zip(&v) {
-                    if vi <= 0.0 {
-                        *x = 0.0;
-                    }
-                }
+                *u = u.mul(self.frozen.get(n)?)?;
                 // m = c₁ ū (√(v/c₂) + ε): the shared momentum behind ū.
-                let m: Vec<f32> = ub
-                    .iter()
-                    .zip(&v)
-                    .map(|(&x, &vi)| {
-                        (c1 * f64::from(x) * ((f64::from(vi) / c2).max(0.0).sqrt() + eps)) as f32
-                    })
-                    .collect();
-                let dt = self.v.get(n)?.dtype();
-                self.m
-                    .insert(n, Tensor::from_vec(u.shape(), m)?.to_dtype(dt));
-                *u = Tensor::from_vec(u.shape(), ub)?.to_dtype(dt);
+                let m = u
+                    .div_shifted(self.frozen.get(&format!("r/{n}"))?, 0.0)?
+                    .scale(c1);
+                self.m.insert(n, m);
             }
         }
         let lr = self.lr * self.schedule.factor(self.step - 1);
@@ -187,6 +188,7 @@ impl Optimizer for OnebitAdam {
         let mut stores = state.stores(&["m", "v"]).into_iter();
         self.m = stores.next().unwrap_or_default();
         self.v = stores.next().unwrap_or_default();
+        self.frozen = Params::new();
         Ok(())
     }
 }

@@ -43,6 +43,8 @@ pub struct Pipeline {
     mine: Range<usize>,
     layers: Range<usize>,
     microbatches: usize,
+    /// The send buffer of activations and errors, kept from step to step.
+    message: Vec<f32>,
 }
 
 /// The layers of block `j`: from its weight layer to the next block's.
@@ -162,6 +164,7 @@ impl Pipeline {
             mine,
             layers,
             microbatches: microbatches.max(1),
+            message: Vec::new(),
         })
     }
 
@@ -203,7 +206,8 @@ impl Pipeline {
             };
             let (h, recs) = model.forward_range(params, &x, self.layers.clone(), true)?;
             if rank + 1 < k {
-                self.comm.send_f32(rank + 1, &h.to_vec_f32());
+                Tensor::pack_f32(&[&h], 1.0, &mut self.message)?;
+                self.comm.send_f32(rank + 1, &self.message);
             } else {
                 outputs.push(h);
             }
@@ -258,7 +262,8 @@ impl Pipeline {
                         }
                     }
                     if rank > 0 {
-                        self.comm.send_f32(rank - 1, &d.to_vec_f32());
+                        Tensor::pack_f32(&[&d], 1.0, &mut self.message)?;
+                        self.comm.send_f32(rank - 1, &self.message);
                     }
                 }
             }
@@ -284,9 +289,8 @@ impl Pipeline {
         let c = model.outputs();
         let rows: usize = micro.iter().map(|r| r.len()).sum();
         let mut buf = Vec::with_capacity(rows * c);
-        for e in errors.iter() {
-            buf.extend(e.to_vec_f32());
-        }
+        let parts: Vec<&Tensor> = errors.iter().collect();
+        Tensor::pack_f32(&parts, 1.0, &mut buf)?;
         buf.resize(rows * c, 0.0);
         self.comm.broadcast_f32(self.comm.size() - 1, &mut buf);
         if !self.is_last() {
