@@ -471,6 +471,7 @@ fn technique_fields() -> Vec<futureprop::settings::Field> {
             .filter(|f| f.key != "optimizer" && f.key != "param_groups"),
     );
     f.extend(futureprop::train::pretrain::RbmConfig::fields());
+    f.extend(futureprop::train::sparse::SparseConfig::fields());
     f
 }
 

@@ -80,6 +80,7 @@ mod gemm;
 mod host;
 pub mod int8_gemm;
 mod reduced;
+mod select;
 mod unary;
 
 use std::sync::Arc;

@@ -88,6 +88,11 @@ pub struct TrainConfig {
     pub quantize: String,
     /// One weight step per output unit (per channel) instead of one per layer.
     pub quantize_per_channel: bool,
+    /// Sparse training (`sparse`, `sparsity`, `sparse_distribution`, `sparse_every`,
+    /// `sparse_drop_fraction`, `sparse_end`; see [`super::sparse`]): static masks, SET,
+    /// RigL or gradual magnitude pruning of the Linear and conv weights.
+    #[serde(flatten)]
+    pub sparse: super::sparse::SparseConfig,
     /// What the data-parallel ranks send each step: `none` (the f32 update, summed by an
     /// all-reduce; default) or `sign` (error-feedback sign compression, EF-SignSGD,
     /// Karimireddy et al. 2019: one bit per element and a scale ‖p‖₁/d per tensor, the
@@ -173,6 +178,7 @@ impl Default for TrainConfig {
             precision: "f32".into(),
             quantize: "none".into(),
             quantize_per_channel: false,
+            sparse: Default::default(),
             compression: "none".into(),
             parallel: "data".into(),
             sync_batch_norm: false,
@@ -236,6 +242,7 @@ impl TrainConfig {
         at_least_opt("threads", self.threads.map(|n| n as u64), 1)?;
         real_opt("max_seconds", self.max_seconds, Positive)?;
         self.rbm.validate()?;
+        self.sparse.validate()?;
         crate::nn::Segments::parse(&self.checkpoint_segments)?;
         self.dtype()?;
         super::comm::Compression::parse(&self.compression)?;

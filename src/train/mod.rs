@@ -17,6 +17,7 @@ mod objective;
 pub mod pipeline;
 pub mod pretrain;
 mod records;
+pub mod sparse;
 mod trainer;
 
 use std::io::{IsTerminal, Write};
@@ -424,6 +425,11 @@ fn restore_params(
     what: &str,
 ) -> Result<()> {
     for (n, t) in saved.iter() {
+        // Sparse masks (`mask.*`) are already in their weights' zeros: evaluation and
+        // diagnostics, which keep no masks, read past them.
+        if n.starts_with("mask.") && !params.contains(n) {
+            continue;
+        }
         let mine = params.get(n).map_err(|_| {
             Error::config(
                 what,

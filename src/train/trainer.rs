@@ -60,6 +60,8 @@ pub(super) struct Trainer<'a> {
     pipeline: Option<super::pipeline::Pipeline>,
     /// BatchNorm statistics over the ranks (`sync_batch_norm`).
     batch_sync: Option<std::sync::Arc<super::comm::RankBatchSync>>,
+    /// The weight masks of sparse training.
+    sparsity: Option<super::sparse::Sparsity>,
 }
 
 impl<'a> Trainer<'a> {
@@ -128,6 +130,20 @@ impl<'a> Trainer<'a> {
         let mut total_steps = steps_per_epoch * cfg.epochs as u64;
         if let Some(m) = cfg.max_steps {
             total_steps = total_steps.min(m);
+        }
+        // Masks go in after the weight average's copy: they are not averaged.
+        let sparsity = super::sparse::Sparsity::new(
+            &cfg.sparse,
+            &model,
+            &mut params,
+            steps_per_epoch * cfg.epochs as u64,
+            cfg.seed,
+        )?;
+        if sparsity.is_some() && cfg.parallel == "pipeline" {
+            return Err(Error::config(
+                "sparse (--sparse)",
+                "sparse training runs data-parallel or in one process; use --parallel data",
+            ));
         }
         let mut optimizer = build_optimizer(&cfg.optim, total_steps)?;
         if !cfg.quiet {
@@ -237,6 +253,7 @@ impl<'a> Trainer<'a> {
                 .then(Default::default),
             pipeline,
             batch_sync,
+            sparsity,
         })
     }
 
@@ -534,7 +551,22 @@ impl<'a> Trainer<'a> {
                 None
             },
         };
+        // Sparse training: RigL grows by the unmasked update at a mask update.
+        let dense = match &self.sparsity {
+            Some(s) => {
+                let dense = (s.method() == super::sparse::Method::Rigl
+                    && s.updates_at(self.step + 1))
+                .then(|| grads.clone().into_owned());
+                s.mask_grads(&self.params, grads.to_mut())?;
+                dense
+            }
+            None => None,
+        };
         self.optimizer.step(&mut self.params, &grads, &mut ctx)?;
+        if let Some(s) = self.sparsity.as_mut() {
+            let rows = (batch.target.len() as f64 / weight).round() as usize;
+            s.after_step(&mut self.params, dense.as_ref(), self.step + 1, rows)?;
+        }
         self.average.after_step(&mut self.params)?;
         if let Some((bp, fb, before)) = diag {
             let (model, params) = (&self.model, &self.params);
@@ -641,6 +673,7 @@ impl<'a> Trainer<'a> {
                 "update_bytes": meter.update_bytes,
                 "allocator": if crate::mem::installed() { "counting" } else { "not installed" },
             },
+            "sparse": self.sparsity.as_ref().map(|s| s.summary(params)),
             "precision": self.model.precision().to_string(),
             "loss_scaler": self.scaler,
             "flops_per_step": flops,
