@@ -2,7 +2,9 @@
 //! clipping and step derivative; the layer's gradients against an oracle (a plain Linear
 //! layer's backprop at the quantised values, through the clipped straight-through mask)
 //! and against finite differences of LSQ's straight-through surrogate; every rule on the
-//! shared passes training a quantised model, the others refused by name.
+//! shared passes training a quantised model, the others refused by name; the quantised
+//! convolution against a plain one at the quantised values and against differences of
+//! the surrogate.
 
 use futureprop::data::Splits;
 use futureprop::nn::{Init, Loss, Model, ModelSpec, Params, QuantScheme, Target};
@@ -11,7 +13,7 @@ use futureprop::tensor::{DType, Tensor};
 use futureprop::train::{self, TrainConfig};
 
 mod common;
-use common::{prototypes, rand_tensor};
+use common::{layer_params, prototypes, rand_tensor};
 
 #[test]
 fn the_fake_quantiser_keeps_the_grid_clips_outside_and_gives_lsq_s_step_derivative() {
@@ -232,6 +234,116 @@ const SHARED: &[&str] = &[
     "bp", "fa", "usf", "brsf", "frsf", "kp", "dfa", "bfa", "drtp", "local", "dsn", "dni", "cdni",
     "ff",
 ];
+
+#[test]
+fn a_quantised_convolution_is_the_plain_one_at_the_quantised_values_through_the_masks() {
+    use futureprop::nn::{Conv2d, ConvOptions, Layer, QuantConv2d, Record};
+    let conv = || {
+        let opts = ConvOptions {
+            padding: (1, 1),
+            stride: (2, 1),
+            ..Default::default()
+        };
+        Conv2d::new("c", (2, 5, 5), 3, (3, 3), opts).unwrap()
+    };
+    let x = rand_tensor(&[4, 50], 3, 1.5);
+    for per_channel in [false, true] {
+        let scheme = QuantScheme {
+            weight_bits: 3,
+            input_bits: 3,
+            per_channel,
+        };
+        let q = QuantConv2d::new(conv(), scheme, false);
+        let mut p = layer_params(&q, 4);
+        q.calibrate(&mut p, &x).unwrap();
+        let sw = p.get("c.weight_step").unwrap().to_vec_f64();
+        let sa = p.get("c.input_step").unwrap().get(0).unwrap();
+        let w = p.get("c.weight").unwrap().to_vec_f64();
+        let group = if per_channel { 18 } else { 54 };
+        let wq = grid(&w, &sw, group, 4.0, 3.0);
+        let xq = grid(&x.to_vec_f64(), &[sa], 200, 4.0, 3.0);
+        let qw = Tensor::from_vec_f64(&[3, 2, 3, 3], wq.iter().map(|e| e.0).collect()).unwrap();
+        let qx = Tensor::from_vec_f64(&[4, 50], xq.iter().map(|e| e.0).collect()).unwrap();
+        // The plain convolution at q(x), q(W).
+        let plain = conv();
+        let mut pp = p.clone();
+        pp.insert("c.weight", qw.clone());
+        let mut rec = Record::training("c", qx.clone(), Some(0));
+        let y_plain = plain.forward(&pp, &qx, &mut rec).unwrap();
+        let mut qrec = Record::training("c", x.clone(), Some(0));
+        let y = q.forward(&p, &x, &mut qrec).unwrap();
+        assert!(y.sub(&y_plain).unwrap().norm() < 1e-12);
+        let d_out = rand_tensor(y.shape(), 5, 1.0);
+        let mut g = futureprop::nn::Grads::new();
+        let dx = q
+            .backward(&p, &qrec, &d_out, &mut g, true)
+            .unwrap()
+            .unwrap();
+        let mut gp = futureprop::nn::Grads::new();
+        plain.param_grads(&pp, &rec, &d_out, &mut gp).unwrap();
+        let dx_plain = plain.input_grad(&pp, &rec, &d_out).unwrap().to_vec_f64();
+        let (dw, dw_plain) = (
+            g.get("c.weight").unwrap().to_vec_f64(),
+            gp.get("c.weight").unwrap().to_vec_f64(),
+        );
+        for i in 0..w.len() {
+            assert!((dw[i] - dw_plain[i] * wq[i].1).abs() < 1e-12, "∂W[{i}]");
+        }
+        let dx = dx.to_vec_f64();
+        for i in 0..dx.len() {
+            assert!((dx[i] - dx_plain[i] * xq[i].1).abs() < 1e-12, "∂x[{i}]");
+        }
+        // The steps: L = ⟨δ, conv(q(x), q(W))⟩ with LSQ's straight-through surrogate in
+        // the step, by central differences, times the gradient scale 1/√(N·Q_P).
+        let loss = |xv: Vec<f64>, wv: Vec<f64>| {
+            let mut pp = p.clone();
+            pp.insert("c.weight", Tensor::from_vec_f64(&[3, 2, 3, 3], wv).unwrap());
+            let xt = Tensor::from_vec_f64(&[4, 50], xv).unwrap();
+            let mut r = Record::training("c", xt.clone(), Some(0));
+            plain
+                .forward(&pp, &xt, &mut r)
+                .unwrap()
+                .dot(&d_out)
+                .unwrap()
+        };
+        let surrogate = |v: &[f64], s0: &[f64], s: &[f64], group: usize| -> Vec<f64> {
+            grid(v, s0, group, 4.0, 3.0)
+                .iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    let (s0, s) = (s0[i / group], s[i / group]);
+                    if e.1 == 1.0 {
+                        s * (v[i] / s0).round() + v[i] - s * v[i] / s0
+                    } else {
+                        s * e.0 / s0
+                    }
+                })
+                .collect()
+        };
+        let h = 1e-6;
+        let qxv = qx.to_vec_f64();
+        let ds = g.get("c.weight_step").unwrap().to_vec_f64();
+        assert_eq!(ds.len(), if per_channel { 3 } else { 1 });
+        for (k, &got) in ds.iter().enumerate() {
+            let (mut up, mut dn) = (sw.clone(), sw.clone());
+            up[k] += h;
+            dn[k] -= h;
+            let want = (loss(qxv.clone(), surrogate(&w, &sw, &up, group))
+                - loss(qxv.clone(), surrogate(&w, &sw, &dn, group)))
+                / (2.0 * h)
+                / (group as f64 * 3.0).sqrt();
+            assert!((got - want).abs() < 1e-6, "∂s_W[{k}]: {got} vs {want}");
+        }
+        let xs = x.to_vec_f64();
+        let qwv = qw.to_vec_f64();
+        let want = (loss(surrogate(&xs, &[sa], &[sa + h], 200), qwv.clone())
+            - loss(surrogate(&xs, &[sa], &[sa - h], 200), qwv.clone()))
+            / (2.0 * h)
+            / (200.0 * 3.0f64).sqrt();
+        let got = g.get("c.input_step").unwrap().get(0).unwrap();
+        assert!((got - want).abs() < 1e-6, "∂s_x: {got} vs {want}");
+    }
+}
 
 #[test]
 fn every_rule_on_the_shared_passes_trains_quantised_and_the_others_refuse() {

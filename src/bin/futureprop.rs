@@ -543,7 +543,7 @@ impl clap::Args for TechniqueArgs {
                 .value_name(f.legacy.to_uppercase())
                 .help(help_text(&f))
                 .hide(hidden.contains(&f.legacy))
-                .help_heading("Optimizer and pretraining settings");
+                .help_heading("Optimizer, pretraining and sparsity settings");
             let arg = match f.ty {
                 "usize" | "u64" | "Option<u64>" => arg.value_parser(value_parser!(u64)),
                 "f64" | "Option<f64>" => arg

@@ -31,7 +31,7 @@ pub use loss::{LOSS_NAMES, Loss, Target};
 pub use model::{Block, BlockShape, Model, ModelSpec, Pooling, is_buffer};
 pub use norm::{BatchSync, Dropout, NormKind, Normalization, set_batch_sync};
 pub use params::{Grads, Params};
-pub use quant::{Grid, QuantLinear, QuantScheme};
+pub use quant::{Grid, QuantConv2d, QuantLinear, QuantScheme};
 pub use recurrent::{Cell, Recurrent};
 
 use crate::error::Result;

@@ -868,26 +868,54 @@ impl Model {
         Ok((h, records))
     }
 
-    /// Replaces every top-level Linear layer by its LSQ-quantised form
-    /// ([`super::QuantLinear`]); an input that follows a ReLU is quantised unsigned.
-    /// Layers inside blocks and convolutions stay as they are.
+    /// Replaces every top-level Linear and convolution layer by its LSQ-quantised form
+    /// ([`super::QuantLinear`], [`super::QuantConv2d`]); an input that follows a ReLU
+    /// (through pooling) is quantised unsigned. Layers inside blocks stay as they are.
     pub fn quantize(&mut self, scheme: super::QuantScheme) -> Result<()> {
         for i in 0..self.layers.len() {
-            let LayerKind::Linear {
-                inputs,
-                outputs,
-                bias,
-            } = self.layers[i].kind()
-            else {
-                continue;
+            // Pooling keeps a ReLU's output non-negative.
+            let unsigned = self.layers[..i]
+                .iter()
+                .rev()
+                .find(|l| !matches!(l.kind(), LayerKind::Pool2d { .. }))
+                .is_some_and(|l| {
+                    matches!(l.kind(), LayerKind::Activation(crate::tensor::Unary::Relu))
+                });
+            let name = self.layers[i].name().to_string();
+            let quantized: Box<dyn Layer> = match self.layers[i].kind() {
+                LayerKind::Linear {
+                    inputs,
+                    outputs,
+                    bias,
+                } => {
+                    let linear = super::Linear::new(&name, inputs, outputs, bias);
+                    Box::new(super::QuantLinear::new(linear, scheme, unsigned))
+                }
+                LayerKind::Conv2d {
+                    window: w,
+                    out_channels,
+                    groups,
+                    bias,
+                } => {
+                    let opts = super::conv::ConvOptions {
+                        stride: w.stride,
+                        padding: w.padding,
+                        dilation: w.dilation,
+                        groups,
+                        bias,
+                    };
+                    let conv = super::conv::Conv2d::new(
+                        &name,
+                        (w.channels, w.height, w.width),
+                        out_channels,
+                        w.kernel,
+                        opts,
+                    )?;
+                    Box::new(super::QuantConv2d::new(conv, scheme, unsigned))
+                }
+                _ => continue,
             };
-            let unsigned = i > 0
-                && matches!(
-                    self.layers[i - 1].kind(),
-                    LayerKind::Activation(crate::tensor::Unary::Relu)
-                );
-            let linear = super::Linear::new(self.layers[i].name(), inputs, outputs, bias);
-            self.layers[i] = Box::new(super::QuantLinear::new(linear, scheme, unsigned));
+            self.layers[i] = quantized;
         }
         Ok(())
     }
