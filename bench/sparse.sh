@@ -13,9 +13,11 @@ SEEDS=${2:-3}
 THREADS=${3:-2}
 DATA=${FUTUREPROP_DATA:-$(cd .. && pwd)/shared/datasets}
 cargo build --release -q
-BIN=target/release/futureprop
 OUT=${SPARSE_RUNS:-$(mktemp -d)}
 mkdir -p "$OUT"
+# A copy: rebuilding while the benchmark runs leaves its runs on one binary.
+BIN="$OUT/futureprop"
+cp target/release/futureprop "$BIN"
 base=(train --dataset mnist --data-dir "$DATA" --model mlp:784-1000-1000-10 --optimizer adam
   --lr 1e-3 --batch-size 128 --epochs "$EPOCHS" --threads "$THREADS" --quiet)
 run() { # NAME ARGS...: skipped when its summary exists (a cut run goes on from there)

@@ -88,6 +88,7 @@ fn quantized(per_channel: bool, x: &Tensor) -> (Model, Params) {
         weight_bits: 3,
         input_bits: 3,
         per_channel,
+        integer_forward: false,
     })
     .unwrap();
     let mut p = m
@@ -252,6 +253,7 @@ fn a_quantised_convolution_is_the_plain_one_at_the_quantised_values_through_the_
             weight_bits: 3,
             input_bits: 3,
             per_channel,
+            integer_forward: false,
         };
         let q = QuantConv2d::new(conv(), scheme, false);
         let mut p = layer_params(&q, 4);
@@ -482,12 +484,29 @@ fn integer_inference_gives_the_fake_quantised_outputs() {
         m.calibrate(&mut p, &x).unwrap();
         let fake = m.forward(&p, &x).unwrap().to_vec_f64();
         let int = m.forward_integer(&p, &x).unwrap().to_vec_f64();
+        // Training's forward pass on the int8 kernel (`quantize_integer_forward`): the
+        // same outputs, and the same gradients (the backward pass reads the same grids).
+        let mut q = QuantScheme::parse(scheme, per_channel).unwrap().unwrap();
+        q.integer_forward = true;
+        let mut mi = Model::build(m.spec()).unwrap();
+        mi.quantize(q).unwrap();
+        let batch = Batch {
+            x: x.clone(),
+            target: Target::Classes((0..37).map(|i| i % 5).collect()),
+        };
+        let g = Backprop.step(&m, &p, &batch, Loss::CrossEntropy).unwrap();
+        let gi = Backprop.step(&mi, &p, &batch, Loss::CrossEntropy).unwrap();
+        let trained = gi.trace.output().unwrap().to_vec_f64();
         let top = fake.iter().fold(0.0f64, |a, v| a.max(v.abs()));
-        for (a, b) in fake.iter().zip(&int) {
+        for ((a, b), c) in fake.iter().zip(&int).zip(&trained) {
             assert!(
-                (a - b).abs() <= 1e-5 * top,
-                "{scheme} {per_channel}: {a} vs {b}"
+                (a - b).abs() <= 1e-5 * top && (a - c).abs() <= 1e-5 * top,
+                "{scheme} {per_channel}: {a} vs {b} vs {c}"
             );
+        }
+        for (n, t) in g.grads.iter() {
+            let d = gi.grads.get(n).unwrap().sub(t).unwrap().norm();
+            assert!(d <= 1e-4 * t.norm().max(1e-6), "{scheme} {n}: {d}");
         }
     }
 }

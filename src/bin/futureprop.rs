@@ -326,6 +326,10 @@ struct TrainArgs {
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     #[serde(skip_serializing_if = "Option::is_none")]
     quantize_per_channel: Option<bool>,
+    /// Training's forward pass of quantised Linear layers (≤ 8 bits) on the int8 kernel instead of f32 products of fake-quantised values
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quantize_integer_forward: Option<bool>,
     /// What data-parallel ranks send: none (the f32 update) or sign (error-feedback 1-bit signs with a scale per tensor)
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -106,6 +106,10 @@ pub struct QuantScheme {
     pub input_bits: u32,
     /// One weight step per output unit instead of one per layer.
     pub per_channel: bool,
+    /// Training's forward pass of Linear layers of at most 8 bits on the int8 kernel
+    /// (the deployed integer arithmetic) instead of the f32 product of the fake-quantised
+    /// values; the backward pass is the same.
+    pub integer_forward: bool,
 }
 
 impl QuantScheme {
@@ -130,6 +134,7 @@ impl QuantScheme {
             weight_bits: w,
             input_bits: a,
             per_channel,
+            integer_forward: false,
         }))
     }
 }
@@ -141,6 +146,7 @@ pub struct QuantLinear {
     weight: Grid,
     input: Grid,
     per_channel: bool,
+    integer_forward: bool,
     weight_step: String,
     input_step: String,
 }
@@ -159,10 +165,16 @@ impl QuantLinear {
                 signed: !unsigned_input,
             },
             per_channel: scheme.per_channel,
+            integer_forward: scheme.integer_forward,
             weight_step: format!("{name}.weight_step"),
             input_step: format!("{name}.input_step"),
             inner,
         }
+    }
+
+    /// Whether both grids fit the int8 kernel.
+    fn fits_int8(&self) -> bool {
+        self.weight.bits <= 8 && self.input.bits <= 8
     }
 
     /// The weight, its steps (floored) and the elements per step.
@@ -253,8 +265,7 @@ impl Layer for QuantLinear {
     }
 
     fn forward_integer(&self, p: &Params, x: &Tensor) -> Option<Result<Tensor>> {
-        let fits = self.weight.bits <= 8 && self.input.bits <= 8;
-        (fits && !x.is_empty()).then(|| self.integer_pass(p, x))
+        (self.fits_int8() && !x.is_empty()).then(|| self.integer_pass(p, x))
     }
 
     fn calibrate(&self, p: &mut Params, x: &Tensor) -> Result<()> {
@@ -279,10 +290,15 @@ impl Layer for QuantLinear {
             self.input.qp(),
         )?;
         let (wq, wm, wr) = self.quantized_weight(p)?;
-        let mut y = xq.matmul(false, &wq, true)?;
-        if self.inner.bias {
-            y.add_row(p.get(self.inner.bias_key())?)?;
-        }
+        let y = if self.integer_forward && x.dtype() == DType::F32 && self.fits_int8() {
+            self.integer_pass(p, x)?
+        } else {
+            let mut y = xq.matmul(false, &wq, true)?;
+            if self.inner.bias {
+                y.add_row(p.get(self.inner.bias_key())?)?;
+            }
+            y
+        };
         rec.saved = vec![xq, xm, xr, wq, wm, wr];
         Ok(y)
     }
@@ -326,21 +342,15 @@ impl QuantLinear {
         let (m, k) = x.dims2()?;
         let n = self.inner.outputs;
         let (w, sw, group) = self.weight_grid(p)?;
-        let wi: Vec<i8> = w
-            .quantize_to_grid(&sw, group, self.weight.qn(), self.weight.qp())?
-            .into_iter()
-            .map(|v| v as i8)
-            .collect();
+        let wi: Vec<i8> = w.quantize_to_grid(&sw, group, self.weight.qn(), self.weight.qp())?;
         let packed = PackedI8::new(&wi, n, k);
         let sx = self.input_scale(p)?;
-        let xi = x.quantize_to_grid(&[sx], x.len(), self.input.qn(), self.input.qp())?;
+        let (qn, qp) = (self.input.qn(), self.input.qp());
         let mut acc = vec![0i32; m * n];
         if self.input.signed {
-            let xi: Vec<i8> = xi.into_iter().map(|v| v as i8).collect();
-            gemm_i8(&xi, m, &packed, &mut acc);
+            gemm_i8(&x.quantize_to_grid(&[sx], x.len(), qn, qp)?, m, &packed, &mut acc);
         } else {
-            let xi: Vec<u8> = xi.into_iter().map(|v| v as u8).collect();
-            gemm_u8(&xi, m, &packed, &mut acc);
+            gemm_u8(&x.quantize_to_grid(&[sx], x.len(), qn, qp)?, m, &packed, &mut acc);
         }
         let scale: Vec<f32> = (0..n)
             .map(|j| (sx * if self.per_channel { sw[j] } else { sw[0] }) as f32)

@@ -874,21 +874,23 @@ impl Tensor {
     }
 
     /// The integers of [`Tensor::fake_quantize`]: clamp(round(v/s), −`qn`, `qp`) with
-    /// step `steps[i / group]`, for an integer kernel; `qn` and `qp` within i16.
-    pub fn quantize_to_grid(
+    /// step `steps[i / group]`, for an integer kernel, as `T` (`i8` for grids within
+    /// −128…127, `u8` for unsigned ones within 0…255, `i16` for up to 16 bits).
+    pub fn quantize_to_grid<T: GridInt>(
         &self,
         steps: &[f64],
         group: usize,
         qn: f64,
         qp: f64,
-    ) -> Result<Vec<i16>> {
-        if group == 0 || steps.len() * group != self.len() {
+    ) -> Result<Vec<T>> {
+        if group == 0 || steps.len() * group != self.len() || !T::holds(-qn, qp) {
             return Err(Error::shape(
                 "quantize_to_grid",
                 format!(
-                    "{} steps of {group} elements for {} elements",
+                    "{} steps of {group} elements for {} elements, grid −{qn}…{qp} as {}",
                     steps.len(),
-                    self.len()
+                    self.len(),
+                    std::any::type_name::<T>()
                 ),
             ));
         }
@@ -897,7 +899,7 @@ impl Tensor {
         let v = v.as_f32()?;
         let (lo, hi) = (-qn as f32, qp as f32);
         let inv: Vec<f32> = steps.iter().map(|s| (1.0 / s) as f32).collect();
-        let mut out = vec![0i16; v.len()];
+        let mut out = vec![T::default(); v.len()];
         const CHUNK: usize = 1 << 14;
         out.par_chunks_mut(CHUNK)
             .zip(v.par_chunks(CHUNK))
@@ -911,7 +913,7 @@ impl Tensor {
                     for (o, &x) in o[j..end].iter_mut().zip(&x[j..end]) {
                         // The f32 fake quantiser's arithmetic, so the two grids agree.
                         let c = (x * inv[g]).clamp(lo, hi);
-                        *o = ((c.abs() + 0.5) as i32 as f32).copysign(c) as i16;
+                        *o = T::from_rounded(((c.abs() + 0.5) as i32 as f32).copysign(c) as i32);
                     }
                     j = end;
                 }
@@ -1033,3 +1035,25 @@ fn matmul_dims(a: &Tensor, ta: bool, b: &Tensor, tb: bool) -> Result<(usize, usi
     }
     Ok((m, k, n))
 }
+
+/// An integer type a quantiser's grid is written in ([`Tensor::quantize_to_grid`]).
+pub trait GridInt: Copy + Default + Send + Sync {
+    /// Whether −`lo`…`hi` fits.
+    fn holds(lo: f64, hi: f64) -> bool;
+    /// The value of a grid point already within range.
+    fn from_rounded(v: i32) -> Self;
+}
+
+macro_rules! grid_int {
+    ($($t:ty),*) => {$(
+        impl GridInt for $t {
+            fn holds(lo: f64, hi: f64) -> bool {
+                lo >= <$t>::MIN as f64 && hi <= <$t>::MAX as f64
+            }
+            fn from_rounded(v: i32) -> Self {
+                v as $t
+            }
+        }
+    )*};
+}
+grid_int!(i8, u8, i16);

@@ -88,6 +88,11 @@ pub struct TrainConfig {
     pub quantize: String,
     /// One weight step per output unit (per channel) instead of one per layer.
     pub quantize_per_channel: bool,
+    /// Training's forward pass of the quantised Linear layers (at most 8 bits) on the
+    /// int8 kernel, the deployed arithmetic, instead of the f32 product of the
+    /// fake-quantised values (equal up to f32 rounding); default false (slower at these
+    /// sizes: reports/quantized.md).
+    pub quantize_integer_forward: bool,
     /// Sparse training (`sparse`, `sparsity`, `sparse_distribution`, `sparse_every`,
     /// `sparse_drop_fraction`, `sparse_end`; see [`super::sparse`]): static masks, SET,
     /// RigL or gradual magnitude pruning of the Linear and conv weights.
@@ -178,6 +183,7 @@ impl Default for TrainConfig {
             precision: "f32".into(),
             quantize: "none".into(),
             quantize_per_channel: false,
+            quantize_integer_forward: false,
             sparse: Default::default(),
             compression: "none".into(),
             parallel: "data".into(),

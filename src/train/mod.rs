@@ -212,7 +212,8 @@ pub fn build_model(cfg: &TrainConfig, features: usize, classes: usize) -> Result
         activation: cfg.activation.clone(),
         bias: cfg.bias,
     })?;
-    if let Some(q) = crate::nn::QuantScheme::parse(&cfg.quantize, cfg.quantize_per_channel)? {
+    if let Some(mut q) = crate::nn::QuantScheme::parse(&cfg.quantize, cfg.quantize_per_channel)? {
+        q.integer_forward = cfg.quantize_integer_forward;
         model.quantize(q)?;
     }
     if model.inputs() != features || model.outputs() != classes {
