@@ -30,6 +30,7 @@ fn models(dir: &Path) -> Vec<(&'static str, String)> {
         ("norm", file("norm.toml", NORM)),
         ("residual", file("residual.toml", RESIDUAL)),
         ("recurrent", "rnn:8x8-16-4".to_string()),
+        ("spiking", "snn:64-16-4,steps=4,encoding=direct".to_string()),
     ]
 }
 

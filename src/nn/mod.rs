@@ -19,6 +19,7 @@ mod norm;
 mod params;
 mod quant;
 mod recurrent;
+pub mod spiking;
 
 pub use activation::{ACTIVATION_NAMES, Activation, ActivationSpec, PRelu, parse_activation};
 pub use blocks::{Dense, Highway, LayerNorm, Residual};
@@ -186,6 +187,9 @@ pub enum LayerKind {
     Dense,
     /// A recurrent layer unrolled over a sequence.
     Recurrent,
+    /// A spiking layer (an encoder, or leaky integrate-and-fire neurons unrolled over
+    /// time).
+    Spiking,
     /// Max (`max`) or average pooling.
     Pool2d {
         /// The input map and the window's sweep.

@@ -221,6 +221,11 @@ impl Model {
         if let Some(desc) = super::describe::named(&spec.spec, 10)? {
             return Self::from_desc(spec, &desc);
         }
+        if let Some(rest) = spec.spec.strip_prefix("snn:") {
+            let mut m = super::spiking::build(spec, rest)?;
+            m.spec = spec.clone();
+            return Ok(m);
+        }
         for (kind, cell) in [("lstm:", super::Cell::Lstm), ("rnn:", super::Cell::Elman)] {
             if let Some(rest) = spec.spec.strip_prefix(kind) {
                 return Self::recurrent(spec, cell, rest);

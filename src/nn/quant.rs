@@ -348,9 +348,19 @@ impl QuantLinear {
         let (qn, qp) = (self.input.qn(), self.input.qp());
         let mut acc = vec![0i32; m * n];
         if self.input.signed {
-            gemm_i8(&x.quantize_to_grid(&[sx], x.len(), qn, qp)?, m, &packed, &mut acc);
+            gemm_i8(
+                &x.quantize_to_grid(&[sx], x.len(), qn, qp)?,
+                m,
+                &packed,
+                &mut acc,
+            );
         } else {
-            gemm_u8(&x.quantize_to_grid(&[sx], x.len(), qn, qp)?, m, &packed, &mut acc);
+            gemm_u8(
+                &x.quantize_to_grid(&[sx], x.len(), qn, qp)?,
+                m,
+                &packed,
+                &mut acc,
+            );
         }
         let scale: Vec<f32> = (0..n)
             .map(|j| (sx * if self.per_channel { sw[j] } else { sw[0] }) as f32)

@@ -364,7 +364,10 @@ pub fn check_rule_layers(rule: &dyn Rule, model: &Model) -> Result<()> {
             LayerKind::Residual | LayerKind::Highway | LayerKind::Dense => {
                 (t.blocks, "residual, highway and dense blocks")
             }
-            LayerKind::Recurrent => (t.recurrent, "recurrent layers"),
+            // Spiking layers are recurrent in time: trained by BPTT (surrogate gradient).
+            LayerKind::Recurrent | LayerKind::Spiking => {
+                (t.recurrent, "recurrent and spiking layers")
+            }
             _ => return None,
         })
     };

@@ -24,6 +24,19 @@ pub struct Uoro;
 
 impl Rule for Uoro {
     fn check_model(&self, model: &Model) -> Result<()> {
+        if let Some(l) = model
+            .layers()
+            .iter()
+            .find(|l| l.kind() == crate::nn::LayerKind::Spiking)
+        {
+            return Err(Error::config(
+                "rule",
+                format!(
+                    "uoro has no online estimate for spiking layers (layer {}); train them with bp (surrogate-gradient BPTT)",
+                    l.name()
+                ),
+            ));
+        }
         for l in model.layers().iter().skip(1) {
             if l.kind() == crate::nn::LayerKind::Recurrent {
                 return Err(Error::config(

@@ -81,6 +81,7 @@ mod host;
 pub mod int8_gemm;
 mod reduced;
 mod select;
+pub mod spiking;
 mod unary;
 
 use std::sync::Arc;

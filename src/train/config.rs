@@ -269,7 +269,8 @@ impl TrainConfig {
     /// layer sets them, the learning rate the chosen optimizer recommends
     /// ([`crate::optim::default_lr`], SAM's inner optimizer's for `sam`/`asam`), and the
     /// input scaling and hidden activation the rule recommends
-    /// ([`crate::rule::RuleSpec::normalize`], [`crate::rule::RuleSpec::activation`]).
+    /// ([`crate::rule::RuleSpec::normalize`], [`crate::rule::RuleSpec::activation`]);
+    /// `unit` scaling for a spiking model (`snn:...`).
     pub fn fresh(layers: &[serde_json::Value]) -> Result<TrainConfig> {
         let mut cfg = TrainConfig::default().merged(layers)?;
         let given = |key: &str| {
@@ -286,6 +287,10 @@ impl TrainConfig {
             && let Some(n) = spec.normalize
         {
             cfg.normalize = n.to_string();
+        }
+        // A spiking model's rate and latency codes read intensities in [0, 1].
+        if !given("normalize") && cfg.model.starts_with("snn:") {
+            cfg.normalize = "unit".into();
         }
         if !given("activation")
             && let Some(a) = spec.activation
