@@ -276,6 +276,7 @@ registry! {
     classic: [PERCEPTRON, LMS, HEBBIAN],
     uoro: [UORO],
     error_pc: [EPC],
+    evolution: [ES],
 }
 
 /// The rule called `name` (or one of its aliases); an unknown name is an error that
