@@ -74,4 +74,17 @@ dense = summ("bp-rigl-0.9-0")["sparse"]["dense_training_flops_per_step"]
 print(f"\nDense: {dense / 1e9:.2f} GFLOP per step (3 × the forward products' FLOPs × 128 rows). "
       "Pruning's figure is the mean over the run, as its density falls from 1.")
 PY
+{
+  echo
+  echo "## A sparse kernel?"
+  echo
+  echo "\`cargo bench --bench sparse_kernel -- --threads 1\` (the forward product y = x·Wᵀ of a 1000-unit"
+  echo "layer, batch 128, median of 100 alternating runs; CSR W, an axpy of the batch per nonzero):"
+  echo
+  cargo bench -q --bench sparse_kernel -- --threads 1 2>/dev/null | sed 's/^/- /'
+  echo
+  echo "Training keeps dense products of masked weights (the FLOPs above are counted, not"
+  echo "timed): this kernel is a measurement, not a code path, as it wins only at the lowest"
+  echo "densities and only for the forward product."
+} >> reports/sparse.md
 echo "reports/sparse.md written (runs in $OUT)"
