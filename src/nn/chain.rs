@@ -38,7 +38,8 @@ where
 
 /// The loop under [`backward_chain`]: from the top layer down, `step(i, layer, record,
 /// d, grads, input)` adds layer i's update for the error `d` at its output and, when
-/// `input` (every layer but the first), returns the error at its input; each layer's
+/// `input` (every layer above the lowest one with parameters), returns the error at its
+/// input; each layer's
 /// signal is recorded in `trace.errors`. Records of a checkpointed trace are recomputed
 /// a segment at a time as the loop reaches them ([`Trace::ensure`]).
 ///
@@ -70,12 +71,19 @@ where
     } else {
         d_out.scale(scale)
     };
+    // Below the lowest layer with parameters no error is needed (a spike encoder, an
+    // input activation): the chain stops there.
+    let lowest = model
+        .layers()
+        .iter()
+        .position(|l| l.param_count() > 0)
+        .unwrap_or(0);
     for (i, layer) in model.layers().iter().enumerate().rev() {
         // Gradient checkpointing: recompute this layer's segment on reaching it.
         trace.ensure(model, params, i)?;
         let rec = &trace.records[i];
         d = error_in_precision(layer.as_ref(), d, rec);
-        let next = step(i, layer.as_ref(), rec, &d, g, i > 0)?;
+        let next = step(i, layer.as_ref(), rec, &d, g, i > lowest)?;
         trace.record_error(i, d);
         match next {
             Some(n) => d = n,
