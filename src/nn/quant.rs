@@ -97,6 +97,43 @@ fn input_step_grad(dxq: &Tensor, xr: &Tensor, qp: f64) -> Result<Tensor> {
     Ok(Tensor::from_vec_f64(&[1], vec![g])?.to_dtype(dxq.dtype()))
 }
 
+/// Inserts LSQ's initial steps: the weight `key`'s 2⟨|w|⟩/√Q_P over each of `steps`
+/// equal runs of its elements (its output units, or one run) as `weight_step`, and a
+/// placeholder input step (replaced by [`Model::calibrate`](super::Model::calibrate)'s).
+fn insert_initial_steps(
+    p: &mut Params,
+    key: &str,
+    grid: Grid,
+    steps: usize,
+    names: (&str, &str),
+) -> Result<()> {
+    let abs = p.get(key)?.unary(Unary::Abs);
+    let per = abs.len() / steps.max(1);
+    let s: Vec<f64> = abs
+        .reshape(&[steps, per])?
+        .row_sums()?
+        .iter()
+        .map(|s| grid.initial_step(s / per.max(1) as f64))
+        .collect();
+    p.insert(
+        names.0,
+        Tensor::from_vec_f64(&[s.len()], s)?.to_dtype(DType::F32),
+    );
+    p.insert(names.1, Tensor::from_vec(&[1], vec![1.0])?);
+    Ok(())
+}
+
+/// Sets the input step `name` to LSQ's 2⟨|x|⟩/√Q_P over the calibration batch `x`.
+fn calibrate_input_step(p: &mut Params, name: &str, grid: Grid, x: &Tensor) -> Result<()> {
+    let mean = x.unary(Unary::Abs).sum() / x.len().max(1) as f64;
+    let dt = p.get(name).map_or(DType::F32, |t| t.dtype());
+    p.insert(
+        name,
+        Tensor::from_vec_f64(&[1], vec![grid.initial_step(mean)])?.to_dtype(dt),
+    );
+    Ok(())
+}
+
 /// What `--quantize wXaY` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QuantScheme {
@@ -233,31 +270,13 @@ impl Layer for QuantLinear {
 
     fn init_params(&self, init: Init, rng: &mut crate::Rng, p: &mut Params) -> Result<()> {
         self.inner.init_params(init, rng, p)?;
-        // 2⟨|w|⟩/√Q_P over each row, or over the whole weight.
-        let abs = p.get(self.inner.weight_key())?.unary(Unary::Abs);
-        let inputs = self.inner.inputs.max(1) as f64;
-        let row_sums = abs.row_sums()?;
-        let sums = if self.per_channel {
-            row_sums
+        let steps = if self.per_channel {
+            self.inner.outputs
         } else {
-            vec![row_sums.iter().sum()]
+            1
         };
-        let per = if self.per_channel {
-            inputs
-        } else {
-            abs.len().max(1) as f64
-        };
-        let steps: Vec<f64> = sums
-            .iter()
-            .map(|s| self.weight.initial_step(s / per))
-            .collect();
-        p.insert(
-            self.weight_step.clone(),
-            Tensor::from_vec_f64(&[steps.len()], steps)?.to_dtype(DType::F32),
-        );
-        // Replaced by the calibration batch's (Model::calibrate).
-        p.insert(self.input_step.clone(), Tensor::from_vec(&[1], vec![1.0])?);
-        Ok(())
+        let names = (self.weight_step.as_str(), self.input_step.as_str());
+        insert_initial_steps(p, self.inner.weight_key(), self.weight, steps, names)
     }
 
     fn input_mask<'r>(&self, rec: &'r Record) -> Option<&'r Tensor> {
@@ -269,14 +288,7 @@ impl Layer for QuantLinear {
     }
 
     fn calibrate(&self, p: &mut Params, x: &Tensor) -> Result<()> {
-        let mean = x.unary(Unary::Abs).sum() / x.len().max(1) as f64;
-        let s = self.input.initial_step(mean);
-        let dt = p.get(&self.input_step).map_or(DType::F32, |t| t.dtype());
-        p.insert(
-            self.input_step.clone(),
-            Tensor::from_vec_f64(&[1], vec![s])?.to_dtype(dt),
-        );
-        Ok(())
+        calibrate_input_step(p, &self.input_step, self.input, x)
     }
 
     fn forward(&self, p: &Params, x: &Tensor, rec: &mut Record) -> Result<Tensor> {
@@ -556,20 +568,8 @@ impl Layer for QuantConv2d {
 
     fn init_params(&self, init: Init, rng: &mut crate::Rng, p: &mut Params) -> Result<()> {
         self.inner.init_params(init, rng, p)?;
-        // 2⟨|w|⟩/√Q_P over each output channel's kernel, or over the whole weight.
-        let abs = p.get(&self.weight_key)?.unary(Unary::Abs);
-        let per = abs.len() / self.steps();
-        let sums = abs.reshape(&[self.steps(), per])?.row_sums()?;
-        let steps: Vec<f64> = sums
-            .iter()
-            .map(|s| self.weight.initial_step(s / per.max(1) as f64))
-            .collect();
-        p.insert(
-            self.weight_step.clone(),
-            Tensor::from_vec_f64(&[steps.len()], steps)?.to_dtype(DType::F32),
-        );
-        p.insert(self.input_step.clone(), Tensor::from_vec(&[1], vec![1.0])?);
-        Ok(())
+        let names = (self.weight_step.as_str(), self.input_step.as_str());
+        insert_initial_steps(p, &self.weight_key, self.weight, self.steps(), names)
     }
 
     fn input_mask<'r>(&self, rec: &'r Record) -> Option<&'r Tensor> {
@@ -578,12 +578,7 @@ impl Layer for QuantConv2d {
     }
 
     fn calibrate(&self, p: &mut Params, x: &Tensor) -> Result<()> {
-        let mean = x.unary(Unary::Abs).sum() / x.len().max(1) as f64;
-        p.insert(
-            self.input_step.clone(),
-            Tensor::from_vec_f64(&[1], vec![self.input.initial_step(mean)])?.to_dtype(DType::F32),
-        );
-        Ok(())
+        calibrate_input_step(p, &self.input_step, self.input, x)
     }
 
     fn forward(&self, p: &Params, x: &Tensor, rec: &mut Record) -> Result<Tensor> {
