@@ -134,6 +134,20 @@ fn calibrate_input_step(p: &mut Params, name: &str, grid: Grid, x: &Tensor) -> R
     Ok(())
 }
 
+/// The learned steps `name` in `p`, floored ([`floor_step`]); at least one.
+fn read_steps(p: &Params, name: &str) -> Result<Vec<f64>> {
+    let s: Vec<f64> = p
+        .get(name)?
+        .to_vec_f64()
+        .into_iter()
+        .map(floor_step)
+        .collect();
+    if s.is_empty() {
+        return Err(Error::shape(name, "an empty step"));
+    }
+    Ok(s)
+}
+
 /// What `--quantize wXaY` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QuantScheme {
@@ -217,12 +231,7 @@ impl QuantLinear {
     /// The weight, its steps (floored) and the elements per step.
     fn weight_grid<'p>(&self, p: &'p Params) -> Result<(&'p Tensor, Vec<f64>, usize)> {
         let w = p.get(self.inner.weight_key())?;
-        let steps: Vec<f64> = p
-            .get(&self.weight_step)?
-            .to_vec_f64()
-            .into_iter()
-            .map(floor_step)
-            .collect();
+        let steps = read_steps(p, &self.weight_step)?;
         let group = if self.per_channel {
             self.inner.inputs
         } else {
@@ -238,11 +247,7 @@ impl QuantLinear {
     }
 
     fn input_scale(&self, p: &Params) -> Result<f64> {
-        let s = p.get(&self.input_step)?.to_vec_f64();
-        s.first()
-            .copied()
-            .map(floor_step)
-            .ok_or_else(|| Error::shape(&self.input_step, "an empty step"))
+        Ok(read_steps(p, &self.input_step)?[0])
     }
 }
 
@@ -585,15 +590,10 @@ impl Layer for QuantConv2d {
         if x.is_empty() {
             return self.inner.forward(p, x, rec);
         }
-        let sx = floor_step(p.get(&self.input_step)?.get(0)?);
+        let sx = read_steps(p, &self.input_step)?[0];
         let (xq, xm, xr) = x.fake_quantize(&[sx], x.len(), self.input.qn(), self.input.qp())?;
         let w = p.get(&self.weight_key)?;
-        let steps: Vec<f64> = p
-            .get(&self.weight_step)?
-            .to_vec_f64()
-            .into_iter()
-            .map(floor_step)
-            .collect();
+        let steps = read_steps(p, &self.weight_step)?;
         let (wq, wm, wr) = w.fake_quantize(
             &steps,
             w.len() / self.steps(),
