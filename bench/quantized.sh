@@ -22,11 +22,13 @@ mkdir -p "$TMP"
 # A copy: rebuilding while the benchmark runs leaves its runs on one binary.
 BIN="$TMP/futureprop"
 cp target/release/futureprop "$BIN"
-base=(train --dataset mnist --data-dir "$DATA" --optimizer adam --lr 1e-3 --batch-size 128
+base=(train --dataset mnist --data-dir "$DATA" --optimizer adam --batch-size 128
   --epochs "$EPOCHS" --threads "$THREADS" --quiet)
-run() { # NAME ARGS...
+run() { # NAME ARGS... (Adam 1e-3 unless ARGS set --lr)
   local name=$1; shift
-  [ -f "$TMP/$name/summary.json" ] || "$BIN" "${base[@]}" "$@" --out "$TMP/$name" > /dev/null
+  local lr=(--lr 1e-3)
+  [[ " $* " == *" --lr "* ]] && lr=()
+  [ -f "$TMP/$name/summary.json" ] || "$BIN" "${base[@]}" "${lr[@]}" "$@" --out "$TMP/$name" > /dev/null
 }
 for s in $(seq 0 $((SEEDS - 1))); do
   for model in mlp:784-1000-1000-10 biotorch-lenet; do
@@ -44,6 +46,13 @@ for fb in f32 int8 ternary binary; do
     [ "$fb$bits" = f320 ] && continue
     run "lp-$fb-$bits-0" --model mlp:784-1000-1000-10 --seed 0 --rule dfa \
       --rule-opt "feedback_precision=$fb,error_bits=$bits"
+  done
+done
+# DFA on LeNet at Adam 1e-3 varies by several points between seeds; at 1e-4 it is steady.
+for s in $(seq 0 $((SEEDS - 1))); do
+  for q in none w8a8 w4a4 w2a2; do
+    run "qat-biotorch-lenet-dfa-lr1e-4-$q-$s" --model biotorch-lenet --seed "$s" --rule dfa \
+      --quantize $q --lr 1e-4
   done
 done
 # Training's forward pass on the int8 kernel: seed 0's bp w8a8 run again with it.
@@ -71,14 +80,16 @@ for m, title in (("mlp", "MLP 784-1000-1000-10"), ("biotorch-lenet", "LeNet (bio
     print(f"### {title}\n")
     print("| rule | f32 | w8a8 | w4a4 | w2a2 | ms per step f32 → w8a8 |")
     print("|---|---|---|---|---|---|")
-    for rule in ("bp", "dfa"):
+    rules = ("bp", "dfa") + (("dfa-lr1e-4",) if m != "mlp" else ())
+    for rule in rules:
         base = statistics.mean(acc(f"qat-{m}-{rule}-none"))
         cells = [cell(acc(f"qat-{m}-{rule}-none"))]
         for q in ("w8a8", "w4a4", "w2a2"):
             v = acc(f"qat-{m}-{rule}-{q}")
             cells.append(f"{cell(v)} ({statistics.mean(v) - base:+.2f})")
         t = lambda q: step_ms(f"qat-{m}-{rule}-{q}-0")
-        print(f"| {rule} | " + " | ".join(cells) + f" | {t('none'):.1f} → {t('w8a8'):.1f} |")
+        label = {"dfa-lr1e-4": "dfa, Adam 1e-4"}.get(rule, rule)
+        print(f"| {label} | " + " | ".join(cells) + f" | {t('none'):.1f} → {t('w8a8'):.1f} |")
     print()
 fake, integer = step_ms("qat-mlp-bp-w8a8-0"), step_ms("qat-mlp-bp-w8a8-int-0")
 print("### Training's forward pass on the int8 kernel (`--quantize-integer-forward`)\n")
@@ -89,12 +100,12 @@ print(f"MLP, bp, w8a8, seed 0: {fake:.1f} ms per step with f32 products of the f
       "integers and packs it every step, on top of the fake quantisation the backward pass needs, "
       "so it costs more than it saves at these sizes; it is there to train on the deployed arithmetic.")
 print("\n## Low-precision DFA (`--rule-opt feedback_precision=…,error_bits=…`)\n")
+print("MLP 784-1000-1000-10, seed 0 (the f32 × f32 cell is the QAT table's dfa f32 run of seed 0).\n")
 print("| feedback \\ output error | f32 | 8 bits | 4 bits | 2 bits (ternary) |")
 print("|---|---|---|---|---|")
 def lp(fb, b):
     name = "qat-mlp-dfa-none-0" if (fb, b) == ("f32", 0) else f"lp-{fb}-{b}-0"
     return f"{100 * last(name)['test_accuracy']:.2f}"
-print("Seed 0.\n")
 for fb in ("f32", "int8", "ternary", "binary"):
     print(f"| {fb} | " + " | ".join(lp(fb, b) for b in (0, 8, 4, 2)) + " |")
 PY
