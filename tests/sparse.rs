@@ -302,3 +302,33 @@ fn bad_sparse_settings_are_named() {
         assert!(e.contains(word), "{e}");
     }
 }
+
+#[test]
+fn quantised_sparse_training_at_a_high_adaptive_rate_keeps_its_steps() {
+    // 90 % sparse: activations, and so LSQ's input steps, are small, and Adam at 1e-2
+    // would move a step by about its own size each update; steps fall at most by half
+    // per step, so the quantisers stay alive.
+    let t = tempfile::tempdir().unwrap();
+    let cfg = TrainConfig {
+        quantize: "w8a8".into(),
+        optim: futureprop::optim::OptimizerConfig::new("adam", 0.01),
+        sparse: SparseConfig {
+            sparse: "static".into(),
+            sparsity: 0.9,
+            ..SparseConfig::default()
+        },
+        model: "mlp:64-64-64-4".into(),
+        ..config("bp", 5, t.path())
+    };
+    let s = train::run(&cfg, &splits(), None).unwrap();
+    let acc = s["test_accuracy"].as_f64().unwrap();
+    assert!(acc > 0.7, "accuracy {acc}");
+    let ck = train::checkpoint::load(t.path()).unwrap();
+    for (n, v) in ck.params.iter().filter(|(n, _)| n.ends_with("_step")) {
+        assert!(
+            v.to_vec_f64().iter().all(|s| *s > 0.0),
+            "{n}: {:?}",
+            v.to_vec_f64()
+        );
+    }
+}

@@ -83,8 +83,10 @@ pub struct TrainConfig {
     /// Quantisation-aware training: `none` (default) or `wXaY`, X-bit weights and Y-bit
     /// inputs of every top-level Linear layer (w8a8, w4a4, w2a2; 2 to 16 bits), fake
     /// quantised with learned step sizes (LSQ, Esser et al. 2020) and the clipped
-    /// straight-through estimator; inputs after a ReLU unsigned. Rules on the shared
-    /// forward and backward passes (as for `precision`); f32 only.
+    /// straight-through estimator; inputs after a ReLU unsigned. The steps are trained
+    /// by the run's optimizer and fall at most by half per step (an adaptive optimizer
+    /// would otherwise take a small step to zero). Rules on the shared forward and
+    /// backward passes (as for `precision`); f32 only.
     pub quantize: String,
     /// One weight step per output unit (per channel) instead of one per layer.
     pub quantize_per_channel: bool,

@@ -121,7 +121,6 @@ impl<'a> Trainer<'a> {
             restore_params(&mut params, init, cfg, "initial")?;
         }
         rule.init(&model, &mut params, cfg.seed)?;
-        let average = WeightAverage::new(&cfg.average, &model, &mut params)?;
         let steps_per_epoch = splits
             .train
             .len()
@@ -131,7 +130,6 @@ impl<'a> Trainer<'a> {
         if let Some(m) = cfg.max_steps {
             total_steps = total_steps.min(m);
         }
-        // Masks go in after the weight average's copy: they are not averaged.
         let sparsity = super::sparse::Sparsity::new(
             &cfg.sparse,
             &model,
@@ -139,6 +137,15 @@ impl<'a> Trainer<'a> {
             steps_per_epoch * cfg.epochs as u64,
             cfg.seed,
         )?;
+        if sparsity.is_some() && cfg.quantize != "none" && resume.is_none() {
+            // LSQ's input steps from the masked model's activations (also over given
+            // initial steps): the dense model's are several times larger and would round
+            // most of them to zero.
+            let rows: Vec<usize> = (0..splits.train.len().min(256)).collect();
+            model.calibrate(&mut params, &splits.train.x.gather_rows(&rows)?)?;
+        }
+        // The average starts from the masked weights (masks are not averaged).
+        let average = WeightAverage::new(&cfg.average, &model, &mut params)?;
         if sparsity.is_some() && cfg.parallel == "pipeline" {
             return Err(Error::config(
                 "sparse (--sparse)",
@@ -562,7 +569,22 @@ impl<'a> Trainer<'a> {
             }
             None => None,
         };
+        // LSQ step sizes fall at most by half per step: an adaptive optimizer moves each
+        // parameter by about its learning rate, which takes a step of that size to zero
+        // (and the layer's output with it) within a few steps.
+        let steps_before: Vec<(String, crate::tensor::Tensor)> = if cfg.quantize != "none" {
+            self.params
+                .iter()
+                .filter(|(n, _)| n.ends_with(".weight_step") || n.ends_with(".input_step"))
+                .map(|(n, t)| (n.to_string(), t.scale(0.5)))
+                .collect()
+        } else {
+            Vec::new()
+        };
         self.optimizer.step(&mut self.params, &grads, &mut ctx)?;
+        for (n, half) in &steps_before {
+            self.params.get_mut(n)?.max_in_place(half)?;
+        }
         if let Some(s) = self.sparsity.as_mut() {
             let rows = (batch.target.len() as f64 / weight).round() as usize;
             s.after_step(&mut self.params, dense.as_ref(), self.step + 1, rows)?;
