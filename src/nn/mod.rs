@@ -18,6 +18,7 @@ mod model;
 mod norm;
 mod params;
 mod quant;
+mod quant_conv;
 mod recurrent;
 pub mod spiking;
 
@@ -32,7 +33,8 @@ pub use loss::{LOSS_NAMES, Loss, Target};
 pub use model::{Block, BlockShape, Model, ModelSpec, Pooling, is_buffer};
 pub use norm::{BatchSync, Dropout, NormKind, Normalization, set_batch_sync};
 pub use params::{Grads, Params};
-pub use quant::{Grid, QuantConv2d, QuantLinear, QuantScheme};
+pub use quant::{Grid, QuantLinear, QuantScheme};
+pub use quant_conv::QuantConv2d;
 pub use recurrent::{Cell, Recurrent};
 
 use crate::error::Result;
