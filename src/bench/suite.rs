@@ -188,7 +188,7 @@ impl Suite {
             // The single-layer classics are not defined for the suites' MLPs; name them.
             RuleList::All(_) => crate::rule::REGISTRY
                 .iter()
-                .filter(|s| !s.single_layer && !s.sequence)
+                .filter(|s| !s.single_layer && !s.sequence && !s.small_models)
                 .map(|s| s.name.to_string())
                 .collect(),
             RuleList::List(l) => l.clone(),

@@ -62,6 +62,7 @@ pub(super) const ES: RuleSpec = RuleSpec {
     summary: "evolution strategies: antithetic Gaussian perturbations, centred-rank fitness, no backward pass",
     paper: "Salimans et al. 2017",
     settings: <EsSettings as crate::settings::Described>::fields,
+    small_models: true,
     build: |t| Ok(Box::new(Es::new(parse("rule", t)?))),
     ..RuleSpec::DEFAULT
 };

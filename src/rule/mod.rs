@@ -219,6 +219,9 @@ pub struct RuleSpec {
     /// Differs from backprop only on recurrent layers (the feed-forward suites'
     /// `all` leaves it out).
     pub sequence: bool,
+    /// Meant for small parameter counts (a population of perturbed copies per step);
+    /// the suites' `all` leaves it out.
+    pub small_models: bool,
     /// Builds the rule from its table (keys already checked).
     pub build: fn(&Table) -> Result<Box<dyn Rule>>,
 }
@@ -235,6 +238,7 @@ impl RuleSpec {
         activation: None,
         single_layer: false,
         sequence: false,
+        small_models: false,
         build: |_| Err(Error::config("rule", "no rule")),
     };
 
