@@ -135,6 +135,23 @@ fn grid(v: &[f64], s: &[f64], group: usize, qn: f64, qp: f64) -> Vec<(f64, f64, 
         .collect()
 }
 
+/// LSQ's straight-through surrogate of the 3-bit quantiser at step `s` around `s0`:
+/// q̃(s) = s·round(v/s₀) + v − s·v/s₀ inside the range, −Q_N·s or Q_P·s outside.
+fn surrogate(v: &[f64], s0: &[f64], s: &[f64], group: usize) -> Vec<f64> {
+    grid(v, s0, group, 4.0, 3.0)
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let (s0, s) = (s0[i / group], s[i / group]);
+            if e.1 == 1.0 {
+                s * (v[i] / s0).round() + v[i] - s * v[i] / s0
+            } else {
+                s * e.0 / s0
+            }
+        })
+        .collect()
+}
+
 #[test]
 fn lsq_gradients_match_backprop_through_the_mask_and_differences_of_the_surrogate() {
     let x = rand_tensor(&[5, 4], 1, 1.5);
@@ -173,20 +190,6 @@ fn lsq_gradients_match_backprop_through_the_mask_and_differences_of_the_surrogat
         }
         // The weight steps: differences of LSQ's surrogate q̃(s) = s·round(v/s₀) + v −
         // s·v/s₀ inside (−Q_N·s, Q_P·s outside), times the gradient scale 1/√(N·Q_P).
-        let surrogate = |v: &[f64], s0: &[f64], s: &[f64], group: usize| -> Vec<f64> {
-            grid(v, s0, group, 4.0, 3.0)
-                .iter()
-                .enumerate()
-                .map(|(i, e)| {
-                    let (s0, s) = (s0[i / group], s[i / group]);
-                    if e.1 == 1.0 {
-                        s * (v[i] / s0).round() + v[i] - s * v[i] / s0
-                    } else {
-                        s * e.0 / s0
-                    }
-                })
-                .collect()
-        };
         let ds = g.get("fc1.weight_step").unwrap().to_vec_f64();
         for (k, &got) in ds.iter().enumerate() {
             let (mut up, mut dn) = (sw.clone(), sw.clone());
@@ -307,20 +310,6 @@ fn a_quantised_convolution_is_the_plain_one_at_the_quantised_values_through_the_
                 .unwrap()
                 .dot(&d_out)
                 .unwrap()
-        };
-        let surrogate = |v: &[f64], s0: &[f64], s: &[f64], group: usize| -> Vec<f64> {
-            grid(v, s0, group, 4.0, 3.0)
-                .iter()
-                .enumerate()
-                .map(|(i, e)| {
-                    let (s0, s) = (s0[i / group], s[i / group]);
-                    if e.1 == 1.0 {
-                        s * (v[i] / s0).round() + v[i] - s * v[i] / s0
-                    } else {
-                        s * e.0 / s0
-                    }
-                })
-                .collect()
         };
         let h = 1e-6;
         let qxv = qx.to_vec_f64();
