@@ -34,7 +34,7 @@ fn surrogate_bptt_is_the_gradient_of_the_smooth_network() {
     for surrogate in ["atan", "fast-sigmoid", "triangle"] {
         for decoder in ["mean", "count"] {
             let spec = format!(
-                "snn:6-5-4-3,steps=5,encoding=direct,smooth=true,reset=none,beta=0.8,threshold=0.5,surrogate={surrogate},decoder={decoder}"
+                "snn:6-5-4-3,steps=5,encoding=direct,smooth=true,reset=none,beta=0.8,threshold=0.5,surrogate={surrogate},decoder={decoder},learn_beta=true"
             );
             let (m, p) = snn(&spec);
             let batch = Batch {
@@ -55,6 +55,9 @@ fn surrogate_bptt_is_the_gradient_of_the_smooth_network() {
                 "lif2.weight",
                 "readout.weight",
                 "readout.bias",
+                "lif1.beta",
+                "lif2.beta",
+                "readout.beta",
             ] {
                 let a = g.get(name).unwrap().to_vec_f64();
                 assert!(

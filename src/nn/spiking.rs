@@ -9,7 +9,8 @@
 //! 25 for fast-sigmoid, 0.3 for triangle), `reset` subtract|zero|none (subtract),
 //! `decoder` mean|count (mean: the readout does not spike and its output is its mean
 //! membrane potential over time; count: it spikes and its output is its spike count),
-//! `smooth` (false; true: spikes are the surrogate's primitive F(U − θ), the smooth
+//! `learn_beta` (false; true: β is trained per layer, clamped to [0, 1], as snnTorch's
+//! `learn_beta`), `smooth` (false; true: spikes are the surrogate's primitive F(U − θ), the smooth
 //! network whose exact gradient the surrogate BPTT is). The defaults are snnTorch's
 //! `Leaky` (tutorial 5: β = 0.95, threshold 1, reset by subtraction, arctan surrogate).
 
@@ -86,6 +87,9 @@ pub struct LifLayer {
     linear: Linear,
     lif: Lif,
     decoder: Decoder,
+    /// `Some(name)`: β is the learned parameter `name`, clamped to [0, 1] (snnTorch's
+    /// `learn_beta`; no gradient while it sits outside).
+    learned_beta: Option<String>,
 }
 
 impl LifLayer {
@@ -106,7 +110,50 @@ impl LifLayer {
             linear: Linear::new(name, inputs, units, bias),
             lif,
             decoder,
+            learned_beta: None,
         }
+    }
+
+    /// Learns β, starting from the given one.
+    pub fn with_learned_beta(mut self, learn: bool) -> Self {
+        self.learned_beta = learn.then(|| format!("{}.beta", self.linear.name()));
+        self
+    }
+
+    /// The dynamics at the parameters `p` (a learned β read from them).
+    fn lif_at(&self, p: &Params) -> Result<Lif> {
+        Ok(match &self.learned_beta {
+            Some(k) => Lif {
+                beta: p.get(k)?.get(0)?.clamp(0.0, 1.0),
+                ..self.lif
+            },
+            None => self.lif,
+        })
+    }
+
+    /// ∂L/∂I `[n·T, h]` from `d_out`, and ∂L/∂β when β is learned.
+    fn grads(&self, p: &Params, rec: &Record, d_out: &Tensor, g: &mut Grads) -> Result<Tensor> {
+        let u = rec.saved.first().ok_or_else(|| missing(self.name()))?;
+        let lif = self.lif_at(p)?;
+        let d = match self.decoder {
+            Decoder::Spikes => d_out.clone(),
+            Decoder::Count => time_mean(d_out, lif.steps, true)?.scale(lif.steps as f64),
+            Decoder::MeanMembrane => time_mean(d_out, lif.steps, true)?,
+        };
+        let di = lif.backward(u, &d)?;
+        if let Some(k) = &self.learned_beta {
+            let raw = p.get(k)?;
+            let inside = (0.0..=1.0).contains(&raw.get(0)?);
+            let db = if inside { lif.beta_grad(u, &di)? } else { 0.0 };
+            g.accumulate(
+                k,
+                Tensor::from_vec_f64(&[1], vec![db])?.to_dtype(raw.dtype()),
+            )?;
+        }
+        let di = self.per_step(&di)?;
+        self.linear
+            .param_grads(p, &self.step_record(rec)?, &di, g)?;
+        Ok(di)
     }
 
     fn units(&self) -> usize {
@@ -120,17 +167,6 @@ impl LifLayer {
     fn per_step(&self, x: &Tensor) -> Result<Tensor> {
         let (n, w) = x.dims2()?;
         x.reshape(&[n * self.lif.steps, w / self.lif.steps])
-    }
-
-    /// ∂L/∂I `[n·T, h]` from `d_out`.
-    fn current_grad(&self, rec: &Record, d_out: &Tensor) -> Result<Tensor> {
-        let u = rec.saved.first().ok_or_else(|| missing(self.name()))?;
-        let d = match self.decoder {
-            Decoder::Spikes => d_out.clone(),
-            Decoder::Count => time_mean(d_out, self.lif.steps, true)?.scale(self.lif.steps as f64),
-            Decoder::MeanMembrane => time_mean(d_out, self.lif.steps, true)?,
-        };
-        self.per_step(&self.lif.backward(u, &d)?)
     }
 
     fn step_record(&self, rec: &Record) -> Result<Record> {
@@ -164,11 +200,18 @@ impl Layer for LifLayer {
     }
 
     fn param_count(&self) -> usize {
-        self.linear.param_count()
+        self.linear.param_count() + usize::from(self.learned_beta.is_some())
     }
 
     fn init_params(&self, init: Init, rng: &mut crate::Rng, p: &mut Params) -> Result<()> {
-        self.linear.init_params(init, rng, p)
+        self.linear.init_params(init, rng, p)?;
+        if let Some(k) = &self.learned_beta {
+            p.insert(
+                k.clone(),
+                Tensor::from_vec(&[1], vec![self.lif.beta as f32])?,
+            );
+        }
+        Ok(())
     }
 
     fn forward(&self, p: &Params, x: &Tensor, rec: &mut Record) -> Result<Tensor> {
@@ -177,7 +220,7 @@ impl Layer for LifLayer {
         let mut step = Record::new(self.name(), Tensor::zeros(&[0, 0], x.dtype()));
         let i = self.linear.forward(p, &self.per_step(x)?, &mut step)?;
         let (out, u) = self
-            .lif
+            .lif_at(p)?
             .forward(&i.reshape(&[n, self.lif.steps * self.units()])?)?;
         rec.saved = vec![u];
         match self.decoder {
@@ -188,8 +231,7 @@ impl Layer for LifLayer {
     }
 
     fn param_grads(&self, p: &Params, rec: &Record, d_out: &Tensor, g: &mut Grads) -> Result<()> {
-        let di = self.current_grad(rec, d_out)?;
-        self.linear.param_grads(p, &self.step_record(rec)?, &di, g)
+        self.grads(p, rec, d_out, g).map(|_| ())
     }
 
     fn backward(
@@ -200,9 +242,7 @@ impl Layer for LifLayer {
         g: &mut Grads,
         input: bool,
     ) -> Result<Option<Tensor>> {
-        let di = self.current_grad(rec, d_out)?;
-        self.linear
-            .param_grads(p, &self.step_record(rec)?, &di, g)?;
+        let di = self.grads(p, rec, d_out, g)?;
         if !input {
             return Ok(None);
         }
@@ -212,7 +252,7 @@ impl Layer for LifLayer {
 
     fn input_grad(&self, p: &Params, rec: &Record, d_out: &Tensor) -> Result<Tensor> {
         let (n, w) = rec.input.dims2()?;
-        let di = self.current_grad(rec, d_out)?;
+        let di = self.grads(p, rec, d_out, &mut Grads::new())?;
         self.linear.input_grad(p, rec, &di)?.reshape(&[n, w])
     }
 }
@@ -238,7 +278,7 @@ pub fn build(spec: &super::ModelSpec, rest: &str) -> Result<super::Model> {
     }
     let (mut steps, mut encoding, mut beta, mut threshold) = (25usize, Encoding::Rate, 0.95, 1.0);
     let (mut surrogate, mut slope, mut reset) = ("atan".to_string(), None, Reset::Subtract);
-    let (mut decoder, mut smooth) = (Decoder::MeanMembrane, false);
+    let (mut decoder, mut smooth, mut learn_beta) = (Decoder::MeanMembrane, false, false);
     for kv in parts {
         let (k, v) = kv
             .split_once('=')
@@ -306,6 +346,11 @@ pub fn build(spec: &super::ModelSpec, rest: &str) -> Result<super::Model> {
                     _ => return Err(Error::unknown("decoder", v, &["mean", "count"])),
                 }
             }
+            "learn_beta" => {
+                learn_beta = v
+                    .parse()
+                    .map_err(|_| bad(format!("learn_beta={v} is not true or false")))?
+            }
             "smooth" => {
                 smooth = v
                     .parse()
@@ -324,6 +369,7 @@ pub fn build(spec: &super::ModelSpec, rest: &str) -> Result<super::Model> {
                         "slope",
                         "reset",
                         "decoder",
+                        "learn_beta",
                         "smooth",
                     ],
                 ));
@@ -366,14 +412,10 @@ pub fn build(spec: &super::ModelSpec, rest: &str) -> Result<super::Model> {
             format!("lif{}", i + 1)
         };
         let d = if last { decoder } else { Decoder::Spikes };
-        layers.push(Box::new(LifLayer::new(
-            &name,
-            widths[i],
-            widths[i + 1],
-            bias,
-            lif,
-            d,
-        )));
+        layers.push(Box::new(
+            LifLayer::new(&name, widths[i], widths[i + 1], bias, lif, d)
+                .with_learned_beta(learn_beta),
+        ));
     }
     super::Model::from_layers(layers, widths[0])
 }

@@ -257,6 +257,43 @@ impl Lif {
     }
 }
 
+impl Lif {
+    /// ∂L/∂β from the membrane `u` and g = ∂L/∂U (the [`Lif::backward`] output, which is
+    /// ∂L/∂I): Σ_t g_t·∂U_t/∂β with ∂U_t/∂β = U_{t−1} (times 1 − r_t under reset to zero).
+    pub fn beta_grad(&self, u: &Tensor, g: &Tensor) -> Result<f64> {
+        let (_, h) = self.shape(u, "lif_beta_grad")?;
+        if g.shape() != u.shape() {
+            return Err(Error::shape(
+                "lif_beta_grad",
+                format!("gradient {:?} vs membrane {:?}", g.shape(), u.shape()),
+            ));
+        }
+        let len = self.steps * h;
+        on_elements!(u, [u => uv, g => gv], E => {
+            let _: Option<E> = None;
+            Ok(uv
+                .par_chunks(len)
+                .zip(gv.par_chunks(len))
+                .map(|(u, g)| {
+                    let mut s = 0.0;
+                    for t in 1..self.steps {
+                        for j in 0..h {
+                            let prev = u[(t - 1) * h + j].get();
+                            let c = if self.reset == Reset::Zero {
+                                1.0 - self.reset_of(prev)
+                            } else {
+                                1.0
+                            };
+                            s += g[t * h + j].get() * prev * c;
+                        }
+                    }
+                    s
+                })
+                .sum())
+        })
+    }
+}
+
 /// The mean over the T time steps of `[n, T·h]`, `[n, h]` (or its adjoint: each step
 /// gets 1/T of `[n, h]`).
 pub fn time_mean(x: &Tensor, steps: usize, adjoint: bool) -> Result<Tensor> {
