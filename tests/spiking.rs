@@ -32,9 +32,13 @@ fn surrogate_bptt_is_the_gradient_of_the_smooth_network() {
     let x = rand_tensor(&[4, 6], 1, 1.5);
     let labels = Target::Classes(vec![0, 2, 1, 2]);
     for surrogate in ["atan", "fast-sigmoid", "triangle"] {
-        for decoder in ["mean", "count"] {
+        for (decoder, adapt) in [
+            ("mean", ""),
+            ("count", ""),
+            ("mean", ",adapt_beta=0.7,adapt_rho=0.8"),
+        ] {
             let spec = format!(
-                "snn:6-5-4-3,steps=5,encoding=direct,smooth=true,reset=none,beta=0.8,threshold=0.5,surrogate={surrogate},decoder={decoder},learn_beta=true"
+                "snn:6-5-4-3,steps=5,encoding=direct,smooth=true,reset=none,beta=0.8,threshold=0.5,surrogate={surrogate},decoder={decoder},learn_beta=true{adapt}"
             );
             let (m, p) = snn(&spec);
             let batch = Batch {
@@ -83,6 +87,7 @@ fn lif_dynamics_and_detached_resets_on_a_hand_case() {
         surrogate: Surrogate::FastSigmoid(1.0),
         smooth: false,
         spiking: true,
+        adapt: None,
     };
     let sd = |x: f64| 1.0 / (1.0 + x.abs()).powi(2);
     let d = Tensor::from_vec_f64(&[1, 3], vec![1.0, -2.0, 0.5]).unwrap();
@@ -127,6 +132,31 @@ fn lif_dynamics_and_detached_resets_on_a_hand_case() {
     for (a, b) in g.iter().zip([g1, g2, g3]) {
         assert!((a - b).abs() < 1e-12, "zero: {a} vs {b}");
     }
+}
+
+#[test]
+fn an_adaptive_threshold_rises_after_a_spike_and_decays() {
+    // θ = 1, β = 0.5, ρ = 0.5, β_a = 1, reset by subtracting the threshold crossed.
+    // t0: A = 1, U = 1.2, spike. t1: a = 1, A = 2, U = 0.6 + 0.3 − 1 = −0.1.
+    // t2: a = 0.5, A = 1.5, U = −0.05 + 1.5 = 1.45 < 1.5: no spike (a fixed θ would fire).
+    let lif = |adapt| Lif {
+        steps: 3,
+        beta: 0.5,
+        threshold: 1.0,
+        reset: Reset::Subtract,
+        surrogate: Surrogate::FastSigmoid(1.0),
+        smooth: false,
+        spiking: true,
+        adapt,
+    };
+    let i = Tensor::from_vec_f64(&[1, 3], vec![1.2, 0.3, 1.5]).unwrap();
+    let (s, u) = lif(Some((0.5, 1.0))).forward(&i).unwrap();
+    assert_eq!(s.to_vec_f64(), vec![1.0, 0.0, 0.0]);
+    for (a, b) in u.to_vec_f64().iter().zip([1.2, -0.1, 1.45]) {
+        assert!((a - b).abs() < 1e-12, "{a} vs {b}");
+    }
+    let (s, _) = lif(None).forward(&i).unwrap();
+    assert_eq!(s.to_vec_f64(), vec![1.0, 0.0, 1.0]);
 }
 
 #[test]

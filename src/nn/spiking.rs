@@ -9,7 +9,9 @@
 //! 25 for fast-sigmoid, 0.3 for triangle), `reset` subtract|zero|none (subtract),
 //! `decoder` mean|count (mean: the readout does not spike and its output is its mean
 //! membrane potential over time; count: it spikes and its output is its spike count),
-//! `learn_beta` (false; true: β is trained per layer, clamped to [0, 1], as snnTorch's
+//! `adapt_beta` β_a and `adapt_rho` ρ (0 and 0.95: with β_a > 0 the spiking layers are
+//! adaptive LIF neurons, Bellec et al. 2018, threshold θ + β_a·a_t with
+//! a_t = ρ·a_{t−1} + S_{t−1}), `learn_beta` (false; true: β is trained per layer, clamped to [0, 1], as snnTorch's
 //! `learn_beta`), `smooth` (false; true: spikes are the surrogate's primitive F(U − θ), the smooth
 //! network whose exact gradient the surrogate BPTT is). The defaults are snnTorch's
 //! `Leaky` (tutorial 5: β = 0.95, threshold 1, reset by subtraction, arctan surrogate).
@@ -279,6 +281,7 @@ pub fn build(spec: &super::ModelSpec, rest: &str) -> Result<super::Model> {
     let (mut steps, mut encoding, mut beta, mut threshold) = (25usize, Encoding::Rate, 0.95, 1.0);
     let (mut surrogate, mut slope, mut reset) = ("atan".to_string(), None, Reset::Subtract);
     let (mut decoder, mut smooth, mut learn_beta) = (Decoder::MeanMembrane, false, false);
+    let (mut adapt_rho, mut adapt_beta) = (0.95, 0.0);
     for kv in parts {
         let (k, v) = kv
             .split_once('=')
@@ -346,6 +349,18 @@ pub fn build(spec: &super::ModelSpec, rest: &str) -> Result<super::Model> {
                     _ => return Err(Error::unknown("decoder", v, &["mean", "count"])),
                 }
             }
+            "adapt_rho" => {
+                adapt_rho = num(v)?;
+                if !(0.0..=1.0).contains(&adapt_rho) {
+                    return Err(bad(format!("adapt_rho={v} is not in [0, 1]")));
+                }
+            }
+            "adapt_beta" => {
+                adapt_beta = num(v)?;
+                if adapt_beta < 0.0 {
+                    return Err(bad(format!("adapt_beta={v} is negative")));
+                }
+            }
             "learn_beta" => {
                 learn_beta = v
                     .parse()
@@ -370,6 +385,8 @@ pub fn build(spec: &super::ModelSpec, rest: &str) -> Result<super::Model> {
                         "reset",
                         "decoder",
                         "learn_beta",
+                        "adapt_rho",
+                        "adapt_beta",
                         "smooth",
                     ],
                 ));
@@ -396,6 +413,7 @@ pub fn build(spec: &super::ModelSpec, rest: &str) -> Result<super::Model> {
         surrogate,
         smooth,
         spiking: true,
+        adapt: (adapt_beta > 0.0).then_some((adapt_rho, adapt_beta)),
     };
     let mut layers: Vec<Box<dyn Layer>> = vec![Box::new(SpikeEncoder {
         name: "encoder".into(),

@@ -134,6 +134,16 @@ pub struct Lif {
     pub smooth: bool,
     /// Whether the population spikes (else a leaky readout: its output is U).
     pub spiking: bool,
+    /// Threshold adaptation (adaptive LIF, Bellec et al. 2018) as (ρ, β_a):
+    /// a_t = ρ·a_{t−1} + S_{t−1}, threshold A_t = θ + β_a·a_t; reset by subtraction
+    /// takes off the threshold crossed, A_{t−1}. `None`: a fixed threshold θ.
+    pub adapt: Option<(f64, f64)>,
+}
+
+/// One sample's thresholds A_t and hard spikes z_t, replayed from its membrane.
+struct Replay {
+    threshold: Vec<f64>,
+    spike: Vec<bool>,
 }
 
 impl Lif {
@@ -148,13 +158,41 @@ impl Lif {
         Ok((n, w / self.steps))
     }
 
-    /// The reset r_t from U_{t−1}.
-    fn reset_of(&self, u_prev: f64) -> f64 {
-        if self.spiking && self.reset != Reset::None && u_prev >= self.threshold {
+    /// The adaptation's input from step t: the spike, smooth in the smooth network.
+    fn adapt_input(&self, v: f64, a: f64) -> f64 {
+        if self.smooth {
+            self.surrogate.primitive(v - a)
+        } else if v >= a {
             1.0
         } else {
             0.0
         }
+    }
+
+    /// A_t and z_t of one sample from its membrane `u` (`[T·h]`).
+    fn replay<E: El>(&self, u: &[E], h: usize) -> Replay {
+        let mut threshold = vec![self.threshold; u.len()];
+        let mut spike = vec![false; u.len()];
+        let mut a = vec![0.0f64; h];
+        for t in 0..self.steps {
+            for (j, a) in a.iter_mut().enumerate() {
+                let k = t * h + j;
+                if let Some((rho, ba)) = self.adapt {
+                    if t > 0 {
+                        let p = k - h;
+                        *a = rho * *a + self.adapt_input(u[p].get(), threshold[p]);
+                    }
+                    threshold[k] = self.threshold + ba * *a;
+                }
+                spike[k] = self.spiking && u[k].get() >= threshold[k];
+            }
+        }
+        Replay { threshold, spike }
+    }
+
+    /// Whether the reset acts at all.
+    fn resets(&self) -> bool {
+        self.spiking && self.reset != Reset::None
     }
 
     /// (output, membrane) from the input currents I `[n, T·h]`: the output is the spikes
@@ -175,32 +213,41 @@ impl Lif {
             .zip(s.par_chunks_mut(len))
             .zip(i.par_chunks(len))
             .for_each(|((u, s), i)| {
-                let mut prev = vec![0.0f64; h];
+                // Per unit: U_{t−1}, A_{t−1}, z_{t−1}, the adaptation a and its input.
+                let mut prev = vec![(0.0f64, self.threshold, false, 0.0f64, 0.0f64); h];
                 for t in 0..self.steps {
-                    for (j, prev) in prev.iter_mut().enumerate() {
+                    for (j, (pu, pa, pz, a, pin)) in prev.iter_mut().enumerate() {
                         let k = t * h + j;
-                        let r = self.reset_of(*prev);
+                        let r = if self.resets() && *pz { 1.0 } else { 0.0 };
                         let leak = match self.reset {
-                            Reset::Zero => self.beta * (1.0 - r) * *prev,
-                            _ => self.beta * *prev,
+                            Reset::Zero => self.beta * (1.0 - r) * *pu,
+                            _ => self.beta * *pu,
                         };
                         let sub = if self.reset == Reset::Subtract {
-                            r * self.threshold
+                            r * *pa
                         } else {
                             0.0
                         };
+                        let th = match self.adapt {
+                            Some((rho, ba)) => {
+                                *a = rho * *a + *pin;
+                                self.threshold + ba * *a
+                            }
+                            None => self.threshold,
+                        };
                         let v = leak + i[k].get() - sub;
-                        *prev = v;
                         u[k] = E::put(v);
                         s[k] = E::put(if !self.spiking {
                             v
                         } else if self.smooth {
-                            self.surrogate.primitive(v - self.threshold)
-                        } else if v >= self.threshold {
+                            self.surrogate.primitive(v - th)
+                        } else if v >= th {
                             1.0
                         } else {
                             0.0
                         });
+                        *pin = self.adapt_input(v, th);
+                        (*pu, *pa, *pz) = (v, th, self.spiking && v >= th);
                     }
                 }
             });
@@ -228,28 +275,32 @@ impl Lif {
         g.par_chunks_mut(len)
             .zip(uv.par_chunks(len).zip(dv.par_chunks(len)))
             .for_each(|(g, (u, d))| {
-                let mut next = vec![0.0f64; h];
+                let rp = self.replay(u, h);
+                // Per unit: ∂L/∂U_{t+1} and ∂L/∂a_{t+1}.
+                let mut next = vec![(0.0f64, 0.0f64); h];
                 for t in (0..self.steps).rev() {
-                    for (j, next) in next.iter_mut().enumerate() {
+                    for (j, (gu, ga)) in next.iter_mut().enumerate() {
                         let k = t * h + j;
-                        let local = if self.spiking {
-                            d[k].get() * self.surrogate.derivative(u[k].get() - self.threshold)
-                        } else {
-                            d[k].get()
-                        };
+                        let last = t + 1 == self.steps;
                         // ∂U_{t+1}/∂U_t: β, or β(1 − r_{t+1}) under reset to zero.
-                        let carry = if t + 1 < self.steps {
-                            let c = if self.reset == Reset::Zero {
-                                1.0 - self.reset_of(u[k].get())
-                            } else {
-                                1.0
-                            };
-                            self.beta * c * *next
-                        } else {
+                        let c = if self.reset == Reset::Zero && self.resets() && rp.spike[k] {
                             0.0
+                        } else {
+                            1.0
                         };
-                        *next = local + carry;
-                        g[k] = E::put(*next);
+                        let carry = if last { 0.0 } else { self.beta * c * *gu };
+                        let (du, da) = if self.spiking {
+                            let sd = self.surrogate.derivative(u[k].get() - rp.threshold[k]);
+                            // ∂L/∂S_t: the output's, and through a_{t+1} = ρa_t + S_t.
+                            let (rho, ba) = self.adapt.unwrap_or((0.0, 0.0));
+                            let gs = d[k].get() + if last { 0.0 } else { *ga };
+                            (gs * sd, -ba * gs * sd + if last { 0.0 } else { rho * *ga })
+                        } else {
+                            (d[k].get(), 0.0)
+                        };
+                        *gu = du + carry;
+                        *ga = da;
+                        g[k] = E::put(*gu);
                     }
                 }
             });
@@ -275,16 +326,17 @@ impl Lif {
                 .par_chunks(len)
                 .zip(gv.par_chunks(len))
                 .map(|(u, g)| {
+                    let rp = self.replay(u, h);
                     let mut s = 0.0;
                     for t in 1..self.steps {
                         for j in 0..h {
-                            let prev = u[(t - 1) * h + j].get();
-                            let c = if self.reset == Reset::Zero {
-                                1.0 - self.reset_of(prev)
+                            let p = (t - 1) * h + j;
+                            let c = if self.reset == Reset::Zero && self.resets() && rp.spike[p] {
+                                0.0
                             } else {
                                 1.0
                             };
-                            s += g[t * h + j].get() * prev * c;
+                            s += g[t * h + j].get() * u[p].get() * c;
                         }
                     }
                     s
