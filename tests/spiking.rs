@@ -4,27 +4,18 @@
 //! net learning under bp while rules without BPTT refuse it by name.
 
 use futureprop::data::Splits;
-use futureprop::nn::{Init, Loss, Model, ModelSpec, Params, Target};
+use futureprop::nn::{Loss, Model, ModelSpec, Params, Target};
 use futureprop::rule::{Backprop, Batch, Rule};
+use futureprop::tensor::Tensor;
 use futureprop::tensor::spiking::{Encoding, Lif, Reset, Surrogate, encode};
-use futureprop::tensor::{DType, Tensor};
 use futureprop::train::{self, TrainConfig};
 
 mod common;
-use common::{check_param, prototypes, rand_tensor};
+use common::{check_param, model, prototypes, rand_tensor};
 
+/// A spiking model in f64 (ReLU unused), Xavier-normal weights from seed 3.
 fn snn(spec: &str) -> (Model, Params) {
-    let m = Model::build(&ModelSpec {
-        spec: spec.into(),
-        activation: "relu".into(),
-        bias: true,
-    })
-    .unwrap();
-    let p = m
-        .init_params(Init::XavierNormal, 3)
-        .unwrap()
-        .to_dtype(DType::F64);
-    (m, p)
+    model(spec, "relu", 3)
 }
 
 #[test]
