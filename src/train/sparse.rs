@@ -183,6 +183,9 @@ pub struct Sparsity {
     updates: u64,
     /// Σ over this process's steps of the sparse and the dense model's training FLOPs.
     flops: (f64, f64),
+    /// The masked products' forward FLOPs per example at the current masks (read from
+    /// them at the first step, so after a resume's, and again after each mask update).
+    sparse_forward: Option<f64>,
     steps: u64,
 }
 
@@ -260,6 +263,7 @@ impl Sparsity {
             seed,
             updates: 0,
             flops: (0.0, 0.0),
+            sparse_forward: None,
             steps: 0,
         };
         s.apply(params)?;
@@ -332,6 +336,7 @@ impl Sparsity {
             return Ok(None);
         }
         self.updates += 1;
+        self.sparse_forward = None;
         // The same draws on every rank and after a resume: a function of (seed, step).
         let mut rng = crate::Rng::seed_from_u64(self.seed ^ step.wrapping_mul(0x9E37_79B9));
         let mut changes = Vec::with_capacity(self.layers.len());
@@ -387,12 +392,18 @@ impl Sparsity {
 
     /// The RigL paper's training FLOPs of this step, sparse and dense.
     fn count_flops(&mut self, params: &Params, rows: usize, dense_grad: bool) -> Result<()> {
-        let (mut fs, mut fd) = (0.0, 0.0);
-        for l in &self.layers {
-            let density = params.get(&l.mask_key)?.sum() / l.size.max(1) as f64;
-            fs += 2.0 * l.macs * density;
-            fd += 2.0 * l.macs;
-        }
+        let fs = match self.sparse_forward {
+            Some(f) => f,
+            None => {
+                let mut f = 0.0;
+                for l in &self.layers {
+                    f += 2.0 * l.macs * params.get(&l.mask_key)?.sum() / l.size.max(1) as f64;
+                }
+                self.sparse_forward = Some(f);
+                f
+            }
+        };
+        let fd: f64 = self.layers.iter().map(|l| 2.0 * l.macs).sum();
         let step = if dense_grad { 2.0 * fs + fd } else { 3.0 * fs };
         self.flops.0 += rows as f64 * step;
         self.flops.1 += rows as f64 * 3.0 * fd;

@@ -62,6 +62,8 @@ pub(super) struct Trainer<'a> {
     batch_sync: Option<std::sync::Arc<super::comm::RankBatchSync>>,
     /// The weight masks of sparse training.
     sparsity: Option<super::sparse::Sparsity>,
+    /// The LSQ step sizes of a quantised model (`*.weight_step`, `*.input_step`).
+    step_sizes: Vec<String>,
 }
 
 impl<'a> Trainer<'a> {
@@ -232,6 +234,12 @@ impl<'a> Trainer<'a> {
             }
             None => (0, None),
         };
+        let step_sizes = params
+            .names()
+            .iter()
+            .filter(|n| n.ends_with(".weight_step") || n.ends_with(".input_step"))
+            .cloned()
+            .collect();
         // Rank 0 writes the run's files; the other ranks keep their records in memory.
         let records = Records::open(cfg, history, comm.rank() == 0)?;
         Ok(Trainer {
@@ -261,6 +269,7 @@ impl<'a> Trainer<'a> {
             pipeline,
             batch_sync,
             sparsity,
+            step_sizes,
         })
     }
 
@@ -572,17 +581,13 @@ impl<'a> Trainer<'a> {
         // LSQ step sizes fall at most by half per step: an adaptive optimizer moves each
         // parameter by about its learning rate, which takes a step of that size to zero
         // (and the layer's output with it) within a few steps.
-        let steps_before: Vec<(String, crate::tensor::Tensor)> = if cfg.quantize != "none" {
-            self.params
-                .iter()
-                .filter(|(n, _)| n.ends_with(".weight_step") || n.ends_with(".input_step"))
-                .map(|(n, t)| (n.to_string(), t.scale(0.5)))
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let halves = self
+            .step_sizes
+            .iter()
+            .map(|n| Ok(self.params.get(n)?.scale(0.5)))
+            .collect::<Result<Vec<_>>>()?;
         self.optimizer.step(&mut self.params, &grads, &mut ctx)?;
-        for (n, half) in &steps_before {
+        for (n, half) in self.step_sizes.iter().zip(&halves) {
             self.params.get_mut(n)?.max_in_place(half)?;
         }
         if let Some(s) = self.sparsity.as_mut() {
